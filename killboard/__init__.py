@@ -1,0 +1,1 @@
+"""killboard: a live EVE Online killmail feed server."""

@@ -1,0 +1,40 @@
+"""Command line: `python app.py` serves; subcommands come with the features that need them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from . import config as settings
+from .server import create_app
+
+DESCRIPTION = """\
+killboard: a live EVE Online killmail feed (WebSocket + JSON API + page).
+
+Environment variables (flags win over them):
+  KILLBOARD_HOST          address to listen on (default 127.0.0.1)
+  KILLBOARD_PORT          port (default 8080)
+  KILLBOARD_DB            SQLite database file (default data/killboard.sqlite3)
+  KILLBOARD_INGEST_TOKEN  bearer token for POST /api/killmails (unset: ingest disabled)
+  KILLBOARD_LIVE_MAX_AGE  kills older than this many seconds are stored, not pushed live
+                          (default 86400; 0 = push everything)
+  KILLBOARD_LOG_LEVEL     DEBUG, INFO (default), WARNING, ERROR
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python app.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    settings.add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("KILLBOARD_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = settings.from_args(args)
+    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5)

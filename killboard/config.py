@@ -1,0 +1,94 @@
+"""Settings of one server run: defaults, environment variables and command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a running server needs to know; built once, never mutated."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db_path: Path = PROJECT_ROOT / "data" / "killboard.sqlite3"
+    data_dir: Path = PROJECT_ROOT / "data"
+    # None: ingest over HTTP is disabled (403), so a fresh install is not an open relay.
+    ingest_token: str | None = None
+    # Work waiting for the worker; POSTs wait briefly, then get 503, once it is full.
+    queue_size: int = 10_000
+    queue_full_wait: float = 2.0
+    # Kills the worker enriches and commits in one transaction.
+    batch_size: int = 200
+    # Largest POST body: 1,000 big fleet-fight killmails fit comfortably.
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_batch_items: int = 1000
+    # Clients only send small control messages; anything bigger is closed with 1009.
+    ws_max_message: int = 4096
+    # Frames waiting for one socket's writer; a client that lets it overflow is closed (1013).
+    ws_send_queue: int = 512
+    ws_heartbeat: float = 30.0
+    ws_close_timeout: float = 2.0
+    # Kills older than this (seconds, by kill time) are stored but not pushed live; 0 = no cut-off.
+    live_max_age: int = 86_400
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def with_overrides(self, **changes: object) -> Config:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Config:
+    """Defaults overridden by KILLBOARD_* environment variables."""
+    env = os.environ if env is None else env
+    base = Config()
+    return replace(
+        base,
+        host=env.get("KILLBOARD_HOST") or base.host,
+        port=_env_int(env, "KILLBOARD_PORT", base.port),
+        db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else base.db_path,
+        ingest_token=env.get("KILLBOARD_INGEST_TOKEN") or None,
+        live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
+    )
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (env KILLBOARD_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (env KILLBOARD_PORT, default 8080)")
+    parser.add_argument(
+        "--db", type=Path, help="SQLite database file (env KILLBOARD_DB, default data/killboard.sqlite3)"
+    )
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
+    """Environment first, then flags: a flag given on the command line wins."""
+    config = from_env(env)
+    changes: dict[str, object] = {}
+    if getattr(args, "host", None):
+        changes["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        changes["port"] = args.port
+    if getattr(args, "db", None) is not None:
+        changes["db_path"] = args.db
+    return replace(config, **changes)  # type: ignore[arg-type]
+
+
+def parse(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return from_args(parser.parse_args(argv))

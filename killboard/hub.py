@@ -1,0 +1,185 @@
+"""Who is subscribed to what, and delivery of each kill frame to them.
+
+Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
+own queue; when it overflows, that client is closed with 1013 and the others never wait for it
+(see python-websockets' essay on broadcast). A kill is encoded once and the same bytes go to
+every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import ujson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+CHANNEL_KILLS = "kills"
+CHANNEL_ALIASES = {"kills": CHANNEL_KILLS, "all": CHANNEL_KILLS}
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    """One connected socket: its channels, its bounded outbox and the task that drains it."""
+
+    ws: web.WebSocketResponse
+    outbox: asyncio.Queue[bytes | None]
+    transport: asyncio.BaseTransport | None
+    channels: set[str] = field(default_factory=set)
+    writer: asyncio.Task[None] | None = None
+    close_code: int = WSCloseCode.OK
+    close_message: bytes = b""
+    dropped: bool = False
+
+
+def encode(message: object) -> bytes:
+    return ujson.dumps(message, ensure_ascii=False, escape_forward_slashes=False).encode()
+
+
+def kill_frame(seq: int, body: bytes) -> bytes:
+    """`{"action":"kill","seq":N,"data":{...}}` spliced around the kill's JSON, without re-encoding it."""
+    return b'{"action":"kill","seq":%d,"data":%s}' % (seq, with_seq(seq, body))
+
+
+def with_seq(seq: int, body: bytes) -> bytes:
+    """The kill object with its sequence number as the first field."""
+    return b'{"seq":%d,%s' % (seq, body[1:])
+
+
+class Hub:
+    """All live sockets (a weak set, as designed) and the channel -> subscribers index."""
+
+    def __init__(self, send_queue: int, close_timeout: float) -> None:
+        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
+        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._send_queue = send_queue
+        self._close_timeout = close_timeout
+        self.deliveries = 0
+        self.slow_drops = 0
+
+    def __len__(self) -> int:
+        return len(self.sockets)
+
+    def subscribed_count(self) -> int:
+        return len({s for subs in self._by_channel.values() for s in subs})
+
+    def attach(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> Subscriber:
+        sub = Subscriber(ws, asyncio.Queue(self._send_queue), transport)
+        self.sockets.add(ws)
+        self._subscribers[ws] = sub
+        sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
+        return sub
+
+    async def detach(self, sub: Subscriber) -> None:
+        """Forget a socket whose handler is ending; stop its writer."""
+        for channel in sub.channels:
+            members = self._by_channel.get(channel)
+            if members is not None:
+                members.discard(sub)
+                if not members:
+                    del self._by_channel[channel]
+        sub.channels.clear()
+        self._subscribers.pop(sub.ws, None)
+        self.sockets.discard(sub.ws)
+        if sub.writer is not None and not sub.writer.done():
+            sub.writer.cancel()
+            with suppress(asyncio.CancelledError):
+                await sub.writer
+
+    def subscribe(self, sub: Subscriber, channel: str) -> None:
+        sub.channels.add(channel)
+        self._by_channel.setdefault(channel, set()).add(sub)
+
+    def unsubscribe(self, sub: Subscriber, channel: str) -> None:
+        sub.channels.discard(channel)
+        members = self._by_channel.get(channel)
+        if members is not None:
+            members.discard(sub)
+            if not members:
+                del self._by_channel[channel]
+
+    def send(self, sub: Subscriber, frame: bytes) -> bool:
+        """Queue one frame for a socket; False (and the client is dropped) when its queue is full."""
+        if sub.dropped:
+            return False
+        try:
+            sub.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
+            return False
+        return True
+
+    def send_json(self, sub: Subscriber, message: object) -> bool:
+        return self.send(sub, encode(message))
+
+    def publish(self, seq: int, body: bytes, recipients: Iterable[Subscriber] | None = None) -> int:
+        """Send one stored kill to everyone on the `kills` channel; returns the number queued."""
+        targets = self._by_channel.get(CHANNEL_KILLS, set()) if recipients is None else recipients
+        if not targets:
+            return 0
+        frame = kill_frame(seq, body)  # encoded once, shared by every recipient
+        sent = 0
+        for sub in list(targets):
+            if self.send(sub, frame):
+                sent += 1
+        self.deliveries += sent
+        return sent
+
+    def _drop(self, sub: Subscriber, code: int, message: bytes) -> None:
+        """Close a client that cannot keep up: empty its queue and let its writer send the close."""
+        self.slow_drops += 1
+        log.warning("closing slow websocket client (%s)", message.decode())
+        self._close(sub, code, message)
+
+    def _close(self, sub: Subscriber, code: int, message: bytes) -> None:
+        """Ask the writer to send a close frame next, and cut the connection if it cannot."""
+        sub.dropped = True
+        sub.close_code, sub.close_message = code, message
+        while not sub.outbox.empty():
+            sub.outbox.get_nowait()
+        sub.outbox.put_nowait(None)
+        # A writer stuck sending to a peer that stopped reading never reaches the close request.
+        asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub)
+
+    async def _write(self, sub: Subscriber) -> None:
+        """The only task that sends on this socket: one back-pressure gate, one writer."""
+        ws = sub.ws
+        try:
+            while True:
+                frame = await sub.outbox.get()
+                if frame is None:
+                    break
+                await ws.send_frame(frame, WSMsgType.TEXT)
+        except (ConnectionResetError, RuntimeError):
+            return  # the peer went away (RuntimeError: socket already closing)
+        # A dropped client that stopped reading cannot even take the close frame: give it a
+        # moment, then cut the connection so its handler ends and the memory is freed.
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await ws.close(code=sub.close_code, message=sub.close_message)
+        except (TimeoutError, ConnectionResetError):
+            if sub.transport is not None:
+                sub.transport.abort()
+
+    async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
+        """Close every socket at once, each with a time limit (close() waits on a stuck reader)."""
+        subs = list(self._subscribers.values())
+        for sub in subs:
+            if not sub.dropped:
+                self._close(sub, code, message)
+        writers = [s.writer for s in subs if s.writer is not None]
+        if writers:
+            await asyncio.wait(writers, timeout=self._close_timeout * 2 + 0.5)
+
+
+def _abort_if_stuck(sub: Subscriber) -> None:
+    if sub.writer is not None and not sub.writer.done() and sub.transport is not None:
+        log.warning("websocket client did not take its close frame in time: connection aborted")
+        sub.transport.abort()

@@ -1,0 +1,23 @@
+"""Typed keys for everything the app holds: the only way handlers reach shared state."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from .config import Config
+from .hub import Hub
+from .pipeline import Pipeline
+from .prices import PriceBook
+from .staticdata import StaticData
+from .store import Store
+
+config_key = web.AppKey("config", Config)
+static_key = web.AppKey("static", StaticData)
+prices_key = web.AppKey("prices", PriceBook)
+store_key = web.AppKey("store", Store)
+hub_key = web.AppKey("hub", Hub)
+pipeline_key = web.AppKey("pipeline", Pipeline)
+started_key = web.AppKey("started", float)
+tasks_key = web.AppKey("tasks", list[asyncio.Task[None]])

@@ -1,0 +1,205 @@
+"""The queue between ingest and storage, and the worker that drains it.
+
+Ingest records each accepted killmail durably in the inbox, then queues it. The worker takes
+what is waiting in batches, enriches each kill, stores the batch in one transaction (removing
+its inbox rows), and only then hands the new kills to the hub: a kill is never broadcast before
+it is saved, and never twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ujson
+
+from .enrich import enrich
+from .hub import Hub, encode
+from .prices import PriceBook
+from .staticdata import StaticData
+from .store import InboxRow, NewKill, Store
+from .validate import Submission, parse_time
+
+log = logging.getLogger(__name__)
+
+NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    submission: Submission
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    accepted: list[int]
+    duplicates: list[int]
+
+
+class QueueFull(Exception):
+    """The worker is too far behind; the client should retry later."""
+
+
+def inbox_payload(sub: Submission) -> bytes:
+    return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
+
+
+def from_inbox(row: InboxRow) -> Pending:
+    d = ujson.loads(row.payload)
+    return Pending(Submission(d["id"], d["hash"], d["esi"], d["zkb"]), row.live)
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """Admission into the queue, and the worker loop behind it."""
+
+    store: Store
+    hub: Hub
+    static: StaticData
+    prices: PriceBook
+    queue: asyncio.Queue[Pending]
+    batch_size: int = 200
+    queue_full_wait: float = 2.0
+    live_max_age: int = 86_400
+    # Filled by the ESI client when it runs: resolves player names before a kill is broadcast.
+    resolve_names: NameResolver | None = None
+    processed: int = 0
+    failed: int = 0
+    _reserved: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def submit(self, subs: Sequence[Submission], source: str, live: bool = True) -> Admission:
+        """Record submissions durably and queue them; returns once they survive a crash.
+
+        Raises QueueFull when the queue has had no room for `queue_full_wait` seconds.
+        """
+        await self._reserve(len(subs))
+        try:
+            rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
+            accepted, duplicates = await self.store.add_to_inbox(rows)
+            by_id = {s.killmail_id: s for s in subs}
+            for kill_id in accepted:
+                self._idle.clear()
+                self.queue.put_nowait(Pending(by_id[kill_id], live))
+        finally:
+            self._reserved -= len(subs)
+        return Admission(accepted, duplicates)
+
+    async def _reserve(self, count: int) -> None:
+        # The reservation keeps concurrent submitters from overfilling the queue while one of
+        # them awaits its inbox write; polling is fine here, it only runs when the queue is full.
+        deadline = time.monotonic() + self.queue_full_wait
+        while self.queue.maxsize - self.queue.qsize() - self._reserved < count:
+            if count > self.queue.maxsize or time.monotonic() >= deadline:
+                raise QueueFull(f"queue full ({self.queue.qsize()} waiting)")
+            await asyncio.sleep(0.05)
+        self._reserved += count
+
+    async def recover(self) -> int:
+        """Queue what was acknowledged but not processed before the last stop or crash."""
+        total, after = 0, 0
+        while rows := await self.store.inbox(after, 1000):
+            for row in rows:
+                self._idle.clear()
+                await self.queue.put(from_inbox(row))  # waits for room: the worker is already running
+            after = rows[-1].killmail_id
+            total += len(rows)
+        if total:
+            log.info("recovered %d acknowledged kills from the inbox", total)
+        return total
+
+    async def run(self) -> None:
+        """Worker: take what is waiting (up to a batch), process it, repeat."""
+        while True:
+            if self.queue.empty():
+                self._idle.set()
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self.process(batch)
+            except Exception:
+                # A database failure (disk full, I/O error): the kills stay in the inbox and are
+                # retried on the next start; keep serving the rest.
+                log.exception("storing a batch of %d kills failed; they stay in the inbox", len(batch))
+                self.failed += len(batch)
+                await asyncio.sleep(1.0)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def wait_idle(self) -> None:
+        """Until the queue is empty and the last batch is stored (tests and graceful stop)."""
+        # Every put clears the event; the worker sets it only when it finds the queue empty.
+        await self._idle.wait()
+
+    async def process(self, batch: list[Pending]) -> None:
+        names = await self._names(batch)
+        kills: list[NewKill] = []
+        live: dict[int, bool] = {}
+        rejected: list[int] = []
+        for i, pending in enumerate(batch):
+            sub = pending.submission
+            try:
+                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices)))
+                live[sub.killmail_id] = pending.live
+            except Exception:
+                log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
+                rejected.append(sub.killmail_id)
+            if i % 16 == 15:
+                await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
+        stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch])
+        self.processed += len(kills)
+        cutoff = time.time() - self.live_max_age if self.live_max_age else None
+        for seq, kill in stored:
+            if not live.get(kill.killmail_id, True):
+                continue
+            if cutoff is not None and kill.kill_time < cutoff:
+                log.info(
+                    "kill %d stored but not pushed live: kill time older than %d s",
+                    kill.killmail_id,
+                    self.live_max_age,
+                )
+                continue
+            self.hub.publish(seq, kill.body)
+
+    async def _names(self, batch: Iterable[Pending]) -> dict[int, str]:
+        ids: set[int] = set()
+        for pending in batch:
+            ids.update(player_ids(pending.submission.esi or {}))
+        if not ids:
+            return {}
+        names = await self.store.names(ids)
+        missing = ids - names.keys()
+        if missing and self.resolve_names is not None:
+            names.update(await self.resolve_names(missing))
+        return names
+
+
+def player_ids(esi: dict[str, Any]) -> set[int]:
+    """Character, corporation and alliance ids whose names only ESI knows."""
+    out: set[int] = set()
+    for party in (esi.get("victim") or {}, *(esi.get("attackers") or ())):
+        for key in ("character_id", "corporation_id", "alliance_id"):
+            value = party.get(key)
+            if value:
+                out.add(value)
+    return out
+
+
+def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
+    when = parse_time(kill["kill_time"])
+    assert when is not None
+    return NewKill(
+        killmail_id=sub.killmail_id,
+        killmail_hash=sub.killmail_hash,
+        kill_time=int(when.timestamp()),
+        system_id=kill["system_id"],
+        total_value=kill["total_value"],
+        body=encode(kill),
+    )

@@ -1,0 +1,95 @@
+"""The app factory: wires config, static data, store, pipeline, hub and routes together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import suppress
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from . import api, pages, ws
+from .config import PROJECT_ROOT, Config
+from .hub import Hub
+from .keys import (
+    config_key,
+    hub_key,
+    pipeline_key,
+    prices_key,
+    started_key,
+    static_key,
+    store_key,
+)
+from .pipeline import Pipeline
+from .prices import price_book
+from .staticdata import StaticData, load_static
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# How long a stop waits for the worker to store what is queued; anything left stays in the
+# inbox and is processed on the next start, so this bounds shutdown time, not durability.
+DRAIN_TIMEOUT = 3.0
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    store = await Store.open(app[config_key].db_path)
+    app[store_key] = store
+    yield
+    await store.close()
+
+
+async def _worker(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    pipeline = Pipeline(
+        store=app[store_key],
+        hub=app[hub_key],
+        static=app[static_key],
+        prices=app[prices_key],
+        queue=asyncio.Queue(config.queue_size),
+        batch_size=config.batch_size,
+        queue_full_wait=config.queue_full_wait,
+        live_max_age=config.live_max_age,
+    )
+    app[pipeline_key] = pipeline
+    worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
+    recovery = asyncio.create_task(pipeline.recover(), name="killboard-recovery")
+    yield
+    recovery.cancel()
+    with suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(pipeline.wait_idle(), DRAIN_TIMEOUT)
+    worker.cancel()
+    with suppress(asyncio.CancelledError):
+        await worker
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[hub_key].close_all()
+
+
+def create_app(config: Config, static: StaticData | None = None) -> web.Application:
+    """Build the application. `static` may be passed in to share one loaded copy (tests)."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[api.json_errors])
+    app[config_key] = config
+    app[started_key] = time.monotonic()
+    app[static_key] = static if static is not None else load_static(config.data_dir)
+    app[prices_key] = price_book(app[static_key])
+    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout)
+    # Order matters: cleanups run in reverse, so the worker stops before the database closes.
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_worker)
+    app.on_shutdown.append(_close_sockets)
+
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"))
+    app.router.add_get("/", pages.index)
+    app.router.add_get("/ws", ws.websocket)
+    app.router.add_post("/api/killmails", api.post_killmails)
+    app.router.add_get("/api/killmails", api.list_killmails)
+    app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)
+    app.router.add_get("/health", api.health)
+    app.router.add_static("/static", PROJECT_ROOT / "static")
+    return app

@@ -1,0 +1,312 @@
+"""SQLite storage: the durable inbox, stored kills with their sequence numbers, names, feed state.
+
+One write connection owns every write (guarded by a lock so transactions never interleave);
+a second connection serves reads, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+# Applied in order; PRAGMA user_version records how many have run.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE inbox (
+        killmail_id INTEGER PRIMARY KEY,
+        payload BLOB NOT NULL,          -- JSON of the accepted submission, before processing
+        source TEXT NOT NULL,
+        live INTEGER NOT NULL DEFAULT 1, -- 0: bulk import, stored without a live broadcast
+        received_at REAL NOT NULL
+    );
+    CREATE TABLE kills (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: clients resume from it
+        killmail_id INTEGER NOT NULL UNIQUE,
+        killmail_hash TEXT NOT NULL,
+        kill_time INTEGER NOT NULL,             -- unix seconds, UTC
+        system_id INTEGER NOT NULL,
+        total_value REAL NOT NULL,
+        stored_at REAL NOT NULL,
+        body BLOB NOT NULL                      -- zlib(JSON of the enriched killmail)
+    );
+    CREATE INDEX kills_kill_time ON kills (kill_time);
+    CREATE TABLE names (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        category TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+
+def compress(body: bytes) -> bytes:
+    return zlib.compress(body, 6)
+
+
+def decompress(blob: bytes) -> bytes:
+    return zlib.decompress(blob)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    killmail_id: int
+    payload: bytes
+    source: str
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewKill:
+    """An enriched kill ready to store; `body` is its JSON, encoded once for store and broadcast."""
+
+    killmail_id: int
+    killmail_hash: str
+    kill_time: int
+    system_id: int
+    total_value: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKill:
+    seq: int
+    killmail_id: int
+    kill_time: int
+    body: bytes  # uncompressed JSON
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    # synchronous and busy_timeout are per connection. WAL + NORMAL: a process crash loses nothing
+    # committed; only a power loss may roll back the last commits.
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class Store:
+    """The database of one server (or one import run beside it)."""
+
+    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        """Idempotent: cleanup may run after a failed start."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            await self._reader.close()
+            await self._writer.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    # -- inbox: durable before acknowledgement --------------------------------------------
+
+    async def add_to_inbox(self, rows: Sequence[InboxRow]) -> tuple[list[int], list[int]]:
+        """Record submissions durably. Returns (accepted ids, ids already stored or waiting)."""
+        if not rows:
+            return [], []
+        ids = [r.killmail_id for r in rows]
+        now = time.time()
+        async with self.transaction() as db:
+            known = await _existing(db, "kills", ids) | await _existing(db, "inbox", ids)
+            fresh: dict[int, InboxRow] = {}
+            for row in rows:
+                if row.killmail_id not in known:
+                    fresh.setdefault(row.killmail_id, row)
+            await db.executemany(
+                "INSERT INTO inbox (killmail_id, payload, source, live, received_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(r.killmail_id, r.payload, r.source, int(r.live), now) for r in fresh.values()],
+            )
+        accepted = list(fresh)
+        fresh_set = set(accepted)
+        duplicates = [i for i in dict.fromkeys(ids) if i not in fresh_set]
+        return accepted, duplicates
+
+    async def inbox(self, after_id: int = 0, limit: int = 1000) -> list[InboxRow]:
+        """Submissions acknowledged but not yet processed (after a crash or a stop)."""
+        async with self._reader.execute(
+            "SELECT killmail_id, payload, source, live FROM inbox WHERE killmail_id > ? ORDER BY killmail_id LIMIT ?",
+            (after_id, limit),
+        ) as cur:
+            return [InboxRow(r[0], r[1], r[2], bool(r[3])) for r in await cur.fetchall()]
+
+    # -- kills -----------------------------------------------------------------------------
+
+    async def save_kills(
+        self,
+        kills: Sequence[NewKill],
+        done: Iterable[int] = (),
+        state: dict[str, str] | None = None,
+    ) -> list[tuple[int, NewKill]]:
+        """Store kills, drop their inbox rows and update feed state in one transaction.
+
+        Returns (seq, kill) for the kills that were new; duplicates are skipped, never re-sent.
+        """
+        done_ids = list(done)
+        now = time.time()
+        async with self.transaction() as db:
+            ids = [k.killmail_id for k in kills]
+            known = await _existing(db, "kills", ids)
+            fresh: dict[int, NewKill] = {}
+            for k in kills:
+                if k.killmail_id not in known:
+                    fresh.setdefault(k.killmail_id, k)
+            await db.executemany(
+                "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [
+                    (k.killmail_id, k.killmail_hash, k.kill_time, k.system_id, k.total_value, now, compress(k.body))
+                    for k in fresh.values()
+                ],
+            )
+            seqs = await _seqs(db, list(fresh))
+            if done_ids:
+                await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
+            if state:
+                await db.executemany(
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    list(state.items()),
+                )
+        return sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
+
+    async def drop_from_inbox(self, ids: Sequence[int]) -> None:
+        if ids:
+            async with self.transaction() as db:
+                await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in ids])
+
+    async def get(self, killmail_id: int) -> StoredKill | None:
+        async with self._reader.execute(
+            "SELECT seq, killmail_id, kill_time, body FROM kills WHERE killmail_id = ?", (killmail_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _stored(row) if row else None
+
+    async def latest(self, limit: int, before_id: int | None = None) -> list[StoredKill]:
+        """Newest first by kill id (kill ids grow with time), optionally older than `before_id`."""
+        sql = "SELECT seq, killmail_id, kill_time, body FROM kills"
+        args: tuple[int, ...] = (limit,)
+        if before_id is not None:
+            sql += " WHERE killmail_id < ?"
+            args = (before_id, limit)
+        async with self._reader.execute(sql + " ORDER BY killmail_id DESC LIMIT ?", args) as cur:
+            return [_stored(r) for r in await cur.fetchall()]
+
+    async def after(self, seq: int, limit: int) -> list[StoredKill]:
+        """Kills stored after sequence `seq`, in the order they were stored."""
+        async with self._reader.execute(
+            "SELECT seq, killmail_id, kill_time, body FROM kills WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ) as cur:
+            return [_stored(r) for r in await cur.fetchall()]
+
+    async def count(self) -> int:
+        async with self._reader.execute("SELECT count(*) FROM kills") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def inbox_count(self) -> int:
+        async with self._reader.execute("SELECT count(*) FROM inbox") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def last_seq(self) -> int:
+        async with self._reader.execute("SELECT max(seq) FROM kills") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- names and state ---------------------------------------------------------------------
+
+    async def names(self, ids: Iterable[int]) -> dict[int, str]:
+        wanted = list(set(ids))
+        out: dict[int, str] = {}
+        for chunk in _chunks(wanted, 900):
+            marks = ",".join("?" * len(chunk))
+            async with self._reader.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk) as cur:
+                out.update({r[0]: r[1] for r in await cur.fetchall()})
+        return out
+
+    async def get_state(self, key: str) -> str | None:
+        async with self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+
+def _stored(row: aiosqlite.Row | tuple) -> StoredKill:
+    return StoredKill(row[0], row[1], row[2], decompress(row[3]))
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def _existing(db: aiosqlite.Connection, table: str, ids: list[int]) -> set[int]:
+    found: set[int] = set()
+    for chunk in _chunks(list(set(ids)), 900):
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk) as cur:
+            found.update(r[0] for r in await cur.fetchall())
+    return found
+
+
+async def _seqs(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for chunk in _chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk) as cur:
+            out.update({r[0]: r[1] for r in await cur.fetchall()})
+    return out
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits first; the version bump rides in the same script so a crash
+        # between the two cannot leave a migration applied but unrecorded.
+        await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        log.info("database migrated to schema version %d", number)

@@ -1,0 +1,66 @@
+"""Fixtures that build the real app on a real SQLite file in a temporary folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from killboard.config import PROJECT_ROOT, Config
+from killboard.keys import pipeline_key
+from killboard.server import create_app
+from killboard.staticdata import StaticData, load_static
+
+DATA = Path(__file__).parent / "data"
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+Client = TestClient[web.Request, web.Application]
+
+
+def load_killmails() -> list[dict[str, Any]]:
+    """The 82 real ESI killmails bundled for tests, oldest kill id first."""
+    files = sorted((DATA / "killmails").glob("[0-9]*.json"), key=lambda p: int(p.stem))
+    return [json.loads(p.read_text()) for p in files]
+
+
+@pytest.fixture(scope="session")
+def static() -> StaticData:
+    return load_static(PROJECT_ROOT / "data")
+
+
+@pytest.fixture(scope="session")
+def killmails() -> list[dict[str, Any]]:
+    return load_killmails()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    # The bundled kills are years old: the live age cut-off is off unless a test turns it on.
+    return Config(db_path=tmp_path / "kb.sqlite3", ingest_token=TOKEN, live_max_age=0)
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Awaitable[Client]], static: StaticData, config: Config
+) -> Callable[..., Awaitable[Client]]:
+    async def make(**overrides: Any) -> Client:
+        return await aiohttp_client(create_app(config.with_overrides(**overrides), static))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
+    return await make_client()
+
+
+async def settle(client: Client) -> None:
+    """Until the worker has stored everything queued so far."""
+    await asyncio.wait_for(client.server.app[pipeline_key].wait_idle(), 10)
