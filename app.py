@@ -1,6 +1,8 @@
 """Entry point: `python app.py --help`."""
 
+import sys
+
 from killboard.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

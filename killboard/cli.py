@@ -1,4 +1,4 @@
-"""Command line: `python app.py` serves; subcommands come with the features that need them."""
+"""Command line: `python app.py` serves; subcommands do one-off jobs on the same database."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .server import create_app
 DESCRIPTION = """\
 killboard: a live EVE Online killmail feed (WebSocket + JSON API + page).
 
-Environment variables (flags win over them):
+Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_HOST          address to listen on (default 127.0.0.1)
   KILLBOARD_PORT          port (default 8080)
   KILLBOARD_DB            SQLite database file (default data/killboard.sqlite3)
@@ -26,15 +26,27 @@ Environment variables (flags win over them):
 """
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def serve(args: argparse.Namespace) -> int:
+    config = settings.from_args(args)
+    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python app.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     settings.add_serve_arguments(parser)
-    args = parser.parse_args(argv)
+    parser.set_defaults(run=serve)
+    # Each job adds its own subparser here, with `set_defaults(run=<function>)`.
+    parser.add_subparsers(title="commands", metavar="COMMAND")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("KILLBOARD_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = settings.from_args(args)
-    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5)
+    return int(args.run(args) or 0)
