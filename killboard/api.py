@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +15,7 @@ from aiohttp import web
 
 from .hub import encode, with_seq
 from .keys import config_key, hub_key, pipeline_key, started_key, store_key
-from .pipeline import QueueFull
+from .pipeline import QueueFull, StorageUnavailable, inbox_payload
 from .validate import Invalid, Submission, parse_submission
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,11 @@ async def post_killmails(request: web.Request) -> web.Response:
                 {"index": index, "errors": ["killmail: only id and hash given; this server needs the ESI body"]}
             )
             continue
+        try:
+            inbox_payload(sub)  # the inbox needs UTF-8 JSON: a lone surrogate ("\\ud800") has none
+        except UnicodeEncodeError as exc:
+            rejected.append({"index": index, "errors": [f"killmail: not valid Unicode ({exc.reason})"]})
+            continue
         subs.append(sub)
     if rejected:
         log.info("POST /api/killmails: rejected %d of %d items: %s", len(rejected), len(items), rejected[:3])
@@ -100,6 +107,10 @@ async def post_killmails(request: web.Request) -> web.Response:
     except QueueFull as exc:
         log.warning("POST /api/killmails: %s; answered 503", exc)
         response = json_error(503, f"server busy: {exc}; retry later")
+        response.headers["Retry-After"] = "5"
+        return response
+    except StorageUnavailable as exc:
+        response = json_error(503, f"storage unavailable: {exc}; nothing was accepted, retry later")
         response.headers["Retry-After"] = "5"
         return response
     result = {"accepted": admitted.accepted, "duplicates": admitted.duplicates, "rejected": rejected}
@@ -163,7 +174,7 @@ async def health(request: web.Request) -> web.Response:
     hub = app[hub_key]
     return web.json_response(
         {
-            "status": "ok",
+            "status": "ok" if pipeline.store_error is None else "degraded",
             "uptime": round(time.monotonic() - app[started_key], 3),
             "queue": pipeline.queue.qsize(),
             "inbox": await store.inbox_count(),
@@ -174,5 +185,17 @@ async def health(request: web.Request) -> web.Response:
             "subscribed": hub.subscribed_count(),
             "deliveries": hub.deliveries,
             "slow_drops": hub.slow_drops,
+            # Leak checks (tests, operators): live asyncio tasks and open file descriptors.
+            "tasks": len(asyncio.all_tasks()),
+            "fds": _open_fds(),
+            "store_error": pipeline.store_error,
         }
     )
+
+
+def _open_fds() -> int | None:
+    """Open file descriptors of this process (sockets included); None where /proc is missing."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself holds open
+    except OSError:
+        return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,19 @@ class QueueFull(Exception):
     """The worker is too far behind; the client should retry later."""
 
 
+class StorageUnavailable(Exception):
+    """The database refused the write (disk full, I/O error): nothing was acknowledged."""
+
+
+# A batch the database refused is retried after this delay, doubling up to the maximum: a full
+# disk or a passing I/O error clears without a restart, and every later batch needs it to.
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+
+
 def inbox_payload(sub: Submission) -> bytes:
+    """The submission as stored in the inbox. Raises UnicodeEncodeError for a lone UTF-16
+    surrogate (JSON may escape one, "\\ud800"; UTF-8 cannot hold it)."""
     return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
 
 
@@ -70,18 +83,31 @@ class Pipeline:
     resolve_names: NameResolver | None = None
     processed: int = 0
     failed: int = 0
+    # The database error that is holding the worker back, None while writes succeed (/health).
+    store_error: str | None = None
     _reserved: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def submit(self, subs: Sequence[Submission], source: str, live: bool = True) -> Admission:
         """Record submissions durably and queue them; returns once they survive a crash.
 
-        Raises QueueFull when the queue has had no room for `queue_full_wait` seconds.
+        Raises QueueFull when the queue has had no room for `queue_full_wait` seconds, and
+        StorageUnavailable when the database cannot take the write (nothing is acknowledged then).
+        A submission that cannot be encoded (see inbox_payload) is logged and left out.
         """
         await self._reserve(len(subs))
         try:
-            rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
-            accepted, duplicates = await self.store.add_to_inbox(rows)
+            rows = []
+            for s in subs:
+                try:
+                    rows.append(InboxRow(s.killmail_id, inbox_payload(s), source, live))
+                except UnicodeEncodeError as exc:
+                    log.warning("kill %d from %s not accepted: %s", s.killmail_id, source, exc)
+            try:
+                accepted, duplicates = await self.store.add_to_inbox(rows)
+            except sqlite3.Error as exc:
+                log.error("recording %d submissions from %s failed: %s", len(rows), source, exc)
+                raise StorageUnavailable(str(exc)) from exc
             by_id = {s.killmail_id: s for s in subs}
             for kill_id in accepted:
                 self._idle.clear()
@@ -122,16 +148,35 @@ class Pipeline:
             while len(batch) < self.batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                await self.process(batch)
-            except Exception:
-                # A database failure (disk full, I/O error): the kills stay in the inbox and are
-                # retried on the next start; keep serving the rest.
-                log.exception("storing a batch of %d kills failed; they stay in the inbox", len(batch))
-                self.failed += len(batch)
-                await asyncio.sleep(1.0)
+                await self._process_until_stored(batch)
             finally:
                 for _ in batch:
                     self.queue.task_done()
+
+    async def _process_until_stored(self, batch: list[Pending]) -> None:
+        """Process a batch, retrying with backoff while the database refuses it.
+
+        The kills are acknowledged and sit in the inbox, so they must be stored eventually: a
+        batch that failed (disk full, I/O error) is kept and retried until it goes through,
+        rather than left for the next restart. Kills stored by an earlier attempt are skipped by
+        save_kills, so a retry never stores or broadcasts a kill twice.
+        """
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await self.process(batch)
+            except Exception as exc:
+                if self.store_error is None:
+                    log.exception("storing a batch of %d kills failed; retrying (they stay in the inbox)", len(batch))
+                self.store_error = str(exc) or type(exc).__name__
+                self.failed += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if self.store_error is not None:
+                log.warning("storing works again after: %s", self.store_error)
+                self.store_error = None
+            return
 
     async def wait_idle(self) -> None:
         """Until the queue is empty and the last batch is stored (tests and graceful stop)."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,10 +137,14 @@ class Store:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
+                await self._writer.execute("COMMIT")
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                # SQLite may already have rolled back by itself (a full disk does that, and so
+                # can a failed COMMIT): a second ROLLBACK would raise and hide the real error.
+                if self._writer.in_transaction:
+                    with suppress(sqlite3.Error):
+                        await self._writer.execute("ROLLBACK")
                 raise
-            await self._writer.execute("COMMIT")
 
     # -- inbox: durable before acknowledgement --------------------------------------------
 
