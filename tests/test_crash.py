@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from serverproc import ServerProcess
 
 TOKEN = "crash-token"
@@ -41,5 +47,76 @@ async def test_acknowledged_kills_survive_sigkill(tmp_path: Path, killmails: lis
                 kills = (await resp.json())["killmails"]
         ids = [k["killmail_id"] for k in kills]
         assert sorted(ids) == sorted(acknowledged)  # every one, exactly once
+    finally:
+        server.stop()
+
+
+def stored_ids(db: Path) -> list[int]:
+    """Kill ids in the server's database, read beside the running server (WAL allows it)."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return [row[0] for row in conn.execute("SELECT killmail_id FROM kills")]
+
+
+def inbox_size(db: Path) -> int:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+
+
+async def post_stream(
+    url: str, killmails: list[dict[str, Any]], rng: random.Random, ids: Iterator[int], acked: set[int], sent: set[int]
+) -> None:
+    """Post batches of 1-40 kills under fresh ids until cancelled; record what was acknowledged."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        while True:
+            batch = [
+                {**km, "killmail_id": km["killmail_id"] + next(ids)} for km in rng.sample(killmails, rng.randint(1, 40))
+            ]
+            sent.update(km["killmail_id"] for km in batch)
+            try:
+                async with session.post(url + "/api/killmails", json=batch) as resp:
+                    if resp.status == 202:
+                        body = await resp.json()
+                        acked.update(body["accepted"])
+                        acked.update(body["duplicates"])  # already stored or waiting: acknowledged before
+            except (aiohttp.ClientError, ConnectionError):
+                return  # the server died under us: this batch was never acknowledged
+
+
+@pytest.mark.slow
+async def test_random_sigkills_never_lose_or_double_an_acknowledged_kill(
+    tmp_path: Path, killmails: list[dict[str, Any]]
+) -> None:
+    rng = random.Random(6)
+    db = tmp_path / "kb.sqlite3"
+    server = ServerProcess(db, env={"KILLBOARD_INGEST_TOKEN": TOKEN})
+    ids = (n * 10**10 for n in itertools.count(1))
+    acked: set[int] = set()
+    sent: set[int] = set()
+    try:
+        for _ in range(20):
+            await server.start()
+            # After each restart: everything acknowledged so far is stored once the inbox drains.
+            for _ in range(400):
+                if inbox_size(db) == 0:
+                    break
+                await asyncio.sleep(0.025)
+            stored = stored_ids(db)
+            assert len(stored) == len(set(stored)), "a kill was stored twice"
+            assert acked <= set(stored), f"lost {len(acked - set(stored))} acknowledged kills"
+            assert set(stored) <= sent
+            # Three clients stream kills in; SIGKILL lands at a random moment among their commits.
+            posters = [asyncio.create_task(post_stream(server.url, killmails, rng, ids, acked, sent)) for _ in range(3)]
+            await asyncio.sleep(rng.uniform(0.05, 0.6))
+            server.kill()
+            await asyncio.gather(*posters, return_exceptions=True)
+        await server.start()
+        for _ in range(400):
+            if inbox_size(db) == 0:
+                break
+            await asyncio.sleep(0.025)
+        stored = stored_ids(db)
+        assert len(stored) == len(set(stored))
+        assert acked <= set(stored) <= sent
+        assert len(acked) > 500, "too few kills acknowledged for the test to mean anything"
     finally:
         server.stop()
