@@ -175,8 +175,18 @@ class Hub:
             if not sub.dropped:
                 self._close(sub, code, message)
         writers = [s.writer for s in subs if s.writer is not None]
-        if writers:
-            await asyncio.wait(writers, timeout=self._close_timeout * 2 + 0.5)
+        if not writers:
+            return
+        # A stop has 5 s in all and the queue still has to drain after this: a client that
+        # cannot take its close frame within close_timeout is cut now, not after 2x that
+        # (_abort_if_stuck's patience is for a single slow client while we keep serving).
+        _done, stuck = await asyncio.wait(writers, timeout=self._close_timeout)
+        for sub in subs:
+            if sub.writer in stuck and sub.transport is not None:
+                sub.transport.abort()
+        if stuck:
+            log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
+            await asyncio.wait(stuck, timeout=0.5)
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 # How long a stop waits for the worker to store what is queued; anything left stays in the
 # inbox and is processed on the next start, so this bounds shutdown time, not durability.
-DRAIN_TIMEOUT = 3.0
+# A stop has 5 s in all: up to 2.5 s closing sockets (the worker keeps draining meanwhile),
+# then this.
+DRAIN_TIMEOUT = 2.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
