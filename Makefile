@@ -18,6 +18,10 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks of the real server over loopback (README "Performance"); ARGS="--quick" for a smoke run.
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,112 @@
+"""Ingest: a backlog of kills (15,000 is about a day of EVE) pushed through the server, against a
+floor that only parses the same JSON and inserts it raw with sqlite3."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ujson
+
+from .data import stream, take
+from .fanout import AUTH
+from .procstat import cpu_seconds
+from .server import Server
+from .wsclient import Pool
+
+POST_BATCH = 500  # kills per POST: half the API's limit
+BATCH = 200  # the worker's batch size, used by the floor too
+
+
+@dataclass
+class IngestRun:
+    kills: int
+    acked_s: float  # first POST to the last 202
+    stored_s: float  # first POST to the last kill stored
+    broadcast_s: float  # first POST to the last kill received by the subscriber
+    server_cpu: float
+    retries: int
+    db: Path
+
+    @property
+    def stored_rate(self) -> float:
+        return self.kills / self.stored_s
+
+    @property
+    def broadcast_rate(self) -> float:
+        return self.kills / self.broadcast_s
+
+
+def bodies(killmails: list[dict[str, Any]], count: int) -> list[bytes]:
+    kills = take(stream(killmails), count)
+    return [json.dumps(kills[i : i + POST_BATCH]).encode() for i in range(0, count, POST_BATCH)]
+
+
+async def health(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url + "/health") as resp:
+        return await resp.json()
+
+
+async def run_http(workdir: Path, payloads: list[bytes], count: int) -> IngestRun:
+    """POST the backlog as fast as the server acknowledges it, with one live subscriber."""
+    server = Server(workdir / f"ingest-{time.monotonic_ns()}.sqlite3")
+    pool = Pool(1)
+    retries = 0
+    try:
+        await server.start()
+        await pool.connect("127.0.0.1", server.port, 1)
+        async with aiohttp.ClientSession() as session:
+            cpu0 = cpu_seconds(server.pid)
+            start = time.monotonic()
+            for body in payloads:
+                while True:
+                    async with session.post(server.url + "/api/killmails", data=io.BytesIO(body), headers=AUTH) as r:
+                        if r.status == 202:
+                            break
+                        if r.status != 503:  # 503: the queue is full, as the API says: retry
+                            raise RuntimeError(f"POST answered {r.status}: {await r.text()}")
+                    retries += 1
+                    await asyncio.sleep(0.05)
+            acked = time.monotonic() - start
+            while (await health(session, server.url))["kills"] < count:
+                await asyncio.sleep(0.02)
+            stored = time.monotonic() - start
+            while await pool.received() < count:
+                await asyncio.sleep(0.02)
+            broadcast = max(await pool.last_arrival() - start, stored)
+            cpu = cpu_seconds(server.pid) - cpu0
+        return IngestRun(count, acked, stored, broadcast, cpu, retries, server.db)
+    finally:
+        try:
+            await pool.shutdown()
+        finally:
+            server.stop()
+
+
+def run_floor(workdir: Path, payloads: list[bytes]) -> tuple[int, float]:
+    """The unavoidable: parse the same JSON, insert each kill raw in batched transactions
+    (WAL, synchronous=NORMAL, like the server). Returns (kills, seconds)."""
+    path = workdir / f"floor-{time.monotonic_ns()}.sqlite3"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE kills (killmail_id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        count = 0
+        start = time.perf_counter()
+        for body in payloads:
+            items = ujson.loads(body)
+            for i in range(0, len(items), BATCH):
+                rows = [(km["killmail_id"], ujson.dumps(km).encode()) for km in items[i : i + BATCH]]
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT INTO kills VALUES (?, ?)", rows)
+                db.execute("COMMIT")
+                count += len(rows)
+        return count, time.perf_counter() - start

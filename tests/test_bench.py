@@ -1,0 +1,35 @@
+"""The benchmark command runs end to end (quick mode) and prints every table it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from killboard.config import PROJECT_ROOT
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_every_table_and_delivers_everything(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(results)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    titles = ("| cores |", "### Fan-out of real kills", "### Fan-out of a", "### Ingest", "### Memory", "### Start-up")
+    for title in titles:
+        assert title in done.stdout, done.stdout
+    figures = json.loads(results.read_text())
+    for row in figures["fanout"] + figures["big"]:
+        assert row["delivered"] == row["expected"] > 0  # every subscriber got every kill
+        assert 0 < row["p50"] <= row["p99"] <= row["max"]
+    assert figures["ingest"]["floor_rate"] > 0
+    assert all(run["stored_s"] > 0 for run in figures["ingest"]["http"])
+    assert figures["memory"]["idle_rss"] > 0
