@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .hub import encode, with_seq
 from .keys import config_key, hub_key, pipeline_key, started_key, store_key
-from .pipeline import QueueFull, StorageUnavailable, inbox_payload
+from .pipeline import QueueFull, StorageUnavailable
 from .validate import Invalid, Submission, parse_submission
 
 log = logging.getLogger(__name__)
@@ -90,11 +90,6 @@ async def post_killmails(request: web.Request) -> web.Response:
             rejected.append(
                 {"index": index, "errors": ["killmail: only id and hash given; this server needs the ESI body"]}
             )
-            continue
-        try:
-            inbox_payload(sub)  # the inbox needs UTF-8 JSON: a lone surrogate ("\\ud800") has none
-        except UnicodeEncodeError as exc:
-            rejected.append({"index": index, "errors": [f"killmail: not valid Unicode ({exc.reason})"]})
             continue
         subs.append(sub)
     if rejected:

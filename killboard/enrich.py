@@ -59,9 +59,10 @@ def security_class(raw: float | None, region_id: int | None) -> str:
 
 
 def is_npc_attacker(attacker: Mapping[str, Any]) -> bool:
-    if attacker.get("character_id", 0) > MAX_NPC_CHARACTER_ID:
+    # `or 0`, not a .get default: validation lets an optional id be null, and None > int raises.
+    if (attacker.get("character_id") or 0) > MAX_NPC_CHARACTER_ID:
         return False
-    return attacker.get("corporation_id", 0) <= MAX_NPC_CORPORATION_ID
+    return (attacker.get("corporation_id") or 0) <= MAX_NPC_CORPORATION_ID
 
 
 class _Enricher:
@@ -265,7 +266,7 @@ def _flags(
     victim = esi["victim"]
     is_npc = not players
     is_solo = ship_category == CATEGORY_SHIP and ship_group != GROUP_CAPSULE and len(players) == 1
-    victim_corp = victim.get("corporation_id", 0)
+    victim_corp = victim.get("corporation_id") or 0
     victim_alliance = victim.get("alliance_id")
     is_awox = victim_corp > MAX_NPC_CORPORATION_ID and any(
         a.get("character_id")

@@ -57,8 +57,6 @@ RETRY_MAX = 5.0
 
 
 def inbox_payload(sub: Submission) -> bytes:
-    """The submission as stored in the inbox. Raises UnicodeEncodeError for a lone UTF-16
-    surrogate (JSON may escape one, "\\ud800"; UTF-8 cannot hold it)."""
     return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
 
 
@@ -93,16 +91,10 @@ class Pipeline:
 
         Raises QueueFull when the queue has had no room for `queue_full_wait` seconds, and
         StorageUnavailable when the database cannot take the write (nothing is acknowledged then).
-        A submission that cannot be encoded (see inbox_payload) is logged and left out.
         """
         await self._reserve(len(subs))
         try:
-            rows = []
-            for s in subs:
-                try:
-                    rows.append(InboxRow(s.killmail_id, inbox_payload(s), source, live))
-                except UnicodeEncodeError as exc:
-                    log.warning("kill %d from %s not accepted: %s", s.killmail_id, source, exc)
+            rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
             try:
                 accepted, duplicates = await self.store.add_to_inbox(rows)
             except sqlite3.Error as exc:

@@ -1,0 +1,332 @@
+"""Property-based abuse of the two doors a stranger can knock on: POST /api/killmails and the
+WebSocket. Wrong types, huge numbers, deep nesting, invalid UTF-8, lone surrogates, truncated
+JSON and giant arrays must never get a 5xx or crash the server: always a JSON error (or a
+WebSocket error frame / protocol close code), and nothing half-stored.
+
+The server is the real one in a subprocess; the tests speak plain HTTP and raw WebSocket
+frames over blocking sockets so Hypothesis drives them synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import http.client
+import json
+import socket
+import sqlite3
+import struct
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rawws
+from conftest import AUTH, Client, load_killmails, settle
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from serverproc import ServerProcess
+
+TOKEN = "fuzz-token"
+KILLMAILS = load_killmails()
+# By index: sampled_from(KILLMAILS) would put 600 KB of killmails in every failure report.
+A_KILLMAIL = st.integers(0, len(KILLMAILS) - 1).map(lambda i: KILLMAILS[i])
+FUZZ = settings(
+    deadline=None,  # a round trip to a server process has no meaningful deadline
+    database=None,  # no .hypothesis/ folder in the work tree
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+# Values that break naive code: wrong types, numbers past 64 bits and float range, NaN.
+HOSTILE_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([0, -1, 2**63, -(2**63) - 1, 10**40, 2**64 + 1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=50),
+    st.sampled_from(["", "\ud800", "\udfff x", "𝕂", "<script>alert(1)</script>", "9" * 400]),
+)
+JSON_VALUES = st.recursive(
+    HOSTILE_SCALARS,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_INGEST_TOKEN": TOKEN})
+    asyncio.run(proc.start())
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def dumps(value: Any) -> bytes:
+    # Python's json writes NaN/Infinity and lone surrogates (as \ud800 escapes): hostile on purpose.
+    return json.dumps(value, allow_nan=True).encode()
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path to a value inside a killmail, e.g. ("victim", "items", 0, "flag")."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value[:3]):
+            yield from paths(child, (*prefix, i))
+
+
+@st.composite
+def mutated_killmail(draw: st.DrawFn) -> bytes:
+    """A real killmail with one to three fields replaced or deleted, in one of the three forms."""
+    km = copy.deepcopy(draw(A_KILLMAIL))
+    km["killmail_id"] += draw(st.integers(1, 10**6)) * 10**10
+    kill_id, kill_hash = km["killmail_id"], km["killmail_hash"]
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(list(paths(km))[1:]))
+        parent = km
+        for key in path[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            parent.pop(path[-1], None)
+        else:
+            parent[path[-1]] = draw(JSON_VALUES)
+    form = draw(st.sampled_from(["esi", "r2z2", "redisq", "array"]))
+    if form == "r2z2":
+        body: Any = {"killmail_id": kill_id, "hash": kill_hash, "esi": km, "zkb": {}}
+    elif form == "redisq":
+        body = {"package": {"killID": kill_id, "killmail": km, "zkb": {"hash": kill_hash}}}
+    elif form == "array":
+        body = [km, draw(JSON_VALUES)]
+    else:
+        body = km
+    return dumps(body)
+
+
+@st.composite
+def killmail_with_extras(draw: st.DrawFn) -> bytes:
+    """A valid killmail carrying hostile values where nothing validates them: unknown fields
+    (kept in the stored ESI body) and the zkb block."""
+    km = copy.deepcopy(draw(A_KILLMAIL))
+    km["killmail_id"] += draw(st.integers(1, 10**6)) * 10**10
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from([km, km["victim"], km["attackers"][0]]))
+        where[draw(st.text(max_size=8))] = draw(JSON_VALUES)
+    if draw(st.booleans()):
+        km["zkb"] = draw(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4))
+    return dumps(km)
+
+
+def deep(n: int, kind: str) -> bytes:
+    return {"list": b"[" * n + b"]" * n, "dict": b'{"a":' * n + b"1" + b"}" * n}[kind]
+
+
+HOSTILE_BODIES = st.one_of(
+    JSON_VALUES.map(dumps),
+    mutated_killmail(),
+    killmail_with_extras(),
+    st.binary(max_size=300),  # mostly invalid UTF-8 and not JSON
+    st.builds(lambda km, cut: dumps(km)[:cut], A_KILLMAIL, st.integers(0, 2000)),  # truncated
+    st.builds(deep, st.integers(1, 200_000), st.sampled_from(["list", "dict"])),
+    st.builds(lambda n, v: dumps([v] * n), st.integers(1001, 20_000), HOSTILE_SCALARS),  # giant arrays
+    st.builds(lambda km, junk: dumps(km)[:-1] + b',"note":"' + junk + b'"}', A_KILLMAIL, st.binary()),
+)
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, dict[str, Any]]:
+    conn.request(
+        "POST",
+        "/api/killmails",
+        body=body,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    raw = resp.read()
+    assert resp.getheader("Content-Type", "").startswith("application/json"), (resp.status, raw[:200])
+    return resp.status, json.loads(raw)
+
+
+def stored(db: Path) -> tuple[set[int], int]:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        ids = {row[0] for row in conn.execute("SELECT killmail_id FROM kills")}
+        inbox = conn.execute("SELECT count(*) FROM inbox").fetchone()[0]
+    return ids, inbox
+
+
+def health(server: ServerProcess) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        return json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_hostile_posts_get_json_errors_and_nothing_half_stored(server: ServerProcess) -> None:
+    accepted: set[int] = set()
+    statuses: set[int] = set()
+    sent: list[int] = []
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    @settings(FUZZ, max_examples=1000)
+    @given(body=HOSTILE_BODIES)
+    def hostile_post(body: bytes) -> None:
+        sent.append(len(body))
+        status, reply = post(conn, body)
+        statuses.add(status)
+        assert status < 500, reply
+        if status == 202:
+            accepted.update(reply["accepted"])
+        else:
+            assert 400 <= status < 500 and isinstance(reply.get("error"), str) and reply["error"], reply
+
+    try:
+        hostile_post()
+    finally:
+        conn.close()
+    assert server.proc is not None and server.proc.poll() is None, "the server died"
+    assert len(sent) >= 1000, f"only {len(sent)} bodies were tried"
+    assert {400, 413, 422} <= statuses, statuses
+    # Nothing half-stored: once the worker is done, the database holds exactly what was accepted.
+    for _ in range(200):
+        ids, inbox = stored(server.db)
+        if inbox == 0 and len(ids) >= len(accepted):
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert inbox == 0
+    assert ids == accepted
+    assert health(server)["status"] == "ok"
+
+
+class RawSocket:
+    """A blocking WebSocket client that can send any frame, well-formed or not."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.pending = head.split(b"\r\n\r\n", 1)[1]
+
+    def _read(self, n: int) -> bytes:
+        while len(self.pending) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("server closed the connection")
+            self.pending += chunk
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def frame(self) -> tuple[int, bytes]:
+        b0, b1 = self._read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._read(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._read(8))[0]
+        return b0 & 0x0F, self._read(n)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+CLIENT_FRAMES = st.one_of(
+    st.tuples(st.just(0x1), JSON_VALUES.map(dumps)),  # JSON of every shape
+    st.tuples(
+        st.just(0x1),
+        st.fixed_dictionaries(
+            {"action": HOSTILE_SCALARS | st.sampled_from(["sub", "unsub"]), "channel": JSON_VALUES}
+        ).map(dumps),
+    ),
+    st.tuples(st.just(0x1), st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))),
+    st.tuples(st.just(0x1), st.binary(max_size=200)),  # invalid UTF-8 in a text frame
+    st.tuples(st.just(0x1), st.builds(deep, st.integers(1, 2000), st.sampled_from(["list", "dict"]))),
+    st.tuples(st.just(0x2), st.binary(max_size=200)),  # binary frames
+    st.tuples(st.just(0x1), st.integers(4097, 70_000).map(lambda n: b"x" * n)),  # over the 4 KiB limit
+    st.tuples(st.sampled_from([0x0, 0x3, 0x7, 0xB, 0xF]), st.binary(max_size=20)),  # stray / reserved opcodes
+)
+PROTOCOL_CLOSES = {1002, 1007, 1009}  # protocol error, invalid UTF-8, message too big
+
+
+def test_hostile_websocket_frames_get_error_frames_or_protocol_closes(server: ServerProcess) -> None:
+    client = RawSocket(server.port)
+    seen: set[str] = set()
+    sent = 0
+
+    @settings(FUZZ, max_examples=600)
+    @given(frame=CLIENT_FRAMES)
+    def hostile_frame(frame: tuple[int, bytes]) -> None:
+        nonlocal client, sent
+        opcode, payload = frame
+        sent += 1
+        try:
+            client.sock.sendall(rawws.masked_frame(payload, opcode))
+            op, data = client.frame()
+        except (ConnectionResetError, BrokenPipeError):
+            # Only a frame that breaks the protocol may end the connection, and never silently
+            # for the frames the spec covers: a close frame comes first (checked below).
+            assert opcode not in (0x1, 0x2) or len(payload) > 4096, (opcode, payload[:80])
+            seen.add("reset")
+            client.close()
+            client = RawSocket(server.port)
+            return
+        if op == 0x1:
+            reply = json.loads(data)
+            assert reply["action"] in ("error", "subscribed", "unsubscribed"), reply
+            seen.add(reply["action"])
+            if reply["action"] == "error":
+                assert isinstance(reply["message"], str) and reply["message"]
+        else:
+            assert op == 0x8, (op, data[:80])
+            code = struct.unpack("!H", data[:2])[0]
+            assert code in PROTOCOL_CLOSES, (code, opcode, payload[:80])
+            seen.add(f"close {code}")
+            client.close()
+            client = RawSocket(server.port)
+
+    try:
+        hostile_frame()
+    finally:
+        client.close()
+    assert server.proc is not None and server.proc.poll() is None, "the server died"
+    assert sent >= 600, f"only {sent} frames were tried"
+    assert {"error", "close 1009"} <= seen, seen
+    state = health(server)
+    assert state["status"] == "ok"
+    # The fuzzing clients are gone, and so are their sockets and tasks.
+    for _ in range(100):
+        if state["clients"] == 0:
+            break
+        asyncio.run(asyncio.sleep(0.05))
+        state = health(server)
+    assert state["clients"] == 0, state
+
+
+# Regressions the fuzzing found, pinned as plain examples against the in-process app.
+
+
+async def test_null_optional_ids_are_stored_not_dropped(client: Client, killmails: list[dict[str, Any]]) -> None:
+    # Validation lets an optional id be null; enrichment compared None > int and dropped the
+    # kill after it had been acknowledged.
+    km = copy.deepcopy(killmails[5])
+    km["victim"]["corporation_id"] = None
+    km["attackers"][0]["character_id"] = None
+    km["attackers"][0]["corporation_id"] = None
+    resp = await client.post("/api/killmails", data=json.dumps(km), headers=AUTH)
+    assert resp.status == 202
+    assert (await resp.json())["accepted"] == [km["killmail_id"]]
+    await settle(client)
+    resp = await client.get(f"/api/killmails/{km['killmail_id']}")
+    assert resp.status == 200
+    assert (await resp.json())["attackers"][0]["character_id"] is None
