@@ -43,7 +43,8 @@ def killmails() -> list[dict[str, Any]]:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     # The bundled kills are years old: the live age cut-off is off unless a test turns it on.
-    return Config(db_path=tmp_path / "kb.sqlite3", ingest_token=TOKEN, live_max_age=0)
+    # Tests never reach the internet: upstream is off unless a test points it at a local fake.
+    return Config(db_path=tmp_path / "kb.sqlite3", ingest_token=TOKEN, live_max_age=0, upstream=False)
 
 
 @pytest.fixture
