@@ -36,6 +36,7 @@ class Backoff(Exception):
 class FollowerState:
     sequence: int | None = None  # the next sequence to ask for
     kills: int = 0  # kills taken since start
+    duplicates: int = 0  # kills the feed brought that were already stored or waiting
     last_kill_at: float | None = None  # uploaded_at of the last kill taken (unix seconds)
     last_error: str | None = None
     skipped: int = 0  # sequences skipped because the saved cursor had expired upstream
@@ -47,6 +48,7 @@ class FollowerState:
             "running": self.running,
             "sequence": self.sequence,
             "kills": self.kills,
+            "duplicates": self.duplicates,
             "lag_seconds": lag,
             "last_error": self.last_error,
             "skipped_sequences": self.skipped,
@@ -183,12 +185,13 @@ class Follower:
             return
         while True:
             try:
-                await self.pipeline.submit([sub], source="r2z2", state=cursor)
+                admitted = await self.pipeline.submit([sub], source="r2z2", state=cursor)
                 break
             except QueueFull:
                 # The worker is behind: hold this kill (and the cursor) until there is room.
                 await asyncio.sleep(1.0)
-        self.state.kills += 1
+        self.state.kills += len(admitted.accepted)
+        self.state.duplicates += len(admitted.duplicates)
         self.state.last_error = None
         uploaded = body.get("uploaded_at") if isinstance(body, dict) else None
         self.state.last_kill_at = float(uploaded) if isinstance(uploaded, int | float) else time.time()
