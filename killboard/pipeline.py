@@ -149,7 +149,8 @@ class Pipeline:
         # Every put clears the event; the worker sets it only when it finds the queue empty.
         await self._idle.wait()
 
-    async def process(self, batch: list[Pending]) -> None:
+    async def process(self, batch: list[Pending]) -> list[tuple[int, NewKill]]:
+        """Enrich and store a batch in one transaction, then broadcast the new live kills."""
         batch, dropped = await self._complete(batch)
         names, unresolved = await self._names(batch)
         kills: list[NewKill] = []
@@ -184,6 +185,7 @@ class Pipeline:
                 )
                 continue
             self.hub.publish(seq, kill.body)
+        return stored
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
         """(names known, ids still without one after asking ESI)."""
