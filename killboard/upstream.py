@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .config import Config
 from .esi import EsiClient, NameService, refresh_prices
 from .keys import config_key, esi_key, follower_key, names_key, pipeline_key, prices_key, session_key, store_key
 from .r2z2 import Follower
@@ -55,6 +56,11 @@ async def run(app: web.Application) -> AsyncIterator[None]:
     pipeline.resolve_names = names.resolve
     pipeline.fetch_killmail = esi.killmail
     log.info("upstream on: following %s, ESI at %s, User-Agent %r", config.r2z2_url, config.esi_url, config.user_agent)
+    if config.user_agent == Config().user_agent:
+        log.warning(
+            "KILLBOARD_USER_AGENT is not set: zKillboard and ESI ask for a contact in the User-Agent;"
+            " set e.g. KILLBOARD_USER_AGENT='killboard (you@example.com)'"
+        )
     jobs: list[Coroutine[Any, Any, None]] = [
         follower.run(),
         refresh_prices(esi, store, app[prices_key], config.prices_every),
