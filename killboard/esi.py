@@ -130,6 +130,9 @@ class EsiClient:
         for row in body:
             if isinstance(row, dict) and isinstance(row.get("type_id"), int):
                 out[row["type_id"]] = (_float(row.get("average_price")), _float(row.get("adjusted_price")))
+        if not out:
+            # Never replace a good table with nothing because of one odd answer.
+            raise EsiError("GET /markets/prices/ answered with no prices")
         return out
 
     async def killmail(self, killmail_id: int, killmail_hash: str) -> dict[str, Any]:

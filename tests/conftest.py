@@ -65,3 +65,10 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 async def settle(client: Client) -> None:
     """Until the worker has stored everything queued so far."""
     await asyncio.wait_for(client.server.app[pipeline_key].wait_idle(), 10)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Until `check()` is true; for conditions behind HTTP or in another process."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - polling is the point here
+            await asyncio.sleep(0.02)

@@ -10,9 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import AUTH, Client, settle
+from conftest import AUTH, Client, settle, until
 from fakes import FakeEsi, player_names
-from test_r2z2 import until
 
 from killboard.esi import EsiClient
 from killboard.keys import names_key, prices_key, store_key

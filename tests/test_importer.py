@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from conftest import until
 from fakes import DATA, r2z2_object
 from serverproc import ServerProcess
-from test_r2z2 import until
 
 from killboard.config import PROJECT_ROOT, Config
 from killboard.importer import run_import

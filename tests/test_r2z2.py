@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Client
+from conftest import Client, until
 from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 from serverproc import ServerProcess
 
@@ -37,13 +37,6 @@ async def esi(killmails: list[dict[str, Any]]) -> AsyncIterator[tuple[FakeEsi, s
     url = await fake.start()
     yield fake, url
     await fake.close()
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    # Polling is the point here: the condition lives in another process or behind HTTP.
-    async with asyncio.timeout(timeout):
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def stored_ids(client: Client) -> list[int]:
