@@ -26,6 +26,10 @@ from .validate import Invalid, parse_submission
 log = logging.getLogger(__name__)
 
 CURSOR_KEY = "r2z2.sequence"  # the last sequence whose kill is in the inbox (or was skipped)
+# sequence.json may run a little ahead of what is fetchable: a 404 with the feed only slightly
+# past us is asked again this many times before we call it missing; far past us, it has expired.
+MISSING_AFTER = 3
+EXPIRED_MARGIN = 100
 
 
 class Backoff(Exception):
@@ -81,6 +85,7 @@ class Follower:
         self.state = FollowerState()
         self._last_request = 0.0
         self._failures = 0
+        self._misses = 0  # 404s in a row for the current sequence while the feed is past it
 
     async def _get(self, path: str) -> tuple[int, Any]:
         """(status, JSON body or None) for 200 and 404; Backoff for anything else."""
@@ -148,23 +153,25 @@ class Follower:
         if status == 200:
             await self._take(seq, body)
             self.state.sequence = seq + 1
+            self._misses = 0
             return
         # 404: not published yet, or expired when the feed is already past it.
         current = await self.current_sequence()
-        if current > seq:
+        self._misses = self._misses + 1 if current > seq else 0
+        if self._misses >= MISSING_AFTER or current - seq > EXPIRED_MARGIN:
+            self._misses = 0
             next_status, next_body = await self._get(f"/{seq + 1}.json")
             if next_status == 200:
                 # Just this one is missing upstream: skip it, keep the rest.
                 log.warning("R2Z2: sequence %d is missing upstream; skipped", seq)
                 self.state.skipped += 1
-                await self.store.set_state({CURSOR_KEY: str(seq)})
                 await self._take(seq + 1, next_body)
                 self.state.sequence = seq + 2
                 return
             gap = current - seq
             self.state.skipped += gap
             log.warning(
-                "R2Z2: saved sequence %d has expired upstream; restarting at the current sequence %d"
+                "R2Z2: sequence %d has expired upstream; restarting at the current sequence %d"
                 " (%d sequences skipped: `python app.py import` can fill the gap)",
                 seq,
                 current,
