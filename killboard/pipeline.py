@@ -170,8 +170,11 @@ class Pipeline:
         self.processed += len(kills)
         if unresolved:
             # Broadcast now with what is known; the ESI name filler patches these stored kills later.
+            new_ids = {kill.killmail_id for _, kill in stored}
             await self.store.mark_names_pending(
-                p.submission.killmail_id for p in batch if player_ids(p.submission.esi or {}) & unresolved
+                p.submission.killmail_id
+                for p in batch
+                if p.submission.killmail_id in new_ids and player_ids(p.submission.esi or {}) & unresolved
             )
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
@@ -219,6 +222,7 @@ class Pipeline:
                 self._attempts.pop(sub.killmail_id, None)
             elif isinstance(result, KillmailGone | ValueError):
                 log.warning("kill %d dropped: %s", sub.killmail_id, result)
+                self._attempts.pop(sub.killmail_id, None)
                 dropped.append(sub.killmail_id)
             else:
                 self._retry_later(pending, result)
