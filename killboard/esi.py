@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 NAMES_PER_CALL = 1000  # ESI's limit for POST /universe/names/
 ERROR_LIMIT_FLOOR = 10  # stop calling when this few errors are left in the window
+# After a failed or slow name lookup, batches go out without waiting for ESI for this long
+# (the late filler still completes them); and never more than this many lookups in flight.
+DOWN_PAUSE = 30.0
+MAX_LOOKUPS = 16
 PLAYER_FIELDS = (
     ("character_id", "character_name"),
     ("corporation_id", "corporation_name"),
@@ -161,6 +165,7 @@ class NameService:
         self.store = store
         self.wait = wait
         self._lookups: set[asyncio.Task[dict[int, str]]] = set()
+        self._down_until = 0.0
         self.last_error: str | None = None
 
     async def lookup(self, ids: Iterable[int]) -> dict[int, str]:
@@ -175,6 +180,8 @@ class NameService:
 
         A lookup that takes longer goes on in the background and still fills the cache.
         """
+        if time.monotonic() < self._down_until or len(self._lookups) >= MAX_LOOKUPS:
+            return {}  # ESI failed a moment ago, or is badly behind: don't make every batch wait
         task = asyncio.create_task(self.lookup(ids))
         self._lookups.add(task)
         task.add_done_callback(self._finished)
@@ -184,6 +191,7 @@ class NameService:
             log.warning("ESI names took over %.1f s; %d names filled in later", self.wait, len(ids))
         except EsiError as exc:
             log.warning("ESI names failed (%s); %d names filled in later", exc, len(ids))
+        self._down_until = time.monotonic() + DOWN_PAUSE
         return {}
 
     def _finished(self, task: asyncio.Task[dict[int, str]]) -> None:

@@ -117,6 +117,12 @@ async def test_slow_esi_delays_the_broadcast_only_by_the_bounded_wait(
     frame = await ws.receive_json(timeout=10)
     assert time.monotonic() - started < fake.delay  # broadcast before ESI answered
     assert frame["data"]["victim"]["character_name"] == ""
+    # ESI just timed out: the next kill (other pilots) goes out without asking it again.
+    await post(client, killmails[21])
+    frame = await ws.receive_json(timeout=10)
+    assert frame["data"]["killmail_id"] == killmails[21]["killmail_id"]
+    assert len(fake.name_calls()) == 1
+    assert (await (await client.get("/health")).json())["names_pending"] == 2
     await ws.close()
 
 
