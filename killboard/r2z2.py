@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import ujson
 
-from .pipeline import Pipeline, QueueFull
+from .pipeline import Pipeline, QueueFull, StorageUnavailable
 from .store import Store
 from .validate import Invalid, parse_submission
 
@@ -190,6 +190,7 @@ class Follower:
             log.warning("R2Z2: sequence %d is not a valid kill, skipped: %s", seq, "; ".join(exc.errors[:3]))
             await self.store.set_state(cursor)
             return
+        refusals = 0
         while True:
             try:
                 admitted = await self.pipeline.submit([sub], source="r2z2", state=cursor)
@@ -197,6 +198,14 @@ class Follower:
             except QueueFull:
                 # The worker is behind: hold this kill (and the cursor) until there is room.
                 await asyncio.sleep(1.0)
+            except StorageUnavailable as exc:
+                # Disk full or I/O error: nothing was written, cursor included. Hold this kill and
+                # ask again (backing off) rather than let the exception end the follower for good.
+                refusals += 1
+                self.state.last_error = f"storage unavailable: {exc}"
+                if refusals == 1:
+                    log.warning("R2Z2: cannot store sequence %d (%s); holding it until storage works", seq, exc)
+                await asyncio.sleep(min(self.backoff_max, self.backoff_min * 2 ** min(refusals - 1, 10)))
         self.state.kills += len(admitted.accepted)
         self.state.duplicates += len(admitted.duplicates)
         self.state.last_error = None

@@ -13,7 +13,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 from serverproc import ServerProcess
+
+from killboard.r2z2 import CURSOR_KEY
 
 TOKEN = "crash-token"
 
@@ -120,3 +123,64 @@ async def test_random_sigkills_never_lose_or_double_an_acknowledged_kill(
         assert len(acked) > 500, "too few kills acknowledged for the test to mean anything"
     finally:
         server.stop()
+
+
+def cursor(db: Path) -> int | None:
+    if not db.exists():
+        return None
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT value FROM state WHERE key = ?", (CURSOR_KEY,)).fetchone()
+    return int(row[0]) if row else None
+
+
+@pytest.mark.slow
+async def test_random_sigkills_while_following_r2z2_resume_without_a_gap(
+    tmp_path: Path, killmails: list[dict[str, Any]]
+) -> None:
+    """The live upstream cursor is committed with the kill: after each SIGKILL the server asks
+    for exactly the next sequence, and every kill the feed published up to the cursor is
+    stored exactly once."""
+    rng = random.Random(66)
+    fake, esi = FakeR2Z2(), FakeEsi(names=player_names(killmails))
+    published: dict[int, int] = {}  # sequence -> kill id
+    for seq in range(1, 1001):
+        km = {
+            **killmails[seq % len(killmails)],
+            "killmail_id": killmails[seq % len(killmails)]["killmail_id"] + seq * 10**10,
+        }
+        fake.publish(seq, r2z2_object(km, seq))
+        published[seq] = km["killmail_id"]
+    fake.current = 1  # a fresh follower starts at sequence.json's value; everything after it is there
+    db = tmp_path / "kb.sqlite3"
+    env = {"KILLBOARD_UPSTREAM": "on", "KILLBOARD_R2Z2_URL": await fake.start(), "KILLBOARD_ESI_URL": await esi.start()}
+    server = ServerProcess(db, env=env)
+    try:
+        for _ in range(20):
+            saved = cursor(db)
+            fake.requests.clear()
+            await server.start()
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
+            server.kill()
+            if saved is not None:
+                asked = [int(path[1:-5]) for path in fake.requests if path != "/sequence.json"]
+                # Resumed exactly after the saved cursor: no gap, nothing taken again.
+                assert not asked or asked[0] == saved + 1, (saved, asked[:5])
+                assert "/sequence.json" not in fake.requests
+        await server.start()
+        await asyncio.sleep(0.5)
+        last = cursor(db)
+        assert last is not None and last > 20, "the follower hardly moved: the test proves nothing"
+        for _ in range(400):
+            if inbox_size(db) == 0:
+                break
+            await asyncio.sleep(0.025)
+        stored = stored_ids(db)
+        assert len(stored) == len(set(stored)), "a kill was stored twice"
+        # Every sequence up to the cursor has its kill stored (taken ones may run a little past it).
+        missing = [seq for seq in range(1, last + 1) if published[seq] not in set(stored)]
+        assert not missing, f"sequences taken but not stored: {missing[:10]}"
+        assert set(stored) <= set(published.values())
+    finally:
+        server.stop()
+        await fake.close()
+        await esi.close()

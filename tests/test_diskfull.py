@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, Client
+from conftest import AUTH, Client, until
+from fakes import FakeR2Z2, r2z2_object
 
-from killboard.keys import pipeline_key
+from killboard.keys import follower_key, pipeline_key
 
 
 @pytest.fixture
@@ -108,3 +109,53 @@ async def test_full_disk_answers_503_loses_nothing_and_recovers(
             break
         after = page["next_after"]
     assert sorted(stored) == sorted(acknowledged)  # every acknowledged kill, exactly once
+
+
+async def test_full_disk_pauses_the_r2z2_follower_without_losing_its_place(
+    make_client: Any, small_fs: Path, killmails: list[dict[str, Any]]
+) -> None:
+    fake = FakeR2Z2()
+    url = await fake.start()
+    try:
+        for seq in range(1, 41):
+            km = killmails[seq % len(killmails)]
+            fake.publish(seq, r2z2_object({**km, "killmail_id": km["killmail_id"] + seq * 10**10}, seq))
+        fake.current = 1
+        client: Client = await make_client(
+            db_path=small_fs / "kb.sqlite3",
+            upstream=True,
+            r2z2_url=url,
+            esi_url=url,  # no ESI here: names stay empty, which is fine for this test
+            r2z2_wait=0.05,
+            r2z2_rate=1000.0,
+            backoff_min=0.05,
+            backoff_max=0.2,
+            names_wait=0.1,
+        )
+        follower = client.server.app[follower_key]
+        await until(lambda: _at_least(client, 3))
+        ballast = small_fs / "ballast"
+        fill(ballast, leave=0)
+        for seq in range(41, 301):  # more to take while the disk is full
+            km = killmails[seq % len(killmails)]
+            fake.publish(seq, r2z2_object({**km, "killmail_id": km["killmail_id"] + seq * 10**10}, seq))
+        await until(lambda: _store_failing(client), timeout=20)
+        await asyncio.sleep(0.5)
+        assert follower.state.running, "the follower died on the full disk"
+        ballast.unlink()
+        await until(lambda: _at_least(client, 300), timeout=30)
+        state = await health(client)
+        assert state["upstream"]["skipped_sequences"] == 0
+        assert state["kills"] == 300 and state["store_error"] is None
+    finally:
+        await fake.close()
+
+
+async def _at_least(client: Client, n: int) -> bool:
+    state = await health(client)
+    return bool(state["kills"] >= n and state["inbox"] == 0)
+
+
+async def _store_failing(client: Client) -> bool:
+    state = await health(client)
+    return state["store_error"] is not None or "full" in str(state["upstream"]["last_error"])
