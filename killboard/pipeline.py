@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ujson
 
+from .codec import player_ids, source_document
 from .enrich import enrich
 from .hub import Hub, encode
 from .prices import PriceBook
@@ -146,7 +147,7 @@ class Pipeline:
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
-                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices)))
+                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices), names))
                 live[sub.killmail_id] = pending.live
             except Exception:
                 log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
@@ -181,20 +182,10 @@ class Pipeline:
         return names
 
 
-def player_ids(esi: dict[str, Any]) -> set[int]:
-    """Character, corporation and alliance ids whose names only ESI knows."""
-    out: set[int] = set()
-    for party in (esi.get("victim") or {}, *(esi.get("attackers") or ())):
-        for key in ("character_id", "corporation_id", "alliance_id"):
-            value = party.get(key)
-            if value:
-                out.add(value)
-    return out
-
-
-def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
+def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] | None = None) -> NewKill:
     when = parse_time(kill["kill_time"])
     assert when is not None
+    esi = sub.esi or {}
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
@@ -202,4 +193,6 @@ def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
         system_id=kill["system_id"],
         total_value=kill["total_value"],
         body=encode(kill),
+        source=source_document(esi, sub.zkb),
+        names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
     )

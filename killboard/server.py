@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 
 from . import api, pages, ws
+from .codec import renderer
 from .config import PROJECT_ROOT, Config
 from .hub import Hub
 from .keys import (
@@ -37,7 +38,7 @@ DRAIN_TIMEOUT = 3.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[config_key].db_path)
+    store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
     yield
     await store.close()
