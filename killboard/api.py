@@ -138,7 +138,18 @@ async def list_killmails(request: web.Request) -> web.Response:
     if after is not None:
         rows = await store.after(after, limit)
         last = rows[-1].seq if rows else after
-        return _list_response([with_seq(r.seq, r.body) for r in rows], b',"next_after":%d' % last)
+        extra = b',"next_after":%d' % last
+        if after < store.pruned_through_seq:
+            # A client resuming from an old position must learn it missed kills, not guess.
+            days = request.app[config_key].retention_days
+            extra += b',"pruned":' + encode(
+                {
+                    "through_seq": store.pruned_through_seq,
+                    "message": f"kills up to seq {store.pruned_through_seq} may have been pruned by retention"
+                    f" ({days} days); this page continues with the oldest kept",
+                }
+            )
+        return _list_response([with_seq(r.seq, r.body) for r in rows], extra)
     rows = await store.latest(limit, before)
     nxt = b"%d" % rows[-1].killmail_id if len(rows) == limit else b"null"
     return _list_response([with_seq(r.seq, r.body) for r in rows], b',"next_before":' + nxt)
@@ -150,8 +161,17 @@ async def get_killmail(request: web.Request) -> web.Response:
         killmail_id = int(raw)
     except ValueError:
         return json_error(400, f"killmail id must be an integer, got {raw[:40]!r}")
-    row = await request.app[store_key].get(killmail_id)
+    store = request.app[store_key]
+    row = await store.get(killmail_id)
     if row is None:
+        if killmail_id <= store.pruned_max_killmail_id:
+            days = request.app[config_key].retention_days
+            return json_error(
+                410,
+                f"killmail {killmail_id} is not stored: kills older than {days} days are pruned,"
+                " and this id is in the pruned range",
+                pruned=True,
+            )
         return json_error(404, f"killmail {killmail_id} not found")
     return web.Response(body=with_seq(row.seq, row.body), content_type="application/json")
 

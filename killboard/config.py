@@ -38,6 +38,18 @@ class Config:
     # Kills older than this (seconds, by kill time) are stored but not pushed live; 0 = no cut-off.
     live_max_age: int = 86_400
     extra: Mapping[str, str] = field(default_factory=dict)
+    # -- hosting (issue 7) --
+    # Kills whose kill time is older than this many days are pruned in the background; 0 = keep all.
+    retention_days: int = 0
+    # Seconds between upkeep passes (retention, vacuum, WAL checkpoint), and their step sizes.
+    maintenance_interval: float = 60.0
+    prune_batch: int = 500
+    vacuum_pages: int = 1024
+    # GET /metrics: served unless off; with a token, only to `Authorization: Bearer <token>`.
+    metrics: bool = True
+    metrics_token: str | None = None
+    # Peers (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -64,7 +76,22 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else base.db_path,
         ingest_token=env.get("KILLBOARD_INGEST_TOKEN") or None,
         live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
+        retention_days=_env_int(env, "KILLBOARD_RETENTION_DAYS", base.retention_days),
+        metrics=_env_switch(env, "KILLBOARD_METRICS", base.metrics),
+        metrics_token=env.get("KILLBOARD_METRICS_TOKEN") or None,
+        trusted_proxies=tuple(p for p in env.get("KILLBOARD_TRUSTED_PROXIES", "").replace(",", " ").split() if p),
     )
+
+
+def _env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("on", "1", "true", "yes"):
+        return True
+    if raw in ("off", "0", "false", "no"):
+        return False
+    raise SystemExit(f"{name} must be on or off, got {raw!r}")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from .keys import (
     static_key,
     store_key,
 )
+from .maintenance import maintenance_ctx
 from .pipeline import Pipeline
 from .prices import price_book
 from .staticdata import StaticData, load_static
@@ -83,6 +84,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_worker)
+    app.cleanup_ctx.append(maintenance_ctx)
     app.on_shutdown.append(_close_sockets)
 
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"))

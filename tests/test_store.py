@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AUTH, Client, settle
+from killgen import make_kills, save_all
 
 from killboard import codec
 from killboard.enrich import enrich
 from killboard.hub import encode
 from killboard.keys import pipeline_key, store_key
-from killboard.pipeline import build_kill
 from killboard.prices import price_book
 from killboard.staticdata import StaticData
-from killboard.store import MIGRATIONS, NewKill, Store
-from killboard.validate import Submission, parse_submission
+from killboard.store import MIGRATIONS, Store
+from killboard.validate import parse_submission
 
 
 def on_disk(db: Path) -> int:
@@ -54,24 +54,16 @@ async def test_read_renders_what_was_broadcast_with_names(make_client: Any, kill
 
 async def test_compact_rows_stay_small(tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]) -> None:
     """3,000 kills (the real ones repeated with new ids) take well under 1.5 KB each on disk."""
-    prices = price_book(static)
-    subs = [parse_submission(k) for k in killmails]
-    enriched = [enrich(s, static, {}, prices) for s in subs]
     store = await Store.open(tmp_path / "kb.sqlite3")
     try:
-        kills = []
-        for n in range(3000):
-            sub, kill = subs[n % len(subs)], enriched[n % len(subs)]
-            new = build_kill(Submission(500_000_000 + n, sub.killmail_hash, sub.esi, sub.zkb), kill)
-            kills.append(NewKill(new.killmail_id, new.killmail_hash, new.kill_time, 1, 0.0, b"", new.source))
-        for i in range(0, len(kills), 200):
-            await store.save_kills(kills[i : i + 200])
+        await save_all(store, make_kills(static, killmails, 3000, 500_000_000, 1_700_000_000))
         await store.checkpoint()
         assert await store.count() == 3000
     finally:
         await store.close()
     assert on_disk(tmp_path / "kb.sqlite3") / 3000 < 1500
     # The schema-1 form of the same kills would be ~5.5 KB each, before row overhead.
+    enriched = [enrich(parse_submission(k), static, {}, price_book(static)) for k in killmails]
     assert sum(len(zlib.compress(encode(k), 6)) for k in enriched) / len(enriched) > 4000
 
 
