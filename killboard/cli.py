@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import config as settings
+from . import dbtools
 from .server import create_app
 
 DESCRIPTION = """\
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_serve_arguments(parser)
     parser.set_defaults(run=serve)
     # Each job adds its own subparser here, with `set_defaults(run=<function>)`.
-    parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    dbtools.add_commands(commands)  # backup, check
     return parser
 
 
