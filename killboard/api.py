@@ -12,7 +12,7 @@ import ujson
 from aiohttp import web
 
 from .hub import encode, with_seq
-from .keys import config_key, hub_key, pipeline_key, started_key, store_key
+from .keys import config_key, hub_key, metrics_key, pipeline_key, started_key, store_key
 from .pipeline import QueueFull
 from .validate import Invalid, Submission, parse_submission
 
@@ -91,6 +91,7 @@ async def post_killmails(request: web.Request) -> web.Response:
             continue
         subs.append(sub)
     if rejected:
+        count_rejected(request, rejected)
         log.info("POST /api/killmails: rejected %d of %d items: %s", len(rejected), len(items), rejected[:3])
     if not subs:
         return json_error(422, "no valid killmail in the request", rejected=rejected)
@@ -98,12 +99,20 @@ async def post_killmails(request: web.Request) -> web.Response:
     try:
         admitted = await request.app[pipeline_key].submit(subs, source="http")
     except QueueFull as exc:
+        request.app[metrics_key].kills_rejected.labels("queue_full").inc(len(subs))
         log.warning("POST /api/killmails: %s; answered 503", exc)
         response = json_error(503, f"server busy: {exc}; retry later")
         response.headers["Retry-After"] = "5"
         return response
     result = {"accepted": admitted.accepted, "duplicates": admitted.duplicates, "rejected": rejected}
     return web.json_response(result, status=202, dumps=lambda o: encode(o).decode())
+
+
+def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None:
+    counter = request.app[metrics_key].kills_rejected
+    no_esi = sum(1 for r in rejected if r["errors"][0].startswith("killmail: only id and hash"))
+    counter.labels("no_esi_body").inc(no_esi)
+    counter.labels("invalid").inc(len(rejected) - no_esi)
 
 
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int | None = None) -> int | None:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .config import Config
 from .hub import Hub
+from .metrics import Metrics
 from .pipeline import Pipeline
 from .prices import PriceBook
 from .staticdata import StaticData
@@ -20,4 +21,5 @@ store_key = web.AppKey("store", Store)
 hub_key = web.AppKey("hub", Hub)
 pipeline_key = web.AppKey("pipeline", Pipeline)
 started_key = web.AppKey("started", float)
+metrics_key = web.AppKey("metrics", Metrics)
 tasks_key = web.AppKey("tasks", list[asyncio.Task[None]])

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .keys import config_key, store_key
+from .keys import config_key, metrics_key, store_key
+from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,20 @@ async def run_pass(
     return Upkeep(pruned, freed, frames - done if busy else 0)
 
 
-async def maintain(store: Store, retention_days: int, interval: float, batch: int, vacuum_pages: int) -> None:
+async def maintain(
+    store: Store,
+    retention_days: int,
+    interval: float,
+    batch: int,
+    vacuum_pages: int,
+    metrics: Metrics | None = None,
+) -> None:
     """Run a pass every `interval` seconds, for as long as the server runs."""
     while True:
         try:
-            await run_pass(store, retention_days, batch, vacuum_pages)
+            done = await run_pass(store, retention_days, batch, vacuum_pages)
+            if metrics is not None:
+                metrics.kills_pruned.inc(done.pruned)
         except sqlite3.OperationalError as exc:
             # Disk full, a lock held too long by another process: expected on a small VPS; retry later.
             log.warning("database upkeep skipped this time: %s", exc)
@@ -94,6 +104,7 @@ async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
             config.maintenance_interval,
             config.prune_batch,
             config.vacuum_pages,
+            app[metrics_key],
         ),
         name="killboard-maintenance",
     )

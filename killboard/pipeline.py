@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import ujson
 from .codec import player_ids, source_document
 from .enrich import enrich
 from .hub import Hub, encode
+from .metrics import Metrics
 from .prices import PriceBook
 from .staticdata import StaticData
 from .store import InboxRow, NewKill, Store
@@ -73,6 +75,7 @@ class Pipeline:
     failed: int = 0
     _reserved: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics | None = None
 
     async def submit(self, subs: Sequence[Submission], source: str, live: bool = True) -> Admission:
         """Record submissions durably and queue them; returns once they survive a crash.
@@ -83,6 +86,9 @@ class Pipeline:
         try:
             rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
             accepted, duplicates = await self.store.add_to_inbox(rows)
+            if self.metrics is not None:
+                self.metrics.kills_ingested.labels(source).inc(len(accepted))
+                self.metrics.kills_duplicate.labels(source).inc(len(duplicates))
             by_id = {s.killmail_id: s for s in subs}
             for kill_id in accepted:
                 self._idle.clear()
@@ -124,6 +130,11 @@ class Pipeline:
                 batch.append(self.queue.get_nowait())
             try:
                 await self.process(batch)
+            except sqlite3.OperationalError as exc:
+                # Disk full, I/O error: expected on a small VPS, and the message says it all.
+                log.error("storing a batch of %d kills failed (%s); they stay in the inbox", len(batch), exc)
+                self.failed += len(batch)
+                await asyncio.sleep(1.0)
             except Exception:
                 # A database failure (disk full, I/O error): the kills stay in the inbox and are
                 # retried on the next start; keep serving the rest.
@@ -154,8 +165,14 @@ class Pipeline:
                 rejected.append(sub.killmail_id)
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
+        started = time.perf_counter()
         stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch])
         self.processed += len(kills)
+        if self.metrics is not None:
+            self.metrics.batch_commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.kills_stored.inc(len(stored))
+            if rejected:
+                self.metrics.kills_rejected.labels("enrich_failed").inc(len(rejected))
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
             if not live.get(kill.killmail_id, True):
