@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -79,8 +80,18 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         retention_days=_env_int(env, "KILLBOARD_RETENTION_DAYS", base.retention_days),
         metrics=_env_switch(env, "KILLBOARD_METRICS", base.metrics),
         metrics_token=env.get("KILLBOARD_METRICS_TOKEN") or None,
-        trusted_proxies=tuple(p for p in env.get("KILLBOARD_TRUSTED_PROXIES", "").replace(",", " ").split() if p),
+        trusted_proxies=_env_networks(env, "KILLBOARD_TRUSTED_PROXIES"),
     )
+
+
+def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    entries = tuple(env.get(name, "").replace(",", " ").split())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SystemExit(f"{name}: not an IP address or network: {entry!r}") from None
+    return entries
 
 
 def _env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
