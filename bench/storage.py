@@ -152,7 +152,11 @@ async def main() -> None:
                 ]
             await fill(store, kills)
             await store.close()
-            print(f"82 real kills, {name}: {on_disk(db) / len(kills):.0f} B/kill on disk (database + WAL)")
+            median, _ = await serve_latest(db)
+            print(
+                f"82 real kills, {name}: {on_disk(db) / len(kills):.0f} B/kill on disk (database + WAL);"
+                f" GET latest 50: median {median * 1000:.1f} ms"
+            )
 
         # The synthetic month, held-out dictionary.
         codec.load_dictionary = lambda path=codec.DICTIONARY_PATH: held_dict  # type: ignore[assignment]
