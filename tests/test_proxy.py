@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import AUTH
 
 from killboard.proxy import client_address, forwarded_middleware, parse_networks
 
@@ -56,3 +58,20 @@ async def test_the_app_logs_the_forwarded_client(make_client: Any, caplog: pytes
     default = await make_client()
     assert (await default.post("/api/killmails", data=b"{}", headers=headers)).status == 401
     assert "from 127.0.0.1: missing or wrong token" in caplog.text
+
+
+async def test_websocket_works_on_a_forwarded_request(make_client: Any, killmails: list[dict[str, Any]]) -> None:
+    """The middleware hands the handler a clone of the request: the upgrade must still work."""
+    client = await make_client(trusted_proxies=("127.0.0.1",))
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    for path in ("/ws", "/"):
+        async with client.ws_connect(path, headers=headers) as ws:
+            await ws.send_json({"action": "sub", "channel": "kills"})
+            assert (await ws.receive_json(timeout=5)) == {"action": "subscribed", "channels": ["kills"]}
+    async with client.ws_connect("/ws", headers=headers) as ws:
+        await ws.send_json({"action": "sub", "channel": "kills"})
+        await ws.receive_json(timeout=5)
+        resp = await client.post("/api/killmails", data=json.dumps(killmails[0]), headers={**AUTH, **headers})
+        assert resp.status == 202
+        frame = await ws.receive_json(timeout=5)
+        assert frame["data"]["killmail_id"] == killmails[0]["killmail_id"]
