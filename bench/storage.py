@@ -92,7 +92,7 @@ async def fill(store: Store, kills: list[NewKill], batch: int = 200) -> int:
 
 async def serve_latest(db: Path, runs: int = 20) -> tuple[float, int]:
     """Median time of GET /api/killmails?limit=50 through the real app, and the response size."""
-    app = create_app(Config(db_path=db, live_max_age=0))
+    app = create_app(Config(db_path=db, live_max_age=0, upstream=False))
     async with TestClient(TestServer(app)) as client:
         times, size = [], 0
         for _ in range(runs):
@@ -115,7 +115,9 @@ async def main() -> None:
     subs = load_subs()
     enriched = [enrich(s, static, {}, prices) for s in subs]
     bodies = [encode(k) for k in enriched]
-    sources = [codec.source_document(s.esi or {}, s.zkb) for s in subs]
+    sources = [
+        codec.source_document(s.esi or {}, s.zkb, codec.kill_prices(k)) for s, k in zip(subs, enriched, strict=True)
+    ]
     train, held_out = sources[0::2], sources[1::2]
     held_dict = codec.build_dictionary(train)
     enriched_dict = codec.build_dictionary(bodies[0::2])
@@ -181,7 +183,7 @@ async def main() -> None:
                     kill["system_id"],
                     kill["total_value"],
                     b"",
-                    codec.source_document(shifted.esi or {}, shifted.zkb),
+                    codec.source_document(shifted.esi or {}, shifted.zkb, codec.kill_prices(kill)),
                 )
             )
             if len(chunk) == 10_000:

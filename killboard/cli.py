@@ -6,11 +6,12 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 
 from . import config as settings
-from . import dbtools, logs
+from . import dbtools, importer, logs
 from .server import create_app
 
 log = logging.getLogger("killboard")
@@ -31,6 +32,10 @@ Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_METRICS       on (default) or off: GET /metrics
   KILLBOARD_METRICS_TOKEN bearer token GET /metrics requires (unset: none)
   KILLBOARD_TRUSTED_PROXIES  addresses/networks whose X-Forwarded-For/-Proto are believed
+  KILLBOARD_UPSTREAM      on (default) or off: follow zKillboard's R2Z2 feed and use ESI
+  KILLBOARD_USER_AGENT    User-Agent sent upstream: name a contact (e-mail or site)
+  KILLBOARD_R2Z2_URL      default https://r2z2.zkillboard.com/ephemeral
+  KILLBOARD_ESI_URL       default https://esi.evetech.net/latest
 """
 
 
@@ -50,8 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(run=serve)
     # Each job adds its own subparser here, with `set_defaults(run=<function>)`.
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_import(commands)
     dbtools.add_commands(commands)  # backup, check
     return parser
+
+
+def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub = commands.add_parser(
+        "import",
+        help="load killmail files into the database (works beside a running server)",
+        description="Load killmails: .json (one, an array, an R2Z2 object or a RedisQ package), .jsonl, "
+        "directories of those, or EVE Ref daily archives (killmails-YYYY-MM-DD.tar.bz2). Duplicates are "
+        "skipped; imported kills are stored, not broadcast live. Exit status 1 if anything was rejected.",
+    )
+    sub.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    # SUPPRESS: an unset subcommand flag must not overwrite the same flag given before `import`.
+    sub.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="SQLite database file")
+    sub.add_argument("--no-upstream", action="store_true", default=argparse.SUPPRESS, help="do not call ESI")
+    sub.set_defaults(run=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    return importer.main_sync(settings.from_args(args), args.paths)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

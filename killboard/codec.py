@@ -9,6 +9,7 @@ README.md, measured by bench/storage.py).
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 
 import ujson
 
+from .config import PROJECT_ROOT
 from .enrich import enrich
 from .hub import encode
-from .prices import PriceBook
-from .staticdata import StaticData
+from .prices import SINGLETON_BLUEPRINT_COPY, PriceBook, price_book
+from .staticdata import StaticData, load_static
 from .validate import Submission
 
 # Codec ids stored per row, so rows written by older versions stay readable.
@@ -36,12 +38,38 @@ _ESI_DROPPED = ("killmail_id", "killmail_hash")
 _ZKB_DROPPED = ("hash", "href")
 
 
-def source_document(esi: dict[str, Any], zkb: dict[str, Any] | None) -> bytes:
-    """The JSON we keep for a kill: everything enrich reads, nothing the columns already hold."""
+def source_document(
+    esi: dict[str, Any], zkb: dict[str, Any] | None, prices: Mapping[int, float] | None = None
+) -> bytes:
+    """The JSON we keep for a kill: everything enrich reads, nothing the columns already hold.
+
+    `prices` are the unit prices the kill was valued with (kill_prices): market prices are
+    refreshed daily, and a kill read back next month must show the values it was broadcast with.
+    """
     doc: dict[str, Any] = {"esi": {k: v for k, v in esi.items() if k not in _ESI_DROPPED}}
     if zkb:
         doc["zkb"] = {k: v for k, v in zkb.items() if k not in _ZKB_DROPPED}
+    if prices:
+        doc["prices"] = {str(type_id): price for type_id, price in prices.items()}
     return ujson.dumps(doc, ensure_ascii=False, escape_forward_slashes=False).encode()
+
+
+def kill_prices(kill: Mapping[str, Any]) -> dict[int, float]:
+    """Unit prices (non-zero) an enriched kill was valued with: the hull and every item type.
+
+    Blueprint copies are left out: they are valued by rule (0.01 ISK), not by price.
+    """
+    out: dict[int, float] = {}
+    ship_id = (kill.get("victim") or {}).get("ship_id")
+    if ship_id and kill.get("ship_value"):
+        out[ship_id] = kill["ship_value"]
+    stack = list(kill.get("items") or ())
+    while stack:
+        item = stack.pop()
+        if item.get("value") and item.get("singleton") != SINGLETON_BLUEPRINT_COPY:
+            out[item["type_id"]] = item["value"]
+        stack.extend(item.get("items") or ())
+    return out
 
 
 def pack(document: bytes, dictionary: bytes) -> bytes:
@@ -56,15 +84,17 @@ def unpack(blob: bytes, dictionary: bytes) -> bytes:
     return d.decompress(blob) + d.flush()
 
 
-def to_submission(killmail_id: int, killmail_hash: str, document: bytes) -> Submission:
-    """Undo source_document: the Submission that enrich takes."""
+def decode(killmail_id: int, killmail_hash: str, document: bytes) -> tuple[Submission, dict[int, float] | None]:
+    """Undo source_document: the Submission that enrich takes, and the frozen unit prices."""
     doc = ujson.loads(document)
     esi = doc["esi"]
     esi["killmail_id"] = killmail_id
     zkb = doc.get("zkb")
     if zkb is not None:
         zkb["hash"] = killmail_hash
-    return Submission(killmail_id, killmail_hash, esi, zkb)
+    prices = doc.get("prices")
+    frozen = {int(type_id): price for type_id, price in prices.items()} if prices is not None else None
+    return Submission(killmail_id, killmail_hash, esi, zkb), frozen
 
 
 def player_ids(esi: dict[str, Any]) -> set[int]:
@@ -78,13 +108,28 @@ def player_ids(esi: dict[str, Any]) -> set[int]:
     return out
 
 
-def renderer(static: StaticData, prices: PriceBook) -> Callable[[Submission, Mapping[int, str]], bytes]:
-    """Source document -> full killmail JSON, exactly as the worker encodes it for broadcast."""
+Render = Callable[[Submission, Mapping[int, str], Mapping[int, float] | None], bytes]
 
-    def render(sub: Submission, names: Mapping[int, str]) -> bytes:
-        return encode(enrich(sub, static, names, prices))
+
+def renderer(static: StaticData, prices: PriceBook) -> Render:
+    """Source document -> full killmail JSON, exactly as the worker encoded it for broadcast.
+
+    With frozen prices, the kill is valued with those alone (a type not among them had no price
+    then, so it has none now); without (a document from before prices were kept), with `prices`.
+    """
+
+    def render(sub: Submission, names: Mapping[int, str], frozen: Mapping[int, float] | None) -> bytes:
+        book = prices if frozen is None else PriceBook(market=dict(frozen), fixed={})
+        return encode(enrich(sub, static, names, book))
 
     return render
+
+
+@functools.cache
+def default_renderer() -> Render:
+    """For a Store opened without one (tools, tests): the bundled static data and prices."""
+    static = load_static(PROJECT_ROOT / "data")
+    return renderer(static, price_book(static))
 
 
 def build_dictionary(documents: list[bytes], size: int = DICTIONARY_SIZE) -> bytes:

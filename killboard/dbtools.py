@@ -137,7 +137,8 @@ def _check(db: sqlite3.Connection, path: Path, quick: bool, report: Report) -> N
     if state:
         report.facts.append(f"retention has pruned kills up to seq {state.get(PRUNED_SEQ, '0')}")
     report.facts.append(f"size {size / 2**20:.1f} MiB (database + WAL)")
-    if quick or version < 2:
+    has_codecs = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dictionaries'").fetchone()
+    if quick or not has_codecs:
         return
     dictionaries = {r[0]: bytes(r[1]) for r in db.execute("SELECT id, data FROM dictionaries")}
     bad = 0

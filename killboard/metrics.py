@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # the pipeline holds a Metrics: importing it here for real would be a circle
+    from .esi import EsiClient
     from .hub import Hub
     from .pipeline import Pipeline
+    from .r2z2 import Follower
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,6 @@ class Metrics:
     kills_stored: Counter
     batch_commit_seconds: Histogram
     kills_pruned: Counter
-    # Filled by the upstream follower and the ESI client (issue 3) once they increment them.
-    upstream_sequence: Gauge  # labels: feed
-    upstream_lag_seconds: Gauge  # labels: feed
-    esi_errors: Counter  # labels: kind (e.g. http_5xx, timeout, rate_limited)
 
 
 def create_metrics() -> Metrics:
@@ -69,26 +68,26 @@ def create_metrics() -> Metrics:
             registry=registry,
         ),
         kills_pruned=Counter("killboard_kills_pruned", "Kills removed by retention", registry=registry),
-        upstream_sequence=Gauge(
-            "killboard_upstream_sequence",
-            "Last sequence number read from the upstream feed",
-            ["feed"],
-            registry=registry,
-        ),
-        upstream_lag_seconds=Gauge(
-            "killboard_upstream_lag_seconds", "Seconds behind the upstream feed", ["feed"], registry=registry
-        ),
-        esi_errors=Counter("killboard_esi_errors", "Failed ESI requests, by kind", ["kind"], registry=registry),
     )
 
 
 class _AppCollector(Collector):
     """Values the running app already keeps, read when Prometheus scrapes."""
 
-    def __init__(self, hub: Hub, db_path: Path, pipeline: Callable[[], Pipeline | None]) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        db_path: Path,
+        pipeline: Callable[[], Pipeline | None],
+        follower: Callable[[], Follower | None],
+        esi: Callable[[], EsiClient | None],
+    ) -> None:
         self._hub = hub
         self._db_path = db_path
-        self._pipeline = pipeline  # started with the worker, so looked up at each scrape
+        # Started with the app (and the upstream ones only when it is on): looked up at each scrape.
+        self._pipeline = pipeline
+        self._follower = follower
+        self._esi = esi
 
     def collect(self) -> Iterator[Metric]:
         pipeline = self._pipeline()
@@ -111,10 +110,47 @@ class _AppCollector(Collector):
             except OSError:
                 size.add_metric([label], 0)
         yield size
+        yield from self._upstream()
+
+    def _upstream(self) -> Iterator[Metric]:
+        follower = self._follower()
+        if follower is not None:
+            state = follower.state
+            if state.sequence is not None:
+                yield GaugeMetricFamily(
+                    "killboard_upstream_sequence", "Next zKillboard R2Z2 sequence to read", state.sequence
+                )
+            if state.last_kill_at is not None:
+                yield GaugeMetricFamily(
+                    "killboard_upstream_lag_seconds",
+                    "Seconds since the upload time of the last kill taken from R2Z2",
+                    max(0.0, time.time() - state.last_kill_at),
+                )
+            yield CounterMetricFamily("killboard_upstream_kills", "Kills taken from R2Z2", state.kills)
+            yield CounterMetricFamily(
+                "killboard_upstream_skipped_sequences", "R2Z2 sequences skipped (expired cursor)", state.skipped
+            )
+        esi = self._esi()
+        if esi is not None:
+            errors = CounterMetricFamily("killboard_esi_errors", "Failed ESI calls, by kind", labels=["kind"])
+            for kind in ("network", "rate_limited", "http_5xx"):
+                errors.add_metric([kind], esi.errors.get(kind, 0))
+            yield errors
+            if esi.errors_remain is not None:
+                yield GaugeMetricFamily(
+                    "killboard_esi_error_limit_remaining", "ESI's X-ESI-Error-Limit-Remain", esi.errors_remain
+                )
 
 
-def register_collector(metrics: Metrics, hub: Hub, db_path: Path, pipeline: Callable[[], Pipeline | None]) -> None:
-    metrics.registry.register(_AppCollector(hub, db_path, pipeline))
+def register_collector(
+    metrics: Metrics,
+    hub: Hub,
+    db_path: Path,
+    pipeline: Callable[[], Pipeline | None],
+    follower: Callable[[], Follower | None],
+    esi: Callable[[], EsiClient | None],
+) -> None:
+    metrics.registry.register(_AppCollector(hub, db_path, pipeline, follower, esi))
 
 
 def endpoint(metrics: Metrics, token: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -12,12 +12,14 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import api, pages, ws
+from . import api, pages, upstream, ws
 from .codec import renderer
 from .config import PROJECT_ROOT, Config
 from .hub import Hub
 from .keys import (
     config_key,
+    esi_key,
+    follower_key,
     hub_key,
     metrics_key,
     pipeline_key,
@@ -93,9 +95,18 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_worker)
     app.cleanup_ctx.append(maintenance_ctx)
+    if config.upstream:
+        app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
     app.on_shutdown.append(_close_sockets)
     app[metrics_key] = create_metrics()
-    register_collector(app[metrics_key], app[hub_key], config.db_path, lambda: app.get(pipeline_key))
+    register_collector(
+        app[metrics_key],
+        app[hub_key],
+        config.db_path,
+        pipeline=lambda: app.get(pipeline_key),
+        follower=lambda: app.get(follower_key),
+        esi=lambda: app.get(esi_key),
+    )
 
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"))
     app.router.add_get("/", pages.index)

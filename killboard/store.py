@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from .validate import Submission
 log = logging.getLogger(__name__)
 
 # Renders a stored kill's source to the full killmail JSON, with player names from `names`.
-Render = Callable[[Submission, Mapping[int, str]], bytes]
+Render = codec.Render
 
 # The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
@@ -59,7 +59,17 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
-    # 2: compact kills. `body` holds the source document deflated with a preset dictionary
+    # ESI: market prices (refreshed daily) and kills stored before their player names were known.
+    """
+    CREATE TABLE prices (
+        type_id INTEGER PRIMARY KEY,
+        average REAL,
+        adjusted REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE names_pending (killmail_id INTEGER PRIMARY KEY, since REAL NOT NULL);
+    """,
+    # 3: compact kills. `body` holds the source document deflated with a preset dictionary
     # (codec 1); rows of schema 1 keep codec 0 and stay readable. Dictionaries live in the
     # database so a backup is readable by any later version.
     """
@@ -153,8 +163,8 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path, render: Render | None = None) -> Store:
-        """Open (creating or migrating) the database. Without `render`, reads of compact kills
-        fail: the maintenance commands open it that way and never render."""
+        """Open (creating or migrating) the database. Without `render`, the first read of a
+        compact kill loads the bundled static data to render with (tools and tests)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
@@ -212,9 +222,17 @@ class Store:
 
     # -- inbox: durable before acknowledgement --------------------------------------------
 
-    async def add_to_inbox(self, rows: Sequence[InboxRow]) -> tuple[list[int], list[int]]:
-        """Record submissions durably. Returns (accepted ids, ids already stored or waiting)."""
+    async def add_to_inbox(
+        self, rows: Sequence[InboxRow], state: dict[str, str] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Record submissions durably. Returns (accepted ids, ids already stored or waiting).
+
+        `state` (e.g. a feed cursor) is written in the same transaction, so the cursor never
+        moves past a kill that is not safely in the inbox, nor stays behind one that is.
+        """
         if not rows:
+            if state:
+                await self.set_state(state)
             return [], []
         ids = [r.killmail_id for r in rows]
         now = time.time()
@@ -229,6 +247,8 @@ class Store:
                 " ON CONFLICT DO NOTHING",
                 [(r.killmail_id, r.payload, r.source, int(r.live), now) for r in fresh.values()],
             )
+            if state:
+                await _put_state(db, state)
         accepted = list(fresh)
         fresh_set = set(accepted)
         duplicates = [i for i in dict.fromkeys(ids) if i not in fresh_set]
@@ -292,20 +312,23 @@ class Store:
             if done_ids:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
             if state:
-                await db.executemany(
-                    "INSERT INTO state (key, value) VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    list(state.items()),
-                )
+                await _put_state(db, state)
         return sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
 
-    async def rewrite(self, killmail_id: int, esi: dict[str, Any], zkb: dict[str, Any] | None) -> bool:
-        """Replace a stored kill's source document (a corrected ESI body or zkb block).
+    async def rewrite(
+        self,
+        killmail_id: int,
+        esi: dict[str, Any],
+        zkb: dict[str, Any] | None,
+        prices: Mapping[int, float] | None = None,
+    ) -> bool:
+        """Replace a stored kill's source document (a corrected ESI body or zkb block), valued
+        with `prices` (codec.kill_prices), or with the live price book when None.
 
         Player names are not part of it: they are read from `names` on every read, so updating a
         name there changes every stored kill that shows it. False when the kill is not stored.
         """
-        blob = codec.pack(codec.source_document(esi, zkb), self._dictionary)
+        blob = codec.pack(codec.source_document(esi, zkb, prices), self._dictionary)
         async with self.transaction() as db:
             cur = await db.execute(
                 "UPDATE kills SET body = ?, codec = ? WHERE killmail_id = ?",
@@ -348,7 +371,7 @@ class Store:
 
     async def _render(self, rows: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
         """Rows to full killmail JSON: one names query for the page, then enrich each kill."""
-        decoded: list[tuple[tuple[Any, ...], Submission | bytes]] = []
+        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes]] = []
         player_ids: set[int] = set()
         for row in rows:
             _, killmail_id, killmail_hash, _, blob, codec_id = row
@@ -356,9 +379,9 @@ class Store:
             if codec_id == codec.CODEC_ENRICHED_ZLIB:
                 decoded.append((tuple(row), document))
                 continue
-            sub = codec.to_submission(killmail_id, killmail_hash, document)
-            player_ids |= codec.player_ids(sub.esi or {})
-            decoded.append((tuple(row), sub))
+            source = codec.decode(killmail_id, killmail_hash, document)
+            player_ids |= codec.player_ids(source[0].esi or {})
+            decoded.append((tuple(row), source))
         names = await self.names(player_ids) if player_ids else {}
         out: list[StoredKill] = []
         for i, (row, item) in enumerate(decoded):
@@ -366,8 +389,8 @@ class Store:
                 body = item
             else:
                 if self.render is None:
-                    raise RuntimeError("this Store was opened without a renderer: it cannot read kills")
-                body = self.render(item, names)
+                    self.render = codec.default_renderer()
+                body = self.render(item[0], names, item[1])
                 if i % 16 == 15:
                     await asyncio.sleep(0)  # rendering is CPU work: let sockets breathe on big pages
             out.append(StoredKill(row[0], row[1], row[3], body))
@@ -404,10 +427,7 @@ class Store:
             await db.executemany("DELETE FROM kills WHERE seq = ?", [(r[0],) for r in rows])
             pruned_seq = max(self.pruned_through_seq, *(r[0] for r in rows))
             pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
-            await db.executemany(
-                "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                [(PRUNED_SEQ, str(pruned_seq)), (PRUNED_KILLMAIL_ID, str(pruned_id))],
-            )
+            await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
         self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
         return len(rows)
 
@@ -450,6 +470,75 @@ class Store:
                 out.update({r[0]: r[1] for r in await cur.fetchall()})
         return out
 
+    async def save_names(self, names: dict[int, tuple[str, str]]) -> None:
+        """Cache player names from ESI: id -> (name, category)."""
+        if names:
+            now = time.time()
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, category = excluded.category,"
+                    " updated_at = excluded.updated_at",
+                    [(i, name, cat, now) for i, (name, cat) in names.items()],
+                )
+
+    async def mark_names_pending(self, ids: Iterable[int]) -> None:
+        """Kills stored with some player names still unknown; a background task fills them in."""
+        rows = [(i, time.time()) for i in ids]
+        if rows:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", rows
+                )
+
+    async def names_pending(self, limit: int = 200) -> list[StoredKill]:
+        """Kills stored before all their player names were known, rendered with the names known now."""
+        async with self._reader.execute(
+            "SELECT k.seq, k.killmail_id, k.killmail_hash, k.kill_time, k.body, k.codec FROM names_pending p"
+            " JOIN kills k USING (killmail_id) ORDER BY p.killmail_id LIMIT ?",
+            (limit,),
+        ) as cur:
+            return await self._render(await cur.fetchall())
+
+    async def names_pending_count(self) -> int:
+        async with self._reader.execute("SELECT count(*) FROM names_pending") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def rewrite_bodies(self, bodies: dict[int, bytes], done: Iterable[int]) -> None:
+        """Replace the stored JSON of kills (names filled in later) and clear them from names_pending.
+
+        Only rows stored whole (codec 0, schema 1) hold names to patch: compact rows render player
+        names from `names` on every read, so save_names already updated them.
+        """
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE kills SET body = ? WHERE killmail_id = ? AND codec = ?",
+                [(compress(b), i, codec.CODEC_ENRICHED_ZLIB) for i, b in bodies.items()],
+            )
+            await db.executemany("DELETE FROM names_pending WHERE killmail_id = ?", [(i,) for i in done])
+
+    async def save_prices(self, prices: dict[int, tuple[float | None, float | None]]) -> None:
+        """Replace the market price table (ESI /markets/prices/): type id -> (average, adjusted)."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM prices")
+            await db.executemany(
+                "INSERT INTO prices (type_id, average, adjusted, updated_at) VALUES (?, ?, ?, ?)",
+                [(t, avg, adj, now) for t, (avg, adj) in prices.items()],
+            )
+
+    async def load_prices(self) -> tuple[dict[int, float], float | None]:
+        """(type id -> unit price, when they were fetched); the average wins, else the adjusted price."""
+        async with self._reader.execute("SELECT type_id, average, adjusted, updated_at FROM prices") as cur:
+            rows = await cur.fetchall()
+        out = {r[0]: r[1] if r[1] is not None else r[2] for r in rows if r[1] is not None or r[2] is not None}
+        return out, (max(r[3] for r in rows) if rows else None)
+
+    async def set_state(self, state: dict[str, str]) -> None:
+        async with self.transaction() as db:
+            await _put_state(db, state)
+
     async def get_state(self, key: str) -> str | None:
         async with self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
@@ -457,6 +546,13 @@ class Store:
 
 
 _SELECT = "SELECT seq, killmail_id, killmail_hash, kill_time, body, codec FROM kills"
+
+
+async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
+    await db.executemany(
+        "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        list(state.items()),
+    )
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import Any
 
-from conftest import AUTH, Client, settle
+from conftest import AUTH, Client, settle, until
+from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 from prometheus_client.parser import text_string_to_metric_families
 
 from killboard.keys import config_key
@@ -72,3 +74,42 @@ async def test_metrics_can_be_turned_off_or_need_a_token(make_client: Any) -> No
     assert resp.status == 401 and "KILLBOARD_METRICS_TOKEN" in (await resp.json())["error"]
     assert (await guarded.get("/metrics", headers={"Authorization": "Bearer nope"})).status == 401
     assert "killboard_queue_depth" in await scrape(guarded, {"Authorization": "Bearer s3cret"})
+
+
+async def test_upstream_and_esi_metrics_come_from_the_feed_follower(
+    make_client: Any, killmails: list[dict[str, Any]]
+) -> None:
+    """The real follower against local fakes of R2Z2 and ESI (ESI answering 503 to everything)."""
+    feed, esi = FakeR2Z2(), FakeEsi(names=player_names(killmails), fail_status=503)
+    feed_url, esi_url = await feed.start(), await esi.start()
+    try:
+        for i, km in enumerate(killmails[:3]):
+            feed.objects[100 + i] = r2z2_object(km, 100 + i, uploaded_at=int(time.time()) - 30)
+        feed.current = 100
+        client: Client = await make_client(
+            upstream=True,
+            r2z2_url=feed_url,
+            esi_url=esi_url,
+            user_agent="killboard-tests/1.0 (ops@example.invalid)",
+            r2z2_wait=0.05,
+            r2z2_rate=1000.0,
+            backoff_min=0.05,
+            backoff_max=0.2,
+        )
+
+        async def taken() -> bool:
+            m = await scrape(client)
+            return (
+                m.get("killboard_upstream_kills_total", 0) == 3
+                and m.get("killboard_esi_errors_total{kind=http_5xx}", 0) > 0
+            )
+
+        await until(taken)
+        m = await scrape(client)
+        assert m["killboard_upstream_sequence"] == 103  # the next one to ask for
+        assert 25 <= m["killboard_upstream_lag_seconds"] < 120
+        assert m["killboard_kills_ingested_total{source=r2z2}"] == 3
+        assert m["killboard_esi_error_limit_remaining"] == 100
+    finally:
+        await feed.close()
+        await esi.close()

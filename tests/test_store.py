@@ -14,7 +14,7 @@ from killgen import make_kills, save_all
 from killboard import codec
 from killboard.enrich import enrich
 from killboard.hub import encode
-from killboard.keys import pipeline_key, store_key
+from killboard.keys import pipeline_key, prices_key, store_key
 from killboard.prices import price_book
 from killboard.staticdata import StaticData
 from killboard.store import MIGRATIONS, Store
@@ -50,6 +50,14 @@ async def test_read_renders_what_was_broadcast_with_names(make_client: Any, kill
         assert await resp.json() == broadcast[km["killmail_id"]]
     victim = broadcast[sent[0]["killmail_id"]]["victim"]
     assert victim["character_name"] == f"Pilot {victim['character_id']}"
+
+    # Market prices are refreshed daily: a kill read later keeps the values it went out with.
+    book = client.server.app[prices_key]
+    book.market = {type_id: price * 3 for type_id, price in book.market.items()}
+    book.fixed = {type_id: price * 3 for type_id, price in book.fixed.items()}
+    for km in sent:
+        resp = await client.get(f"/api/killmails/{km['killmail_id']}")
+        assert await resp.json() == broadcast[km["killmail_id"]]
 
 
 async def test_compact_rows_stay_small(tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]) -> None:
