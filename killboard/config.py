@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,18 @@ class Config:
     names_wait: float = 2.0
     # How often ESI market prices are refreshed.
     prices_every: float = 86_400.0
+    # -- hosting (issue 7) --
+    # Kills whose kill time is older than this many days are pruned in the background; 0 = keep all.
+    retention_days: int = 0
+    # Seconds between upkeep passes (retention, vacuum, WAL checkpoint), and their step sizes.
+    maintenance_interval: float = 60.0
+    prune_batch: int = 500
+    vacuum_pages: int = 1024
+    # GET /metrics: served unless off; with a token, only to `Authorization: Bearer <token>`.
+    metrics: bool = True
+    metrics_token: str | None = None
+    # Peers (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -85,7 +98,21 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         r2z2_url=(env.get("KILLBOARD_R2Z2_URL") or base.r2z2_url).rstrip("/"),
         esi_url=(env.get("KILLBOARD_ESI_URL") or base.esi_url).rstrip("/"),
         user_agent=env.get("KILLBOARD_USER_AGENT") or base.user_agent,
+        retention_days=_env_int(env, "KILLBOARD_RETENTION_DAYS", base.retention_days),
+        metrics=_env_flag(env, "KILLBOARD_METRICS", base.metrics),
+        metrics_token=env.get("KILLBOARD_METRICS_TOKEN") or None,
+        trusted_proxies=_env_networks(env, "KILLBOARD_TRUSTED_PROXIES"),
     )
+
+
+def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    entries = tuple(env.get(name, "").replace(",", " ").split())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SystemExit(f"{name}: not an IP address or network: {entry!r}") from None
+    return entries
 
 
 def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -12,16 +12,18 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ujson
 
+from .codec import kill_prices, player_ids, source_document
 from .enrich import enrich
 from .esi import KillmailGone
 from .hub import Hub, encode
+from .metrics import Metrics
 from .prices import PriceBook
 from .staticdata import StaticData
 from .store import InboxRow, NewKill, Store
@@ -82,6 +84,7 @@ class Prepared:
     kills: list[NewKill]
     live: dict[int, bool]
     unresolved: set[int]  # player ids still without a name
+    rejected: list[int]  # ids whose enrichment failed (logged, counted)
 
 
 @dataclass(slots=True)
@@ -108,6 +111,7 @@ class Pipeline:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _preparing: bool = False
     _attempts: dict[int, int] = field(default_factory=dict)
+    metrics: Metrics | None = None
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -126,6 +130,9 @@ class Pipeline:
             except sqlite3.Error as exc:
                 log.error("recording %d submissions from %s failed: %s", len(rows), source, exc)
                 raise StorageUnavailable(str(exc)) from exc
+            if self.metrics is not None:
+                self.metrics.kills_ingested.labels(source).inc(len(accepted))
+                self.metrics.kills_duplicate.labels(source).inc(len(duplicates))
             by_id = {s.killmail_id: s for s in subs}
             for kill_id in accepted:
                 self._idle.clear()
@@ -242,20 +249,26 @@ class Pipeline:
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
-                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices)))
+                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices), names))
                 live[sub.killmail_id] = pending.live
             except Exception:
                 log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
                 rejected.append(sub.killmail_id)
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
-        return Prepared(batch, dropped, kills, live, unresolved)
+        return Prepared(batch, dropped, kills, live, unresolved, rejected)
 
     async def commit(self, prepared: Prepared) -> list[tuple[int, NewKill]]:
         """Store a prepared batch in one transaction, then broadcast its new live kills."""
         batch, kills, live, unresolved = prepared.batch, prepared.kills, prepared.live, prepared.unresolved
+        started = time.perf_counter()
         stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch] + prepared.dropped)
         self.processed += len(kills)
+        if self.metrics is not None:
+            self.metrics.batch_commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.kills_stored.inc(len(stored))
+            if prepared.rejected:
+                self.metrics.kills_rejected.labels("enrich_failed").inc(len(prepared.rejected))
         if unresolved:
             # Broadcast now with what is known; the ESI name filler patches these stored kills later.
             new_ids = {kill.killmail_id for _, kill in stored}
@@ -345,20 +358,10 @@ class Pipeline:
         self._idle.clear()
 
 
-def player_ids(esi: dict[str, Any]) -> set[int]:
-    """Character, corporation and alliance ids whose names only ESI knows."""
-    out: set[int] = set()
-    for party in (esi.get("victim") or {}, *(esi.get("attackers") or ())):
-        for key in ("character_id", "corporation_id", "alliance_id"):
-            value = party.get(key)
-            if value:
-                out.add(value)
-    return out
-
-
-def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
+def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] | None = None) -> NewKill:
     when = parse_time(kill["kill_time"])
     assert when is not None
+    esi = sub.esi or {}
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
@@ -366,4 +369,6 @@ def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
         system_id=kill["system_id"],
         total_value=kill["total_value"],
         body=encode(kill),
+        source=source_document(esi, sub.zkb, kill_prices(kill)),
+        names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
     )

@@ -79,6 +79,18 @@ async def test_full_disk_answers_503_loses_nothing_and_recovers(
     assert "storage unavailable" in refusal["error"] and "full" in refusal["error"], refusal
     assert acknowledged, "nothing was acknowledged before the disk filled"
 
+    # The worker's side: kills acknowledged just before the last bytes go. The app runs in this
+    # event loop, so filling the disk synchronously right after the 202 lands before its write.
+    ballast.unlink()
+    fill(ballast, leave=2 * 1024 * 1024)
+    late = renumbered(killmails, 500 * 10**10)
+    resp = await client.post("/api/killmails", data=json.dumps(late), headers=AUTH)
+    assert resp.status == 202, await resp.text()
+    acknowledged.update((await resp.json())["accepted"])
+    fill(small_fs / "ballast2", leave=0)
+    await until(lambda: _worker_refused(client), timeout=10)
+    (small_fs / "ballast2").unlink()
+
     # Space returns: without a restart, the worker stores every acknowledged kill and ingest works.
     ballast.unlink()
     more = renumbered(killmails[:5], 999 * 10**10)
@@ -149,6 +161,11 @@ async def test_full_disk_pauses_the_r2z2_follower_without_losing_its_place(
         assert state["kills"] == 300 and state["store_error"] is None
     finally:
         await fake.close()
+
+
+async def _worker_refused(client: Client) -> bool:
+    state = await health(client)
+    return bool(state["store_error"] and state["status"] == "degraded")
 
 
 async def _at_least(client: Client, n: int) -> bool:
