@@ -51,7 +51,10 @@ def source_document(
         doc["zkb"] = {k: v for k, v in zkb.items() if k not in _ZKB_DROPPED}
     if prices:
         doc["prices"] = {str(type_id): price for type_id, price in prices.items()}
-    return ujson.dumps(doc, ensure_ascii=False, escape_forward_slashes=False).encode()
+    # ensure_ascii (the default): fields nobody validates (unknown ESI keys, zkb) may hold a lone
+    # UTF-16 surrogate ("\\ud800" is valid JSON); UTF-8 cannot encode one, and the kill, already
+    # acknowledged, was dropped. Escaped, it round-trips; ESI bodies are ASCII, so no size cost.
+    return ujson.dumps(doc, escape_forward_slashes=False).encode()
 
 
 def kill_prices(kill: Mapping[str, Any]) -> dict[int, float]:

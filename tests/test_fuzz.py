@@ -330,3 +330,19 @@ async def test_null_optional_ids_are_stored_not_dropped(client: Client, killmail
     resp = await client.get(f"/api/killmails/{km['killmail_id']}")
     assert resp.status == 200
     assert (await resp.json())["attackers"][0]["character_id"] is None
+
+
+async def test_lone_surrogate_in_an_unchecked_field_is_stored_not_dropped(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    # JSON may escape a lone UTF-16 surrogate ("\ud800") that UTF-8 cannot hold: in a field
+    # nobody validates (an unknown key, the zkb block) it made the stored document fail to
+    # encode, and the acknowledged kill was dropped.
+    km = {**killmails[7], "note": "\ud800", "zkb": {"labels": ["\udfff"], "totalValue": 1.5e6}}
+    resp = await client.post("/api/killmails", data=json.dumps(km), headers=AUTH)
+    assert resp.status == 202
+    assert (await resp.json())["accepted"] == [km["killmail_id"]]
+    await settle(client)
+    resp = await client.get(f"/api/killmails/{km['killmail_id']}")
+    assert resp.status == 200
+    assert (await resp.json())["total_value"] == 1.5e6
