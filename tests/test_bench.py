@@ -32,4 +32,5 @@ def test_quick_bench_prints_every_table_and_delivers_everything(tmp_path: Path) 
         assert 0 < row["p50"] <= row["p99"] <= row["max"]
     assert figures["ingest"]["floor_rate"] > 0
     assert all(run["stored_s"] > 0 for run in figures["ingest"]["http"])
+    assert all(run["stored"] == run["kills"] for run in figures["ingest"]["import"])
     assert figures["memory"]["idle_rss"] > 0
