@@ -1,6 +1,8 @@
 """Who is subscribed to what, and delivery of each kill frame to them.
 
-Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
+Subscriptions are conditions (killboard/topics.py) filed in one index: a kill is matched by
+looking up the keys it has, and each matching socket gets it once however many of its channels
+match. Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
 (see python-websockets' essay on broadcast). A kill is encoded once and the same bytes go to
 every subscriber.
@@ -11,17 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterable
+from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
 
 import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-log = logging.getLogger(__name__)
+from .topics import Condition, Index, KillFacts, kill_facts
 
-CHANNEL_KILLS = "kills"
-CHANNEL_ALIASES = {"kills": CHANNEL_KILLS, "all": CHANNEL_KILLS}
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False, slots=True)
@@ -31,7 +32,10 @@ class Subscriber:
     ws: web.WebSocketResponse
     outbox: asyncio.Queue[bytes | None]
     transport: asyncio.BaseTransport | None
-    channels: set[str] = field(default_factory=set)
+    # condition -> the channel string it was first subscribed with
+    channels: dict[Condition, str] = field(default_factory=dict)
+    # While a replay runs: live kill frames (seq, frame) held back until it has caught up.
+    held: deque[tuple[int, bytes, KillFacts]] | None = None
     writer: asyncio.Task[None] | None = None
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
@@ -58,7 +62,7 @@ class Hub:
     def __init__(self, send_queue: int, close_timeout: float) -> None:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
-        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
         self._close_timeout = close_timeout
         self.deliveries = 0
@@ -68,7 +72,7 @@ class Hub:
         return len(self.sockets)
 
     def subscribed_count(self) -> int:
-        return len({s for subs in self._by_channel.values() for s in subs})
+        return len(self._index.subscribers())
 
     def attach(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> Subscriber:
         sub = Subscriber(ws, asyncio.Queue(self._send_queue), transport)
@@ -79,13 +83,10 @@ class Hub:
 
     async def detach(self, sub: Subscriber) -> None:
         """Forget a socket whose handler is ending; stop its writer."""
-        for channel in sub.channels:
-            members = self._by_channel.get(channel)
-            if members is not None:
-                members.discard(sub)
-                if not members:
-                    del self._by_channel[channel]
+        for condition in sub.channels:
+            self._index.remove(condition, sub)
         sub.channels.clear()
+        sub.held = None
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
         if sub.writer is not None and not sub.writer.done():
@@ -93,17 +94,19 @@ class Hub:
             with suppress(asyncio.CancelledError):
                 await sub.writer
 
-    def subscribe(self, sub: Subscriber, channel: str) -> None:
-        sub.channels.add(channel)
-        self._by_channel.setdefault(channel, set()).add(sub)
+    def subscribe(self, sub: Subscriber, condition: Condition, channel: str) -> None:
+        if condition not in sub.channels:
+            sub.channels[condition] = channel
+            self._index.add(condition, sub)
 
-    def unsubscribe(self, sub: Subscriber, channel: str) -> None:
-        sub.channels.discard(channel)
-        members = self._by_channel.get(channel)
-        if members is not None:
-            members.discard(sub)
-            if not members:
-                del self._by_channel[channel]
+    def unsubscribe(self, sub: Subscriber, condition: Condition) -> None:
+        if sub.channels.pop(condition, None) is not None:
+            self._index.remove(condition, sub)
+
+    def hold(self, sub: Subscriber) -> None:
+        """Keep this socket's live kills back (a replay is about to run) instead of sending them."""
+        if sub.held is None:
+            sub.held = deque()
 
     def send(self, sub: Subscriber, frame: bytes) -> bool:
         """Queue one frame for a socket; False (and the client is dropped) when its queue is full."""
@@ -112,28 +115,53 @@ class Hub:
         try:
             sub.outbox.put_nowait(frame)
         except asyncio.QueueFull:
-            self._drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
             return False
         return True
 
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
-    def publish(self, seq: int, body: bytes, recipients: Iterable[Subscriber] | None = None) -> int:
-        """Send one stored kill to everyone on the `kills` channel; returns the number queued."""
-        targets = self._by_channel.get(CHANNEL_KILLS, set()) if recipients is None else recipients
+    def publish(self, seq: int, body: bytes, facts: KillFacts | None = None) -> int:
+        """Send one stored kill to every socket with a matching channel, once each; returns the
+        number queued. `facts` are the kill's match keys (computed from the body if not given)."""
+        if not self._index.subscribers_any():
+            return 0
+        if facts is None:
+            facts = kill_facts(ujson.loads(body))
+        targets = self._index.match(facts)
         if not targets:
             return 0
         frame = kill_frame(seq, body)  # encoded once, shared by every recipient
         sent = 0
-        for sub in list(targets):
-            if self.send(sub, frame):
+        for sub in targets:
+            if self.send_kill(sub, seq, frame, facts):
                 sent += 1
         self.deliveries += sent
         return sent
 
-    def _drop(self, sub: Subscriber, code: int, message: bytes) -> None:
+    def send_kill(self, sub: Subscriber, seq: int, frame: bytes, facts: KillFacts) -> bool:
+        """Queue a kill frame, or hold it back while the socket's replay runs."""
+        if sub.held is None:
+            return self.send(sub, frame)
+        if sub.dropped:
+            return False
+        if len(sub.held) >= self._send_queue:
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"too many live kills during the replay: reads too slowly")
+            return False
+        sub.held.append((seq, frame, facts))
+        return True
+
+    def close(self, sub: Subscriber, code: int, message: bytes) -> None:
+        """Close one client on purpose (a policy violation): its writer sends the close frame."""
+        if not sub.dropped:
+            log.info("closing websocket client: %d %s", code, message.decode())
+            self._close(sub, code, message)
+
+    def drop(self, sub: Subscriber, code: int, message: bytes) -> None:
         """Close a client that cannot keep up: empty its queue and let its writer send the close."""
+        if sub.dropped:
+            return
         self.slow_drops += 1
         log.warning("closing slow websocket client (%s)", message.decode())
         self._close(sub, code, message)
@@ -141,6 +169,7 @@ class Hub:
     def _close(self, sub: Subscriber, code: int, message: bytes) -> None:
         """Ask the writer to send a close frame next, and cut the connection if it cannot."""
         sub.dropped = True
+        sub.held = None
         sub.close_code, sub.close_message = code, message
         while not sub.outbox.empty():
             sub.outbox.get_nowait()
