@@ -43,10 +43,11 @@ class Config:
     # Distinct channels one socket may hold, and the longest channel string.
     ws_max_channels: int = 256
     ws_max_channel_length: int = 256
-    # Control messages (anything a client sends) per second per socket, with a burst allowance;
-    # past it: an error frame, and close 1008 if the client keeps going.
-    ws_control_rate: float = 10.0
-    ws_control_burst: int = 20
+    # Control messages (anything a client sends) per second per socket, with a burst allowance
+    # big enough to subscribe to every allowed channel at once; past it: an error frame, and
+    # close 1008 if the client keeps going. 0 = no limit.
+    ws_control_rate: float = 20.0
+    ws_control_burst: int = 300
     # Resume (`since`): at most this many of the most recent stored kills are replayed.
     ws_replay_max: int = 1000
     # Browser Origins allowed to open a socket; empty = any. Same-origin and clients without an
