@@ -45,7 +45,7 @@ class Bucket:
         self.tokens = float(self.burst)
 
     def take(self) -> str:
-        """"ok", "over" (first message over the limit: warn), "drop" (ignore) or "flood" (close)."""
+        """One of: ok, over (first message over the limit: warn), drop (ignore it), flood (close)."""
         if self.rate <= 0:
             return "ok"
         now = time.monotonic()
