@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from bisect import bisect_right
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -23,6 +24,47 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .topics import Condition, Index, KillFacts, kill_facts
 
 log = logging.getLogger(__name__)
+
+
+class Delivered:
+    """The seqs of the kills one socket was sent, over the last `window` seqs, as sorted runs
+    (a broad channel gets consecutive seqs: one run). A replay skips what the socket already has."""
+
+    __slots__ = ("his", "los", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.los: list[int] = []
+        self.his: list[int] = []
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect_right(self.los, seq) - 1
+        return i >= 0 and seq <= self.his[i]
+
+    def add(self, seq: int) -> None:
+        los, his = self.los, self.his
+        if his and seq == his[-1] + 1:
+            his[-1] = seq  # the common case: the next kill in line
+        elif not his or seq > his[-1] + 1:
+            los.append(seq)
+            his.append(seq)
+        else:  # a replay sends older kills after newer live ones
+            i = bisect_right(los, seq) - 1
+            if i >= 0 and seq <= his[i]:
+                return
+            if i >= 0 and his[i] + 1 == seq:
+                his[i] = seq
+                if i + 1 < len(los) and los[i + 1] == seq + 1:
+                    his[i] = his[i + 1]
+                    del los[i + 1], his[i + 1]
+            elif i + 1 < len(los) and los[i + 1] == seq + 1:
+                los[i + 1] = seq
+            else:
+                los.insert(i + 1, seq)
+                his.insert(i + 1, seq)
+        old = bisect_right(his, his[-1] - self.window)
+        if old:
+            del los[:old], his[:old]
 
 
 @dataclass(eq=False, slots=True)
@@ -36,6 +78,7 @@ class Subscriber:
     channels: dict[Condition, str] = field(default_factory=dict)
     # While a replay runs: live kill frames (seq, frame) held back until it has caught up.
     held: deque[tuple[int, bytes, KillFacts]] | None = None
+    delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
@@ -59,12 +102,13 @@ def with_seq(seq: int, body: bytes) -> bytes:
 class Hub:
     """All live sockets (a weak set, as designed) and the channel -> subscribers index."""
 
-    def __init__(self, send_queue: int, close_timeout: float) -> None:
+    def __init__(self, send_queue: int, close_timeout: float, replay_window: int = 1000) -> None:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
         self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
         self._close_timeout = close_timeout
+        self._replay_window = replay_window
         self.deliveries = 0
         self.slow_drops = 0
 
@@ -75,7 +119,7 @@ class Hub:
         return len(self._index.subscribers())
 
     def attach(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> Subscriber:
-        sub = Subscriber(ws, asyncio.Queue(self._send_queue), transport)
+        sub = Subscriber(ws, asyncio.Queue(self._send_queue), transport, delivered=Delivered(self._replay_window))
         self.sockets.add(ws)
         self._subscribers[ws] = sub
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
@@ -143,7 +187,10 @@ class Hub:
     def send_kill(self, sub: Subscriber, seq: int, frame: bytes, facts: KillFacts) -> bool:
         """Queue a kill frame, or hold it back while the socket's replay runs."""
         if sub.held is None:
-            return self.send(sub, frame)
+            if not self.send(sub, frame):
+                return False
+            sub.delivered.add(seq)
+            return True
         if sub.dropped:
             return False
         if len(sub.held) >= self._send_queue:

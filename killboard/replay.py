@@ -4,7 +4,8 @@ channel, then the live ones, with no gap and no duplicate between the two.
 The channel is subscribed and the socket's live kills are held back *before* the store is read.
 The replay sends the stored kills up to the last seq it saw when it started; then the held live
 frames go out, except those the replay covered; then live delivery resumes. A kill committed
-while the replay runs is either read by it, or held, or both (and then sent once).
+while the replay runs is either read by it, or held, or both (and then sent once). A kill the
+socket already got live on another channel (hub.Delivered) is not sent again.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ async def replay(
             for row in rows:
                 if row.seq > end:
                     break
+                if row.seq in sub.delivered:
+                    continue  # it came live on another of the socket's channels: once is enough
                 if every or condition.matches(kill_facts(ujson.loads(row.body))):
                     if not await _put(hub, sub, kill_frame(row.seq, row.body)):
                         return sent
+                    sub.delivered.add(row.seq)
                     sent += 1
             cursor = rows[-1].seq
         # Hand over: live kills held meanwhile, minus those this replay covered (or left to the
@@ -62,6 +66,7 @@ async def replay(
                 continue
             if not await _put(hub, sub, frame):
                 return sent
+            sub.delivered.add(seq)
         return sent
     finally:
         sub.held = None  # no await since the loop found the buffer empty: live delivery resumes
