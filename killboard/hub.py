@@ -200,10 +200,11 @@ class Hub:
         return True
 
     def close(self, sub: Subscriber, code: int, message: bytes) -> None:
-        """Close one client on purpose (a policy violation): its writer sends the close frame."""
+        """Close one client on purpose (a policy violation): its writer sends what is queued
+        (the error frame that explains why), then the close frame."""
         if not sub.dropped:
             log.info("closing websocket client: %d %s", code, message.decode())
-            self._close(sub, code, message)
+            self._close(sub, code, message, keep_queued=True)
 
     def drop(self, sub: Subscriber, code: int, message: bytes) -> None:
         """Close a client that cannot keep up: empty its queue and let its writer send the close."""
@@ -213,12 +214,12 @@ class Hub:
         log.warning("closing slow websocket client (%s)", message.decode())
         self._close(sub, code, message)
 
-    def _close(self, sub: Subscriber, code: int, message: bytes) -> None:
+    def _close(self, sub: Subscriber, code: int, message: bytes, keep_queued: bool = False) -> None:
         """Ask the writer to send a close frame next, and cut the connection if it cannot."""
         sub.dropped = True
         sub.held = None
         sub.close_code, sub.close_message = code, message
-        while not sub.outbox.empty():
+        while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
             sub.outbox.get_nowait()
         sub.outbox.put_nowait(None)
         # A writer stuck sending to a peer that stopped reading never reaches the close request.
