@@ -14,7 +14,7 @@ import asyncio
 import logging
 import weakref
 from bisect import bisect_right
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -109,6 +109,8 @@ class Hub:
         self._send_queue = send_queue
         self._close_timeout = close_timeout
         self._replay_window = replay_window
+        # Match keys of the last kills published, so a replay need not decode them again.
+        self.recent_facts: OrderedDict[int, KillFacts] = OrderedDict()
         self.deliveries = 0
         self.slow_drops = 0
 
@@ -169,10 +171,13 @@ class Hub:
     def publish(self, seq: int, body: bytes, facts: KillFacts | None = None) -> int:
         """Send one stored kill to every socket with a matching channel, once each; returns the
         number queued. `facts` are the kill's match keys (computed from the body if not given)."""
-        if not self._index.subscribers_any():
-            return 0
         if facts is None:
+            if not self._index.subscribers_any():
+                return 0
             facts = kill_facts(ujson.loads(body))
+        self.recent_facts[seq] = facts
+        if len(self.recent_facts) > self._replay_window:
+            self.recent_facts.popitem(last=False)
         targets = self._index.match(facts)
         if not targets:
             return 0

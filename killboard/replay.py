@@ -52,7 +52,8 @@ async def replay(
                     break
                 if row.seq in sub.delivered:
                     continue  # it came live on another of the socket's channels: once is enough
-                if every or condition.matches(kill_facts(ujson.loads(row.body))):
+                facts = None if every else hub.recent_facts.get(row.seq) or kill_facts(ujson.loads(row.body))
+                if facts is None or condition.matches(facts):
                     if not await _put(hub, sub, kill_frame(row.seq, row.body)):
                         return sent
                     sub.delivered.add(row.seq)

@@ -28,6 +28,8 @@ from .topics import BadChannel, parse
 log = logging.getLogger(__name__)
 
 MAX_SINCE = 2**63 - 1
+# A sub with `since` reads up to ws_replay_max stored kills: it counts as this many messages.
+REPLAY_COST = 10
 
 
 @dataclass(slots=True)
@@ -44,15 +46,15 @@ class Bucket:
     def __post_init__(self) -> None:
         self.tokens = float(self.burst)
 
-    def take(self) -> str:
+    def take(self, cost: int = 1) -> str:
         """One of: ok, over (first message over the limit: warn), drop (ignore it), flood (close)."""
         if self.rate <= 0:
             return "ok"
         now = time.monotonic()
         self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             if self.tokens >= self.burst / 2:
                 self.strikes = 0  # calmed down: a later burst gets a fresh warning
             return "ok"
@@ -111,7 +113,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if msg.type is WSMsgType.BINARY:
                 error(hub, sub, "binary frames are not accepted: send JSON text frames")
             else:
-                await handle_text(request.app, hub, sub, msg.data)
+                await handle_text(request.app, hub, sub, msg.data, bucket)
     finally:
         await hub.detach(sub)
     if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
@@ -124,7 +126,7 @@ def error(hub: Hub, sub: Subscriber, message: str, **extra: Any) -> None:
     hub.send_json(sub, {"action": "error", "message": message, **extra})
 
 
-async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str) -> None:
+async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str, bucket: Bucket) -> None:
     try:
         message = ujson.loads(text)
     except ValueError as exc:
@@ -165,6 +167,9 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
             f"too many channels: at most {config.ws_max_channels} per socket; unsub some first",
             channel=channel[:80],
         )
+        return
+    if since is not None and bucket.take(REPLAY_COST - 1) != "ok":
+        error(hub, sub, f"too many replays: a sub with since counts as {REPLAY_COST} messages", channel=channel)
         return
     hub.subscribe(sub, condition, channel)
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
