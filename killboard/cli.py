@@ -23,6 +23,9 @@ Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_LIVE_MAX_AGE  kills older than this many seconds are stored, not pushed live
                           (default 86400; 0 = push everything)
   KILLBOARD_LOG_LEVEL     DEBUG, INFO (default), WARNING, ERROR
+  KILLBOARD_WS_MAX_CLIENTS, KILLBOARD_WS_MAX_CHANNELS, KILLBOARD_WS_MAX_CHANNEL_LENGTH,
+  KILLBOARD_WS_CONTROL_RATE, KILLBOARD_WS_CONTROL_BURST, KILLBOARD_WS_REPLAY_MAX,
+  KILLBOARD_WS_ORIGINS    WebSocket limits (README, "Keepalive and limits")
 """
 
 

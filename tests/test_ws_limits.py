@@ -122,3 +122,14 @@ def test_limits_come_from_the_environment() -> None:
     assert config.ws_allowed_origins == ("https://a.example", "https://b.example")
     with pytest.raises(SystemExit, match="KILLBOARD_WS_CONTROL_RATE must be a number"):
         from_env({"KILLBOARD_WS_CONTROL_RATE": "fast"})
+
+
+async def test_a_replay_costs_ten_messages(make_client: Any) -> None:
+    client = await make_client(ws_control_rate=0.5, ws_control_burst=12)
+    ws = await client.ws_connect("/ws")
+    await ws.send_str(json.dumps({"action": "sub", "channel": "kills", "since": 0}))
+    assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+    assert (await ws.receive_json(timeout=5))["action"] == "replay"
+    await ws.send_str(json.dumps({"action": "sub", "channel": "solo", "since": 0}))
+    reply = await ws.receive_json(timeout=5)
+    assert reply["action"] == "error" and reply["message"].startswith("too many replays"), reply
