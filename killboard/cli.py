@@ -36,6 +36,9 @@ Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_USER_AGENT    User-Agent sent upstream: name a contact (e-mail or site)
   KILLBOARD_R2Z2_URL      default https://r2z2.zkillboard.com/ephemeral
   KILLBOARD_ESI_URL       default https://esi.evetech.net/latest
+  KILLBOARD_WS_MAX_CLIENTS, KILLBOARD_WS_MAX_CHANNELS, KILLBOARD_WS_MAX_CHANNEL_LENGTH,
+  KILLBOARD_WS_CONTROL_RATE, KILLBOARD_WS_CONTROL_BURST, KILLBOARD_WS_REPLAY_MAX,
+  KILLBOARD_WS_ORIGINS    WebSocket limits (README, "Keepalive and limits")
 """
 
 

@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .prices import PriceBook
 from .staticdata import StaticData
 from .store import InboxRow, NewKill, Store
+from .topics import KillFacts, kill_facts
 from .validate import Submission, check_esi, parse_time
 
 log = logging.getLogger(__name__)
@@ -245,12 +246,17 @@ class Pipeline:
         names, unresolved = await self._names(batch)
         kills: list[NewKill] = []
         live: dict[int, bool] = {}
+        # What channels match on, taken from the enriched kill before it becomes JSON.
+        facts: dict[int, KillFacts] = {}
         rejected: list[int] = []
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
-                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices), names))
+                kill = enrich(sub, self.static, names, self.prices)
+                kills.append(build_kill(sub, kill, names))
                 live[sub.killmail_id] = pending.live
+                if pending.live:
+                    facts[sub.killmail_id] = kill_facts(kill)
             except Exception:
                 log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
                 rejected.append(sub.killmail_id)
@@ -288,7 +294,7 @@ class Pipeline:
                     self.live_max_age,
                 )
                 continue
-            self.hub.publish(seq, kill.body)
+            self.hub.publish(seq, kill.body, facts.get(kill.killmail_id))
         return stored
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
