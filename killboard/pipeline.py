@@ -86,6 +86,7 @@ class Prepared:
     live: dict[int, bool]
     unresolved: set[int]  # player ids still without a name
     rejected: list[int]  # ids whose enrichment failed (logged, counted)
+    facts: dict[int, KillFacts]  # what channels match on, per live kill
 
 
 @dataclass(slots=True)
@@ -110,7 +111,7 @@ class Pipeline:
     store_error: str | None = None
     _reserved: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
-    _preparing: bool = False
+    _in_flight: int = 0  # batches taken from the queue and not yet written
     _attempts: dict[int, int] = field(default_factory=dict)
     metrics: Metrics | None = None
 
@@ -178,18 +179,20 @@ class Pipeline:
         writing: asyncio.Task[None] | None = None
         try:
             while True:
-                if self.queue.empty() and (writing is None or writing.done()):
+                if self.queue.empty() and not self._in_flight:
                     self._idle.set()
                 batch = [await self.queue.get()]
                 while len(batch) < self.batch_size and not self.queue.empty():
                     batch.append(self.queue.get_nowait())
-                self._preparing = True
+                # Taken but not yet written: idle only once this is back to 0 with the queue empty.
+                self._in_flight += 1
                 try:
                     prepared = await self._until_done(self.prepare, batch)
-                finally:
-                    self._preparing = False
-                if writing is not None:
-                    await writing  # the batch before this one is stored and broadcast
+                    if writing is not None:
+                        await writing  # the batch before this one is stored and broadcast
+                except BaseException:
+                    self._in_flight -= 1
+                    raise
                 writing = asyncio.create_task(self._write(batch, prepared), name="killboard-writer")
         finally:
             if writing is not None and not writing.done():
@@ -203,7 +206,8 @@ class Pipeline:
         finally:
             for _ in batch:
                 self.queue.task_done()
-            if self.queue.empty() and not self._preparing:
+            self._in_flight -= 1
+            if self.queue.empty() and not self._in_flight:
                 self._idle.set()
 
     async def _until_done(self, step: Callable[[Any], Awaitable[T]], arg: Any) -> T:
@@ -262,7 +266,7 @@ class Pipeline:
                 rejected.append(sub.killmail_id)
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
-        return Prepared(batch, dropped, kills, live, unresolved, rejected)
+        return Prepared(batch, dropped, kills, live, unresolved, rejected, facts)
 
     async def commit(self, prepared: Prepared) -> list[tuple[int, NewKill]]:
         """Store a prepared batch in one transaction, then broadcast its new live kills."""
@@ -294,7 +298,7 @@ class Pipeline:
                     self.live_max_age,
                 )
                 continue
-            self.hub.publish(seq, kill.body, facts.get(kill.killmail_id))
+            self.hub.publish(seq, kill.body, prepared.facts.get(kill.killmail_id))
         return stored
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
