@@ -28,15 +28,20 @@ def isk(value: float | int | None) -> str:
     sign = "-" if value < 0 else ""
     for i, (scale, suffix, digits) in enumerate(_ISK_UNITS):
         if amount >= scale:
-            scaled = round(amount / scale, digits)
+            scaled = _round(amount / scale, digits)
             # 999.96m rounds to 1000.0m: say 1b instead.
             if scaled >= 1000 and i > 0:
                 bigger_scale, bigger_suffix, bigger_digits = _ISK_UNITS[i - 1]
-                return sign + _trim(f"{amount / bigger_scale:.{bigger_digits}f}") + bigger_suffix
+                return sign + _trim(f"{_round(amount / bigger_scale, bigger_digits):.{bigger_digits}f}") + bigger_suffix
             return sign + _trim(f"{scaled:.{digits}f}") + suffix
-    if round(amount) >= 1000:
-        return sign + "1k"
-    return sign + str(round(amount))
+    whole = math.floor(amount + 0.5)
+    return sign + ("1k" if whole >= 1000 else str(whole))
+
+
+def _round(x: float, digits: int) -> float:
+    """Half-up, with the same float operations as feed.js, so both print the same text."""
+    factor = 10.0**digits
+    return math.floor(x * factor + 0.5) / factor
 
 
 def _trim(number: str) -> str:
@@ -48,7 +53,7 @@ def security_level(display: float | None) -> str:
     and below (EVE colours every null-sec and wormhole system alike), "" when unknown."""
     if display is None:
         return ""
-    tenths = max(0, min(10, round(display * 10)))
+    tenths = max(0, min(10, math.floor(display * 10 + 0.5)))
     return f"{tenths:02d}"
 
 

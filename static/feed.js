@@ -268,6 +268,7 @@
         }
         break;
       case "error":
+        if (statusEl.dataset.state !== "live") setStatus("refused", "not subscribed");
         say("The server refused this feed: " + String(message.message || "unknown error"));
         break;
     }
