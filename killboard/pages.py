@@ -8,6 +8,7 @@ escaping could not run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -21,14 +22,15 @@ from . import display, filters
 from .config import PROJECT_ROOT
 from .filters import Filter
 from .keys import static_key, store_key
+from .store import StoredKill
 from .ws import websocket
 
 # Rows rendered on load; feed.js keeps at most MAX_ROWS once live kills arrive.
 INITIAL_ROWS = 50
 MAX_ROWS = 200
 # A filtered page looks through this many of the newest stored kills for matches.
-FILTER_SCAN = 2000
-_SCAN_PAGE = 250
+FILTER_SCAN = 1000
+_SCAN_PAGE = 200
 
 CSP = "; ".join(
     (
@@ -82,10 +84,22 @@ def _linker(current: Filter) -> Callable[[str, Any], str]:
     return link
 
 
+def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
+    out = []
+    for stored in page:
+        kill = ujson.loads(stored.body)
+        if wanted.matches(kill):
+            kill["seq"] = stored.seq
+            out.append(kill)
+    return out
+
+
 async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]]:
+    """The newest stored kills the filter matches. Decoding runs in a thread: a big fleet fight
+    is ~30 KB of JSON (~0.3 ms to parse), and a filtered page may look through many."""
     store = request.app[store_key]
     if wanted.empty:
-        return [ujson.loads(k.body) | {"seq": k.seq} for k in await store.latest(INITIAL_ROWS)]
+        return await asyncio.to_thread(_decode, await store.latest(INITIAL_ROWS), wanted)
     found: list[dict[str, Any]] = []
     before: int | None = None
     scanned = 0
@@ -95,11 +109,7 @@ async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]
             break
         scanned += len(page)
         before = page[-1].killmail_id
-        for stored in page:
-            kill = ujson.loads(stored.body)
-            if wanted.matches(kill):
-                kill["seq"] = stored.seq
-                found.append(kill)
+        found += await asyncio.to_thread(_decode, page, wanted)
     return found[:INITIAL_ROWS]
 
 
