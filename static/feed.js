@@ -218,6 +218,7 @@
   let socket = null;
   let attempt = 0;
   let retryTimer = null;
+  let replayTo = null;
 
   function setStatus(state, text) {
     statusEl.dataset.state = state;
@@ -262,10 +263,20 @@
         setStatus("live", "live");
         break;
       case "replay":
-        if (typeof message.last_seq === "number" && message.last_seq > lastSeq) lastSeq = message.last_seq;
+        // {"action":"replay","recovered":bool,"from":A,"to":B}: every matching kill up to B
+        // follows. The server answers a ping only after the whole replay, so on the pong the
+        // next resume may start from B, even on a quiet channel where none of them matched.
+        if (typeof message.to === "number") {
+          replayTo = message.to;
+          socket.send(JSON.stringify({ action: "ping" }));
+        }
         if (message.recovered === false) {
           say("You were away too long for every missed kill to be replayed: reload the page for the full list.");
         }
+        break;
+      case "pong":
+        if (replayTo !== null && replayTo > lastSeq) lastSeq = replayTo;
+        replayTo = null;
         break;
       case "error":
         if (statusEl.dataset.state !== "live") setStatus("refused", "not subscribed");
@@ -280,6 +291,7 @@
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const ws = new WebSocket(scheme + location.host + "/ws");
     socket = ws;
+    replayTo = null;
     ws.addEventListener("open", function () {
       // Resume: the server replays the stored kills of this channel after lastSeq.
       ws.send(JSON.stringify({ action: "sub", channel: channel, since: lastSeq }));
