@@ -43,6 +43,8 @@ class Watch:
 
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Console errors a test causes on purpose (e.g. Chromium logs each refused reconnect).
+    expected: list[str] = field(default_factory=list)
 
     async def on_dialog(self, dialog: Dialog) -> None:
         self.dialogs.append(dialog.message)
@@ -50,7 +52,9 @@ class Watch:
 
     def on_console(self, message: ConsoleMessage) -> None:
         # Ship renders are blocked on purpose (offline); anything else logged as an error counts.
-        if message.type == "error" and "Failed to load resource" not in message.text:
+        if message.type != "error" or "Failed to load resource" in message.text:
+            return
+        if not any(text in message.text for text in self.expected):
             self.errors.append(message.text)
 
     def on_page_error(self, error: Exception) -> None:
