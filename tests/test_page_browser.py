@@ -17,7 +17,7 @@ from playwright.async_api import Browser, Page, expect
 from serverproc import ServerProcess
 from test_display import ISK_CASES
 
-from killboard import display
+from killboard import display, pages
 from killboard.keys import store_key
 
 pytestmark = pytest.mark.browser
@@ -183,6 +183,38 @@ async def test_pause_buffers_new_kills(
     await pause.press("Enter")  # keyboard reachable
     await expect(page.locator("#feed li.kill")).to_have_count(3)
     await expect(pause).to_have_text("Pause")
+
+
+async def test_list_stays_bounded(
+    make_client: MakeClient, browser: Browser, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "MAX_ROWS", 10)
+    client = await make_client()
+    page, _ = await open_feed(browser, str(client.make_url("/")))
+    for km in killmails[:14]:  # one by one: each arrives as its own live kill
+        await post(client, km)
+    await expect(page.locator(f'#feed li.kill[data-id="{killmails[13]["killmail_id"]}"]')).to_have_count(1)
+    assert await row_ids(page) == [k["killmail_id"] for k in reversed(killmails[4:14])]
+
+
+async def test_page_works_without_javascript(
+    make_client: MakeClient, browser: Browser, killmails: list[dict[str, Any]]
+) -> None:
+    client = await make_client()
+    await post(client, killmails)
+    context = await browser.new_context(java_script_enabled=False)
+    await context.route("https://images.evetech.net/**", lambda route: route.abort())
+    page = await context.new_page()
+    await page.goto(str(client.make_url("/")))
+    await expect(page.locator("#feed li.kill")).to_have_count(50)
+    await page.select_option("select[name=sec]", "nullsec")
+    await page.check("input[name=solo]")
+    await page.click("button[type=submit]")
+    # The form's long query redirects to the short link that names only what is set.
+    await page.wait_for_url("**/?sec=nullsec&solo=1")
+    expected = {k["killmail_id"] for k in await stored(client) if k["security_class"] == "nullsec" and k["is_solo"]}
+    assert expected
+    assert set(await row_ids(page)) == expected
 
 
 async def test_isk_and_security_read_the_same_in_js_and_python(make_client: MakeClient, browser: Browser) -> None:
