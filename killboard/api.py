@@ -12,7 +12,7 @@ import ujson
 from aiohttp import web
 
 from .hub import encode, with_seq
-from .keys import config_key, hub_key, pipeline_key, started_key, store_key
+from .keys import config_key, follower_key, hub_key, pipeline_key, started_key, store_key
 from .pipeline import QueueFull
 from .validate import Invalid, Submission, parse_submission
 
@@ -76,6 +76,8 @@ async def post_killmails(request: web.Request) -> web.Response:
     if len(items) > config.max_batch_items:
         return json_error(413, f"too many killmails in one request: {len(items)} > {config.max_batch_items}")
 
+    # Kills given by id + hash only are accepted durably and completed from ESI by the worker.
+    can_fetch = request.app[pipeline_key].fetch_killmail is not None
     subs: list[Submission] = []
     rejected: list[dict[str, Any]] = []
     for index, item in enumerate(items):
@@ -84,9 +86,12 @@ async def post_killmails(request: web.Request) -> web.Response:
         except Invalid as exc:
             rejected.append({"index": index, "errors": exc.errors})
             continue
-        if sub.esi is None:
+        if sub.esi is None and not can_fetch:
             rejected.append(
-                {"index": index, "errors": ["killmail: only id and hash given; this server needs the ESI body"]}
+                {
+                    "index": index,
+                    "errors": ["killmail: only id and hash given, and this server has no ESI access (upstream off)"],
+                }
             )
             continue
         subs.append(sub)
@@ -161,6 +166,7 @@ async def health(request: web.Request) -> web.Response:
     store = app[store_key]
     pipeline = app[pipeline_key]
     hub = app[hub_key]
+    follower = app.get(follower_key)
     return web.json_response(
         {
             "status": "ok",
@@ -174,5 +180,7 @@ async def health(request: web.Request) -> web.Response:
             "subscribed": hub.subscribed_count(),
             "deliveries": hub.deliveries,
             "slow_drops": hub.slow_drops,
+            "upstream": follower.state.as_json() if follower is not None else None,
+            "names_pending": await store.names_pending_count(),
         }
     )

@@ -38,6 +38,23 @@ class Config:
     # Kills older than this (seconds, by kill time) are stored but not pushed live; 0 = no cut-off.
     live_max_age: int = 86_400
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Live upstream (zKillboard R2Z2 feed + ESI). Off: no request ever leaves the machine.
+    upstream: bool = True
+    r2z2_url: str = "https://r2z2.zkillboard.com/ephemeral"
+    esi_url: str = "https://esi.evetech.net/latest"
+    # Upstream refuses requests without a descriptive User-Agent; KILLBOARD_USER_AGENT adds a contact.
+    user_agent: str = "killboard/0.1 (self-hosted EVE killmail feed; contact not configured)"
+    # R2Z2 asks clients to wait ~6 s when the next sequence is not there yet (404).
+    r2z2_wait: float = 6.0
+    # At most this many requests per second to R2Z2 (the limit upstream is 20/s).
+    r2z2_rate: float = 10.0
+    # Backoff after 429/403/5xx/network errors: doubles from the first value up to the second.
+    backoff_min: float = 1.0
+    backoff_max: float = 120.0
+    # How long a batch waits for ESI names before it is broadcast with what is known.
+    names_wait: float = 2.0
+    # How often ESI market prices are refreshed.
+    prices_every: float = 86_400.0
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -64,7 +81,22 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else base.db_path,
         ingest_token=env.get("KILLBOARD_INGEST_TOKEN") or None,
         live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
+        upstream=_env_flag(env, "KILLBOARD_UPSTREAM", base.upstream),
+        r2z2_url=(env.get("KILLBOARD_R2Z2_URL") or base.r2z2_url).rstrip("/"),
+        esi_url=(env.get("KILLBOARD_ESI_URL") or base.esi_url).rstrip("/"),
+        user_agent=env.get("KILLBOARD_USER_AGENT") or base.user_agent,
     )
+
+
+def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("on", "1", "true", "yes"):
+        return True
+    if raw in ("off", "0", "false", "no"):
+        return False
+    raise SystemExit(f"{name} must be on or off, got {raw!r}")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +104,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (env KILLBOARD_PORT, default 8080)")
     parser.add_argument(
         "--db", type=Path, help="SQLite database file (env KILLBOARD_DB, default data/killboard.sqlite3)"
+    )
+    parser.add_argument(
+        "--no-upstream",
+        action="store_true",
+        help="do not follow zKillboard or call ESI (env KILLBOARD_UPSTREAM=off)",
     )
 
 
@@ -85,6 +122,8 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
         changes["port"] = args.port
     if getattr(args, "db", None) is not None:
         changes["db_path"] = args.db
+    if getattr(args, "no_upstream", False):
+        changes["upstream"] = False
     return replace(config, **changes)  # type: ignore[arg-type]
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 from aiohttp import web
 
 from .config import Config
+from .esi import EsiClient, NameService
 from .hub import Hub
 from .pipeline import Pipeline
 from .prices import PriceBook
+from .r2z2 import Follower
 from .staticdata import StaticData
 from .store import Store
 
@@ -21,3 +24,8 @@ hub_key = web.AppKey("hub", Hub)
 pipeline_key = web.AppKey("pipeline", Pipeline)
 started_key = web.AppKey("started", float)
 tasks_key = web.AppKey("tasks", list[asyncio.Task[None]])
+# Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
+session_key = web.AppKey("session", aiohttp.ClientSession)
+esi_key = web.AppKey("esi", EsiClient)
+names_key = web.AppKey("names", NameService)
+follower_key = web.AppKey("follower", Follower)

@@ -18,15 +18,20 @@ from typing import Any
 import ujson
 
 from .enrich import enrich
+from .esi import KillmailGone
 from .hub import Hub, encode
 from .prices import PriceBook
 from .staticdata import StaticData
 from .store import InboxRow, NewKill, Store
-from .validate import Submission, parse_time
+from .validate import Submission, check_esi, parse_time
 
 log = logging.getLogger(__name__)
 
 NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
+# Fetches the ESI body of a kill given only by id and hash; raises KillmailGone when it does not
+# exist (dropped), anything else when it may work later (kept in the inbox, retried).
+KillmailFetcher = Callable[[int, str], Awaitable[dict[str, Any]]]
+RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +73,26 @@ class Pipeline:
     live_max_age: int = 86_400
     # Filled by the ESI client when it runs: resolves player names before a kill is broadcast.
     resolve_names: NameResolver | None = None
+    # Filled by the ESI client when it runs: completes kills that came as id + hash only.
+    fetch_killmail: KillmailFetcher | None = None
     processed: int = 0
     failed: int = 0
     _reserved: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _attempts: dict[int, int] = field(default_factory=dict)
 
-    async def submit(self, subs: Sequence[Submission], source: str, live: bool = True) -> Admission:
+    async def submit(
+        self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
+    ) -> Admission:
         """Record submissions durably and queue them; returns once they survive a crash.
 
+        `state` is committed in the same transaction as the inbox rows (a feed's cursor).
         Raises QueueFull when the queue has had no room for `queue_full_wait` seconds.
         """
         await self._reserve(len(subs))
         try:
             rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
-            accepted, duplicates = await self.store.add_to_inbox(rows)
+            accepted, duplicates = await self.store.add_to_inbox(rows, state)
             by_id = {s.killmail_id: s for s in subs}
             for kill_id in accepted:
                 self._idle.clear()
@@ -138,8 +149,10 @@ class Pipeline:
         # Every put clears the event; the worker sets it only when it finds the queue empty.
         await self._idle.wait()
 
-    async def process(self, batch: list[Pending]) -> None:
-        names = await self._names(batch)
+    async def process(self, batch: list[Pending]) -> list[tuple[int, NewKill]]:
+        """Enrich and store a batch in one transaction, then broadcast the new live kills."""
+        batch, dropped = await self._complete(batch)
+        names, unresolved = await self._names(batch)
         kills: list[NewKill] = []
         live: dict[int, bool] = {}
         rejected: list[int] = []
@@ -153,8 +166,16 @@ class Pipeline:
                 rejected.append(sub.killmail_id)
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
-        stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch])
+        stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch] + dropped)
         self.processed += len(kills)
+        if unresolved:
+            # Broadcast now with what is known; the ESI name filler patches these stored kills later.
+            new_ids = {kill.killmail_id for _, kill in stored}
+            await self.store.mark_names_pending(
+                p.submission.killmail_id
+                for p in batch
+                if p.submission.killmail_id in new_ids and player_ids(p.submission.esi or {}) & unresolved
+            )
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
             if not live.get(kill.killmail_id, True):
@@ -167,18 +188,73 @@ class Pipeline:
                 )
                 continue
             self.hub.publish(seq, kill.body)
+        return stored
 
-    async def _names(self, batch: Iterable[Pending]) -> dict[int, str]:
+    async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
+        """(names known, ids still without one after asking ESI)."""
         ids: set[int] = set()
         for pending in batch:
             ids.update(player_ids(pending.submission.esi or {}))
         if not ids:
-            return {}
+            return {}, set()
         names = await self.store.names(ids)
         missing = ids - names.keys()
         if missing and self.resolve_names is not None:
             names.update(await self.resolve_names(missing))
-        return names
+            return names, missing - names.keys()
+        return names, set()
+
+    async def _complete(self, batch: list[Pending]) -> tuple[list[Pending], list[int]]:
+        """Fetch the ESI body of id+hash-only kills: (ready to enrich, ids to drop from the inbox).
+
+        A kill whose fetch fails for now stays in the inbox and is queued again after a delay.
+        """
+        incomplete = [p for p in batch if p.submission.esi is None]
+        if not incomplete:
+            return batch, []
+        results = await asyncio.gather(*(self._fetch(p.submission) for p in incomplete), return_exceptions=True)
+        fetched: dict[int, Pending] = {}
+        dropped: list[int] = []
+        for pending, result in zip(incomplete, results, strict=True):
+            sub = pending.submission
+            if isinstance(result, Submission):
+                fetched[sub.killmail_id] = Pending(result, pending.live)
+                self._attempts.pop(sub.killmail_id, None)
+            elif isinstance(result, KillmailGone | ValueError):
+                log.warning("kill %d dropped: %s", sub.killmail_id, result)
+                self._attempts.pop(sub.killmail_id, None)
+                dropped.append(sub.killmail_id)
+            else:
+                self._retry_later(pending, result)
+        ready = [fetched.get(p.submission.killmail_id, p) for p in batch]
+        return [p for p in ready if p.submission.esi is not None], dropped
+
+    async def _fetch(self, sub: Submission) -> Submission:
+        if self.fetch_killmail is None:
+            raise RuntimeError("no ESI access (upstream off)")
+        esi = await self.fetch_killmail(sub.killmail_id, sub.killmail_hash)
+        errors = check_esi(esi)
+        if not errors and esi.get("killmail_id") != sub.killmail_id:
+            errors = [f"killmail_id: ESI returned {esi.get('killmail_id')} for {sub.killmail_id}"]
+        if errors:
+            raise ValueError(f"ESI body is not a valid killmail: {'; '.join(errors[:3])}")
+        return Submission(sub.killmail_id, sub.killmail_hash, esi, sub.zkb)
+
+    def _retry_later(self, pending: Pending, error: BaseException) -> None:
+        kill_id = pending.submission.killmail_id
+        attempt = self._attempts.get(kill_id, 0) + 1
+        self._attempts[kill_id] = attempt
+        delay = min(RETRY_MAX, 2.0**attempt)
+        log.warning("kill %d: ESI body not fetched (%s); kept in the inbox, retry in %.0f s", kill_id, error, delay)
+        asyncio.get_running_loop().call_later(delay, self._requeue, pending)
+
+    def _requeue(self, pending: Pending) -> None:
+        try:
+            self.queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().call_later(1.0, self._requeue, pending)
+            return
+        self._idle.clear()
 
 
 def player_ids(esi: dict[str, Any]) -> set[int]:

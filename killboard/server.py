@@ -10,7 +10,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from . import api, pages, ws
+from . import api, pages, upstream, ws
 from .config import PROJECT_ROOT, Config
 from .hub import Hub
 from .keys import (
@@ -80,6 +80,8 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_worker)
+    if config.upstream:
+        app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
     app.on_shutdown.append(_close_sockets)
 
     pages.setup_templates(app)

@@ -48,6 +48,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # ESI: market prices (refreshed daily) and kills stored before their player names were known.
+    """
+    CREATE TABLE prices (
+        type_id INTEGER PRIMARY KEY,
+        average REAL,
+        adjusted REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE names_pending (killmail_id INTEGER PRIMARY KEY, since REAL NOT NULL);
+    """,
 ]
 
 
@@ -143,9 +153,17 @@ class Store:
 
     # -- inbox: durable before acknowledgement --------------------------------------------
 
-    async def add_to_inbox(self, rows: Sequence[InboxRow]) -> tuple[list[int], list[int]]:
-        """Record submissions durably. Returns (accepted ids, ids already stored or waiting)."""
+    async def add_to_inbox(
+        self, rows: Sequence[InboxRow], state: dict[str, str] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Record submissions durably. Returns (accepted ids, ids already stored or waiting).
+
+        `state` (e.g. a feed cursor) is written in the same transaction, so the cursor never
+        moves past a kill that is not safely in the inbox, nor stays behind one that is.
+        """
         if not rows:
+            if state:
+                await self.set_state(state)
             return [], []
         ids = [r.killmail_id for r in rows]
         now = time.time()
@@ -160,6 +178,8 @@ class Store:
                 " ON CONFLICT DO NOTHING",
                 [(r.killmail_id, r.payload, r.source, int(r.live), now) for r in fresh.values()],
             )
+            if state:
+                await _put_state(db, state)
         accepted = list(fresh)
         fresh_set = set(accepted)
         duplicates = [i for i in dict.fromkeys(ids) if i not in fresh_set]
@@ -206,11 +226,7 @@ class Store:
             if done_ids:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
             if state:
-                await db.executemany(
-                    "INSERT INTO state (key, value) VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    list(state.items()),
-                )
+                await _put_state(db, state)
         return sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
 
     async def drop_from_inbox(self, ids: Sequence[int]) -> None:
@@ -268,10 +284,80 @@ class Store:
                 out.update({r[0]: r[1] for r in await cur.fetchall()})
         return out
 
+    async def save_names(self, names: dict[int, tuple[str, str]]) -> None:
+        """Cache player names from ESI: id -> (name, category)."""
+        if names:
+            now = time.time()
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, category = excluded.category,"
+                    " updated_at = excluded.updated_at",
+                    [(i, name, cat, now) for i, (name, cat) in names.items()],
+                )
+
+    async def mark_names_pending(self, ids: Iterable[int]) -> None:
+        """Kills stored with some player names still unknown; a background task fills them in."""
+        rows = [(i, time.time()) for i in ids]
+        if rows:
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", rows
+                )
+
+    async def names_pending(self, limit: int = 200) -> list[StoredKill]:
+        async with self._reader.execute(
+            "SELECT k.seq, k.killmail_id, k.kill_time, k.body FROM names_pending p"
+            " JOIN kills k USING (killmail_id) ORDER BY p.killmail_id LIMIT ?",
+            (limit,),
+        ) as cur:
+            return [_stored(r) for r in await cur.fetchall()]
+
+    async def names_pending_count(self) -> int:
+        async with self._reader.execute("SELECT count(*) FROM names_pending") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def rewrite_bodies(self, bodies: dict[int, bytes], done: Iterable[int]) -> None:
+        """Replace the stored JSON of kills (names filled in later) and clear them from names_pending."""
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE kills SET body = ? WHERE killmail_id = ?", [(compress(b), i) for i, b in bodies.items()]
+            )
+            await db.executemany("DELETE FROM names_pending WHERE killmail_id = ?", [(i,) for i in done])
+
+    async def save_prices(self, prices: dict[int, tuple[float | None, float | None]]) -> None:
+        """Replace the market price table (ESI /markets/prices/): type id -> (average, adjusted)."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM prices")
+            await db.executemany(
+                "INSERT INTO prices (type_id, average, adjusted, updated_at) VALUES (?, ?, ?, ?)",
+                [(t, avg, adj, now) for t, (avg, adj) in prices.items()],
+            )
+
+    async def load_prices(self) -> tuple[dict[int, float], float | None]:
+        """(type id -> unit price, when they were fetched); the average wins, else the adjusted price."""
+        async with self._reader.execute("SELECT type_id, average, adjusted, updated_at FROM prices") as cur:
+            rows = await cur.fetchall()
+        out = {r[0]: r[1] if r[1] is not None else r[2] for r in rows if r[1] is not None or r[2] is not None}
+        return out, (max(r[3] for r in rows) if rows else None)
+
+    async def set_state(self, state: dict[str, str]) -> None:
+        async with self.transaction() as db:
+            await _put_state(db, state)
+
     async def get_state(self, key: str) -> str | None:
         async with self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return row[0] if row else None
+
+
+async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
+    await db.executemany(
+        "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        list(state.items()),
+    )
 
 
 def _stored(row: aiosqlite.Row | tuple) -> StoredKill:

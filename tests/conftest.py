@@ -43,7 +43,8 @@ def killmails() -> list[dict[str, Any]]:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     # The bundled kills are years old: the live age cut-off is off unless a test turns it on.
-    return Config(db_path=tmp_path / "kb.sqlite3", ingest_token=TOKEN, live_max_age=0)
+    # Tests never reach the internet: upstream is off unless a test points it at a local fake.
+    return Config(db_path=tmp_path / "kb.sqlite3", ingest_token=TOKEN, live_max_age=0, upstream=False)
 
 
 @pytest.fixture
@@ -64,3 +65,10 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 async def settle(client: Client) -> None:
     """Until the worker has stored everything queued so far."""
     await asyncio.wait_for(client.server.app[pipeline_key].wait_idle(), 10)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Until `check()` is true; for conditions behind HTTP or in another process."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - polling is the point here
+            await asyncio.sleep(0.02)

@@ -106,12 +106,10 @@ async def test_hostile_name_is_text_everywhere(
 ) -> None:
     client = await make_client()
     first, second = killmails[10], killmails[11]
-    async with client.server.app[store_key].transaction() as db:
-        for km in (first, second):
-            await db.execute(
-                "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, 'character', 0)",
-                (km["victim"]["character_id"], HOSTILE),
-            )
+    # Where ESI's answers are cached: the enricher fills pilot names from it.
+    await client.server.app[store_key].save_names(
+        {km["victim"]["character_id"]: (HOSTILE, "character") for km in (first, second)}
+    )
     await post(client, first)  # rendered by the server
     page, watch = await open_feed(browser, str(client.make_url("/")))
     await post(client, second)  # added by feed.js

@@ -22,11 +22,7 @@ async def post(client: Client, body: Any) -> None:
 
 async def set_name(client: Client, entity_id: int, name: str, category: str = "character") -> None:
     """What the ESI name resolver stores: the names table the enricher reads."""
-    async with client.server.app[store_key].transaction() as db:
-        await db.execute(
-            "INSERT OR REPLACE INTO names (id, name, category, updated_at) VALUES (?, ?, ?, 0)",
-            (entity_id, name, category),
-        )
+    await client.server.app[store_key].save_names({entity_id: (name, category)})
 
 
 def row_ids(html: str) -> list[int]:
