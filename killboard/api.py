@@ -12,7 +12,7 @@ import ujson
 from aiohttp import web
 
 from .hub import encode, with_seq
-from .keys import config_key, follower_key, hub_key, pipeline_key, started_key, store_key
+from .keys import config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key
 from .pipeline import QueueFull
 from .validate import Invalid, Submission, parse_submission
 
@@ -96,6 +96,7 @@ async def post_killmails(request: web.Request) -> web.Response:
             continue
         subs.append(sub)
     if rejected:
+        count_rejected(request, rejected)
         log.info("POST /api/killmails: rejected %d of %d items: %s", len(rejected), len(items), rejected[:3])
     if not subs:
         return json_error(422, "no valid killmail in the request", rejected=rejected)
@@ -103,12 +104,20 @@ async def post_killmails(request: web.Request) -> web.Response:
     try:
         admitted = await request.app[pipeline_key].submit(subs, source="http")
     except QueueFull as exc:
+        request.app[metrics_key].kills_rejected.labels("queue_full").inc(len(subs))
         log.warning("POST /api/killmails: %s; answered 503", exc)
         response = json_error(503, f"server busy: {exc}; retry later")
         response.headers["Retry-After"] = "5"
         return response
     result = {"accepted": admitted.accepted, "duplicates": admitted.duplicates, "rejected": rejected}
     return web.json_response(result, status=202, dumps=lambda o: encode(o).decode())
+
+
+def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None:
+    counter = request.app[metrics_key].kills_rejected
+    no_esi = sum(1 for r in rejected if r["errors"][0].startswith("killmail: only id and hash"))
+    counter.labels("no_esi_body").inc(no_esi)
+    counter.labels("invalid").inc(len(rejected) - no_esi)
 
 
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
@@ -143,7 +152,18 @@ async def list_killmails(request: web.Request) -> web.Response:
     if after is not None:
         rows = await store.after(after, limit)
         last = rows[-1].seq if rows else after
-        return _list_response([with_seq(r.seq, r.body) for r in rows], b',"next_after":%d' % last)
+        extra = b',"next_after":%d' % last
+        if after < store.pruned_through_seq:
+            # A client resuming from an old position must learn it missed kills, not guess.
+            days = request.app[config_key].retention_days
+            extra += b',"pruned":' + encode(
+                {
+                    "through_seq": store.pruned_through_seq,
+                    "message": f"kills up to seq {store.pruned_through_seq} may have been pruned by retention"
+                    f" ({days} days); this page continues with the oldest kept",
+                }
+            )
+        return _list_response([with_seq(r.seq, r.body) for r in rows], extra)
     rows = await store.latest(limit, before)
     nxt = b"%d" % rows[-1].killmail_id if len(rows) == limit else b"null"
     return _list_response([with_seq(r.seq, r.body) for r in rows], b',"next_before":' + nxt)
@@ -155,8 +175,17 @@ async def get_killmail(request: web.Request) -> web.Response:
         killmail_id = int(raw)
     except ValueError:
         return json_error(400, f"killmail id must be an integer, got {raw[:40]!r}")
-    row = await request.app[store_key].get(killmail_id)
+    store = request.app[store_key]
+    row = await store.get(killmail_id)
     if row is None:
+        if killmail_id <= store.pruned_max_killmail_id:
+            days = request.app[config_key].retention_days
+            return json_error(
+                410,
+                f"killmail {killmail_id} is not stored: kills older than {days} days are pruned,"
+                " and this id is in the pruned range",
+                pruned=True,
+            )
         return json_error(404, f"killmail {killmail_id} not found")
     return web.Response(body=with_seq(row.seq, row.body), content_type="application/json")
 

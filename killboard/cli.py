@@ -11,8 +11,10 @@ from pathlib import Path
 from aiohttp import web
 
 from . import config as settings
-from . import importer
+from . import dbtools, importer, logs
 from .server import create_app
+
+log = logging.getLogger("killboard")
 
 DESCRIPTION = """\
 killboard: a live EVE Online killmail feed (WebSocket + JSON API + page).
@@ -25,16 +27,26 @@ Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_LIVE_MAX_AGE  kills older than this many seconds are stored, not pushed live
                           (default 86400; 0 = push everything)
   KILLBOARD_LOG_LEVEL     DEBUG, INFO (default), WARNING, ERROR
+  KILLBOARD_LOG_FORMAT    plain (default) or json (one JSON object per line)
+  KILLBOARD_RETENTION_DAYS  prune kills older than this many days (default 0: keep all)
+  KILLBOARD_METRICS       on (default) or off: GET /metrics
+  KILLBOARD_METRICS_TOKEN bearer token GET /metrics requires (unset: none)
+  KILLBOARD_TRUSTED_PROXIES  addresses/networks whose X-Forwarded-For/-Proto are believed
   KILLBOARD_UPSTREAM      on (default) or off: follow zKillboard's R2Z2 feed and use ESI
   KILLBOARD_USER_AGENT    User-Agent sent upstream: name a contact (e-mail or site)
   KILLBOARD_R2Z2_URL      default https://r2z2.zkillboard.com/ephemeral
   KILLBOARD_ESI_URL       default https://esi.evetech.net/latest
+  KILLBOARD_WS_MAX_CLIENTS, KILLBOARD_WS_MAX_CHANNELS, KILLBOARD_WS_MAX_CHANNEL_LENGTH,
+  KILLBOARD_WS_CONTROL_RATE, KILLBOARD_WS_CONTROL_BURST, KILLBOARD_WS_REPLAY_MAX,
+  KILLBOARD_WS_ORIGINS    WebSocket limits (README, "Keepalive and limits")
 """
 
 
 def serve(args: argparse.Namespace) -> int:
     config = settings.from_args(args)
-    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5)
+    log.info("serving on http://%s:%d (database %s)", config.host, config.port, config.db_path)
+    # print=None: aiohttp's banner is not a log line and would break JSON-lines logs.
+    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5, print=None)
     return 0
 
 
@@ -47,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each job adds its own subparser here, with `set_defaults(run=<function>)`.
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_import(commands)
+    dbtools.add_commands(commands)  # backup, check
     return parser
 
 
@@ -71,8 +84,5 @@ def _run_import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("KILLBOARD_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(os.environ)
     return int(args.run(args) or 0)

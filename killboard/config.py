@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,33 @@ class Config:
     names_wait: float = 2.0
     # How often ESI market prices are refreshed.
     prices_every: float = 86_400.0
+    # -- hosting (issue 7) --
+    # Kills whose kill time is older than this many days are pruned in the background; 0 = keep all.
+    retention_days: int = 0
+    # Seconds between upkeep passes (retention, vacuum, WAL checkpoint), and their step sizes.
+    maintenance_interval: float = 60.0
+    prune_batch: int = 500
+    vacuum_pages: int = 1024
+    # GET /metrics: served unless off; with a token, only to `Authorization: Bearer <token>`.
+    metrics: bool = True
+    metrics_token: str | None = None
+    # Peers (addresses or networks) whose X-Forwarded-For / X-Forwarded-Proto headers are believed.
+    trusted_proxies: tuple[str, ...] = ()
+    # WebSocket limits (issue 4). Open sockets beyond this are closed at once with 1013.
+    ws_max_clients: int = 10_000
+    # Distinct channels one socket may hold, and the longest channel string.
+    ws_max_channels: int = 256
+    ws_max_channel_length: int = 256
+    # Control messages (anything a client sends) per second per socket, with a burst allowance
+    # big enough to subscribe to every allowed channel at once; past it: an error frame, and
+    # close 1008 if the client keeps going. 0 = no limit.
+    ws_control_rate: float = 20.0
+    ws_control_burst: int = 300
+    # Resume (`since`): at most this many of the most recent stored kills are replayed.
+    ws_replay_max: int = 1000
+    # Browser Origins allowed to open a socket; empty = any. Same-origin and clients without an
+    # Origin header (bots) are always allowed.
+    ws_allowed_origins: tuple[str, ...] = ()
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -68,6 +96,16 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Config:
@@ -85,7 +123,30 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         r2z2_url=(env.get("KILLBOARD_R2Z2_URL") or base.r2z2_url).rstrip("/"),
         esi_url=(env.get("KILLBOARD_ESI_URL") or base.esi_url).rstrip("/"),
         user_agent=env.get("KILLBOARD_USER_AGENT") or base.user_agent,
+        retention_days=_env_int(env, "KILLBOARD_RETENTION_DAYS", base.retention_days),
+        metrics=_env_flag(env, "KILLBOARD_METRICS", base.metrics),
+        metrics_token=env.get("KILLBOARD_METRICS_TOKEN") or None,
+        trusted_proxies=_env_networks(env, "KILLBOARD_TRUSTED_PROXIES"),
+        ws_max_clients=_env_int(env, "KILLBOARD_WS_MAX_CLIENTS", base.ws_max_clients),
+        ws_max_channels=_env_int(env, "KILLBOARD_WS_MAX_CHANNELS", base.ws_max_channels),
+        ws_max_channel_length=_env_int(env, "KILLBOARD_WS_MAX_CHANNEL_LENGTH", base.ws_max_channel_length),
+        ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
+        ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
+        ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
+        ws_allowed_origins=tuple(
+            o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
+        ),
     )
+
+
+def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    entries = tuple(env.get(name, "").replace(",", " ").split())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SystemExit(f"{name}: not an IP address or network: {entry!r}") from None
+    return entries
 
 
 def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:

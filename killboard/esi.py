@@ -8,6 +8,7 @@ it; every response says what is left (`X-ESI-Error-Limit-Remain`) and when the w
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Iterable
@@ -54,6 +55,8 @@ class EsiClient:
         self._slots = asyncio.Semaphore(concurrency)
         self.errors_remain: int | None = None
         self.unknown_ids: set[int] = set()
+        # Failed calls by kind (network, rate_limited, http_5xx), read by GET /metrics.
+        self.errors: collections.Counter[str] = collections.Counter()
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """(status, decoded JSON or None). Network failures and timeouts raise EsiError."""
@@ -68,12 +71,16 @@ class EsiClient:
                     self._note_error_limit(resp.headers)
                     raw = await resp.read()
                     status = resp.status
+                    if status >= 500:
+                        self.errors["http_5xx"] += 1
                     if status in (420, 429):
+                        self.errors["rate_limited"] += 1
                         retry = _float(resp.headers.get("Retry-After")) or _float(
                             resp.headers.get("X-ESI-Error-Limit-Reset")
                         )
                         self._pause(retry or 60.0, f"ESI answered {status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self.errors["network"] += 1
                 raise EsiError(f"{method} {path}: {type(exc).__name__} {exc}".strip()) from None
         try:
             return status, ujson.loads(raw) if raw else None

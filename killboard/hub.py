@@ -1,6 +1,8 @@
 """Who is subscribed to what, and delivery of each kill frame to them.
 
-Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
+Subscriptions are conditions (killboard/topics.py) filed in one index: a kill is matched by
+looking up the keys it has, and each matching socket gets it once however many of its channels
+match. Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
 (see python-websockets' essay on broadcast). A kill is encoded once and the same bytes go to
 every subscriber.
@@ -11,17 +13,58 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections import OrderedDict, deque
 from contextlib import suppress
 from dataclasses import dataclass, field
 
 import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .topics import Condition, Index, KillFacts, kill_facts
+
 log = logging.getLogger(__name__)
 
-CHANNEL_KILLS = "kills"
-CHANNEL_ALIASES = {"kills": CHANNEL_KILLS, "all": CHANNEL_KILLS}
+
+class Delivered:
+    """The seqs of the kills one socket was sent, over the last `window` seqs, as sorted runs
+    (a broad channel gets consecutive seqs: one run). A replay skips what the socket already has."""
+
+    __slots__ = ("his", "los", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.los: list[int] = []
+        self.his: list[int] = []
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect_right(self.los, seq) - 1
+        return i >= 0 and seq <= self.his[i]
+
+    def add(self, seq: int) -> None:
+        los, his = self.los, self.his
+        if his and seq == his[-1] + 1:
+            his[-1] = seq  # the common case: the next kill in line
+        elif not his or seq > his[-1] + 1:
+            los.append(seq)
+            his.append(seq)
+        else:  # a replay sends older kills after newer live ones
+            i = bisect_right(los, seq) - 1
+            if i >= 0 and seq <= his[i]:
+                return
+            if i >= 0 and his[i] + 1 == seq:
+                his[i] = seq
+                if i + 1 < len(los) and los[i + 1] == seq + 1:
+                    his[i] = his[i + 1]
+                    del los[i + 1], his[i + 1]
+            elif i + 1 < len(los) and los[i + 1] == seq + 1:
+                los[i + 1] = seq
+            else:
+                los.insert(i + 1, seq)
+                his.insert(i + 1, seq)
+        old = bisect_right(his, his[-1] - self.window)
+        if old:
+            del los[:old], his[:old]
 
 
 @dataclass(eq=False, slots=True)
@@ -31,7 +74,11 @@ class Subscriber:
     ws: web.WebSocketResponse
     outbox: asyncio.Queue[bytes | None]
     transport: asyncio.BaseTransport | None
-    channels: set[str] = field(default_factory=set)
+    # condition -> the channel string it was first subscribed with
+    channels: dict[Condition, str] = field(default_factory=dict)
+    # While a replay runs: live kill frames (seq, frame) held back until it has caught up.
+    held: deque[tuple[int, bytes, KillFacts]] | None = None
+    delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
@@ -55,12 +102,15 @@ def with_seq(seq: int, body: bytes) -> bytes:
 class Hub:
     """All live sockets (a weak set, as designed) and the channel -> subscribers index."""
 
-    def __init__(self, send_queue: int, close_timeout: float) -> None:
+    def __init__(self, send_queue: int, close_timeout: float, replay_window: int = 1000) -> None:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
-        self._by_channel: dict[str, set[Subscriber]] = {}
+        self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
         self._close_timeout = close_timeout
+        self._replay_window = replay_window
+        # Match keys of the last kills published, so a replay need not decode them again.
+        self.recent_facts: OrderedDict[int, KillFacts] = OrderedDict()
         self.deliveries = 0
         self.slow_drops = 0
 
@@ -68,10 +118,10 @@ class Hub:
         return len(self.sockets)
 
     def subscribed_count(self) -> int:
-        return len({s for subs in self._by_channel.values() for s in subs})
+        return len(self._index.subscribers())
 
     def attach(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> Subscriber:
-        sub = Subscriber(ws, asyncio.Queue(self._send_queue), transport)
+        sub = Subscriber(ws, asyncio.Queue(self._send_queue), transport, delivered=Delivered(self._replay_window))
         self.sockets.add(ws)
         self._subscribers[ws] = sub
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
@@ -79,13 +129,10 @@ class Hub:
 
     async def detach(self, sub: Subscriber) -> None:
         """Forget a socket whose handler is ending; stop its writer."""
-        for channel in sub.channels:
-            members = self._by_channel.get(channel)
-            if members is not None:
-                members.discard(sub)
-                if not members:
-                    del self._by_channel[channel]
+        for condition in sub.channels:
+            self._index.remove(condition, sub)
         sub.channels.clear()
+        sub.held = None
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
         if sub.writer is not None and not sub.writer.done():
@@ -93,17 +140,19 @@ class Hub:
             with suppress(asyncio.CancelledError):
                 await sub.writer
 
-    def subscribe(self, sub: Subscriber, channel: str) -> None:
-        sub.channels.add(channel)
-        self._by_channel.setdefault(channel, set()).add(sub)
+    def subscribe(self, sub: Subscriber, condition: Condition, channel: str) -> None:
+        if condition not in sub.channels:
+            sub.channels[condition] = channel
+            self._index.add(condition, sub)
 
-    def unsubscribe(self, sub: Subscriber, channel: str) -> None:
-        sub.channels.discard(channel)
-        members = self._by_channel.get(channel)
-        if members is not None:
-            members.discard(sub)
-            if not members:
-                del self._by_channel[channel]
+    def unsubscribe(self, sub: Subscriber, condition: Condition) -> None:
+        if sub.channels.pop(condition, None) is not None:
+            self._index.remove(condition, sub)
+
+    def hold(self, sub: Subscriber) -> None:
+        """Keep this socket's live kills back (a replay is about to run) instead of sending them."""
+        if sub.held is None:
+            sub.held = deque()
 
     def send(self, sub: Subscriber, frame: bytes) -> bool:
         """Queue one frame for a socket; False (and the client is dropped) when its queue is full."""
@@ -112,37 +161,70 @@ class Hub:
         try:
             sub.outbox.put_nowait(frame)
         except asyncio.QueueFull:
-            self._drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
             return False
         return True
 
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
-    def publish(self, seq: int, body: bytes, recipients: Iterable[Subscriber] | None = None) -> int:
-        """Send one stored kill to everyone on the `kills` channel; returns the number queued."""
-        targets = self._by_channel.get(CHANNEL_KILLS, set()) if recipients is None else recipients
+    def publish(self, seq: int, body: bytes, facts: KillFacts | None = None) -> int:
+        """Send one stored kill to every socket with a matching channel, once each; returns the
+        number queued. `facts` are the kill's match keys (computed from the body if not given)."""
+        if facts is None:
+            if not self._index.subscribers_any():
+                return 0
+            facts = kill_facts(ujson.loads(body))
+        self.recent_facts[seq] = facts
+        if len(self.recent_facts) > self._replay_window:
+            self.recent_facts.popitem(last=False)
+        targets = self._index.match(facts)
         if not targets:
             return 0
         frame = kill_frame(seq, body)  # encoded once, shared by every recipient
         sent = 0
-        for sub in list(targets):
-            if self.send(sub, frame):
+        for sub in targets:
+            if self.send_kill(sub, seq, frame, facts):
                 sent += 1
         self.deliveries += sent
         return sent
 
-    def _drop(self, sub: Subscriber, code: int, message: bytes) -> None:
+    def send_kill(self, sub: Subscriber, seq: int, frame: bytes, facts: KillFacts) -> bool:
+        """Queue a kill frame, or hold it back while the socket's replay runs."""
+        if sub.held is None:
+            if not self.send(sub, frame):
+                return False
+            sub.delivered.add(seq)
+            return True
+        if sub.dropped:
+            return False
+        if len(sub.held) >= self._send_queue:
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"too many live kills during the replay: reads too slowly")
+            return False
+        sub.held.append((seq, frame, facts))
+        return True
+
+    def close(self, sub: Subscriber, code: int, message: bytes) -> None:
+        """Close one client on purpose (a policy violation): its writer sends what is queued
+        (the error frame that explains why), then the close frame."""
+        if not sub.dropped:
+            log.info("closing websocket client: %d %s", code, message.decode())
+            self._close(sub, code, message, keep_queued=True)
+
+    def drop(self, sub: Subscriber, code: int, message: bytes) -> None:
         """Close a client that cannot keep up: empty its queue and let its writer send the close."""
+        if sub.dropped:
+            return
         self.slow_drops += 1
         log.warning("closing slow websocket client (%s)", message.decode())
         self._close(sub, code, message)
 
-    def _close(self, sub: Subscriber, code: int, message: bytes) -> None:
+    def _close(self, sub: Subscriber, code: int, message: bytes, keep_queued: bool = False) -> None:
         """Ask the writer to send a close frame next, and cut the connection if it cannot."""
         sub.dropped = True
+        sub.held = None
         sub.close_code, sub.close_message = code, message
-        while not sub.outbox.empty():
+        while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
             sub.outbox.get_nowait()
         sub.outbox.put_nowait(None)
         # A writer stuck sending to a peer that stopped reading never reaches the close request.

@@ -10,6 +10,7 @@ from aiohttp import web
 from .config import Config
 from .esi import EsiClient, NameService
 from .hub import Hub
+from .metrics import Metrics
 from .pipeline import Pipeline
 from .prices import PriceBook
 from .r2z2 import Follower
@@ -23,6 +24,7 @@ store_key = web.AppKey("store", Store)
 hub_key = web.AppKey("hub", Hub)
 pipeline_key = web.AppKey("pipeline", Pipeline)
 started_key = web.AppKey("started", float)
+metrics_key = web.AppKey("metrics", Metrics)
 tasks_key = web.AppKey("tasks", list[asyncio.Task[None]])
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)

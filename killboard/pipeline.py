@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ujson
 
+from .codec import kill_prices, player_ids, source_document
 from .enrich import enrich
 from .esi import KillmailGone
 from .hub import Hub, encode
+from .metrics import Metrics
 from .prices import PriceBook
 from .staticdata import StaticData
 from .store import InboxRow, NewKill, Store
+from .topics import KillFacts, kill_facts
 from .validate import Submission, check_esi, parse_time
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,7 @@ class Pipeline:
     _reserved: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _attempts: dict[int, int] = field(default_factory=dict)
+    metrics: Metrics | None = None
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -93,6 +98,9 @@ class Pipeline:
         try:
             rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
             accepted, duplicates = await self.store.add_to_inbox(rows, state)
+            if self.metrics is not None:
+                self.metrics.kills_ingested.labels(source).inc(len(accepted))
+                self.metrics.kills_duplicate.labels(source).inc(len(duplicates))
             by_id = {s.killmail_id: s for s in subs}
             for kill_id in accepted:
                 self._idle.clear()
@@ -134,6 +142,11 @@ class Pipeline:
                 batch.append(self.queue.get_nowait())
             try:
                 await self.process(batch)
+            except sqlite3.OperationalError as exc:
+                # Disk full, I/O error: expected on a small VPS, and the message says it all.
+                log.error("storing a batch of %d kills failed (%s); they stay in the inbox", len(batch), exc)
+                self.failed += len(batch)
+                await asyncio.sleep(1.0)
             except Exception:
                 # A database failure (disk full, I/O error): the kills stay in the inbox and are
                 # retried on the next start; keep serving the rest.
@@ -155,19 +168,30 @@ class Pipeline:
         names, unresolved = await self._names(batch)
         kills: list[NewKill] = []
         live: dict[int, bool] = {}
+        # What channels match on, taken from the enriched kill before it becomes JSON.
+        facts: dict[int, KillFacts] = {}
         rejected: list[int] = []
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
-                kills.append(build_kill(sub, enrich(sub, self.static, names, self.prices)))
+                kill = enrich(sub, self.static, names, self.prices)
+                kills.append(build_kill(sub, kill, names))
                 live[sub.killmail_id] = pending.live
+                if pending.live:
+                    facts[sub.killmail_id] = kill_facts(kill)
             except Exception:
                 log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
                 rejected.append(sub.killmail_id)
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
+        started = time.perf_counter()
         stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch] + dropped)
         self.processed += len(kills)
+        if self.metrics is not None:
+            self.metrics.batch_commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.kills_stored.inc(len(stored))
+            if rejected:
+                self.metrics.kills_rejected.labels("enrich_failed").inc(len(rejected))
         if unresolved:
             # Broadcast now with what is known; the ESI name filler patches these stored kills later.
             new_ids = {kill.killmail_id for _, kill in stored}
@@ -187,7 +211,7 @@ class Pipeline:
                     self.live_max_age,
                 )
                 continue
-            self.hub.publish(seq, kill.body)
+            self.hub.publish(seq, kill.body, facts.get(kill.killmail_id))
         return stored
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
@@ -257,20 +281,10 @@ class Pipeline:
         self._idle.clear()
 
 
-def player_ids(esi: dict[str, Any]) -> set[int]:
-    """Character, corporation and alliance ids whose names only ESI knows."""
-    out: set[int] = set()
-    for party in (esi.get("victim") or {}, *(esi.get("attackers") or ())):
-        for key in ("character_id", "corporation_id", "alliance_id"):
-            value = party.get(key)
-            if value:
-                out.add(value)
-    return out
-
-
-def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
+def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] | None = None) -> NewKill:
     when = parse_time(kill["kill_time"])
     assert when is not None
+    esi = sub.esi or {}
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
@@ -278,4 +292,6 @@ def build_kill(sub: Submission, kill: dict[str, Any]) -> NewKill:
         system_id=kill["system_id"],
         total_value=kill["total_value"],
         body=encode(kill),
+        source=source_document(esi, sub.zkb, kill_prices(kill)),
+        names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
     )

@@ -11,19 +11,27 @@ from contextlib import suppress
 from aiohttp import web
 
 from . import api, pages, upstream, ws
+from .codec import renderer
 from .config import PROJECT_ROOT, Config
 from .hub import Hub
 from .keys import (
     config_key,
+    esi_key,
+    follower_key,
     hub_key,
+    metrics_key,
     pipeline_key,
     prices_key,
     started_key,
     static_key,
     store_key,
 )
+from .maintenance import maintenance_ctx
+from .metrics import create_metrics, register_collector
+from .metrics import endpoint as metrics_endpoint
 from .pipeline import Pipeline
 from .prices import price_book
+from .proxy import forwarded_middleware
 from .staticdata import StaticData, load_static
 from .store import Store
 
@@ -35,7 +43,7 @@ DRAIN_TIMEOUT = 3.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[config_key].db_path)
+    store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
     yield
     await store.close()
@@ -52,6 +60,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         batch_size=config.batch_size,
         queue_full_wait=config.queue_full_wait,
         live_max_age=config.live_max_age,
+        metrics=app[metrics_key],
     )
     app[pipeline_key] = pipeline
     worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
@@ -71,18 +80,31 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[api.json_errors])
+    middlewares = [api.json_errors]
+    if config.trusted_proxies:
+        middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[config_key] = config
     app[started_key] = time.monotonic()
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
-    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout)
+    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_worker)
+    app.cleanup_ctx.append(maintenance_ctx)
     if config.upstream:
         app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
     app.on_shutdown.append(_close_sockets)
+    app[metrics_key] = create_metrics()
+    register_collector(
+        app[metrics_key],
+        app[hub_key],
+        config.db_path,
+        pipeline=lambda: app.get(pipeline_key),
+        follower=lambda: app.get(follower_key),
+        esi=lambda: app.get(esi_key),
+    )
 
     pages.setup_templates(app)
     app.on_response_prepare.append(pages.security_headers)
@@ -94,4 +116,6 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)
     app.router.add_get("/health", api.health)
     app.router.add_static("/static", PROJECT_ROOT / "static")
+    if config.metrics:
+        app.router.add_get("/metrics", metrics_endpoint(app[metrics_key], config.metrics_token))
     return app

@@ -1,7 +1,8 @@
 """SQLite storage: the durable inbox, stored kills with their sequence numbers, names, feed state.
 
 One write connection owns every write (guarded by a lock so transactions never interleave);
-a second connection serves reads, which WAL lets run beside the writer.
+a second connection serves reads, which WAL lets run beside the writer. Kills are kept in their
+compact source form (killboard/codec.py) and rendered to the full killmail JSON on read.
 """
 
 from __future__ import annotations
@@ -10,14 +11,24 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
+from . import codec
+from .validate import Submission
+
 log = logging.getLogger(__name__)
+
+# Renders a stored kill's source to the full killmail JSON, with player names from `names`.
+Render = codec.Render
+
+# The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 # Applied in order; PRAGMA user_version records how many have run.
 MIGRATIONS: list[str] = [
@@ -58,7 +69,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE names_pending (killmail_id INTEGER PRIMARY KEY, since REAL NOT NULL);
     """,
+    # 3: compact kills. `body` holds the source document deflated with a preset dictionary
+    # (codec 1); rows of schema 1 keep codec 0 and stay readable. Dictionaries live in the
+    # database so a backup is readable by any later version.
+    """
+    CREATE TABLE dictionaries (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    ALTER TABLE kills ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+# Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
+PRUNED_SEQ = "retention.pruned_through_seq"
+PRUNED_KILLMAIL_ID = "retention.pruned_max_killmail_id"
 
 
 def compress(body: bytes) -> bytes:
@@ -87,6 +109,10 @@ class NewKill:
     system_id: int
     total_value: float
     body: bytes
+    # codec.source_document of the kill: what is stored. Empty: store `body` itself (codec 0).
+    source: bytes = b""
+    # Player names the body was enriched with; kept in `names` so reads render the same names.
+    names: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,36 +126,79 @@ class StoredKill:
 async def _connect(path: Path) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
     conn = await aiosqlite.connect(path, isolation_level=None)
+    # Before anything creates page 1 (switching to WAL does): only then does a new database get
+    # incremental auto-vacuum without a VACUUM. On an existing database it is a no-op until VACUUM.
+    await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     # synchronous and busy_timeout are per connection. WAL + NORMAL: a process crash loses nothing
     # committed; only a power loss may roll back the last commits.
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=NORMAL")
     await conn.execute("PRAGMA busy_timeout=5000")
     await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     return conn
 
 
 class Store:
     """The database of one server (or one import run beside it)."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        render: Render | None = None,
+    ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
         self._lock = asyncio.Lock()
         self._closed = False
+        self.render = render
+        self._dictionaries: dict[int, bytes] = {}
+        self._dictionary = b""
+        # What retention removed (0: nothing yet); loaded at open, updated by prune().
+        self.pruned_through_seq = 0
+        self.pruned_max_killmail_id = 0
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, render: Render | None = None) -> Store:
+        """Open (creating or migrating) the database. Without `render`, the first read of a
+        compact kill loads the bundled static data to render with (tools and tests)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
+            await _ensure_incremental_vacuum(writer)
             await _migrate(writer)
             reader = await _connect(path)
         except BaseException:
             await writer.close()
             raise
-        return cls(path, writer, reader)
+        store = cls(path, writer, reader, render)
+        try:
+            await store._load()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _load(self) -> None:
+        dictionary = codec.load_dictionary()
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO dictionaries (id, data) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (codec.DICTIONARY_ID, dictionary),
+            )
+            async with db.execute("SELECT id, data FROM dictionaries") as cur:
+                self._dictionaries = {r[0]: bytes(r[1]) for r in await cur.fetchall()}
+        if self._dictionaries[codec.DICTIONARY_ID] != dictionary:
+            raise RuntimeError(
+                f"dictionary {codec.DICTIONARY_ID} in {self.path} differs from {codec.DICTIONARY_PATH}: "
+                "a changed dictionary needs a new DICTIONARY_ID"
+            )
+        self._dictionary = dictionary
+        self.pruned_through_seq = int(await self.get_state(PRUNED_SEQ) or 0)
+        self.pruned_max_killmail_id = int(await self.get_state(PRUNED_KILLMAIL_ID) or 0)
 
     async def close(self) -> None:
         """Idempotent: cleanup may run after a failed start."""
@@ -195,6 +264,11 @@ class Store:
 
     # -- kills -----------------------------------------------------------------------------
 
+    def _pack(self, kill: NewKill) -> tuple[int, bytes]:
+        if kill.source:
+            return codec.CODEC_SOURCE_ZDICT, codec.pack(kill.source, self._dictionary)
+        return codec.CODEC_ENRICHED_ZLIB, compress(kill.body)
+
     async def save_kills(
         self,
         kills: Sequence[NewKill],
@@ -214,14 +288,26 @@ class Store:
             for k in kills:
                 if k.killmail_id not in known:
                     fresh.setdefault(k.killmail_id, k)
+            rows = []
+            names: dict[int, str] = {}
+            for k in fresh.values():
+                codec_id, blob = self._pack(k)
+                rows.append(
+                    (k.killmail_id, k.killmail_hash, k.kill_time, k.system_id, k.total_value, now, blob, codec_id)
+                )
+                names.update((i, n) for i, n in k.names.items() if n)
             await db.executemany(
-                "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [
-                    (k.killmail_id, k.killmail_hash, k.kill_time, k.system_id, k.total_value, now, compress(k.body))
-                    for k in fresh.values()
-                ],
+                "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body,"
+                " codec) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
             )
+            if names:
+                # Names we enriched with are kept, so a read renders what was broadcast; a name
+                # the resolver already stored (perhaps newer) is left alone.
+                await db.executemany(
+                    "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
+                    [(i, n, now) for i, n in names.items()],
+                )
             seqs = await _seqs(db, list(fresh))
             if done_ids:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
@@ -229,34 +315,86 @@ class Store:
                 await _put_state(db, state)
         return sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
 
+    async def rewrite(
+        self,
+        killmail_id: int,
+        esi: dict[str, Any],
+        zkb: dict[str, Any] | None,
+        prices: Mapping[int, float] | None = None,
+    ) -> bool:
+        """Replace a stored kill's source document (a corrected ESI body or zkb block), valued
+        with `prices` (codec.kill_prices), or with the live price book when None.
+
+        Player names are not part of it: they are read from `names` on every read, so updating a
+        name there changes every stored kill that shows it. False when the kill is not stored.
+        """
+        blob = codec.pack(codec.source_document(esi, zkb, prices), self._dictionary)
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "UPDATE kills SET body = ?, codec = ? WHERE killmail_id = ?",
+                (blob, codec.CODEC_SOURCE_ZDICT, killmail_id),
+            )
+            return cur.rowcount > 0
+
     async def drop_from_inbox(self, ids: Sequence[int]) -> None:
         if ids:
             async with self.transaction() as db:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in ids])
 
     async def get(self, killmail_id: int) -> StoredKill | None:
-        async with self._reader.execute(
-            "SELECT seq, killmail_id, kill_time, body FROM kills WHERE killmail_id = ?", (killmail_id,)
-        ) as cur:
+        async with self._reader.execute(_SELECT + " WHERE killmail_id = ?", (killmail_id,)) as cur:
             row = await cur.fetchone()
-        return _stored(row) if row else None
+        return (await self._render([row]))[0] if row else None
 
     async def latest(self, limit: int, before_id: int | None = None) -> list[StoredKill]:
         """Newest first by kill id (kill ids grow with time), optionally older than `before_id`."""
-        sql = "SELECT seq, killmail_id, kill_time, body FROM kills"
+        sql = _SELECT
         args: tuple[int, ...] = (limit,)
         if before_id is not None:
             sql += " WHERE killmail_id < ?"
             args = (before_id, limit)
         async with self._reader.execute(sql + " ORDER BY killmail_id DESC LIMIT ?", args) as cur:
-            return [_stored(r) for r in await cur.fetchall()]
+            return await self._render(await cur.fetchall())
 
     async def after(self, seq: int, limit: int) -> list[StoredKill]:
         """Kills stored after sequence `seq`, in the order they were stored."""
-        async with self._reader.execute(
-            "SELECT seq, killmail_id, kill_time, body FROM kills WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-        ) as cur:
-            return [_stored(r) for r in await cur.fetchall()]
+        async with self._reader.execute(_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)) as cur:
+            return await self._render(await cur.fetchall())
+
+    def unpack(self, codec_id: int, blob: bytes) -> bytes:
+        """The stored document of a row: enriched JSON (codec 0) or the source document (codec 1)."""
+        if codec_id == codec.CODEC_ENRICHED_ZLIB:
+            return decompress(blob)
+        if codec_id == codec.CODEC_SOURCE_ZDICT:
+            return codec.unpack(blob, self._dictionary)
+        raise ValueError(f"unknown codec {codec_id}")
+
+    async def _render(self, rows: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
+        """Rows to full killmail JSON: one names query for the page, then enrich each kill."""
+        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes]] = []
+        player_ids: set[int] = set()
+        for row in rows:
+            _, killmail_id, killmail_hash, _, blob, codec_id = row
+            document = self.unpack(codec_id, blob)
+            if codec_id == codec.CODEC_ENRICHED_ZLIB:
+                decoded.append((tuple(row), document))
+                continue
+            source = codec.decode(killmail_id, killmail_hash, document)
+            player_ids |= codec.player_ids(source[0].esi or {})
+            decoded.append((tuple(row), source))
+        names = await self.names(player_ids) if player_ids else {}
+        out: list[StoredKill] = []
+        for i, (row, item) in enumerate(decoded):
+            if isinstance(item, bytes):
+                body = item
+            else:
+                if self.render is None:
+                    self.render = codec.default_renderer()
+                body = self.render(item[0], names, item[1])
+                if i % 16 == 15:
+                    await asyncio.sleep(0)  # rendering is CPU work: let sockets breathe on big pages
+            out.append(StoredKill(row[0], row[1], row[3], body))
+        return out
 
     async def count(self) -> int:
         async with self._reader.execute("SELECT count(*) FROM kills") as cur:
@@ -272,6 +410,54 @@ class Store:
         async with self._reader.execute("SELECT max(seq) FROM kills") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
+
+    # -- retention and upkeep ---------------------------------------------------------------
+
+    async def prune(self, older_than: int, batch: int) -> int:
+        """Delete up to `batch` kills whose kill time is before `older_than` (unix seconds), in one
+        short transaction, and remember the highest seq and id removed. Returns how many went."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT seq, killmail_id FROM kills WHERE kill_time < ? ORDER BY kill_time LIMIT ?",
+                (older_than, batch),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return 0
+            await db.executemany("DELETE FROM kills WHERE seq = ?", [(r[0],) for r in rows])
+            pruned_seq = max(self.pruned_through_seq, *(r[0] for r in rows))
+            pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
+            await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
+        self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
+        return len(rows)
+
+    async def free_pages(self) -> int:
+        async with self._reader.execute("PRAGMA freelist_count") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def incremental_vacuum(self, pages: int) -> None:
+        """Give up to `pages` free pages back to the file system (one short write)."""
+        # The pragma frees one page per step; Python's execute() steps once (measured: one page
+        # freed), executescript() steps each statement to the end.
+        async with self._lock:
+            await self._writer.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database and truncate it, without waiting for anyone.
+
+        Returns SQLite's (busy, wal frames, frames checkpointed); busy=1 means a reader still
+        needs part of the WAL and the next call finishes the job. The busy timeout is off for
+        the call: TRUNCATE would otherwise wait for readers while holding the write lock.
+        """
+        async with self._lock:
+            await self._writer.execute("PRAGMA busy_timeout=0")
+            try:
+                async with self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                    row = await cur.fetchone()
+            finally:
+                await self._writer.execute("PRAGMA busy_timeout=5000")
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
 
     # -- names and state ---------------------------------------------------------------------
 
@@ -306,12 +492,13 @@ class Store:
                 )
 
     async def names_pending(self, limit: int = 200) -> list[StoredKill]:
+        """Kills stored before all their player names were known, rendered with the names known now."""
         async with self._reader.execute(
-            "SELECT k.seq, k.killmail_id, k.kill_time, k.body FROM names_pending p"
+            "SELECT k.seq, k.killmail_id, k.killmail_hash, k.kill_time, k.body, k.codec FROM names_pending p"
             " JOIN kills k USING (killmail_id) ORDER BY p.killmail_id LIMIT ?",
             (limit,),
         ) as cur:
-            return [_stored(r) for r in await cur.fetchall()]
+            return await self._render(await cur.fetchall())
 
     async def names_pending_count(self) -> int:
         async with self._reader.execute("SELECT count(*) FROM names_pending") as cur:
@@ -319,10 +506,15 @@ class Store:
         return int(row[0]) if row else 0
 
     async def rewrite_bodies(self, bodies: dict[int, bytes], done: Iterable[int]) -> None:
-        """Replace the stored JSON of kills (names filled in later) and clear them from names_pending."""
+        """Replace the stored JSON of kills (names filled in later) and clear them from names_pending.
+
+        Only rows stored whole (codec 0, schema 1) hold names to patch: compact rows render player
+        names from `names` on every read, so save_names already updated them.
+        """
         async with self.transaction() as db:
             await db.executemany(
-                "UPDATE kills SET body = ? WHERE killmail_id = ?", [(compress(b), i) for i, b in bodies.items()]
+                "UPDATE kills SET body = ? WHERE killmail_id = ? AND codec = ?",
+                [(compress(b), i, codec.CODEC_ENRICHED_ZLIB) for i, b in bodies.items()],
             )
             await db.executemany("DELETE FROM names_pending WHERE killmail_id = ?", [(i,) for i in done])
 
@@ -353,15 +545,14 @@ class Store:
         return row[0] if row else None
 
 
+_SELECT = "SELECT seq, killmail_id, killmail_hash, kill_time, body, codec FROM kills"
+
+
 async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
     await db.executemany(
         "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         list(state.items()),
     )
-
-
-def _stored(row: aiosqlite.Row | tuple) -> StoredKill:
-    return StoredKill(row[0], row[1], row[2], decompress(row[3]))
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
@@ -396,3 +587,14 @@ async def _migrate(db: aiosqlite.Connection) -> None:
         # between the two cannot leave a migration applied but unrecorded.
         await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
         log.info("database migrated to schema version %d", number)
+
+
+async def _ensure_incremental_vacuum(db: aiosqlite.Connection) -> None:
+    """Databases made before auto_vacuum was set need one VACUUM to switch (it rewrites the file)."""
+    async with db.execute("PRAGMA auto_vacuum") as cur:
+        row = await cur.fetchone()
+    if row and int(row[0]) == 2:
+        return
+    log.info("switching the database to incremental auto-vacuum (a one-off VACUUM; may take a while)")
+    await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    await db.execute("VACUUM")

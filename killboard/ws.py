@@ -1,26 +1,84 @@
-"""The WebSocket endpoint: the spec's sub/unsub protocol on top of the hub.
+"""The WebSocket endpoint: the spec's sub/unsub protocol, channels, resume, ping, and limits.
 
-Client -> server: `{"action":"sub","channel":"kills"}` / `{"action":"unsub","channel":"kills"}`.
-Server -> client: `{"action":"kill","seq":N,"data":{...}}`, acks, and
-`{"action":"error","message":...}` for anything it cannot use (the socket stays open).
+Client -> server: `{"action":"sub","channel":C}` (optionally with `"since":N`),
+`{"action":"unsub","channel":C}`, `{"action":"ping"}`.
+Server -> client: `{"action":"kill","seq":N,"data":{...}}`, acks, `{"action":"replay",...}`,
+`{"action":"pong","time":...}`, and `{"action":"error","message":...}` for anything it cannot
+use (the socket stays open, unless the client floods: close 1008).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
 import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .hub import CHANNEL_ALIASES, Hub, Subscriber
-from .keys import config_key, hub_key
+from .api import json_error
+from .config import Config
+from .hub import Hub, Subscriber
+from .keys import config_key, hub_key, store_key
+from .replay import replay
+from .topics import BadChannel, parse
 
 log = logging.getLogger(__name__)
 
+MAX_SINCE = 2**63 - 1
+# A sub with `since` reads up to ws_replay_max stored kills: it counts as this many messages.
+REPLAY_COST = 10
 
-async def websocket(request: web.Request) -> web.WebSocketResponse:
+
+@dataclass(slots=True)
+class Bucket:
+    """Token bucket for one socket's control messages. `strikes` counts messages over the limit
+    since the client last slowed down; past `burst` of them it is flooding."""
+
+    rate: float
+    burst: int
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+    strikes: int = 0
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
+
+    def take(self, cost: int = 1) -> str:
+        """One of: ok, over (first message over the limit: warn), drop (ignore it), flood (close)."""
+        if self.rate <= 0:
+            return "ok"
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            if self.tokens >= self.burst / 2:
+                self.strikes = 0  # calmed down: a later burst gets a fresh warning
+            return "ok"
+        self.strikes += 1
+        if self.strikes == 1:
+            return "over"
+        return "flood" if self.strikes > self.burst else "drop"
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Browsers send Origin; bots usually do not. Same-origin pages are always welcome."""
+    origin = request.headers.get("Origin")
+    if origin is None or not allowed:
+        return True
+    origin = origin.rstrip("/")
+    return origin in allowed or urlsplit(origin).netloc == request.host
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
     config = request.app[config_key]
     hub = request.app[hub_key]
+    if not origin_allowed(request, config.ws_allowed_origins):
+        log.info("websocket refused: origin %r is not allowed", request.headers.get("Origin", "")[:200])
+        return json_error(403, "origin not allowed: this server only accepts sockets from its allowed origins")
     # compress=False: deflate would run once per client and undo "encode each kill once".
     ws = web.WebSocketResponse(
         heartbeat=config.ws_heartbeat,
@@ -28,15 +86,34 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         compress=False,
     )
     await ws.prepare(request)
+    if len(hub) >= config.ws_max_clients:
+        log.warning("websocket refused: %d sockets open, the limit is %d", len(hub), config.ws_max_clients)
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again later: too many connections")
+        return ws
     sub = hub.attach(ws, request.transport)
+    bucket = Bucket(config.ws_control_rate, config.ws_control_burst)
     try:
         async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                handle_text(hub, sub, msg.data)
-            elif msg.type is WSMsgType.BINARY:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if msg.type is WSMsgType.ERROR:
+                    log.info("websocket closed on a protocol error: %s", ws.exception())
+                continue
+            if sub.dropped:
+                continue  # closing: its writer is sending the close frame
+            verdict = bucket.take()
+            if verdict == "over":
+                limit = f"{config.ws_control_rate:g} per second (bursts of {config.ws_control_burst})"
+                error(hub, sub, f"too many messages: the limit is {limit}; messages over it are ignored")
+                continue
+            if verdict == "drop":
+                continue
+            if verdict == "flood":
+                hub.close(sub, WSCloseCode.POLICY_VIOLATION, b"too many messages")
+                continue
+            if msg.type is WSMsgType.BINARY:
                 error(hub, sub, "binary frames are not accepted: send JSON text frames")
-            elif msg.type is WSMsgType.ERROR:
-                log.info("websocket closed on a protocol error: %s", ws.exception())
+            else:
+                await handle_text(request.app, hub, sub, msg.data, bucket)
     finally:
         await hub.detach(sub)
     if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
@@ -44,12 +121,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def error(hub: Hub, sub: Subscriber, message: str) -> None:
+def error(hub: Hub, sub: Subscriber, message: str, **extra: Any) -> None:
     log.info("websocket client error: %s", message)
-    hub.send_json(sub, {"action": "error", "message": message})
+    hub.send_json(sub, {"action": "error", "message": message, **extra})
 
 
-def handle_text(hub: Hub, sub: Subscriber, text: str) -> None:
+async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str, bucket: Bucket) -> None:
     try:
         message = ujson.loads(text)
     except ValueError as exc:
@@ -59,20 +136,42 @@ def handle_text(hub: Hub, sub: Subscriber, text: str) -> None:
         error(hub, sub, f"expected a JSON object, got {type(message).__name__}")
         return
     action = message.get("action")
+    if action == "ping":
+        hub.send_json(sub, {"action": "pong", "time": round(time.time(), 3)})
+        return
     if action not in ("sub", "unsub"):
-        error(hub, sub, f"unknown action {str(action)[:64]!r}: expected 'sub' or 'unsub'")
+        error(hub, sub, f"unknown action {str(action)[:64]!r}: expected 'sub', 'unsub' or 'ping'")
         return
     channel = message.get("channel")
     if not isinstance(channel, str):
         error(hub, sub, 'channel: required string, e.g. "kills"')
         return
-    canonical = CHANNEL_ALIASES.get(channel)
-    if canonical is None:
-        error(hub, sub, f'unknown channel {channel[:64]!r}: try "kills"')
+    config: Config = app[config_key]
+    try:
+        condition = parse(channel, config.ws_max_channel_length)
+    except BadChannel as exc:
+        error(hub, sub, str(exc), channel=channel[:80])
         return
-    if action == "sub":
-        hub.subscribe(sub, canonical)
-        hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
-    else:
-        hub.unsubscribe(sub, canonical)
+    if action == "unsub":
+        hub.unsubscribe(sub, condition)
         hub.send_json(sub, {"action": "unsubscribed", "channels": [channel]})
+        return
+    since = message.get("since")
+    if since is not None and (type(since) is not int or not 0 <= since <= MAX_SINCE):
+        error(hub, sub, "since: must be a non-negative integer (the seq of the last kill you have)", channel=channel)
+        return
+    if condition not in sub.channels and len(sub.channels) >= config.ws_max_channels:
+        error(
+            hub,
+            sub,
+            f"too many channels: at most {config.ws_max_channels} per socket; unsub some first",
+            channel=channel[:80],
+        )
+        return
+    if since is not None and bucket.take(REPLAY_COST - 1) != "ok":
+        error(hub, sub, f"too many replays: a sub with since counts as {REPLAY_COST} messages", channel=channel)
+        return
+    hub.subscribe(sub, condition, channel)
+    hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
+    if since is not None:
+        await replay(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)

@@ -1,0 +1,33 @@
+"""Many stored kills made from the 82 real ones (new ids and kill times), for storage-level tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from killboard.enrich import enrich
+from killboard.pipeline import build_kill
+from killboard.prices import price_book
+from killboard.staticdata import StaticData
+from killboard.store import NewKill, Store
+from killboard.validate import Submission, parse_submission
+
+
+def make_kills(
+    static: StaticData, killmails: list[dict[str, Any]], count: int, first_id: int, kill_time: int
+) -> list[NewKill]:
+    """`count` kills with ids from `first_id`, all at `kill_time`, in the compact stored form."""
+    prices = price_book(static)
+    subs = [parse_submission(k) for k in killmails]
+    enriched = [enrich(s, static, {}, prices) for s in subs]
+    out = []
+    for n in range(count):
+        sub, kill = subs[n % len(subs)], enriched[n % len(subs)]
+        new = build_kill(Submission(first_id + n, sub.killmail_hash, sub.esi, sub.zkb), kill)
+        # The body (only broadcast, never stored in this form) is left out to keep tests light.
+        out.append(NewKill(new.killmail_id, new.killmail_hash, kill_time, new.system_id, 0.0, b"", new.source))
+    return out
+
+
+async def save_all(store: Store, kills: list[NewKill], batch: int = 200) -> None:
+    for i in range(0, len(kills), batch):
+        await store.save_kills(kills[i : i + batch])

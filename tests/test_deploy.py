@@ -1,0 +1,169 @@
+"""deploy/: the nginx site in front of the real server, in a real nginx; the systemd unit verified.
+
+nginx runs as the current user with its own prefix, pid and logs in a temporary folder; only the
+listen port and the upstream port of deploy/nginx/killboard.conf are changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from serverproc import ServerProcess, free_port
+
+from killboard.config import PROJECT_ROOT
+
+DEPLOY = PROJECT_ROOT / "deploy"
+TOKEN = "nginx-token"
+NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def site_config(app_port: int, nginx_port: int) -> str:
+    site = (DEPLOY / "nginx" / "killboard.conf").read_text()
+    assert "listen 80;" in site and "127.0.0.1:8080;" in site
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};")
+    site = site.replace("listen [::]:80;", "")
+    return site.replace("127.0.0.1:8080;", f"127.0.0.1:{app_port};")
+
+
+def main_config(prefix: Path, site: Path) -> str:
+    temp = "\n".join(
+        f"    {name}_temp_path {prefix / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would otherwise become nobody
+    return f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 128; }}
+http {{
+    access_log {prefix / "access.log"};
+{temp}
+    include {site};
+}}
+"""
+
+
+@pytest.fixture
+async def proxied(tmp_path: Path) -> AsyncIterator[tuple[str, ServerProcess]]:
+    """The real server behind a real nginx; yields nginx's base URL."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed (.ci/run installs Debian's package with apt)")
+    server = ServerProcess(
+        tmp_path / "kb.sqlite3", env={"KILLBOARD_INGEST_TOKEN": TOKEN, "KILLBOARD_TRUSTED_PROXIES": "127.0.0.1"}
+    )
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    nginx_port = free_port()
+    await server.start()
+    site = prefix / "killboard.conf"
+    site.write_text(site_config(server.port, nginx_port))
+    conf = prefix / "nginx.conf"
+    conf.write_text(main_config(prefix, site))
+    test = subprocess.run(
+        [NGINX, "-t", "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert test.returncode == 0, test.stderr
+    proc = subprocess.Popen([NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)])
+    base = f"http://127.0.0.1:{nginx_port}"
+    try:
+        deadline = time.monotonic() + 10
+        async with aiohttp.ClientSession() as session:
+            while True:
+                assert proc.poll() is None, (prefix / "error.log").read_text()
+                try:
+                    async with session.get(base + "/health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "nginx did not come up"
+                await asyncio.sleep(0.05)
+        yield base, server
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        server.stop()
+
+
+async def test_page_api_and_websocket_through_nginx(
+    proxied: tuple[str, ServerProcess], killmails: list[dict[str, Any]]
+) -> None:
+    base, server = proxied
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + "/") as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/html"
+            assert "killboard" in await resp.text()
+
+        async with session.ws_connect(base.replace("http", "ws") + "/ws") as ws:
+            await ws.send_json({"action": "sub", "channel": "kills"})
+            assert (await ws.receive_json(timeout=5)) == {"action": "subscribed", "channels": ["kills"]}
+            km = killmails[0]
+            async with session.post(
+                base + "/api/killmails", json=km, headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as resp:
+                assert resp.status == 202
+            frame = await ws.receive_json(timeout=10)
+            assert frame["action"] == "kill"
+            assert frame["data"]["killmail_id"] == km["killmail_id"]
+
+        # The root serves the WebSocket too, upgrade headers and all.
+        async with session.ws_connect(base.replace("http", "ws") + "/") as ws:
+            await ws.send_json({"action": "sub", "channel": "kills"})
+            assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+
+        async with session.get(base + f"/api/killmails/{killmails[0]['killmail_id']}") as resp:
+            assert resp.status == 200
+        async with session.get(base + "/metrics") as resp:
+            assert resp.status == 403  # scraped on the app's own port, never through the site
+        async with session.get(server.url + "/metrics") as resp:
+            assert resp.status == 200
+
+        # A client cannot pick the address the app logs: nginx overwrites X-Forwarded-For.
+        async with session.post(
+            base + "/api/killmails",
+            json=killmails[1],
+            headers={"Authorization": "Bearer wrong", "X-Forwarded-For": "198.51.100.9"},
+        ) as resp:
+            assert resp.status == 401
+    await asyncio.sleep(0.2)
+    log = server.log.read_text()
+    assert "POST /api/killmails from 127.0.0.1: missing or wrong token" in log
+    assert "198.51.100.9" not in log
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (DEPLOY / "killboard.service").read_text()
+    for line in (
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ReadWritePaths=/var/lib/killboard",
+        "Restart=on-failure",
+        "User=killboard",
+    ):
+        assert line in unit
+    # verify checks the ExecStart binary exists: point it at this interpreter for the check.
+    (tmp_path / "killboard.service").write_text(
+        unit.replace("/opt/killboard/.venv/bin/python", shutil.which("python3") or "/usr/bin/python3")
+    )
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", str(tmp_path / "killboard.service")], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr

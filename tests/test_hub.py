@@ -1,0 +1,36 @@
+"""hub.Delivered: the per-socket record a replay consults so it never repeats a kill."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from killboard.hub import Delivered
+
+
+@given(st.lists(st.integers(min_value=1, max_value=400), max_size=300), st.integers(min_value=1, max_value=200))
+def test_delivered_knows_exactly_the_recent_seqs(seqs: list[int], window: int) -> None:
+    """Live kills come in order, replays send older ones later: any insertion order works, and
+    everything within `window` of the newest seq is remembered exactly."""
+    record = Delivered(window)
+    for seq in seqs:
+        record.add(seq)
+    if not seqs:
+        assert 5 not in record
+        return
+    newest = max(seqs)
+    sent = set(seqs)
+    for seq in range(newest - window + 1, newest + 2):
+        assert (seq in record) == (seq in sent), seq
+    # Runs stay sorted, disjoint and not adjacent (merged), and the memory stays bounded.
+    assert record.los == sorted(record.los)
+    assert all(lo <= hi for lo, hi in zip(record.los, record.his, strict=True))
+    assert all(record.his[i] + 1 < record.los[i + 1] for i in range(len(record.los) - 1))
+    assert all(hi > newest - window for hi in record.his)
+
+
+def test_a_broad_channel_is_one_run() -> None:
+    record = Delivered(1000)
+    for seq in range(1, 5001):
+        record.add(seq)
+    assert (record.los, record.his) == ([1], [5000])

@@ -1,0 +1,116 @@
+"""The compact stored form: what a read renders equals what was broadcast, its size, old rows."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from pathlib import Path
+from typing import Any
+
+from conftest import AUTH, Client, settle
+from killgen import make_kills, save_all
+
+from killboard import codec
+from killboard.enrich import enrich
+from killboard.hub import encode
+from killboard.keys import pipeline_key, prices_key, store_key
+from killboard.prices import price_book
+from killboard.staticdata import StaticData
+from killboard.store import MIGRATIONS, Store
+from killboard.validate import parse_submission
+
+
+def on_disk(db: Path) -> int:
+    """Database plus WAL, the figure the README reports."""
+    return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
+
+
+async def test_read_renders_what_was_broadcast_with_names(make_client: Any, killmails: list[dict[str, Any]]) -> None:
+    client: Client = await make_client()
+
+    async def resolve(ids: set[int]) -> dict[int, str]:
+        return {i: f"Pilot {i}" for i in ids}
+
+    client.server.app[pipeline_key].resolve_names = resolve
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"action": "sub", "channel": "kills"})
+    assert (await ws.receive_json())["action"] == "subscribed"
+    sent = killmails[:5]
+    resp = await client.post("/api/killmails", data=json.dumps(sent), headers=AUTH)
+    assert resp.status == 202
+    broadcast = {}
+    for _ in sent:
+        frame = await ws.receive_json(timeout=5)
+        broadcast[frame["data"]["killmail_id"]] = frame["data"]
+    await ws.close()
+    await settle(client)
+    for km in sent:
+        resp = await client.get(f"/api/killmails/{km['killmail_id']}")
+        assert await resp.json() == broadcast[km["killmail_id"]]
+    victim = broadcast[sent[0]["killmail_id"]]["victim"]
+    assert victim["character_name"] == f"Pilot {victim['character_id']}"
+
+    # Market prices are refreshed daily: a kill read later keeps the values it went out with.
+    book = client.server.app[prices_key]
+    book.market = {type_id: price * 3 for type_id, price in book.market.items()}
+    book.fixed = {type_id: price * 3 for type_id, price in book.fixed.items()}
+    for km in sent:
+        resp = await client.get(f"/api/killmails/{km['killmail_id']}")
+        assert await resp.json() == broadcast[km["killmail_id"]]
+
+
+async def test_compact_rows_stay_small(tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]) -> None:
+    """3,000 kills (the real ones repeated with new ids) take well under 1.5 KB each on disk."""
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    try:
+        await save_all(store, make_kills(static, killmails, 3000, 500_000_000, 1_700_000_000))
+        await store.checkpoint()
+        assert await store.count() == 3000
+    finally:
+        await store.close()
+    assert on_disk(tmp_path / "kb.sqlite3") / 3000 < 1500
+    # The schema-1 form of the same kills would be ~5.5 KB each, before row overhead.
+    enriched = [enrich(parse_submission(k), static, {}, price_book(static)) for k in killmails]
+    assert sum(len(zlib.compress(encode(k), 6)) for k in enriched) / len(enriched) > 4000
+
+
+async def test_schema_1_database_is_migrated_and_old_rows_still_read(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    old_body = encode(enrich(parse_submission(killmails[0]), static, {}, price_book(static)))
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "\nPRAGMA user_version = 1;")
+    db.execute(
+        "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body)"
+        " VALUES (?, ?, 0, 1, 0, 0, ?)",
+        (killmails[0]["killmail_id"], killmails[0]["killmail_hash"], zlib.compress(old_body, 6)),
+    )
+    db.commit()
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    db.close()
+
+    store = await Store.open(path, render=codec.renderer(static, price_book(static)))
+    try:
+        stored = await store.get(killmails[0]["killmail_id"])
+        assert stored is not None and stored.body == old_body
+        async with store._reader.execute("PRAGMA auto_vacuum") as cur:
+            assert (await cur.fetchone())[0] == 2  # switched to incremental by a one-off VACUUM
+        async with store._reader.execute("PRAGMA user_version") as cur:
+            assert (await cur.fetchone())[0] == len(MIGRATIONS)
+    finally:
+        await store.close()
+
+
+async def test_rewrite_replaces_the_stored_source(client: Client, killmails: list[dict[str, Any]]) -> None:
+    km = killmails[0]
+    await client.post("/api/killmails", data=json.dumps(km), headers=AUTH)
+    await settle(client)
+    store = client.server.app[store_key]
+    esi = {k: v for k, v in km.items() if k != "killmail_hash"}
+    esi["victim"] = {**esi["victim"], "damage_taken": 12345}
+    assert await store.rewrite(km["killmail_id"], esi, None)
+    assert not await store.rewrite(1, esi, None)
+    resp = await client.get(f"/api/killmails/{km['killmail_id']}")
+    assert (await resp.json())["victim"]["damage_taken"] == 12345

@@ -1,0 +1,135 @@
+"""Keepalive and limits on the WebSocket, with real sockets: ping/pong, the control-message rate
+(error, then 1008), the socket cap (1013), the Origin allow-list."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from test_ws import subscribe
+
+from killboard.config import from_env
+
+PING = json.dumps({"action": "ping"})
+
+
+async def test_ping_gets_pong_with_the_server_time(make_client: Any) -> None:
+    client = await make_client()
+    ws = await client.ws_connect("/ws")
+    before = time.time()
+    await ws.send_str(PING)
+    pong = await ws.receive_json(timeout=5)
+    assert pong["action"] == "pong" and set(pong) == {"action", "time"}
+    assert before - 0.01 <= pong["time"] <= time.time() + 0.01
+
+
+async def test_idle_socket_stays_open_while_it_answers_heartbeats(make_client: Any) -> None:
+    client = await make_client(ws_heartbeat=0.1)
+    ws = await client.ws_connect("/ws")  # aiohttp's client answers the server's pings by itself
+    await subscribe(ws)
+    with pytest.raises(TimeoutError):
+        # Ten heartbeats, and nothing else. (receive(timeout=) restarts its clock on every ping.)
+        await asyncio.wait_for(ws.receive(), 1.0)
+    assert not ws.closed
+    await ws.send_str(PING)
+    assert (await ws.receive_json(timeout=5))["action"] == "pong"
+
+
+async def test_flooding_gets_an_error_then_close_1008(make_client: Any) -> None:
+    client = await make_client(ws_control_rate=5, ws_control_burst=5)
+    ws = await client.ws_connect("/ws")
+    for _ in range(40):
+        await ws.send_str(PING)
+    replies = []
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            break
+        replies.append(json.loads(msg.data))
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.POLICY_VIOLATION
+    assert msg.extra == "too many messages"
+    actions = [r["action"] for r in replies]
+    # The burst is answered, then one error, and nothing more before the close.
+    assert 5 <= actions.count("pong") <= 7
+    assert actions[-1] == "error" and actions.count("error") == 1
+    assert "too many messages: the limit is 5 per second (bursts of 5)" in replies[-1]["message"]
+
+
+async def test_a_client_within_the_rate_is_never_limited(make_client: Any) -> None:
+    client = await make_client(ws_control_rate=50, ws_control_burst=3)
+    ws = await client.ws_connect("/ws")
+    for _ in range(15):
+        await ws.send_str(PING)
+        assert (await ws.receive_json(timeout=5))["action"] == "pong"
+        await asyncio.sleep(0.03)
+
+
+async def test_socket_cap_closes_the_next_one_with_1013(make_client: Any) -> None:
+    client = await make_client(ws_max_clients=2)
+    first = await client.ws_connect("/ws")
+    second = await client.ws_connect("/")
+    third = await client.ws_connect("/ws")
+    msg = await third.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+    assert "try again later" in msg.extra
+    for ws in (first, second):  # the others are untouched
+        await ws.send_str(PING)
+        assert (await ws.receive_json(timeout=5))["action"] == "pong"
+    await first.close()
+    for _ in range(100):  # a place frees up once the server has let go of the first
+        fourth = await client.ws_connect("/ws")
+        await fourth.send_str(PING)
+        msg = await fourth.receive(timeout=5)
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            break
+        await asyncio.sleep(0.02)
+    assert json.loads(msg.data)["action"] == "pong"
+
+
+async def test_origin_allow_list(make_client: Any) -> None:
+    client = await make_client(ws_allowed_origins=("https://good.example",))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws", headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403
+    resp = await client.get("/ws", headers={"Origin": "https://evil.example", "Upgrade": "websocket"})
+    assert resp.status == 403 and (await resp.json())["error"].startswith("origin not allowed")
+    host = f"http://{client.server.host}:{client.server.port}"
+    for headers in ({"Origin": "https://good.example"}, {"Origin": host}, {}):  # allowed, same origin, a bot
+        ws = await client.ws_connect("/ws", headers=headers)
+        await ws.send_str(PING)
+        assert (await ws.receive_json(timeout=5))["action"] == "pong", headers
+        await ws.close()
+
+
+def test_limits_come_from_the_environment() -> None:
+    config = from_env(
+        {
+            "KILLBOARD_WS_MAX_CLIENTS": "7",
+            "KILLBOARD_WS_MAX_CHANNELS": "8",
+            "KILLBOARD_WS_MAX_CHANNEL_LENGTH": "90",
+            "KILLBOARD_WS_CONTROL_RATE": "2.5",
+            "KILLBOARD_WS_CONTROL_BURST": "9",
+            "KILLBOARD_WS_REPLAY_MAX": "50",
+            "KILLBOARD_WS_ORIGINS": "https://a.example/, https://b.example",
+        }
+    )
+    assert (config.ws_max_clients, config.ws_max_channels, config.ws_max_channel_length) == (7, 8, 90)
+    assert (config.ws_control_rate, config.ws_control_burst, config.ws_replay_max) == (2.5, 9, 50)
+    assert config.ws_allowed_origins == ("https://a.example", "https://b.example")
+    with pytest.raises(SystemExit, match="KILLBOARD_WS_CONTROL_RATE must be a number"):
+        from_env({"KILLBOARD_WS_CONTROL_RATE": "fast"})
+
+
+async def test_a_replay_costs_ten_messages(make_client: Any) -> None:
+    client = await make_client(ws_control_rate=0.5, ws_control_burst=12)
+    ws = await client.ws_connect("/ws")
+    await ws.send_str(json.dumps({"action": "sub", "channel": "kills", "since": 0}))
+    assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+    assert (await ws.receive_json(timeout=5))["action"] == "replay"
+    await ws.send_str(json.dumps({"action": "sub", "channel": "solo", "since": 0}))
+    reply = await ws.receive_json(timeout=5)
+    assert reply["action"] == "error" and reply["message"].startswith("too many replays"), reply
