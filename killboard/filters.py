@@ -2,7 +2,9 @@
 
 A filtered page is a link (`/?min=5b&sec=lowsec&solo=1`); the server renders the stored kills
 that match, and the page subscribes to the channel the same filter names
-(`5b&lowsec&solo`), so the browser only receives what it shows.
+(`5b&lowsec&solo`), so the browser only receives what it shows. Matching a stored kill goes
+through the channel itself (killboard/topics.py), so the rendered rows and the live ones
+follow one definition.
 """
 
 from __future__ import annotations
@@ -11,22 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# Value floors the server has channels for, in ISK.
-VALUE_FLOORS: dict[str, float] = {"5b": 5e9, "10b": 10e9}
-# Security filter -> the kill's security_class values it matches.
-SECURITY: dict[str, tuple[str, ...]] = {
-    "highsec": ("highsec",),
-    "lowsec": ("lowsec",),
-    "nullsec": ("nullsec",),
-    "wspace": ("wormhole",),
-}
+from . import topics
+
+# Value floors, security and ship classes: topics the server has channels for.
+VALUE_FLOORS: tuple[str, ...] = ("5b", "10b")
+SECURITY: tuple[str, ...] = ("highsec", "lowsec", "nullsec", "wspace", "abyssal", "pochven")
+SHIP_CLASSES: tuple[str, ...] = tuple(topics.SHIP_GROUP_TOPICS)
 ENTITY_KINDS: tuple[str, ...] = ("system", "region", "character", "corporation", "alliance")
 
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    min_value: str | None = None  # a VALUE_FLOORS key
-    security: str | None = None  # a SECURITY key
+    min_value: str | None = None  # one of VALUE_FLOORS
+    security: str | None = None  # one of SECURITY
+    ship_class: str | None = None  # one of SHIP_CLASSES
     solo: bool = False
     npc: bool = False
     entity_kind: str | None = None  # an ENTITY_KINDS member
@@ -43,6 +43,8 @@ class Filter:
             parts.append(self.min_value)
         if self.security:
             parts.append(self.security)
+        if self.ship_class:
+            parts.append(self.ship_class)
         if self.solo:
             parts.append("solo")
         if self.npc:
@@ -58,6 +60,8 @@ class Filter:
             out["min"] = self.min_value
         if self.security:
             out["sec"] = self.security
+        if self.ship_class:
+            out["class"] = self.ship_class
         if self.solo:
             out["solo"] = "1"
         if self.npc:
@@ -66,32 +70,18 @@ class Filter:
             out[self.entity_kind] = str(self.entity_id)
         return out
 
+    def condition(self) -> topics.Condition:
+        return topics.parse(self.channel())
+
     def matches(self, kill: Mapping[str, Any]) -> bool:
-        if self.min_value and float(kill.get("total_value") or 0) < VALUE_FLOORS[self.min_value]:
-            return False
-        if self.security and kill.get("security_class") not in SECURITY[self.security]:
-            return False
-        if self.solo and not kill.get("is_solo"):
-            return False
-        if self.npc and not kill.get("is_npc"):
-            return False
-        if self.entity_kind and self.entity_id is not None:
-            return _involves(kill, self.entity_kind, self.entity_id)
-        return True
-
-
-def _involves(kill: Mapping[str, Any], kind: str, entity_id: int) -> bool:
-    if kind in ("system", "region"):
-        return kill.get(f"{kind}_id") == entity_id
-    key = f"{kind}_id"
-    people = [kill.get("victim") or {}, *(kill.get("attackers") or ())]
-    return any(p.get(key) == entity_id for p in people)
+        return self.condition().matches(topics.kill_facts(kill))
 
 
 def from_query(query: Mapping[str, str]) -> Filter:
     """Read a filter from the URL; values it does not know are ignored (a stale link still opens)."""
     min_value = query.get("min")
     security = query.get("sec")
+    ship_class = query.get("class")
     kind: str | None = None
     entity_id: int | None = None
     # `system=ID` (the canonical link) or the form's `kind=system&id=ID`.
@@ -104,6 +94,7 @@ def from_query(query: Mapping[str, str]) -> Filter:
     return Filter(
         min_value=min_value if min_value in VALUE_FLOORS else None,
         security=security if security in SECURITY else None,
+        ship_class=ship_class if ship_class in SHIP_CLASSES else None,
         solo=query.get("solo") in ("1", "on", "true"),
         npc=query.get("npc") in ("1", "on", "true"),
         entity_kind=kind,

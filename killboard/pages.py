@@ -23,6 +23,7 @@ from .config import PROJECT_ROOT
 from .filters import Filter
 from .keys import static_key, store_key
 from .store import StoredKill
+from .topics import kill_facts
 from .ws import websocket
 
 # Rows rendered on load; feed.js keeps at most MAX_ROWS once live kills arrive.
@@ -85,10 +86,11 @@ def _linker(current: Filter) -> Callable[[str, Any], str]:
 
 
 def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
+    condition = None if wanted.empty else wanted.condition()
     out = []
     for stored in page:
         kill = ujson.loads(stored.body)
-        if wanted.matches(kill):
+        if condition is None or condition.matches(kill_facts(kill)):
             kill["seq"] = stored.seq
             out.append(kill)
     return out
@@ -136,8 +138,9 @@ async def index(request: web.Request) -> web.StreamResponse:
         "query": canonical,
         "last_seq": last_seq,
         "max_rows": MAX_ROWS,
-        "value_floors": list(filters.VALUE_FLOORS),
-        "security_filters": list(filters.SECURITY),
+        "value_floors": filters.VALUE_FLOORS,
+        "security_filters": filters.SECURITY,
+        "ship_classes": filters.SHIP_CLASSES,
         "entity_kinds": filters.ENTITY_KINDS,
         "entity_label": _entity_label(request, wanted, kills),
         "link": _linker(wanted),

@@ -154,7 +154,7 @@
       el("div", { class: "value" }, [
         el("span", { class: "isk", title: (k.total_value || 0).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 }) + " ISK" },
           [isk(k.total_value || 0)]),
-        big ? badge("big", "big") : null,
+        big ? badge("big", "10b+") : null,
       ]),
       el("div", { class: "blow" }, [
         el("span", { class: "label" }, ["final blow"]), " ",
@@ -334,7 +334,7 @@
       event.preventDefault();
       const data = new FormData(form);
       const query = new URLSearchParams();
-      for (const name of ["min", "sec", "solo", "npc"]) {
+      for (const name of ["min", "sec", "class", "solo", "npc"]) {
         const value = data.get(name);
         if (value) query.set(name, String(value));
       }
@@ -343,7 +343,7 @@
       const text = query.toString();
       location.assign(text ? "/?" + text : "/");
     });
-    for (const control of form.querySelectorAll("select[name=min], select[name=sec], input[type=checkbox]")) {
+    for (const control of form.querySelectorAll("select[name=min], select[name=sec], select[name=class], input[type=checkbox]")) {
       control.addEventListener("change", function () { form.requestSubmit(); });
     }
   }

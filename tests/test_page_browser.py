@@ -18,7 +18,8 @@ from serverproc import ServerProcess
 from test_display import ISK_CASES
 
 from killboard import display, pages
-from killboard.keys import store_key
+from killboard.keys import hub_key, store_key
+from killboard.topics import SHIP_GROUP_TOPICS
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=10_000)
@@ -164,6 +165,33 @@ async def test_filter_receives_only_matching_live_kills(
     await expect(page.locator("#feed li.kill")).to_have_count(len(expected))
     await asyncio.sleep(0.5)  # anything else the server sent would have arrived by now
     assert sorted(await row_ids(page)) == sorted(expected)
+    assert watch.errors == []
+
+
+async def test_quiet_channel_resumes_from_the_end_of_its_replay(
+    make_client: MakeClient, browser: Browser, killmails: list[dict[str, Any]]
+) -> None:
+    client = await make_client()
+    await post(client, killmails[:10])
+    _, page, watch = await new_page(browser)
+    sent: list[dict[str, Any]] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(json.loads(frame))))
+    await page.goto(str(client.make_url("/?class=titans")))
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-state", "live")
+    await post(client, killmails[10:15])
+    kills = await stored(client)
+    assert len(kills) == 15
+    assert not any(k["victim"]["ship_group_id"] in SHIP_GROUP_TOPICS["titans"] for k in kills)  # a quiet channel
+    hub = client.server.app[hub_key]
+    for _ in range(2):  # the server drops the socket; the page comes back and resumes
+        await hub.close_all()
+        await expect(status).not_to_have_attribute("data-state", "live")
+        await expect(status).to_have_attribute("data-state", "live")
+    subs = [m for m in sent if m.get("action") == "sub"]
+    assert [(m["channel"], m["since"]) for m in subs] == [("titans", 10), ("titans", 10), ("titans", 15)]
+    assert {"action": "ping"} in sent
+    assert await page.locator("#feed li.kill").count() == 0
     assert watch.errors == []
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from conftest import AUTH, Client, settle
 
 from killboard.keys import store_key
+from killboard.topics import SHIP_GROUP_TOPICS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -76,6 +77,10 @@ async def test_filter_in_the_link_renders_only_matching_kills(client: Client, ki
     html = await (await client.get("/?sec=highsec&solo=1")).text()
     assert sorted(row_ids(html)) == sorted(highsec)[-50:]
     assert 'data-channel="highsec&amp;solo"' in html
+    frigates = {k["killmail_id"] for k in stored if k["victim"]["ship_group_id"] in SHIP_GROUP_TOPICS["frigates"]}
+    assert frigates
+    html = await (await client.get("/?class=frigates")).text()
+    assert set(row_ids(html)) == frigates
     region = stored[0]["region_id"]
     html = await (await client.get(f"/?region={region}")).text()
     assert set(row_ids(html)) == {k["killmail_id"] for k in stored if k["region_id"] == region}
