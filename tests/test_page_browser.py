@@ -304,7 +304,6 @@ async def replays_since(server: ServerProcess) -> bool:
     return False
 
 
-@pytest.mark.slow
 async def test_page_reconnects_after_restart_and_fills_in_missed_kills(
     tmp_path: Path, browser: Browser, killmails: list[dict[str, Any]]
 ) -> None:
