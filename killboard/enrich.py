@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 CATEGORY_SHIP = 6
 CATEGORY_STRUCTURE = 65
 GROUP_CAPSULE = 29
+# zKillboard never calls the loss of a capsule, shuttle or rookie ship solo.
+NEVER_SOLO_GROUPS = frozenset({GROUP_CAPSULE, 31, 237})
 # zKillboard counts ids below these as NPCs: NPC characters (agents, CONCORD ...) are under
 # 4,000,000, NPC corporations between 1,000,000 and 1,999,999.
 MAX_NPC_CHARACTER_ID = 3_999_999
@@ -258,14 +260,15 @@ def _flags(
 
     - npc: no attacker is a player: every attacker's character id (if any) is in the NPC range
       and its corporation is an NPC corporation;
-    - solo: the victim is a ship (not a capsule) and exactly one attacker is a player;
+    - solo: the victim is a ship other than a capsule, shuttle or rookie ship, and exactly one
+      attacker is a player;
     - awox: a player attacker belongs to the victim's own player corporation or alliance.
     """
     attackers = esi["attackers"]
     players = [a for a in attackers if not is_npc_attacker(a)]
     victim = esi["victim"]
     is_npc = not players
-    is_solo = ship_category == CATEGORY_SHIP and ship_group != GROUP_CAPSULE and len(players) == 1
+    is_solo = ship_category == CATEGORY_SHIP and ship_group not in NEVER_SOLO_GROUPS and len(players) == 1
     victim_corp = victim.get("corporation_id") or 0
     victim_alliance = victim.get("alliance_id")
     is_awox = victim_corp > MAX_NPC_CORPORATION_ID and any(

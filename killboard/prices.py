@@ -10,6 +10,10 @@ from .staticdata import StaticData
 # freighter of copies look like a trillion-ISK kill. zKillboard counts copies as next to nothing.
 BLUEPRINT_COPY_PRICE = 0.01
 SINGLETON_BLUEPRINT_COPY = 2
+# CCP's base price of ore, ice and moon materials is per refining batch, not per unit: used as
+# a unit price it made a mining barge with compressed ore in its hold a 50-billion-ISK kill.
+# Without a market price they count as 0 until the ESI price refresh knows them.
+CATEGORY_ASTEROID = 25
 
 
 @dataclass(slots=True)
@@ -34,5 +38,7 @@ class PriceBook:
 
 def price_book(static: StaticData) -> PriceBook:
     """The offline fallback: the bundled Jita snapshot, fixed hull prices, and base prices."""
-    base = {t.type_id: t.base_price for t in static.types.values() if t.base_price}
+    base = {
+        t.type_id: t.base_price for t in static.types.values() if t.base_price and t.category_id != CATEGORY_ASTEROID
+    }
     return PriceBook(market=dict(static.jita_prices), fixed=dict(static.fixed_prices), base=base)

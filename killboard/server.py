@@ -8,8 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 
-import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 
 from . import api, pages, upstream, ws
@@ -110,8 +108,10 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
         esi=lambda: app.get(esi_key),
     )
 
-    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"))
+    pages.setup_templates(app)
+    app.on_response_prepare.append(pages.security_headers)
     app.router.add_get("/", pages.index)
+    app.router.add_get(r"/kill/{killmail_id:\d{1,18}}", pages.kill_detail)
     app.router.add_get("/ws", ws.websocket)
     app.router.add_post("/api/killmails", api.post_killmails)
     app.router.add_get("/api/killmails", api.list_killmails)
