@@ -272,21 +272,21 @@ class Pipeline:
         """Store a prepared batch in one transaction, then broadcast its new live kills."""
         batch, kills, live, unresolved = prepared.batch, prepared.kills, prepared.live, prepared.unresolved
         started = time.perf_counter()
-        stored = await self.store.save_kills(kills, done=[p.submission.killmail_id for p in batch] + prepared.dropped)
+        # Broadcast now with what is known; the ESI name filler patches these stored kills later.
+        nameless = (
+            [p.submission.killmail_id for p in batch if player_ids(p.submission.esi or {}) & unresolved]
+            if unresolved
+            else []
+        )
+        stored = await self.store.save_kills(
+            kills, done=[p.submission.killmail_id for p in batch] + prepared.dropped, names_pending=nameless
+        )
         self.processed += len(kills)
         if self.metrics is not None:
             self.metrics.batch_commit_seconds.observe(time.perf_counter() - started)
             self.metrics.kills_stored.inc(len(stored))
             if prepared.rejected:
                 self.metrics.kills_rejected.labels("enrich_failed").inc(len(prepared.rejected))
-        if unresolved:
-            # Broadcast now with what is known; the ESI name filler patches these stored kills later.
-            new_ids = {kill.killmail_id for _, kill in stored}
-            await self.store.mark_names_pending(
-                p.submission.killmail_id
-                for p in batch
-                if p.submission.killmail_id in new_ids and player_ids(p.submission.esi or {}) & unresolved
-            )
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
             if not live.get(kill.killmail_id, True):

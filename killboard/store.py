@@ -285,9 +285,12 @@ class Store:
         kills: Sequence[NewKill],
         done: Iterable[int] = (),
         state: dict[str, str] | None = None,
+        names_pending: Iterable[int] = (),
     ) -> list[tuple[int, NewKill]]:
         """Store kills, drop their inbox rows and update feed state in one transaction.
 
+        `names_pending`: kills stored with some player names unknown; those that are new here are
+        marked in the same transaction, so a crash cannot leave a kill nameless for good.
         Returns (seq, kill) for the kills that were new; duplicates are skipped, never re-sent.
         """
         done_ids = list(done)
@@ -318,6 +321,11 @@ class Store:
                     [(i, n, now) for i, n in names.items()],
                 )
             seqs = await _seqs(db, list(fresh))
+            pending = [(i, now) for i in names_pending if i in fresh]
+            if pending:
+                await db.executemany(
+                    "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", pending
+                )
             if done_ids:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
             if state:
@@ -489,15 +497,6 @@ class Store:
                     " ON CONFLICT (id) DO UPDATE SET name = excluded.name, category = excluded.category,"
                     " updated_at = excluded.updated_at",
                     [(i, name, cat, now) for i, (name, cat) in names.items()],
-                )
-
-    async def mark_names_pending(self, ids: Iterable[int]) -> None:
-        """Kills stored with some player names still unknown; a background task fills them in."""
-        rows = [(i, time.time()) for i in ids]
-        if rows:
-            async with self.transaction() as db:
-                await db.executemany(
-                    "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", rows
                 )
 
     async def names_pending(self, limit: int = 200) -> list[StoredKill]:

@@ -114,3 +114,19 @@ async def test_rewrite_replaces_the_stored_source(client: Client, killmails: lis
     assert not await store.rewrite(1, esi, None)
     resp = await client.get(f"/api/killmails/{km['killmail_id']}")
     assert (await resp.json())["victim"]["damage_taken"] == 12345
+
+
+async def test_nameless_kills_are_marked_with_the_kills_themselves(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """Marked in the same transaction as the kill, and only when the kill is new."""
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    try:
+        first, second = make_kills(static, killmails, 2, 700_000_000, 1_700_000_000)
+        await store.save_kills([first], names_pending=[first.killmail_id])
+        assert [k.killmail_id for k in await store.names_pending()] == [first.killmail_id]
+        # A duplicate of a stored kill, and a kill that is not in the batch, are not marked.
+        await store.save_kills([first, second], names_pending=[first.killmail_id, 123])
+        assert await store.names_pending_count() == 1
+    finally:
+        await store.close()
