@@ -38,6 +38,13 @@ def r2z2_object(esi_with_hash: dict[str, Any], sequence: int, uploaded_at: int =
     }
 
 
+async def serve(app: web.Application) -> TestServer:
+    """A fake upstream on a free loopback port."""
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
 @dataclass
 class FakeR2Z2:
     """`GET /sequence.json` and `GET /{n}.json` from a dict of published sequences."""
@@ -80,8 +87,7 @@ class FakeR2Z2:
         app = web.Application()
         app.router.add_get("/sequence.json", self._sequence)
         app.router.add_get("/{seq:\\d+}.json", self._object)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
+        self.server = await serve(app)
         return str(self.server.make_url("")).rstrip("/")
 
     async def close(self) -> None:
@@ -153,8 +159,7 @@ class FakeEsi:
         app.router.add_post("/universe/names/", self._names)
         app.router.add_get("/markets/prices/", self._prices)
         app.router.add_get("/killmails/{id:\\d+}/{hash}/", self._killmail)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
+        self.server = await serve(app)
         return str(self.server.make_url("")).rstrip("/")
 
     async def close(self) -> None:

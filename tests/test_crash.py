@@ -65,6 +65,14 @@ def inbox_size(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
 
 
+async def inbox_drained(db: Path) -> None:
+    """Until the restarted worker has processed every acknowledged kill (10 s at most)."""
+    for _ in range(400):
+        if inbox_size(db) == 0:
+            return
+        await asyncio.sleep(0.025)
+
+
 async def post_stream(
     url: str, killmails: list[dict[str, Any]], rng: random.Random, ids: Iterator[int], acked: set[int], sent: set[int]
 ) -> None:
@@ -99,10 +107,7 @@ async def test_random_sigkills_never_lose_or_double_an_acknowledged_kill(
         for _ in range(20):
             await server.start()
             # After each restart: everything acknowledged so far is stored once the inbox drains.
-            for _ in range(400):
-                if inbox_size(db) == 0:
-                    break
-                await asyncio.sleep(0.025)
+            await inbox_drained(db)
             stored = stored_ids(db)
             assert len(stored) == len(set(stored)), "a kill was stored twice"
             assert acked <= set(stored), f"lost {len(acked - set(stored))} acknowledged kills"
@@ -113,10 +118,7 @@ async def test_random_sigkills_never_lose_or_double_an_acknowledged_kill(
             server.kill()
             await asyncio.gather(*posters, return_exceptions=True)
         await server.start()
-        for _ in range(400):
-            if inbox_size(db) == 0:
-                break
-            await asyncio.sleep(0.025)
+        await inbox_drained(db)
         stored = stored_ids(db)
         assert len(stored) == len(set(stored))
         assert acked <= set(stored) <= sent
@@ -170,10 +172,7 @@ async def test_random_sigkills_while_following_r2z2_resume_without_a_gap(
         await asyncio.sleep(0.5)
         last = cursor(db)
         assert last is not None and last > 20, "the follower hardly moved: the test proves nothing"
-        for _ in range(400):
-            if inbox_size(db) == 0:
-                break
-            await asyncio.sleep(0.025)
+        await inbox_drained(db)
         stored = stored_ids(db)
         assert len(stored) == len(set(stored)), "a kill was stored twice"
         # Every sequence up to the cursor has its kill stored (taken ones may run a little past it).
