@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,6 @@ class Config:
     ws_close_timeout: float = 2.0
     # Kills older than this (seconds, by kill time) are stored but not pushed live; 0 = no cut-off.
     live_max_age: int = 86_400
-    extra: Mapping[str, str] = field(default_factory=dict)
     # Live upstream (zKillboard R2Z2 feed + ESI). Off: no request ever leaves the machine.
     upstream: bool = True
     r2z2_url: str = "https://r2z2.zkillboard.com/ephemeral"
