@@ -152,6 +152,9 @@ class SlotGroup:
 
 def slot_label(flag: int, flags: Mapping[int, FlagInfo]) -> tuple[int, str]:
     """(sort position, heading) of an inventory flag."""
+    if flag == 0:
+        # Flag 0 is "None": killmails from before slots were recorded put everything there.
+        return len(_SLOT_GROUPS) + 1, "Slot not recorded"
     info = flags.get(flag)
     name = info.name if info else ""
     for position, (prefix, label) in enumerate(_SLOT_GROUPS):

@@ -78,6 +78,7 @@ def test_items_grouped_by_slot_in_fitting_order(static: StaticData) -> None:
         {"type_id": 8, "name": {"en": "Sub"}, "flag": 125, "qty_dropped": 1, "value": 1.0},
         {"type_id": 9, "name": {"en": "Implant"}, "flag": 89, "qty_destroyed": 1, "value": 1.0},
         {"type_id": 10, "name": {"en": "Odd"}, "flag": 134, "qty_destroyed": 1, "value": 1.0},
+        {"type_id": 11, "name": {"en": "Old"}, "flag": 0, "qty_destroyed": 1, "value": 1.0},
     ]
     groups = display.slot_groups(items, static.flags)
     labels = [g.label for g in groups]
@@ -91,6 +92,7 @@ def test_items_grouped_by_slot_in_fitting_order(static: StaticData) -> None:
         "Implants",
         "Cargo",
         "Specialized Asteroid Hold",
+        "Slot not recorded",  # flag 0, as killmails from before slots were recorded have
     ]
     cargo = groups[labels.index("Cargo")]
     assert [(r.name, r.depth) for r in cargo.rows] == [("Cargo thing", 0), ("Inside", 1)]
