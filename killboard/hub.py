@@ -15,6 +15,7 @@ import logging
 import weakref
 from bisect import bisect_right
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -229,20 +230,21 @@ class Hub:
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
-    def publish(self, seq: int, body: bytes, facts: KillFacts | None = None) -> int:
+    def publish(self, seq: int, body: bytes | Callable[[], bytes], facts: KillFacts | None = None) -> int:
         """Send one stored kill to every socket with a matching channel, once each; returns the
-        number queued. `facts` are the kill's match keys (computed from the body if not given)."""
+        number queued. `facts` are the kill's match keys (computed from the body if not given).
+        `body` may be a function that encodes it: called only when some socket matches."""
         if facts is None:
             if not self._index.subscribers_any():
                 return 0
-            facts = kill_facts(ujson.loads(body))
+            facts = kill_facts(ujson.loads(body if isinstance(body, bytes) else body()))
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)
         targets = self._index.match(facts)
         if not targets:
             return 0
-        frame = kill_frame(seq, body)  # encoded once, shared by every recipient
+        frame = kill_frame(seq, body if isinstance(body, bytes) else body())  # once, for every recipient
         sent = 0
         for sub in targets:
             if self.send_kill(sub, seq, frame, facts):
