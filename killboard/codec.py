@@ -76,10 +76,18 @@ def kill_prices(kill: Mapping[str, Any]) -> dict[int, float]:
 
 
 def pack(document: bytes, dictionary: bytes) -> bytes:
-    # Raw deflate (wbits -15): no zlib header or checksum, 6 bytes a row saved; SQLite pages
-    # carry their own integrity checks.
-    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, dictionary)
+    c = _compressor(dictionary).copy()
     return c.compress(document) + c.flush()
+
+
+@functools.lru_cache(maxsize=4)
+def _compressor(dictionary: bytes) -> Any:
+    """A compressor primed with the dictionary, copied for each kill: priming hashes all 32 KB
+    of it, ~20 us a kill. Level 6, not 9: 68 us instead of 172 us a kill (the largest part of an
+    import's CPU) for 6% more bytes (517 instead of 487 a kill on the bundled killmails).
+    Raw deflate (wbits -15): no zlib header or checksum, 6 bytes a row saved; SQLite pages carry
+    their own integrity checks."""
+    return zlib.compressobj(6, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, dictionary)
 
 
 def unpack(blob: bytes, dictionary: bytes) -> bytes:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import weakref
 from bisect import bisect_right
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -141,6 +143,7 @@ class Subscriber:
     held: deque[tuple[int, bytes, KillFacts]] | None = None
     delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
+    sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
     dropped: bool = False
@@ -219,6 +222,8 @@ class Hub:
         """Queue one frame for a socket; False (and the client is dropped) when its queue is full."""
         if sub.dropped:
             return False
+        if sub.outbox.empty() and not sub.sending and _write_now(sub, frame):
+            return True
         try:
             sub.outbox.put_nowait(frame)
         except asyncio.QueueFull:
@@ -229,20 +234,21 @@ class Hub:
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
-    def publish(self, seq: int, body: bytes, facts: KillFacts | None = None) -> int:
+    def publish(self, seq: int, body: bytes | Callable[[], bytes], facts: KillFacts | None = None) -> int:
         """Send one stored kill to every socket with a matching channel, once each; returns the
-        number queued. `facts` are the kill's match keys (computed from the body if not given)."""
+        number queued. `facts` are the kill's match keys (computed from the body if not given).
+        `body` may be a function that encodes it: called only when some socket matches."""
         if facts is None:
             if not self._index.subscribers_any():
                 return 0
-            facts = kill_facts(ujson.loads(body))
+            facts = kill_facts(ujson.loads(body if isinstance(body, bytes) else body()))
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)
         targets = self._index.match(facts)
         if not targets:
             return 0
-        frame = kill_frame(seq, body)  # encoded once, shared by every recipient
+        frame = kill_frame(seq, body if isinstance(body, bytes) else body())  # once, for every recipient
         sent = 0
         for sub in targets:
             if self.send_kill(sub, seq, frame, facts):
@@ -299,7 +305,11 @@ class Hub:
                 frame = await sub.outbox.get()
                 if frame is None:
                     break
-                await ws.send_frame(frame, WSMsgType.TEXT)
+                sub.sending = True
+                try:
+                    await ws.send_frame(frame, WSMsgType.TEXT)
+                finally:
+                    sub.sending = False
         except (ConnectionResetError, RuntimeError):
             return  # the peer went away (RuntimeError: socket already closing)
         # A dropped client that stopped reading cannot even take the close frame: give it a
@@ -330,6 +340,43 @@ class Hub:
         if stuck:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
+
+
+def _write_now(sub: Subscriber, frame: bytes) -> bool:
+    """Send a text frame straight to an idle socket's transport; False if it must be queued.
+
+    Most sockets are idle when a kill arrives: nothing queued, the writer task waiting, the
+    kernel buffer empty. Waking the writer task for each of them cost more than the write itself
+    (a task step and a future per socket per kill). Writing here only when the outbox is empty,
+    the writer is not inside a send and the transport holds nothing unsent keeps the frames in
+    order and the one-writer rule (the writer has nothing in flight); anything else (a socket
+    behind, paused or closing) takes the outbox and its writer as before, so slow clients still
+    fill their bounded outbox and are dropped. The bytes are what aiohttp's WebSocketWriter
+    sends for an uncompressed server text frame (the server never compresses, see ws.py).
+    """
+    transport = sub.transport
+    if (
+        transport is None
+        or sub.ws.closed
+        or transport.is_closing()
+        or not isinstance(transport, asyncio.WriteTransport)
+        or transport.get_write_buffer_size()
+    ):
+        return False
+    n = len(frame)
+    if n < 126:
+        header = _LEN1(0x81, n)
+    elif n < 65536:
+        header = _LEN2(0x81, 126, n)
+    else:
+        header = _LEN3(0x81, 127, n)
+    transport.write(header + frame)
+    return True
+
+
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:

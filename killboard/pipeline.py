@@ -22,7 +22,7 @@ import ujson
 from .codec import kill_prices, player_ids, source_document
 from .enrich import enrich
 from .esi import KillmailGone
-from .hub import Hub, encode
+from .hub import Hub
 from .metrics import Metrics
 from .prices import PriceBook
 from .staticdata import StaticData
@@ -298,7 +298,8 @@ class Pipeline:
                     self.live_max_age,
                 )
                 continue
-            self.hub.publish(seq, kill.body, prepared.facts.get(kill.killmail_id))
+            # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill.
+            self.hub.publish(seq, lambda kill=kill: kill.body, prepared.facts.get(kill.killmail_id))
         return stored
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
@@ -378,7 +379,8 @@ def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] |
         kill_time=int(when.timestamp()),
         system_id=kill["system_id"],
         total_value=kill["total_value"],
-        body=encode(kill),
+        _body=b"",
         source=source_document(esi, sub.zkb, kill_prices(kill)),
         names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
+        enriched=kill,
     )

@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from . import codec
+from .hub import encode
 from .validate import Submission
 
 log = logging.getLogger(__name__)
@@ -111,11 +112,21 @@ class NewKill:
     kill_time: int
     system_id: int
     total_value: float
-    body: bytes
+    # The kill's JSON, or b"" with `enriched` given: then `body` encodes it on first use. Only a
+    # kill that is broadcast needs the JSON (~28 KB, ~150 us of ujson); what is stored is
+    # `source`, so an import or a kill nobody subscribed to never pays for it.
+    _body: bytes
     # codec.source_document of the kill: what is stored. Empty: store `body` itself (codec 0).
     source: bytes = b""
     # Player names the body was enriched with; kept in `names` so reads render the same names.
     names: Mapping[int, str] = field(default_factory=dict)
+    enriched: Mapping[str, Any] | None = None
+
+    @property
+    def body(self) -> bytes:
+        if not self._body and self.enriched is not None:
+            object.__setattr__(self, "_body", encode(self.enriched))  # frozen: a cache, not a change
+        return self._body
 
 
 @dataclass(frozen=True, slots=True)

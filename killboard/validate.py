@@ -47,6 +47,24 @@ def _is_number(value: object) -> bool:
     )
 
 
+def _item_ok(item: object) -> bool:
+    """True when an item's own fields pass every check of _Checker.items (its nested items are
+    checked apart): a quick yes for the ~40 items of a typical kill, which were half of the
+    validation time. Anything else takes the full check, which says what is wrong."""
+    if type(item) is not dict:
+        return False
+    type_id, flag, singleton = item.get("item_type_id"), item.get("flag"), item.get("singleton")
+    destroyed, dropped = item.get("quantity_destroyed"), item.get("quantity_dropped")
+    return (
+        type(type_id) is int
+        and 0 < type_id <= MAX_INT
+        and _is_int(flag)
+        and _is_int(singleton)
+        and (destroyed is None or _is_int(destroyed))
+        and (dropped is None or _is_int(dropped))
+    )
+
+
 class _Checker:
     def __init__(self) -> None:
         self.errors: list[str] = []
@@ -77,6 +95,10 @@ class _Checker:
             self.fail(path.rstrip("."), f"items nested deeper than {MAX_ITEM_DEPTH} levels")
             return
         for i, item in enumerate(items):
+            if _item_ok(item):  # the common case, without building the item's path
+                if "items" in item:
+                    self.items(item["items"], f"{path.rstrip('.')}[{i}].items.", depth + 1)
+                continue
             p = f"{path.rstrip('.')}[{i}]."
             if not isinstance(item, dict):
                 self.fail(p.rstrip("."), "must be an object")
