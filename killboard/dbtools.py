@@ -81,12 +81,6 @@ def backup(source: Path, dest: Path, progress: Progress | None = None, step_page
     return dest
 
 
-def _report_to(progress: Progress | None) -> Callable[[int, int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda _status, left, total: progress(total - left, total)
-
-
 @dataclass
 class Report:
     """What `check` found: facts for the operator and problems that mean damage."""
