@@ -364,11 +364,6 @@ class Store:
             )
             return cur.rowcount > 0
 
-    async def drop_from_inbox(self, ids: Sequence[int]) -> None:
-        if ids:
-            async with self.transaction() as db:
-                await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in ids])
-
     async def get(self, killmail_id: int) -> StoredKill | None:
         async with self._reader.execute(_SELECT + " WHERE killmail_id = ?", (killmail_id,)) as cur:
             row = await cur.fetchone()
