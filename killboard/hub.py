@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .topics import Condition, Index, KillFacts, kill_facts
+from .topics import Condition, Index, KillFacts
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +234,10 @@ class Hub:
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
-    def publish(self, seq: int, body: bytes | Callable[[], bytes], facts: KillFacts | None = None) -> int:
+    def publish(self, seq: int, body: bytes | Callable[[], bytes], facts: KillFacts) -> int:
         """Send one stored kill to every socket with a matching channel, once each; returns the
-        number queued. `facts` are the kill's match keys (computed from the body if not given).
-        `body` may be a function that encodes it: called only when some socket matches."""
-        if facts is None:
-            if not self._index.subscribers_any():
-                return 0
-            facts = kill_facts(ujson.loads(body if isinstance(body, bytes) else body()))
+        number queued. `facts` are the kill's match keys (topics.kill_facts). `body` may be a
+        function that encodes it: called only when some socket matches."""
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)

@@ -299,7 +299,7 @@ class Pipeline:
                 )
                 continue
             # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill.
-            self.hub.publish(seq, lambda kill=kill: kill.body, prepared.facts.get(kill.killmail_id))
+            self.hub.publish(seq, lambda kill=kill: kill.body, prepared.facts[kill.killmail_id])
         return stored
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:

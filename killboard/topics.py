@@ -217,8 +217,5 @@ class Index(Generic[S]):
                     found.update(members)
         return found
 
-    def subscribers_any(self) -> bool:
-        return bool(self._by_key)
-
     def subscribers(self) -> set[S]:
         return {s for conditions in self._by_key.values() for members in conditions.values() for s in members}
