@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -185,9 +185,3 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
     if getattr(args, "no_upstream", False):
         changes["upstream"] = False
     return replace(config, **changes)  # type: ignore[arg-type]
-
-
-def parse(argv: Sequence[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
-    return from_args(parser.parse_args(argv))
