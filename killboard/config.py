@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from .proxy import parse_networks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,11 +141,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
 
 def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     entries = tuple(env.get(name, "").replace(",", " ").split())
-    for entry in entries:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise SystemExit(f"{name}: not an IP address or network: {entry!r}") from None
+    try:
+        parse_networks(entries)  # the middleware's own parse, so the error can name the variable
+    except ValueError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
     return entries
 
 
