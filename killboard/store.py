@@ -419,20 +419,20 @@ class Store:
             out.append(StoredKill(row[0], row[1], row[3], body))
         return out
 
-    async def count(self) -> int:
-        async with self._reader.execute("SELECT count(*) FROM kills") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def inbox_count(self) -> int:
-        async with self._reader.execute("SELECT count(*) FROM inbox") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def last_seq(self) -> int:
-        async with self._reader.execute("SELECT max(seq) FROM kills") as cur:
+    async def _number(self, sql: str) -> int:
+        """The one value a read query returns (a count, a max, a pragma); 0 for none or NULL."""
+        async with self._reader.execute(sql) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
+
+    async def count(self) -> int:
+        return await self._number("SELECT count(*) FROM kills")
+
+    async def inbox_count(self) -> int:
+        return await self._number("SELECT count(*) FROM inbox")
+
+    async def last_seq(self) -> int:
+        return await self._number("SELECT max(seq) FROM kills")
 
     # -- retention and upkeep ---------------------------------------------------------------
 
@@ -455,9 +455,7 @@ class Store:
         return len(rows)
 
     async def free_pages(self) -> int:
-        async with self._reader.execute("PRAGMA freelist_count") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await self._number("PRAGMA freelist_count")
 
     async def incremental_vacuum(self, pages: int) -> None:
         """Give up to `pages` free pages back to the file system (one short write)."""
@@ -515,9 +513,7 @@ class Store:
             return await self._render(await cur.fetchall())
 
     async def names_pending_count(self) -> int:
-        async with self._reader.execute("SELECT count(*) FROM names_pending") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        return await self._number("SELECT count(*) FROM names_pending")
 
     async def rewrite_bodies(self, bodies: dict[int, bytes], done: Iterable[int]) -> None:
         """Replace the stored JSON of kills (names filled in later) and clear them from names_pending.
