@@ -173,13 +173,11 @@ class NameService:
         self.wait = wait
         self._lookups: set[asyncio.Task[dict[int, str]]] = set()
         self._down_until = 0.0
-        self.last_error: str | None = None
 
     async def lookup(self, ids: Iterable[int]) -> dict[int, str]:
         """Ask ESI (no time limit) and cache what it says."""
         found = await self.client.names(ids)
         await self.store.save_names(found)
-        self.last_error = None
         return {i: name for i, (name, _) in found.items()}
 
     async def resolve(self, ids: set[int]) -> dict[int, str]:
@@ -203,8 +201,8 @@ class NameService:
 
     def _finished(self, task: asyncio.Task[dict[int, str]]) -> None:
         self._lookups.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            self.last_error = str(exc)
+        if not task.cancelled():
+            task.exception()  # a lookup that fails after resolve stopped waiting: no "never retrieved" warning
 
     async def close(self) -> None:
         for task in list(self._lookups):
@@ -247,7 +245,6 @@ class NameService:
                 while await self.fill_pending():
                     pass
             except EsiError as exc:
-                self.last_error = str(exc)
                 log.warning("filling in names later failed: %s; next try in %.0f s", exc, every)
             await asyncio.sleep(every)
 
