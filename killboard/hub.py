@@ -4,8 +4,9 @@ Subscriptions are conditions (killboard/topics.py) filed in one index: a kill is
 looking up the keys it has, and each matching socket gets it once however many of its channels
 match. Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
-(see python-websockets' essay on broadcast). A kill is encoded once and the same bytes go to
-every subscriber.
+(see python-websockets' essay on broadcast). A socket with nothing queued or in flight gets the
+frame written straight to its transport instead (`_write_now`). A kill is encoded once and the
+same bytes go to every subscriber.
 """
 
 from __future__ import annotations
