@@ -13,6 +13,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+# The same regions enrich's security_class names: one definition of where w-space is.
+from .enrich import ABYSSAL_REGIONS, POCHVEN_REGION, WSPACE_REGIONS
+
 Key = tuple[Any, ...]
 ALL: Key = ("all",)
 
@@ -38,10 +41,6 @@ SHIP_GROUP_TOPICS: dict[str, frozenset[int]] = {
 # The other topics, defined on the kill itself (see kill_facts).
 OTHER_TOPICS = ("10b", "5b", "solo", "npc", "highsec", "lowsec", "nullsec", "wspace", "abyssal", "pochven")
 TOPICS = frozenset((*OTHER_TOPICS, *SHIP_GROUP_TOPICS))
-
-WSPACE_REGIONS = range(11_000_001, 11_000_034)
-ABYSSAL_REGIONS = range(12_000_000, 13_000_001)
-POCHVEN_REGION = 10_000_070
 
 # EVE-KILL spells ids with a dot (`victim.ID`), zKillboard with a colon (`alliance:ID`).
 DOT_PREFIXES = frozenset({"victim", "attacker", "system", "constellation", "region"})
