@@ -140,7 +140,7 @@ class Subscriber:
     transport: asyncio.BaseTransport | None
     # condition -> the channel string it was first subscribed with
     channels: dict[Condition, str] = field(default_factory=dict)
-    # While a replay runs: live kill frames (seq, frame) held back until it has caught up.
+    # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up.
     held: deque[tuple[int, bytes, KillFacts]] | None = None
     delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
