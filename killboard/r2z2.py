@@ -36,6 +36,15 @@ class Backoff(Exception):
     """Upstream refused or failed (429/403/5xx/network): wait longer each time."""
 
 
+def backoff_delay(attempt: int, low: float, high: float) -> float:
+    """`low` doubling with each attempt (the first waits `low`), never more than `high`.
+
+    The exponent stops at 10 (1,024 x low, past any sane `high`): 2**1024 does not fit a float,
+    and the follower would have died of an OverflowError after ~1,000 failures in a row.
+    """
+    return min(high, low * 2 ** min(attempt - 1, 10))
+
+
 @dataclass(slots=True)
 class FollowerState:
     sequence: int | None = None  # the next sequence to ask for
@@ -139,7 +148,7 @@ class Follower:
 
     async def _back_off(self, reason: str) -> None:
         self._failures += 1
-        delay = min(self.backoff_max, self.backoff_min * 2 ** (self._failures - 1))
+        delay = backoff_delay(self._failures, self.backoff_min, self.backoff_max)
         delay *= random.uniform(0.5, 1.0)  # jitter: many clients must not retry in step
         self.state.last_error = reason
         log.warning("R2Z2: %s; retrying in %.1f s", reason, delay)
@@ -205,7 +214,7 @@ class Follower:
                 self.state.last_error = f"storage unavailable: {exc}"
                 if refusals == 1:
                     log.warning("R2Z2: cannot store sequence %d (%s); holding it until storage works", seq, exc)
-                await asyncio.sleep(min(self.backoff_max, self.backoff_min * 2 ** min(refusals - 1, 10)))
+                await asyncio.sleep(backoff_delay(refusals, self.backoff_min, self.backoff_max))
         self.state.kills += len(admitted.accepted)
         self.state.duplicates += len(admitted.duplicates)
         self.state.last_error = None

@@ -16,7 +16,7 @@ from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 from serverproc import ServerProcess
 
 from killboard.keys import follower_key, store_key
-from killboard.r2z2 import CURSOR_KEY, MISSING_AFTER
+from killboard.r2z2 import CURSOR_KEY, MISSING_AFTER, backoff_delay
 from killboard.store import Store
 
 FAST = {"r2z2_wait": 0.05, "r2z2_rate": 1000.0, "backoff_min": 0.05, "backoff_max": 0.2}
@@ -230,3 +230,9 @@ async def test_kill_9_loses_and_repeats_nothing(
         assert after_restart["duplicates"] == 0  # it never took an already stored kill again
     finally:
         server.stop()
+
+
+def test_backoff_doubles_up_to_the_maximum_and_survives_a_long_outage() -> None:
+    assert [backoff_delay(n, 1.0, 120.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 64.0, 120.0]
+    # Two days of failures at 120 s each: 2**1440 would not fit a float.
+    assert backoff_delay(1440, 1.0, 120.0) == 120.0
