@@ -356,7 +356,9 @@ class Pipeline:
         kill_id = pending.submission.killmail_id
         attempt = self._attempts.get(kill_id, 0) + 1
         self._attempts[kill_id] = attempt
-        delay = min(RETRY_MAX, 2.0**attempt)
+        # The exponent stops where RETRY_MAX is long reached: 2.0**1024 raises OverflowError, and
+        # after ~1,000 failed fetches of one kill the worker would retry its batch until ESI answered.
+        delay = min(RETRY_MAX, 2.0 ** min(attempt, 20))
         log.warning("kill %d: ESI body not fetched (%s); kept in the inbox, retry in %.0f s", kill_id, error, delay)
         asyncio.get_running_loop().call_later(delay, self._requeue, pending)
 
