@@ -95,6 +95,16 @@ def unpack(blob: bytes, dictionary: bytes) -> bytes:
     return d.decompress(blob) + d.flush()
 
 
+def unpack_row(codec_id: int, blob: bytes, dictionary: bytes) -> bytes:
+    """The stored document of a kills row: enriched JSON (codec 0) or the source document
+    (codec 1, deflated with the dictionary of id DICTIONARY_ID)."""
+    if codec_id == CODEC_ENRICHED_ZLIB:
+        return zlib.decompress(blob)
+    if codec_id == CODEC_SOURCE_ZDICT:
+        return unpack(blob, dictionary)
+    raise ValueError(f"unknown codec {codec_id}")
+
+
 def decode(killmail_id: int, killmail_hash: str, document: bytes) -> tuple[Submission, dict[int, float] | None]:
     """Undo source_document: the Submission that enrich takes, and the frozen unit prices."""
     doc = ujson.loads(document)

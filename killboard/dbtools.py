@@ -134,15 +134,14 @@ def _check(db: sqlite3.Connection, path: Path, quick: bool, report: Report) -> N
     has_codecs = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dictionaries'").fetchone()
     if quick or not has_codecs:
         return
-    dictionaries = {r[0]: bytes(r[1]) for r in db.execute("SELECT id, data FROM dictionaries")}
+    # The dictionary is keyed by its own id, not by the codec id (both happen to be 1 today).
+    row = db.execute("SELECT data FROM dictionaries WHERE id = ?", (codec.DICTIONARY_ID,)).fetchone()
+    dictionary = bytes(row[0]) if row else b""
     bad = 0
     for killmail_id, codec_id, blob in db.execute("SELECT killmail_id, codec, body FROM kills"):
         try:
-            if codec_id == codec.CODEC_ENRICHED_ZLIB:
-                ujson.loads(zlib.decompress(blob))
-            else:
-                ujson.loads(codec.unpack(blob, dictionaries[codec_id]))
-        except (zlib.error, ValueError, KeyError) as exc:
+            ujson.loads(codec.unpack_row(codec_id, blob, dictionary))
+        except (zlib.error, ValueError) as exc:
             bad += 1
             if bad <= 10:
                 report.problems.append(f"kill {killmail_id}: body does not decode ({exc})")

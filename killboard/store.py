@@ -91,10 +91,6 @@ def compress(body: bytes) -> bytes:
     return zlib.compress(body, 1)
 
 
-def decompress(blob: bytes) -> bytes:
-    return zlib.decompress(blob)
-
-
 @dataclass(frozen=True, slots=True)
 class InboxRow:
     killmail_id: int
@@ -386,11 +382,7 @@ class Store:
 
     def unpack(self, codec_id: int, blob: bytes) -> bytes:
         """The stored document of a row: enriched JSON (codec 0) or the source document (codec 1)."""
-        if codec_id == codec.CODEC_ENRICHED_ZLIB:
-            return decompress(blob)
-        if codec_id == codec.CODEC_SOURCE_ZDICT:
-            return codec.unpack(blob, self._dictionary)
-        raise ValueError(f"unknown codec {codec_id}")
+        return codec.unpack_row(codec_id, blob, self._dictionary)
 
     async def _render(self, rows: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
         """Rows to full killmail JSON: one names query for the page, then enrich each kill."""
