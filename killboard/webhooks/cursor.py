@@ -12,8 +12,9 @@ async def load(store: Store, name: str) -> int:
     (it does not post the history), recorded in the same transaction so a crash cannot move it."""
     async with store.transaction() as db:
         await db.execute(
-            "INSERT INTO webhook_cursors (name, seq, updated_at) SELECT ?, coalesce(max(seq), 0), ? FROM kills"
-            " ON CONFLICT (name) DO NOTHING",
+            # `WHERE true`: SQLite cannot otherwise tell an upsert's ON from a join's after a SELECT.
+            "INSERT INTO webhook_cursors (name, seq, updated_at)"
+            " SELECT ?, coalesce(max(seq), 0), ? FROM kills WHERE true ON CONFLICT (name) DO NOTHING",
             (name, time.time()),
         )
         async with db.execute("SELECT seq FROM webhook_cursors WHERE name = ?", (name,)) as cur:
