@@ -167,6 +167,32 @@ class Item:
     wants_mention: bool = False
 
 
+def select(hook: Webhook, row: StoredKill, public_url: str | None, now: float | None) -> Item | None:
+    """The stored kill as this webhook posts it, or None when its channel or max_age leaves it out
+    (`now` None: no age check)."""
+    if now is not None and hook.max_age and row.kill_time < now - hook.max_age:
+        return None
+    kill = ujson.loads(row.body)
+    if not hook.condition.matches(kill_facts(kill)):
+        return None
+    if hook.format != "discord":
+        return Item(row.seq, row.body)
+    wants = hook.mention is not None and float(kill.get("total_value") or 0) >= hook.mention_min_value
+    return Item(row.seq, row.body, discord.build_embed(row.seq, kill, public_url), wants)
+
+
+def build_request(hook: Webhook, items: list[Item]) -> tuple[tuple[int, ...], bytes, dict[str, str]]:
+    """The next request of a webhook from the front of `items`: (seqs it carries, body, headers).
+    Discord: as many embeds as fit in one message; json: one kill frame."""
+    if hook.format == "discord":
+        message = discord.pack(
+            ((i.seq, i.embed or {}, i.wants_mention) for i in items), hook.allowed_mentions(), hook.mention
+        )
+        return message.seqs, encode(message.body), {"Content-Type": "application/json"}
+    payload = signed.body(items[0].seq, items[0].kill_json)
+    return (items[0].seq,), payload, signed.headers(hook.name, items[0].seq, payload, hook.secret)
+
+
 @dataclass(eq=False, slots=True)
 class Deliverer:
     """The task behind one webhook."""
@@ -227,22 +253,11 @@ class Deliverer:
             await self._deliver_page(rows)
 
     async def _deliver_page(self, rows: list[StoredKill]) -> None:
-        items = [item for row in rows if (item := self._select(row)) is not None]
+        now = time.time()
+        items = [item for row in rows if (item := select(self.hook, row, self.public_url, now)) is not None]
         single = 0  # kills to send one per message (after a packed message was refused)
         while items and self.state != "disabled":
-            if self.hook.format == "discord":
-                message = discord.pack(
-                    ((i.seq, i.embed or {}, i.wants_mention) for i in items[: 1 if single else discord.MAX_EMBEDS]),
-                    self.hook.allowed_mentions(),
-                    self.hook.mention,
-                )
-                seqs = message.seqs
-                payload = encode(message.body)
-                headers = {"Content-Type": "application/json"}
-            else:
-                seqs = (items[0].seq,)
-                payload = signed.body(items[0].seq, items[0].kill_json)
-                headers = signed.headers(self.hook.name, items[0].seq, payload, self.hook.secret)
+            seqs, payload, headers = build_request(self.hook, items[: 1 if single else discord.MAX_EMBEDS])
             outcome = await self._post(payload, headers, len(seqs))
             if outcome == "disabled":
                 return
@@ -269,18 +284,6 @@ class Deliverer:
         if seq > self.cursor:
             await cursor.save(self.store, self.hook.name, seq)
             self.cursor = seq
-
-    def _select(self, row: StoredKill) -> Item | None:
-        hook = self.hook
-        if hook.max_age and row.kill_time < time.time() - hook.max_age:
-            return None
-        kill = ujson.loads(row.body)
-        if not hook.condition.matches(kill_facts(kill)):
-            return None
-        if hook.format != "discord":
-            return Item(row.seq, row.body)
-        wants = hook.mention is not None and float(kill.get("total_value") or 0) >= hook.mention_min_value
-        return Item(row.seq, row.body, discord.build_embed(row.seq, kill, self.public_url), wants)
 
     async def _post(self, payload: bytes, headers: dict[str, str], kills: int) -> str:
         """Post until the receiver takes it ("ok"), refuses it for good ("rejected") or is gone ("disabled")."""
