@@ -154,6 +154,7 @@ class FakeReceiver:
     deliveries: list[str] = field(default_factory=list)
     bad_signatures: int = 0
     server: TestServer | None = None
+    delay: float = 0.0  # seconds before answering (a slow receiver)
 
     @property
     def url(self) -> str:
@@ -172,6 +173,8 @@ class FakeReceiver:
             return web.json_response({"error": "scripted"}, status=self.status)
         self.frames.append(json.loads(body))
         self.deliveries.append(request.headers.get(DELIVERY_HEADER, ""))
+        if self.delay:
+            await asyncio.sleep(self.delay)  # recorded, not yet answered: a crash now repeats it
         return web.json_response({"ok": True})
 
     async def start(self) -> FakeReceiver:

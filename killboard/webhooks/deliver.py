@@ -12,6 +12,7 @@ requests in 10 minutes).
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import random
 import time
@@ -37,6 +38,7 @@ POLL = 5.0  # seconds between looks at the store without a wake-up (kills anothe
 REQUEST_TIMEOUT = 20.0
 MAX_RESPONSE = 64 * 1024  # bytes of a response body read: enough for any error message
 DISABLING = (401, 403, 404)
+LARGE_BODY = 1 << 20  # a kill frame of a fleet fight with ~1,000 attackers passes this
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +141,11 @@ async def post_once(
     if (wait := limit.delay()) > 0:
         await asyncio.sleep(wait)
     limit.spend()
+    # aiohttp warns that bytes over 1 MiB block the loop while written; a stream does not.
+    data: bytes | io.BytesIO = payload if len(payload) <= LARGE_BODY else io.BytesIO(payload)
     try:
         async with session.post(
-            hook.url, data=payload, headers=headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            hook.url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         ) as resp:
             body = await resp.content.read(MAX_RESPONSE)
             limit.update(resp.headers)
