@@ -258,7 +258,12 @@ class Deliverer:
 
     async def _deliver_page(self, rows: list[StoredKill]) -> None:
         now = time.time()
-        items = [item for row in rows if (item := select(self.hook, row, self.public_url, now)) is not None]
+        items: list[Item] = []
+        for n, row in enumerate(rows):
+            if (item := select(self.hook, row, self.public_url, now)) is not None:
+                items.append(item)
+            if n % 16 == 15:
+                await asyncio.sleep(0)  # decoding and matching are CPU work: let sockets breathe
         single = 0  # kills to send one per message (after a packed message was refused)
         while items and self.state != "disabled":
             seqs, payload, headers = build_request(self.hook, items[: 1 if single else discord.MAX_EMBEDS])
