@@ -183,6 +183,7 @@ async def test_a_webhook_that_was_down_catches_up_in_order(
     assert receiver.frames == []
     health = await health_of(client, "json")
     assert health["cursor"] == 0 and "503" in health["last_error"]
+    assert "also-secret" not in health["last_error"] and "/hook" not in health["last_error"]  # echoed, scrubbed
     receiver.status = 200
     await until(lambda: _cursor_is(client, "json", 82), 30)
     assert receiver.seqs() == list(range(1, 83))  # every kill once, in order

@@ -44,7 +44,7 @@ def test_escape_leaves_no_mention_and_no_markdown(name: str) -> None:
     text = discord.escape(name)
     assert not pings(text)
     assert unescaped_markdown(text) == []
-    assert "\n" not in text and len(text) <= 2 * discord.MAX_NAME + discord.MAX_NAME  # cut, then escaped
+    assert "\n" not in text and len(text) <= 2 * discord.MAX_NAME  # cut, then escaped
 
 
 def test_pack_stops_at_ten_embeds_and_6000_characters() -> None:

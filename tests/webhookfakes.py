@@ -64,8 +64,6 @@ class FakeDiscord:
     window: float = 2.0
     # False: answer without X-RateLimit-* headers, so the client only learns from 429s.
     send_headers: bool = True
-    # Answer this status to everything (None: behave); e.g. 503 for "down", 404 for "deleted".
-    down: int | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[list[str]] = field(default_factory=list)
     rate_limited: int = 0  # 429s answered
@@ -91,8 +89,6 @@ class FakeDiscord:
         self.requests += 1
         if request.match_info["id"] != WEBHOOK_ID or request.match_info["token"] != WEBHOOK_TOKEN:
             return web.json_response({"message": "Unknown Webhook", "code": 10015}, status=404)
-        if self.down is not None:
-            return web.json_response({"message": "scripted", "code": 0}, status=self.down)
         now = time.monotonic()
         if now < self._blocked_until:
             self.too_early += 1
@@ -170,7 +166,8 @@ class FakeReceiver:
             self.bad_signatures += 1
             return web.json_response({"error": "bad signature"}, status=401)
         if self.status >= 300:
-            return web.json_response({"error": "scripted"}, status=self.status)
+            # Error pages often echo what was asked for: the URL, a secret, must not reach our logs.
+            return web.json_response({"error": "scripted", "path": request.path_qs}, status=self.status)
         self.frames.append(json.loads(body))
         self.deliveries.append(request.headers.get(DELIVERY_HEADER, ""))
         if self.delay:

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import ujson
 from prometheus_client import CollectorRegistry, Counter
+from yarl import URL
 
 from ..hub import encode
 from ..store import Store, StoredKill
@@ -121,11 +122,17 @@ def retry_after(status: int, headers: Mapping[str, str], body: bytes) -> float:
 
 def describe(exc: BaseException, url: str) -> str:
     """An exception as one line for logs and /health, with the webhook's URL (a secret) cut out."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    for secret in {url, url.split("?")[0], url.split("://", 1)[-1]}:
-        if secret:
+    return scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, url)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` on one line, at most 300 characters, without the URL or its path (a receiver's error
+    page may echo them)."""
+    parsed = URL(url)
+    for secret in sorted({url, url.split("://", 1)[-1], parsed.path_qs, parsed.path}, key=len, reverse=True):
+        if len(secret) > 1:
             text = text.replace(secret, "<url>")
-    return text[:300]
+    return " ".join(text.split())[:300]
 
 
 @dataclass(slots=True)
@@ -151,14 +158,14 @@ async def post_once(
             limit.update(resp.headers)
             if resp.status == 429:
                 limit.block(retry_after(resp.status, resp.headers, body))
-            error = None if resp.status < 300 else f"HTTP {resp.status}: {_short(body)}"
+            error = (
+                None
+                if resp.status < 300
+                else scrub(f"HTTP {resp.status}: {body[:400].decode('utf-8', 'replace')}", hook.url)
+            )
             return Answer(resp.status, error)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return Answer(0, describe(exc, hook.url))
-
-
-def _short(body: bytes) -> str:
-    return body[:200].decode("utf-8", "replace").replace("\n", " ")
 
 
 @dataclass(slots=True)
@@ -310,7 +317,7 @@ class Deliverer:
             if answer.status == 429:
                 self.metrics.failures.labels(name, "rate_limited").inc()
                 self.metrics.retries.labels(name, "rate_limited").inc()
-                log.info("webhook %s: rate limited; waiting %.2f s", name, self.limit.delay())
+                log.debug("webhook %s: rate limited; waiting %.2f s", name, self.limit.delay())
                 continue  # post_once waits out the block first
             if answer.status in DISABLING:
                 self.metrics.failures.labels(name, "disabled").inc()
