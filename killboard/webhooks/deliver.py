@@ -28,7 +28,7 @@ from yarl import URL
 
 from ..hub import encode
 from ..store import Store, StoredKill
-from ..topics import kill_facts
+from ..topics import ALL, kill_facts
 from . import cursor, discord, signed
 from .config import Webhook
 
@@ -183,6 +183,8 @@ def select(hook: Webhook, row: StoredKill, public_url: str | None, now: float | 
     (`now` None: no age check)."""
     if now is not None and hook.max_age and row.kill_time < now - hook.max_age:
         return None
+    if hook.format != "discord" and hook.condition.keys == {ALL}:
+        return Item(row.seq, row.body)  # every kill, as stored: no need to decode it (~0.2 ms a kill)
     kill = ujson.loads(row.body)
     if not hook.condition.matches(kill_facts(kill)):
         return None
