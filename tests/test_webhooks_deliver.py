@@ -77,6 +77,12 @@ async def health_of(client: Client, name: str) -> dict[str, Any]:
     return next(h for h in (await resp.json())["webhooks"] if h["name"] == name)
 
 
+async def says(client: Client, name: str, **want: Any) -> bool:
+    """Does /health show these values for the webhook?"""
+    health = await health_of(client, name)
+    return all(health[key] == value for key, value in want.items())
+
+
 async def test_each_webhook_gets_exactly_what_its_channel_selects_in_order(
     with_hooks: Make, discord: FakeDiscord, receiver: FakeReceiver, killmails: list[dict[str, Any]]
 ) -> None:
@@ -156,15 +162,11 @@ async def test_a_new_webhook_starts_at_the_newest_stored_kill(
     await post(first, killmails[:40])
     await first.close()
     client = await with_hooks({"name": "late", "url": discord.url, "channel": "kills", "max_age": 0})
-    await until(lambda: _cursor_is(client, "late", 40))
+    await until(lambda: says(client, "late", cursor=40))
     await post(client, killmails[40:45])
     await until(lambda: _count(discord, 5))
     await asyncio.sleep(0.3)
     assert discord.kill_ids() == [k["killmail_id"] for k in killmails[40:45]]  # not the 40 before it
-
-
-async def _cursor_is(client: Client, name: str, seq: int) -> bool:
-    return (await health_of(client, name))["cursor"] == seq
 
 
 async def test_a_webhook_that_was_down_catches_up_in_order(
@@ -177,7 +179,7 @@ async def test_a_webhook_that_was_down_catches_up_in_order(
          "max_age": 0, "backoff_min": 0.05, "backoff_max": 0.2},
     )  # fmt: skip
     await post(client, killmails[:30])
-    await until(lambda: _state_is(client, "json", "backing off"))
+    await until(lambda: says(client, "json", state="backing off"))
     await post(client, killmails[30:])
     await asyncio.sleep(0.5)
     assert receiver.frames == []
@@ -185,17 +187,13 @@ async def test_a_webhook_that_was_down_catches_up_in_order(
     assert health["cursor"] == 0 and "503" in health["last_error"]
     assert "also-secret" not in health["last_error"] and "/hook" not in health["last_error"]  # echoed, scrubbed
     receiver.status = 200
-    await until(lambda: _cursor_is(client, "json", 82), 30)
+    await until(lambda: says(client, "json", cursor=82), 30)
     assert receiver.seqs() == list(range(1, 83))  # every kill once, in order
     metrics = await (await client.get("/metrics")).text()
     assert 'killboard_webhook_retries_total{reason="http_5xx",webhook="json"}' in metrics
     assert 'killboard_webhook_kills_total{webhook="json"} 82.0' in metrics
     # One warning when it started failing, not one per retry.
     assert sum("retrying with backoff" in r.getMessage() for r in caplog.records) == 1
-
-
-async def _state_is(client: Client, name: str, state: str) -> bool:
-    return (await health_of(client, name))["state"] == state
 
 
 async def test_a_deleted_webhook_is_disabled_and_its_url_is_never_shown(
@@ -208,7 +206,7 @@ async def test_a_deleted_webhook_is_disabled_and_its_url_is_never_shown(
         {"name": "ok", "url": discord.url, "channel": "kills", "max_age": 0},
     )
     await post(client, killmails[:12])
-    await until(lambda: _state_is(client, "gone", "disabled"))
+    await until(lambda: says(client, "gone", state="disabled"))
     await until(lambda: _count(discord, 12))
     requests = discord.requests
     await post(client, killmails[12:14])
@@ -238,7 +236,7 @@ async def test_network_errors_do_not_print_the_url(
         {"name": "net", "url": url, "channel": "kills", "max_age": 0, "backoff_min": 0.05, "backoff_max": 0.1}
     )
     await post(client, killmails[:2])
-    await until(lambda: _state_is(client, "net", "backing off"))
+    await until(lambda: says(client, "net", state="backing off"))
     health = await health_of(client, "net")
     assert health["last_error"] and "network-secret-token" not in health["last_error"]
     assert all("network-secret-token" not in r.getMessage() for r in caplog.records)
@@ -247,7 +245,7 @@ async def test_network_errors_do_not_print_the_url(
 async def test_max_age_skips_old_kills(with_hooks: Make, discord: FakeDiscord, killmails: list[dict[str, Any]]) -> None:
     client = await with_hooks({"name": "recent", "url": discord.url, "channel": "kills", "max_age": 3600})
     await post(client, killmails[:10])  # years old
-    await until(lambda: _cursor_is(client, "recent", 10))
+    await until(lambda: says(client, "recent", cursor=10))
     assert discord.messages == []
 
 

@@ -84,7 +84,7 @@ async def test_hostile_names_in_real_kills_ping_nobody_and_break_nothing(
     path.write_text(f'[[webhook]]\nname = "d"\nurl = "{fake.url}"\nchannel = "kills"\nmax_age = 0\n')
     loads(path.read_text())  # the file itself is fine
     client: Client = await make_client(webhooks_path=path, public_url="https://kills.example.com")
-    kills = killmails[:len(HOSTILE)]
+    kills = killmails[: len(HOSTILE)]
     names: dict[int, tuple[str, str]] = {}
     for km, hostile in zip(kills, HOSTILE, strict=True):
         victim = km["victim"]
@@ -119,6 +119,8 @@ async def test_hostile_names_in_real_kills_ping_nobody_and_break_nothing(
     first = fake.messages[0]["embeds"][0]
     stored = ujson.loads((await client.server.app[store_key].after(0, 1))[0].body)
     assert first["url"] == f"https://kills.example.com/kill/{stored['killmail_id']}"
-    assert first["thumbnail"]["url"] == f"https://images.evetech.net/types/{stored['victim']['ship_id']}/render?size=128"
+    assert (
+        first["thumbnail"]["url"] == f"https://images.evetech.net/types/{stored['victim']['ship_id']}/render?size=128"
+    )
     assert first["timestamp"] == stored["kill_time"]
     assert "spoiler" in ujson.dumps(fake.messages)  # the hostile text is there, as text

@@ -12,10 +12,11 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from fakes import serve
 
 from killboard.webhooks.signed import DELIVERY_HEADER, SIGNATURE_HEADER, verify
 
@@ -59,7 +60,30 @@ def embed_problems(body: dict[str, Any]) -> list[str]:
 
 
 @dataclass
-class FakeDiscord:
+class _Served:
+    """A fake on a free loopback port, answering POSTs to `ROUTE`."""
+
+    ROUTE: ClassVar[str] = "/"
+    server: TestServer | None = None
+
+    async def _post(self, request: web.Request) -> web.Response:
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        app = web.Application()
+        app.router.add_post(self.ROUTE, self._post)
+        self.server = await serve(app)
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+
+@dataclass
+class FakeDiscord(_Served):
+    ROUTE: ClassVar[str] = "/api/webhooks/{id}/{token}"
+
     limit: int = 5
     window: float = 2.0
     # False: answer without X-RateLimit-* headers, so the client only learns from 429s.
@@ -72,7 +96,6 @@ class FakeDiscord:
     _window_start: float = 0.0
     _count: int = 0
     _blocked_until: float = 0.0
-    server: TestServer | None = None
     # Simulate a slow Discord: seconds before answering.
     delay: float = 0.0
 
@@ -128,28 +151,18 @@ class FakeDiscord:
             "X-RateLimit-Bucket": "fakebucket",
         }
 
-    async def start(self) -> FakeDiscord:
-        app = web.Application()
-        app.router.add_post("/api/webhooks/{id}/{token}", self._post)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-        return self
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-
 
 @dataclass
-class FakeReceiver:
+class FakeReceiver(_Served):
     """A JSON webhook endpoint that checks X-Killboard-Signature and records the frames it took."""
+
+    ROUTE: ClassVar[str] = "/hook"
 
     secret: str | None = None
     status: int = 200  # what it answers (e.g. 503 while "down")
     frames: list[dict[str, Any]] = field(default_factory=list)
     deliveries: list[str] = field(default_factory=list)
     bad_signatures: int = 0
-    server: TestServer | None = None
     delay: float = 0.0  # seconds before answering (a slow receiver)
 
     @property
@@ -173,14 +186,3 @@ class FakeReceiver:
         if self.delay:
             await asyncio.sleep(self.delay)  # recorded, not yet answered: a crash now repeats it
         return web.json_response({"ok": True})
-
-    async def start(self) -> FakeReceiver:
-        app = web.Application()
-        app.router.add_post("/hook", self._post)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-        return self
-
-    async def close(self) -> None:
-        if self.server is not None:
-            await self.server.close()
