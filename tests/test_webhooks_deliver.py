@@ -16,6 +16,7 @@ from webhookfakes import WEBHOOK_TOKEN, FakeDiscord, FakeReceiver
 
 from killboard.keys import store_key, webhooks_key
 from killboard.topics import kill_facts, parse
+from killboard.webhooks.deliver import RateLimit, retry_after
 from killboard.webhooks.signed import body as signed_body
 
 
@@ -264,3 +265,36 @@ async def test_mention_pings_only_for_big_kills_and_only_what_is_configured(
         ids = [int(e["footer"]["text"].split()[1]) for e in message["embeds"]]
         assert (message.get("content") == "<@&4242>") == any(values[i] >= 1e9 for i in ids)
     assert any(m.get("content") for m in discord.messages) and not all(m.get("content") for m in discord.messages)
+
+
+async def test_a_refused_kill_is_skipped_and_the_others_still_go(
+    with_hooks: Make, discord: FakeDiscord, killmails: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = killmails[13]["killmail_id"]
+    discord.refuse = {bad}
+    client = await with_hooks({"name": "d", "url": discord.url, "channel": "kills", "max_age": 0})
+    await post(client, killmails[:30])
+    await until(lambda: says(client, "d", cursor=30), 30)
+    assert discord.kill_ids() == [k["killmail_id"] for k in killmails[:30] if k["killmail_id"] != bad]
+    assert sum("refused" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records) == 1
+    metrics = await (await client.get("/metrics")).text()
+    assert 'killboard_webhook_failures_total{kind="rejected",webhook="d"} 2.0' in metrics  # its message, then it
+
+
+def test_retry_after_prefers_the_body_then_the_header() -> None:
+    assert retry_after(429, {"Retry-After": "7"}, b'{"retry_after": 0.25, "global": false}') == 0.25
+    assert retry_after(429, {"Retry-After": "7"}, b"<html>busy</html>") == 7.0
+    assert retry_after(429, {}, b"") == 1.0
+
+
+def test_the_bucket_waits_only_when_empty() -> None:
+    now = [100.0]
+    limit = RateLimit(clock=lambda: now[0])
+    limit.update({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset-After": "1.5"})
+    assert limit.delay() == 0.0
+    limit.spend()
+    assert limit.delay() == 1.5  # the last request of the bucket is spent: wait for the refill
+    limit.block(3.0)
+    assert limit.delay() == 3.0
+    now[0] += 3.0
+    assert limit.delay() == 0.0

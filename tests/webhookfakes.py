@@ -96,6 +96,8 @@ class FakeDiscord(_Served):
     _window_start: float = 0.0
     _count: int = 0
     _blocked_until: float = 0.0
+    # Messages carrying any of these killmail ids get a 400 (Discord refusing a message).
+    refuse: set[int] = field(default_factory=set)
     # Simulate a slow Discord: seconds before answering.
     delay: float = 0.0
 
@@ -133,6 +135,8 @@ class FakeDiscord(_Served):
         except ValueError:
             return web.json_response({"message": "Cannot send an empty message", "code": 50006}, status=400)
         problems = embed_problems(body)
+        if any(int(e["footer"]["text"].split()[1]) in self.refuse for e in body.get("embeds", [])):
+            problems.append("refused on purpose")
         if problems or "allowed_mentions" not in body:
             self.rejected.append(problems or ["no allowed_mentions"])
             return web.json_response({"message": "Invalid Form Body", "code": 50035}, status=400, headers=headers)
