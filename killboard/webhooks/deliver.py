@@ -34,7 +34,9 @@ from .config import Webhook
 
 log = logging.getLogger(__name__)
 
-PAGE = 100  # stored kills read per query
+# Stored kills read (and rendered) per query: three full Discord messages of a broad channel, and
+# a bound on memory when a page is all fleet fights (~1 MiB of JSON each).
+PAGE = 30
 POLL = 5.0  # seconds between looks at the store without a wake-up (kills another process stored)
 REQUEST_TIMEOUT = 20.0
 MAX_RESPONSE = 64 * 1024  # bytes of a response body read: enough for any error message
