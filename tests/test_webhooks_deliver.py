@@ -282,9 +282,9 @@ async def test_a_refused_kill_is_skipped_and_the_others_still_go(
 
 
 def test_retry_after_prefers_the_body_then_the_header() -> None:
-    assert retry_after(429, {"Retry-After": "7"}, b'{"retry_after": 0.25, "global": false}') == 0.25
-    assert retry_after(429, {"Retry-After": "7"}, b"<html>busy</html>") == 7.0
-    assert retry_after(429, {}, b"") == 1.0
+    assert retry_after({"Retry-After": "7"}, b'{"retry_after": 0.25, "global": false}') == 0.25
+    assert retry_after({"Retry-After": "7"}, b"<html>busy</html>") == 7.0
+    assert retry_after({}, b"") == 1.0
 
 
 def test_the_bucket_waits_only_when_empty() -> None:

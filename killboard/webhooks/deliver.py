@@ -107,7 +107,7 @@ class RateLimit:
             self.remaining -= 1
 
 
-def retry_after(status: int, headers: Mapping[str, str], body: bytes) -> float:
+def retry_after(headers: Mapping[str, str], body: bytes) -> float:
     """How long a 429 asks us to wait: the body's `retry_after` (Discord, seconds), else the
     `Retry-After` header, else 1 s."""
     try:
@@ -159,7 +159,7 @@ async def post_once(
             body = await resp.content.read(MAX_RESPONSE)
             limit.update(resp.headers)
             if resp.status == 429:
-                limit.block(retry_after(resp.status, resp.headers, body))
+                limit.block(retry_after(resp.headers, body))
             error = (
                 None
                 if resp.status < 300
