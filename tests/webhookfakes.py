@@ -110,6 +110,10 @@ class FakeDiscord(_Served):
         """Killmail ids of every accepted embed, in the order they arrived (from the footer)."""
         return [int(e["footer"]["text"].split()[1]) for m in self.messages for e in m["embeds"]]
 
+    def seqs(self) -> list[int]:
+        """The seq of every accepted embed (its footer reads "killmail ID · seq N")."""
+        return [int(e["footer"]["text"].split()[-1]) for m in self.messages for e in m["embeds"]]
+
     async def _post(self, request: web.Request) -> web.Response:
         self.requests += 1
         if request.match_info["id"] != WEBHOOK_ID or request.match_info["token"] != WEBHOOK_TOKEN:
@@ -140,9 +144,9 @@ class FakeDiscord(_Served):
         if problems or "allowed_mentions" not in body:
             self.rejected.append(problems or ["no allowed_mentions"])
             return web.json_response({"message": "Invalid Form Body", "code": 50035}, status=400, headers=headers)
-        if self.delay:
-            await asyncio.sleep(self.delay)
         self.messages.append(body)
+        if self.delay:
+            await asyncio.sleep(self.delay)  # posted, not yet answered: a crash now repeats it
         return web.Response(status=204, headers=headers)
 
     def _headers(self, remaining: int, reset_after: float) -> dict[str, str]:
