@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,9 @@ def _entry(entry: dict[str, Any], number: int, source: str, lines: _Lines) -> We
     )
 
 
-def _number(entry: dict[str, Any], key: str, default: float, fail: Any) -> float:
+def _number(
+    entry: dict[str, Any], key: str, default: float, fail: Callable[[str | None, str], WebhookConfigError]
+) -> float:
     value = entry.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != value:
         raise fail(key, "must be a number >= 0")

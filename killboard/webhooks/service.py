@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False, slots=True)
 class Webhooks:
+    """The running webhooks: one deliverer task each, woken by the store, sharing one HTTP session."""
+
     deliverers: list[Deliverer]
     session: aiohttp.ClientSession
     store: Store
