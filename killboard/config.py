@@ -140,7 +140,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
         webhooks_path=Path(env["KILLBOARD_WEBHOOKS"]) if env.get("KILLBOARD_WEBHOOKS") else None,
-        public_url=(env.get("KILLBOARD_PUBLIC_URL") or "").rstrip("/") or None,
+        public_url=_env_public_url(env, "KILLBOARD_PUBLIC_URL"),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
@@ -154,6 +154,13 @@ def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     except ValueError as exc:
         raise SystemExit(f"{name}: {exc}") from None
     return entries
+
+
+def _env_public_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise SystemExit(f"{name} must start with http:// or https://, got {raw[:80]!r}")
+    return raw or None
 
 
 def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:

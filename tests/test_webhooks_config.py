@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from killboard.config import PROJECT_ROOT
+from killboard.config import PROJECT_ROOT, from_env
 from killboard.webhooks.config import WebhookConfigError, load, loads
 
 GOOD = """\
@@ -103,3 +103,10 @@ def test_webhooks_check(tmp_path: Path) -> None:
     done = run("webhooks", "check", "--file", str(bad))
     assert done.returncode == 1
     assert done.stderr == f"{bad}:13: webhook 2 (bot): max_age: must be a whole number of seconds >= 0 (0: no limit)\n"
+
+
+def test_public_url_must_be_http() -> None:
+    assert from_env({"KILLBOARD_PUBLIC_URL": "https://kills.example.com/"}).public_url == "https://kills.example.com"
+    assert from_env({}).public_url is None
+    with pytest.raises(SystemExit, match="KILLBOARD_PUBLIC_URL must start with http"):
+        from_env({"KILLBOARD_PUBLIC_URL": "kills.example.com"})
