@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +81,6 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def test_the_server_refuses_to_start_with_a_bad_file(tmp_path: Path) -> None:
     bad = tmp_path / "hooks.toml"
     bad.write_text(GOOD.replace('format = "json"', 'format = "xml"'))
-    import os
-
     env = {**os.environ, "KILLBOARD_WEBHOOKS": str(bad), "KILLBOARD_UPSTREAM": "off"}
     done = run("--db", str(tmp_path / "kb.sqlite3"), "--port", "1", env=env)
     assert done.returncode == 1

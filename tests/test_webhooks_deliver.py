@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import ujson
 from conftest import AUTH, Client, settle, until
+from serverproc import free_port
 from webhookfakes import WEBHOOK_TOKEN, FakeDiscord, FakeReceiver
 
 from killboard.keys import store_key, webhooks_key
@@ -230,8 +231,6 @@ async def test_a_deleted_webhook_is_disabled_and_its_url_is_never_shown(
 async def test_network_errors_do_not_print_the_url(
     with_hooks: Make, killmails: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from serverproc import free_port
-
     url = f"http://127.0.0.1:{free_port()}/api/webhooks/1/network-secret-token"  # nothing listens there
     client = await with_hooks(
         {"name": "net", "url": url, "channel": "kills", "max_age": 0, "backoff_min": 0.05, "backoff_max": 0.1}
