@@ -14,7 +14,7 @@ import ujson
 from aiohttp import web
 
 from .hub import encode, with_seq
-from .keys import config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key
+from .keys import config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key, webhooks_key
 from .pipeline import QueueFull, StorageUnavailable
 from .validate import Invalid, Submission, parse_submission
 
@@ -221,6 +221,7 @@ async def health(request: web.Request) -> web.Response:
             "tasks": len(asyncio.all_tasks()),
             "fds": _open_fds(),
             "store_error": pipeline.store_error,
+            "webhooks": app[webhooks_key].health() if webhooks_key in app else None,
         }
     )
 

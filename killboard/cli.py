@@ -13,6 +13,7 @@ from aiohttp import web
 from . import config as settings
 from . import dbtools, importer, logs
 from .server import create_app
+from .webhooks import commands as webhook_commands
 
 log = logging.getLogger("killboard")
 
@@ -39,14 +40,17 @@ Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_WS_MAX_CLIENTS, KILLBOARD_WS_MAX_CHANNELS, KILLBOARD_WS_MAX_CHANNEL_LENGTH,
   KILLBOARD_WS_CONTROL_RATE, KILLBOARD_WS_CONTROL_BURST, KILLBOARD_WS_REPLAY_MAX,
   KILLBOARD_WS_ORIGINS    WebSocket limits (README, "Keepalive and limits")
+  KILLBOARD_WEBHOOKS      TOML file of [[webhook]] entries: kills posted to Discord or JSON webhooks
+  KILLBOARD_PUBLIC_URL    this server's public address, linked from Discord embeds (/kill/{id})
 """
 
 
 def serve(args: argparse.Namespace) -> int:
     config = settings.from_args(args)
+    app = create_app(config)  # first: a bad webhooks file ends the start with its one line
     log.info("serving on http://%s:%d (database %s)", config.host, config.port, config.db_path)
     # print=None: aiohttp's banner is not a log line and would break JSON-lines logs.
-    web.run_app(create_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5, print=None)
+    web.run_app(app, host=config.host, port=config.port, access_log=None, shutdown_timeout=5, print=None)
     return 0
 
 
@@ -60,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_import(commands)
     dbtools.add_commands(commands)  # backup, check
+    webhook_commands.add_commands(commands)  # webhooks check, webhooks test NAME
     return parser
 
 

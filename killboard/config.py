@@ -83,6 +83,12 @@ class Config:
     # Browser Origins allowed to open a socket; empty = any. Same-origin and clients without an
     # Origin header (bots) are always allowed.
     ws_allowed_origins: tuple[str, ...] = ()
+    # -- webhooks (issue 13) --
+    # The TOML file of [[webhook]] entries; None: no webhooks.
+    webhooks_path: Path | None = None
+    # This server's address as the public sees it (https://kills.example.com): Discord embeds
+    # link to {public_url}/kill/{id}; None: they link to zKillboard only.
+    public_url: str | None = None
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -133,6 +139,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
+        webhooks_path=Path(env["KILLBOARD_WEBHOOKS"]) if env.get("KILLBOARD_WEBHOOKS") else None,
+        public_url=_env_public_url(env, "KILLBOARD_PUBLIC_URL"),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
@@ -146,6 +154,13 @@ def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     except ValueError as exc:
         raise SystemExit(f"{name}: {exc}") from None
     return entries
+
+
+def _env_public_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise SystemExit(f"{name} must start with http:// or https://, got {raw[:80]!r}")
+    return raw or None
 
 
 def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:

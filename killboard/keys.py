@@ -14,6 +14,7 @@ from .prices import PriceBook
 from .r2z2 import Follower
 from .staticdata import StaticData
 from .store import Store
+from .webhooks.service import Webhooks
 
 config_key = web.AppKey("config", Config)
 static_key = web.AppKey("static", StaticData)
@@ -28,3 +29,5 @@ session_key = web.AppKey("session", aiohttp.ClientSession)
 esi_key = web.AppKey("esi", EsiClient)
 names_key = web.AppKey("names", NameService)
 follower_key = web.AppKey("follower", Follower)
+# Present only with KILLBOARD_WEBHOOKS set.
+webhooks_key = web.AppKey("webhooks", Webhooks)

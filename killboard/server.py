@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 
 from aiohttp import web
@@ -25,6 +25,7 @@ from .keys import (
     started_key,
     static_key,
     store_key,
+    webhooks_key,
 )
 from .maintenance import maintenance_ctx
 from .metrics import create_metrics, register_collector
@@ -34,6 +35,8 @@ from .prices import price_book
 from .proxy import forwarded_middleware
 from .staticdata import StaticData, load_static
 from .store import Store
+from .webhooks import config as webhooks_config
+from .webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,19 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         await worker
 
 
+def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        config = app[config_key]
+        service = await Webhooks.start(
+            hooks, app[store_key], app[metrics_key].registry, config.public_url, config.user_agent
+        )
+        app[webhooks_key] = service
+        yield
+        await service.stop()
+
+    return context
+
+
 async def _close_sockets(app: web.Application) -> None:
     await app[hub_key].close_all()
 
@@ -99,6 +115,12 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
         app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
     app.on_shutdown.append(_close_sockets)
     app[metrics_key] = create_metrics()
+    if config.webhooks_path is not None:
+        try:
+            hooks = webhooks_config.load(config.webhooks_path)
+        except webhooks_config.WebhookConfigError as exc:
+            raise SystemExit(f"KILLBOARD_WEBHOOKS: {exc}") from None  # one line, exit 1, before serving
+        app.cleanup_ctx.append(_webhooks(hooks))  # after the database: stops before it closes
     register_collector(
         app[metrics_key],
         app[hub_key],

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +77,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE dictionaries (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
     ALTER TABLE kills ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: webhooks (killboard/webhooks): the last seq each webhook delivered, by its name.
+    """
+    CREATE TABLE webhook_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at REAL NOT NULL);
     """,
 ]
 
@@ -170,6 +174,9 @@ class Store:
         # What retention removed (0: nothing yet); loaded at open, updated by prune().
         self.pruned_through_seq = 0
         self.pruned_max_killmail_id = 0
+        # Called with the highest seq after every commit that stored new kills (the webhooks
+        # wake on it). Consumers above the store register here; the store imports none of them.
+        self.on_stored: list[Callable[[int], None]] = []
 
     @classmethod
     async def open(cls, path: Path, render: Render | None = None) -> Store:
@@ -337,7 +344,11 @@ class Store:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
             if state:
                 await _put_state(db, state)
-        return sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
+        stored = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
+        if stored:
+            for notify in self.on_stored:
+                notify(stored[-1][0])
+        return stored
 
     async def rewrite(
         self,

@@ -1,0 +1,1 @@
+"""Kills to Discord and other webhooks, by channel, durably (README, "Webhooks")."""
