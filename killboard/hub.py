@@ -148,6 +148,7 @@ class Subscriber:
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
     dropped: bool = False
+    client_errors: int = 0  # error frames sent for bad client messages (ws.py logs the first few)
 
 
 def encode(message: object) -> bytes:

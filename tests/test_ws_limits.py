@@ -133,3 +133,35 @@ async def test_a_replay_costs_ten_messages(make_client: Any) -> None:
     await ws.send_str(json.dumps({"action": "sub", "channel": "solo", "since": 0}))
     reply = await ws.receive_json(timeout=5)
     assert reply["action"] == "error" and reply["message"].startswith("too many replays"), reply
+
+
+async def test_lone_surrogate_gets_an_error_frame_and_200_bad_messages_log_a_few_lines(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client()
+    ws = await client.ws_connect("/ws")
+    # A lone surrogate can only arrive as a JSON escape (the frame itself must be valid UTF-8).
+    bad = [
+        '{"action":"sub","channel":"\\ud800"}',
+        '{"action":"unsub","channel":"kills\\udfff"}',
+        '{"action":"\\ud800"}',
+        '{"action":"sub","channel":"kills","since":0,"x\\ud83d":1}',
+    ]
+    with caplog.at_level("INFO"):
+        for n in range(200):
+            await ws.send_str(bad[n % len(bad)])
+            reply = await ws.receive_json(timeout=5)
+            assert reply["action"] == "error", (n, reply)
+        await ws.send_str(PING)
+        assert (await ws.receive_json(timeout=5))["action"] == "pong"  # the socket is fine
+        assert "surrogate" in reply["message"]
+        await ws.close()
+        for _ in range(100):  # the handler's last line, once it has seen the close
+            if any("not logged" in r.getMessage() for r in caplog.records if "closed after" in r.getMessage()):
+                break
+            await asyncio.sleep(0.02)
+    lines = [r for r in caplog.records if r.name.startswith("killboard")]
+    assert not [r for r in lines if r.levelno >= 40 or r.exc_info], "a client message caused a traceback"
+    assert 3 <= len(lines) <= 6, [r.getMessage() for r in lines]
+    assert sum(len(r.getMessage()) for r in lines) < 2000
+    assert "200 errors (196 not logged)" in lines[-1].getMessage()
