@@ -21,8 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .api import json_error
 from .config import Config
 from .hub import Hub, Subscriber, encode
-from .keys import config_key, hub_key, store_key
-from .replay import replay
+from .keys import config_key, hub_key, replays_key, store_key
 from .topics import BadChannel, parse
 from .wsmask import MaskedWebSocketResponse
 
@@ -201,4 +200,4 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
     hub.subscribe(sub, condition, channel)
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
     if since is not None:
-        await replay(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)
+        await app[replays_key].run(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)

@@ -198,16 +198,16 @@ async def test_a_kill_committed_before_the_replay_and_published_during_it_arrive
     kill = enrich(submission, app[static_key], {}, app[prices_key])
     new = build_kill(submission, kill)
     [(seq, _)] = await store.save_kills([new])  # committed, as the worker does first
-    real_after = store.after
+    real_read = store.by_seqs
     pending = [seq]
 
-    async def after_then_publish(cursor: int, limit: int) -> list[Any]:
-        rows = await real_after(cursor, limit)
+    async def read_then_publish(seqs: list[int]) -> list[Any]:
+        rows = await real_read(seqs)
         while pending:  # ... and the worker resumes and publishes while the replay reads
             hub.publish(pending.pop(), new.body, kill_facts(kill))
         return rows
 
-    monkeypatch.setattr(store, "after", after_then_publish)
+    monkeypatch.setattr(store, "by_seqs", read_then_publish)
     ws = await client.ws_connect("/ws")
     replay = await sub(ws, "kills", 5)
     assert replay["to"] == seq == 11
