@@ -350,14 +350,16 @@ class Hub:
                     await ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     sub.sending = False
-        except (ConnectionResetError, RuntimeError):
-            return  # the peer went away (RuntimeError: socket already closing)
+        except (ConnectionError, RuntimeError):
+            # The peer went away: reset (ConnectionResetError), or lost while we waited for a
+            # drain (aiohttp raises a plain ConnectionError); RuntimeError: already closing.
+            return
         # A dropped client that stopped reading cannot even take the close frame: give it a
         # moment, then cut the connection so its handler ends and the memory is freed.
         try:
             async with asyncio.timeout(self._close_timeout):
                 await ws.close(code=sub.close_code, message=sub.close_message)
-        except (TimeoutError, ConnectionResetError):
+        except (TimeoutError, ConnectionError):
             if sub.transport is not None:
                 sub.transport.abort()
 

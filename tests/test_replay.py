@@ -17,7 +17,7 @@ from test_topics import drain
 from test_ws import post, with_id_offset
 
 from killboard.enrich import enrich
-from killboard.keys import hub_key, prices_key, static_key, store_key
+from killboard.keys import hub_key, prices_key, replays_key, static_key, store_key
 from killboard.pipeline import build_kill
 from killboard.topics import kill_facts
 from killboard.validate import parse_submission
@@ -213,3 +213,26 @@ async def test_a_kill_committed_before_the_replay_and_published_during_it_arrive
     assert replay["to"] == seq == 11
     assert [f["seq"] for f in await drain(ws)] == [6, 7, 8, 9, 10, 11]
     assert not pending
+
+
+async def test_concurrent_replays_share_the_rendered_frames(make_client: Any, killmails: list[dict[str, Any]]) -> None:
+    """Ten sockets replay the same 82 kills at once: each stored kill is rendered once (one
+    replay reads at a time here), every socket gets all of them in order, and the cache is
+    emptied when the last replay ends."""
+    client = await make_client(ws_replay_concurrency=1)
+    await post(client, killmails)
+    await settle(client)
+    replays = client.server.app[replays_key]
+    sockets = [await client.ws_connect("/ws") for _ in range(10)]
+    await asyncio.gather(*(sub(ws, "kills", 0) for ws in sockets))
+    frames = [await drain(ws) for ws in sockets]
+    for got in frames:
+        assert [f["seq"] for f in got] == list(range(1, len(killmails) + 1))
+    assert replays.renders == len(killmails)
+    assert replays.running == 0 and len(replays.cache) == 0 and replays.cache.nbytes == 0
+    # Narrower channels match on the same frames (their match keys decoded from them).
+    solo = [await client.ws_connect("/ws") for _ in range(3)]
+    await asyncio.gather(*(sub(ws, "solo", 0) for ws in solo))
+    expected = [f["seq"] for f in frames[0] if f["data"]["is_solo"]]
+    assert expected and [[f["seq"] for f in await drain(ws)] for ws in solo] == [expected] * 3
+    assert replays.renders == 2 * len(killmails)
