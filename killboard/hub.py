@@ -178,6 +178,9 @@ class Hub:
         self, send_queue: int, close_timeout: float, replay_window: int = 1000, send_buffer: int = 4 * 1024 * 1024
     ) -> None:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        # Connections whose handler has ended but which are not closed yet (see linger).
+        self._closing: set[asyncio.BaseProtocol] = set()
+        self.aborted = 0
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
         self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
@@ -190,7 +193,29 @@ class Hub:
         self.slow_drops = 0
 
     def __len__(self) -> int:
-        return len(self.sockets)
+        """Open sockets, those still closing included: every one holds a descriptor and memory."""
+        closing = self._closing
+        if closing:
+            closing.difference_update([p for p in closing if getattr(p, "transport", None) is None])
+        return len(self.sockets) + len(closing)
+
+    def linger(self, protocol: asyncio.BaseProtocol | None) -> None:
+        """A socket's handler has ended; its connection may not be gone. aiohttp closes the
+        transport after a close frame, or when the heartbeat gives up, and a transport's close
+        waits until its buffer is flushed: to a peer that stopped reading, never. Such a
+        connection keeps counting as open until it is gone, and is aborted after close_timeout."""
+        if protocol is None or protocol in self._closing or getattr(protocol, "transport", None) is None:
+            return
+        self._closing.add(protocol)
+        asyncio.get_running_loop().call_later(self._close_timeout, self._reap, protocol)
+
+    def _reap(self, protocol: asyncio.BaseProtocol) -> None:
+        self._closing.discard(protocol)
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            self.aborted += 1
+            log.debug("websocket connection could not finish closing in time: aborted")
+            transport.abort()
 
     def subscribed_count(self) -> int:
         return len(self._index.subscribers())

@@ -94,6 +94,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if len(hub) >= config.ws_max_clients:
         log.warning("websocket refused: %d sockets open, the limit is %d", len(hub), config.ws_max_clients)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again later: too many connections")
+        hub.linger(request.protocol)
         return ws
     sub = hub.attach(ws, request.transport)
     bucket = Bucket(config.ws_control_rate, config.ws_control_burst)
@@ -125,6 +126,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     log.exception("websocket message failed: %r", msg.data[:200])
                 error(hub, sub, "internal error: this message was not processed")
     finally:
+        hub.linger(request.protocol)  # counts until the connection is gone; aborted if it hangs
         await hub.detach(sub)
         if sub.client_errors > LOGGED_CLIENT_ERRORS:
             log.info(
