@@ -114,11 +114,14 @@ def test_limits_come_from_the_environment() -> None:
             "KILLBOARD_WS_CONTROL_RATE": "2.5",
             "KILLBOARD_WS_CONTROL_BURST": "9",
             "KILLBOARD_WS_REPLAY_MAX": "50",
+            "KILLBOARD_WS_SEND_BUFFER": "1048576",
+            "KILLBOARD_WS_REPLAY_CONCURRENCY": "2",
             "KILLBOARD_WS_ORIGINS": "https://a.example/, https://b.example",
         }
     )
     assert (config.ws_max_clients, config.ws_max_channels, config.ws_max_channel_length) == (7, 8, 90)
     assert (config.ws_control_rate, config.ws_control_burst, config.ws_replay_max) == (2.5, 9, 50)
+    assert (config.ws_send_buffer, config.ws_replay_concurrency) == (1048576, 2)
     assert config.ws_allowed_origins == ("https://a.example", "https://b.example")
     with pytest.raises(SystemExit, match="KILLBOARD_WS_CONTROL_RATE must be a number"):
         from_env({"KILLBOARD_WS_CONTROL_RATE": "fast"})
