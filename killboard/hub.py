@@ -5,10 +5,10 @@ looking up the keys it has, and each matching socket gets it once however many o
 match. Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
 (see python-websockets' essay on broadcast). The bound is in bytes: what a socket holds (its
-outbox, the live kills held back during its replay, and what its transport has not yet handed to
-the kernel) may not pass `send_buffer` (KILLBOARD_WS_SEND_BUFFER). A socket with nothing queued or in flight gets the
-frame written straight to its transport instead (`_write_now`). A kill is encoded once and the
-same bytes go to every subscriber.
+outbox, the live kills held back during its replay, and what its transport has not yet handed
+to the kernel) may not pass `send_buffer` (KILLBOARD_WS_SEND_BUFFER). A socket with nothing
+queued or in flight gets the frame written straight to its transport instead (`_write_now`). A
+kill is encoded once and the same bytes go to every subscriber.
 """
 
 from __future__ import annotations
@@ -180,7 +180,6 @@ class Hub:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         # Connections whose handler has ended but which are not closed yet (see linger).
         self._closing: set[asyncio.BaseProtocol] = set()
-        self.aborted = 0
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
         self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
@@ -213,7 +212,6 @@ class Hub:
         self._closing.discard(protocol)
         transport = getattr(protocol, "transport", None)
         if transport is not None:
-            self.aborted += 1
             log.debug("websocket connection could not finish closing in time: aborted")
             transport.abort()
 

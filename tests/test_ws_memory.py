@@ -14,11 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 import rawws
-from killgen import make_kills, save_all
+from killgen import filled
 from serverproc import ServerProcess
+from test_clients import rss
 
 from killboard.staticdata import StaticData
-from killboard.store import Store
 
 MiB = 1024 * 1024
 KILLS = 400
@@ -34,26 +34,12 @@ AFTER_BOUND = 32 * MiB
 REPLAY = json.dumps({"action": "sub", "channel": "kills", "since": 0})
 
 
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
-async def filled(path: Path, static: StaticData, killmails: list[dict[str, Any]]) -> None:
-    store = await Store.open(path)
-    try:
-        await save_all(store, make_kills(static, killmails, KILLS, 300_000_000, int(time.time())))
-        await store.checkpoint()
-    finally:
-        await store.close()
-
-
 @pytest.mark.slow
 async def test_sockets_that_never_read_a_replay_are_bounded_in_bytes_and_dropped(
     tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
 ) -> None:
     db = tmp_path / "kb.sqlite3"
-    await filled(db, static, killmails)
+    await filled(db, static, killmails, KILLS)
     server = ServerProcess(db)
     await server.start()
     assert server.proc is not None
@@ -94,7 +80,8 @@ async def test_sockets_that_never_read_a_replay_are_bounded_in_bytes_and_dropped
             grown = peak - baseline
             took = time.monotonic() - opened
             print(
-                f"baseline {baseline / MiB:.1f} MiB, peak +{grown / MiB:.1f} MiB with {SOCKETS} sockets, gone in {took:.1f} s"
+                f"baseline {baseline / MiB:.1f} MiB, peak +{grown / MiB:.1f} MiB with {SOCKETS} sockets,",
+                f"gone in {took:.1f} s",
             )
             assert grown < PEAK_BOUND, f"RSS grew by {grown / MiB:.0f} MiB with {SOCKETS} sockets that never read"
             # The server gave up on them (1013: replay stalled) and let go of every one.
