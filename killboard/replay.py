@@ -85,35 +85,68 @@ class FrameCache:
 
 
 class Replays:
-    """What all replays share: the frame cache and the limit on replays reading at once."""
+    """What all replays share: the frame cache, the kills being rendered right now, and the
+    limit on replays reading at once."""
 
     def __init__(self, concurrency: int, cache_bytes: int = CACHE_BYTES, cache_seconds: float = CACHE_SECONDS) -> None:
         self.cache = FrameCache(cache_bytes, cache_seconds)
         self.reading = asyncio.Semaphore(concurrency)
+        # seq -> the frame another replay is rendering (None if it turned out not to be stored)
+        self._rendering: dict[int, asyncio.Future[Cached | None]] = {}
         self.running = 0
-        self.renders = 0  # kills rendered for replays (what the cache saves shows here)
+        self.renders = 0  # kills rendered for replays (what the sharing saves shows here)
 
     async def page(self, store: Store, cursor: int, end: int) -> list[tuple[int, Cached]]:
-        """The frames of the next stored kills after `cursor` (up to `end`), from the cache or
-        rendered and cached; an empty list at the end."""
+        """The frames of the next stored kills after `cursor` (up to `end`): from the cache, from
+        another replay rendering them now, or rendered here; an empty list at the end."""
         seqs = await store.seqs_after(cursor, end, PAGE)
-        found = {seq: entry for seq in seqs if (entry := self.cache.get(seq)) is not None}
-        if len(found) < len(seqs):
-            async with self.reading:
-                # Another replay may have rendered them while this one waited for its turn.
-                for seq in seqs:
-                    if seq not in found and (entry := self.cache.get(seq)) is not None:
-                        found[seq] = entry
-                missing = [seq for seq in seqs if seq not in found]
-                for row in await store.by_seqs(missing):
-                    found[row.seq] = self.cache.put(row.seq, kill_frame(row.seq, row.body))
-                    self.renders += 1
+        found: dict[int, Cached] = {}
+        waits: dict[int, asyncio.Future[Cached | None]] = {}
+        missing = []
+        for seq in seqs:
+            if (entry := self.cache.get(seq)) is not None:
+                found[seq] = entry
+            elif (pending := self._rendering.get(seq)) is not None:
+                waits[seq] = pending
+            else:
+                missing.append(seq)
+        await self._render(store, missing, found)
+        if waits:
+            await asyncio.wait(waits.values())  # not cancelled with us: others wait on them too
+            again = []
+            for seq, pending in waits.items():
+                entry = None if pending.cancelled() else pending.result()
+                if entry is not None:
+                    found[seq] = entry
+                else:  # its renderer went away, or the kill was pruned: look for ourselves
+                    again.append(seq)
+            await self._render(store, again, found)
         # A kill pruned meanwhile is simply not there; one seq past the end tells the caller
         # where to go on when a whole page was pruned.
         page = [(seq, found[seq]) for seq in seqs if seq in found]
         if seqs and not page:
             page = [(seqs[-1], Cached(b"", None, 0.0))]
         return page
+
+    async def _render(self, store: Store, seqs: list[int], found: dict[int, Cached]) -> None:
+        if not seqs:
+            return
+        loop = asyncio.get_running_loop()
+        promised = {seq: loop.create_future() for seq in seqs}
+        self._rendering.update(promised)
+        try:
+            async with self.reading:
+                rows = await store.by_seqs(seqs)
+            for row in rows:
+                entry = found[row.seq] = self.cache.put(row.seq, kill_frame(row.seq, row.body))
+                promised[row.seq].set_result(entry)
+                self.renders += 1
+        finally:
+            for seq, pending in promised.items():
+                if self._rendering.get(seq) is pending:
+                    del self._rendering[seq]
+                if not pending.done():
+                    pending.set_result(None)
 
     async def run(
         self, hub: Hub, store: Store, sub: Subscriber, condition: Condition, channel: str, since: int, cap: int

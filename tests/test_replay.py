@@ -19,6 +19,7 @@ from test_ws import post, with_id_offset
 from killboard.enrich import enrich
 from killboard.keys import hub_key, prices_key, replays_key, static_key, store_key
 from killboard.pipeline import build_kill
+from killboard.replay import Replays
 from killboard.topics import kill_facts
 from killboard.validate import parse_submission
 
@@ -216,10 +217,10 @@ async def test_a_kill_committed_before_the_replay_and_published_during_it_arrive
 
 
 async def test_concurrent_replays_share_the_rendered_frames(make_client: Any, killmails: list[dict[str, Any]]) -> None:
-    """Ten sockets replay the same 82 kills at once: each stored kill is rendered once (one
-    replay reads at a time here), every socket gets all of them in order, and the cache is
-    emptied when the last replay ends."""
-    client = await make_client(ws_replay_concurrency=1)
+    """Ten sockets replay the same 82 kills at once: each stored kill is rendered once (a
+    replay waits for the frames another is rendering), every socket gets all of them in order,
+    and the cache is emptied when the last replay ends."""
+    client = await make_client()
     await post(client, killmails)
     await settle(client)
     replays = client.server.app[replays_key]
@@ -236,3 +237,33 @@ async def test_concurrent_replays_share_the_rendered_frames(make_client: Any, ki
     expected = [f["seq"] for f in frames[0] if f["data"]["is_solo"]]
     assert expected and [[f["seq"] for f in await drain(ws)] for ws in solo] == [expected] * 3
     assert replays.renders == 2 * len(killmails)
+
+
+async def test_a_replay_waiting_on_a_renderer_that_went_away_renders_for_itself(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await post(client, killmails[:10])
+    await settle(client)
+    store = client.server.app[store_key]
+    replays = Replays(4)
+    real_read = store.by_seqs
+    calls: list[list[int]] = []
+    never = asyncio.Event()
+
+    async def first_read_hangs(seqs: list[int]) -> list[Any]:
+        calls.append(list(seqs))
+        if len(calls) == 1:
+            await never.wait()  # the first replay's socket goes away while it renders
+        return await real_read(seqs)
+
+    monkeypatch.setattr(store, "by_seqs", first_read_hangs)
+    first = asyncio.create_task(replays.page(store, 0, 10))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(replays.page(store, 0, 10))  # waits for the first one's frames
+    await asyncio.sleep(0.05)
+    assert len(calls) == 1 and not second.done()
+    first.cancel()
+    page = await asyncio.wait_for(second, 5)
+    assert [seq for seq, _ in page] == list(range(1, 11))
+    assert [json.loads(entry.frame)["seq"] for _, entry in page] == list(range(1, 11))
+    assert calls == [list(range(1, 11))] * 2

@@ -26,8 +26,10 @@ SOCKETS = 48
 # Before the byte budget this scenario grew RSS by ~570 MiB (48 sockets; ~1 GB with 40 in
 # issue 10's run): up to 512 frames of 30-50 KB per socket, every socket its own copies. Now
 # each socket may hold 4 MiB of frames, but they are the same shared bytes (every socket is
-# stuck at the start of the same replay); the frame cache holds at most 16 MiB and each
-# transport ~100 KB of copies. Measured: +18 MiB. The bound leaves room for allocator slack.
+# stuck at the start of the same replay, each kill rendered once); the frame cache holds at
+# most 16 MiB and each transport ~100 KB of copies. Measured after the warm-up: +1-4 MiB
+# (+18 MiB when concurrent replays rendered the same kills each). The bound leaves room for
+# allocator slack and a colder start.
 PEAK_BOUND = 64 * MiB
 # What may stay once every socket has gone: the allocator keeps what the cache used.
 AFTER_BOUND = 32 * MiB
