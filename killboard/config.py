@@ -103,6 +103,13 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _env_at_least(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    value = _env_int(env, name, default)
+    if value < least:  # 0 replays at once would leave every replay waiting forever
+        raise SystemExit(f"{name} must be at least {least}, got {value}")
+    return value
+
+
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -138,8 +145,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
-        ws_send_buffer=_env_int(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer),
-        ws_replay_concurrency=_env_int(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency),
+        ws_send_buffer=_env_at_least(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer, 1),
+        ws_replay_concurrency=_env_at_least(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency, 1),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
