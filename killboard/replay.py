@@ -180,7 +180,9 @@ async def replay(
         recovered = start == since
         hub.send_json(sub, {"action": "replay", "channel": channel, "recovered": recovered, "from": start, "to": end})
         if not recovered:
-            log.info("replay for %r: %d kills after %d exceed the cap of %d", channel, end - since, since, cap)
+            # debug: every new client that asks for since=0 on a big database gets here, twice a
+            # second per socket at most (the rate limit): not something to fill the log with.
+            log.debug("replay for %r: %d kills after %d exceed the cap of %d", channel, end - since, since, cap)
         cursor = start
         every = condition.keys == {ALL}
         while cursor < end and not sub.dropped:
