@@ -50,3 +50,26 @@ async def connect(
 async def send_text(writer: asyncio.StreamWriter, text: str) -> None:
     writer.write(masked_frame(text.encode()))
     await writer.drain()
+
+
+def unmasked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A frame as a server sends it: no mask (from a client, RFC 6455 says close 1002)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([0x80 | opcode, 127]) + struct.pack("!Q", n)
+    return head + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next server frame: (opcode, payload)."""
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return b0 & 0x0F, await reader.readexactly(n)
