@@ -12,6 +12,7 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .prices import PriceBook
 from .r2z2 import Follower
+from .reads import ReadLimits
 from .staticdata import StaticData
 from .store import Store
 
@@ -23,6 +24,7 @@ hub_key = web.AppKey("hub", Hub)
 pipeline_key = web.AppKey("pipeline", Pipeline)
 started_key = web.AppKey("started", float)
 metrics_key = web.AppKey("metrics", Metrics)
+reads_key = web.AppKey("reads", ReadLimits)
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)
 esi_key = web.AppKey("esi", EsiClient)
