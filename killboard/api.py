@@ -12,6 +12,7 @@ from typing import Any
 import ujson
 from aiohttp import web
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import reads
 from .auth import bearer_matches
@@ -74,13 +75,13 @@ def _authorize(request: web.Request) -> web.Response | None:
     return None
 
 
-async def post_killmails(request: web.Request) -> web.Response:
+async def post_killmails(request: web.Request) -> web.StreamResponse:
     denied = _authorize(request)
     if denied is not None:
         return denied
     config = request.app[config_key]
     body = await _read_body(request, config.body_timeout)
-    if isinstance(body, web.Response):
+    if not isinstance(body, bytes):
         return body
     try:
         data = ujson.loads(body)
@@ -133,8 +134,8 @@ async def post_killmails(request: web.Request) -> web.Response:
     return web.json_response(result, status=202, dumps=lambda o: encode(o).decode())
 
 
-async def _read_body(request: web.Request, timeout: float) -> bytes | web.Response:
-    """The request body (aiohttp enforces client_max_size: 413 past it), or the error answer.
+async def _read_body(request: web.Request, timeout: float) -> bytes | web.StreamResponse:
+    """The request body (aiohttp enforces client_max_size: 413 past it), or the error answered.
 
     A client that sends fewer bytes than its Content-Length would otherwise hold the request
     open until the peer gives up; a body that does not decode as its Content-Encoding says is
@@ -145,17 +146,32 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Respon
             return await request.read()
     except TimeoutError:
         log.info("%s %s from %s: body not received within %g s", request.method, request.path, request.remote, timeout)
-        response = json_error(408, f"request body not received within {timeout:g} seconds")
-        response.force_close()  # the rest of the body may never come: do not wait for it
-        return response
-    except DecompressSizeError:
-        raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None
-    except HttpProcessingError as exc:
+        return await _answer_and_close(
+            request, json_error(408, f"request body not received within {timeout:g} seconds")
+        )
+    except RequestPayloadError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else None
+        if isinstance(cause, DecompressSizeError):
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None
+        detail = cause.message if cause is not None else str(exc)
         encoding = request.headers.get("Content-Encoding", "")
-        log.info("%s %s: unreadable body (%s)", request.method, request.path, exc.message)
+        log.info("%s %s from %s: unreadable body (%s)", request.method, request.path, request.remote, detail)
         if encoding:
-            return json_error(400, f"body is not valid {encoding[:40]!r} data (Content-Encoding): {exc.message}")
-        return json_error(400, f"body could not be read: {exc.message}")
+            message = f"body is not valid {encoding[:40]!r} data, as its Content-Encoding header says: {detail}"
+        else:
+            message = f"body could not be read: {detail}"
+        return await _answer_and_close(request, json_error(400, message))
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send `response`, then close the connection: the rest of the body is unread (or unreadable),
+    so the connection cannot carry another request, and aiohttp would otherwise linger up to 10 s
+    reading it (and log the payload error it finds there as an unhandled exception)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the answer is written: close now instead of lingering
+    return response
 
 
 def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None:
