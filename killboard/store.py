@@ -170,6 +170,11 @@ class Store:
         # What retention removed (0: nothing yet); loaded at open, updated by prune().
         self.pruned_through_seq = 0
         self.pruned_max_killmail_id = 0
+        # The kept count of kills (see count()): None until first asked, and up to date through
+        # seq `_count_seq`. The lock keeps a count and a prune from adjusting it at once.
+        self._count: int | None = None
+        self._count_seq = 0
+        self._count_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, render: Render | None = None) -> Store:
@@ -425,7 +430,19 @@ class Store:
         return int(row[0]) if row and row[0] is not None else 0
 
     async def count(self) -> int:
-        return await self._number("SELECT count(*) FROM kills")
+        """Kills stored. Kept, not counted on each call: count(*) walks a whole index, and /health
+        and every page ask. The first call counts; later ones add the rows stored since (a range
+        on the seq key, so kills another process stored count too), and prune() subtracts."""
+        async with self._count_lock:
+            # The first count reads the smallest index whole; a range of seq reads only new rows.
+            where, args = ("", ()) if self._count is None else (" WHERE seq > ?", (self._count_seq,))
+            async with self._reader.execute("SELECT count(*), max(seq) FROM kills" + where, args) as cur:
+                row = await cur.fetchone()
+            added, last = (int(row[0]), row[1]) if row else (0, None)
+            self._count = (self._count or 0) + added
+            if last is not None:
+                self._count_seq = int(last)
+            return self._count
 
     async def inbox_count(self) -> int:
         return await self._number("SELECT count(*) FROM inbox")
@@ -438,6 +455,10 @@ class Store:
     async def prune(self, older_than: int, batch: int) -> int:
         """Delete up to `batch` kills whose kill time is before `older_than` (unix seconds), in one
         short transaction, and remember the highest seq and id removed. Returns how many went."""
+        async with self._count_lock:
+            return await self._prune(older_than, batch)
+
+    async def _prune(self, older_than: int, batch: int) -> int:
         async with self.transaction() as db:
             async with db.execute(
                 "SELECT seq, killmail_id FROM kills WHERE kill_time < ? ORDER BY kill_time LIMIT ?",
@@ -451,6 +472,9 @@ class Store:
             pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
             await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
         self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
+        if self._count is not None:
+            # Rows past _count_seq were never added to the count: the next count() skips them.
+            self._count -= sum(1 for r in rows if r[0] <= self._count_seq)
         return len(rows)
 
     async def free_pages(self) -> int:
