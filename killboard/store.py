@@ -78,6 +78,12 @@ MIGRATIONS: list[str] = [
     CREATE TABLE dictionaries (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
     ALTER TABLE kills ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: /health counts the inbox on every call. Without an index count(*) walks the table
+    # itself, a page or more per waiting kill (35-80 ms with 20,000 waiting during an import);
+    # this index is a few bytes a row, so the count reads ~1/300 of that.
+    """
+    CREATE INDEX inbox_live ON inbox (live);
+    """,
 ]
 
 # Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
