@@ -1,7 +1,7 @@
 """Bounds on large API reads: pages are streamed out in chunks, few at once, each in a time limit.
 
-`GET /api/killmails?limit=500` is ~14 MiB of JSON. Built whole, 16 of them at once held ~500 MB
-and kept the event loop rendering for seconds. Streamed, a response holds one chunk of
+`GET /api/killmails?limit=500` is ~14 MiB of JSON. Built whole, 16 of them at once raised the
+server's peak RSS by ~640 MB and kept the event loop rendering for seconds. Streamed, a response holds one chunk of
 `CHUNK` kills at a time; at most `streams` responses run at once (others wait up to
 `wait` seconds, then get 503), and only `renders` of them render a chunk at a time, so
 /health and the page never queue behind more than a couple of chunks. A client that stops

@@ -54,15 +54,15 @@ class RecentKeys:
                 # First use, or more new kills than we keep: the newest `size` are all there is
                 # to know. `last` is read before them, so a kill stored meanwhile comes again
                 # in the next refresh (adding it twice is harmless).
-                self._keys = {}
+                fresh: dict[int, frozenset[Key]] = {}
                 before: int | None = None
-                while len(self._keys) < self.size:
-                    rows = await store.latest(min(_CHUNK, self.size - len(self._keys)), before)
+                while len(fresh) < self.size:
+                    rows = await store.latest(min(_CHUNK, self.size - len(fresh)), before)
                     if not rows:
                         break
-                    self._keys.update(await asyncio.to_thread(_keys_of, rows))
+                    fresh.update(await asyncio.to_thread(_keys_of, rows))
                     before = rows[-1].killmail_id
-                self._seq = last
+                self._keys, self._seq = fresh, last
             else:
                 seq = self._seq
                 while True:
