@@ -147,3 +147,21 @@ async def test_streamed_list_pages_the_same_as_before(client: Client, killmails:
     assert after["next_after"] == 60
     empty = await (await client.get("/api/killmails?after=60")).json()
     assert empty == {"killmails": [], "next_after": 60}
+
+
+async def test_an_unexpected_failure_is_a_json_500_logged_once(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not input: a broken database connection. The answer is still JSON, and the log has the
+    traceback once (from our middleware), not aiohttp's text page and its own second copy."""
+    from killboard.keys import store_key
+
+    store = client.server.app[store_key]
+    await store._reader.close()  # what a dying database thread looks like to a handler
+    resp = await client.get("/api/killmails/123")
+    assert resp.status == 500
+    assert resp.content_type == "application/json"
+    assert "internal error" in (await resp.json())["error"]
+    # (Background upkeep may log its own failure on the closed connection: not this request's.)
+    traced = [r for r in caplog.records if r.exc_info and r.name != "killboard.maintenance"]
+    assert len(traced) == 1 and traced[0].name == "killboard.api", [r.getMessage() for r in traced]
