@@ -109,7 +109,8 @@ async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]
     page = await store.many(ids) if ids else []
     if len(page) < len(ids):
         recent.forget(set(ids) - {k.killmail_id for k in page})  # pruned since
-    return await asyncio.to_thread(_decode, page, wanted)
+    # Tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
+    return (await asyncio.to_thread(_decode, page, wanted))[:INITIAL_ROWS]
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -23,14 +23,22 @@ from .topics import Condition, Key, kill_facts
 # Only what a page filter can name is kept (topics, places, the three player entities), so a
 # 1,000-pilot fight costs its pilots' ids, not its ship types and factions as well.
 PAGE_KINDS = frozenset({"all", "topic", "system", "region", "character", "corporation", "alliance"})
+# A kill with more keys than this (a fight of a few hundred pilots) is kept as "maybe": pages
+# read it and test it whole. An average real kill has 27 keys (~4 KB), the largest of the 82
+# real test kills 262 (116 attackers); 512 keys are ~80 KB, so 1,000 kept kills hold at most
+# ~80 MB even if every one were a 3,000-pilot fight (~9,000 keys, ~1.4 MB, if kept whole).
+MAX_KEYS = 512
 _CHUNK = 200
 
-
-def page_keys(body: bytes) -> frozenset[Key]:
-    return frozenset(k for k in kill_facts(ujson.loads(body)).keys if k[0] in PAGE_KINDS)
+Keys = frozenset[Key] | None  # None: too many to keep, test the kill itself
 
 
-def _keys_of(rows: Iterable[StoredKill]) -> dict[int, frozenset[Key]]:
+def page_keys(body: bytes) -> Keys:
+    keys = frozenset(k for k in kill_facts(ujson.loads(body)).keys if k[0] in PAGE_KINDS)
+    return keys if len(keys) <= MAX_KEYS else None
+
+
+def _keys_of(rows: Iterable[StoredKill]) -> dict[int, Keys]:
     return {r.killmail_id: page_keys(r.body) for r in rows}
 
 
@@ -39,7 +47,7 @@ class RecentKeys:
     """Keys of the newest `size` stored kills by kill id, refreshed from the store on use."""
 
     size: int = 1000
-    _keys: dict[int, frozenset[Key]] = field(default_factory=dict)
+    _keys: dict[int, Keys] = field(default_factory=dict)
     _seq: int = -1  # the highest seq looked at; -1: nothing loaded yet
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -54,7 +62,7 @@ class RecentKeys:
                 # First use, or more new kills than we keep: the newest `size` are all there is
                 # to know. `last` is read before them, so a kill stored meanwhile comes again
                 # in the next refresh (adding it twice is harmless).
-                fresh: dict[int, frozenset[Key]] = {}
+                fresh: dict[int, Keys] = {}
                 before: int | None = None
                 while len(fresh) < self.size:
                     rows = await store.latest(min(_CHUNK, self.size - len(fresh)), before)
@@ -77,13 +85,17 @@ class RecentKeys:
                     del self._keys[killmail_id]
 
     def matching(self, condition: Condition, limit: int) -> list[int]:
-        """Ids of the newest recent kills the condition holds for, newest first."""
+        """Ids of the newest recent kills the condition holds for, newest first: `limit` sure
+        matches, plus the kills kept as "maybe" among them (the caller tests those whole)."""
         found: list[int] = []
+        sure = 0
         wanted = condition.keys
         for killmail_id in sorted(self._keys, reverse=True):
-            if wanted <= self._keys[killmail_id]:
+            keys = self._keys[killmail_id]
+            if keys is None or wanted <= keys:
                 found.append(killmail_id)
-                if len(found) == limit:
+                sure += keys is not None
+                if sure == limit:
                     break
         return found
 

@@ -377,11 +377,14 @@ class Store:
         return (await self._render([row]))[0] if row else None
 
     async def many(self, killmail_ids: Sequence[int]) -> list[StoredKill]:
-        """The stored kills among `killmail_ids` (at most 900), newest first by kill id."""
-        marks = ",".join("?" * len(killmail_ids))
-        sql = _SELECT + f" WHERE killmail_id IN ({marks}) ORDER BY killmail_id DESC"
-        async with self._reader.execute(sql, tuple(killmail_ids)) as cur:
-            return await self._render(await cur.fetchall())
+        """The stored kills among `killmail_ids`, newest first by kill id."""
+        rows: list[Any] = []
+        for chunk in _chunks(list(killmail_ids), 900):
+            marks = ",".join("?" * len(chunk))
+            async with self._reader.execute(_SELECT + f" WHERE killmail_id IN ({marks})", chunk) as cur:
+                rows += await cur.fetchall()
+        rows.sort(key=lambda row: row[1], reverse=True)
+        return await self._render(rows)
 
     async def latest(self, limit: int, before_id: int | None = None) -> list[StoredKill]:
         """Newest first by kill id (kill ids grow with time), optionally older than `before_id`."""

@@ -93,3 +93,38 @@ async def test_pruned_kills_leave_the_page(client: Client, static: StaticData, k
     while await store.prune(older_than=3_000, batch=500):
         pass
     assert row_ids(await (await client.get("/?" + query)).text()) == []
+
+
+async def test_a_fleet_fight_is_kept_as_maybe_and_still_found(
+    client: Client, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """A kill with hundreds of pilots would cost its keys in memory; it is kept as "maybe" and
+    tested whole when a page could show it."""
+    import copy
+    import json
+
+    from conftest import AUTH, settle
+
+    from killboard.recent import MAX_KEYS
+
+    store = client.server.app[store_key]
+    await save_all(store, make_kills(static, killmails, 100, first_id=10**10, kill_time=1_700_000_000))
+    fight = copy.deepcopy(max(killmails, key=lambda km: len(km["attackers"])))
+    pool = [a for km in killmails for a in km["attackers"] if a.get("character_id")]
+    fight["attackers"] = [dict(a, final_blow=False) for a in pool[:700]]
+    fight["attackers"][0]["final_blow"] = True
+    fight["killmail_id"] = 3 * 10**10
+    resp = await client.post("/api/killmails", data=json.dumps(fight), headers=AUTH)
+    assert resp.status == 202, await resp.text()
+    await settle(client)
+
+    last = pool[699]
+    html = await (await client.get(f"/?character={last['character_id']}")).text()
+    assert row_ids(html)[0] == fight["killmail_id"]  # found through its 700th attacker
+    recent = client.server.app[recent_key]
+    assert recent._keys[fight["killmail_id"]] is None  # more than MAX_KEYS: not kept
+    assert len({a["character_id"] for a in pool[:700]}) > MAX_KEYS
+    # A filter it does not meet leaves it out, although it was read to be tested.
+    stored = await (await client.get(f"/api/killmails/{fight['killmail_id']}")).json()
+    other = next(s for s in ("highsec", "lowsec", "nullsec", "wspace") if f'"{s}"' not in json.dumps(stored))
+    assert fight["killmail_id"] not in row_ids(await (await client.get(f"/?sec={other}")).text())
