@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
@@ -12,16 +11,33 @@ from typing import Any
 
 import ujson
 from aiohttp import web
+from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
+from . import reads
+from .auth import bearer_matches
 from .hub import encode, with_seq
-from .keys import config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key, webhooks_key
+from .keys import (
+    config_key,
+    follower_key,
+    hub_key,
+    metrics_key,
+    pipeline_key,
+    reads_key,
+    started_key,
+    store_key,
+    webhooks_key,
+)
 from .pipeline import QueueFull, StorageUnavailable
+from .store import StoredKill
 from .validate import Invalid, Submission, parse_submission
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
+# Ids and cursors are SQLite integers: anything past int64 cannot be stored, so it cannot exist.
+MAX_ID = 2**63 - 1
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
@@ -48,26 +64,35 @@ async def json_errors(
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
         return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        if not request.path.startswith(("/api/", "/health")):
+            raise
+        # A bug, not the client's fault: one log record with the traceback, and JSON like every
+        # other answer here instead of aiohttp's text/plain page.
+        log.exception("%s %s -> 500", request.method, request.path)
+        return json_error(500, "internal error: the server logged it; please report it if it persists")
 
 
 def _authorize(request: web.Request) -> web.Response | None:
     token = request.app[config_key].ingest_token
     if token is None:
         return json_error(403, "ingest is disabled: start the server with KILLBOARD_INGEST_TOKEN set")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    if not bearer_matches(request.headers.get("Authorization", ""), token):
         log.info("POST /api/killmails from %s: missing or wrong token", request.remote)
         return json_error(401, "missing or wrong token: send 'Authorization: Bearer <KILLBOARD_INGEST_TOKEN>'")
     return None
 
 
-async def post_killmails(request: web.Request) -> web.Response:
+async def post_killmails(request: web.Request) -> web.StreamResponse:
     denied = _authorize(request)
     if denied is not None:
         return denied
     config = request.app[config_key]
-    body = await request.read()  # aiohttp enforces client_max_size: 413 past the limit
+    body = await _read_body(request, config.body_timeout)
+    if not isinstance(body, bytes):
+        return body
     try:
         data = ujson.loads(body)
     except ValueError as exc:
@@ -119,6 +144,46 @@ async def post_killmails(request: web.Request) -> web.Response:
     return web.json_response(result, status=202, dumps=lambda o: encode(o).decode())
 
 
+async def _read_body(request: web.Request, timeout: float) -> bytes | web.StreamResponse:
+    """The request body (aiohttp enforces client_max_size: 413 past it), or the error answered.
+
+    A client that sends fewer bytes than its Content-Length would otherwise hold the request
+    open until the peer gives up; a body that does not decode as its Content-Encoding says is
+    the client's mistake, not a 500.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        log.info("%s %s from %s: body not received within %g s", request.method, request.path, request.remote, timeout)
+        return await _answer_and_close(
+            request, json_error(408, f"request body not received within {timeout:g} seconds")
+        )
+    except RequestPayloadError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else None
+        if isinstance(cause, DecompressSizeError):
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None
+        detail = cause.message if cause is not None else str(exc)
+        encoding = request.headers.get("Content-Encoding", "")
+        log.info("%s %s from %s: unreadable body (%s)", request.method, request.path, request.remote, detail)
+        if encoding:
+            message = f"body is not valid {encoding[:40]!r} data, as its Content-Encoding header says: {detail}"
+        else:
+            message = f"body could not be read: {detail}"
+        return await _answer_and_close(request, json_error(400, message))
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send `response`, then close the connection: the rest of the body is unread (or unreadable),
+    so the connection cannot carry another request, and aiohttp would otherwise linger up to 10 s
+    reading it (and log the payload error it finds there as an unhandled exception)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the answer is written: close now instead of lingering
+    return response
+
+
 def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None:
     counter = request.app[metrics_key].kills_rejected
     no_esi = sum(1 for r in rejected if r["errors"][0].startswith("killmail: only id and hash"))
@@ -126,27 +191,29 @@ def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None
     counter.labels("invalid").inc(len(rejected) - no_esi)
 
 
-def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+def parse_int(raw: str) -> int | None:
+    """A decimal integer as a client may write it, or None. ASCII digits only: int() also takes
+    other scripts' digits ("٣"), "1_000" and spaces, and raises past 4,300 digits."""
+    digits = raw[1:] if raw[:1] in ("-", "+") else raw
+    if not digits.isascii() or not digits.isdigit():
+        return None
+    # Past 30 digits the value is out of every range here; int() would refuse it past 4,300.
+    return int(raw) if len(digits) <= 30 else (-(10**30) if raw[0] == "-" else 10**30)
+
+
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int = MAX_ID) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"{name}: must be an integer, got {raw[:40]!r}") from None
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise web.HTTPBadRequest(text=f"{name}: must be {bound}, got {value}")
+    value = parse_int(raw)
+    if value is None:
+        raise web.HTTPBadRequest(text=f"{name}: must be an integer, got {raw[:40]!r}")
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(text=f"{name}: must be between {low} and {high}, got {raw[:40]}")
     return value
 
 
-def _list_response(kills: list[bytes], extra: bytes = b"") -> web.Response:
-    # The stored JSON is spliced in as is: no decode/re-encode of each kill on the read path.
-    body = b'{"killmails":[' + b",".join(kills) + b"]" + extra + b"}"
-    return web.Response(body=body, content_type="application/json")
-
-
-async def list_killmails(request: web.Request) -> web.Response:
+async def list_killmails(request: web.Request) -> web.StreamResponse:
     """Newest first (`before=<killmail_id>` pages back), or in stored order after `after=<seq>`."""
     store = request.app[store_key]
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
@@ -155,42 +222,62 @@ async def list_killmails(request: web.Request) -> web.Response:
     assert limit is not None
     if after is not None and before is not None:
         raise web.HTTPBadRequest(text="give either before=<killmail_id> or after=<seq>, not both")
-    if after is not None:
-        rows = await store.after(after, limit)
-        last = rows[-1].seq if rows else after
-        extra = b',"next_after":%d' % last
-        if after < store.pruned_through_seq:
-            # A client resuming from an old position must learn it missed kills, not guess.
-            days = request.app[config_key].retention_days
-            extra += b',"pruned":' + encode(
-                {
-                    "through_seq": store.pruned_through_seq,
-                    "message": f"kills up to seq {store.pruned_through_seq} may have been pruned by retention"
-                    f" ({days} days); this page continues with the oldest kept",
-                }
+    try:
+        if after is not None:
+            return await reads.stream_kills(
+                request,
+                request.app[reads_key],
+                lambda seq, n: store.after(seq or 0, n),
+                lambda row: row.seq,
+                after,
+                limit,
+                lambda last, _: _after_trailer(request, after, last),
             )
-        return _list_response([with_seq(r.seq, r.body) for r in rows], extra)
-    rows = await store.latest(limit, before)
-    nxt = b"%d" % rows[-1].killmail_id if len(rows) == limit else b"null"
-    return _list_response([with_seq(r.seq, r.body) for r in rows], b',"next_before":' + nxt)
+        return await reads.stream_kills(
+            request,
+            request.app[reads_key],
+            lambda before, n: store.latest(n, before),
+            lambda row: row.killmail_id,
+            before,
+            limit,
+            lambda last, sent: b',"next_before":' + (b"%d" % last.killmail_id if last and sent == limit else b"null"),
+        )
+    except reads.Busy as exc:
+        log.warning("GET /api/killmails from %s: %s; answered 503", request.remote, exc)
+        response = json_error(503, f"server busy: {exc}; retry later")
+        response.headers["Retry-After"] = "2"
+        return response
+
+
+def _after_trailer(request: web.Request, after: int, last: StoredKill | None) -> bytes:
+    store = request.app[store_key]
+    extra = b',"next_after":%d' % (last.seq if last else after)
+    if after < store.pruned_through_seq:
+        # A client resuming from an old position must learn it missed kills, not guess.
+        days = request.app[config_key].retention_days
+        extra += b',"pruned":' + encode(
+            {
+                "through_seq": store.pruned_through_seq,
+                "message": f"kills up to seq {store.pruned_through_seq} may have been pruned by retention"
+                f" ({days} days); this page continues with the oldest kept",
+            }
+        )
+    return extra
 
 
 async def get_killmail(request: web.Request) -> web.Response:
     raw = request.match_info["killmail_id"]
-    try:
-        killmail_id = int(raw)
-    except ValueError:
-        return json_error(400, f"killmail id must be an integer, got {raw[:40]!r}")
+    killmail_id = parse_int(raw)
+    if killmail_id is None or not 0 < killmail_id <= MAX_ID:
+        return json_error(400, f"killmail id must be an integer from 1 to {MAX_ID}, got {raw[:40]!r}")
     store = request.app[store_key]
     row = await store.get(killmail_id)
     if row is None:
         if killmail_id <= store.pruned_max_killmail_id:
             days = request.app[config_key].retention_days
+            kept = f"kills older than {days} days are pruned" if days else "retention pruned old kills earlier"
             return json_error(
-                410,
-                f"killmail {killmail_id} is not stored: kills older than {days} days are pruned,"
-                " and this id is in the pruned range",
-                pruned=True,
+                410, f"killmail {killmail_id} is not stored: {kept}, and this id is in the pruned range", pruned=True
             )
         return json_error(404, f"killmail {killmail_id} not found")
     return web.Response(body=with_seq(row.seq, row.body), content_type="application/json")

@@ -31,6 +31,12 @@ class Config:
     # Largest POST body: 1,000 big fleet-fight killmails fit comfortably.
     max_body_bytes: int = 32 * 1024 * 1024
     max_batch_items: int = 1000
+    # Seconds a request body may take to arrive in full; past it: 408 and the connection is closed.
+    body_timeout: float = 30.0
+    # GET /api/killmails is streamed: this many at once (others wait, then 503), and a response
+    # not read by the client within read_deadline seconds has its connection cut.
+    max_large_reads: int = 8
+    read_deadline: float = 60.0
     # Clients only send small control messages; anything bigger is closed with 1009.
     ws_max_message: int = 4096
     # Frames waiting for one socket's writer; a client that lets it overflow is closed (1013).
@@ -142,6 +148,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         esi_url=(env.get("KILLBOARD_ESI_URL") or base.esi_url).rstrip("/"),
         user_agent=env.get("KILLBOARD_USER_AGENT") or base.user_agent,
         retention_days=_env_int(env, "KILLBOARD_RETENTION_DAYS", base.retention_days),
+        body_timeout=_env_float(env, "KILLBOARD_BODY_TIMEOUT", base.body_timeout),
+        max_large_reads=_env_int(env, "KILLBOARD_MAX_LARGE_READS", base.max_large_reads),
+        read_deadline=_env_float(env, "KILLBOARD_READ_DEADLINE", base.read_deadline),
         metrics=_env_flag(env, "KILLBOARD_METRICS", base.metrics),
         metrics_token=env.get("KILLBOARD_METRICS_TOKEN") or None,
         trusted_proxies=_env_networks(env, "KILLBOARD_TRUSTED_PROXIES"),

@@ -88,7 +88,8 @@ def from_query(query: Mapping[str, str]) -> Filter:
     pairs = [(candidate, query.get(candidate, "")) for candidate in ENTITY_KINDS]
     pairs.append((query.get("kind", ""), query.get("id", "").strip()))
     for candidate, raw in pairs:
-        if candidate in ENTITY_KINDS and raw.isdigit() and 0 < int(raw) < 2**63:
+        # isascii: "²" passes isdigit() and then int() raises (a 500 before).
+        if candidate in ENTITY_KINDS and raw.isascii() and raw.isdigit() and len(raw) < 20 and 0 < int(raw) < 2**63:
             kind, entity_id = candidate, int(raw)
             break
     return Filter(

@@ -8,7 +8,6 @@ twice.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .auth import bearer_matches
 
 if TYPE_CHECKING:  # the pipeline holds a Metrics: importing it here for real would be a circle
     from .esi import EsiClient
@@ -157,14 +158,12 @@ def endpoint(metrics: Metrics, token: str | None) -> Callable[[web.Request], Awa
     """GET /metrics; with KILLBOARD_METRICS_TOKEN set, only with `Authorization: Bearer <token>`."""
 
     async def handler(request: web.Request) -> web.Response:
-        if token is not None:
-            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-                log.info("GET /metrics from %s: missing or wrong token", request.remote)
-                return web.json_response(
-                    {"error": "missing or wrong token: send 'Authorization: Bearer <KILLBOARD_METRICS_TOKEN>'"},
-                    status=401,
-                )
+        if token is not None and not bearer_matches(request.headers.get("Authorization", ""), token):
+            log.info("GET /metrics from %s: missing or wrong token", request.remote)
+            return web.json_response(
+                {"error": "missing or wrong token: send 'Authorization: Bearer <KILLBOARD_METRICS_TOKEN>'"},
+                status=401,
+            )
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

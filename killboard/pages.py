@@ -21,7 +21,7 @@ from aiohttp import web
 from . import display, filters
 from .config import PROJECT_ROOT
 from .filters import Filter
-from .keys import static_key, store_key
+from .keys import recent_key, static_key, store_key
 from .store import StoredKill
 from .topics import kill_facts
 from .ws import websocket
@@ -29,9 +29,9 @@ from .ws import websocket
 # Rows rendered on load; feed.js keeps at most MAX_ROWS once live kills arrive.
 INITIAL_ROWS = 50
 MAX_ROWS = 200
-# A filtered page looks through this many of the newest stored kills for matches.
+# A filtered page looks through this many of the newest stored kills for matches (the size
+# of the app's RecentKeys).
 FILTER_SCAN = 1000
-_SCAN_PAGE = 200
 
 CSP = "; ".join(
     (
@@ -97,22 +97,20 @@ def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
 
 
 async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]]:
-    """The newest stored kills the filter matches. Decoding runs in a thread: a big fleet fight
-    is ~30 KB of JSON (~0.3 ms to parse), and a filtered page may look through many."""
+    """The newest stored kills the filter matches, among the newest FILTER_SCAN. Their match
+    keys are kept in memory (killboard/recent.py): only the kills shown are read and rendered.
+    Decoding runs in a thread: a big fleet fight is ~30 KB of JSON (~0.3 ms to parse)."""
     store = request.app[store_key]
     if wanted.empty:
         return await asyncio.to_thread(_decode, await store.latest(INITIAL_ROWS), wanted)
-    found: list[dict[str, Any]] = []
-    before: int | None = None
-    scanned = 0
-    while scanned < FILTER_SCAN and len(found) < INITIAL_ROWS:
-        page = await store.latest(_SCAN_PAGE, before)
-        if not page:
-            break
-        scanned += len(page)
-        before = page[-1].killmail_id
-        found += await asyncio.to_thread(_decode, page, wanted)
-    return found[:INITIAL_ROWS]
+    recent = request.app[recent_key]
+    await recent.refresh(store)
+    ids = recent.matching(wanted.condition(), INITIAL_ROWS)
+    page = await store.many(ids) if ids else []
+    if len(page) < len(ids):
+        recent.forget(set(ids) - {k.killmail_id for k in page})  # pruned since
+    # Tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
+    return (await asyncio.to_thread(_decode, page, wanted))[:INITIAL_ROWS]
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,8 @@ from .keys import (
     metrics_key,
     pipeline_key,
     prices_key,
+    reads_key,
+    recent_key,
     replays_key,
     started_key,
     static_key,
@@ -34,6 +36,8 @@ from .metrics import endpoint as metrics_endpoint
 from .pipeline import Pipeline
 from .prices import price_book
 from .proxy import forwarded_middleware
+from .reads import ReadLimits
+from .recent import RecentKeys
 from .replay import Replays
 from .staticdata import StaticData, load_static
 from .store import Store
@@ -108,6 +112,8 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[started_key] = time.monotonic()
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
+    app[recent_key] = RecentKeys(pages.FILTER_SCAN)
+    app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max, config.ws_send_buffer)
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.

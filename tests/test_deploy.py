@@ -167,3 +167,49 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         [analyze, "verify", "--man=no", str(tmp_path / "killboard.service")], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_nginx_limits_answer_429_and_503_json(proxied: tuple[str, ServerProcess]) -> None:
+    """The site's limit_req (page and API) and limit_conn (API) answer JSON with Retry-After."""
+    base, _ = proxied
+    async with aiohttp.ClientSession() as session:
+
+        async def get(path: str) -> tuple[int, str, dict[str, Any] | None]:
+            async with session.get(base + path, allow_redirects=False) as resp:
+                body = await resp.json() if resp.content_type == "application/json" else None
+                return resp.status, resp.headers.get("Retry-After", ""), body
+
+        # The page: 40 at once. The API: 40 one after the other (4 at once would be its limit_conn).
+        page = await asyncio.gather(*(get("/") for _ in range(40)))
+        api = [await get("/api/killmails?limit=1") for _ in range(40)]
+        for path, answers in (("/", page), ("/api/", api)):
+            statuses = [status for status, _, _ in answers]
+            # The burst (20) passes, the rest is refused at once, never queued.
+            assert statuses.count(200) >= 10, (path, statuses)
+            limited = [a for a in answers if a[0] == 429]
+            assert len(limited) >= 10, (path, statuses)
+            assert all(retry == "1" and body and "too many requests" in body["error"] for _, retry, body in limited)
+        # /health is never limited: the checks of a load balancer or a monitor keep working.
+        assert {s for s, _, _ in await asyncio.gather(*(get("/health") for _ in range(40)))} == {200}
+
+        await asyncio.sleep(4)  # the API bucket refills (5 a second)
+        # Four API requests held open (bodies that never finish arriving) use up limit_conn.
+        held = []
+        for _ in range(4):
+            _, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+            writer.write(
+                b"POST /api/killmails HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+            )
+            await writer.drain()
+            held.append(writer)
+        await asyncio.sleep(0.3)
+        try:
+            status, retry, body = await get("/api/killmails?limit=1")
+            assert status == 503 and retry == "1"
+            assert body and "too many open requests" in body["error"]
+        finally:
+            for writer in held:
+                writer.close()
+        await asyncio.sleep(0.3)
+        assert (await get("/api/killmails?limit=1"))[0] == 200

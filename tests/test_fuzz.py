@@ -375,3 +375,120 @@ async def test_lone_surrogate_in_an_unchecked_field_is_stored_not_dropped(
     resp = await client.get(f"/api/killmails/{km['killmail_id']}")
     assert resp.status == 200
     assert (await resp.json())["total_value"] == 1.5e6
+
+
+# -- query strings, paths and headers (issue 10) ---------------------------------------------
+
+# Query and path text that breaks naive parsing: digits of other scripts ("²" passes
+# isdigit() and int() refuses it), numbers past int64, signs, underscores, percent-escapes of
+# invalid UTF-8, and plain noise.
+HOSTILE_NUMBERS = st.one_of(
+    st.integers().map(str),
+    # (Numbers of 5,000 digits are in test_api_hostile.py: escaped here they would pass the
+    # 8 KiB request line aiohttp's parser allows, and it answers that itself.)
+    st.sampled_from(["²", "٣", "1_000", " 1", "+5", "-0", "0x10", "1e3", "NaN", "", "9" * 400]),
+    st.sampled_from([str(2**63), str(2**63 - 1), str(-(2**63) - 1), str(2**70)]),
+    st.text(max_size=30),
+)
+QUERY_NAMES = st.sampled_from(
+    [
+        "limit",
+        "before",
+        "after",
+        "system",
+        "region",
+        "character",
+        "corporation",
+        "alliance",
+        "kind",
+        "id",
+        "sec",
+        "min",
+        "class",
+        "solo",
+        "npc",
+        "x",
+    ]
+)
+
+
+def escaped(text: str) -> str:
+    """Percent-escape every byte the way a hostile client may: UTF-8, lone surrogates kept."""
+    return "".join(f"%{b:02X}" for b in text.encode("utf-8", "surrogatepass"))
+
+
+@st.composite
+def hostile_target(draw: st.DrawFn) -> str:
+    path = draw(
+        st.sampled_from(["/api/killmails", "/", "/health"])
+        | HOSTILE_NUMBERS.map(lambda n: "/api/killmails/" + escaped(n))
+        | st.sampled_from(["/kill/", "/kill/12", "/kill/" + "9" * 20, "/api/killmails/%FF", "/%ZZ"])
+    )
+    pairs = draw(st.lists(st.tuples(QUERY_NAMES, HOSTILE_NUMBERS), max_size=4))
+    raw_tail = draw(st.sampled_from(["", "&&", "&=", "&%", "&limit=%C2%B2", "&a=%FF%FE", "&kind=system&id=%C2%B2"]))
+    query = "&".join(f"{name}={escaped(value)}" for name, value in pairs) + raw_tail
+    return path + ("?" + query if query else "")
+
+
+# Any byte HTTP allows in a field value (RFC 9110 5.5: visible ASCII, space, tab, and obs-text
+# 0x80-0xFF, which is where invalid UTF-8 comes from). Control bytes make the message itself
+# malformed: aiohttp's parser answers those 400 before any handler runs.
+FIELD_BYTES = [9, *range(0x20, 0x7F), *range(0x80, 0x100)]
+HOSTILE_HEADER_VALUES = st.one_of(
+    st.lists(st.sampled_from(FIELD_BYTES), max_size=60).map(lambda b: bytes(b).strip(b" \t")),
+    st.sampled_from([b"Bearer fuzz-token\xff", b"Bearer \xc0\xaf", b"bearer", b"Bearer ", b"Basic Zm9vOmJhcg=="]),
+)
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, bytes, bytes]:
+    """One request on its own connection: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head_part, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head_part.split(b" ", 2)[1]), head_part, payload
+
+
+def check_answer(path: str, status: int, headers: bytes, payload: bytes) -> None:
+    assert status < 500, (path, status, payload[:300])
+    if status >= 400 and path.startswith(("/api/", "/health")):
+        assert b"application/json" in headers.lower(), (path, status, headers)
+        if b"transfer-encoding: chunked" not in headers.lower():
+            assert json.loads(payload)["error"], (path, payload[:300])
+
+
+def test_hostile_query_strings_paths_and_headers_get_4xx_json(server: ServerProcess) -> None:
+    statuses: set[int] = set()
+    tried = [0]
+
+    @settings(FUZZ, max_examples=600)
+    @given(
+        target=hostile_target(),
+        header=st.sampled_from(["Authorization", "Content-Encoding", "Content-Type", "Accept", "X-Forwarded-For"]),
+        value=HOSTILE_HEADER_VALUES,
+        post=st.booleans(),
+    )
+    def hostile_request(target: str, header: str, value: bytes, post: bool) -> None:
+        tried[0] += 1
+        method = "POST" if post and target.startswith("/api/killmails") else "GET"
+        body = dumps(KILLMAILS[tried[0] % len(KILLMAILS)]) if method == "POST" else b""
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n".encode()
+            + header.encode()
+            + b": "
+            + value
+            + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        status, headers, payload = raw_request(server.port, head, body)
+        statuses.add(status)
+        check_answer(target, status, headers, payload)
+
+    hostile_request()
+    assert server.proc is not None and server.proc.poll() is None, "the server died"
+    assert tried[0] >= 600
+    assert {200, 400} <= statuses, statuses
+    log = server.log.read_text()
+    assert '"exc"' not in log and "Traceback" not in log, log[-3000:]
+    assert health(server)["status"] == "ok"

@@ -1,0 +1,146 @@
+"""What the feed page and /health cost with many kills stored, and /health during large reads.
+
+    python bench/pages.py                   # 30,000 kills, then 48 reads of 500 at once
+    python bench/pages.py --kills 5000      # quicker
+
+Stores copies of the 82 real kills under new ids (as tests/killgen.py does), starts the real
+app in this process and times `/`, filtered pages and /health by the process's CPU time (the
+app and its database threads), each the median of a few requests after the first (which, for
+a filtered page, learns the keys of the newest 1,000 kills: shown on its own line). Then the
+real server runs as a subprocess and /health is timed while `--reads` concurrent
+`GET /api/killmails?limit=500` run, with the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+
+from killboard.config import Config  # noqa: E402
+from killboard.enrich import enrich  # noqa: E402
+from killboard.pipeline import build_kill  # noqa: E402
+from killboard.prices import price_book  # noqa: E402
+from killboard.server import create_app  # noqa: E402
+from killboard.staticdata import load_static  # noqa: E402
+from killboard.store import NewKill, Store  # noqa: E402
+from killboard.validate import Submission, parse_submission  # noqa: E402
+
+
+async def fill(db: Path, count: int) -> dict[str, int]:
+    """`count` stored kills; returns a rare and a common system id among them."""
+    static = load_static(ROOT / "data")
+    prices = price_book(static)
+    files = sorted((ROOT / "tests" / "data" / "killmails").glob("[0-9]*.json"), key=lambda p: int(p.stem))
+    subs = [parse_submission(json.loads(p.read_text())) for p in files]
+    enriched = [enrich(s, static, {}, prices) for s in subs]
+    store = await Store.open(db)
+    now = int(time.time())
+    try:
+        for start in range(0, count, 500):
+            batch = []
+            for n in range(start, min(count, start + 500)):
+                sub, kill = subs[n % len(subs)], enriched[n % len(subs)]
+                new = build_kill(Submission(10**10 + n, sub.killmail_hash, sub.esi, sub.zkb), kill)
+                batch.append(NewKill(new.killmail_id, new.killmail_hash, now, new.system_id, 0.0, b"", new.source))
+            await store.save_kills(batch)
+    finally:
+        await store.close()
+    # The oldest real kill's system: one kill in 82, so a page of 50 looks far back for it.
+    return {"system": int(enriched[0]["system_id"])}
+
+
+async def measure(db: Path, paths: list[str], rounds: int) -> dict[str, float]:
+    config = Config(db_path=db, ingest_token=None, live_max_age=0, upstream=False)
+    out: dict[str, float] = {}
+    async with TestClient(TestServer(create_app(config))) as client:
+        for path in paths:
+            times = []
+            for n in range(rounds + 1):
+                cpu = time.process_time()
+                resp = await client.get(path)
+                assert resp.status == 200, (path, resp.status, await resp.text())
+                await resp.read()
+                if n:
+                    times.append(time.process_time() - cpu)
+                elif path.startswith("/?"):
+                    out.setdefault("first filtered page (learns the keys)", time.process_time() - cpu)
+            out[path] = statistics.median(times)
+    return out
+
+
+def peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+async def health_under_reads(db: Path, reads: int) -> None:
+    """/health latency while `reads` concurrent limit=500 reads run against a server process."""
+    from bench.server import Server
+
+    server = Server(db)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.url + "/api/killmails?limit=500") as r:
+                size = len(await r.read())
+            before = peak_rss(server.pid)
+
+            async def big_read() -> int:
+                async with session.get(server.url + "/api/killmails?limit=500") as r:
+                    await r.read()
+                    return r.status
+
+            started = time.monotonic()
+            tasks = [asyncio.create_task(big_read()) for _ in range(reads)]
+            latencies = []
+            while not all(t.done() for t in tasks):
+                sent = time.monotonic()
+                async with session.get(server.url + "/health") as r:
+                    await r.read()
+                latencies.append(time.monotonic() - sent)
+                await asyncio.sleep(0.05)
+            statuses = [t.result() for t in tasks]
+            took = time.monotonic() - started
+        latencies.sort()
+        print(
+            f"{reads} reads of {size / 2**20:.1f} MiB at once: {statuses.count(200)} x 200,"
+            f" {statuses.count(503)} x 503 in {took:.1f} s; peak RSS +{(peak_rss(server.pid) - before) / 2**20:.0f} MB;"
+            f" /health median {statistics.median(latencies) * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms"
+            f" ({len(latencies)} calls)"
+        )
+    finally:
+        server.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reads", type=int, default=48)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "kb.sqlite3"
+        started = time.perf_counter()
+        ids = await fill(db, args.kills)
+        print(f"stored {args.kills} kills in {time.perf_counter() - started:.1f} s")
+        paths = ["/health", "/", "/?sec=lowsec&solo=1", f"/?system={ids['system']}", "/?class=titans"]
+        for path, cpu in (await measure(db, paths, args.rounds)).items():
+            print(f"{path:38} {cpu * 1e3:8.1f} ms CPU")
+        if args.reads:
+            await health_under_reads(db, args.reads)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
