@@ -133,9 +133,45 @@ class StoredKill:
     body: bytes  # uncompressed JSON
 
 
+class StoreUnusable(Exception):
+    """The database cannot be opened for serving (not a database, damaged, read-only, a directory):
+    the message is one line naming the file and the reason, for an operator to act on."""
+
+
+def _unusable(path: Path, exc: BaseException) -> StoreUnusable:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a folder on the way we may not enter: the reason SQLite gave stands
+        is_dir = False
+    if is_dir:
+        reason = "is a directory, not a database file"
+    elif reason == "unable to open database file":
+        # SQLite's catch-all: the file, its directory or the -wal/-shm files beside it.
+        reason += f" (is {path.parent} writable, and {path.name} a regular file?)"
+    elif "readonly" in reason or "read-only" in reason:
+        reason += f" (the server writes {path.name} and its -wal and -shm files: make them and the folder writable)"
+    elif "not a database" in reason or "malformed" in reason:
+        reason += " (restore a backup, or move the file away to start empty)"
+    return StoreUnusable(f"database {path}: {reason}")
+
+
 async def _connect(path: Path) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
     conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await _configure(conn)
+    except BaseException:
+        # aiosqlite runs each connection in a non-daemon thread: one left open on a failed start
+        # kept the process alive after the error, neither serving nor exiting.
+        await conn.close()
+        raise
+    return conn
+
+
+async def _configure(conn: aiosqlite.Connection) -> None:
     # Before anything creates page 1 (switching to WAL does): only then does a new database get
     # incremental auto-vacuum without a VACUUM. On an existing database it is a no-op until VACUUM.
     await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -146,7 +182,6 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     await conn.execute("PRAGMA busy_timeout=5000")
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-    return conn
 
 
 class Store:
@@ -174,7 +209,16 @@ class Store:
     @classmethod
     async def open(cls, path: Path, render: Render | None = None) -> Store:
         """Open (creating or migrating) the database. Without `render`, the first read of a
-        compact kill loads the bundled static data to render with (tools and tests)."""
+        compact kill loads the bundled static data to render with (tools and tests).
+
+        Raises StoreUnusable when the file cannot serve: nothing is left running then."""
+        try:
+            return await cls._open(path, render)
+        except (sqlite3.Error, OSError) as exc:
+            raise _unusable(path, exc) from exc
+
+    @classmethod
+    async def _open(cls, path: Path, render: Render | None) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
