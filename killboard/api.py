@@ -14,7 +14,7 @@ import ujson
 from aiohttp import web
 
 from .hub import encode, with_seq
-from .keys import config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key
+from .keys import config_key, damage_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key
 from .pipeline import QueueFull, StorageUnavailable
 from .validate import Invalid, Submission, parse_submission
 
@@ -202,9 +202,10 @@ async def health(request: web.Request) -> web.Response:
     pipeline = app[pipeline_key]
     hub = app[hub_key]
     follower = app.get(follower_key)
+    damaged = app[damage_key].problem
     return web.json_response(
         {
-            "status": "ok" if pipeline.store_error is None else "degraded",
+            "status": "ok" if pipeline.store_error is None and damaged is None else "degraded",
             "uptime": round(time.monotonic() - app[started_key], 3),
             "queue": pipeline.queue.qsize(),
             "inbox": await store.inbox_count(),
@@ -221,6 +222,7 @@ async def health(request: web.Request) -> web.Response:
             "tasks": len(asyncio.all_tasks()),
             "fds": _open_fds(),
             "store_error": pipeline.store_error,
+            "database_damage": damaged,
         }
     )
 

@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
+from .damage import Damage
 from .esi import EsiClient, NameService
 from .hub import Hub
 from .metrics import Metrics
@@ -23,6 +24,7 @@ hub_key = web.AppKey("hub", Hub)
 pipeline_key = web.AppKey("pipeline", Pipeline)
 started_key = web.AppKey("started", float)
 metrics_key = web.AppKey("metrics", Metrics)
+damage_key = web.AppKey("damage", Damage)
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)
 esi_key = web.AppKey("esi", EsiClient)
