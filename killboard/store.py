@@ -32,6 +32,10 @@ Render = codec.Render
 # The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
+# A stored document larger than this (a kill of some 300 attackers or more; a typical one is
+# ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
+BIG_DOCUMENT = 64 * 1024
+
 # Applied in order; PRAGMA user_version records how many have run.
 MIGRATIONS: list[str] = [
     """
@@ -430,26 +434,29 @@ class Store:
 
     async def _render(self, rows: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
         """Rows to full killmail JSON: one names query for the page, then enrich each kill."""
-        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes]] = []
+        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes, int]] = []
         player_ids: set[int] = set()
         for row in rows:
             _, killmail_id, killmail_hash, _, blob, codec_id = row
             document = self.unpack(codec_id, blob)
             if codec_id == codec.CODEC_ENRICHED_ZLIB:
-                decoded.append((tuple(row), document))
+                decoded.append((tuple(row), document, 0))
                 continue
             source = codec.decode(killmail_id, killmail_hash, document)
             player_ids |= codec.player_ids(source[0].esi or {})
-            decoded.append((tuple(row), source))
+            decoded.append((tuple(row), source, len(document)))
         names = await self.names(player_ids) if player_ids else {}
         out: list[StoredKill] = []
-        for i, (row, item) in enumerate(decoded):
+        for i, (row, item, size) in enumerate(decoded):
             if isinstance(item, bytes):
                 body = item
             else:
                 if self.render is None:
                     self.render = codec.default_renderer()
-                body = self.render(item[0], names, item[1])
+                if size > BIG_DOCUMENT:
+                    body = await asyncio.to_thread(self.render, item[0], names, item[1])
+                else:
+                    body = self.render(item[0], names, item[1])
                 if i % 16 == 15:
                     await asyncio.sleep(0)  # rendering is CPU work: let sockets breathe on big pages
             out.append(StoredKill(row[0], row[1], row[3], body))
