@@ -5,28 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 import aiohttp
 import pytest
-from serverproc import ServerProcess
-
-from killboard.config import PROJECT_ROOT
-
-
-def make_db(path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "app.py", "import", "--no-upstream", "--db", str(path), "tests/data/killmails"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    assert b"imported 82" in proc.stdout
-    with closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+from serverproc import ServerProcess, import_real_kills
 
 
 def damage_kills_pages(path: Path) -> list[int]:
@@ -46,7 +30,7 @@ def damage_kills_pages(path: Path) -> list[int]:
 
 async def test_damaged_pages_mid_file(tmp_path: Path) -> None:
     db = tmp_path / "kb.sqlite3"
-    make_db(db)
+    import_real_kills(db)
     assert damage_kills_pages(db)
     server = ServerProcess(db)
     try:
@@ -72,7 +56,7 @@ async def test_damaged_pages_mid_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damaged", [False, True])
 async def test_the_check_at_start_finds_damage_before_any_read(tmp_path: Path, damaged: bool) -> None:
     db = tmp_path / "kb.sqlite3"
-    make_db(db)
+    import_real_kills(db)
     if damaged:
         damage_kills_pages(db)
     server = ServerProcess(db)

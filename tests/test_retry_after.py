@@ -58,39 +58,24 @@ async def test_r2z2_429_waits_as_long_as_retry_after_says(
     await client.close()
 
 
-async def test_esi_503_with_retry_after_pauses_every_call(killmails: list[dict[str, Any]]) -> None:
-    fake = FakeEsi(killmails={killmails[0]["killmail_id"]: killmails[0]})
-    fake.fail_status = 503
-    fake.retry_after = {503: formatdate(time.time() + 3, usegmt=True)}
+@pytest.mark.parametrize("status", [503, 429])
+async def test_esi_pauses_every_call_for_retry_after(killmails: list[dict[str, Any]], status: int) -> None:
+    km = killmails[0]
+    fake = FakeEsi(killmails={km["killmail_id"]: km})
+    fake.fail_status = status
+    # 503 (downtime) with an HTTP-date 3 s ahead (whole seconds: at least 2 s); 429 in seconds.
+    fake.retry_after = {503: formatdate(time.time() + 3, usegmt=True), 429: "2"}
     url = await fake.start()
     try:
         async with aiohttp.ClientSession() as session:
             esi = EsiClient(session, url)
             with pytest.raises(EsiError):
-                await esi.killmail(killmails[0]["killmail_id"], killmails[0]["killmail_hash"])
+                await esi.killmail(km["killmail_id"], km["killmail_hash"])
             fake.fail_status = None  # back, but it asked us to wait
             started = time.monotonic()
-            body = await esi.killmail(killmails[0]["killmail_id"], killmails[0]["killmail_hash"])
-            assert body["killmail_id"] == killmails[0]["killmail_id"]
+            body = await esi.killmail(km["killmail_id"], km["killmail_hash"])
+            assert body["killmail_id"] == km["killmail_id"]
             assert time.monotonic() - started >= 1.9
             assert len(fake.calls) == 2
-    finally:
-        await fake.close()
-
-
-async def test_esi_429_retry_after_in_seconds(killmails: list[dict[str, Any]]) -> None:
-    fake = FakeEsi(killmails={killmails[0]["killmail_id"]: killmails[0]})
-    fake.fail_status = 429
-    fake.retry_after = {429: "2"}
-    url = await fake.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            esi = EsiClient(session, url)
-            with pytest.raises(EsiError):
-                await esi.killmail(killmails[0]["killmail_id"], killmails[0]["killmail_hash"])
-            fake.fail_status = None
-            started = time.monotonic()
-            await esi.killmail(killmails[0]["killmail_id"], killmails[0]["killmail_hash"])
-            assert time.monotonic() - started >= 1.9
     finally:
         await fake.close()

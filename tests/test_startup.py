@@ -6,16 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
-from serverproc import free_port
+from serverproc import free_port, import_real_kills
 
 from killboard.config import PROJECT_ROOT
 
@@ -55,17 +53,7 @@ def assert_one_line(status: int, stderr: str, *expected: str) -> None:
 @pytest.fixture(scope="module")
 def real_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database of the 82 bundled kills, written by the real import."""
-    db = tmp_path_factory.mktemp("real") / "kb.sqlite3"
-    proc = subprocess.run(
-        [sys.executable, "app.py", "import", "--no-upstream", "--db", str(db), "tests/data/killmails"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        timeout=60,
-    )
-    assert b"imported 82" in proc.stdout
-    with closing(sqlite3.connect(db)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return db
+    return import_real_kills(tmp_path_factory.mktemp("real") / "kb.sqlite3")
 
 
 @pytest.fixture
