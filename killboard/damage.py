@@ -53,14 +53,18 @@ def check_ctx(damage: Damage, path: Path) -> Callable[[web.Application], AsyncIt
     """A cleanup_ctx that checks the file in the background once the database is open, on a
     read-only connection of its own (the server's reads never wait for it)."""
 
+    # as_uri: a path with "?", "#" or "%" in it stays one path in the URI.
+    uri = path.absolute().as_uri() + "?mode=ro"
+
     async def run(app: web.Application) -> AsyncIterator[None]:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
 
         async def check() -> None:
             try:
                 problem = await asyncio.to_thread(quick_check, conn)
             except sqlite3.Error as exc:
-                log.warning("database check could not run: %s", exc)
+                if "interrupted" not in str(exc):  # interrupted: the server is stopping
+                    log.warning("database check could not run: %s", exc)
                 return
             if problem is not None and damage.problem is None:
                 log.error("database check at start: %s; reads that reach the damage answer 503", problem)

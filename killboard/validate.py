@@ -17,10 +17,10 @@ HASH_RE = re.compile(r"^[0-9a-f]{40}$")
 MAX_INT = 2**63 - 1
 MAX_ITEM_DEPTH = 4  # ship > container > container ... real killmails nest two levels at most
 # What EVE can produce, with room to spare. The largest real fights (B-R5RB 2014, M2-XFE 2020) put
-# a few thousand pilots on one structure or titan: its killmail lists each once, so 10,000
-# attackers is over twice any real kill. Items, nested ones counted, are a ship's fitting and
-# cargo (a freighter's hold is a few hundred stacks, a structure's loot a few thousand). Past
-# either, the kill is refused (422): a 100k-attacker body took the event loop for 2.7 s.
+# a few thousand pilots on one structure or titan, and its killmail lists each once: 10,000
+# attackers leaves headroom above them. Items, nested ones counted, are a ship's or structure's
+# fitting and cargo: hundreds to a few thousand stacks. Past either, the kill is refused (422):
+# a 100k-attacker body took the event loop for 2.7 s.
 MAX_ATTACKERS = 10_000
 MAX_ITEMS = 20_000
 # Problems listed for one killmail; past it, a count (a 10,000-attacker kill of bad attackers
