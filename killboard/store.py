@@ -162,7 +162,17 @@ def _unusable(path: Path, exc: BaseException) -> StoreUnusable:
     return StoreUnusable(f"database {path}: {reason}")
 
 
+def _can_open(path: Path) -> None:
+    """Open and close the file with plain sqlite3: raises what aiosqlite's connect would.
+
+    When aiosqlite's own open fails, its thread is told to stop but nobody waits for it; the
+    thread then reports to an event loop that is already closed, and prints a traceback after
+    our one-line error (a directory as --db did, now and then)."""
+    sqlite3.connect(path).close()
+
+
 async def _connect(path: Path) -> aiosqlite.Connection:
+    await asyncio.to_thread(_can_open, path)
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
