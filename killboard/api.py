@@ -19,6 +19,7 @@ from .auth import bearer_matches
 from .hub import encode, with_seq
 from .keys import (
     config_key,
+    damage_key,
     follower_key,
     hub_key,
     metrics_key,
@@ -35,6 +36,7 @@ from .validate import Invalid, Submission, parse_submission
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 500
+BIG_BODY = 64 * 1024  # ~15 typical kills; a thread hop costs ~0.1 ms, parsing 64 KiB ~1 ms
 DEFAULT_LIMIT = 50
 # Ids and cursors are SQLite integers: anything past int64 cannot be stored, so it cannot exist.
 MAX_ID = 2**63 - 1
@@ -93,38 +95,20 @@ async def post_killmails(request: web.Request) -> web.StreamResponse:
     body = await _read_body(request, config.body_timeout)
     if not isinstance(body, bytes):
         return body
-    try:
-        data = ujson.loads(body)
-    except ValueError as exc:
-        return json_error(400, f"body is not valid JSON: {exc}")
-    items = data if isinstance(data, list) else [data]
-    if isinstance(data, list) and not data:
-        return json_error(400, "empty array: send one killmail or an array of killmails")
-    if len(items) > config.max_batch_items:
-        return json_error(413, f"too many killmails in one request: {len(items)} > {config.max_batch_items}")
-
     # Kills given by id + hash only are accepted durably and completed from ESI by the worker.
     can_fetch = request.app[pipeline_key].fetch_killmail is not None
-    subs: list[Submission] = []
-    rejected: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        try:
-            sub = parse_submission(item)
-        except Invalid as exc:
-            rejected.append({"index": index, "errors": exc.errors})
-            continue
-        if sub.esi is None and not can_fetch:
-            rejected.append(
-                {
-                    "index": index,
-                    "errors": ["killmail: only id and hash given, and this server has no ESI access (upstream off)"],
-                }
-            )
-            continue
-        subs.append(sub)
+    # A big body (a fleet fight's kills, up to 32 MiB) is parsed and validated in a thread: on the
+    # loop, a 0.5 MB kill of 3,000 attackers took ~35 ms, a full 32 MiB body seconds.
+    if len(body) > BIG_BODY:
+        parsed = await asyncio.to_thread(_parse_body, body, config.max_batch_items, can_fetch)
+    else:
+        parsed = _parse_body(body, config.max_batch_items, can_fetch)
+    if isinstance(parsed, web.Response):
+        return parsed
+    count, subs, rejected = parsed
     if rejected:
         count_rejected(request, rejected)
-        log.info("POST /api/killmails: rejected %d of %d items: %s", len(rejected), len(items), rejected[:3])
+        log.info("POST /api/killmails: rejected %d of %d items: %s", len(rejected), count, rejected[:3])
     if not subs:
         return json_error(422, "no valid killmail in the request", rejected=rejected)
 
@@ -182,6 +166,39 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     await response.write_eof()
     request.protocol.force_close()  # the answer is written: close now instead of lingering
     return response
+
+
+def _parse_body(
+    body: bytes, max_items: int, can_fetch: bool
+) -> web.Response | tuple[int, list[Submission], list[dict[str, Any]]]:
+    """(number of items, valid submissions, rejected items with their errors), or the error to answer."""
+    try:
+        data = ujson.loads(body)
+    except ValueError as exc:
+        return json_error(400, f"body is not valid JSON: {exc}")
+    items = data if isinstance(data, list) else [data]
+    if isinstance(data, list) and not data:
+        return json_error(400, "empty array: send one killmail or an array of killmails")
+    if len(items) > max_items:
+        return json_error(413, f"too many killmails in one request: {len(items)} > {max_items}")
+    subs: list[Submission] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            sub = parse_submission(item)
+        except Invalid as exc:
+            rejected.append({"index": index, "errors": exc.errors})
+            continue
+        if sub.esi is None and not can_fetch:
+            rejected.append(
+                {
+                    "index": index,
+                    "errors": ["killmail: only id and hash given, and this server has no ESI access (upstream off)"],
+                }
+            )
+            continue
+        subs.append(sub)
+    return len(items), subs, rejected
 
 
 def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None:
@@ -289,9 +306,10 @@ async def health(request: web.Request) -> web.Response:
     pipeline = app[pipeline_key]
     hub = app[hub_key]
     follower = app.get(follower_key)
+    damaged = app[damage_key].problem
     return web.json_response(
         {
-            "status": "ok" if pipeline.store_error is None else "degraded",
+            "status": "ok" if pipeline.store_error is None and damaged is None else "degraded",
             "uptime": round(time.monotonic() - app[started_key], 3),
             "queue": pipeline.queue.qsize(),
             "inbox": await store.inbox_count(),
@@ -309,6 +327,7 @@ async def health(request: web.Request) -> web.Response:
             "fds": _open_fds(),
             "store_error": pipeline.store_error,
             "webhooks": app[webhooks_key].health() if webhooks_key in app else None,
+            "database_damage": damaged,
         }
     )
 

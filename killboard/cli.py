@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from aiohttp import web
 from . import config as settings
 from . import dbtools, importer, logs
 from .server import create_app
+from .store import StoreUnusable
 from .webhooks import commands as webhook_commands
 
 log = logging.getLogger("killboard")
@@ -49,9 +52,51 @@ def serve(args: argparse.Namespace) -> int:
     config = settings.from_args(args)
     app = create_app(config)  # first: a bad webhooks file ends the start with its one line
     log.info("serving on http://%s:%d (database %s)", config.host, config.port, config.db_path)
+    # The port first: taken or forbidden, the server says so before it opens the database or
+    # calls upstream, and the error is the bind's own (not any OSError of the start).
+    sockets = listen(config.host, config.port)
     # print=None: aiohttp's banner is not a log line and would break JSON-lines logs.
-    web.run_app(app, host=config.host, port=config.port, access_log=None, shutdown_timeout=5, print=None)
+    web.run_app(app, sock=sockets, access_log=None, shutdown_timeout=5, print=None)
     return 0
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening sockets for every address `host` resolves to (as asyncio's create_server
+    would make them); SystemExit with one line when the address cannot be had."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the v4 address has its own
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {_listen_reason(exc)}") from None
+    return sockets
+
+
+def _listen_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (another server on that port?)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port behind nginx)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine"
+    return exc.strerror or str(exc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,4 +135,8 @@ def _run_import(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(os.environ)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except StoreUnusable as exc:
+        # One line and exit 1, at once: systemd's Restart=on-failure and the operator both see it.
+        raise SystemExit(str(exc)) from None

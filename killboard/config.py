@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .proxy import parse_networks
@@ -105,6 +106,92 @@ class Config:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The values a numeric setting may take, and the environment variable that sets it."""
+
+    low: float
+    high: float
+    env: str | None = None
+    unit: str = ""
+
+
+DAY = 86_400.0
+YEAR = 365 * DAY
+# Every int and float of Config has a line here (tests/test_config.py checks that a new one does):
+# a negative, NaN, infinite or absurd value is refused at start with one line, instead of a server
+# that misbehaves later (a negative queue size is unbounded, a NaN rate never refills).
+LIMITS: dict[str, Limit] = {
+    "port": Limit(1, 65_535, "KILLBOARD_PORT"),
+    "queue_size": Limit(1, 10_000_000),
+    "queue_full_wait": Limit(0, 3600, unit="s"),
+    "batch_size": Limit(1, 100_000),
+    "max_body_bytes": Limit(1, 2**31, unit="bytes"),
+    "max_batch_items": Limit(1, 1_000_000),
+    "ws_max_message": Limit(1, 2**24, unit="bytes"),
+    "ws_send_queue": Limit(1, 1_000_000),
+    "ws_heartbeat": Limit(0.01, DAY, unit="s"),
+    "ws_close_timeout": Limit(0, 3600, unit="s"),
+    "live_max_age": Limit(0, 100 * YEAR, "KILLBOARD_LIVE_MAX_AGE", "s"),
+    "r2z2_wait": Limit(0, 3600, unit="s"),
+    "r2z2_rate": Limit(0.01, 1000, unit="requests/s"),
+    "backoff_min": Limit(0, 3600, unit="s"),
+    "backoff_max": Limit(0, DAY, unit="s"),
+    "names_wait": Limit(0, 3600, unit="s"),
+    "prices_every": Limit(1, YEAR, unit="s"),
+    "retention_days": Limit(0, 36_500, "KILLBOARD_RETENTION_DAYS", "days"),
+    "maintenance_interval": Limit(0.01, DAY, unit="s"),
+    "prune_batch": Limit(1, 1_000_000),
+    "vacuum_pages": Limit(0, 2**31),
+    "ws_max_clients": Limit(0, 10_000_000, "KILLBOARD_WS_MAX_CLIENTS"),
+    "ws_max_channels": Limit(1, 1_000_000, "KILLBOARD_WS_MAX_CHANNELS"),
+    "ws_max_channel_length": Limit(1, 65_536, "KILLBOARD_WS_MAX_CHANNEL_LENGTH"),
+    "ws_control_rate": Limit(0, 1_000_000, "KILLBOARD_WS_CONTROL_RATE", "per s"),
+    "ws_control_burst": Limit(1, 1_000_000, "KILLBOARD_WS_CONTROL_BURST"),
+    "ws_replay_max": Limit(0, 1_000_000, "KILLBOARD_WS_REPLAY_MAX"),
+    # 0 replays at once would leave every replay waiting forever; a 0-byte budget drops everyone.
+    "ws_send_buffer": Limit(1, 2**31, "KILLBOARD_WS_SEND_BUFFER", "bytes"),
+    "ws_replay_concurrency": Limit(1, 10_000, "KILLBOARD_WS_REPLAY_CONCURRENCY"),
+    "body_timeout": Limit(0.1, 3600, "KILLBOARD_BODY_TIMEOUT", "s"),
+    "max_large_reads": Limit(1, 10_000, "KILLBOARD_MAX_LARGE_READS"),
+    "read_deadline": Limit(1, DAY, "KILLBOARD_READ_DEADLINE", "s"),
+}
+
+
+def problems(config: Config, flags: Mapping[str, str] | None = None) -> list[str]:
+    """Every numeric setting outside its Limit, one line each, named as the operator set it:
+    the flag (`flags` maps field -> flag) or the environment variable, else the field."""
+    flags = flags or {}
+    out: list[str] = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if type(value) not in (int, float):
+            continue
+        limit = LIMITS.get(f.name)
+        if limit is None:
+            out.append(f"{f.name}: no Limit in killboard/config.py LIMITS")
+            continue
+        name = flags.get(f.name) or limit.env or f.name
+        unit = f" {limit.unit}" if limit.unit else ""
+        if not math.isfinite(value) or not limit.low <= value <= limit.high:
+            out.append(f"{name} must be between {_show(limit.low)} and {_show(limit.high)}{unit}, got {value!r}")
+    if not out and config.backoff_max < config.backoff_min:
+        out.append(f"backoff_max ({config.backoff_max:g}) must not be below backoff_min ({config.backoff_min:g})")
+    return out
+
+
+def _show(bound: float) -> str:
+    return f"{int(bound):,}" if float(bound).is_integer() else f"{bound:g}"
+
+
+def checked(config: Config, flags: Mapping[str, str] | None = None) -> Config:
+    """`config` itself, or SystemExit with the first problem (cli prints it: one line, exit 1)."""
+    found = problems(config, flags)
+    if found:
+        raise SystemExit(found[0] if len(found) == 1 else "; ".join(found))
+    return config
+
+
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -115,26 +202,26 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
 
 
-def _env_at_least(env: Mapping[str, str], name: str, default: int, least: int) -> int:
-    value = _env_int(env, name, default)
-    if value < least:  # 0 replays at once would leave every replay waiting forever
-        raise SystemExit(f"{name} must be at least {least}, got {value}")
-    return value
-
-
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):  # float() takes "nan" and "inf"; no limit means either
+        raise SystemExit(f"{name} must be a finite number, got {raw!r}")
+    return value
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Config:
-    """Defaults overridden by KILLBOARD_* environment variables."""
-    env = os.environ if env is None else env
+    """Defaults overridden by KILLBOARD_* environment variables; SystemExit naming the variable
+    for a value that is not a number or out of its Limit."""
+    return checked(_from_env(os.environ if env is None else env))
+
+
+def _from_env(env: Mapping[str, str]) -> Config:
     base = Config()
     return replace(
         base,
@@ -162,8 +249,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
         webhooks_path=Path(env["KILLBOARD_WEBHOOKS"]) if env.get("KILLBOARD_WEBHOOKS") else None,
         public_url=_env_public_url(env, "KILLBOARD_PUBLIC_URL"),
-        ws_send_buffer=_env_at_least(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer, 1),
-        ws_replay_concurrency=_env_at_least(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency, 1),
+        ws_send_buffer=_env_int(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer),
+        ws_replay_concurrency=_env_int(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
@@ -211,15 +298,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Config:
-    """Environment first, then flags: a flag given on the command line wins."""
-    config = from_env(env)
+    """Environment first, then flags: a flag given on the command line wins (and is what is checked)."""
+    config = _from_env(os.environ if env is None else env)
     changes: dict[str, object] = {}
+    flags: dict[str, str] = {}
     if getattr(args, "host", None):
         changes["host"] = args.host
     if getattr(args, "port", None) is not None:
         changes["port"] = args.port
+        flags["port"] = "--port"
     if getattr(args, "db", None) is not None:
         changes["db_path"] = args.db
     if getattr(args, "no_upstream", False):
         changes["upstream"] = False
-    return replace(config, **changes)  # type: ignore[arg-type]
+    return checked(replace(config, **changes), flags)  # type: ignore[arg-type]

@@ -229,7 +229,8 @@ def enrich(sub: Submission, static: StaticData, names: Mapping[int, str], prices
     return {
         "killmail_id": sub.killmail_id,
         "killmail_hash": sub.killmail_hash,
-        "kill_time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # Not strftime("%Y"): it writes year 999 as "999", which no longer parses as ISO 8601.
+        "kill_time": f"{when.year:04d}-{when:%m-%dT%H:%M:%S}Z",
         "system_id": system_id,
         "system_name": system.name if system else "",
         "system_security": raw_sec,

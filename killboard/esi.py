@@ -20,6 +20,7 @@ import ujson
 
 from .hub import encode
 from .prices import PriceBook
+from .retry_after import retry_after
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,16 @@ class EsiClient:
                     self._note_error_limit(resp.headers)
                     raw = await resp.read()
                     status = resp.status
+                    asked = retry_after(resp.headers.get("Retry-After"))  # seconds or an HTTP-date
                     if status >= 500:
                         self.errors["http_5xx"] += 1
+                        if asked is not None:  # 503 in downtime or overload: it says when to come back
+                            self._pause(asked, f"ESI answered {status}")
                     if status in (420, 429):
                         self.errors["rate_limited"] += 1
-                        retry = _float(resp.headers.get("Retry-After")) or _float(
-                            resp.headers.get("X-ESI-Error-Limit-Reset")
-                        )
-                        self._pause(retry or 60.0, f"ESI answered {status}")
+                        if asked is None:
+                            asked = _float(resp.headers.get("X-ESI-Error-Limit-Reset"))
+                        self._pause(asked if asked is not None else 60.0, f"ESI answered {status}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.errors["network"] += 1
                 raise EsiError(f"{method} {path}: {type(exc).__name__} {exc}".strip()) from None

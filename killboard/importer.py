@@ -24,7 +24,7 @@ import ujson
 from .config import Config
 from .esi import EsiClient, NameService
 from .hub import Hub
-from .pipeline import Pending, Pipeline, inbox_payload
+from .pipeline import Pending, Pipeline, from_inbox, inbox_payload
 from .prices import price_book
 from .staticdata import load_static
 from .store import InboxRow, Store
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".json", ".jsonl", ".tar.bz2")
 BATCH = 200
+SOURCE = "import"  # the inbox rows an import writes; a later import finishes any left behind
 
 
 @dataclass(slots=True)
@@ -242,6 +243,7 @@ async def run_import(
             stack.push_async_callback(names.close)
             pipeline.resolve_names = names.resolve
             pipeline.fetch_killmail = esi.killmail
+        await _finish_inbox(pipeline, summary, progress)
         batch: list[Submission] = []
         for path in files:
             try:
@@ -262,6 +264,28 @@ async def run_import(
     return summary
 
 
+async def _finish_inbox(pipeline: Pipeline, summary: Summary, progress: Progress) -> None:
+    """Store what an import killed half-way (kill -9, a reboot) left in the inbox.
+
+    Its kills were taken into the inbox but not stored; run again, the import found them there
+    and called them duplicates, so they waited for the next server start. Only rows an import
+    wrote: a server running beside us owns the rest (its live kills must be broadcast by it).
+    """
+    after, finished = 0, 0
+    while rows := await pipeline.store.inbox(after, BATCH):
+        after = rows[-1].killmail_id
+        left = [from_inbox(r) for r in rows if r.source == SOURCE]
+        if not left:
+            continue
+        stored = await pipeline.process(left)
+        finished += len(stored)
+        summary.imported += len(stored)
+        summary.incomplete += len(left) - len(stored)
+        progress.count(len(stored))
+    if finished:
+        log.info("stored %d kills an earlier import left in the inbox", finished)
+
+
 def _reject(summary: Summary, progress: Progress, problem: str) -> None:
     summary.rejected += 1
     summary.problems.append(problem)
@@ -277,7 +301,7 @@ async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, 
             summary.duplicates += 1  # the same kill twice in the input
         else:
             by_id[sub.killmail_id] = sub
-    rows = [InboxRow(s.killmail_id, inbox_payload(s), "import", False) for s in by_id.values()]
+    rows = [InboxRow(s.killmail_id, inbox_payload(s), SOURCE, False) for s in by_id.values()]
     # Through the inbox: an import killed half-way leaves its kills for the server to finish.
     accepted, duplicates = await pipeline.store.add_to_inbox(rows)
     summary.duplicates += len(duplicates)

@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
+from .damage import Damage
 from .esi import EsiClient, NameService
 from .hub import Hub
 from .metrics import Metrics
@@ -30,6 +31,7 @@ started_key = web.AppKey("started", float)
 metrics_key = web.AppKey("metrics", Metrics)
 reads_key = web.AppKey("reads", ReadLimits)
 recent_key = web.AppKey("recent", RecentKeys)
+damage_key = web.AppKey("damage", Damage)
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)
 esi_key = web.AppKey("esi", EsiClient)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .keys import config_key, metrics_key, store_key
+from .damage import Damage
+from .keys import config_key, damage_key, metrics_key, store_key
 from .metrics import Metrics
 from .store import Store
 
@@ -79,6 +80,7 @@ async def maintain(
     batch: int,
     vacuum_pages: int,
     metrics: Metrics | None = None,
+    damage: Damage | None = None,
 ) -> None:
     """Run a pass every `interval` seconds, for as long as the server runs."""
     while True:
@@ -89,6 +91,9 @@ async def maintain(
         except sqlite3.OperationalError as exc:
             # Disk full, a lock held too long by another process: expected on a small VPS; retry later.
             log.warning("database upkeep skipped this time: %s", exc)
+        except sqlite3.DatabaseError as exc:
+            if damage is None or not damage.note(exc):  # damage: /health says so, logged once
+                log.exception("database upkeep failed; retrying in %.0f s", interval)
         except Exception:
             log.exception("database upkeep failed; retrying in %.0f s", interval)
         await asyncio.sleep(interval)
@@ -105,6 +110,7 @@ async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
             config.prune_batch,
             config.vacuum_pages,
             app[metrics_key],
+            app[damage_key],
         ),
         name="killboard-maintenance",
     )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,12 +21,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .auth import bearer_matches
-
-if TYPE_CHECKING:  # the pipeline holds a Metrics: importing it here for real would be a circle
-    from .esi import EsiClient
-    from .hub import Hub
-    from .pipeline import Pipeline
-    from .r2z2 import Follower
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +66,72 @@ def create_metrics() -> Metrics:
     )
 
 
+# What the collector reads of the parts it reports on, as protocols: the pipeline holds a Metrics,
+# so this module must not import it (nor the hub, follower or ESI client above it); data and
+# imports flow one way (ingest -> store -> hub -> sockets), metrics below them all.
+
+
+class QueueView(Protocol):
+    @property
+    def maxsize(self) -> int: ...
+
+    def qsize(self) -> int: ...
+
+
+class PipelineView(Protocol):
+    @property
+    def queue(self) -> QueueView: ...
+
+
+class HubView(Protocol):
+    @property
+    def deliveries(self) -> int: ...
+
+    @property
+    def slow_drops(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def subscribed_count(self) -> int: ...
+
+
+class FollowerStateView(Protocol):
+    @property
+    def sequence(self) -> int | None: ...
+
+    @property
+    def last_kill_at(self) -> float | None: ...
+
+    @property
+    def kills(self) -> int: ...
+
+    @property
+    def skipped(self) -> int: ...
+
+
+class FollowerView(Protocol):
+    @property
+    def state(self) -> FollowerStateView: ...
+
+
+class EsiView(Protocol):
+    @property
+    def errors(self) -> Mapping[str, int]: ...
+
+    @property
+    def errors_remain(self) -> int | None: ...
+
+
 class _AppCollector(Collector):
     """Values the running app already keeps, read when Prometheus scrapes."""
 
     def __init__(
         self,
-        hub: Hub,
+        hub: HubView,
         db_path: Path,
-        pipeline: Callable[[], Pipeline | None],
-        follower: Callable[[], Follower | None],
-        esi: Callable[[], EsiClient | None],
+        pipeline: Callable[[], PipelineView | None],
+        follower: Callable[[], FollowerView | None],
+        esi: Callable[[], EsiView | None],
     ) -> None:
         self._hub = hub
         self._db_path = db_path
@@ -145,11 +195,11 @@ class _AppCollector(Collector):
 
 def register_collector(
     metrics: Metrics,
-    hub: Hub,
+    hub: HubView,
     db_path: Path,
-    pipeline: Callable[[], Pipeline | None],
-    follower: Callable[[], Follower | None],
-    esi: Callable[[], EsiClient | None],
+    pipeline: Callable[[], PipelineView | None],
+    follower: Callable[[], FollowerView | None],
+    esi: Callable[[], EsiView | None],
 ) -> None:
     metrics.registry.register(_AppCollector(hub, db_path, pipeline, follower, esi))
 

@@ -39,6 +39,11 @@ NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
 # exist (dropped), anything else when it may work later (kept in the inbox, retried).
 KillmailFetcher = Callable[[int, str], Awaitable[dict[str, Any]]]
 RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
+# Kills with more attackers and items than this are enriched (and encoded) in a thread: a kill of
+# 3,000 attackers is ~70 ms of CPU, which on the loop would stall every socket; in a thread the
+# loop gets the GIL back every switch interval (5 ms). Typical kills (~10 attackers, ~40 items)
+# stay on the loop, where they cost less than the hop.
+BIG_KILL = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,17 +261,31 @@ class Pipeline:
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
-                kill = enrich(sub, self.static, names, self.prices)
-                kills.append(build_kill(sub, kill, names))
+                if kill_size(sub) > BIG_KILL:
+                    new, fact = await asyncio.to_thread(self._enrich, sub, names, pending.live)
+                else:
+                    new, fact = self._enrich(sub, names, pending.live)
+                kills.append(new)
                 live[sub.killmail_id] = pending.live
-                if pending.live:
-                    facts[sub.killmail_id] = kill_facts(kill)
+                if fact is not None:
+                    facts[sub.killmail_id] = fact
             except Exception:
                 log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
                 rejected.append(sub.killmail_id)
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
         return Prepared(batch, dropped, kills, live, unresolved, rejected, facts)
+
+    def _enrich(self, sub: Submission, names: Mapping[int, str], live: bool) -> tuple[NewKill, KillFacts | None]:
+        """One kill's enrichment; for a live one also what channels match on, and (when it is big,
+        so this runs in a thread) its JSON, so the hub does not encode it on the loop."""
+        kill = enrich(sub, self.static, names, self.prices)
+        new = build_kill(sub, kill, names)
+        if not live:
+            return new, None
+        if kill_size(sub) > BIG_KILL:
+            new.body  # noqa: B018 - the property encodes and caches the JSON
+        return new, kill_facts(kill)
 
     async def commit(self, prepared: Prepared) -> list[tuple[int, NewKill]]:
         """Store a prepared batch in one transaction, then broadcast its new live kills."""
@@ -369,6 +388,12 @@ class Pipeline:
             asyncio.get_running_loop().call_later(1.0, self._requeue, pending)
             return
         self._idle.clear()
+
+
+def kill_size(sub: Submission) -> int:
+    """Attackers plus top-level items: what enrichment's cost grows with."""
+    esi = sub.esi or {}
+    return len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
 
 
 def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] | None = None) -> NewKill:

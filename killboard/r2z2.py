@@ -20,6 +20,7 @@ import aiohttp
 import ujson
 
 from .pipeline import Pipeline, QueueFull, StorageUnavailable
+from .retry_after import retry_after
 from .store import Store
 from .validate import Invalid, parse_submission
 
@@ -33,7 +34,12 @@ EXPIRED_MARGIN = 100
 
 
 class Backoff(Exception):
-    """Upstream refused or failed (429/403/5xx/network): wait longer each time."""
+    """Upstream refused or failed (429/403/5xx/network): wait longer each time, and at least
+    `retry_after` seconds when upstream said so."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 def backoff_delay(attempt: int, low: float, high: float) -> float:
@@ -107,7 +113,7 @@ class Follower:
                 if resp.status == 404:
                     return 404, None
                 if resp.status != 200:
-                    raise Backoff(f"GET {path} answered {resp.status}")
+                    raise Backoff(f"GET {path} answered {resp.status}", retry_after(resp.headers.get("Retry-After")))
                 raw = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Backoff(f"GET {path}: {type(exc).__name__} {exc}".strip()) from None
@@ -142,14 +148,17 @@ class Follower:
                     await self.step()
                     self._failures = 0
                 except Backoff as exc:
-                    await self._back_off(str(exc))
+                    await self._back_off(str(exc), exc.retry_after)
         finally:
             self.state.running = False
 
-    async def _back_off(self, reason: str) -> None:
+    async def _back_off(self, reason: str, asked: float | None = None) -> None:
         self._failures += 1
         delay = backoff_delay(self._failures, self.backoff_min, self.backoff_max)
         delay *= random.uniform(0.5, 1.0)  # jitter: many clients must not retry in step
+        if asked is not None and asked > delay:
+            # Upstream said how long (a 429 with Retry-After: 2 was retried after 0.84 s): never sooner.
+            delay = asked * random.uniform(1.0, 1.1)
         self.state.last_error = reason
         log.warning("R2Z2: %s; retrying in %.1f s", reason, delay)
         await asyncio.sleep(delay)

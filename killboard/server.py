@@ -10,12 +10,13 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from . import api, pages, upstream, ws
+from . import api, damage, pages, upstream, ws
 from .codec import renderer
 from .config import PROJECT_ROOT, Config
 from .hub import Hub
 from .keys import (
     config_key,
+    damage_key,
     esi_key,
     follower_key,
     hub_key,
@@ -104,11 +105,13 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
-    middlewares = [api.json_errors]
+    found = damage.Damage()
+    middlewares = [api.json_errors, damage.middleware(found)]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[config_key] = config
+    app[damage_key] = found
     app[started_key] = time.monotonic()
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
@@ -118,6 +121,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
     app.cleanup_ctx.append(_worker)
     app.cleanup_ctx.append(maintenance_ctx)
     if config.upstream:

@@ -32,6 +32,10 @@ Render = codec.Render
 # The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
+# A stored document larger than this (a kill of some 300 attackers or more; a typical one is
+# ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
+BIG_DOCUMENT = 64 * 1024
+
 # Applied in order; PRAGMA user_version records how many have run.
 MIGRATIONS: list[str] = [
     """
@@ -143,9 +147,55 @@ class StoredKill:
     body: bytes  # uncompressed JSON
 
 
+class StoreUnusable(Exception):
+    """The database cannot be opened for serving (not a database, damaged, read-only, a directory):
+    the message is one line naming the file and the reason, for an operator to act on."""
+
+
+def _unusable(path: Path, exc: BaseException) -> StoreUnusable:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a folder on the way we may not enter: the reason SQLite gave stands
+        is_dir = False
+    if is_dir:
+        reason = "is a directory, not a database file"
+    elif reason == "unable to open database file":
+        # SQLite's catch-all: the file, its directory or the -wal/-shm files beside it.
+        reason += f" (is {path.parent} writable, and {path.name} a regular file?)"
+    elif "readonly" in reason or "read-only" in reason:
+        reason += f" (the server writes {path.name} and its -wal and -shm files: make them and the folder writable)"
+    elif "not a database" in reason or "malformed" in reason:
+        reason += " (restore a backup, or move the file away to start empty)"
+    return StoreUnusable(f"database {path}: {reason}")
+
+
+def _can_open(path: Path) -> None:
+    """Open and close the file with plain sqlite3: raises what aiosqlite's connect would.
+
+    When aiosqlite's own open fails, its thread is told to stop but nobody waits for it; the
+    thread then reports to an event loop that is already closed, and prints a traceback after
+    our one-line error (a directory as --db did, now and then)."""
+    sqlite3.connect(path).close()
+
+
 async def _connect(path: Path) -> aiosqlite.Connection:
+    await asyncio.to_thread(_can_open, path)
     # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
     conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await _configure(conn)
+    except BaseException:
+        # aiosqlite runs each connection in a non-daemon thread: one left open on a failed start
+        # kept the process alive after the error, neither serving nor exiting.
+        await conn.close()
+        raise
+    return conn
+
+
+async def _configure(conn: aiosqlite.Connection) -> None:
     # Before anything creates page 1 (switching to WAL does): only then does a new database get
     # incremental auto-vacuum without a VACUUM. On an existing database it is a no-op until VACUUM.
     await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -156,7 +206,6 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     await conn.execute("PRAGMA busy_timeout=5000")
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-    return conn
 
 
 class Store:
@@ -192,7 +241,16 @@ class Store:
     @classmethod
     async def open(cls, path: Path, render: Render | None = None) -> Store:
         """Open (creating or migrating) the database. Without `render`, the first read of a
-        compact kill loads the bundled static data to render with (tools and tests)."""
+        compact kill loads the bundled static data to render with (tools and tests).
+
+        Raises StoreUnusable when the file cannot serve: nothing is left running then."""
+        try:
+            return await cls._open(path, render)
+        except (sqlite3.Error, OSError) as exc:
+            raise _unusable(path, exc) from exc
+
+    @classmethod
+    async def _open(cls, path: Path, render: Render | None) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
@@ -433,26 +491,29 @@ class Store:
 
     async def _render(self, rows: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
         """Rows to full killmail JSON: one names query for the page, then enrich each kill."""
-        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes]] = []
+        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes, int]] = []
         player_ids: set[int] = set()
         for row in rows:
             _, killmail_id, killmail_hash, _, blob, codec_id = row
             document = self.unpack(codec_id, blob)
             if codec_id == codec.CODEC_ENRICHED_ZLIB:
-                decoded.append((tuple(row), document))
+                decoded.append((tuple(row), document, 0))
                 continue
             source = codec.decode(killmail_id, killmail_hash, document)
             player_ids |= codec.player_ids(source[0].esi or {})
-            decoded.append((tuple(row), source))
+            decoded.append((tuple(row), source, len(document)))
         names = await self.names(player_ids) if player_ids else {}
         out: list[StoredKill] = []
-        for i, (row, item) in enumerate(decoded):
+        for i, (row, item, size) in enumerate(decoded):
             if isinstance(item, bytes):
                 body = item
             else:
                 if self.render is None:
                     self.render = codec.default_renderer()
-                body = self.render(item[0], names, item[1])
+                if size > BIG_DOCUMENT:
+                    body = await asyncio.to_thread(self.render, item[0], names, item[1])
+                else:
+                    body = self.render(item[0], names, item[1])
                 if i % 16 == 15:
                     await asyncio.sleep(0)  # rendering is CPU work: let sockets breathe on big pages
             out.append(StoredKill(row[0], row[1], row[3], body))

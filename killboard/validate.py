@@ -16,6 +16,19 @@ HASH_RE = re.compile(r"^[0-9a-f]{40}$")
 # Ids and counts in EVE fit in 64 bits; anything bigger is garbage, and SQLite could not store it.
 MAX_INT = 2**63 - 1
 MAX_ITEM_DEPTH = 4  # ship > container > container ... real killmails nest two levels at most
+# What EVE can produce, with room to spare. The largest real fights (B-R5RB 2014, M2-XFE 2020) put
+# a few thousand pilots on one structure or titan, and its killmail lists each once: 10,000
+# attackers leaves headroom above them. Items, nested ones counted, are a ship's or structure's
+# fitting and cargo: hundreds to a few thousand stacks. Past either, the kill is refused (422):
+# a 100k-attacker body took the event loop for 2.7 s.
+MAX_ATTACKERS = 10_000
+MAX_ITEMS = 20_000
+# Problems listed for one killmail; past it, a count (a 10,000-attacker kill of bad attackers
+# would answer megabytes of errors).
+MAX_ERRORS = 50
+# No kill happened before EVE Online opened (6 May 2003): an earlier time is a typo or a probe,
+# and years below 1000 did not survive enrichment (strftime wrote 999, which no longer parsed).
+EARLIEST_KILL = datetime(2003, 5, 6, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +81,17 @@ def _item_ok(item: object) -> bool:
 class _Checker:
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.more = 0  # problems past MAX_ERRORS, counted only
+        self.item_count = 0
 
     def fail(self, path: str, problem: str) -> None:
-        self.errors.append(f"{path}: {problem}")
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(f"{path}: {problem}")
+        else:
+            self.more += 1
+
+    def result(self) -> list[str]:
+        return self.errors + ([f"... and {self.more} more problems"] if self.more else [])
 
     def int_field(self, obj: dict[str, Any], key: str, path: str, *, required: bool, positive: bool = False) -> None:
         if key not in obj or obj[key] is None:
@@ -93,6 +114,12 @@ class _Checker:
             return
         if depth > MAX_ITEM_DEPTH:
             self.fail(path.rstrip("."), f"items nested deeper than {MAX_ITEM_DEPTH} levels")
+            return
+        if self.item_count > MAX_ITEMS:
+            return  # already said
+        self.item_count += len(items)
+        if self.item_count > MAX_ITEMS:
+            self.fail(path.rstrip("."), f"more than {MAX_ITEMS:,} items in one kill (nested ones counted)")
             return
         for i, item in enumerate(items):
             if _item_ok(item):  # the common case, without building the item's path
@@ -124,8 +151,10 @@ def check_esi(esi: object, path: str = "") -> list[str]:
     when = esi.get("killmail_time")
     if not isinstance(when, str):
         c.fail(path + "killmail_time", "required ISO 8601 string")
-    elif parse_time(when) is None:
+    elif (parsed := parse_time(when)) is None:
         c.fail(path + "killmail_time", f"not an ISO 8601 time: {when[:40]!r}")
+    elif parsed < EARLIEST_KILL:
+        c.fail(path + "killmail_time", f"{when[:40]!r} is before EVE Online opened (2003-05-06)")
     victim = esi.get("victim")
     if not isinstance(victim, dict):
         c.fail(path + "victim", "required object")
@@ -147,6 +176,8 @@ def check_esi(esi: object, path: str = "") -> list[str]:
     attackers = esi.get("attackers")
     if not isinstance(attackers, list) or not attackers:
         c.fail(path + "attackers", "required non-empty array")
+    elif len(attackers) > MAX_ATTACKERS:
+        c.fail(path + "attackers", f"{len(attackers):,} attackers; at most {MAX_ATTACKERS:,} (more than EVE produces)")
     else:
         for i, attacker in enumerate(attackers):
             ap = f"{path}attackers[{i}]."
@@ -161,16 +192,17 @@ def check_esi(esi: object, path: str = "") -> list[str]:
                 c.fail(ap + "final_blow", "required boolean")
             if "security_status" in attacker and not _is_number(attacker["security_status"]):
                 c.fail(ap + "security_status", "must be a number")
-    return c.errors
+    return c.result()
 
 
 def parse_time(value: str) -> datetime | None:
     """ESI writes `2026-03-25T14:26:36Z`; accept any ISO 8601 time, naive ones taken as UTC."""
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # OverflowError: 0001-01-01T00:00:00+14:00 is in year 0 in UTC, which datetime cannot hold.
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _hash(value: object, path: str, errors: list[str]) -> str:

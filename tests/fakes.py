@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ class FakeR2Z2:
     current: int = 0  # what sequence.json says
     # Scripted answers: sequence -> statuses answered (in order) before the real one.
     script: dict[int, list[int]] = field(default_factory=dict)
+    # Retry-After sent with a scripted status (seconds or an HTTP-date), as R2Z2 does with its 429s.
+    retry_after: dict[int, str] = field(default_factory=lambda: {429: "1"})
     requests: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each request
     user_agents: set[str] = field(default_factory=set)
     server: TestServer | None = None
 
@@ -71,13 +75,15 @@ class FakeR2Z2:
         scripted = self.script.get(seq)
         if scripted:
             status = scripted.pop(0)
-            return web.json_response({"error": "scripted"}, status=status)
+            headers = {"Retry-After": self.retry_after[status]} if status in self.retry_after else None
+            return web.json_response({"error": "scripted"}, status=status, headers=headers)
         if seq not in self.objects:
             return web.Response(status=404, text="Not Found")
         return web.json_response(self.objects[seq])
 
     def _note(self, request: web.Request) -> None:
         self.requests.append(request.path)
+        self.times.append(time.monotonic())
         self.user_agents.add(request.headers.get("User-Agent", ""))
 
     def asked(self, sequence: int) -> int:
@@ -104,6 +110,8 @@ class FakeEsi:
     prices: list[dict[str, Any]] = field(default_factory=list)
     delay: float = 0.0  # seconds before every answer
     fail_status: int | None = None  # answer every call with this status
+    # Retry-After sent with a failing status (ESI's rate limiter sends it with 429), by status.
+    retry_after: dict[int, str] = field(default_factory=lambda: {429: "1"})
     error_limit_remain: int = 100
     calls: list[tuple[str, Any]] = field(default_factory=list)
     user_agents: set[str] = field(default_factory=set)
@@ -118,7 +126,10 @@ class FakeEsi:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_status is not None:
-            return web.json_response({"error": "scripted"}, status=self.fail_status, headers=self._headers())
+            headers = self._headers()
+            if self.fail_status in self.retry_after:
+                headers["Retry-After"] = self.retry_after[self.fail_status]
+            return web.json_response({"error": "scripted"}, status=self.fail_status, headers=headers)
         return None
 
     async def _names(self, request: web.Request) -> web.Response:

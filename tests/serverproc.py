@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +22,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def import_real_kills(db: Path) -> Path:
+    """A database of the 82 bundled real kills, written by the real `app.py import`, its WAL
+    folded in (so the file alone is the whole database, as tests that damage it need)."""
+    proc = subprocess.run(
+        [sys.executable, "app.py", "import", "--no-upstream", "--db", str(db), "tests/data/killmails"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert b"imported 82" in proc.stdout, proc.stderr[-2000:]
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return db
 
 
 class ServerProcess:

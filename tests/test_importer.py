@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 import tarfile
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,45 @@ async def test_import_beside_a_running_server_is_not_broadcast(tmp_path: Path, k
             await ws.close()
     finally:
         server.stop()
+
+
+async def test_an_import_killed_half_way_is_finished_by_the_rerun(tmp_path: Path, killmails: list[Any]) -> None:
+    """kill -9 while `app.py import` has kills in the inbox: the re-run stores them (it used to
+    call them duplicates and leave them there until a server start)."""
+    total = 6000
+    source = tmp_path / "kills.jsonl"
+    with source.open("w") as f:
+        for n in range(total):
+            f.write(json.dumps({**killmails[n % len(killmails)], "killmail_id": 10**9 + n}) + "\n")
+    db = tmp_path / "kb.sqlite3"
+    command = [sys.executable, "app.py", "import", "--no-upstream", "--db", str(db), str(source)]
+    left_behind = 0
+    for _ in range(5):  # the kill must land while a batch is in the inbox; it nearly always does
+        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(4000):
+                if db.exists() and count(db, "kills") >= 400 and count(db, "inbox") > 0:
+                    break
+                await asyncio.sleep(0.005)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        left_behind = count(db, "inbox")
+        if left_behind and count(db, "kills") < total:
+            break
+    assert left_behind > 0, "the import was never killed with kills in its inbox"
+
+    rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert count(db, "inbox") == 0
+    assert sorted(await stored_ids(db)) == [10**9 + n for n in range(total)]  # each once
+    imported = int(rerun.stdout.split("imported ")[1].split(",")[0])
+    assert imported >= left_behind  # what the inbox held counts as imported now, not as a duplicate
+
+
+def count(db: Path, table: str) -> int:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+        try:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0

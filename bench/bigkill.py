@@ -1,0 +1,98 @@
+"""Event-loop stall on fleet-fight kills: `python -m bench.bigkill`.
+
+Posts kills of 1,000 / 3,000 / 10,000 attackers (real attackers, cycled; 10,000 is the bound a
+kill may have) to a real server with a live subscriber, while another process asks /health every
+5 ms; the longest /health wait while each kill is parsed, enriched, stored, broadcast and read
+back is the loop's stall (a quiet /health answers in ~1-2 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import ujson
+
+from .data import fleet_fight, real_killmails
+from .fanout import AUTH
+from .server import Server
+
+SIZES = (1000, 3000, 10_000)
+
+
+# The probe runs in a process of its own: in this one, receiving the kill's frame (megabytes,
+# inflated) would stall the probe's own loop and be counted against the server.
+PROBE = """
+import sys, time, urllib.request
+url, seconds = sys.argv[1], float(sys.argv[2])
+waits, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
+    started = time.perf_counter()
+    urllib.request.urlopen(url + "/health").read()
+    waits.append(time.perf_counter() - started)
+    time.sleep(0.005)
+waits.sort()
+print(waits[-1], waits[len(waits) // 2])
+"""
+
+
+async def probe(url: str, seconds: float) -> tuple[float, float]:
+    """(longest, median) /health wait over `seconds`, seen from another process."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PROBE, url, str(seconds), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    longest, median = out.split()
+    return float(longest), float(median)
+
+
+async def one(server: Server, session: aiohttp.ClientSession, km: dict[str, object]) -> tuple[float, float, float]:
+    """(seconds from POST to the frame on the socket, longest /health wait, quiet /health median)."""
+    _, quiet = await probe(server.url, 0.5)
+    async with session.ws_connect(server.url + "/ws", max_msg_size=64 << 20) as ws:
+        await ws.send_json({"action": "sub", "channel": "kills"})
+        await ws.receive(5)  # the subscription's acknowledgement
+        watch = asyncio.create_task(probe(server.url, 3.0))
+        await asyncio.sleep(0.3)
+        started = time.perf_counter()
+        body = io.BytesIO(ujson.dumps(km).encode())
+        async with session.post(
+            server.url + "/api/killmails", data=body, headers={**AUTH, "Content-Type": "application/json"}
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+        while True:
+            msg = await ws.receive(60)
+            if msg.type == aiohttp.WSMsgType.TEXT and '"action":"kill"' in msg.data[:40]:
+                break
+        delivered = time.perf_counter() - started
+        async with session.get(f"{server.url}/api/killmails/{km['killmail_id']}") as resp:
+            await resp.read()
+        longest, _ = await watch
+    return delivered, longest, quiet
+
+
+async def main() -> None:
+    killmails = real_killmails()
+    with tempfile.TemporaryDirectory() as folder:
+        server = Server(Path(folder) / "kb.sqlite3")
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                print("attackers  body MB  delivered s  longest /health ms  quiet /health ms")
+                for i, size in enumerate(SIZES):
+                    km = fleet_fight(killmails, size)
+                    km["killmail_id"] = 10**12 + i  # a fresh kill each time
+                    delivered, stall, quiet = await one(server, session, km)
+                    mb = len(ujson.dumps(km)) / 1e6
+                    print(f"{size:9,}  {mb:7.2f}  {delivered:11.3f}  {stall * 1e3:18.1f}  {quiet * 1e3:16.1f}")
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,175 @@
+"""Bad start-up: an unusable database or a port the server cannot take gives one line on stderr
+and exit 1, at once (a real `python app.py` subprocess each time, real damaged files)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serverproc import free_port, import_real_kills
+
+from killboard.config import PROJECT_ROOT
+
+# A start that fails must end long before this; a hang (aiosqlite's thread kept the process
+# alive after the error) fails the test instead of the run.
+EXIT_WITHIN = 20.0
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+SETPRIV = shutil.which("setpriv")
+
+
+def start(args: list[str], env: dict[str, str] | None = None, as_nobody: bool = False) -> tuple[int, str]:
+    """Run `python app.py ARGS` to its end; (exit status, stderr)."""
+    command = [sys.executable, "app.py", *args]
+    if as_nobody:
+        # We run as root, to whom permission bits mean nothing: drop to nobody for the real refusal.
+        command = [SETPRIV or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    proc = subprocess.run(
+        command,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "KILLBOARD_UPSTREAM": "off", "KILLBOARD_LOG_LEVEL": "WARNING", **(env or {})},
+        capture_output=True,
+        timeout=EXIT_WITHIN,
+        text=True,
+    )
+    return proc.returncode, proc.stderr
+
+
+def assert_one_line(status: int, stderr: str, *expected: str) -> None:
+    assert status == 1, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for text in expected:
+        assert text in lines[0]
+
+
+@pytest.fixture(scope="module")
+def real_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database of the 82 bundled kills, written by the real import."""
+    return import_real_kills(tmp_path_factory.mktemp("real") / "kb.sqlite3")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder nobody can reach (pytest's own tmp folders are private to root): for the tests that
+    drop to nobody so permission bits count."""
+    path = Path(tempfile.mkdtemp(prefix="killboard-startup-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def serve(db: Path, *extra: str) -> list[str]:
+    return ["--port", str(free_port()), "--db", str(db), *extra]
+
+
+def test_a_text_file_as_database(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("not a database\n" * 100)
+    assert_one_line(*start(serve(db)), str(db), "file is not a database")
+    assert db.read_text() == "not a database\n" * 100  # nothing written over it
+
+
+def test_a_directory_as_database(tmp_path: Path) -> None:
+    assert_one_line(*start(serve(tmp_path)), str(tmp_path), "is a directory")
+
+
+@pytest.mark.parametrize("keep", [10_000, 100_000], ids=["header-only", "half"])
+def test_a_truncated_database(tmp_path: Path, real_db: Path, keep: int) -> None:
+    db = tmp_path / "kb.sqlite3"
+    db.write_bytes(real_db.read_bytes()[:keep])
+    assert_one_line(*start(serve(db)), str(db), "malformed")
+
+
+def test_a_garbled_database(tmp_path: Path, real_db: Path) -> None:
+    db = tmp_path / "kb.sqlite3"
+    data = bytearray(real_db.read_bytes())
+    data[:100] = bytes(range(100))  # the header: no longer "SQLite format 3"
+    db.write_bytes(bytes(data))
+    assert_one_line(*start(serve(db)), str(db), "not a database")
+
+
+needs_nobody = pytest.mark.skipif(IS_ROOT and SETPRIV is None, reason="root without setpriv ignores permissions")
+
+
+@needs_nobody
+def test_a_database_in_a_read_only_directory(open_dir: Path, real_db: Path) -> None:
+    folder = open_dir / "ro"
+    folder.mkdir()
+    db = folder / "kb.sqlite3"
+    shutil.copy(real_db, db)
+    db.chmod(0o644)
+    folder.chmod(0o755)  # owned by us: nobody may read, not write
+    assert_one_line(*start(serve(db), as_nobody=IS_ROOT), str(db), "readonly", "writable")
+
+
+@needs_nobody
+def test_a_read_only_database_file(open_dir: Path, real_db: Path) -> None:
+    folder = open_dir / "rw"
+    folder.mkdir()
+    folder.chmod(0o777)
+    db = folder / "kb.sqlite3"
+    shutil.copy(real_db, db)
+    db.chmod(0o444)
+    assert_one_line(*start(serve(db), as_nobody=IS_ROOT), str(db), "readonly")
+
+
+@needs_nobody
+def test_a_database_path_that_cannot_be_created(open_dir: Path) -> None:
+    db = open_dir / "new" / "kb.sqlite3"
+    assert_one_line(*start(serve(db), as_nobody=IS_ROOT), str(db), "Permission denied")
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_a_port_in_use(tmp_path: Path, taken_port: int) -> None:
+    status, stderr = start(["--port", str(taken_port), "--db", str(tmp_path / "kb.sqlite3")])
+    assert_one_line(status, stderr, f"cannot listen on 127.0.0.1:{taken_port}", "already in use")
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0"])
+def test_a_port_out_of_range(tmp_path: Path, port: str) -> None:
+    status, stderr = start(["--port", port, "--db", str(tmp_path / "kb.sqlite3")])
+    assert_one_line(status, stderr, "--port must be between 1 and 65,535", port)
+    assert not (tmp_path / "kb.sqlite3").exists()  # refused before anything was opened
+
+
+@needs_nobody
+@pytest.mark.skipif(not IS_ROOT, reason="needs a user who may not bind port 80; root may")
+def test_a_privileged_port_without_privilege(open_dir: Path) -> None:
+    folder = open_dir / "db"
+    folder.mkdir()
+    folder.chmod(0o777)
+    status, stderr = start(["--port", "80", "--db", str(folder / "kb.sqlite3")], as_nobody=True)
+    assert_one_line(status, stderr, "cannot listen on 127.0.0.1:80", "permission denied", "CAP_NET_BIND_SERVICE")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("KILLBOARD_RETENTION_DAYS", "-5", "KILLBOARD_RETENTION_DAYS must be between 0 and"),
+        ("KILLBOARD_WS_MAX_CLIENTS", "-1", "KILLBOARD_WS_MAX_CLIENTS must be between 0 and"),
+        ("KILLBOARD_WS_CONTROL_RATE", "nan", "KILLBOARD_WS_CONTROL_RATE must be a finite number"),
+        ("KILLBOARD_WS_CONTROL_RATE", "inf", "KILLBOARD_WS_CONTROL_RATE must be a finite number"),
+        ("KILLBOARD_WS_REPLAY_MAX", "lots", "KILLBOARD_WS_REPLAY_MAX must be an integer"),
+        ("KILLBOARD_PORT", "70000", "KILLBOARD_PORT must be between 1 and 65,535"),
+    ],
+)
+def test_bad_numeric_settings(tmp_path: Path, name: str, value: str, expected: str) -> None:
+    status, stderr = start(["--db", str(tmp_path / "kb.sqlite3")], env={name: value})
+    assert_one_line(status, stderr, expected)
