@@ -249,6 +249,7 @@ async def list_killmails(request: web.Request) -> web.StreamResponse:
                 after,
                 limit,
                 lambda last, _: _after_trailer(request, after, last),
+                request.app[damage_key].note,
             )
         return await reads.stream_kills(
             request,
@@ -258,6 +259,7 @@ async def list_killmails(request: web.Request) -> web.StreamResponse:
             before,
             limit,
             lambda last, sent: b',"next_before":' + (b"%d" % last.killmail_id if last and sent == limit else b"null"),
+            request.app[damage_key].note,
         )
     except reads.Busy as exc:
         log.warning("GET /api/killmails from %s: %s; answered 503", request.remote, exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -74,11 +75,19 @@ async def stream_kills(
     start: int | None,
     limit: int,
     trailer: Callable[[StoredKill | None, int], bytes],
+    database_error: Callable[[sqlite3.DatabaseError], bool],
 ) -> web.StreamResponse:
     """`{"killmails":[...]` + trailer(last kill sent, how many) + `}`, written a chunk at a time.
-    The stored JSON is spliced in as is: no decode/re-encode of each kill on the read path."""
+    The stored JSON is spliced in as is: no decode/re-encode of each kill on the read path.
+
+    The first chunk is read before the status line goes out, so a read the database cannot
+    answer at all still gets its 4xx/503 JSON from the middlewares; a database error after that
+    (a damaged page further on) is handed to `database_error` (True: it was logged as damage)
+    and the connection is cut."""
     async with limits.stream():
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        async with limits.render():
+            rows = await fetch(start, min(CHUNK, limit))
         try:
             async with asyncio.timeout(limits.deadline):
                 await response.prepare(request)
@@ -86,8 +95,9 @@ async def stream_kills(
                 sent, cursor, last = 0, start, None
                 while sent < limit:
                     wanted = min(CHUNK, limit - sent)
-                    async with limits.render():
-                        rows = await fetch(cursor, wanted)
+                    if sent:
+                        async with limits.render():
+                            rows = await fetch(cursor, wanted)
                     if rows:
                         chunk = b",".join(with_seq(r.seq, r.body) for r in rows)
                         await response.write(b"," + chunk if sent else chunk)
@@ -110,6 +120,11 @@ async def stream_kills(
             _abort(request)
         except ConnectionResetError:
             pass  # the client went away: nothing to answer
+        except sqlite3.DatabaseError as exc:
+            # A damaged file is logged there, once, not as a traceback per read.
+            if not database_error(exc):
+                log.warning("%s %s: database error mid-response: %s; connection cut", request.method, request.path, exc)
+            _abort(request)
         except Exception:
             if not response.prepared:
                 raise
