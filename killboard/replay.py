@@ -16,7 +16,7 @@ import logging
 import ujson
 from aiohttp import WSCloseCode
 
-from .hub import Hub, Subscriber, kill_frame
+from .hub import Hub, Subscriber
 from .store import Store
 from .topics import ALL, Condition, kill_facts
 
@@ -54,7 +54,7 @@ async def replay(
                     continue  # it came live on another of the socket's channels: once is enough
                 facts = None if every else hub.recent_facts.get(row.seq) or kill_facts(ujson.loads(row.body))
                 if facts is None or condition.matches(facts):
-                    if not await _put(hub, sub, kill_frame(row.seq, row.body)):
+                    if not await _put(hub, sub, await hub.replay_frame(sub, row.seq, row.body)):
                         return sent
                     sub.delivered.add(row.seq)
                     sent += 1

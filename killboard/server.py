@@ -90,7 +90,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[started_key] = time.monotonic()
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
-    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
+    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max, config.ws_deflate_level)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_worker)
