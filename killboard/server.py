@@ -13,6 +13,7 @@ from aiohttp import web
 from . import api, pages, upstream, ws
 from .codec import renderer
 from .config import PROJECT_ROOT, Config
+from .httpzip import compress_responses
 from .hub import Hub
 from .keys import (
     config_key,
@@ -82,7 +83,7 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
-    middlewares = [api.json_errors]
+    middlewares = [compress_responses, api.json_errors]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
