@@ -40,6 +40,23 @@ NAME_FIELDS = ("name", "group_name", "ship_name", "ship_group_name", "weapon_typ
 _NESTED = ("victim", "attackers", "items")
 
 
+def reader_language(accept_language: str) -> str:
+    """The page's language for a browser's Accept-Language (`de-DE,de;q=0.9,en;q=0.8`): the
+    most wanted of ours by its primary tag, else English. feed.js does the same with
+    navigator.languages, the list this header is made from."""
+    ranked: list[tuple[float, int, str]] = []
+    for i, entry in enumerate(accept_language.split(",")):
+        tag, _, params = entry.partition(";")
+        code = tag.strip().lower().split("-")[0]
+        try:
+            q = float(params.strip().removeprefix("q=")) if params.strip().startswith("q=") else 1.0
+        except ValueError:
+            continue
+        if code in _KNOWN and q > 0:
+            ranked.append((-q, i, code))
+    return min(ranked)[2] if ranked else "en"
+
+
 def filter_names(kill: Any, langs: tuple[str, ...]) -> Any:
     """A copy of the decoded kill with each translation object cut down to `langs` (the
     original is left as it is, so one decode serves every language variant).
