@@ -170,12 +170,17 @@ class KillVariants:
     (`lang`) is derived from the encoded body (decoded once, only if some socket wants one), and
     each frame deflated once per window size asked for."""
 
-    __slots__ = ("_body", "_decoded", "_deflated", "_frames", "level", "seq")
+    __slots__ = ("_body", "_decode", "_decoded", "_deflated", "_frames", "level", "seq")
 
-    def __init__(self, seq: int, body: bytes | Callable[[], bytes], level: int) -> None:
+    def __init__(
+        self, seq: int, body: bytes | Callable[[], bytes], level: int, decoded: Callable[[], Any] | None = None
+    ) -> None:
+        """`decoded`: the kill as an object, where the caller has it (the worker, which just
+        enriched it): spares the decode of the body (~0.3 ms) when a language variant is wanted."""
         self.seq = seq
         self.level = level
         self._body = body
+        self._decode = decoded
         self._decoded: Any = None
         self._frames: dict[Langs, bytes] = {}
         self._deflated: dict[tuple[Langs, int], Deflated] = {}
@@ -192,6 +197,8 @@ class KillVariants:
             if langs is None:
                 frame = kill_frame(self.seq, self.body())
             else:
+                if self._decoded is None and self._decode is not None:
+                    self._decoded = self._decode()
                 if self._decoded is None:
                     self._decoded = ujson.loads(self.body())
                 frame = kill_frame(self.seq, encode(filter_names(self._decoded, langs)))
