@@ -130,18 +130,19 @@ def _accept(params: list[str]) -> int:
 class DeflateResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse with our negotiation (`negotiate`): aiohttp's reader inflates
     the client's compressed frames, its writer compresses nothing (the hub sends pre-deflated
-    kill frames itself, `deflate_bits` says with which window). Built on aiohttp 3.14's
-    `_handshake`/`_pre_start` (pinned); tests/test_wire.py fails if they change."""
-
-    def __init__(self, *, deflate: bool, **kwargs: Any) -> None:
-        super().__init__(compress=False, **kwargs)
-        self._offer_deflate = deflate
-        self.deflate_bits = 0
+    kill frames itself). `compress=True` offers the extension; once prepared, `compress` is the
+    window bits agreed (0: none). No attribute of its own: one more per socket made the
+    instance dict of 10,000 sockets grow. Built on aiohttp 3.14's `_handshake`/`_pre_start`
+    (pinned); tests/test_wire.py fails if they change."""
 
     def _handshake(self, request: BaseRequest) -> tuple[Any, str | None, int, bool]:
-        headers, protocol, _, _ = super()._handshake(request)  # compress=False: no extension yet
+        offer, self._compress = self._compress, False  # aiohttp's own negotiation: off
+        try:
+            headers, protocol, _, _ = super()._handshake(request)
+        finally:
+            self._compress = offer
         bits = 0
-        if self._offer_deflate:
+        if offer:
             bits, answer = negotiate(request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS))
             if answer is not None:
                 headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = answer
@@ -149,7 +150,6 @@ class DeflateResponse(web.WebSocketResponse):
 
     def _pre_start(self, request: BaseRequest) -> tuple[str | None, Any]:
         protocol, writer = super()._pre_start(request)  # self._compress = bits: the reader inflates
-        self.deflate_bits = writer.compress
         writer.compress = 0  # never a per-socket compressor: see the module docstring
         return protocol, writer
 

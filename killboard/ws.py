@@ -90,7 +90,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # Not aiohttp's compress=True: that deflates once per client and undoes "encode each kill
     # once". DeflateResponse negotiates the extension; the hub deflates each kill once for all.
     ws = DeflateResponse(
-        deflate=config.ws_deflate,
+        compress=config.ws_deflate,
         heartbeat=config.ws_heartbeat,
         max_msg_size=config.ws_max_message,
     )
@@ -99,7 +99,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         log.warning("websocket refused: %d sockets open, the limit is %d", len(hub), config.ws_max_clients)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again later: too many connections")
         return ws
-    sub = hub.attach(ws, request.transport, lang=lang, deflate=ws.deflate_bits)
+    sub = hub.attach(ws, request.transport, lang=lang, deflate=int(ws.compress))
     bucket = Bucket(config.ws_control_rate, config.ws_control_burst)
     try:
         async for msg in ws:
