@@ -259,3 +259,24 @@ async def test_deflate_off_sends_plain(make_client: Any, killmails: list[dict[st
     await subscribe(ws)
     await post(client, killmails[:3])
     assert len(await collect(ws, 3)) == 3
+
+
+def test_a_variant_is_the_same_from_the_body_or_the_enriched_object(killmails: list[dict[str, Any]]) -> None:
+    """The writer hands publish the enriched object; an edge process has only the body bytes."""
+    from killboard.codec import default_renderer
+    from killboard.enrich import enrich
+    from killboard.prices import price_book
+    from killboard.staticdata import load_static
+    from killboard.validate import parse_submission
+
+    static = load_static(Path(__file__).parent.parent / "data")
+    for i, km in enumerate(killmails[:20]):
+        kill = enrich(parse_submission(km), static, {}, price_book(static))
+        body = wire.encode(kill)
+        assert body == default_renderer()(parse_submission(km), {}, None)
+        for langs in (("en",), ("de", "ru")):
+            from_object = wire.KillVariants(i, body, 6, decoded=lambda kill=kill: kill)
+            from_body = wire.KillVariants(i, body, 6)
+            assert from_object.frame(langs) == from_body.frame(langs)
+            assert from_object.deflated(langs, 15) == from_body.deflated(langs, 15)
+        assert kill == json.loads(body)  # cutting names never changed the object itself
