@@ -6,7 +6,8 @@ match. Every socket gets one writer task fed by a bounded queue, so a slow reade
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
 (see python-websockets' essay on broadcast). A socket with nothing queued or in flight gets the
 frame written straight to its transport instead (`_write_now`). A kill is encoded once and the
-same bytes go to every subscriber.
+same bytes go to every subscriber of a kind: each variant (names in the languages a socket
+asked for, plain or permessage-deflated: killboard/wire.py) is made once per kill.
 """
 
 from __future__ import annotations
