@@ -35,7 +35,7 @@ def parse_langs(raw: str | None) -> Langs:
 
 
 # Where a killmail (killboard/enrich.py) has translation objects, and where it nests parties and
-# items that have more. Walking only these is ~3x faster than visiting every value.
+# items that have more: only these are walked, not every value of the kill.
 NAME_FIELDS = ("name", "group_name", "ship_name", "ship_group_name", "weapon_type_name", "region_name")
 _NESTED = ("victim", "attackers", "items")
 
