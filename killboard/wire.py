@@ -19,6 +19,8 @@ from typing import Any
 
 import ujson
 from aiohttp import WSMsgType, hdrs, web
+from aiohttp._websocket import reader_py
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_request import BaseRequest
 
 from .langs import Langs, filter_names
@@ -85,7 +87,10 @@ def negotiate(offers: str | None) -> tuple[int, str | None]:
     (0, None) to decline. The first acceptable permessage-deflate offer wins (RFC 7692 §5).
 
     We always answer server_no_context_takeover (a server may, offered or not, §7.1.1.1): each
-    message is a fresh stream. A client's server_max_window_bits=N is honoured by compressing
+    message is a fresh stream. And client_no_context_takeover (§7.1.1.2): the client then
+    compresses each message on its own too, so no inflate state is kept between its messages
+    (aiohttp keeps a decompressor per socket, ~15 KiB, once a client sent one compressed frame:
+    every browser does). A client's server_max_window_bits=N is honoured by compressing
     with that window (N=8 is declined: zlib's raw deflate cannot make 256-byte windows). Its
     client_max_window_bits needs no answer: we inflate with the largest window. An offer with
     an unknown or repeated parameter, or a bad value, is declined as the RFC asks."""
@@ -95,7 +100,7 @@ def negotiate(offers: str | None) -> tuple[int, str | None]:
             continue
         bits = _accept(params)
         if bits:
-            answer = "permessage-deflate; server_no_context_takeover"
+            answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
             if bits < 15:
                 answer += f"; server_max_window_bits={bits}"
             return bits, answer
@@ -152,6 +157,35 @@ class DeflateResponse(web.WebSocketResponse):
         protocol, writer = super()._pre_start(request)  # self._compress = bits: the reader inflates
         writer.compress = 0  # never a per-socket compressor: see the module docstring
         return protocol, writer
+
+    def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler = request.protocol
+        # Bytes that came with the upgrade request go to the parser that stays, not aiohttp's.
+        tail, handler._message_tail = handler._message_tail, b""
+        super()._post_start(request, protocol, writer)
+        if self._compress:
+            # The pure-Python reader wants its own queue class (it writes attributes the
+            # compiled queue keeps read-only); nothing has been queued yet.
+            self._reader = reader_py.WebSocketDataQueue(handler, DEFAULT_CHUNK_SIZE, loop=self._loop)
+            parser = FreshInflateReader(self._reader, self._max_msg_size, compress=True, decode_text=self._decode_text)
+            self._parser = parser
+            handler._payload_parser = parser
+        if tail:
+            eof, _ = handler._payload_parser.feed_data(tail)
+            if eof:
+                handler.close()
+
+
+class FreshInflateReader(reader_py.WebSocketReader):
+    """aiohttp's (pure Python) frame reader, forgetting its decompressor after every frame: with
+    client_no_context_takeover agreed, each client message is a stream of its own, and the
+    decompressor kept otherwise is ~15 KiB per socket. Client messages are few and small."""
+
+    def _handle_frame(self, fin: bool, opcode: int, payload: bytes | bytearray, compressed: int) -> None:
+        try:
+            super()._handle_frame(fin, opcode, payload, compressed)
+        finally:
+            self._decompressobj = None  # a message is inflated whole at its last frame
 
 
 async def send_deflated(ws: web.WebSocketResponse, payload: Deflated) -> None:

@@ -8,6 +8,7 @@ import base64
 import os
 import socket
 import struct
+import zlib
 
 
 def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -22,6 +23,15 @@ def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     else:
         head += bytes([0x80 | 127]) + struct.pack("!Q", n)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def masked_deflated_frame(payload: bytes) -> bytes:
+    """A client text frame compressed as permessage-deflate with no context takeover has it (a
+    raw deflate stream of its own, sync flush, 00 00 ff ff removed, RSV1 set): as browsers send."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = masked_frame(deflated)
+    return bytes([frame[0] | 0x40]) + frame[1:]
 
 
 async def connect(

@@ -29,11 +29,14 @@ def test_negotiate_answers_no_context_takeover_and_honours_window() -> None:
     assert wire.negotiate(None) == (0, None)
     assert wire.negotiate("x-webkit-deflate-frame") == (0, None)
     # Firefox's bare offer and Chrome's: no context takeover answered though not offered.
-    assert wire.negotiate("permessage-deflate") == (15, "permessage-deflate; server_no_context_takeover")
+    assert wire.negotiate("permessage-deflate") == (
+        15,
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    )
     assert wire.negotiate("permessage-deflate; client_max_window_bits")[0] == 15
     assert wire.negotiate("permessage-deflate; server_max_window_bits=9") == (
         9,
-        "permessage-deflate; server_no_context_takeover; server_max_window_bits=9",
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9",
     )
     # Unknown or repeated parameters, a bad window: that offer is declined, the next one taken.
     assert wire.negotiate("permessage-deflate; server_max_window_bits=8") == (0, None)
@@ -70,7 +73,7 @@ async def test_aiohttp_deflate_client_gets_what_a_plain_client_gets(
     plain = await client.ws_connect("/ws", compress=0)
     deflate = await client.ws_connect("/ws", compress=15)  # offers permessage-deflate
     assert plain.compress == 0
-    assert deflate.compress == 15 and deflate.client_notakeover is False
+    assert deflate.compress == 15 and deflate.client_notakeover is True  # we asked for it
     assert "server_no_context_takeover" in deflate._response.headers["Sec-WebSocket-Extensions"]
     for ws in (plain, deflate):
         await subscribe(ws)  # aiohttp's client deflates its sub: the server inflates it
@@ -90,8 +93,11 @@ async def test_raw_frames_are_deflated_once_with_rsv1(client: Client, killmails:
     small, small_w = await rawws.connect(host, port, extensions="permessage-deflate; server_max_window_bits=9")
     full, full_w = await rawws.connect(host, port, extensions="permessage-deflate; client_max_window_bits")
     bare, bare_w = await rawws.connect(host, port)
-    assert small_w.extensions == "permessage-deflate; server_no_context_takeover; server_max_window_bits=9"
-    assert full_w.extensions == "permessage-deflate; server_no_context_takeover"
+    assert (
+        small_w.extensions
+        == "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9"
+    )
+    assert full_w.extensions == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
     assert bare_w.extensions is None
     for w in (small_w, full_w, bare_w):
         await rawws.send_text(w, json.dumps(SUB))
@@ -153,7 +159,7 @@ async def test_node_ws_client(client: Client, killmails: list[dict[str, Any]]) -
     )
     assert proc.stdout is not None
     head = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
-    assert head["extensions"] == "permessage-deflate; server_no_context_takeover"
+    assert head["extensions"] == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
     assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 20)) == {"ready": True, "binary": False}
     await post(client, killmails)
     want = await collect(plain, len(killmails))
@@ -280,3 +286,28 @@ def test_a_variant_is_the_same_from_the_body_or_the_enriched_object(killmails: l
             assert from_object.frame(langs) == from_body.frame(langs)
             assert from_object.deflated(langs, 15) == from_body.deflated(langs, 15)
         assert kill == json.loads(body)  # cutting names never changed the object itself
+
+
+async def test_compressed_client_frames_are_inflated_and_bounded(client: Client) -> None:
+    """What a deflate client sends is inflated one message at a time (client_no_context_takeover)
+    and held to the same 4 KiB limit after inflating; garbage closes the socket, nothing else."""
+    host, port = client.server.host, client.server.port
+    reader, writer = await rawws.connect(host, port, extensions="permessage-deflate")
+    for _ in range(3):  # each message a stream of its own: no state carried over
+        writer.write(rawws.masked_deflated_frame(json.dumps({"action": "ping"}).encode()))
+        _, _, pong = await asyncio.wait_for(rawws.read_frame(reader), 5)
+        assert json.loads(pong)["action"] == "pong"
+    bomb = json.dumps({"action": "ping", "pad": "x" * 100_000}).encode()  # ~300 bytes deflated
+    writer.write(rawws.masked_deflated_frame(bomb))
+    _, opcode, close = await asyncio.wait_for(rawws.read_frame(reader), 5)
+    assert opcode == 0x8 and int.from_bytes(close[:2], "big") == 1009
+    writer.close()
+
+    reader, writer = await rawws.connect(host, port, extensions="permessage-deflate")
+    frame = rawws.masked_frame(b"\xff\xfe not deflate at all")
+    writer.write(bytes([frame[0] | 0x40]) + frame[1:])
+    _, opcode, _ = await asyncio.wait_for(rawws.read_frame(reader), 5)
+    assert opcode == 0x8  # closed (aiohttp's reader gives up on the stream), the server goes on
+    writer.close()
+    resp = await client.get("/health")
+    assert resp.status == 200
