@@ -80,6 +80,11 @@ class Config:
     ws_control_burst: int = 300
     # Resume (`since`): at most this many of the most recent stored kills are replayed.
     ws_replay_max: int = 1000
+    # Bytes one socket may hold (queued frames, live kills held during its replay, its
+    # transport's unsent bytes); a client that would pass it is closed with 1013 (issue 10).
+    ws_send_buffer: int = 4 * 1024 * 1024
+    # Replays reading (and rendering) stored kills at once; the others wait their turn.
+    ws_replay_concurrency: int = 4
     # Browser Origins allowed to open a socket; empty = any. Same-origin and clients without an
     # Origin header (bots) are always allowed.
     ws_allowed_origins: tuple[str, ...] = ()
@@ -100,6 +105,13 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_at_least(env: Mapping[str, str], name: str, default: int, least: int) -> int:
+    value = _env_int(env, name, default)
+    if value < least:  # 0 replays at once would leave every replay waiting forever
+        raise SystemExit(f"{name} must be at least {least}, got {value}")
+    return value
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -137,6 +149,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
+        ws_send_buffer=_env_at_least(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer, 1),
+        ws_replay_concurrency=_env_at_least(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency, 1),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),

@@ -4,10 +4,13 @@ Subscriptions are conditions (killboard/topics.py) filed in one index: a kill is
 looking up the keys it has, and each matching socket gets it once however many of its channels
 match. Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
-(see python-websockets' essay on broadcast). A socket with nothing queued or in flight gets the
-frame written straight to its transport instead (`_write_now`). A kill is encoded once and the
-same bytes go to every subscriber of a kind: each variant (names in the languages a socket
-asked for, plain or permessage-deflated: killboard/wire.py) is made once per kill.
+(see python-websockets' essay on broadcast). The bound is in bytes: what a socket holds (its
+outbox, the live kills held back during its replay, and what its transport has not yet handed
+to the kernel) may not pass `send_buffer` (KILLBOARD_WS_SEND_BUFFER); a deflated frame counts
+by its size on the wire. A socket with nothing queued or in flight gets the frame written
+straight to its transport instead (`_write_now`). A kill is encoded once and the same bytes go
+to every subscriber of a kind: each variant (names in the languages a socket asked for, plain
+or permessage-deflated: killboard/wire.py) is made once per kill.
 """
 
 from __future__ import annotations
@@ -92,21 +95,25 @@ class Delivered:
 
 
 class Outbox:
-    """The bounded FIFO of frames between the hub and one socket's writer.
+    """The bounded FIFO of frames between the hub and one socket's writer, and their bytes.
 
     asyncio.Queue's interface as the hub and the replay use it, at a fraction of its memory:
     asyncio.Queue keeps three deques and an Event, ~3 KB per socket (tracemalloc), 15% of an idle
     subscriber. This is one list (usually 0 or 1 frames long, so popping the front is cheap) and
-    one future, made only while the writer waits for a frame or a replay waits for room; the two
-    never wait at once, since the outbox cannot be both empty and full.
+    one future, made only while the writer waits for a frame or a replay waits for room (both
+    may wait on it at once: a frame put or taken wakes both, and each checks its own condition).
+
+    Each frame is queued with its size on the wire, which is not always len(frame) (a frame
+    may be a payload compressed elsewhere): `nbytes` is their sum.
     """
 
-    __slots__ = ("_items", "_maxsize", "_waiter")
+    __slots__ = ("_items", "_maxsize", "_waiter", "nbytes")
 
     def __init__(self, maxsize: int) -> None:
-        self._items: list[bytes | None] = []
+        self._items: list[tuple[bytes | None, int]] = []
         self._maxsize = maxsize
         self._waiter: asyncio.Future[None] | None = None
+        self.nbytes = 0
 
     def qsize(self) -> int:
         return len(self._items)
@@ -117,30 +124,28 @@ class Outbox:
     def full(self) -> bool:
         return len(self._items) >= self._maxsize
 
-    def put_nowait(self, item: bytes | None) -> None:
+    def put_nowait(self, item: bytes | None, size: int = 0) -> None:
         if len(self._items) >= self._maxsize:
             raise asyncio.QueueFull
-        self._items.append(item)
+        self._items.append((item, size))
+        self.nbytes += size
         self._wake()
 
     def get_nowait(self) -> bytes | None:
         if not self._items:
             raise asyncio.QueueEmpty
-        item = self._items.pop(0)
+        item, size = self._items.pop(0)
+        self.nbytes -= size
         self._wake()
         return item
 
     async def get(self) -> bytes | None:
         while not self._items:
-            await self._wait()
+            await self.changed()
         return self.get_nowait()
 
-    async def put(self, item: bytes | None) -> None:
-        while self.full():
-            await self._wait()
-        self.put_nowait(item)
-
-    async def _wait(self) -> None:
+    async def changed(self) -> None:
+        """Until a frame is put or taken."""
         waiter = self._waiter
         if waiter is None or waiter.done():
             waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -161,14 +166,17 @@ class Subscriber:
     transport: asyncio.BaseTransport | None
     # condition -> the channel string it was first subscribed with
     channels: dict[Condition, str] = field(default_factory=dict)
-    # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up.
+    # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
+    # and their bytes.
     held: deque[tuple[int, bytes, KillFacts]] | None = None
+    held_bytes: int = 0
     delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
     sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
     dropped: bool = False
+    client_errors: int = 0  # error frames sent for bad client messages (ws.py logs the first few)
     # What this socket's kill frames look like (killboard/wire.py): names in these languages
     # (None: all), deflated for this window (0: plain).
     lang: Langs = None
@@ -179,12 +187,20 @@ class Hub:
     """All live sockets (a weak set, as designed) and the channel -> subscribers index."""
 
     def __init__(
-        self, send_queue: int, close_timeout: float, replay_window: int = 1000, deflate_level: int = 6
+        self,
+        send_queue: int,
+        close_timeout: float,
+        replay_window: int = 1000,
+        send_buffer: int = 4 * 1024 * 1024,
+        deflate_level: int = 6,
     ) -> None:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        # Connections whose handler has ended but which are not closed yet (see linger).
+        self._closing: set[asyncio.BaseProtocol] = set()
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
         self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
+        self.send_buffer = send_buffer
         self._close_timeout = close_timeout
         self._replay_window = replay_window
         # Match keys of the last kills published, so a replay need not decode them again.
@@ -199,7 +215,28 @@ class Hub:
         self._deflater: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self.sockets)
+        """Open sockets, those still closing included: every one holds a descriptor and memory."""
+        closing = self._closing
+        if closing:
+            closing.difference_update([p for p in closing if getattr(p, "transport", None) is None])
+        return len(self.sockets) + len(closing)
+
+    def linger(self, protocol: asyncio.BaseProtocol | None) -> None:
+        """A socket's handler has ended; its connection may not be gone. aiohttp closes the
+        transport after a close frame, or when the heartbeat gives up, and a transport's close
+        waits until its buffer is flushed: to a peer that stopped reading, never. Such a
+        connection keeps counting as open until it is gone, and is aborted after close_timeout."""
+        if protocol is None or protocol in self._closing or getattr(protocol, "transport", None) is None:
+            return
+        self._closing.add(protocol)
+        asyncio.get_running_loop().call_later(self._close_timeout, self._reap, protocol)
+
+    def _reap(self, protocol: asyncio.BaseProtocol) -> None:
+        self._closing.discard(protocol)
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            log.debug("websocket connection could not finish closing in time: aborted")
+            transport.abort()
 
     def subscribed_count(self) -> int:
         return len(self._index.subscribers())
@@ -227,7 +264,7 @@ class Hub:
         for condition in sub.channels:
             self._index.remove(condition, sub)
         sub.channels.clear()
-        sub.held = None
+        sub.held, sub.held_bytes = None, 0
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
         if sub.writer is not None and not sub.writer.done():
@@ -249,18 +286,50 @@ class Hub:
         if sub.held is None:
             sub.held = deque()
 
-    def send(self, sub: Subscriber, frame: bytes) -> bool:
-        """Queue one frame for a socket; False (and the client is dropped) when its queue is full."""
+    def held_bytes(self, sub: Subscriber) -> int:
+        """What one socket holds now: its outbox, its held live kills and its transport's unsent
+        bytes (where a client that never reads piles them up once its kernel buffers are full)."""
+        transport = sub.transport
+        unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
+        return sub.outbox.nbytes + sub.held_bytes + unsent
+
+    def fits(self, sub: Subscriber, size: int) -> bool:
+        """Whether `size` more bytes keep the socket within its budget. A socket that holds
+        nothing takes any one frame, so a kill larger than the budget still reaches everyone."""
+        held = self.held_bytes(sub)
+        return held == 0 or held + size <= self.send_buffer
+
+    def send(self, sub: Subscriber, frame: bytes, size: int | None = None) -> bool:
+        """Queue one frame (`size` bytes on the wire, len(frame) unless given) for a socket;
+        False (and the client is dropped with 1013) when it would pass its queue or byte budget."""
         if sub.dropped:
             return False
+        if size is None:
+            size = len(frame)
         if sub.outbox.empty() and not sub.sending and _write_now(sub, frame):
             return True
+        if not self.fits(sub, size):
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send buffer full: client reads too slowly")
+            return False
         try:
-            sub.outbox.put_nowait(frame)
+            sub.outbox.put_nowait(frame, size)
         except asyncio.QueueFull:
             self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
             return False
         return True
+
+    async def put(self, sub: Subscriber, frame: bytes, size: int | None = None) -> None:
+        """Queue a frame, waiting until the socket has room for it (a replay may be longer than
+        the budget); the caller bounds the wait."""
+        if size is None:
+            size = len(frame)
+        while not sub.dropped and (sub.outbox.full() or not self.fits(sub, size)):
+            # The transport's buffer drains without touching the outbox: look again now and then.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await sub.outbox.changed()
+        if not sub.dropped:
+            sub.outbox.put_nowait(frame, size)
 
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
@@ -382,10 +451,11 @@ class Hub:
             return True
         if sub.dropped:
             return False
-        if len(sub.held) >= self._send_queue:
+        if len(sub.held) >= self._send_queue or not self.fits(sub, len(frame)):
             self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"too many live kills during the replay: reads too slowly")
             return False
         sub.held.append((seq, frame, facts))
+        sub.held_bytes += len(frame)
         return True
 
     def close(self, sub: Subscriber, code: int, message: bytes) -> None:
@@ -406,11 +476,11 @@ class Hub:
     def _close(self, sub: Subscriber, code: int, message: bytes, keep_queued: bool = False) -> None:
         """Ask the writer to send a close frame next, and cut the connection if it cannot."""
         sub.dropped = True
-        sub.held = None
+        sub.held, sub.held_bytes = None, 0
         sub.close_code, sub.close_message = code, message
         while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
             sub.outbox.get_nowait()
-        sub.outbox.put_nowait(None)
+        sub.outbox.put_nowait(None)  # (also wakes a replay waiting for room: it sees the drop)
         # A writer stuck sending to a peer that stopped reading never reaches the close request.
         asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub)
 
@@ -430,14 +500,16 @@ class Hub:
                         await ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     sub.sending = False
-        except (ConnectionResetError, RuntimeError):
-            return  # the peer went away (RuntimeError: socket already closing)
+        except (ConnectionError, RuntimeError):
+            # The peer went away: reset (ConnectionResetError), or lost while we waited for a
+            # drain (aiohttp raises a plain ConnectionError); RuntimeError: already closing.
+            return
         # A dropped client that stopped reading cannot even take the close frame: give it a
         # moment, then cut the connection so its handler ends and the memory is freed.
         try:
             async with asyncio.timeout(self._close_timeout):
                 await ws.close(code=sub.close_code, message=sub.close_message)
-        except (TimeoutError, ConnectionResetError):
+        except (TimeoutError, ConnectionError):
             if sub.transport is not None:
                 sub.transport.abort()
 

@@ -12,6 +12,7 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .prices import PriceBook
 from .r2z2 import Follower
+from .replay import Replays
 from .staticdata import StaticData
 from .store import Store
 
@@ -20,6 +21,7 @@ static_key = web.AppKey("static", StaticData)
 prices_key = web.AppKey("prices", PriceBook)
 store_key = web.AppKey("store", Store)
 hub_key = web.AppKey("hub", Hub)
+replays_key = web.AppKey("replays", Replays)
 pipeline_key = web.AppKey("pipeline", Pipeline)
 started_key = web.AppKey("started", float)
 metrics_key = web.AppKey("metrics", Metrics)

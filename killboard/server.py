@@ -23,6 +23,7 @@ from .keys import (
     metrics_key,
     pipeline_key,
     prices_key,
+    replays_key,
     started_key,
     static_key,
     store_key,
@@ -33,6 +34,7 @@ from .metrics import endpoint as metrics_endpoint
 from .pipeline import Pipeline
 from .prices import price_book
 from .proxy import forwarded_middleware
+from .replay import Replays
 from .staticdata import StaticData, load_static
 from .store import Store
 
@@ -91,7 +93,14 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[started_key] = time.monotonic()
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
-    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max, config.ws_deflate_level)
+    app[hub_key] = Hub(
+        config.ws_send_queue,
+        config.ws_close_timeout,
+        config.ws_replay_max,
+        send_buffer=config.ws_send_buffer,
+        deflate_level=config.ws_deflate_level,
+    )
+    app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_worker)

@@ -380,6 +380,21 @@ class Store:
         async with self._reader.execute(_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)) as cur:
             return await self._render(await cur.fetchall())
 
+    async def seqs_after(self, seq: int, upto: int, limit: int) -> list[int]:
+        """The seqs of the kills with `seq` < seq <= `upto`, oldest first: a page of a replay,
+        whose kills are then rendered only where nobody has them yet (`by_seqs`)."""
+        sql = "SELECT seq FROM kills WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+        async with self._reader.execute(sql, (seq, upto, limit)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def by_seqs(self, seqs: Sequence[int]) -> list[StoredKill]:
+        """The kills with these seqs that are still stored, in seq order."""
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        async with self._reader.execute(_SELECT + f" WHERE seq IN ({marks}) ORDER BY seq", tuple(seqs)) as cur:
+            return await self._render(await cur.fetchall())
+
     def unpack(self, codec_id: int, blob: bytes) -> bytes:
         """The stored document of a row: enriched JSON (codec 0) or the source document (codec 1)."""
         return codec.unpack_row(codec_id, blob, self._dictionary)

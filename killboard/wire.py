@@ -24,6 +24,7 @@ from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_request import BaseRequest
 
 from .langs import Langs, filter_names
+from .wsmask import MaskCheck, MaskedWebSocketResponse
 
 RSV1 = 0x40
 _FIN_TEXT = 0x80 | WSMsgType.TEXT
@@ -45,6 +46,14 @@ def kill_frame(seq: int, body: bytes) -> bytes:
 def with_seq(seq: int, body: bytes) -> bytes:
     """The kill object with its sequence number as the first field."""
     return b'{"seq":%d,%s' % (seq, body[1:])
+
+
+def body_of(seq: int, frame: bytes) -> bytes:
+    """The kill's JSON as kill_frame(seq, body) was given it, back from the frame."""
+    head = b'{"action":"kill","seq":%d,"data":{"seq":%d,' % (seq, seq)
+    if not frame.startswith(head):
+        raise ValueError(f"not the kill frame of seq {seq}")
+    return b"{" + frame[len(head) : -1]
 
 
 def body_in(body: bytes, langs: Langs) -> bytes:
@@ -132,13 +141,14 @@ def _accept(params: list[str]) -> int:
     return bits
 
 
-class DeflateResponse(web.WebSocketResponse):
-    """aiohttp's WebSocketResponse with our negotiation (`negotiate`): aiohttp's reader inflates
-    the client's compressed frames, its writer compresses nothing (the hub sends pre-deflated
-    kill frames itself). `compress=True` offers the extension; once prepared, `compress` is the
-    window bits agreed (0: none). No attribute of its own: one more per socket made the
-    instance dict of 10,000 sockets grow. Built on aiohttp 3.14's `_handshake`/`_pre_start`
-    (pinned); tests/test_wire.py fails if they change."""
+class DeflateResponse(MaskedWebSocketResponse):
+    """The socket (wsmask's, which checks that client frames are masked) with our negotiation
+    (`negotiate`): aiohttp's reader inflates the client's compressed frames, its writer
+    compresses nothing (the hub sends pre-deflated kill frames itself). `compress=True` offers
+    the extension; once prepared, `compress` is the window bits agreed (0: none). No attribute
+    of its own: one more per socket made the instance dict of 10,000 sockets grow. Built on
+    aiohttp 3.14's `_handshake`/`_pre_start`/`_post_start` (pinned); tests/test_wire.py fails
+    if they change."""
 
     def _handshake(self, request: BaseRequest) -> tuple[Any, str | None, int, bool]:
         offer, self._compress = self._compress, False  # aiohttp's own negotiation: off
@@ -162,14 +172,14 @@ class DeflateResponse(web.WebSocketResponse):
         handler = request.protocol
         # Bytes that came with the upgrade request go to the parser that stays, not aiohttp's.
         tail, handler._message_tail = handler._message_tail, b""
-        super()._post_start(request, protocol, writer)
+        super()._post_start(request, protocol, writer)  # aiohttp's parser behind the mask check
         if self._compress:
             # The pure-Python reader wants its own queue class (it writes attributes the
             # compiled queue keeps read-only); nothing has been queued yet.
             self._reader = reader_py.WebSocketDataQueue(handler, DEFAULT_CHUNK_SIZE, loop=self._loop)
             parser = FreshInflateReader(self._reader, self._max_msg_size, compress=True, decode_text=self._decode_text)
             self._parser = parser
-            handler._payload_parser = parser
+            handler._payload_parser = MaskCheck(parser, self._reader)
         if tail:
             eof, _ = handler._payload_parser.feed_data(tail)
             if eof:

@@ -22,16 +22,18 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .api import json_error
 from .config import Config
-from .hub import Hub, Subscriber
-from .keys import config_key, hub_key, store_key
+from .hub import Hub, Subscriber, encode
+from .keys import config_key, hub_key, replays_key, store_key
 from .langs import BadLang, parse_langs
-from .replay import replay
 from .topics import BadChannel, parse
 from .wire import DeflateResponse
 
 log = logging.getLogger(__name__)
 
 MAX_SINCE = 2**63 - 1
+# Client mistakes logged per socket; after that one line says the rest are not, so a client that
+# sends bad messages in a loop cannot fill the log (the error frames still go to it).
+LOGGED_CLIENT_ERRORS = 4
 # A sub with `since` reads up to ws_replay_max stored kills: it counts as this many messages.
 REPLAY_COST = 10
 
@@ -89,15 +91,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return json_error(400, str(exc))
     # Not aiohttp's compress=True: that deflates once per client and undoes "encode each kill
     # once". DeflateResponse negotiates the extension; the hub deflates each kill once for all.
+    # max_msg_size + 1: aiohttp refuses a message of max_msg_size bytes and more; ours may be
+    # exactly ws_max_message bytes long.
     ws = DeflateResponse(
         compress=config.ws_deflate,
         heartbeat=config.ws_heartbeat,
-        max_msg_size=config.ws_max_message,
+        max_msg_size=config.ws_max_message + 1,
     )
     await ws.prepare(request)
     if len(hub) >= config.ws_max_clients:
         log.warning("websocket refused: %d sockets open, the limit is %d", len(hub), config.ws_max_clients)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again later: too many connections")
+        hub.linger(request.protocol)
         return ws
     sub = hub.attach(ws, request.transport, lang=lang, deflate=int(ws.compress))
     bucket = Bucket(config.ws_control_rate, config.ws_control_burst)
@@ -121,17 +126,34 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 continue
             if msg.type is WSMsgType.BINARY:
                 error(hub, sub, "binary frames are not accepted: send JSON text frames")
-            else:
+                continue
+            try:
                 await handle_text(request.app, hub, sub, msg.data, bucket)
+            except Exception:  # a bug: this message fails, the socket and the server go on
+                if sub.client_errors < LOGGED_CLIENT_ERRORS:
+                    log.exception("websocket message failed: %r", msg.data[:200])
+                error(hub, sub, "internal error: this message was not processed")
     finally:
+        hub.linger(request.protocol)  # counts until the connection is gone; aborted if it hangs
         await hub.detach(sub)
+        if sub.client_errors > LOGGED_CLIENT_ERRORS:
+            log.info(
+                "websocket client closed after %d errors (%d not logged)",
+                sub.client_errors,
+                sub.client_errors - LOGGED_CLIENT_ERRORS,
+            )
     if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
         log.info("websocket closed: a client message exceeded %d bytes", config.ws_max_message)
     return ws
 
 
 def error(hub: Hub, sub: Subscriber, message: str, **extra: Any) -> None:
-    log.info("websocket client error: %s", message)
+    """Tell the client what was wrong; log it, unless this socket has had its share of lines."""
+    sub.client_errors += 1
+    if sub.client_errors < LOGGED_CLIENT_ERRORS:
+        log.info("websocket client error: %s", message)
+    elif sub.client_errors == LOGGED_CLIENT_ERRORS:
+        log.info("websocket client error: %s (further errors of this client are not logged)", message)
     hub.send_json(sub, {"action": "error", "message": message, **extra})
 
 
@@ -143,6 +165,11 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
         return
     if not isinstance(message, dict):
         error(hub, sub, f"expected a JSON object, got {type(message).__name__}")
+        return
+    try:
+        encode(message)  # what cannot be encoded back (a lone surrogate) must not reach a reply
+    except UnicodeEncodeError:
+        error(hub, sub, "invalid string: a lone UTF-16 surrogate (\\ud800-\\udfff) is not a character")
         return
     action = message.get("action")
     if action == "ping":
@@ -183,4 +210,4 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
     hub.subscribe(sub, condition, channel)
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
     if since is not None:
-        await replay(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)
+        await app[replays_key].run(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from killboard.enrich import enrich
@@ -31,3 +33,13 @@ def make_kills(
 async def save_all(store: Store, kills: list[NewKill], batch: int = 200) -> None:
     for i in range(0, len(kills), batch):
         await store.save_kills(kills[i : i + batch])
+
+
+async def filled(path: Path, static: StaticData, killmails: list[dict[str, Any]], count: int) -> None:
+    """A database at `path` holding `count` kills stored now, checkpointed (ready for a server)."""
+    store = await Store.open(path)
+    try:
+        await save_all(store, make_kills(static, killmails, count, 300_000_000, int(time.time())))
+        await store.checkpoint()
+    finally:
+        await store.close()

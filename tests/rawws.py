@@ -67,8 +67,8 @@ async def connect(
     return reader, writer
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
-    """One unmasked server frame: (first byte's RSV bits, opcode, payload)."""
+async def read_frame_rsv(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+    """The next server frame: (first byte's RSV bits, opcode, payload)."""
     first, second = await reader.readexactly(2)
     n = second & 0x7F
     if n == 126:
@@ -81,3 +81,21 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
 async def send_text(writer: asyncio.StreamWriter, text: str) -> None:
     writer.write(masked_frame(text.encode()))
     await writer.drain()
+
+
+def unmasked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A frame as a server sends it: no mask (from a client, RFC 6455 says close 1002)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([0x80 | opcode, 127]) + struct.pack("!Q", n)
+    return head + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next server frame: (opcode, payload)."""
+    _, opcode, payload = await read_frame_rsv(reader)
+    return opcode, payload

@@ -6,12 +6,11 @@ import asyncio
 import copy
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from killgen import make_kills, save_all
+from killgen import filled
 from serverproc import ServerProcess
 
 from killboard import codec
@@ -35,15 +34,6 @@ def listing(folder: Path, pattern: str) -> list[Path]:
 
 async def run_app_py(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(app_py, *args)
-
-
-async def filled(path: Path, static: StaticData, killmails: list[dict[str, Any]], count: int) -> None:
-    store = await Store.open(path)
-    try:
-        await save_all(store, make_kills(static, killmails, count, 300_000_000, int(time.time())))
-        await store.checkpoint()
-    finally:
-        await store.close()
 
 
 async def test_backup_while_the_server_ingests(

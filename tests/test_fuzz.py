@@ -241,8 +241,37 @@ class RawSocket:
         self.sock.close()
 
 
+# Channel strings near the grammar (topics.parse): real names and prefixes, ids that are not
+# plain ASCII digits (superscripts, Arabic-Indic, full-width; raw and as JSON escapes), ids past
+# 64 bits, joins, lone surrogates, quotes, very long strings.
+CHANNEL_PIECES = st.sampled_from(
+    [
+        "kills", "all", "solo", "10b", "wspace", "frigates", "victim.", "attacker.", "system.", "system:",
+        "region.", "character:", "alliance:", "ship:", "group:", "&", "&&", ".", ":", "0", "1", "30000142",
+        "9223372036854775808", "99" * 20, r"\u00b2", "²", r"\u0663", "٣", r"\uff11", "-1", " ", r"\ud800",
+        r"\udfff", r"\ud83d\ude00", r"\u0000", r"\"", "\\", "<script>", "KILLS", "x" * 300,
+    ]
+)  # fmt: skip
+CHANNELS = st.one_of(
+    st.lists(CHANNEL_PIECES, min_size=1, max_size=12).map("".join),
+    st.text(max_size=40).map(lambda t: json.dumps(t)[1:-1]),
+)
+
+
+def channel_message(action: str, channel: str, since: str | None) -> bytes:
+    extra = "" if since is None else f',"since":{since}'
+    return f'{{"action":"{action}","channel":"{channel}"{extra}}}'.encode()
+
+
+CHANNEL_MESSAGES = st.builds(
+    channel_message,
+    st.sampled_from(["sub", "unsub"]),
+    CHANNELS,
+    st.none() | st.sampled_from(["0", "-1", "1e3", "9223372036854775808", '"1"', "null"]),
+)
 CLIENT_FRAMES = st.one_of(
     st.tuples(st.just(0x1), JSON_VALUES.map(dumps)),  # JSON of every shape
+    st.tuples(st.just(0x1), CHANNEL_MESSAGES),  # channel strings as raw JSON escapes
     st.tuples(
         st.just(0x1),
         st.fixed_dictionaries(

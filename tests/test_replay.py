@@ -17,8 +17,9 @@ from test_topics import drain
 from test_ws import post, with_id_offset
 
 from killboard.enrich import enrich
-from killboard.keys import hub_key, prices_key, static_key, store_key
+from killboard.keys import hub_key, prices_key, replays_key, static_key, store_key
 from killboard.pipeline import build_kill
+from killboard.replay import Replays
 from killboard.topics import kill_facts
 from killboard.validate import parse_submission
 
@@ -198,18 +199,71 @@ async def test_a_kill_committed_before_the_replay_and_published_during_it_arrive
     kill = enrich(submission, app[static_key], {}, app[prices_key])
     new = build_kill(submission, kill)
     [(seq, _)] = await store.save_kills([new])  # committed, as the worker does first
-    real_after = store.after
+    real_read = store.by_seqs
     pending = [seq]
 
-    async def after_then_publish(cursor: int, limit: int) -> list[Any]:
-        rows = await real_after(cursor, limit)
+    async def read_then_publish(seqs: list[int]) -> list[Any]:
+        rows = await real_read(seqs)
         while pending:  # ... and the worker resumes and publishes while the replay reads
             hub.publish(pending.pop(), new.body, kill_facts(kill))
         return rows
 
-    monkeypatch.setattr(store, "after", after_then_publish)
+    monkeypatch.setattr(store, "by_seqs", read_then_publish)
     ws = await client.ws_connect("/ws")
     replay = await sub(ws, "kills", 5)
     assert replay["to"] == seq == 11
     assert [f["seq"] for f in await drain(ws)] == [6, 7, 8, 9, 10, 11]
     assert not pending
+
+
+async def test_concurrent_replays_share_the_rendered_frames(make_client: Any, killmails: list[dict[str, Any]]) -> None:
+    """Ten sockets replay the same 82 kills at once: each stored kill is rendered once (a
+    replay waits for the frames another is rendering), every socket gets all of them in order,
+    and the cache is emptied when the last replay ends."""
+    client = await make_client()
+    await post(client, killmails)
+    await settle(client)
+    replays = client.server.app[replays_key]
+    sockets = [await client.ws_connect("/ws") for _ in range(10)]
+    await asyncio.gather(*(sub(ws, "kills", 0) for ws in sockets))
+    frames = [await drain(ws) for ws in sockets]
+    for got in frames:
+        assert [f["seq"] for f in got] == list(range(1, len(killmails) + 1))
+    assert replays.renders == len(killmails)
+    assert replays.running == 0 and len(replays.cache) == 0 and replays.cache.nbytes == 0
+    # Narrower channels match on the same frames (their match keys decoded from them).
+    solo = [await client.ws_connect("/ws") for _ in range(3)]
+    await asyncio.gather(*(sub(ws, "solo", 0) for ws in solo))
+    expected = [f["seq"] for f in frames[0] if f["data"]["is_solo"]]
+    assert expected and [[f["seq"] for f in await drain(ws)] for ws in solo] == [expected] * 3
+    assert replays.renders == 2 * len(killmails)
+
+
+async def test_a_replay_waiting_on_a_renderer_that_went_away_renders_for_itself(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await post(client, killmails[:10])
+    await settle(client)
+    store = client.server.app[store_key]
+    replays = Replays(4)
+    real_read = store.by_seqs
+    calls: list[list[int]] = []
+    never = asyncio.Event()
+
+    async def first_read_hangs(seqs: list[int]) -> list[Any]:
+        calls.append(list(seqs))
+        if len(calls) == 1:
+            await never.wait()  # the first replay's socket goes away while it renders
+        return await real_read(seqs)
+
+    monkeypatch.setattr(store, "by_seqs", first_read_hangs)
+    first = asyncio.create_task(replays.page(store, 0, 10))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(replays.page(store, 0, 10))  # waits for the first one's frames
+    await asyncio.sleep(0.05)
+    assert len(calls) == 1 and not second.done()
+    first.cancel()
+    page = await asyncio.wait_for(second, 5)
+    assert [seq for seq, _ in page] == list(range(1, 11))
+    assert [json.loads(entry.frame)["seq"] for _, entry in page] == list(range(1, 11))
+    assert calls == [list(range(1, 11))] * 2

@@ -52,10 +52,14 @@ async def test_sigterm_drains_the_queue_closes_clients_with_1001_and_exits_quick
                 server.url + "/api/killmails", data=io.BytesIO(json.dumps(warmup).encode())
             ) as resp:
                 assert resp.status == 202
-            for ws in clients:
+
+            async def take_warmup(ws: aiohttp.ClientWebSocketResponse) -> None:
                 for _ in warmup:
                     msg = await ws.receive(timeout=15)
                     assert json.loads(msg.data)["action"] == "kill"
+
+            # All at once: a client left unread for 10 MB would pass its byte budget (1013).
+            await asyncio.gather(*(take_warmup(ws) for ws in clients))
             readers = [asyncio.create_task(read_until_close(ws)) for ws in clients]
 
             # One POST of 984 kills: acknowledged once in the inbox, then queued for the worker.

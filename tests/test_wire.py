@@ -104,13 +104,13 @@ async def test_raw_frames_are_deflated_once_with_rsv1(client: Client, killmails:
     plain_kills: dict[int, bytes] = {}
     sizes: dict[int, int] = {}
     for reader in (small, full, bare):
-        rsv, opcode, ack = await rawws.read_frame(reader)
+        rsv, opcode, ack = await rawws.read_frame_rsv(reader)
         assert (rsv, opcode, json.loads(ack)["action"]) == (0, 1, "subscribed")
     await post(client, killmails[:20])
     for reader, bits in ((bare, 0), (small, 9), (full, 15)):
         inflater = zlib.decompressobj(-bits) if bits else None
         for _ in range(20):
-            rsv, opcode, payload = await asyncio.wait_for(rawws.read_frame(reader), 10)
+            rsv, opcode, payload = await asyncio.wait_for(rawws.read_frame_rsv(reader), 10)
             assert opcode == 1
             if inflater is None:
                 assert rsv == 0
@@ -295,18 +295,18 @@ async def test_compressed_client_frames_are_inflated_and_bounded(client: Client)
     reader, writer = await rawws.connect(host, port, extensions="permessage-deflate")
     for _ in range(3):  # each message a stream of its own: no state carried over
         writer.write(rawws.masked_deflated_frame(json.dumps({"action": "ping"}).encode()))
-        _, _, pong = await asyncio.wait_for(rawws.read_frame(reader), 5)
+        _, _, pong = await asyncio.wait_for(rawws.read_frame_rsv(reader), 5)
         assert json.loads(pong)["action"] == "pong"
     bomb = json.dumps({"action": "ping", "pad": "x" * 100_000}).encode()  # ~300 bytes deflated
     writer.write(rawws.masked_deflated_frame(bomb))
-    _, opcode, close = await asyncio.wait_for(rawws.read_frame(reader), 5)
+    _, opcode, close = await asyncio.wait_for(rawws.read_frame_rsv(reader), 5)
     assert opcode == 0x8 and int.from_bytes(close[:2], "big") == 1009
     writer.close()
 
     reader, writer = await rawws.connect(host, port, extensions="permessage-deflate")
     frame = rawws.masked_frame(b"\xff\xfe not deflate at all")
     writer.write(bytes([frame[0] | 0x40]) + frame[1:])
-    _, opcode, _ = await asyncio.wait_for(rawws.read_frame(reader), 5)
+    _, opcode, _ = await asyncio.wait_for(rawws.read_frame_rsv(reader), 5)
     assert opcode == 0x8  # closed (aiohttp's reader gives up on the stream), the server goes on
     writer.close()
     resp = await client.get("/health")

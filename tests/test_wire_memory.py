@@ -61,7 +61,7 @@ async def test_idle_deflate_sockets_stay_small(tmp_path: Path, killmails: list[d
             for reader, writer in pairs:
                 assert writer.extensions == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"  # type: ignore[attr-defined]
                 writer.write(rawws.masked_deflated_frame(sub.encode()))
-                assert json.loads((await rawws.read_frame(reader))[2])["action"] == "subscribed"
+                assert json.loads((await rawws.read_frame_rsv(reader))[2])["action"] == "subscribed"
                 writers.append(writer)
                 pairs_all.append((reader, writer))
         async with aiohttp.ClientSession() as session:
@@ -69,7 +69,7 @@ async def test_idle_deflate_sockets_stay_small(tmp_path: Path, killmails: list[d
             assert resp.status == 202
         readers = [reader for reader, _ in pairs_all]
         for reader in readers:
-            rsv, _, _ = await asyncio.wait_for(rawws.read_frame(reader), 20)
+            rsv, _, _ = await asyncio.wait_for(rawws.read_frame_rsv(reader), 20)
             assert rsv == 0x40  # deflated
         per_socket = (await _settled(server.proc.pid) - idle) / SOCKETS
         assert per_socket <= PER_SOCKET_BOUND, f"{per_socket / 1024:.1f} KiB per idle deflate socket"

@@ -114,14 +114,20 @@ def test_limits_come_from_the_environment() -> None:
             "KILLBOARD_WS_CONTROL_RATE": "2.5",
             "KILLBOARD_WS_CONTROL_BURST": "9",
             "KILLBOARD_WS_REPLAY_MAX": "50",
+            "KILLBOARD_WS_SEND_BUFFER": "1048576",
+            "KILLBOARD_WS_REPLAY_CONCURRENCY": "2",
             "KILLBOARD_WS_ORIGINS": "https://a.example/, https://b.example",
         }
     )
     assert (config.ws_max_clients, config.ws_max_channels, config.ws_max_channel_length) == (7, 8, 90)
     assert (config.ws_control_rate, config.ws_control_burst, config.ws_replay_max) == (2.5, 9, 50)
+    assert (config.ws_send_buffer, config.ws_replay_concurrency) == (1048576, 2)
     assert config.ws_allowed_origins == ("https://a.example", "https://b.example")
     with pytest.raises(SystemExit, match="KILLBOARD_WS_CONTROL_RATE must be a number"):
         from_env({"KILLBOARD_WS_CONTROL_RATE": "fast"})
+    for name in ("KILLBOARD_WS_SEND_BUFFER", "KILLBOARD_WS_REPLAY_CONCURRENCY"):
+        with pytest.raises(SystemExit, match=f"{name} must be at least 1, got 0"):
+            from_env({name: "0"})
 
 
 async def test_a_replay_costs_ten_messages(make_client: Any) -> None:
@@ -133,3 +139,35 @@ async def test_a_replay_costs_ten_messages(make_client: Any) -> None:
     await ws.send_str(json.dumps({"action": "sub", "channel": "solo", "since": 0}))
     reply = await ws.receive_json(timeout=5)
     assert reply["action"] == "error" and reply["message"].startswith("too many replays"), reply
+
+
+async def test_lone_surrogate_gets_an_error_frame_and_200_bad_messages_log_a_few_lines(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client()
+    ws = await client.ws_connect("/ws")
+    # A lone surrogate can only arrive as a JSON escape (the frame itself must be valid UTF-8).
+    bad = [
+        '{"action":"sub","channel":"\\ud800"}',
+        '{"action":"unsub","channel":"kills\\udfff"}',
+        '{"action":"\\ud800"}',
+        '{"action":"sub","channel":"kills","since":0,"x\\ud83d":1}',
+    ]
+    with caplog.at_level("INFO"):
+        for n in range(200):
+            await ws.send_str(bad[n % len(bad)])
+            reply = await ws.receive_json(timeout=5)
+            assert reply["action"] == "error", (n, reply)
+        await ws.send_str(PING)
+        assert (await ws.receive_json(timeout=5))["action"] == "pong"  # the socket is fine
+        assert "surrogate" in reply["message"]
+        await ws.close()
+        for _ in range(100):  # the handler's last line, once it has seen the close
+            if any("not logged" in r.getMessage() for r in caplog.records if "closed after" in r.getMessage()):
+                break
+            await asyncio.sleep(0.02)
+    lines = [r for r in caplog.records if r.name.startswith("killboard")]
+    assert not [r for r in lines if r.levelno >= 40 or r.exc_info], "a client message caused a traceback"
+    assert 3 <= len(lines) <= 6, [r.getMessage() for r in lines]
+    assert sum(len(r.getMessage()) for r in lines) < 2000
+    assert "200 errors (196 not logged)" in lines[-1].getMessage()
