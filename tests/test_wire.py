@@ -311,3 +311,21 @@ async def test_compressed_client_frames_are_inflated_and_bounded(client: Client)
     writer.close()
     resp = await client.get("/health")
     assert resp.status == 200
+
+
+async def test_replays_send_each_socket_its_own_variant(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """Replays share one cache of plain frames; a lang/deflate socket gets its variant of each,
+    made once for all such sockets."""
+    await post(client, killmails[:30])
+    await settle(client)
+    sockets = [
+        await client.ws_connect("/ws", compress=0),
+        await client.ws_connect("/ws?lang=en", compress=15),
+        await client.ws_connect("/ws?lang=en", compress=15),
+    ]
+    for ws in sockets:
+        await ws.send_str(json.dumps({"action": "sub", "channel": "kills", "since": 0}))
+    got = [await collect(ws, 30) for ws in sockets]
+    assert got[1] == got[2]
+    for full, cut in zip(got[0], got[1], strict=True):
+        _same_but_names(full, cut, ("en",))
