@@ -192,9 +192,15 @@ class FreshInflateReader(reader_py.WebSocketReader):
     decompressor kept otherwise is ~15 KiB per socket. Client messages are few and small."""
 
     def _handle_frame(self, fin: bool, opcode: int, payload: bytes | bytearray, compressed: int) -> None:
+        limit = self._max_msg_size
+        if compressed and limit:
+            # aiohttp refuses a frame of `limit` bytes or more, but an inflated message only
+            # past `limit` (ws.py passes the limit + 1 for the first): one limit for both.
+            self._max_msg_size = limit - 1
         try:
             super()._handle_frame(fin, opcode, payload, compressed)
         finally:
+            self._max_msg_size = limit
             self._decompressobj = None  # a message is inflated whole at its last frame
 
 

@@ -329,3 +329,20 @@ async def test_replays_send_each_socket_its_own_variant(client: Client, killmail
     assert got[1] == got[2]
     for full, cut in zip(got[0], got[1], strict=True):
         _same_but_names(full, cut, ("en",))
+
+
+async def test_the_4_kib_limit_is_exact_on_a_deflate_socket_too(client: Client) -> None:
+    """Deflate sockets read with aiohttp's pure-Python reader: the same limit, to the byte."""
+    host, port = client.server.host, client.server.port
+    for size, compressed in ((4096, False), (4096, True), (4097, False), (4097, True)):
+        reader, writer = await rawws.connect(host, port, extensions="permessage-deflate")
+        ping = json.dumps({"action": "ping", "pad": ""}).encode()
+        message = ping[:-2] + b"x" * (size - len(ping)) + b'"}'
+        assert len(message) == size
+        writer.write(rawws.masked_deflated_frame(message) if compressed else rawws.masked_frame(message))
+        _, opcode, payload = await asyncio.wait_for(rawws.read_frame_rsv(reader), 5)
+        if size <= 4096:
+            assert json.loads(payload)["action"] == "pong", (size, compressed)
+        else:
+            assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1009, (size, compressed)
+        writer.close()
