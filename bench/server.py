@@ -27,8 +27,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, db: Path, log_level: str = "WARNING") -> None:
+    def __init__(self, db: Path, log_level: str = "WARNING", root: Path = PROJECT_ROOT) -> None:
+        """`root`: the checkout whose app.py runs (another one to compare, e.g. an older commit)."""
         self.db = db
+        self.root = root
         self.port = free_port()
         self.log = db.with_suffix(".log")
         self.env = {
@@ -56,7 +58,7 @@ class Server:
             started = time.monotonic()
             self.proc = subprocess.Popen(
                 [sys.executable, "app.py", "--port", str(self.port), "--db", str(self.db)],
-                cwd=PROJECT_ROOT,
+                cwd=self.root,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

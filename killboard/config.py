@@ -101,6 +101,10 @@ class Config:
     # This server's address as the public sees it (https://kills.example.com): Discord embeds
     # link to {public_url}/kill/{id}; None: they link to zKillboard only.
     public_url: str | None = None
+    # permessage-deflate for clients that offer it (each kill deflated once for all of them),
+    # at this zlib level (1-9; README "Fewer bytes per delivery" says why 6).
+    ws_deflate: bool = True
+    ws_deflate_level: int = 6
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -155,6 +159,7 @@ LIMITS: dict[str, Limit] = {
     "body_timeout": Limit(0.1, 3600, "KILLBOARD_BODY_TIMEOUT", "s"),
     "max_large_reads": Limit(1, 10_000, "KILLBOARD_MAX_LARGE_READS"),
     "read_deadline": Limit(1, DAY, "KILLBOARD_READ_DEADLINE", "s"),
+    "ws_deflate_level": Limit(1, 9, "KILLBOARD_WS_DEFLATE_LEVEL"),
 }
 
 
@@ -254,6 +259,8 @@ def _from_env(env: Mapping[str, str]) -> Config:
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
+        ws_deflate=_env_flag(env, "KILLBOARD_WS_DEFLATE", base.ws_deflate),
+        ws_deflate_level=_env_int(env, "KILLBOARD_WS_DEFLATE_LEVEL", base.ws_deflate_level),
     )
 
 

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from .hub import with_seq
+from .httpzip import choose
 from .store import StoredKill
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,11 @@ async def stream_kills(
     limit: int,
     trailer: Callable[[StoredKill | None, int], bytes],
     database_error: Callable[[sqlite3.DatabaseError], bool],
+    encode_rows: Callable[[list[StoredKill]], Awaitable[list[bytes]]],
 ) -> web.StreamResponse:
     """`{"killmails":[...]` + trailer(last kill sent, how many) + `}`, written a chunk at a time.
-    The stored JSON is spliced in as is: no decode/re-encode of each kill on the read path.
+    `encode_rows` gives each row's JSON (the stored JSON as is, or its names cut to a `lang`).
+    Gzipped (or deflated) chunk by chunk when the client accepts it.
 
     The first chunk is read before the status line goes out, so a read the database cannot
     answer at all still gets its 4xx/503 JSON from the middlewares; a database error after that
@@ -86,6 +88,9 @@ async def stream_kills(
     and the connection is cut."""
     async with limits.stream():
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        coding = choose(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
+        if coding is not None:
+            response.enable_compression(coding)
         async with limits.render():
             rows = await fetch(start, min(CHUNK, limit))
         try:
@@ -99,7 +104,7 @@ async def stream_kills(
                         async with limits.render():
                             rows = await fetch(cursor, wanted)
                     if rows:
-                        chunk = b",".join(with_seq(r.seq, r.body) for r in rows)
+                        chunk = b",".join(await encode_rows(rows))
                         await response.write(b"," + chunk if sent else chunk)
                         sent += len(rows)
                         last = rows[-1]

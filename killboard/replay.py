@@ -25,8 +25,10 @@ import ujson
 from aiohttp import WSCloseCode
 
 from .hub import Hub, Subscriber, kill_frame
+from .langs import Langs
 from .store import Store
 from .topics import ALL, Condition, KillFacts, kill_facts
+from .wire import body_of
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class Cached:
     frame: bytes
     facts: KillFacts | None
     made: float
+    # The frame as sockets of other kinds take it ((languages, deflate window) -> frame), made
+    # once for every replay that shares this entry (killboard/wire.py).
+    variants: dict[tuple[Langs, int], bytes] | None = None
 
 
 class FrameCache:
@@ -80,8 +85,15 @@ class FrameCache:
         self._frames.clear()
         self.nbytes = 0
 
+    def grew(self, size: int) -> None:
+        """An entry got a variant of `size` bytes: it counts toward the limit too."""
+        self.nbytes += size
+        while self.nbytes > self.limit and self._frames:
+            self._pop(next(iter(self._frames)))
+
     def _pop(self, seq: int) -> None:
-        self.nbytes -= len(self._frames.pop(seq).frame)
+        entry = self._frames.pop(seq)
+        self.nbytes -= len(entry.frame) + sum(map(len, (entry.variants or {}).values()))
 
 
 class Replays:
@@ -195,7 +207,7 @@ async def replay(
                 if not every and entry.facts is None:
                     entry.facts = hub.recent_facts.get(seq) or kill_facts(ujson.loads(_body(entry.frame)))
                 if every or condition.matches(entry.facts):  # type: ignore[arg-type]
-                    if not await _put(hub, sub, entry.frame):
+                    if not await _put(hub, sub, await _frame_for(hub, sub, seq, entry, shared.cache)):
                         return sent
                     sub.delivered.add(seq)
                     sent += 1
@@ -213,6 +225,21 @@ async def replay(
         return sent
     finally:
         sub.held, sub.held_bytes = None, 0  # no await since the loop found it empty: live delivery resumes
+
+
+async def _frame_for(hub: Hub, sub: Subscriber, seq: int, entry: Cached, cache: FrameCache) -> bytes:
+    """The cached frame as this socket takes its kills: names in its languages, deflated for its
+    window (the cache holds the plain frame with every language)."""
+    if sub.lang is None and not sub.deflate:
+        return entry.frame
+    if entry.variants is None:
+        entry.variants = {}
+    key = (sub.lang, sub.deflate)
+    frame = entry.variants.get(key)
+    if frame is None:
+        frame = entry.variants[key] = await hub.replay_frame(sub, seq, body_of(seq, entry.frame))
+        cache.grew(len(frame))
+    return frame
 
 
 def _body(frame: bytes) -> bytes:

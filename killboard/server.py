@@ -13,6 +13,7 @@ from aiohttp import web
 from . import api, damage, pages, upstream, ws
 from .codec import renderer
 from .config import PROJECT_ROOT, Config
+from .httpzip import compress_responses
 from .hub import Hub
 from .keys import (
     config_key,
@@ -106,7 +107,7 @@ async def _close_sockets(app: web.Application) -> None:
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
     found = damage.Damage()
-    middlewares = [api.json_errors, damage.middleware(found)]
+    middlewares = [compress_responses, api.json_errors, damage.middleware(found)]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
@@ -117,7 +118,13 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
-    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max, config.ws_send_buffer)
+    app[hub_key] = Hub(
+        config.ws_send_queue,
+        config.ws_close_timeout,
+        config.ws_replay_max,
+        send_buffer=config.ws_send_buffer,
+        deflate_level=config.ws_deflate_level,
+    )
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
