@@ -14,7 +14,7 @@ import ujson
 from aiohttp import web
 
 from .hub import encode, with_seq
-from .keys import config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key
+from .keys import bus_status_key, config_key, follower_key, hub_key, metrics_key, pipeline_key, started_key, store_key
 from .pipeline import QueueFull, StorageUnavailable
 from .validate import Invalid, Submission, parse_submission
 
@@ -202,6 +202,7 @@ async def health(request: web.Request) -> web.Response:
     pipeline = app[pipeline_key]
     hub = app[hub_key]
     follower = app.get(follower_key)
+    bus = app.get(bus_status_key)
     return web.json_response(
         {
             "status": "ok" if pipeline.store_error is None else "degraded",
@@ -219,13 +220,14 @@ async def health(request: web.Request) -> web.Response:
             "names_pending": await store.names_pending_count(),
             # Leak checks (tests, operators): live asyncio tasks and open file descriptors.
             "tasks": len(asyncio.all_tasks()),
-            "fds": _open_fds(),
+            "fds": open_fds(),
             "store_error": pipeline.store_error,
+            "bus": bus() if bus is not None else None,
         }
     )
 
 
-def _open_fds() -> int | None:
+def open_fds() -> int | None:
     """Open file descriptors of this process (sockets included); None where /proc is missing."""
     try:
         return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself holds open

@@ -83,6 +83,14 @@ class Config:
     # Browser Origins allowed to open a socket; empty = any. Same-origin and clients without an
     # Origin header (bots) are always allowed.
     ws_allowed_origins: tuple[str, ...] = ()
+    # -- past one process (issue 12, killboard/bus) --
+    # Redis (redis://, rediss:// for TLS, unix://; user and password in the URL). Unset: one
+    # process, no Redis. Set: this server also appends every stored kill to the stream, and
+    # `python app.py edge` serves sockets from it.
+    redis_url: str | None = None
+    redis_stream: str = "killboard:kills"
+    # Entries the stream keeps (trimmed with MAXLEN ~): about a day of zKillboard's kills.
+    redis_maxlen: int = 50_000
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -133,10 +141,30 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
+        redis_url=_env_redis_url(env, "KILLBOARD_REDIS_URL"),
+        redis_stream=env.get("KILLBOARD_REDIS_STREAM") or base.redis_stream,
+        redis_maxlen=_env_positive(env, "KILLBOARD_REDIS_MAXLEN", base.redis_maxlen),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
     )
+
+
+def _env_redis_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        # Never echo the value: it may hold a password.
+        raise SystemExit(f"{name} must start with redis://, rediss:// (TLS) or unix://")
+    return raw
+
+
+def _env_positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _env_int(env, name, default)
+    if value < 1:
+        raise SystemExit(f"{name} must be a positive integer, got {value}")
+    return value
 
 
 def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:

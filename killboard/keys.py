@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import aiohttp
 from aiohttp import web
 
@@ -9,9 +12,10 @@ from .config import Config
 from .esi import EsiClient, NameService
 from .hub import Hub
 from .metrics import Metrics
-from .pipeline import Pipeline
+from .pipeline import OnStored, Pipeline
 from .prices import PriceBook
 from .r2z2 import Follower
+from .replay import KillLog
 from .staticdata import StaticData
 from .store import Store
 
@@ -28,3 +32,8 @@ session_key = web.AppKey("session", aiohttp.ClientSession)
 esi_key = web.AppKey("esi", EsiClient)
 names_key = web.AppKey("names", NameService)
 follower_key = web.AppKey("follower", Follower)
+# Where a `since` replay reads: the Store here, the Redis Stream on an edge (killboard/bus).
+log_key = web.AppKey("log", KillLog)  # type: ignore[type-abstract]
+# Present only with KILLBOARD_REDIS_URL: the bus writer's hook for every stored kill, and its state.
+stored_hook_key = web.AppKey("stored_hook", OnStored)
+bus_status_key = web.AppKey("bus_status", Callable[[], dict[str, Any]])

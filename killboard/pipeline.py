@@ -38,6 +38,9 @@ NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
 # Fetches the ESI body of a kill given only by id and hash; raises KillmailGone when it does not
 # exist (dropped), anything else when it may work later (kept in the inbox, retried).
 KillmailFetcher = Callable[[int, str], Awaitable[dict[str, Any]]]
+# Told of every stored kill after its batch is committed: (seq, JSON body, match keys, pushed
+# live). The Redis bus writer (killboard/bus/writer.py) appends them to the stream.
+OnStored = Callable[[int, bytes, KillFacts, bool], None]
 RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 
 
@@ -114,6 +117,7 @@ class Pipeline:
     _in_flight: int = 0  # batches taken from the queue and not yet written
     _attempts: dict[int, int] = field(default_factory=dict)
     metrics: Metrics | None = None
+    on_stored: OnStored | None = None
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -259,7 +263,7 @@ class Pipeline:
                 kill = enrich(sub, self.static, names, self.prices)
                 kills.append(build_kill(sub, kill, names))
                 live[sub.killmail_id] = pending.live
-                if pending.live:
+                if pending.live or self.on_stored is not None:
                     facts[sub.killmail_id] = kill_facts(kill)
             except Exception:
                 log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
@@ -289,18 +293,25 @@ class Pipeline:
                 self.metrics.kills_rejected.labels("enrich_failed").inc(len(prepared.rejected))
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
-            if not live.get(kill.killmail_id, True):
-                continue
-            if cutoff is not None and kill.kill_time < cutoff:
-                log.info(
-                    "kill %d stored but not pushed live: kill time older than %d s",
-                    kill.killmail_id,
-                    self.live_max_age,
-                )
-                continue
-            # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill.
-            self.hub.publish(seq, lambda kill=kill: kill.body, prepared.facts[kill.killmail_id])
+            pushed = self._push(seq, kill, prepared.facts, live, cutoff)
+            if self.on_stored is not None:
+                self.on_stored(seq, kill.body, prepared.facts[kill.killmail_id], pushed)
         return stored
+
+    def _push(
+        self, seq: int, kill: NewKill, facts: Mapping[int, KillFacts], live: Mapping[int, bool], cutoff: float | None
+    ) -> bool:
+        """Publish a stored kill to the sockets unless it is not for live delivery; True if published."""
+        if not live.get(kill.killmail_id, True):
+            return False
+        if cutoff is not None and kill.kill_time < cutoff:
+            log.info(
+                "kill %d stored but not pushed live: kill time older than %d s", kill.killmail_id, self.live_max_age
+            )
+            return False
+        # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill.
+        self.hub.publish(seq, lambda kill=kill: kill.body, facts[kill.killmail_id])
+        return True
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
         """(names known, ids still without one after asking ESI)."""

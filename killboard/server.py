@@ -19,12 +19,14 @@ from .keys import (
     esi_key,
     follower_key,
     hub_key,
+    log_key,
     metrics_key,
     pipeline_key,
     prices_key,
     started_key,
     static_key,
     store_key,
+    stored_hook_key,
 )
 from .maintenance import maintenance_ctx
 from .metrics import create_metrics, register_collector
@@ -32,6 +34,7 @@ from .metrics import endpoint as metrics_endpoint
 from .pipeline import Pipeline
 from .prices import price_book
 from .proxy import forwarded_middleware
+from .replay import StoreLog
 from .staticdata import StaticData, load_static
 from .store import Store
 
@@ -47,6 +50,7 @@ DRAIN_TIMEOUT = 2.0
 async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
+    app[log_key] = StoreLog(store)
     yield
     await store.close()
 
@@ -63,6 +67,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         queue_full_wait=config.queue_full_wait,
         live_max_age=config.live_max_age,
         metrics=app[metrics_key],
+        on_stored=app.get(stored_hook_key),  # the Redis bus writer, when KILLBOARD_REDIS_URL is set
     )
     app[pipeline_key] = pipeline
     worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
@@ -93,6 +98,10 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
+    if config.redis_url:
+        from .bus.writer import writer_ctx  # only then: the embedded default never imports redis
+
+        app.cleanup_ctx.append(writer_ctx)  # stops after the worker has drained into it
     app.cleanup_ctx.append(_worker)
     app.cleanup_ctx.append(maintenance_ctx)
     if config.upstream:

@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .api import json_error
 from .config import Config
 from .hub import Hub, Subscriber
-from .keys import config_key, hub_key, store_key
+from .keys import config_key, hub_key, log_key
 from .replay import replay
 from .topics import BadChannel, parse
 
@@ -174,4 +174,4 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
     hub.subscribe(sub, condition, channel)
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
     if since is not None:
-        await replay(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)
+        await replay(hub, app[log_key], sub, condition, channel, since, config.ws_replay_max)
