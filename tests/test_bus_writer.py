@@ -4,6 +4,7 @@ the stream lost what the writer appended. Also: without KILLBOARD_REDIS_URL noth
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zlib
@@ -140,7 +141,7 @@ def test_without_a_redis_url_nothing_imports_redis(tmp_path: Path) -> None:
     ],
 )
 def test_bad_bus_settings_are_one_line_and_exit_1(env: dict[str, str], message: str) -> None:
-    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("KILLBOARD_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KILLBOARD_")}
     done = subprocess.run(
         [sys.executable, "app.py", "edge"], cwd=PROJECT_ROOT, env={**clean, **env}, capture_output=True, timeout=60
     )

@@ -1,0 +1,107 @@
+"""deploy/ for edges: the nginx site that splits sockets (edges) from the rest (writer), in a real
+nginx in front of a real writer, two edges and redis-server; the edge unit verified by systemd."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import until
+from redisproc import RedisServer
+from serverproc import ServerProcess, free_port
+from test_bus import connected, health, writer
+from test_deploy import DEPLOY, NGINX, main_config
+
+
+def site_config(writer_port: int, edge_ports: list[int], nginx_port: int) -> str:
+    site = (DEPLOY / "nginx" / "killboard-edges.conf").read_text()
+    for old in ("listen 80;", "127.0.0.1:8080;", "127.0.0.1:8091 ", "127.0.0.1:8092 "):
+        assert old in site
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};").replace("listen [::]:80;", "")
+    site = site.replace("127.0.0.1:8080;", f"127.0.0.1:{writer_port};")
+    site = site.replace("127.0.0.1:8091 ", f"127.0.0.1:{edge_ports[0]} ")
+    return site.replace("127.0.0.1:8092 ", f"127.0.0.1:{edge_ports[1]} ")
+
+
+async def test_sockets_go_to_the_edges_and_the_rest_to_the_writer(
+    tmp_path: Path, killmails: list[dict[str, Any]]
+) -> None:
+    if NGINX is None:
+        pytest.skip("nginx is not installed (.ci/run installs Debian's package with apt)")
+    redis = RedisServer(tmp_path)
+    redis.start()
+    started: list[ServerProcess] = []
+    prefix = tmp_path / "nginx"
+    prefix.mkdir()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        main = await writer(tmp_path, redis, started, KILLBOARD_TRUSTED_PROXIES="127.0.0.1")
+        edges = []
+        for name in ("edge1", "edge2"):
+            edge = ServerProcess(tmp_path / f"{name}.sqlite3", env={"KILLBOARD_REDIS_URL": redis.url}, args=["edge"])
+            started.append(edge)
+            await edge.start()
+            await until(lambda edge=edge: connected(edge), 15)
+            edges.append(edge)
+        nginx_port = free_port()
+        site = prefix / "killboard.conf"
+        site.write_text(site_config(main.port, [e.port for e in edges], nginx_port))
+        conf = prefix / "nginx.conf"
+        conf.write_text(main_config(prefix, site))
+        proc = subprocess.Popen([NGINX, "-e", str(prefix / "error.log"), "-p", str(prefix), "-c", str(conf)])
+        base = f"http://127.0.0.1:{nginx_port}"
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 10
+            while True:
+                assert proc.poll() is None, (prefix / "error.log").read_text()
+                with suppress(aiohttp.ClientError):
+                    async with session.get(base + "/health") as resp:
+                        if resp.status == 200:
+                            assert "role" not in await resp.json()  # the writer's /health
+                            break
+                assert time.monotonic() < deadline, "nginx did not come up"
+                await asyncio.sleep(0.05)
+            async with session.get(base + "/") as resp:
+                assert resp.status == 200 and resp.content_type == "text/html"  # the page: writer
+            sockets = [await session.ws_connect(base.replace("http", "ws") + path) for path in ("/ws", "/ws", "/")]
+            for ws in sockets:
+                await ws.send_json({"action": "sub", "channel": "kills"})
+                assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+            counts = [(await health(p))["clients"] for p in (main, *edges)]
+            assert counts[0] == 0 and sum(counts[1:]) == 3 and min(counts[1:]) >= 1  # least_conn spreads them
+            async with session.post(
+                base + "/api/killmails", json=killmails[0], headers={"Authorization": "Bearer bus-token"}
+            ) as resp:
+                assert resp.status == 202
+            for ws in sockets:
+                frame = await ws.receive_json(timeout=10)
+                assert frame["action"] == "kill" and frame["data"]["killmail_id"] == killmails[0]["killmail_id"]
+                await ws.close()
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+        for p in started:
+            p.stop()
+        redis.stop()
+
+
+def test_edge_unit_verifies(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (DEPLOY / "killboard-edge@.service").read_text()
+    for line in ("ExecStart=/opt/killboard/.venv/bin/python app.py edge", "Environment=KILLBOARD_PORT=%i"):
+        assert line in unit
+    assert "ReadWritePaths" not in unit and "StateDirectory" not in unit  # an edge writes nothing
+    path = tmp_path / "killboard-edge@8091.service"
+    path.write_text(unit.replace("/opt/killboard/.venv/bin/python", shutil.which("python3") or "/usr/bin/python3"))
+    done = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
