@@ -58,6 +58,8 @@ class StreamFollower:
         self.entries = 0
         self.skipped = 0  # kills the stream no longer had when this edge got to them
         self.lag = 0.0  # seconds from the writer's append to this edge's publish, last entry
+        self.lag_total = 0.0  # ... summed over every entry, and the largest
+        self.lag_max = 0.0
 
     def status(self) -> dict[str, Any]:
         return {
@@ -65,7 +67,10 @@ class StreamFollower:
             "last_seq": self.last,
             "entries": self.entries,
             "skipped": self.skipped,
-            "lag_seconds": round(self.lag, 3),
+            "lag_seconds": round(self.lag, 4),
+            "lag_mean_seconds": round(self.lag_total / self.entries, 4) if self.entries else None,
+            "lag_max_seconds": round(self.lag_max, 4),
+            "lag_total_seconds": round(self.lag_total, 4),
             "error": self.error,
         }
 
@@ -110,6 +115,8 @@ class StreamFollower:
         self.last = entry.seq
         self.entries += 1
         self.lag = max(0.0, time.time() - entry.appended_at)
+        self.lag_total += self.lag
+        self.lag_max = max(self.lag_max, self.lag)
         self._advanced.set()
         self._advanced = asyncio.Event()
 
