@@ -4,20 +4,27 @@ nginx in front of a real writer, two edges and redis-server; the edge unit verif
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import until
+from conftest import AUTH, Client, until
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from redisproc import RedisServer
 from serverproc import ServerProcess, free_port
 from test_bus import connected, health, writer
 from test_deploy import DEPLOY, NGINX, main_config
+
+from killboard.bus.edge import create_edge_app
+from killboard.config import Config
 
 
 def site_config(writer_port: int, edge_ports: list[int], nginx_port: int) -> str:
@@ -105,3 +112,44 @@ def test_edge_unit_verifies(tmp_path: Path) -> None:
     path.write_text(unit.replace("/opt/killboard/.venv/bin/python", shutil.which("python3") or "/usr/bin/python3"))
     done = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
+
+
+async def test_the_redis_acl_lets_writer_and_edge_do_their_jobs_and_nothing_else(
+    tmp_path: Path,
+    make_client: Callable[..., Awaitable[Client]],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    config: Config,
+    killmails: list[dict[str, Any]],
+) -> None:
+    acl = (DEPLOY / "redis-users.acl").read_text()
+    acl = acl.replace("CHANGE-ME-WRITER", "writer-pw").replace("CHANGE-ME-EDGE", "edge-pw")
+    (tmp_path / "users.acl").write_text("\n".join(line for line in acl.splitlines() if not line.startswith("#")))
+    redis = RedisServer(tmp_path, ["--aclfile", str(tmp_path / "users.acl")])
+    redis.start()
+    try:
+        url = redis.url.replace("redis://", "redis://{}@")
+        main = await make_client(redis_url=url.format("killboard-writer:writer-pw"))
+        edge = await aiohttp_client(
+            create_edge_app(config.with_overrides(redis_url=url.format("killboard-edge:edge-pw")))
+        )
+        await until(lambda: _edge_reads(edge), 15)
+        ws = await edge.ws_connect("/ws")
+        await ws.send_json({"action": "sub", "channel": "kills"})
+        assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+        resp = await main.post("/api/killmails", data=json.dumps(killmails[:3]), headers=AUTH)
+        assert resp.status == 202
+        assert [(await ws.receive_json(timeout=10))["seq"] for _ in range(3)] == [1, 2, 3]
+        await ws.send_json({"action": "sub", "channel": "solo", "since": 0})  # XRANGE
+        await ws.receive_json(timeout=5)
+        assert (await ws.receive_json(timeout=5))["recovered"] is True
+        for user, password in (("killboard-edge", "edge-pw"), ("default", "")):
+            client = Redis.from_url(url.format(f"{user}:{password}"))
+            with pytest.raises(RedisError):  # an edge cannot write; nobody gets in without a password
+                await client.xadd("killboard:kills", {"x": "y"})
+            await client.aclose()
+    finally:
+        redis.stop()
+
+
+async def _edge_reads(edge: Client) -> bool:
+    return bool((await (await edge.get("/health")).json())["bus"]["connected"])
