@@ -26,7 +26,7 @@ import aiohttp
 
 from .__main__ import percentile, processes_for
 from .data import real_killmails, stream, take
-from .fanout import post_one, wait_received
+from .fanout import post_one, post_steadily, wait_received
 from .procstat import cpu_seconds, load_average, raise_fd_limit
 from .server import Server, free_port
 from .wsclient import Pool
@@ -90,14 +90,7 @@ async def run(workdir: Path, edges: int, subscribers: int, rate: float, seconds:
             if redis:
                 procs["redis-server"] = redis.proc.pid
             cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-            posted: dict[int, float] = {}
-            start = time.monotonic()
-            for i, km in enumerate(take(source, count)):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                posted[km["killmail_id"]] = time.monotonic()
-                await post_one(session, writer.url, km)
+            posted, start = await post_steadily(session, writer.url, take(source, count), rate)
             expected = subscribers * count
             received = await wait_received(pool, expected, 60 + expected / 20_000)
             cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}

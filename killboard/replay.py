@@ -6,6 +6,9 @@ The replay sends the stored kills up to the last seq it saw when it started; the
 frames go out, except those the replay covered; then live delivery resumes. A kill committed
 while the replay runs is either read by it, or held, or both (and then sent once). A kill the
 socket already got live on another channel (hub.Delivered) is not sent again.
+
+The kills come from a KillLog: the Store on the writer, the Redis Stream on an edge
+(killboard/bus/stream.py), which may no longer reach back to `since` (then `recovered: false`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .topics import ALL, Condition, KillFacts, kill_facts
 log = logging.getLogger(__name__)
 
 PAGE = 200
+# A client that takes no replayed frame for this long is not reading: drop it, as a live laggard.
+STALL_TIMEOUT = 10.0
 
 
 class KillLog(Protocol):
@@ -56,10 +61,6 @@ class StoreLog:
 
     async def after(self, seq: int, limit: int) -> Sequence[tuple[int, bytes, KillFacts | None]]:
         return [(row.seq, row.body, None) for row in await self.store.after(seq, limit)]
-
-
-# A client that takes no replayed frame for this long is not reading: drop it, as a live laggard.
-STALL_TIMEOUT = 10.0
 
 
 async def replay(

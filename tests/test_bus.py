@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -76,14 +76,6 @@ class Listener:
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 async def processes() -> AsyncIterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
     yield started
@@ -144,10 +136,10 @@ async def received(listeners: list[Listener], count: int, timeout: float = 30) -
 
 
 async def test_every_subscriber_on_either_edge_gets_every_kill_once_byte_for_byte(
-    tmp_path: Path, redis: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
+    tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis, processes)
-    edges = [await edge(tmp_path, redis, processes, f"edge{i}") for i in (1, 2)]
+    main = await writer(tmp_path, redis_server, processes)
+    edges = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
     system = f"system.{killmails[0]['solar_system_id']}"
     wanted = sum(1 for k in killmails if k["solar_system_id"] == killmails[0]["solar_system_id"])
     everything = [Listener(p.url) for p in (main, *edges) for _ in range(3)]
@@ -179,10 +171,10 @@ async def test_every_subscriber_on_either_edge_gets_every_kill_once_byte_for_byt
 
 
 async def test_clients_of_a_killed_edge_resume_on_the_other_and_miss_nothing(
-    tmp_path: Path, redis: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
+    tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis, processes)
-    first, second = [await edge(tmp_path, redis, processes, f"edge{i}") for i in (1, 2)]
+    main = await writer(tmp_path, redis_server, processes)
+    first, second = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
     moving = [Listener(first.url) for _ in range(4)]
     staying = Listener(second.url)
     for listener in [*moving, staying]:
@@ -221,10 +213,10 @@ async def _all_done(listeners: list[Listener]) -> bool:
 
 
 async def test_redis_restarted_empty_while_kills_flow_loses_no_kill(
-    tmp_path: Path, redis: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
+    tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis, processes)
-    edges = [await edge(tmp_path, redis, processes, f"edge{i}") for i in (1, 2)]
+    main = await writer(tmp_path, redis_server, processes)
+    edges = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
     on_edges = [Listener(p.url) for p in edges for _ in range(2)]
     on_writer = Listener(main.url)
     for listener in [*on_edges, on_writer]:
@@ -232,11 +224,11 @@ async def test_redis_restarted_empty_while_kills_flow_loses_no_kill(
     await post(main, killmails[:20])
     await received(on_edges, 20)
 
-    redis.stop()  # gone, with everything it held
+    redis_server.stop()  # gone, with everything it held
     await post(main, killmails[20:40])
     await received([on_writer], 40)  # the writer's own sockets do not wait for Redis
     assert (await health(main))["bus"]["connected"] is False
-    redis.start()  # back, empty
+    redis_server.start()  # back, empty
     await post_slowly(main, killmails[40:])
     await received(on_edges, len(killmails), 40)
     await asyncio.sleep(0.5)
@@ -257,10 +249,10 @@ async def test_redis_restarted_empty_while_kills_flow_loses_no_kill(
 
 
 async def test_edges_keep_their_sockets_while_the_writer_restarts(
-    tmp_path: Path, redis: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
+    tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis, processes)
-    edges = [await edge(tmp_path, redis, processes, f"edge{i}") for i in (1, 2)]
+    main = await writer(tmp_path, redis_server, processes)
+    edges = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
     listeners = [Listener(p.url) for p in edges for _ in range(2)]
     for listener in listeners:
         await listener.start()
@@ -279,14 +271,14 @@ async def test_edges_keep_their_sockets_while_the_writer_restarts(
 
 
 async def test_an_edge_started_late_replays_from_the_stream(
-    tmp_path: Path, redis: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
+    tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis, processes)
+    main = await writer(tmp_path, redis_server, processes)
     on_writer = Listener(main.url)
     await on_writer.start()
     await post(main, killmails[:50])
     await received([on_writer], 50)
-    late = await edge(tmp_path, redis, processes, "late")
+    late = await edge(tmp_path, redis_server, processes, "late")
     resumed = Listener(late.url)
     await resumed.start(since=10)
     await post(main, killmails[50:])

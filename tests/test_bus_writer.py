@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,6 @@ from killboard.keys import bus_status_key, hub_key
 from killboard.topics import kill_facts
 
 KEY = "killboard:kills"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def post(client: Client, kills: list[dict[str, Any]]) -> None:
