@@ -88,6 +88,8 @@ async def test_a_stream_that_lost_its_entries_is_refilled_in_order_before_new_ki
     assert [int(v[b"p"]) for _, v in rows] == list(range(0, 25))  # a chain: no gap for an edge to see
     status = client.server.app[bus_status_key]()
     assert status["refilled"] == 20 and status["behind"] == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert "killboard_bus_refilled_kills_total 20.0" in metrics and "killboard_bus_behind 0.0" in metrics
 
 
 async def test_the_writer_serves_while_redis_is_down_and_catches_up_from_sqlite(

@@ -16,17 +16,19 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import suppress
 from typing import Any
 
 import ujson
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..config import Config
-from ..keys import bus_status_key, config_key, store_key, stored_hook_key
+from ..keys import bus_status_key, config_key, metrics_key, store_key, stored_hook_key
 from ..r2z2 import backoff_delay
 from ..store import Store
 from ..topics import KillFacts, kill_facts
@@ -208,6 +210,19 @@ class StreamWriter:
                     await asyncio.sleep(0.02)
 
 
+class _WriterCollector(Collector):
+    def __init__(self, writer: StreamWriter) -> None:
+        self._writer = writer
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        w = self._writer
+        yield GaugeMetricFamily("killboard_bus_connected", "1 while the writer reaches Redis", w.connected)
+        yield GaugeMetricFamily(
+            "killboard_bus_behind", "Stored kills not yet in the stream", max(0, w.tail - (w.appended or 0))
+        )
+        yield CounterMetricFamily("killboard_bus_refilled_kills", "Kills appended from SQLite (refills)", w.refilled)
+
+
 def _compress_all(entries: Sequence[Entry]) -> list[bytes]:
     return [zlib.compress(e.body, 1) for e in entries]
 
@@ -221,6 +236,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     writer = StreamWriter(redis, store, config, tail=await store.last_seq())
     app[stored_hook_key] = writer.on_stored
     app[bus_status_key] = writer.status
+    app[metrics_key].registry.register(_WriterCollector(writer))
     task = asyncio.create_task(writer.run(), name="killboard-bus-writer")
     yield
     await writer.flush(FLUSH_TIMEOUT)
