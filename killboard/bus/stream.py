@@ -15,11 +15,10 @@ is the resume offset), with the fields:
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import ujson
 from redis.asyncio import Redis
@@ -46,7 +45,14 @@ class Entry:
     body: bytes  # uncompressed JSON
     facts: KillFacts
     live: bool
-    appended_at: float = 0.0
+
+
+class Position(Protocol):
+    """An edge's follower as a replay sees it: the last seq it published, and a wait for more."""
+
+    last: int
+
+    async def reach(self, seq: int) -> None: ...
 
 
 def connect(url: str, socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
@@ -65,8 +71,9 @@ def decode_facts(raw: bytes) -> KillFacts:
     return KillFacts(frozenset(tuple(key) for key in ujson.loads(raw)))
 
 
-def fields(entry: Entry, compressed: bytes) -> list[bytes]:
-    """The entry's field/value pairs, flat, as XADD (and the writer's script) take them."""
+def fields(entry: Entry, compressed: bytes, appended_at: float) -> list[bytes]:
+    """The entry's field/value pairs, flat, as XADD (and the writer's script) take them;
+    `compressed` is its body through zlib."""
     return [
         b"b",
         compressed,
@@ -77,7 +84,7 @@ def fields(entry: Entry, compressed: bytes) -> list[bytes]:
         b"l",
         b"1" if entry.live else b"0",
         b"t",
-        b"%.3f" % (entry.appended_at or time.time()),
+        b"%.3f" % appended_at,
     ]
 
 
@@ -127,7 +134,7 @@ async def floor(redis: Redis, key: str) -> int | None:
 class StreamLog:
     """The stream as replay.KillLog: what an edge replays for `since`, from XRANGE."""
 
-    def __init__(self, redis: Redis, key: str, position: Any) -> None:
+    def __init__(self, redis: Redis, key: str, position: Position) -> None:
         self._redis = redis
         self._key = key
         # The edge's follower: the last seq it published, and a wait for it to get further.

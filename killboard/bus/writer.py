@@ -187,7 +187,7 @@ class StreamWriter:
         args: list[bytes | int] = [self.appended, self._maxlen]
         for entry, blob in zip(entries, compressed, strict=True):
             args.append(b"%d-0" % entry.seq)
-            args.extend(stream.fields(Entry(entry.seq, entry.prev, b"", entry.facts, entry.live, stamp), blob))
+            args.extend(stream.fields(entry, blob, stamp))
         have = int(await self._script(keys=[self._key], args=args))
         if have < 0:
             self.appended = entries[-1].seq
