@@ -81,8 +81,13 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         await worker
 
 
-async def _close_sockets(app: web.Application) -> None:
+async def close_sockets(app: web.Application) -> None:
     await app[hub_key].close_all()
+
+
+def make_hub(config: Config) -> Hub:
+    """The socket hub, with its limits: one definition for the writer and an edge (killboard/bus/edge.py)."""
+    return Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
 
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
@@ -95,7 +100,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[started_key] = time.monotonic()
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
-    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
+    app[hub_key] = make_hub(config)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     if config.redis_url:
@@ -106,7 +111,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.cleanup_ctx.append(maintenance_ctx)
     if config.upstream:
         app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(close_sockets)
     app[metrics_key] = create_metrics()
     register_collector(
         app[metrics_key],

@@ -32,6 +32,7 @@ from ..metrics import create_metrics, register_collector
 from ..metrics import endpoint as metrics_endpoint
 from ..proxy import forwarded_middleware
 from ..r2z2 import backoff_delay
+from ..server import close_sockets, make_hub
 from . import stream
 from .stream import BLOCK_MS, StreamLog
 
@@ -205,10 +206,6 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
     await redis.aclose()
 
 
-async def _close_sockets(app: web.Application) -> None:
-    await app[hub_key].close_all()
-
-
 def create_edge_app(config: Config) -> web.Application:
     """An edge: the writer's WebSocket protocol and limits, /health and /metrics, no database."""
     middlewares = [api.json_errors]
@@ -217,10 +214,10 @@ def create_edge_app(config: Config) -> web.Application:
     app = web.Application(middlewares=middlewares)
     app[config_key] = config
     app[started_key] = time.monotonic()
-    app[hub_key] = Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
+    app[hub_key] = make_hub(config)
     app[metrics_key] = create_metrics()
     app.cleanup_ctx.append(_follow)
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(close_sockets)
     app.router.add_get("/", root)
     app.router.add_get("/ws", ws.websocket)
     app.router.add_get("/health", health)
