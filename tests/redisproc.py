@@ -15,36 +15,40 @@ REDIS = shutil.which("redis-server") or next((p for p in ("/usr/bin/redis-server
 
 
 class RedisServer:
-    def __init__(self, folder: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, folder: Path, extra: list[str] | None = None, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key): serve TLS only (rediss://), no plain port."""
         if REDIS is None:
             pytest.skip("redis-server is not installed (Debian package redis-server; CI installs it)")
         self.folder = folder
         self.port = free_port()
         self.extra = extra or []
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> None:
         assert REDIS is not None
+        ports = ["--dir", str(self.folder), "--port", str(self.port)]
+        if self.tls is not None:
+            ports = [
+                "--dir",
+                str(self.folder),
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls[0]),
+            ]
+            ports += ["--tls-key-file", str(self.tls[1]), "--tls-auth-clients", "no"]
         with (self.folder / "redis.log").open("ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    REDIS,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.folder),
-                    *self.extra,
-                ],
+                [REDIS, *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *self.extra],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -52,6 +56,8 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if self.tls is not None:
+                        return  # it accepts connections; the handshake is the client's test
                     s.sendall(b"PING\r\n")
                     if s.recv(64)[:1] in (b"+", b"-"):  # PONG, or NOAUTH with an ACL: it answers
                         return

@@ -114,7 +114,7 @@ def test_edge_unit_verifies(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-async def test_the_redis_acl_lets_writer_and_edge_do_their_jobs_and_nothing_else(
+async def test_writer_and_edge_over_tls_with_the_acl_users_and_nothing_else_gets_in(
     tmp_path: Path,
     make_client: Callable[..., Awaitable[Client]],
     aiohttp_client: Callable[..., Awaitable[Client]],
@@ -124,10 +124,21 @@ async def test_the_redis_acl_lets_writer_and_edge_do_their_jobs_and_nothing_else
     acl = (DEPLOY / "redis-users.acl").read_text()
     acl = acl.replace("CHANGE-ME-WRITER", "writer-pw").replace("CHANGE-ME-EDGE", "edge-pw")
     (tmp_path / "users.acl").write_text("\n".join(line for line in acl.splitlines() if not line.startswith("#")))
-    redis = RedisServer(tmp_path, ["--aclfile", str(tmp_path / "users.acl")])
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (it makes the test's TLS certificate)")
+    cert, key = tmp_path / "redis.crt", tmp_path / "redis.key"
+    subject = ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), *subject],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    redis = RedisServer(tmp_path, ["--aclfile", str(tmp_path / "users.acl")], tls=(cert, key))
     redis.start()
     try:
-        url = redis.url.replace("redis://", "redis://{}@")
+        assert redis.url.startswith("rediss://")  # TLS only: rediss:// and the CA in the URL
+        url = redis.url.replace("rediss://", "rediss://{}@")
         main = await make_client(redis_url=url.format("killboard-writer:writer-pw"))
         edge = await aiohttp_client(
             create_edge_app(config.with_overrides(redis_url=url.format("killboard-edge:edge-pw")))
@@ -147,6 +158,10 @@ async def test_the_redis_acl_lets_writer_and_edge_do_their_jobs_and_nothing_else
             with pytest.raises(RedisError):  # an edge cannot write; nobody gets in without a password
                 await client.xadd("killboard:kills", {"x": "y"})
             await client.aclose()
+        plain = Redis.from_url(url.format("killboard-edge:edge-pw").replace("rediss://", "redis://").split("?")[0])
+        with pytest.raises(RedisError):  # no TLS, no talk
+            await plain.ping()
+        await plain.aclose()
     finally:
         redis.stop()
 
