@@ -53,6 +53,8 @@ class StreamFollower:
         self._key = key
         self.last = 0  # the last seq read from the stream (and published, if live)
         self._started = False
+        # Started on an empty stream: the first entry's `prev` is where the stream begins, not a gap.
+        self._empty_start = False
         self._advanced = asyncio.Event()
         self.connected = False
         self.error: str | None = None
@@ -90,6 +92,7 @@ class StreamFollower:
                     # A fresh edge starts at the stream's end: earlier kills are what `since` replays.
                     self.last = await stream.top(self._redis, self._key)
                     self._started = True
+                    self._empty_start = self.last == 0
                     log.info("edge: following %r from seq %d", self._key, self.last)
                 reply = await self._redis.xread({self._key: b"%d-0" % self.last}, count=READ_COUNT, block=BLOCK_MS)
                 if not self.connected:
@@ -108,8 +111,9 @@ class StreamFollower:
     def _deliver(self, entry: stream.Raw) -> None:
         if entry.seq <= self.last:
             return
-        if entry.prev > self.last:
+        if entry.prev > self.last and not self._empty_start:
             self._skipped(self.last, entry.prev)
+        self._empty_start = False
         if entry.live:
             # The body is inflated only if some socket matches: once, for every recipient.
             self._hub.publish(entry.seq, entry.body, entry.facts)
