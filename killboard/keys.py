@@ -33,7 +33,7 @@ esi_key = web.AppKey("esi", EsiClient)
 names_key = web.AppKey("names", NameService)
 follower_key = web.AppKey("follower", Follower)
 # Where a `since` replay reads: the Store here, the Redis Stream on an edge (killboard/bus).
-log_key = web.AppKey("log", KillLog)  # type: ignore[type-abstract]
+log_key = web.AppKey("log", KillLog)
 # Present only with KILLBOARD_REDIS_URL: the bus writer's hook for every stored kill, and its state.
 stored_hook_key = web.AppKey("stored_hook", OnStored)
 bus_status_key = web.AppKey("bus_status", Callable[[], dict[str, Any]])
