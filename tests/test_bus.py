@@ -268,6 +268,11 @@ async def test_edges_keep_their_sockets_while_the_writer_restarts(
     for listener in listeners:
         assert listener.alive() and not listener.closed
         assert listener.seqs == list(range(1, len(killmails) + 1))
+    # An edge's own stop (SIGTERM) closes its sockets with 1001, as the writer does.
+    assert edges[0].terminate() == 0
+    await until(lambda: _all_done(listeners[:2]), 10)
+    assert [x.closed for x in listeners[:2]] == [[1001], [1001]]
+    assert all(x.alive() for x in listeners[2:])
 
 
 async def test_an_edge_started_late_replays_from_the_stream(
