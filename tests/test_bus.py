@@ -104,6 +104,14 @@ async def edge(
     return proc
 
 
+async def cluster(
+    tmp_path: Path, redis: RedisServer, started: list[ServerProcess]
+) -> tuple[ServerProcess, list[ServerProcess]]:
+    """A writer and two edges."""
+    main = await writer(tmp_path, redis, started)
+    return main, [await edge(tmp_path, redis, started, f"edge{i}") for i in (1, 2)]
+
+
 async def health(proc: ServerProcess) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(proc.url + "/health") as resp:
         result: dict[str, Any] = await resp.json()
@@ -138,8 +146,7 @@ async def received(listeners: list[Listener], count: int, timeout: float = 30) -
 async def test_every_subscriber_on_either_edge_gets_every_kill_once_byte_for_byte(
     tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis_server, processes)
-    edges = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
+    main, edges = await cluster(tmp_path, redis_server, processes)
     system = f"system.{killmails[0]['solar_system_id']}"
     wanted = sum(1 for k in killmails if k["solar_system_id"] == killmails[0]["solar_system_id"])
     everything = [Listener(p.url) for p in (main, *edges) for _ in range(3)]
@@ -173,8 +180,7 @@ async def test_every_subscriber_on_either_edge_gets_every_kill_once_byte_for_byt
 async def test_clients_of_a_killed_edge_resume_on_the_other_and_miss_nothing(
     tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis_server, processes)
-    first, second = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
+    main, (first, second) = await cluster(tmp_path, redis_server, processes)
     moving = [Listener(first.url) for _ in range(4)]
     staying = Listener(second.url)
     for listener in [*moving, staying]:
@@ -215,8 +221,7 @@ async def _all_done(listeners: list[Listener]) -> bool:
 async def test_redis_restarted_empty_while_kills_flow_loses_no_kill(
     tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis_server, processes)
-    edges = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
+    main, edges = await cluster(tmp_path, redis_server, processes)
     on_edges = [Listener(p.url) for p in edges for _ in range(2)]
     on_writer = Listener(main.url)
     for listener in [*on_edges, on_writer]:
@@ -251,8 +256,7 @@ async def test_redis_restarted_empty_while_kills_flow_loses_no_kill(
 async def test_edges_keep_their_sockets_while_the_writer_restarts(
     tmp_path: Path, redis_server: RedisServer, processes: list[ServerProcess], killmails: list[dict[str, Any]]
 ) -> None:
-    main = await writer(tmp_path, redis_server, processes)
-    edges = [await edge(tmp_path, redis_server, processes, f"edge{i}") for i in (1, 2)]
+    main, edges = await cluster(tmp_path, redis_server, processes)
     listeners = [Listener(p.url) for p in edges for _ in range(2)]
     for listener in listeners:
         await listener.start()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import ujson
+from aiohttp import ClientWebSocketResponse
 from conftest import AUTH, Client, settle, until
 from redis.asyncio import Redis
 from redisproc import RedisServer
@@ -40,6 +41,14 @@ async def entries(url: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         await redis.aclose()
 
 
+async def subscribed(client: Client) -> ClientWebSocketResponse:
+    """A socket on the writer itself, subscribed to every kill."""
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"action": "sub", "channel": "kills"})
+    assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+    return ws
+
+
 async def appended(client: Client, seq: int) -> None:
     async def check() -> bool:
         return bool(client.server.app[bus_status_key]()["stream_last_seq"] == seq)
@@ -51,9 +60,7 @@ async def test_each_stored_kill_becomes_one_entry_with_the_published_body_and_it
     make_client: Callable[..., Awaitable[Client]], redis_server: RedisServer, killmails: list[dict[str, Any]]
 ) -> None:
     client = await make_client(redis_url=redis_server.url)
-    ws = await client.ws_connect("/ws")
-    await ws.send_json({"action": "sub", "channel": "kills"})
-    await ws.receive_json(timeout=5)
+    ws = await subscribed(client)
     await post(client, killmails[:12])
     await settle(client)
     await appended(client, 12)
@@ -97,9 +104,7 @@ async def test_the_writer_serves_while_redis_is_down_and_catches_up_from_sqlite(
 ) -> None:
     redis_server = RedisServer(tmp_path)  # not started yet
     client = await make_client(redis_url=redis_server.url)
-    ws = await client.ws_connect("/ws")
-    await ws.send_json({"action": "sub", "channel": "kills"})
-    await ws.receive_json(timeout=5)
+    ws = await subscribed(client)
     await post(client, killmails[:10])
     await settle(client)
     assert [json.loads((await ws.receive(timeout=5)).data)["seq"] for _ in range(10)] == list(range(1, 11))
