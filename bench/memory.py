@@ -34,7 +34,8 @@ async def settled_rss(pid: int) -> int:
     return last
 
 
-async def run_memory(workdir: Path, steps: list[int], processes: int) -> MemoryRun:
+async def run_memory(workdir: Path, steps: list[int], processes: int, deflate: bool = False) -> MemoryRun:
+    """`deflate`: the sockets offer permessage-deflate (bench/wire.py)."""
     server = Server(workdir / f"memory-{time.monotonic_ns()}.sqlite3")
     pool = Pool(processes)
     try:
@@ -43,7 +44,7 @@ async def run_memory(workdir: Path, steps: list[int], processes: int) -> MemoryR
         out: dict[int, tuple[int, int]] = {}
         connected = 0
         for n in sorted(steps):
-            await pool.connect("127.0.0.1", server.port, n - connected)  # subscribed, then idle
+            await pool.connect("127.0.0.1", server.port, n - connected, deflate=deflate)  # subscribed, then idle
             connected = n
             out[n] = (await settled_rss(server.pid), open_fds(server.pid))
         return MemoryRun(idle, out)

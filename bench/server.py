@@ -28,9 +28,16 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, db: Path, log_level: str = "WARNING", env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        db: Path,
+        log_level: str = "WARNING",
+        root: Path = PROJECT_ROOT,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
+        """`root`: the checkout whose app.py runs (another one to compare, e.g. an older commit)."""
         self.db = db
+        self.root = root
         self.args = args or []  # e.g. ["edge"]
         self.port = free_port()
         self.log = db.with_suffix(".log")
@@ -60,7 +67,7 @@ class Server:
             started = time.monotonic()
             self.proc = subprocess.Popen(
                 [sys.executable, "app.py", "--port", str(self.port), "--db", str(self.db), *self.args],
-                cwd=PROJECT_ROOT,
+                cwd=self.root,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

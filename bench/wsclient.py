@@ -3,8 +3,9 @@
 A benchmark with 10,000 subscribers on two cores measures the clients as much as the server
 unless each client is cheap: this one is a bare asyncio.Protocol that parses frame headers,
 reads the kill id from the first bytes of a kill frame, answers pings, and never decodes or
-parses the rest. Each worker process runs one event loop with its share of the connections and
-takes commands from the benchmark over a pipe.
+parses the rest (a deflated frame: only enough of it is inflated to read the id). Each worker
+process runs one event loop with its share of the connections and takes commands from the
+benchmark over a pipe.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import socket
 import struct
 import time
+import zlib
 from array import array
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -39,8 +41,19 @@ def masked(payload: bytes, opcode: int) -> bytes:
 class Subscriber(asyncio.Protocol):
     """One socket: handshake, subscribe, then record (kill id, arrival time) of each kill frame."""
 
-    def __init__(self, host: str, port: int, record: Callable[[int, float], None], subscribe: bool = True) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        record: Callable[[int, float], None],
+        subscribe: bool = True,
+        path: str = "/ws",
+        deflate: bool = False,
+    ) -> None:
+        """`path` may carry `?lang=`; `deflate` offers permessage-deflate as Chrome does."""
         self.host, self.port = host, port
+        self.path, self.deflate = path, deflate
+        self.bytes = 0  # every byte received after the handshake, frame headers included
         self.record = record
         self.subscribe = subscribe
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -54,9 +67,12 @@ class Subscriber(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if self.deflate else ""
         transport.write(
-            f"GET /ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            (
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
+            ).encode()
         )
 
     def data_received(self, data: bytes) -> None:
@@ -79,6 +95,7 @@ class Subscriber(asyncio.Protocol):
         buf = self.buf
         while len(buf) >= 2:
             opcode, n, pos = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            deflated = buf[0] & 0x40
             if n == 126:
                 if len(buf) < 4:
                     return
@@ -89,9 +106,13 @@ class Subscriber(asyncio.Protocol):
                 n, pos = struct.unpack_from("!Q", buf, 2)[0], 10
             if len(buf) < pos + n:
                 return
-            head = bytes(buf[pos : pos + min(n, 160)])
+            if deflated:
+                head = zlib.decompressobj(-15).decompress(bytes(buf[pos : pos + min(n, 400)]), 160)
+            else:
+                head = bytes(buf[pos : pos + min(n, 160)])
             payload = bytes(buf[pos : pos + n]) if opcode in (0x8, 0x9) else b""
             del buf[: pos + n]
+            self.bytes += pos + n
             self._frame(opcode, head, payload, now)
 
     def _frame(self, opcode: int, head: bytes, payload: bytes, now: float) -> None:
@@ -133,7 +154,9 @@ class Worker:
             times = self.arrivals[kill_id] = array("d")
         times.append(when)
 
-    async def connect(self, host: str, port: int, count: int, subscribe: bool) -> dict[str, Any]:
+    async def connect(
+        self, host: str, port: int, count: int, subscribe: bool, path: str = "/ws", deflate: bool = False
+    ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         failures = 0
@@ -142,7 +165,7 @@ class Worker:
             nonlocal failures
             async with gate:
                 for _attempt in range(5):
-                    sub = Subscriber(host, port, self.record, subscribe)
+                    sub = Subscriber(host, port, self.record, subscribe, path, deflate)
                     try:
                         sock = socket.socket()
                         sock.setblocking(False)
@@ -161,6 +184,15 @@ class Worker:
 
     def received(self) -> int:
         return sum(len(t) for t in self.arrivals.values())
+
+    def traffic(self) -> dict[str, tuple[int, int]]:
+        """Per kind of socket ("path deflate"): (bytes received, kill frames received)."""
+        out: dict[str, tuple[int, int]] = {}
+        for sub in self.subs:
+            kind = f"{sub.path} {'deflate' if sub.deflate else 'plain'}"
+            got, kills = out.get(kind, (0, 0))
+            out[kind] = (got + sub.bytes, kills + sub.kills)
+        return out
 
     def latencies(self, posted: dict[int, float]) -> bytes:
         out = array("d")
@@ -191,6 +223,8 @@ async def _serve(conn: Connection) -> None:
             conn.send(await worker.connect(*args))
         elif command == "received":
             conn.send(worker.received())
+        elif command == "traffic":
+            conn.send(worker.traffic())
         elif command == "last":
             conn.send(max((t[-1] for t in worker.arrivals.values() if t), default=0.0))
         elif command == "latencies":
@@ -199,6 +233,8 @@ async def _serve(conn: Connection) -> None:
             conn.send([s.close_code for s in worker.subs])
         elif command == "reset":
             worker.arrivals.clear()
+            for sub in worker.subs:
+                sub.bytes = sub.kills = 0
             conn.send(True)
         elif command == "close":
             worker.close_all()
@@ -236,11 +272,13 @@ class Pool:
 
         return list(await asyncio.gather(*(asyncio.to_thread(call, p) for p in self.pipes)))
 
-    async def connect(self, host: str, port: int, total: int, subscribe: bool = True) -> dict[str, Any]:
+    async def connect(
+        self, host: str, port: int, total: int, subscribe: bool = True, path: str = "/ws", deflate: bool = False
+    ) -> dict[str, Any]:
         share = [total // len(self.pipes) + (i < total % len(self.pipes)) for i in range(len(self.pipes))]
 
         def call(pipe: Connection, n: int) -> Any:
-            pipe.send(("connect", host, port, n, subscribe))
+            pipe.send(("connect", host, port, n, subscribe, path, deflate))
             return pipe.recv()
 
         started = time.monotonic()
@@ -252,6 +290,14 @@ class Pool:
 
     async def received(self) -> int:
         return sum(await self._all("received"))
+
+    async def traffic(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for part in await self._all("traffic"):
+            for kind, (got, kills) in part.items():
+                was = out.get(kind, (0, 0))
+                out[kind] = (was[0] + got, was[1] + kills)
+        return out
 
     async def latencies(self, posted: dict[int, float]) -> array[float]:
         out = array("d")

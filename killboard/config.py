@@ -83,6 +83,10 @@ class Config:
     # Browser Origins allowed to open a socket; empty = any. Same-origin and clients without an
     # Origin header (bots) are always allowed.
     ws_allowed_origins: tuple[str, ...] = ()
+    # permessage-deflate for clients that offer it (each kill deflated once for all of them),
+    # at this zlib level (1-9; README "Fewer bytes per delivery" says why 6).
+    ws_deflate: bool = True
+    ws_deflate_level: int = 6
     # -- past one process (issue 12, killboard/bus) --
     # Redis (redis://, rediss:// for TLS, unix://; user and password in the URL). Unset: one
     # process, no Redis. Set: this server also appends every stored kill to the stream, and
@@ -147,6 +151,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Config:
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
+        ws_deflate=_env_flag(env, "KILLBOARD_WS_DEFLATE", base.ws_deflate),
+        ws_deflate_level=_deflate_level(env),
     )
 
 
@@ -165,6 +171,13 @@ def _env_positive(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise SystemExit(f"{name} must be a positive integer, got {value}")
     return value
+
+
+def _deflate_level(env: Mapping[str, str]) -> int:
+    level = _env_int(env, "KILLBOARD_WS_DEFLATE_LEVEL", Config().ws_deflate_level)
+    if not 1 <= level <= 9:
+        raise SystemExit(f"KILLBOARD_WS_DEFLATE_LEVEL must be between 1 and 9, got {level}")
+    return level
 
 
 def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -62,10 +62,13 @@ def security_text(display: float | None) -> str:
 
 
 def en(names: Mapping[str, str] | str | None) -> str:
-    """The English name from a translation object (names of types, groups, regions)."""
+    """The name from a translation object (names of types, groups, regions): English from a
+    full one, the one language left in one cut down to the reader's (langs.filter_names)."""
     if isinstance(names, str):
         return names
-    return (names or {}).get("en", "")
+    if not names:
+        return ""
+    return names.get("en") or next(iter(names.values()), "")
 
 
 def parse_time(text: str) -> datetime | None:

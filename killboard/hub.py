@@ -6,27 +6,48 @@ match. Every socket gets one writer task fed by a bounded queue, so a slow reade
 own queue; when it overflows, that client is closed with 1013 and the others never wait for it
 (see python-websockets' essay on broadcast). A socket with nothing queued or in flight gets the
 frame written straight to its transport instead (`_write_now`). A kill is encoded once and the
-same bytes go to every subscriber.
+same bytes go to every subscriber of a kind: each variant (names in the languages a socket
+asked for, plain or permessage-deflated: killboard/wire.py) is made once per kill.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import weakref
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
-import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .langs import Langs
 from .topics import Condition, Index, KillFacts
+from .wire import (
+    OFFLOAD_BYTES,
+    RSV1,
+    Deflated,
+    KillVariants,
+    encode,
+    frame_header,
+    kill_frame,
+    send_deflated,
+    with_seq,
+)
+
+__all__ = ["Hub", "Subscriber", "encode", "kill_frame", "with_seq"]
 
 log = logging.getLogger(__name__)
+
+# Plain frames waiting for their deflated variants, at most; past it the loop deflates itself.
+LATE_MAX_BYTES = 16 * 1024 * 1024
+# More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
+# feed (~0.2 kills/s on average, a few a second at peaks).
+BURST = 8
 
 
 class Delivered:
@@ -148,26 +169,18 @@ class Subscriber:
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
     dropped: bool = False
-
-
-def encode(message: object) -> bytes:
-    return ujson.dumps(message, ensure_ascii=False, escape_forward_slashes=False).encode()
-
-
-def kill_frame(seq: int, body: bytes) -> bytes:
-    """`{"action":"kill","seq":N,"data":{...}}` spliced around the kill's JSON, without re-encoding it."""
-    return b'{"action":"kill","seq":%d,"data":%s}' % (seq, with_seq(seq, body))
-
-
-def with_seq(seq: int, body: bytes) -> bytes:
-    """The kill object with its sequence number as the first field."""
-    return b'{"seq":%d,%s' % (seq, body[1:])
+    # What this socket's kill frames look like (killboard/wire.py): names in these languages
+    # (None: all), deflated for this window (0: plain).
+    lang: Langs = None
+    deflate: int = 0
 
 
 class Hub:
     """All live sockets (a weak set, as designed) and the channel -> subscribers index."""
 
-    def __init__(self, send_queue: int, close_timeout: float, replay_window: int = 1000) -> None:
+    def __init__(
+        self, send_queue: int, close_timeout: float, replay_window: int = 1000, deflate_level: int = 6
+    ) -> None:
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
         self._index: Index[Subscriber] = Index()
@@ -178,6 +191,12 @@ class Hub:
         self.recent_facts: OrderedDict[int, KillFacts] = OrderedDict()
         self.deliveries = 0
         self.slow_drops = 0
+        self._deflate_level = deflate_level
+        # Kills waiting for their deflated variants (made in a thread), in publish order: a
+        # socket gets its kills in seq order, so a small kill never overtakes a large one.
+        self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
+        self._late_bytes = 0
+        self._deflater: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self.sockets)
@@ -189,8 +208,19 @@ class Hub:
         """Every socket with at least one channel (a notice that concerns them all)."""
         return self._index.subscribers()
 
-    def attach(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> Subscriber:
-        sub = Subscriber(ws, Outbox(self._send_queue), transport, delivered=Delivered(self._replay_window))
+    def attach(
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
+    ) -> Subscriber:
+        """`lang`: the languages of its names (None: all); `deflate`: the window bits of its
+        permessage-deflate (0: plain frames)."""
+        sub = Subscriber(
+            ws,
+            Outbox(self._send_queue),
+            transport,
+            delivered=Delivered(self._replay_window),
+            lang=lang,
+            deflate=deflate,
+        )
         self.sockets.add(ws)
         self._subscribers[ws] = sub
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
@@ -239,23 +269,113 @@ class Hub:
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
-    def publish(self, seq: int, body: bytes | Callable[[], bytes], facts: KillFacts) -> int:
+    def publish(
+        self,
+        seq: int,
+        body: bytes | Callable[[], bytes],
+        facts: KillFacts,
+        decoded: Callable[[], Any] | None = None,
+    ) -> int:
         """Send one stored kill to every socket with a matching channel, once each; returns the
         number queued. `facts` are the kill's match keys (topics.kill_facts). `body` may be a
-        function that encodes it: called only when some socket matches."""
+        function that encodes it: called only when some socket matches. `decoded` may give the
+        kill as an object (else a language variant decodes `body`, once per kill)."""
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)
         targets = self._index.match(facts)
         if not targets:
             return 0
-        frame = kill_frame(seq, body if isinstance(body, bytes) else body())  # once, for every recipient
+        # Each variant (languages x plain or a deflate window) is made once, for all its sockets.
+        kill = KillVariants(seq, body, self._deflate_level, decoded)
+        deflated: dict[tuple[Langs, int], list[Subscriber]] = {}
         sent = 0
         for sub in targets:
-            if self.send_kill(sub, seq, frame, facts):
+            if sub.deflate:
+                deflated.setdefault((sub.lang, sub.deflate), []).append(sub)
+            elif self.send_kill(sub, seq, kill.frame(sub.lang), facts):
                 sent += 1
+        if deflated:
+            sent += self._publish_deflated(kill, deflated, facts)
         self.deliveries += sent
         return sent
+
+    def _publish_deflated(
+        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
+    ) -> int:
+        """Deflate small variants here and send them at once; large ones (or any kill behind one
+        still in the thread) wait their turn in `_late`. Returns the sockets it is meant for."""
+        size = sum(len(kill.frame(langs)) for langs, _ in groups)
+        if not self._late and size < OFFLOAD_BYTES:
+            return self._deliver(kill, groups, facts)
+        self._late.append((kill, groups, facts))
+        self._late_bytes += size
+        if self._late_bytes > LATE_MAX_BYTES:
+            # The thread is not keeping up: deflate this one on the loop (slowing the producer)
+            # instead of holding ever more plain frames.
+            for langs, bits in groups:
+                kill.deflated(langs, bits)
+        if self._deflater is None or self._deflater.done():
+            self._deflater = asyncio.create_task(self._deflate_late(), name="hub-deflater")
+        return sum(len(subs) for subs in groups.values())
+
+    async def _deflate_late(self) -> None:
+        """Deflate the waiting kills' variants in one thread hop (zlib releases the GIL), then
+        send them in publish order to the sockets that still want them."""
+        loop = asyncio.get_running_loop()
+        while self._late:
+            batch = list(self._late)
+            if len(batch) > BURST:
+                # A backlog being caught up (an ingest burst) rather than the live feed: the CPU
+                # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
+                for kill, _, _ in batch:
+                    kill.level = 1
+            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has_deflated(*key)]
+            if todo:
+                await loop.run_in_executor(None, _deflate_all, todo)
+            for _ in batch:
+                kill, groups, facts = self._late.popleft()
+                self._late_bytes -= sum(len(kill.frame(langs)) for langs, _ in groups)
+                self._deliver(kill, groups, facts, late=True)
+
+    def _deliver(
+        self,
+        kill: KillVariants,
+        groups: dict[tuple[Langs, int], list[Subscriber]],
+        facts: KillFacts,
+        late: bool = False,
+    ) -> int:
+        """`late`: after the thread hop, so check that each socket still wants the kill."""
+        sent = 0
+        for (langs, bits), subs in groups.items():
+            frame = kill.deflated(langs, bits)
+            for sub in subs:
+                if late and not self._still_wants(sub, kill.seq, facts):
+                    continue
+                if self.send_kill(sub, kill.seq, frame, facts):
+                    sent += 1
+        return sent
+
+    def _still_wants(self, sub: Subscriber, seq: int, facts: KillFacts) -> bool:
+        """After the thread hop: the socket may have gone, unsubscribed, or had the kill from a
+        replay that ran meanwhile."""
+        return (
+            self._subscribers.get(sub.ws) is sub
+            and not sub.dropped
+            and seq not in sub.delivered
+            and any(condition.matches(facts) for condition in sub.channels)
+        )
+
+    async def replay_frame(self, sub: Subscriber, seq: int, body: bytes) -> bytes:
+        """A stored kill's frame as this socket takes its kills (a replay): deflated on its own
+        too, in a thread when large."""
+        kill = KillVariants(seq, body, self._deflate_level)
+        if sub.lang is None and (not sub.deflate or len(body) < OFFLOAD_BYTES):
+            return kill.deflated(None, sub.deflate) if sub.deflate else kill.frame(None)
+        # A language variant decodes the body (~0.3 ms), a large one deflates it: both in a
+        # thread, so a replay of a thousand kills does not hold the loop for a second.
+        make = partial(kill.deflated, sub.lang, sub.deflate) if sub.deflate else partial(kill.frame, sub.lang)
+        return await asyncio.get_running_loop().run_in_executor(None, make)
 
     def send_kill(self, sub: Subscriber, seq: int, frame: bytes, facts: KillFacts) -> bool:
         """Queue a kill frame, or hold it back while the socket's replay runs."""
@@ -308,7 +428,10 @@ class Hub:
                     break
                 sub.sending = True
                 try:
-                    await ws.send_frame(frame, WSMsgType.TEXT)
+                    if type(frame) is Deflated:
+                        await send_deflated(ws, frame)
+                    else:
+                        await ws.send_frame(frame, WSMsgType.TEXT)
                 finally:
                     sub.sending = False
         except (ConnectionResetError, RuntimeError):
@@ -324,6 +447,8 @@ class Hub:
 
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
         """Close every socket at once, each with a time limit (close() waits on a stuck reader)."""
+        if self._deflater is not None:
+            self._deflater.cancel()  # kills still waiting for deflate are in the store: a since replays them
         subs = list(self._subscribers.values())
         for sub in subs:
             if not sub.dropped:
@@ -353,7 +478,7 @@ def _write_now(sub: Subscriber, frame: bytes) -> bool:
     order and the one-writer rule (the writer has nothing in flight); anything else (a socket
     behind, paused or closing) takes the outbox and its writer as before, so slow clients still
     fill their bounded outbox and are dropped. The bytes are what aiohttp's WebSocketWriter
-    sends for an uncompressed server text frame (the server never compresses, see ws.py).
+    sends for an uncompressed server text frame, with RSV1 set for a deflated one (wire.py).
     """
     transport = sub.transport
     if (
@@ -364,20 +489,13 @@ def _write_now(sub: Subscriber, frame: bytes) -> bool:
         or transport.get_write_buffer_size()
     ):
         return False
-    n = len(frame)
-    if n < 126:
-        header = _LEN1(0x81, n)
-    elif n < 65536:
-        header = _LEN2(0x81, 126, n)
-    else:
-        header = _LEN3(0x81, 127, n)
-    transport.write(header + frame)
+    transport.write(frame_header(len(frame), RSV1 if type(frame) is Deflated else 0) + frame)
     return True
 
 
-_LEN1 = struct.Struct("!BB").pack
-_LEN2 = struct.Struct("!BBH").pack
-_LEN3 = struct.Struct("!BBQ").pack
+def _deflate_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
+    for kill, (langs, bits) in todo:
+        kill.deflated(langs, bits)
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:

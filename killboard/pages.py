@@ -22,6 +22,7 @@ from . import display, filters
 from .config import PROJECT_ROOT
 from .filters import Filter
 from .keys import static_key, store_key
+from .langs import filter_names, reader_language
 from .store import StoredKill
 from .topics import kill_facts
 from .ws import websocket
@@ -115,6 +116,13 @@ async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]
     return found[:INITIAL_ROWS]
 
 
+async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
+    """Names in the reader's language (English where the static data has none in it)."""
+    if lang == "en":
+        return kills
+    return await asyncio.to_thread(lambda: [filter_names(kill, (lang,)) for kill in kills])
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     # The spec serves the WebSocket at the root too: an upgrade request gets the socket.
     if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -129,8 +137,10 @@ async def index(request: web.Request) -> web.StreamResponse:
     # Read the last sequence first: the page resumes from it, so a kill stored while this
     # page renders is replayed over the socket (feed.js drops the duplicates) instead of lost.
     last_seq = await store.last_seq()
-    kills = await _matching(request, wanted)
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+    kills = await _in_language(await _matching(request, wanted), lang)
     context = {
+        "lang": lang,
         "kills": kills,
         "count": await store.count(),
         "filter": wanted,
@@ -181,7 +191,10 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
         )
     kill = ujson.loads(stored.body)
     kill["seq"] = stored.seq
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+    [kill] = await _in_language([kill], lang)
     context = {
+        "lang": lang,
         "k": kill,
         "attackers": display.attackers_in_order(kill.get("attackers") or ()),
         "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),

@@ -309,8 +309,9 @@ class Pipeline:
                 "kill %d stored but not pushed live: kill time older than %d s", kill.killmail_id, self.live_max_age
             )
             return False
-        # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill.
-        self.hub.publish(seq, lambda kill=kill: kill.body, facts[kill.killmail_id])
+        # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill;
+        # the enriched object spares a decode when a socket wants names in fewer languages.
+        self.hub.publish(seq, lambda kill=kill: kill.body, facts[kill.killmail_id], lambda kill=kill: kill.enriched)
         return True
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:

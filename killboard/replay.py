@@ -22,7 +22,7 @@ from typing import Protocol
 import ujson
 from aiohttp import WSCloseCode
 
-from .hub import Hub, Subscriber, kill_frame
+from .hub import Hub, Subscriber
 from .store import Store
 from .topics import ALL, Condition, KillFacts, kill_facts
 
@@ -100,7 +100,7 @@ async def replay(
                     continue  # it came live on another of the socket's channels: once is enough
                 facts = None if every else known or hub.recent_facts.get(seq) or kill_facts(ujson.loads(body))
                 if facts is None or condition.matches(facts):
-                    if not await _put(hub, sub, kill_frame(seq, body)):
+                    if not await _put(hub, sub, await hub.replay_frame(sub, seq, body)):
                         return sent
                     sub.delivered.add(seq)
                     sent += 1

@@ -13,6 +13,7 @@ from aiohttp import web
 from . import api, pages, upstream, ws
 from .codec import renderer
 from .config import PROJECT_ROOT, Config
+from .httpzip import compress_responses
 from .hub import Hub
 from .keys import (
     config_key,
@@ -87,12 +88,12 @@ async def close_sockets(app: web.Application) -> None:
 
 def make_hub(config: Config) -> Hub:
     """The socket hub, with its limits: one definition for the writer and an edge (killboard/bus/edge.py)."""
-    return Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max)
+    return Hub(config.ws_send_queue, config.ws_close_timeout, config.ws_replay_max, config.ws_deflate_level)
 
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
-    middlewares = [api.json_errors]
+    middlewares = [compress_responses, api.json_errors]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)

@@ -29,7 +29,10 @@ NAME_FILL_EVERY = 30.0
 def new_session(user_agent: str) -> aiohttp.ClientSession:
     # sock_read bounds a stalled upstream; total bounds everything else about one call.
     timeout = aiohttp.ClientTimeout(total=30, sock_connect=10, sock_read=20)
-    return aiohttp.ClientSession(headers={"User-Agent": user_agent}, timeout=timeout)
+    # Compressed answers (ESI and zKillboard both gzip JSON): aiohttp asks for them by default;
+    # said here so that stays true, and so nothing this project cannot decode is asked for.
+    headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate"}
+    return aiohttp.ClientSession(headers=headers, timeout=timeout)
 
 
 async def run(app: web.Application) -> AsyncIterator[None]:

@@ -1,5 +1,7 @@
 """The WebSocket endpoint: the spec's sub/unsub protocol, channels, resume, ping, and limits.
 
+`?lang=en` (or a list, `?lang=de,en`) cuts names down to those languages; permessage-deflate is
+negotiated with clients that offer it (killboard/wire.py).
 Client -> server: `{"action":"sub","channel":C}` (optionally with `"since":N`),
 `{"action":"unsub","channel":C}`, `{"action":"ping"}`.
 Server -> client: `{"action":"kill","seq":N,"data":{...}}`, acks, `{"action":"replay",...}`,
@@ -22,8 +24,10 @@ from .api import json_error
 from .config import Config
 from .hub import Hub, Subscriber
 from .keys import config_key, hub_key, log_key
+from .langs import BadLang, parse_langs
 from .replay import replay
 from .topics import BadChannel, parse
+from .wire import DeflateResponse
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +83,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request, config.ws_allowed_origins):
         log.info("websocket refused: origin %r is not allowed", request.headers.get("Origin", "")[:200])
         return json_error(403, "origin not allowed: this server only accepts sockets from its allowed origins")
-    # compress=False: deflate would run once per client and undo "encode each kill once".
-    ws = web.WebSocketResponse(
+    try:
+        lang = parse_langs(request.query.get("lang"))
+    except BadLang as exc:
+        return json_error(400, str(exc))
+    # Not aiohttp's compress=True: that deflates once per client and undoes "encode each kill
+    # once". DeflateResponse negotiates the extension; the hub deflates each kill once for all.
+    ws = DeflateResponse(
+        compress=config.ws_deflate,
         heartbeat=config.ws_heartbeat,
         max_msg_size=config.ws_max_message,
-        compress=False,
     )
     await ws.prepare(request)
     if len(hub) >= config.ws_max_clients:
         log.warning("websocket refused: %d sockets open, the limit is %d", len(hub), config.ws_max_clients)
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again later: too many connections")
         return ws
-    sub = hub.attach(ws, request.transport)
+    sub = hub.attach(ws, request.transport, lang=lang, deflate=int(ws.compress))
     bucket = Bucket(config.ws_control_rate, config.ws_control_burst)
     try:
         async for msg in ws:

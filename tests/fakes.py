@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_response import ContentCoding
 
 DATA = Path(__file__).parent / "data"
 
@@ -38,8 +39,27 @@ def r2z2_object(esi_with_hash: dict[str, Any], sequence: int, uploaded_at: int =
     }
 
 
+@web.middleware
+async def gzipped(request: web.Request, handler: Any) -> web.StreamResponse:
+    """As ESI and zKillboard (behind Cloudflare) do: JSON gzipped for a client that accepts it.
+    What was asked for and answered goes into the app's `encodings` list."""
+    response = await handler(request)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        response.enable_compression(ContentCoding.gzip)
+    await response.prepare(request)
+    request.app[ENCODINGS].append(
+        (request.headers.get("Accept-Encoding", ""), response.headers.get("Content-Encoding", "identity"))
+    )
+    return response
+
+
+ENCODINGS = web.AppKey("encodings", list)
+
+
 async def serve(app: web.Application) -> TestServer:
-    """A fake upstream on a free loopback port."""
+    """A fake upstream on a free loopback port, gzipping its answers like the real services."""
+    app.middlewares.append(gzipped)
+    app[ENCODINGS] = []
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server

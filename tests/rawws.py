@@ -8,6 +8,7 @@ import base64
 import os
 import socket
 import struct
+import zlib
 
 
 def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -24,9 +25,20 @@ def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def masked_deflated_frame(payload: bytes) -> bytes:
+    """A client text frame compressed as permessage-deflate with no context takeover has it (a
+    raw deflate stream of its own, sync flush, 00 00 ff ff removed, RSV1 set): as browsers send."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    frame = masked_frame(deflated)
+    return bytes([frame[0] | 0x40]) + frame[1:]
+
+
 async def connect(
-    host: str, port: int, path: str = "/ws", rcvbuf: int | None = None
+    host: str, port: int, path: str = "/ws", rcvbuf: int | None = None, extensions: str | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a socket; with `extensions`, offer them (Sec-WebSocket-Extensions) and keep the
+    server's answer in `writer.extensions` (None when it declined)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         # Set before connect so the advertised window stays small: the server's sends back up fast.
@@ -38,13 +50,32 @@ async def connect(
     writer.write(
         (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "")
+            + "\r\n"
         ).encode()
     )
     await writer.drain()
     status = await reader.readuntil(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 101"), status
+    answer = [
+        line.split(b":", 1)[1].strip().decode()
+        for line in status.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-extensions:")
+    ]
+    writer.extensions = answer[0] if answer else None  # type: ignore[attr-defined]
     return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
+    """One unmasked server frame: (first byte's RSV bits, opcode, payload)."""
+    first, second = await reader.readexactly(2)
+    n = second & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", await reader.readexactly(2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x70, first & 0x0F, await reader.readexactly(n)
 
 
 async def send_text(writer: asyncio.StreamWriter, text: str) -> None:

@@ -321,7 +321,9 @@ async def test_page_reconnects_after_restart_and_fills_in_missed_kills(
             await expect(status).to_have_attribute("data-state", "live")
             await expect(page.locator("#feed li.kill")).to_have_count(5)
 
-            watch.expected.append(f"WebSocket connection to '{server.url.replace('http', 'ws')}/ws' failed")
+            watch.expected.append(
+                f"WebSocket connection to '{server.url.replace('http', 'ws')}/ws?lang=en' failed"
+            )  # feed.js asks for the reader's language
             server.terminate()
             await expect(status).not_to_have_attribute("data-state", "live")
             # Hold the page offline while the restarted server takes kills it will have missed.
