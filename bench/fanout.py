@@ -48,6 +48,22 @@ async def post_one(session: aiohttp.ClientSession, url: str, km: dict[str, Any])
             raise RuntimeError(f"POST answered {resp.status}: {await resp.text()}")
 
 
+async def post_steadily(
+    session: aiohttp.ClientSession, url: str, kills: list[dict[str, Any]], rate: float
+) -> tuple[dict[int, float], float]:
+    """POST kills at a steady rate; returns (kill id -> when its POST left, the start time)."""
+    posted: dict[int, float] = {}
+    start = time.monotonic()
+    for i, km in enumerate(kills):
+        # A steady rate: each POST leaves at its slot, however long the last one took.
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        posted[km["killmail_id"]] = time.monotonic()
+        await post_one(session, url, km)
+    return posted, start
+
+
 async def wait_received(pool: Pool, expected: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     got = await pool.received()
@@ -81,16 +97,8 @@ async def run_fanout(
             await wait_received(pool, subscribers, 60)
             await pool.reset()
             kills = take(source, count)
-            posted: dict[int, float] = {}
             cpu0 = cpu_seconds(server.pid)
-            start = time.monotonic()
-            for i, km in enumerate(kills):
-                # A steady rate: each POST leaves at its slot, however long the last one took.
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                posted[km["killmail_id"]] = time.monotonic()
-                await post_one(session, server.url, km)
+            posted, start = await post_steadily(session, server.url, kills, rate)
             expected = subscribers * count
             received = await wait_received(pool, expected, 60 + expected / 20_000)
             cpu = cpu_seconds(server.pid) - cpu0

@@ -27,10 +27,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, db: Path, log_level: str = "WARNING", root: Path = PROJECT_ROOT) -> None:
+    def __init__(
+        self,
+        db: Path,
+        log_level: str = "WARNING",
+        root: Path = PROJECT_ROOT,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         """`root`: the checkout whose app.py runs (another one to compare, e.g. an older commit)."""
         self.db = db
         self.root = root
+        self.args = args or []  # e.g. ["edge"]
         self.port = free_port()
         self.log = db.with_suffix(".log")
         self.env = {
@@ -39,6 +47,7 @@ class Server:
             "KILLBOARD_LIVE_MAX_AGE": "0",  # the bundled kills are years old: push them all
             "KILLBOARD_UPSTREAM": "off",  # no zKillboard follower in a benchmark
             "KILLBOARD_LOG_LEVEL": log_level,
+            **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds = 0.0
@@ -57,7 +66,7 @@ class Server:
         with self.log.open("ab") as log:
             started = time.monotonic()
             self.proc = subprocess.Popen(
-                [sys.executable, "app.py", "--port", str(self.port), "--db", str(self.db)],
+                [sys.executable, "app.py", "--port", str(self.port), "--db", str(self.db), *self.args],
                 cwd=self.root,
                 env=self.env,
                 stdout=log,

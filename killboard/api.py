@@ -18,6 +18,7 @@ from . import reads
 from .auth import bearer_matches
 from .hub import encode, with_seq
 from .keys import (
+    bus_status_key,
     config_key,
     damage_key,
     follower_key,
@@ -335,6 +336,7 @@ async def health(request: web.Request) -> web.Response:
     hub = app[hub_key]
     follower = app.get(follower_key)
     damaged = app[damage_key].problem
+    bus = app.get(bus_status_key)
     return web.json_response(
         {
             "status": "ok" if pipeline.store_error is None and damaged is None else "degraded",
@@ -352,15 +354,16 @@ async def health(request: web.Request) -> web.Response:
             "names_pending": await store.names_pending_count(),
             # Leak checks (tests, operators): live asyncio tasks and open file descriptors.
             "tasks": len(asyncio.all_tasks()),
-            "fds": _open_fds(),
+            "fds": open_fds(),
             "store_error": pipeline.store_error,
             "webhooks": app[webhooks_key].health() if webhooks_key in app else None,
             "database_damage": damaged,
+            "bus": bus() if bus is not None else None,
         }
     )
 
 
-def _open_fds() -> int | None:
+def open_fds() -> int | None:
     """Open file descriptors of this process (sockets included); None where /proc is missing."""
     try:
         return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself holds open

@@ -45,6 +45,9 @@ Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_WS_ORIGINS    WebSocket limits (README, "Keepalive and limits")
   KILLBOARD_WEBHOOKS      TOML file of [[webhook]] entries: kills posted to Discord or JSON webhooks
   KILLBOARD_PUBLIC_URL    this server's public address, linked from Discord embeds (/kill/{id})
+  KILLBOARD_REDIS_URL     redis:// or rediss:// URL: append every stored kill to a Redis Stream
+                          that `python app.py edge` processes serve sockets from (unset: no Redis)
+  KILLBOARD_REDIS_STREAM, KILLBOARD_REDIS_MAXLEN  the stream's key and length (README, "Past one process")
 """
 
 
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each job adds its own subparser here, with `set_defaults(run=<function>)`.
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_import(commands)
+    _add_edge(commands)
     dbtools.add_commands(commands)  # backup, check
     webhook_commands.add_commands(commands)  # webhooks check, webhooks test NAME
     return parser
@@ -126,6 +130,34 @@ def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sub.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="SQLite database file")
     sub.add_argument("--no-upstream", action="store_true", default=argparse.SUPPRESS, help="do not call ESI")
     sub.set_defaults(run=_run_import)
+
+
+def _add_edge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub = commands.add_parser(
+        "edge",
+        help="serve WebSockets from the writer's Redis stream (KILLBOARD_REDIS_URL), no database",
+        description="An edge process: the WebSocket protocol, /health and /metrics, fed by the Redis Stream the "
+        "writer (`python app.py` with KILLBOARD_REDIS_URL) appends to. Same settings as the writer.",
+    )
+    sub.add_argument("--host", default=argparse.SUPPRESS, help="address to listen on (env KILLBOARD_HOST)")
+    sub.add_argument("--port", type=int, default=argparse.SUPPRESS, help="port to listen on (env KILLBOARD_PORT)")
+    # Accepted so an edge can be started with the writer's very command line; an edge has no database.
+    sub.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub.add_argument("--no-upstream", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub.set_defaults(run=_run_edge)
+
+
+def _run_edge(args: argparse.Namespace) -> int:
+    config = settings.from_args(args)
+    if not config.redis_url:
+        raise SystemExit("python app.py edge needs KILLBOARD_REDIS_URL (the Redis the writer appends to)")
+    from .bus.edge import create_edge_app  # only here: the embedded default never imports redis
+
+    log.info("edge serving on http://%s:%d (stream %r)", config.host, config.port, config.redis_stream)
+    web.run_app(
+        create_edge_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5, print=None
+    )
+    return 0
 
 
 def _run_import(args: argparse.Namespace) -> int:

@@ -105,6 +105,14 @@ class Config:
     # at this zlib level (1-9; README "Fewer bytes per delivery" says why 6).
     ws_deflate: bool = True
     ws_deflate_level: int = 6
+    # -- past one process (issue 12, killboard/bus) --
+    # Redis (redis://, rediss:// for TLS, unix://; user and password in the URL). Unset: one
+    # process, no Redis. Set: this server also appends every stored kill to the stream, and
+    # `python app.py edge` serves sockets from it.
+    redis_url: str | None = None
+    redis_stream: str = "killboard:kills"
+    # Entries the stream keeps (trimmed with MAXLEN ~): about a day of zKillboard's kills.
+    redis_maxlen: int = 50_000
 
     def with_overrides(self, **changes: object) -> Config:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -160,6 +168,7 @@ LIMITS: dict[str, Limit] = {
     "max_large_reads": Limit(1, 10_000, "KILLBOARD_MAX_LARGE_READS"),
     "read_deadline": Limit(1, DAY, "KILLBOARD_READ_DEADLINE", "s"),
     "ws_deflate_level": Limit(1, 9, "KILLBOARD_WS_DEFLATE_LEVEL"),
+    "redis_maxlen": Limit(1, 100_000_000, "KILLBOARD_REDIS_MAXLEN"),
 }
 
 
@@ -256,12 +265,25 @@ def _from_env(env: Mapping[str, str]) -> Config:
         public_url=_env_public_url(env, "KILLBOARD_PUBLIC_URL"),
         ws_send_buffer=_env_int(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer),
         ws_replay_concurrency=_env_int(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency),
+        redis_url=_env_redis_url(env, "KILLBOARD_REDIS_URL"),
+        redis_stream=env.get("KILLBOARD_REDIS_STREAM") or base.redis_stream,
+        redis_maxlen=_env_int(env, "KILLBOARD_REDIS_MAXLEN", base.redis_maxlen),
         ws_allowed_origins=tuple(
             o.strip().rstrip("/") for o in env.get("KILLBOARD_WS_ORIGINS", "").split(",") if o.strip()
         ),
         ws_deflate=_env_flag(env, "KILLBOARD_WS_DEFLATE", base.ws_deflate),
         ws_deflate_level=_env_int(env, "KILLBOARD_WS_DEFLATE_LEVEL", base.ws_deflate_level),
     )
+
+
+def _env_redis_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        # Never echo the value: it may hold a password.
+        raise SystemExit(f"{name} must start with redis://, rediss:// (TLS) or unix://")
+    return raw
 
 
 def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:

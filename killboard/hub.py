@@ -241,6 +241,10 @@ class Hub:
     def subscribed_count(self) -> int:
         return len(self._index.subscribers())
 
+    def subscribed(self) -> set[Subscriber]:
+        """Every socket with at least one channel (a notice that concerns them all)."""
+        return self._index.subscribers()
+
     def attach(
         self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
     ) -> Subscriber:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import aiohttp
 from aiohttp import web
 
@@ -10,12 +13,12 @@ from .damage import Damage
 from .esi import EsiClient, NameService
 from .hub import Hub
 from .metrics import Metrics
-from .pipeline import Pipeline
+from .pipeline import OnStored, Pipeline
 from .prices import PriceBook
 from .r2z2 import Follower
 from .reads import ReadLimits
 from .recent import RecentKeys
-from .replay import Replays
+from .replay import KillLog, Replays
 from .staticdata import StaticData
 from .store import Store
 from .webhooks.service import Webhooks
@@ -39,3 +42,8 @@ names_key = web.AppKey("names", NameService)
 follower_key = web.AppKey("follower", Follower)
 # Present only with KILLBOARD_WEBHOOKS set.
 webhooks_key = web.AppKey("webhooks", Webhooks)
+# Where a `since` replay reads: the Store here, the Redis Stream on an edge (killboard/bus).
+log_key = web.AppKey("log", KillLog)
+# Present only with KILLBOARD_REDIS_URL: the bus writer's hook for every stored kill, and its state.
+stored_hook_key = web.AppKey("stored_hook", OnStored)
+bus_status_key = web.AppKey("bus_status", Callable[[], dict[str, Any]])

@@ -128,7 +128,7 @@ class _AppCollector(Collector):
     def __init__(
         self,
         hub: HubView,
-        db_path: Path,
+        db_path: Path | None,
         pipeline: Callable[[], PipelineView | None],
         follower: Callable[[], FollowerView | None],
         esi: Callable[[], EsiView | None],
@@ -154,13 +154,14 @@ class _AppCollector(Collector):
         yield CounterMetricFamily(
             "killboard_websocket_slow_drops", "Clients closed for reading too slowly (1013)", hub.slow_drops
         )
-        size = GaugeMetricFamily("killboard_database_bytes", "Size of the database files", labels=["file"])
-        for label, path in (("main", self._db_path), ("wal", Path(f"{self._db_path}-wal"))):
-            try:
-                size.add_metric([label], path.stat().st_size)
-            except OSError:
-                size.add_metric([label], 0)
-        yield size
+        if self._db_path is not None:  # None on an edge: it has no database
+            size = GaugeMetricFamily("killboard_database_bytes", "Size of the database files", labels=["file"])
+            for label, path in (("main", self._db_path), ("wal", Path(f"{self._db_path}-wal"))):
+                try:
+                    size.add_metric([label], path.stat().st_size)
+                except OSError:
+                    size.add_metric([label], 0)
+            yield size
         yield from self._upstream()
 
     def _upstream(self) -> Iterator[Metric]:
@@ -196,7 +197,7 @@ class _AppCollector(Collector):
 def register_collector(
     metrics: Metrics,
     hub: HubView,
-    db_path: Path,
+    db_path: Path | None,
     pipeline: Callable[[], PipelineView | None],
     follower: Callable[[], FollowerView | None],
     esi: Callable[[], EsiView | None],

@@ -38,6 +38,9 @@ NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
 # Fetches the ESI body of a kill given only by id and hash; raises KillmailGone when it does not
 # exist (dropped), anything else when it may work later (kept in the inbox, retried).
 KillmailFetcher = Callable[[int, str], Awaitable[dict[str, Any]]]
+# Told of every stored kill after its batch is committed: (seq, JSON body, match keys, pushed
+# live). The Redis bus writer (killboard/bus/writer.py) appends them to the stream.
+OnStored = Callable[[int, bytes, KillFacts, bool], None]
 RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 # Kills with more attackers and items than this are enriched (and encoded) in a thread: a kill of
 # 3,000 attackers is ~70 ms of CPU, which on the loop would stall every socket; in a thread the
@@ -119,6 +122,7 @@ class Pipeline:
     _in_flight: int = 0  # batches taken from the queue and not yet written
     _attempts: dict[int, int] = field(default_factory=dict)
     metrics: Metrics | None = None
+    on_stored: OnStored | None = None
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -261,10 +265,12 @@ class Pipeline:
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
+                # Match keys for the sockets (a live kill) and for the bus (every stored kill).
+                wanted = pending.live or self.on_stored is not None
                 if kill_size(sub) > BIG_KILL:
-                    new, fact = await asyncio.to_thread(self._enrich, sub, names, pending.live)
+                    new, fact = await asyncio.to_thread(self._enrich, sub, names, wanted)
                 else:
-                    new, fact = self._enrich(sub, names, pending.live)
+                    new, fact = self._enrich(sub, names, wanted)
                 kills.append(new)
                 live[sub.killmail_id] = pending.live
                 if fact is not None:
@@ -276,12 +282,12 @@ class Pipeline:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
         return Prepared(batch, dropped, kills, live, unresolved, rejected, facts)
 
-    def _enrich(self, sub: Submission, names: Mapping[int, str], live: bool) -> tuple[NewKill, KillFacts | None]:
-        """One kill's enrichment; for a live one also what channels match on, and (when it is big,
+    def _enrich(self, sub: Submission, names: Mapping[int, str], facts: bool) -> tuple[NewKill, KillFacts | None]:
+        """One kill's enrichment; with `facts` also what channels match on, and (when it is big,
         so this runs in a thread) its JSON, so the hub does not encode it on the loop."""
         kill = enrich(sub, self.static, names, self.prices)
         new = build_kill(sub, kill, names)
-        if not live:
+        if not facts:
             return new, None
         if kill_size(sub) > BIG_KILL:
             new.body  # noqa: B018 - the property encodes and caches the JSON
@@ -308,21 +314,26 @@ class Pipeline:
                 self.metrics.kills_rejected.labels("enrich_failed").inc(len(prepared.rejected))
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
-            if not live.get(kill.killmail_id, True):
-                continue
-            if cutoff is not None and kill.kill_time < cutoff:
-                log.info(
-                    "kill %d stored but not pushed live: kill time older than %d s",
-                    kill.killmail_id,
-                    self.live_max_age,
-                )
-                continue
-            # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill;
-            # the enriched object spares a decode when a socket wants names in fewer languages.
-            self.hub.publish(
-                seq, lambda kill=kill: kill.body, prepared.facts[kill.killmail_id], lambda kill=kill: kill.enriched
-            )
+            pushed = self._push(seq, kill, prepared.facts, live, cutoff)
+            if self.on_stored is not None:
+                self.on_stored(seq, kill.body, prepared.facts[kill.killmail_id], pushed)
         return stored
+
+    def _push(
+        self, seq: int, kill: NewKill, facts: Mapping[int, KillFacts], live: Mapping[int, bool], cutoff: float | None
+    ) -> bool:
+        """Publish a stored kill to the sockets unless it is not for live delivery; True if published."""
+        if not live.get(kill.killmail_id, True):
+            return False
+        if cutoff is not None and kill.kill_time < cutoff:
+            log.info(
+                "kill %d stored but not pushed live: kill time older than %d s", kill.killmail_id, self.live_max_age
+            )
+            return False
+        # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill;
+        # the enriched object spares a decode when a socket wants names in fewer languages.
+        self.hub.publish(seq, lambda kill=kill: kill.body, facts[kill.killmail_id], lambda kill=kill: kill.enriched)
+        return True
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
         """(names known, ids still without one after asking ESI)."""

@@ -7,6 +7,9 @@ frames go out, except those the replay covered; then live delivery resumes. A ki
 while the replay runs is either read by it, or held, or both (and then sent once). A kill the
 socket already got live on another channel (hub.Delivered) is not sent again.
 
+The kills come from a KillLog: the Store on the writer, the Redis Stream on an edge
+(killboard/bus/stream.py), which may no longer reach back to `since` (then `recovered: false`).
+
 Replays share their work (`Replays`): a page of stored kills is rendered into frames once, kept
 in a small byte-bounded cache for the other replays reading the same kills, and only a few
 replays read the database at once. A replay's frames count toward its socket's byte budget
@@ -19,7 +22,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import ujson
 from aiohttp import WSCloseCode
@@ -40,6 +45,44 @@ STALL_TIMEOUT = 10.0
 # on every render (names filled in later show up), so a frame is not reused for long.
 CACHE_BYTES = 16 * 1024 * 1024
 CACHE_SECONDS = 30.0
+
+
+class KillLog(Protocol):
+    """Where a replay reads stored kills: the Store on a writer, the Redis Stream on an edge."""
+
+    async def bounds(self, since: int) -> tuple[int, int]:
+        """(floor, end): the log holds every kill after `floor`; the replay reads up to `end`,
+        and every kill after `end` reaches the socket live."""
+        ...
+
+    async def seqs_after(self, seq: int, upto: int, limit: int) -> list[int]:
+        """The seqs of up to `limit` kills with `seq` < seq <= `upto`, oldest first."""
+        ...
+
+    async def by_seqs(self, seqs: Sequence[int]) -> Sequence[tuple[int, bytes, KillFacts | None]]:
+        """The kills with these seqs still in the log, oldest first: (seq, JSON body, match keys
+        if the log knows them)."""
+        ...
+
+
+class LogUnavailable(Exception):
+    """The log cannot be read right now; the client is asked to come back with its `since`."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLog:
+    """The Store as a KillLog: everything stored is there (retention is the REST API's to report)."""
+
+    store: Store
+
+    async def bounds(self, since: int) -> tuple[int, int]:
+        return 0, await self.store.last_seq()
+
+    async def seqs_after(self, seq: int, upto: int, limit: int) -> list[int]:
+        return await self.store.seqs_after(seq, upto, limit)
+
+    async def by_seqs(self, seqs: Sequence[int]) -> Sequence[tuple[int, bytes, KillFacts | None]]:
+        return [(row.seq, row.body, None) for row in await self.store.by_seqs(seqs)]
 
 
 @dataclass(slots=True)
@@ -108,10 +151,10 @@ class Replays:
         self.running = 0
         self.renders = 0  # kills rendered for replays (what the sharing saves shows here)
 
-    async def page(self, store: Store, cursor: int, end: int) -> list[tuple[int, Cached]]:
+    async def page(self, source: KillLog, cursor: int, end: int) -> list[tuple[int, Cached]]:
         """The frames of the next stored kills after `cursor` (up to `end`): from the cache, from
         another replay rendering them now, or rendered here; an empty list at the end."""
-        seqs = await store.seqs_after(cursor, end, PAGE)
+        seqs = await source.seqs_after(cursor, end, PAGE)
         found: dict[int, Cached] = {}
         waits: dict[int, asyncio.Future[Cached | None]] = {}
         missing = []
@@ -122,7 +165,7 @@ class Replays:
                 waits[seq] = pending
             else:
                 missing.append(seq)
-        await self._render(store, missing, found)
+        await self._render(source, missing, found)
         if waits:
             await asyncio.wait(waits.values())  # not cancelled with us: others wait on them too
             again = []
@@ -132,7 +175,7 @@ class Replays:
                     found[seq] = entry
                 else:  # its renderer went away, or the kill was pruned: look for ourselves
                     again.append(seq)
-            await self._render(store, again, found)
+            await self._render(source, again, found)
         # A kill pruned meanwhile is simply not there; one seq past the end tells the caller
         # where to go on when a whole page was pruned.
         page = [(seq, found[seq]) for seq in seqs if seq in found]
@@ -140,7 +183,7 @@ class Replays:
             page = [(seqs[-1], Cached(b"", None, 0.0))]
         return page
 
-    async def _render(self, store: Store, seqs: list[int], found: dict[int, Cached]) -> None:
+    async def _render(self, source: KillLog, seqs: list[int], found: dict[int, Cached]) -> None:
         if not seqs:
             return
         loop = asyncio.get_running_loop()
@@ -148,10 +191,11 @@ class Replays:
         self._rendering.update(promised)
         try:
             async with self.reading:
-                rows = await store.by_seqs(seqs)
-            for row in rows:
-                entry = found[row.seq] = self.cache.put(row.seq, kill_frame(row.seq, row.body))
-                promised[row.seq].set_result(entry)
+                rows = await source.by_seqs(seqs)
+            for seq, body, facts in rows:
+                entry = found[seq] = self.cache.put(seq, kill_frame(seq, body))
+                entry.facts = facts
+                promised[seq].set_result(entry)
                 self.renders += 1
         finally:
             for seq, pending in promised.items():
@@ -161,11 +205,11 @@ class Replays:
                     pending.set_result(None)
 
     async def run(
-        self, hub: Hub, store: Store, sub: Subscriber, condition: Condition, channel: str, since: int, cap: int
+        self, hub: Hub, source: KillLog, sub: Subscriber, condition: Condition, channel: str, since: int, cap: int
     ) -> int:
         self.running += 1
         try:
-            return await replay(hub, store, sub, condition, channel, since, cap, self)
+            return await replay(hub, source, sub, condition, channel, since, cap, self)
         finally:
             self.running -= 1
             if not self.running:
@@ -174,7 +218,7 @@ class Replays:
 
 async def replay(
     hub: Hub,
-    store: Store,
+    source: KillLog,
     sub: Subscriber,
     condition: Condition,
     channel: str,
@@ -187,18 +231,28 @@ async def replay(
     hub.hold(sub)
     sent = 0
     try:
-        end = await store.last_seq()
-        start = max(since, end - cap)
+        try:
+            floor, end = await source.bounds(since)
+        except LogUnavailable as exc:
+            log.warning("replay for %r not possible now: %s", channel, exc)
+            hub.close(sub, WSCloseCode.TRY_AGAIN_LATER, b"replay source unavailable: reconnect with since")
+            return sent
+        start = max(since, end - cap, min(floor, end))
         recovered = start == since
         hub.send_json(sub, {"action": "replay", "channel": channel, "recovered": recovered, "from": start, "to": end})
         if not recovered:
             # debug: every new client that asks for since=0 on a big database gets here, twice a
             # second per socket at most (the rate limit): not something to fill the log with.
-            log.debug("replay for %r: %d kills after %d exceed the cap of %d", channel, end - since, since, cap)
+            log.debug("replay for %r: kills after %d reach back only to %d (cap %d)", channel, since, start, cap)
         cursor = start
         every = condition.keys == {ALL}
         while cursor < end and not sub.dropped:
-            page = await shared.page(store, cursor, end)
+            try:
+                page = await shared.page(source, cursor, end)
+            except LogUnavailable as exc:
+                log.warning("replay for %r broke off at %d: %s", channel, cursor, exc)
+                hub.close(sub, WSCloseCode.TRY_AGAIN_LATER, b"replay source unavailable: reconnect with since")
+                return sent
             if not page:
                 break
             for seq, entry in page:
@@ -212,12 +266,13 @@ async def replay(
                     sub.delivered.add(seq)
                     sent += 1
             cursor = page[-1][0]
-        # Hand over: live kills held meanwhile, minus those this replay covered (or left to the
-        # client to page through the REST API). More may arrive while we wait on the outbox.
+        # Hand over: live kills held meanwhile, minus those this replay covered, left to the
+        # client to page through the REST API, or that the client said it had (seq <= since).
+        # More may arrive while we wait on the outbox.
         while sub.held:
             seq, frame, facts = sub.held.popleft()
             sub.held_bytes -= len(frame)
-            if since < seq <= end and condition.matches(facts):
+            if seq <= end and condition.matches(facts):
                 continue
             if not await _put(hub, sub, frame):
                 return sent

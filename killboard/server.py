@@ -21,6 +21,7 @@ from .keys import (
     esi_key,
     follower_key,
     hub_key,
+    log_key,
     metrics_key,
     pipeline_key,
     prices_key,
@@ -30,6 +31,7 @@ from .keys import (
     started_key,
     static_key,
     store_key,
+    stored_hook_key,
     webhooks_key,
 )
 from .maintenance import maintenance_ctx
@@ -40,7 +42,7 @@ from .prices import price_book
 from .proxy import forwarded_middleware
 from .reads import ReadLimits
 from .recent import RecentKeys
-from .replay import Replays
+from .replay import Replays, StoreLog
 from .staticdata import StaticData, load_static
 from .store import Store
 from .webhooks import config as webhooks_config
@@ -58,6 +60,7 @@ DRAIN_TIMEOUT = 2.0
 async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
+    app[log_key] = StoreLog(store)
     yield
     await store.close()
 
@@ -74,6 +77,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         queue_full_wait=config.queue_full_wait,
         live_max_age=config.live_max_age,
         metrics=app[metrics_key],
+        on_stored=app.get(stored_hook_key),  # the Redis bus writer, when KILLBOARD_REDIS_URL is set
     )
     app[pipeline_key] = pipeline
     worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
@@ -100,8 +104,19 @@ def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application
     return context
 
 
-async def _close_sockets(app: web.Application) -> None:
+async def close_sockets(app: web.Application) -> None:
     await app[hub_key].close_all()
+
+
+def make_hub(config: Config) -> Hub:
+    """The socket hub, with its limits: one definition for the writer and an edge (killboard/bus/edge.py)."""
+    return Hub(
+        config.ws_send_queue,
+        config.ws_close_timeout,
+        config.ws_replay_max,
+        send_buffer=config.ws_send_buffer,
+        deflate_level=config.ws_deflate_level,
+    )
 
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
@@ -118,22 +133,20 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
-    app[hub_key] = Hub(
-        config.ws_send_queue,
-        config.ws_close_timeout,
-        config.ws_replay_max,
-        send_buffer=config.ws_send_buffer,
-        deflate_level=config.ws_deflate_level,
-    )
+    app[hub_key] = make_hub(config)
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
+    if config.redis_url:
+        from .bus.writer import writer_ctx  # only then: the embedded default never imports redis
+
+        app.cleanup_ctx.append(writer_ctx)  # stops after the worker has drained into it
     app.cleanup_ctx.append(_worker)
     app.cleanup_ctx.append(maintenance_ctx)
     if config.upstream:
         app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
-    app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(close_sockets)
     app[metrics_key] = create_metrics()
     if config.webhooks_path is not None:
         try:

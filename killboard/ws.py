@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .api import json_error
 from .config import Config
 from .hub import Hub, Subscriber, encode
-from .keys import config_key, hub_key, replays_key, store_key
+from .keys import config_key, hub_key, log_key, replays_key
 from .langs import BadLang, parse_langs
 from .topics import BadChannel, parse
 from .wire import DeflateResponse
@@ -210,4 +210,4 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
     hub.subscribe(sub, condition, channel)
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
     if since is not None:
-        await app[replays_key].run(hub, app[store_key], sub, condition, channel, since, config.ws_replay_max)
+        await app[replays_key].run(hub, app[log_key], sub, condition, channel, since, config.ws_replay_max)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redisproc import RedisServer
 
 from killboard.config import PROJECT_ROOT, Config
 from killboard.keys import pipeline_key
@@ -72,3 +73,12 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> No
     async with asyncio.timeout(timeout):
         while not await check():  # noqa: ASYNC110 - polling is the point here
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port (the bus tests); skips if the binary is missing."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -19,7 +19,7 @@ from test_ws import post, with_id_offset
 from killboard.enrich import enrich
 from killboard.keys import hub_key, prices_key, replays_key, static_key, store_key
 from killboard.pipeline import build_kill
-from killboard.replay import Replays
+from killboard.replay import Replays, StoreLog
 from killboard.topics import kill_facts
 from killboard.validate import parse_submission
 
@@ -257,9 +257,10 @@ async def test_a_replay_waiting_on_a_renderer_that_went_away_renders_for_itself(
         return await real_read(seqs)
 
     monkeypatch.setattr(store, "by_seqs", first_read_hangs)
-    first = asyncio.create_task(replays.page(store, 0, 10))
+    source = StoreLog(store)
+    first = asyncio.create_task(replays.page(source, 0, 10))
     await asyncio.sleep(0.05)
-    second = asyncio.create_task(replays.page(store, 0, 10))  # waits for the first one's frames
+    second = asyncio.create_task(replays.page(source, 0, 10))  # waits for the first one's frames
     await asyncio.sleep(0.05)
     assert len(calls) == 1 and not second.done()
     first.cancel()
