@@ -43,9 +43,11 @@ def r2z2_object(esi_with_hash: dict[str, Any], sequence: int, uploaded_at: int =
 @web.middleware
 async def gzipped(request: web.Request, handler: Any) -> web.StreamResponse:
     """As ESI and zKillboard (behind Cloudflare) do: JSON gzipped for a client that accepts it.
-    What was asked for and answered goes into the app's `encodings` list."""
+    What was asked for and answered goes into the app's `encodings` list. A bodiless answer
+    (Discord's 204 No Content) goes out as it is."""
     response = await handler(request)
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
+    has_body = isinstance(response, web.Response) and response.body is not None
+    if has_body and "gzip" in request.headers.get("Accept-Encoding", ""):
         response.enable_compression(ContentCoding.gzip)
     await response.prepare(request)
     request.app[ENCODINGS].append(
