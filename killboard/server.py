@@ -14,7 +14,6 @@ from . import api, damage, pages, upstream, ws
 from .codec import renderer
 from .config import PROJECT_ROOT, Config
 from .httpzip import compress_responses
-from .hub import Hub
 from .keys import (
     config_key,
     damage_key,
@@ -104,21 +103,6 @@ def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application
     return context
 
 
-async def close_sockets(app: web.Application) -> None:
-    await app[hub_key].close_all()
-
-
-def make_hub(config: Config) -> Hub:
-    """The socket hub, with its limits: one definition for the writer and an edge (killboard/bus/edge.py)."""
-    return Hub(
-        config.ws_send_queue,
-        config.ws_close_timeout,
-        config.ws_replay_max,
-        send_buffer=config.ws_send_buffer,
-        deflate_level=config.ws_deflate_level,
-    )
-
-
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
     found = damage.Damage()
@@ -133,7 +117,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
-    app[hub_key] = make_hub(config)
+    app[hub_key] = ws.make_hub(config)
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
@@ -146,7 +130,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.cleanup_ctx.append(maintenance_ctx)
     if config.upstream:
         app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
-    app.on_shutdown.append(close_sockets)
+    app.on_shutdown.append(ws.close_sockets)
     app[metrics_key] = create_metrics()
     if config.webhooks_path is not None:
         try:

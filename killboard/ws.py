@@ -70,6 +70,23 @@ class Bucket:
         return "flood" if self.strikes > self.burst else "drop"
 
 
+def make_hub(config: Config) -> Hub:
+    """The socket hub with its limits: one definition for the writer (server.py) and an edge
+    (bus/edge.py), so both serve sockets alike."""
+    return Hub(
+        config.ws_send_queue,
+        config.ws_close_timeout,
+        config.ws_replay_max,
+        send_buffer=config.ws_send_buffer,
+        deflate_level=config.ws_deflate_level,
+    )
+
+
+async def close_sockets(app: web.Application) -> None:
+    """on_shutdown: every socket gets 1001 (each with a time limit) before the app's cleanups run."""
+    await app[hub_key].close_all()
+
+
 def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     """Browsers send Origin; bots usually do not. Same-origin pages are always welcome."""
     origin = request.headers.get("Origin")

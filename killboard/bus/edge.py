@@ -33,7 +33,6 @@ from ..metrics import endpoint as metrics_endpoint
 from ..proxy import forwarded_middleware
 from ..r2z2 import backoff_delay
 from ..replay import Replays
-from ..server import close_sockets, make_hub
 from . import stream
 from .stream import BLOCK_MS, StreamLog
 
@@ -219,11 +218,11 @@ def create_edge_app(config: Config) -> web.Application:
     app = web.Application(middlewares=middlewares)
     app[config_key] = config
     app[started_key] = time.monotonic()
-    app[hub_key] = make_hub(config)
+    app[hub_key] = ws.make_hub(config)
     app[replays_key] = Replays(config.ws_replay_concurrency)
     app[metrics_key] = create_metrics()
     app.cleanup_ctx.append(_follow)
-    app.on_shutdown.append(close_sockets)
+    app.on_shutdown.append(ws.close_sockets)
     app.router.add_get("/", root)
     app.router.add_get("/ws", ws.websocket)
     app.router.add_get("/health", health)
