@@ -1,8 +1,10 @@
-"""Run the real server as a subprocess (`python app.py`) on a free loopback port."""
+"""Run the real server as a subprocess (`python app.py`) on a free loopback port, and the
+benchmarks (`python -m bench...`) that start it themselves."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -12,10 +14,25 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from killboard.config import PROJECT_ROOT
+
+
+def run_bench(module: str, args: list[str], results: Path, timeout: float) -> tuple[str, Any]:
+    """`python -m <module> <args> --json <results>` from the project root: (what it printed, the
+    figures it wrote). Fails the test, with the end of its stderr, unless it exits 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args, "--json", str(results)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(results.read_text())
 
 
 def free_port() -> int:

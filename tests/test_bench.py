@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from killboard.config import PROJECT_ROOT
+from serverproc import run_bench
 
 
 @pytest.mark.slow
 def test_quick_bench_prints_every_table_and_delivers_everything(tmp_path: Path) -> None:
-    results = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(results)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    stdout, figures = run_bench("bench", ["--quick"], tmp_path / "bench.json", timeout=180)
     titles = ("| cores |", "### Fan-out of real kills", "### Fan-out of a", "### Ingest", "### Memory", "### Start-up")
     for title in titles:
-        assert title in done.stdout, done.stdout
-    figures = json.loads(results.read_text())
+        assert title in stdout, stdout
     for row in figures["fanout"] + figures["big"]:
         assert row["delivered"] == row["expected"] > 0  # every subscriber got every kill
         assert 0 < row["p50"] <= row["p99"] <= row["max"]

@@ -3,43 +3,17 @@ deflate clients get fewer bytes than plain ones and `lang=en` fewer still."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from killboard.config import PROJECT_ROOT
+from serverproc import run_bench
 
 
 @pytest.mark.slow
 def test_wire_bench_smoke(tmp_path: Path) -> None:
-    results = tmp_path / "wire.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.wire",
-            "--only",
-            "populations,memory",
-            "--subscribers",
-            "30",
-            "--seconds",
-            "1",
-            "--memory",
-            "100",
-            "--json",
-            str(results),
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "### Bytes and server CPU per delivery" in done.stdout and "### Idle memory" in done.stdout
-    figures = json.loads(results.read_text())
+    args = ["--only", "populations,memory", "--subscribers", "30", "--seconds", "1", "--memory", "100"]
+    stdout, figures = run_bench("bench.wire", args, tmp_path / "wire.json", timeout=180)
+    assert "### Bytes and server CPU per delivery" in stdout and "### Idle memory" in stdout
     by_name = {p["name"]: p["runs"][0] for p in figures["populations"]}
     for run in by_name.values():
         assert run["delivered"] == run["expected"] > 0
