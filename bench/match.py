@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from killboard.config import PROJECT_ROOT  # noqa: E402
-from killboard.enrich import enrich  # noqa: E402
-from killboard.prices import price_book  # noqa: E402
-from killboard.staticdata import load_static  # noqa: E402
-from killboard.topics import TOPICS, Index, kill_facts, parse  # noqa: E402
-from killboard.validate import parse_submission  # noqa: E402
+from killboard.kill.enrich import enrich  # noqa: E402
+from killboard.kill.prices import price_book  # noqa: E402
+from killboard.kill.staticdata import load_static  # noqa: E402
+from killboard.kill.topics import TOPICS, Index, kill_facts, parse  # noqa: E402
+from killboard.kill.validate import parse_submission  # noqa: E402
 
 
 def main() -> None:

@@ -29,13 +29,13 @@ import aiohttp  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from killboard.config import Config  # noqa: E402
-from killboard.enrich import enrich  # noqa: E402
-from killboard.pipeline import build_kill  # noqa: E402
-from killboard.prices import price_book  # noqa: E402
+from killboard.ingest.pipeline import build_kill  # noqa: E402
+from killboard.kill.enrich import enrich  # noqa: E402
+from killboard.kill.prices import price_book  # noqa: E402
+from killboard.kill.staticdata import load_static  # noqa: E402
+from killboard.kill.validate import Submission, parse_submission  # noqa: E402
 from killboard.server import create_app  # noqa: E402
-from killboard.staticdata import load_static  # noqa: E402
-from killboard.store import NewKill, Store  # noqa: E402
-from killboard.validate import Submission, parse_submission  # noqa: E402
+from killboard.storage.store import NewKill, Store  # noqa: E402
 
 
 async def fill(db: Path, count: int) -> dict[str, int]:

@@ -27,16 +27,16 @@ sys.path.insert(0, str(ROOT))
 
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-from killboard import codec  # noqa: E402
 from killboard.config import Config  # noqa: E402
-from killboard.enrich import enrich  # noqa: E402
-from killboard.hub import encode  # noqa: E402
-from killboard.pipeline import build_kill  # noqa: E402
-from killboard.prices import price_book  # noqa: E402
+from killboard.ingest.pipeline import build_kill  # noqa: E402
+from killboard.kill import codec  # noqa: E402
+from killboard.kill.enrich import enrich  # noqa: E402
+from killboard.kill.prices import price_book  # noqa: E402
+from killboard.kill.staticdata import load_static  # noqa: E402
+from killboard.kill.validate import Submission, parse_submission  # noqa: E402
+from killboard.live.hub import encode  # noqa: E402
 from killboard.server import create_app  # noqa: E402
-from killboard.staticdata import load_static  # noqa: E402
-from killboard.store import NewKill, Store  # noqa: E402
-from killboard.validate import Submission, parse_submission  # noqa: E402
+from killboard.storage.store import NewKill, Store  # noqa: E402
 
 DAY = 86_400
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import aiohttp
 
-from killboard.codec import default_renderer
 from killboard.config import PROJECT_ROOT
-from killboard.validate import parse_submission
-from killboard.wire import KillVariants
+from killboard.kill.codec import default_renderer
+from killboard.kill.validate import parse_submission
+from killboard.live.wire import KillVariants
 
 from .__main__ import ms, percentile, table
 from .data import real_killmails, stream, take

@@ -1,6 +1,6 @@
 """Write killboard/killmail.zdict, the preset deflate dictionary for stored kills, from the bundled
 real killmails (tests/data/killmails). Run it again only together with a new DICTIONARY_ID in
-killboard/codec.py: rows keep the id of the dictionary they were packed with.
+killboard/kill/codec.py: rows keep the id of the dictionary they were packed with.
 
     python bench/zdict.py
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from killboard.codec import DICTIONARY_PATH, build_dictionary, kill_prices, source_document  # noqa: E402
-from killboard.enrich import enrich  # noqa: E402
-from killboard.prices import price_book  # noqa: E402
-from killboard.staticdata import load_static  # noqa: E402
-from killboard.validate import parse_submission  # noqa: E402
+from killboard.kill.codec import DICTIONARY_PATH, build_dictionary, kill_prices, source_document  # noqa: E402
+from killboard.kill.enrich import enrich  # noqa: E402
+from killboard.kill.prices import price_book  # noqa: E402
+from killboard.kill.staticdata import load_static  # noqa: E402
+from killboard.kill.validate import parse_submission  # noqa: E402
 
 
 def sample_documents() -> list[bytes]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-# Same order as killboard.staticdata.LANGUAGES (not imported: this script stands alone).
+# Same order as killboard.kill.staticdata.LANGUAGES (not imported: this script stands alone).
 LANGUAGES = ("en", "de", "es", "fr", "ja", "ko", "ru", "zh")
 OTHER_LANGUAGES = LANGUAGES[1:]
 TYPE_NAMES_CHUNK = 64  # lines per gzip member of type_names.tsv.gz (~17 KB inflated)

@@ -13,9 +13,11 @@ from pathlib import Path
 from aiohttp import web
 
 from . import config as settings
-from . import dbtools, importer, logs
+from . import logs
+from .ingest import importer
 from .server import create_app
-from .store import StoreUnusable
+from .storage import dbtools
+from .storage.store import StoreUnusable
 from .webhooks import commands as webhook_commands
 
 log = logging.getLogger("killboard")

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .proxy import parse_networks
+from .web.proxy import parse_networks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,21 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from . import api, damage, pages, upstream, ws
-from .codec import renderer
 from .config import PROJECT_ROOT, Config
-from .httpzip import compress_responses
-from .keys import (
+from .ingest import upstream
+from .ingest.pipeline import Pipeline
+from .kill.codec import renderer
+from .kill.prices import price_book
+from .kill.staticdata import StaticData, load_static
+from .live.replay import Replays, StoreLog
+from .metrics import create_metrics, register_collector
+from .metrics import endpoint as metrics_endpoint
+from .storage import damage
+from .storage.maintenance import maintenance_ctx
+from .storage.store import Store
+from .web import api, pages, ws
+from .web.httpzip import compress_responses
+from .web.keys import (
     config_key,
     damage_key,
     esi_key,
@@ -33,17 +43,9 @@ from .keys import (
     stored_hook_key,
     webhooks_key,
 )
-from .maintenance import maintenance_ctx
-from .metrics import create_metrics, register_collector
-from .metrics import endpoint as metrics_endpoint
-from .pipeline import Pipeline
-from .prices import price_book
-from .proxy import forwarded_middleware
-from .reads import ReadLimits
-from .recent import RecentKeys
-from .replay import Replays, StoreLog
-from .staticdata import StaticData, load_static
-from .store import Store
+from .web.proxy import forwarded_middleware
+from .web.reads import ReadLimits
+from .web.recent import RecentKeys
 from .webhooks import config as webhooks_config
 from .webhooks.service import Webhooks
 

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 from redisproc import RedisServer
 
 from killboard.config import PROJECT_ROOT, Config
-from killboard.keys import pipeline_key
+from killboard.kill.staticdata import StaticData, load_static
 from killboard.server import create_app
-from killboard.staticdata import StaticData, load_static
+from killboard.web.keys import pipeline_key
 
 DATA = Path(__file__).parent / "data"
 TOKEN = "test-token"

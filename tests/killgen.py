@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from killboard.enrich import enrich
-from killboard.pipeline import build_kill
-from killboard.prices import price_book
-from killboard.staticdata import StaticData
-from killboard.store import NewKill, Store
-from killboard.validate import Submission, parse_submission
+from killboard.ingest.pipeline import build_kill
+from killboard.kill.enrich import enrich
+from killboard.kill.prices import price_book
+from killboard.kill.staticdata import StaticData
+from killboard.kill.validate import Submission, parse_submission
+from killboard.storage.store import NewKill, Store
 
 
 def make_kills(

@@ -11,7 +11,7 @@ from conftest import AUTH, Client, settle, until
 from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 from prometheus_client.parser import text_string_to_metric_families
 
-from killboard.keys import config_key
+from killboard.web.keys import config_key
 
 
 async def scrape(client: Client, headers: dict[str, str] | None = None) -> dict[str, float]:

@@ -24,15 +24,15 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .. import api, ws
 from ..config import Config
-from ..hub import Hub
-from ..keys import config_key, hub_key, log_key, metrics_key, replays_key, started_key
+from ..ingest.r2z2 import backoff_delay
+from ..live.hub import Hub
+from ..live.replay import Replays
 from ..metrics import create_metrics, register_collector
 from ..metrics import endpoint as metrics_endpoint
-from ..proxy import forwarded_middleware
-from ..r2z2 import backoff_delay
-from ..replay import Replays
+from ..web import api, ws
+from ..web.keys import config_key, hub_key, log_key, metrics_key, replays_key, started_key
+from ..web.proxy import forwarded_middleware
 from . import stream
 from .stream import BLOCK_MS, StreamLog
 
@@ -183,7 +183,7 @@ async def root(request: web.Request) -> web.StreamResponse:
     return api.json_error(404, "this is an edge process: it serves /ws only; pages and /api are on the writer")
 
 
-# Here, not in killboard/keys.py: that module is imported by every process, and these would make
+# Here, not in killboard/web/keys.py: that module is imported by every process, and these would make
 # it import redis.
 edge_follower_key = web.AppKey("edge_follower", StreamFollower)
 redis_key = web.AppKey("edge_redis", Redis)

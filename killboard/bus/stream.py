@@ -24,8 +24,8 @@ import ujson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ..replay import LogUnavailable
-from ..topics import KillFacts
+from ..kill.topics import KillFacts
+from ..live.replay import LogUnavailable
 
 log = logging.getLogger(__name__)
 

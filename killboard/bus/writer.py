@@ -28,10 +28,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..config import Config
-from ..keys import bus_status_key, config_key, metrics_key, store_key, stored_hook_key
-from ..r2z2 import backoff_delay
-from ..store import Store
-from ..topics import KillFacts, kill_facts
+from ..ingest.r2z2 import backoff_delay
+from ..kill.topics import KillFacts, kill_facts
+from ..storage.store import Store
+from ..web.keys import bus_status_key, config_key, metrics_key, store_key, stored_hook_key
 from . import stream
 from .stream import Entry
 

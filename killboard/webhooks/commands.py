@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from .. import config as settings
-from ..store import Store
-from ..topics import parse
+from ..kill.topics import parse
+from ..storage.store import Store
 from .config import Webhook, WebhookConfigError, load
 from .deliver import RateLimit, build_request, post_once, select
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from yarl import URL
 
-from ..topics import BadChannel, Condition, parse
+from ..kill.topics import BadChannel, Condition, parse
 
 FORMATS = ("discord", "json")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ..store import Store
+from ..storage.store import Store
 
 
 async def load(store: Store, name: str) -> int:

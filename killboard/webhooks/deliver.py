@@ -26,9 +26,9 @@ import ujson
 from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
-from ..hub import encode
-from ..store import Store, StoredKill
-from ..topics import ALL, kill_facts
+from ..kill.topics import ALL, kill_facts
+from ..live.hub import encode
+from ..storage.store import Store, StoredKill
 from . import cursor, discord, signed
 from .config import Webhook
 

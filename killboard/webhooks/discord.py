@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..display import BIG_KILL, en, final_blow, isk, security_text
+from ..kill.display import BIG_KILL, en, final_blow, isk, security_text
 
 # Discord's documented limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
 MAX_EMBEDS = 10

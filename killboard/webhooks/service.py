@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..store import Store
+from ..storage.store import Store
 from .config import Webhook
 from .deliver import Deliverer, WebhookMetrics
 

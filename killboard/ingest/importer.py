@@ -1,0 +1,316 @@
+"""Bulk import (`python app.py import PATH...`): files of killmails into the same database.
+
+Every item goes through the same validation, inbox, enrichment and store as a live kill, in
+batches (one short transaction each, so a server running on the same file only waits
+milliseconds), marked not live: imported kills are stored, never broadcast. Duplicates are
+skipped; a bad file or item is reported with its path and reason, and the import goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import ujson
+
+from ..config import Config
+from ..kill.prices import price_book
+from ..kill.staticdata import load_static
+from ..kill.validate import Invalid, Submission, check_esi, parse_submission
+from ..live.hub import Hub
+from ..storage.store import InboxRow, Store
+from .esi import EsiClient, NameService
+from .pipeline import Pending, Pipeline, from_inbox, inbox_payload
+from .upstream import new_session
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".json", ".jsonl", ".tar.bz2")
+BATCH = 200
+SOURCE = "import"  # the inbox rows an import writes; a later import finishes any left behind
+
+
+@dataclass(slots=True)
+class Summary:
+    imported: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    # Accepted but not stored now: ESI could not complete it yet (left in the inbox for the server
+    # to finish) or it failed enrichment (logged).
+    incomplete: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        text = f"imported {self.imported}, duplicates {self.duplicates}, rejected {self.rejected}"
+        return text + (f", not stored yet {self.incomplete}" if self.incomplete else "")
+
+
+@dataclass(slots=True)
+class Item:
+    where: str  # path, path:line or archive:member, for error messages
+    data: object
+    from_archive: bool = False
+
+
+class BadInput(Exception):
+    """A file that cannot be read at all (not JSON, not an archive)."""
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Files to read: the paths given, directories searched for .json, .jsonl and .tar.bz2."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)))
+        else:
+            out.append(path)
+    return out
+
+
+def read(path: Path, progress: Progress) -> Iterator[Item]:
+    """The items of one file; progress advances by the bytes consumed."""
+    name = path.name
+    if name.endswith(".tar.bz2"):
+        yield from _read_archive(path, progress)
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(exc.strerror or str(exc)) from None
+    size = len(raw)
+    if name.endswith(".jsonl"):
+        lines = raw.splitlines()
+        for number, line in enumerate(lines, start=1):
+            progress.advance(size / max(1, len(lines)))
+            if line.strip():
+                try:
+                    yield Item(f"{path}:{number}", ujson.loads(line))
+                except ValueError as exc:
+                    yield Item(f"{path}:{number}", BadInput(f"not JSON: {exc}"))
+        return
+    try:
+        data = ujson.loads(raw)
+    except ValueError as exc:
+        raise BadInput(f"not JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    for index, item in enumerate(items):
+        progress.advance(size / max(1, len(items)))
+        yield Item(f"{path}[{index}]" if isinstance(data, list) else str(path), item)
+
+
+def _read_archive(path: Path, progress: Progress) -> Iterator[Item]:
+    """An EVE Ref daily archive: one ESI killmail JSON file per kill, read as a stream."""
+    try:
+        raw: IO[bytes] = path.open("rb")
+    except OSError as exc:
+        raise BadInput(exc.strerror or str(exc)) from None
+    with raw:
+        done = 0
+        try:
+            with tarfile.open(fileobj=raw, mode="r|bz2") as archive:
+                for member in archive:
+                    position = raw.tell()
+                    progress.advance(position - done)
+                    done = position
+                    if not member.isfile() or not member.name.endswith(".json"):
+                        continue
+                    extracted = archive.extractfile(member)
+                    if extracted is None:
+                        continue
+                    try:
+                        yield Item(f"{path}:{member.name}", ujson.loads(extracted.read()), from_archive=True)
+                    except ValueError as exc:
+                        yield Item(f"{path}:{member.name}", BadInput(f"not JSON: {exc}"))
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise BadInput(f"not a readable tar.bz2 archive: {exc}") from None
+        progress.advance(path.stat().st_size - done)
+
+
+def to_submission(item: Item) -> Submission:
+    if isinstance(item.data, BadInput):
+        raise Invalid([str(item.data)])
+    data = item.data
+    if item.from_archive and isinstance(data, dict) and "victim" in data and "killmail_hash" not in data:
+        # EVE Ref stores ESI's body verbatim, and ESI leaves the hash out: keep the kill, hash unknown.
+        errors = check_esi(data)
+        if errors:
+            raise Invalid(errors)
+        return Submission(data["killmail_id"], "", data, None)
+    return parse_submission(data)
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class Progress:
+    """A bar with rate and ETA on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, total_bytes: int, stream: IO[str], tty: bool, every: float = 5.0) -> None:
+        self.total = max(1, total_bytes)
+        self.stream = stream
+        self.tty = tty
+        self.every = every if not tty else 0.1
+        self.done_bytes = 0.0
+        self.kills = 0
+        self.started = time.monotonic()
+        self._shown = 0.0
+
+    def advance(self, nbytes: float) -> None:
+        self.done_bytes = min(self.total, self.done_bytes + nbytes)
+
+    def count(self, kills: int) -> None:
+        self.kills += kills
+        now = time.monotonic()
+        if now - self._shown >= self.every:
+            self._shown = now
+            self.show(now)
+
+    def stale(self) -> bool:
+        """True when the last line shown is old enough that the final state is news."""
+        return self._shown == 0.0 or time.monotonic() - self._shown > 0.5
+
+    def report(self, problem: str) -> None:
+        """One rejected file or item, on its own line (the bar is redrawn on the next update)."""
+        self.stream.write(("\r\033[K" if self.tty else "") + f"rejected: {problem}\n")
+        self.stream.flush()
+
+    def show(self, now: float | None = None, final: bool = False) -> None:
+        now = time.monotonic() if now is None else now
+        elapsed = max(1e-6, now - self.started)
+        fraction = self.done_bytes / self.total
+        rate = self.kills / elapsed
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
+        text = f"{fraction * 100:5.1f}% {self.kills} kills {rate:,.0f}/s ETA {_clock(eta)}"
+        if self.tty:
+            width = 30
+            filled = int(width * fraction)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}" + ("\n" if final else ""))
+        else:
+            self.stream.write(f"import: {text}\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+async def run_import(
+    config: Config, paths: list[Path], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, tty: bool | None = None
+) -> Summary:
+    """Import every item of `paths` into `config.db_path`; returns what happened."""
+    summary = Summary()
+    files = expand(paths)
+    missing = [p for p in files if not p.exists()]
+    files = [p for p in files if p.exists()]
+    progress = Progress(sum(p.stat().st_size for p in files), err, err.isatty() if tty is None else tty)
+    for path in missing:
+        _reject(summary, progress, f"{path}: no such file or directory")
+    static = load_static(config.data_dir)
+    async with AsyncExitStack() as stack:
+        store = await Store.open(config.db_path)
+        stack.push_async_callback(store.close)
+        prices = price_book(static)
+        stored_prices, _ = await store.load_prices()
+        prices.market.update(stored_prices)  # the server's latest ESI prices, when it fetched any
+        pipeline = Pipeline(
+            store=store,
+            hub=Hub(1, 0.1),  # nobody listens: imported kills are never live
+            static=static,
+            prices=prices,
+            queue=asyncio.Queue(1),
+            batch_size=BATCH,
+        )
+        if config.upstream:
+            session = new_session(config.user_agent)
+            stack.push_async_callback(session.close)
+            esi = EsiClient(session, config.esi_url)
+            names = NameService(esi, store, config.names_wait)
+            stack.push_async_callback(names.close)
+            pipeline.resolve_names = names.resolve
+            pipeline.fetch_killmail = esi.killmail
+        await _finish_inbox(pipeline, summary, progress)
+        batch: list[Submission] = []
+        for path in files:
+            try:
+                for item in read(path, progress):
+                    try:
+                        batch.append(to_submission(item))
+                    except Invalid as exc:
+                        _reject(summary, progress, f"{item.where}: {'; '.join(exc.errors[:3])}")
+                    if len(batch) >= BATCH:
+                        await _flush(pipeline, batch, summary, progress)
+                        batch = []
+            except BadInput as exc:
+                _reject(summary, progress, f"{path}: {exc}")
+        await _flush(pipeline, batch, summary, progress)
+    if progress.tty or progress.stale():
+        progress.show(final=True)
+    out.write(summary.line() + "\n")
+    return summary
+
+
+async def _finish_inbox(pipeline: Pipeline, summary: Summary, progress: Progress) -> None:
+    """Store what an import killed half-way (kill -9, a reboot) left in the inbox.
+
+    Its kills were taken into the inbox but not stored; run again, the import found them there
+    and called them duplicates, so they waited for the next server start. Only rows an import
+    wrote: a server running beside us owns the rest (its live kills must be broadcast by it).
+    """
+    after, finished = 0, 0
+    while rows := await pipeline.store.inbox(after, BATCH):
+        after = rows[-1].killmail_id
+        left = [from_inbox(r) for r in rows if r.source == SOURCE]
+        if not left:
+            continue
+        stored = await pipeline.process(left)
+        finished += len(stored)
+        summary.imported += len(stored)
+        summary.incomplete += len(left) - len(stored)
+        progress.count(len(stored))
+    if finished:
+        log.info("stored %d kills an earlier import left in the inbox", finished)
+
+
+def _reject(summary: Summary, progress: Progress, problem: str) -> None:
+    summary.rejected += 1
+    summary.problems.append(problem)
+    progress.report(problem)
+
+
+async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, progress: Progress) -> None:
+    if not batch:
+        return
+    by_id: dict[int, Submission] = {}
+    for sub in batch:
+        if sub.killmail_id in by_id:
+            summary.duplicates += 1  # the same kill twice in the input
+        else:
+            by_id[sub.killmail_id] = sub
+    rows = [InboxRow(s.killmail_id, inbox_payload(s), SOURCE, False) for s in by_id.values()]
+    # Through the inbox: an import killed half-way leaves its kills for the server to finish.
+    accepted, duplicates = await pipeline.store.add_to_inbox(rows)
+    summary.duplicates += len(duplicates)
+    stored = await pipeline.process([Pending(by_id[i], live=False) for i in accepted])
+    summary.imported += len(stored)
+    summary.incomplete += len(accepted) - len(stored)
+    progress.count(len(stored))
+
+
+def main_sync(config: Config, paths: list[Path]) -> int:
+    summary = asyncio.run(run_import(config, paths))
+    return 1 if summary.rejected else 0

@@ -1,0 +1,427 @@
+"""The queue between ingest and storage, and the worker that drains it.
+
+Ingest records each accepted killmail durably in the inbox, then queues it. The worker takes
+what is waiting in batches, enriches each kill, stores the batch in one transaction (removing
+its inbox rows), and only then hands the new kills to the hub: a kill is never broadcast before
+it is saved, and never twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import ujson
+
+from ..kill.codec import kill_prices, player_ids, source_document
+from ..kill.enrich import enrich
+from ..kill.prices import PriceBook
+from ..kill.staticdata import StaticData
+from ..kill.topics import KillFacts, kill_facts
+from ..kill.validate import Submission, check_esi, parse_time
+from ..live.hub import Hub
+from ..metrics import Metrics
+from ..storage.store import InboxRow, NewKill, Store
+from .esi import KillmailGone
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
+# Fetches the ESI body of a kill given only by id and hash; raises KillmailGone when it does not
+# exist (dropped), anything else when it may work later (kept in the inbox, retried).
+KillmailFetcher = Callable[[int, str], Awaitable[dict[str, Any]]]
+# Told of every stored kill after its batch is committed: (seq, JSON body, match keys, pushed
+# live). The Redis bus writer (killboard/bus/writer.py) appends them to the stream.
+OnStored = Callable[[int, bytes, KillFacts, bool], None]
+RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
+# Kills with more attackers and items than this are enriched (and encoded) in a thread: a kill of
+# 3,000 attackers is ~70 ms of CPU, which on the loop would stall every socket; in a thread the
+# loop gets the GIL back every switch interval (5 ms). Typical kills (~10 attackers, ~40 items)
+# stay on the loop, where they cost less than the hop.
+BIG_KILL = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    submission: Submission
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    accepted: list[int]
+    duplicates: list[int]
+
+
+class QueueFull(Exception):
+    """The worker is too far behind; the client should retry later."""
+
+
+class StorageUnavailable(Exception):
+    """The database refused the write (disk full, I/O error): nothing was acknowledged."""
+
+
+# A batch the database refused is retried after this delay, doubling up to the maximum: a full
+# disk or a passing I/O error clears without a restart, and every later batch needs it to.
+STORE_RETRY_FIRST = 0.1
+STORE_RETRY_MAX = 5.0
+
+
+def inbox_payload(sub: Submission) -> bytes:
+    return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
+
+
+def from_inbox(row: InboxRow) -> Pending:
+    d = ujson.loads(row.payload)
+    return Pending(Submission(d["id"], d["hash"], d["esi"], d["zkb"]), row.live)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch enriched and ready to write."""
+
+    batch: list[Pending]  # the kills that can be stored now (incomplete ones wait for ESI)
+    dropped: list[int]  # ids to remove from the inbox without storing
+    kills: list[NewKill]
+    live: dict[int, bool]
+    unresolved: set[int]  # player ids still without a name
+    rejected: list[int]  # ids whose enrichment failed (logged, counted)
+    facts: dict[int, KillFacts]  # what channels match on, per live kill
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """Admission into the queue, and the worker loop behind it."""
+
+    store: Store
+    hub: Hub
+    static: StaticData
+    prices: PriceBook
+    queue: asyncio.Queue[Pending]
+    batch_size: int = 200
+    queue_full_wait: float = 2.0
+    live_max_age: int = 86_400
+    # Filled by the ESI client when it runs: resolves player names before a kill is broadcast.
+    resolve_names: NameResolver | None = None
+    # Filled by the ESI client when it runs: completes kills that came as id + hash only.
+    fetch_killmail: KillmailFetcher | None = None
+    processed: int = 0
+    failed: int = 0
+    # The database error that is holding the worker back, None while writes succeed (/health).
+    store_error: str | None = None
+    _reserved: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _in_flight: int = 0  # batches taken from the queue and not yet written
+    _attempts: dict[int, int] = field(default_factory=dict)
+    metrics: Metrics | None = None
+    on_stored: OnStored | None = None
+
+    async def submit(
+        self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
+    ) -> Admission:
+        """Record submissions durably and queue them; returns once they survive a crash.
+
+        `state` is committed in the same transaction as the inbox rows (a feed's cursor).
+        Raises QueueFull when the queue has had no room for `queue_full_wait` seconds, and
+        StorageUnavailable when the database cannot take the write (nothing is acknowledged then).
+        """
+        await self._reserve(len(subs))
+        try:
+            rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
+            try:
+                accepted, duplicates = await self.store.add_to_inbox(rows, state)
+            except sqlite3.Error as exc:
+                log.error("recording %d submissions from %s failed: %s", len(rows), source, exc)
+                raise StorageUnavailable(str(exc)) from exc
+            if self.metrics is not None:
+                self.metrics.kills_ingested.labels(source).inc(len(accepted))
+                self.metrics.kills_duplicate.labels(source).inc(len(duplicates))
+            by_id = {s.killmail_id: s for s in subs}
+            for kill_id in accepted:
+                self._idle.clear()
+                self.queue.put_nowait(Pending(by_id[kill_id], live))
+        finally:
+            self._reserved -= len(subs)
+        return Admission(accepted, duplicates)
+
+    async def _reserve(self, count: int) -> None:
+        # The reservation keeps concurrent submitters from overfilling the queue while one of
+        # them awaits its inbox write; polling is fine here, it only runs when the queue is full.
+        deadline = time.monotonic() + self.queue_full_wait
+        while self.queue.maxsize - self.queue.qsize() - self._reserved < count:
+            if count > self.queue.maxsize or time.monotonic() >= deadline:
+                raise QueueFull(f"queue full ({self.queue.qsize()} waiting)")
+            await asyncio.sleep(0.05)
+        self._reserved += count
+
+    async def recover(self) -> int:
+        """Queue what was acknowledged but not processed before the last stop or crash."""
+        total, after = 0, 0
+        while rows := await self.store.inbox(after, 1000):
+            for row in rows:
+                self._idle.clear()
+                await self.queue.put(from_inbox(row))  # waits for room: the worker is already running
+            after = rows[-1].killmail_id
+            total += len(rows)
+        if total:
+            log.info("recovered %d acknowledged kills from the inbox", total)
+        return total
+
+    async def run(self) -> None:
+        """Worker: take what is waiting (up to a batch) and enrich it while the batch before it is
+        being written, then hand it to the writer; repeat.
+
+        Enrichment is CPU work on the event loop; the write (zlib and SQLite, in aiosqlite's
+        thread) is mostly not. Overlapping the two keeps both cores busy during a catch-up: run
+        one after the other, the loop sat idle for ~40% of an HTTP ingest waiting on the write.
+        Batches are still committed one at a time and in order, so sequence numbers and the
+        broadcast follow the queue's order.
+        """
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if self.queue.empty() and not self._in_flight:
+                    self._idle.set()
+                batch = [await self.queue.get()]
+                while len(batch) < self.batch_size and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                # Taken but not yet written: idle only once this is back to 0 with the queue empty.
+                self._in_flight += 1
+                try:
+                    prepared = await self._until_done(self.prepare, batch)
+                    if writing is not None:
+                        await writing  # the batch before this one is stored and broadcast
+                except BaseException:
+                    self._in_flight -= 1
+                    raise
+                writing = asyncio.create_task(self._write(batch, prepared), name="killboard-writer")
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with suppress(asyncio.CancelledError):
+                    await writing
+
+    async def _write(self, batch: list[Pending], prepared: Prepared) -> None:
+        try:
+            await self._until_done(self.commit, prepared)
+        finally:
+            for _ in batch:
+                self.queue.task_done()
+            self._in_flight -= 1
+            if self.queue.empty() and not self._in_flight:
+                self._idle.set()
+
+    async def _until_done(self, step: Callable[[Any], Awaitable[T]], arg: Any) -> T:
+        """Run one step of the worker, retrying with backoff while it fails.
+
+        The kills are acknowledged and sit in the inbox, so they must be stored eventually: a
+        batch that failed (disk full, I/O error) is kept and retried until it goes through,
+        rather than left for the next restart. Kills stored by an earlier attempt are skipped by
+        save_kills, so a retry never stores or broadcasts a kill twice.
+        """
+        delay = STORE_RETRY_FIRST
+        while True:
+            try:
+                result = await step(arg)
+            except Exception as exc:
+                if self.store_error is None:
+                    log.exception("a batch failed (%s); retrying, its kills stay in the inbox", step.__name__)
+                self.store_error = str(exc) or type(exc).__name__
+                self.failed += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+                continue
+            if self.store_error is not None:
+                log.warning("the worker goes on after: %s", self.store_error)
+                self.store_error = None
+            return result
+
+    async def wait_idle(self) -> None:
+        """Until the queue is empty and the last batch is stored (tests and graceful stop)."""
+        # Every put clears the event; the worker sets it only when it finds the queue empty.
+        await self._idle.wait()
+
+    async def process(self, batch: list[Pending]) -> list[tuple[int, NewKill]]:
+        """Enrich and store a batch in one transaction, then broadcast the new live kills."""
+        return await self.commit(await self.prepare(batch))
+
+    async def prepare(self, batch: list[Pending]) -> Prepared:
+        """Complete, name and enrich a batch: everything before the write."""
+        batch, dropped = await self._complete(batch)
+        names, unresolved = await self._names(batch)
+        kills: list[NewKill] = []
+        live: dict[int, bool] = {}
+        # What channels match on, taken from the enriched kill before it becomes JSON.
+        facts: dict[int, KillFacts] = {}
+        rejected: list[int] = []
+        for i, pending in enumerate(batch):
+            sub = pending.submission
+            try:
+                # Match keys for the sockets (a live kill) and for the bus (every stored kill).
+                wanted = pending.live or self.on_stored is not None
+                if kill_size(sub) > BIG_KILL:
+                    new, fact = await asyncio.to_thread(self._enrich, sub, names, wanted)
+                else:
+                    new, fact = self._enrich(sub, names, wanted)
+                kills.append(new)
+                live[sub.killmail_id] = pending.live
+                if fact is not None:
+                    facts[sub.killmail_id] = fact
+            except Exception:
+                log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
+                rejected.append(sub.killmail_id)
+            if i % 16 == 15:
+                await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
+        return Prepared(batch, dropped, kills, live, unresolved, rejected, facts)
+
+    def _enrich(self, sub: Submission, names: Mapping[int, str], facts: bool) -> tuple[NewKill, KillFacts | None]:
+        """One kill's enrichment; with `facts` also what channels match on, and (when it is big,
+        so this runs in a thread) its JSON, so the hub does not encode it on the loop."""
+        kill = enrich(sub, self.static, names, self.prices)
+        new = build_kill(sub, kill, names)
+        if not facts:
+            return new, None
+        if kill_size(sub) > BIG_KILL:
+            new.body  # noqa: B018 - the property encodes and caches the JSON
+        return new, kill_facts(kill)
+
+    async def commit(self, prepared: Prepared) -> list[tuple[int, NewKill]]:
+        """Store a prepared batch in one transaction, then broadcast its new live kills."""
+        batch, kills, live, unresolved = prepared.batch, prepared.kills, prepared.live, prepared.unresolved
+        started = time.perf_counter()
+        # Broadcast now with what is known; the ESI name filler patches these stored kills later.
+        nameless = (
+            [p.submission.killmail_id for p in batch if player_ids(p.submission.esi or {}) & unresolved]
+            if unresolved
+            else []
+        )
+        stored = await self.store.save_kills(
+            kills, done=[p.submission.killmail_id for p in batch] + prepared.dropped, names_pending=nameless
+        )
+        self.processed += len(kills)
+        if self.metrics is not None:
+            self.metrics.batch_commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.kills_stored.inc(len(stored))
+            if prepared.rejected:
+                self.metrics.kills_rejected.labels("enrich_failed").inc(len(prepared.rejected))
+        cutoff = time.time() - self.live_max_age if self.live_max_age else None
+        for seq, kill in stored:
+            pushed = self._push(seq, kill, prepared.facts, live, cutoff)
+            if self.on_stored is not None:
+                self.on_stored(seq, kill.body, prepared.facts[kill.killmail_id], pushed)
+        return stored
+
+    def _push(
+        self, seq: int, kill: NewKill, facts: Mapping[int, KillFacts], live: Mapping[int, bool], cutoff: float | None
+    ) -> bool:
+        """Publish a stored kill to the sockets unless it is not for live delivery; True if published."""
+        if not live.get(kill.killmail_id, True):
+            return False
+        if cutoff is not None and kill.kill_time < cutoff:
+            log.info(
+                "kill %d stored but not pushed live: kill time older than %d s", kill.killmail_id, self.live_max_age
+            )
+            return False
+        # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill;
+        # the enriched object spares a decode when a socket wants names in fewer languages.
+        self.hub.publish(seq, lambda kill=kill: kill.body, facts[kill.killmail_id], lambda kill=kill: kill.enriched)
+        return True
+
+    async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:
+        """(names known, ids still without one after asking ESI)."""
+        ids: set[int] = set()
+        for pending in batch:
+            ids.update(player_ids(pending.submission.esi or {}))
+        if not ids:
+            return {}, set()
+        names = await self.store.names(ids)
+        missing = ids - names.keys()
+        if missing and self.resolve_names is not None:
+            names.update(await self.resolve_names(missing))
+            return names, missing - names.keys()
+        return names, set()
+
+    async def _complete(self, batch: list[Pending]) -> tuple[list[Pending], list[int]]:
+        """Fetch the ESI body of id+hash-only kills: (ready to enrich, ids to drop from the inbox).
+
+        A kill whose fetch fails for now stays in the inbox and is queued again after a delay.
+        """
+        incomplete = [p for p in batch if p.submission.esi is None]
+        if not incomplete:
+            return batch, []
+        results = await asyncio.gather(*(self._fetch(p.submission) for p in incomplete), return_exceptions=True)
+        fetched: dict[int, Pending] = {}
+        dropped: list[int] = []
+        for pending, result in zip(incomplete, results, strict=True):
+            sub = pending.submission
+            if isinstance(result, Submission):
+                fetched[sub.killmail_id] = Pending(result, pending.live)
+                self._attempts.pop(sub.killmail_id, None)
+            elif isinstance(result, KillmailGone | ValueError):
+                log.warning("kill %d dropped: %s", sub.killmail_id, result)
+                self._attempts.pop(sub.killmail_id, None)
+                dropped.append(sub.killmail_id)
+            else:
+                self._retry_later(pending, result)
+        ready = [fetched.get(p.submission.killmail_id, p) for p in batch]
+        return [p for p in ready if p.submission.esi is not None], dropped
+
+    async def _fetch(self, sub: Submission) -> Submission:
+        if self.fetch_killmail is None:
+            raise RuntimeError("no ESI access (upstream off)")
+        esi = await self.fetch_killmail(sub.killmail_id, sub.killmail_hash)
+        errors = check_esi(esi)
+        if not errors and esi.get("killmail_id") != sub.killmail_id:
+            errors = [f"killmail_id: ESI returned {esi.get('killmail_id')} for {sub.killmail_id}"]
+        if errors:
+            raise ValueError(f"ESI body is not a valid killmail: {'; '.join(errors[:3])}")
+        return Submission(sub.killmail_id, sub.killmail_hash, esi, sub.zkb)
+
+    def _retry_later(self, pending: Pending, error: BaseException) -> None:
+        kill_id = pending.submission.killmail_id
+        attempt = self._attempts.get(kill_id, 0) + 1
+        self._attempts[kill_id] = attempt
+        # The exponent stops where RETRY_MAX is long reached: 2.0**1024 raises OverflowError, and
+        # after ~1,000 failed fetches of one kill the worker would retry its batch until ESI answered.
+        delay = min(RETRY_MAX, 2.0 ** min(attempt, 20))
+        log.warning("kill %d: ESI body not fetched (%s); kept in the inbox, retry in %.0f s", kill_id, error, delay)
+        asyncio.get_running_loop().call_later(delay, self._requeue, pending)
+
+    def _requeue(self, pending: Pending) -> None:
+        try:
+            self.queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().call_later(1.0, self._requeue, pending)
+            return
+        self._idle.clear()
+
+
+def kill_size(sub: Submission) -> int:
+    """Attackers plus top-level items: what enrichment's cost grows with."""
+    esi = sub.esi or {}
+    return len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
+
+
+def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] | None = None) -> NewKill:
+    when = parse_time(kill["kill_time"])
+    assert when is not None
+    esi = sub.esi or {}
+    return NewKill(
+        killmail_id=sub.killmail_id,
+        killmail_hash=sub.killmail_hash,
+        kill_time=int(when.timestamp()),
+        system_id=kill["system_id"],
+        total_value=kill["total_value"],
+        _body=b"",
+        source=source_document(esi, sub.zkb, kill_prices(kill)),
+        names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
+        enriched=kill,
+    )

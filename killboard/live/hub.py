@@ -1,0 +1,576 @@
+"""Who is subscribed to what, and delivery of each kill frame to them.
+
+Subscriptions are conditions (killboard/kill/topics.py) filed in one index: a kill is matched by
+looking up the keys it has, and each matching socket gets it once however many of its channels
+match. Every socket gets one writer task fed by a bounded queue, so a slow reader only ever fills its
+own queue; when it overflows, that client is closed with 1013 and the others never wait for it
+(see python-websockets' essay on broadcast). The bound is in bytes: what a socket holds (its
+outbox, the live kills held back during its replay, and what its transport has not yet handed
+to the kernel) may not pass `send_buffer` (KILLBOARD_WS_SEND_BUFFER); a deflated frame counts
+by its size on the wire. A socket with nothing queued or in flight gets the frame written
+straight to its transport instead (`_write_now`). A kill is encoded once and the same bytes go
+to every subscriber of a kind: each variant (names in the languages a socket asked for, plain
+or permessage-deflated: killboard/live/wire.py) is made once per kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from bisect import bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..kill.langs import Langs
+from ..kill.topics import Condition, Index, KillFacts
+from .wire import (
+    OFFLOAD_BYTES,
+    RSV1,
+    Deflated,
+    KillVariants,
+    encode,
+    frame_header,
+    kill_frame,
+    send_deflated,
+    with_seq,
+)
+
+__all__ = ["Hub", "Subscriber", "encode", "kill_frame", "with_seq"]
+
+log = logging.getLogger(__name__)
+
+# Plain frames waiting for their deflated variants, at most; past it the loop deflates itself.
+LATE_MAX_BYTES = 16 * 1024 * 1024
+# More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
+# feed (~0.2 kills/s on average, a few a second at peaks).
+BURST = 8
+
+
+class Delivered:
+    """The seqs of the kills one socket was sent, over the last `window` seqs, as sorted runs
+    (a broad channel gets consecutive seqs: one run). A replay skips what the socket already has."""
+
+    __slots__ = ("his", "los", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.los: list[int] = []
+        self.his: list[int] = []
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect_right(self.los, seq) - 1
+        return i >= 0 and seq <= self.his[i]
+
+    def add(self, seq: int) -> None:
+        los, his = self.los, self.his
+        if his and seq == his[-1] + 1:
+            his[-1] = seq  # the common case: the next kill in line
+        elif not his or seq > his[-1] + 1:
+            los.append(seq)
+            his.append(seq)
+        else:  # a replay sends older kills after newer live ones
+            i = bisect_right(los, seq) - 1
+            if i >= 0 and seq <= his[i]:
+                return
+            if i >= 0 and his[i] + 1 == seq:
+                his[i] = seq
+                if i + 1 < len(los) and los[i + 1] == seq + 1:
+                    his[i] = his[i + 1]
+                    del los[i + 1], his[i + 1]
+            elif i + 1 < len(los) and los[i + 1] == seq + 1:
+                los[i + 1] = seq
+            else:
+                los.insert(i + 1, seq)
+                his.insert(i + 1, seq)
+        old = bisect_right(his, his[-1] - self.window)
+        if old:
+            del los[:old], his[:old]
+
+
+class Outbox:
+    """The bounded FIFO of frames between the hub and one socket's writer, and their bytes.
+
+    asyncio.Queue's interface as the hub and the replay use it, at a fraction of its memory:
+    asyncio.Queue keeps three deques and an Event, ~3 KB per socket (tracemalloc), 15% of an idle
+    subscriber. This is one list (usually 0 or 1 frames long, so popping the front is cheap) and
+    one future, made only while the writer waits for a frame or a replay waits for room (both
+    may wait on it at once: a frame put or taken wakes both, and each checks its own condition).
+
+    Each frame is queued with its size on the wire, which is not always len(frame) (a frame
+    may be a payload compressed elsewhere): `nbytes` is their sum.
+    """
+
+    __slots__ = ("_items", "_maxsize", "_waiter", "nbytes")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: list[tuple[bytes | None, int]] = []
+        self._maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
+        self.nbytes = 0
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def full(self) -> bool:
+        return len(self._items) >= self._maxsize
+
+    def put_nowait(self, item: bytes | None, size: int = 0) -> None:
+        if len(self._items) >= self._maxsize:
+            raise asyncio.QueueFull
+        self._items.append((item, size))
+        self.nbytes += size
+        self._wake()
+
+    def get_nowait(self) -> bytes | None:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        item, size = self._items.pop(0)
+        self.nbytes -= size
+        self._wake()
+        return item
+
+    async def get(self) -> bytes | None:
+        while not self._items:
+            await self.changed()
+        return self.get_nowait()
+
+    async def changed(self) -> None:
+        """Until a frame is put or taken."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        await waiter
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    """One connected socket: its channels, its bounded outbox and the task that drains it."""
+
+    ws: web.WebSocketResponse
+    outbox: Outbox
+    transport: asyncio.BaseTransport | None
+    # condition -> the channel string it was first subscribed with
+    channels: dict[Condition, str] = field(default_factory=dict)
+    # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
+    # and their bytes.
+    held: deque[tuple[int, bytes, KillFacts]] | None = None
+    held_bytes: int = 0
+    delivered: Delivered = field(default_factory=lambda: Delivered(0))
+    writer: asyncio.Task[None] | None = None
+    sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
+    close_code: int = WSCloseCode.OK
+    close_message: bytes = b""
+    dropped: bool = False
+    client_errors: int = 0  # error frames sent for bad client messages (ws.py logs the first few)
+    # What this socket's kill frames look like (killboard/live/wire.py): names in these languages
+    # (None: all), deflated for this window (0: plain).
+    lang: Langs = None
+    deflate: int = 0
+
+
+class Hub:
+    """All live sockets (a weak set, as designed) and the channel -> subscribers index."""
+
+    def __init__(
+        self,
+        send_queue: int,
+        close_timeout: float,
+        replay_window: int = 1000,
+        send_buffer: int = 4 * 1024 * 1024,
+        deflate_level: int = 6,
+    ) -> None:
+        self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        # Connections whose handler has ended but which are not closed yet (see linger).
+        self._closing: set[asyncio.BaseProtocol] = set()
+        self._subscribers: dict[web.WebSocketResponse, Subscriber] = {}
+        self._index: Index[Subscriber] = Index()
+        self._send_queue = send_queue
+        self.send_buffer = send_buffer
+        self._close_timeout = close_timeout
+        self._replay_window = replay_window
+        # Match keys of the last kills published, so a replay need not decode them again.
+        self.recent_facts: OrderedDict[int, KillFacts] = OrderedDict()
+        self.deliveries = 0
+        self.slow_drops = 0
+        self._deflate_level = deflate_level
+        # Kills waiting for their deflated variants (made in a thread), in publish order: a
+        # socket gets its kills in seq order, so a small kill never overtakes a large one.
+        self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
+        self._late_bytes = 0
+        self._deflater: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        """Open sockets, those still closing included: every one holds a descriptor and memory."""
+        closing = self._closing
+        if closing:
+            closing.difference_update([p for p in closing if getattr(p, "transport", None) is None])
+        return len(self.sockets) + len(closing)
+
+    def linger(self, protocol: asyncio.BaseProtocol | None) -> None:
+        """A socket's handler has ended; its connection may not be gone. aiohttp closes the
+        transport after a close frame, or when the heartbeat gives up, and a transport's close
+        waits until its buffer is flushed: to a peer that stopped reading, never. Such a
+        connection keeps counting as open until it is gone, and is aborted after close_timeout."""
+        if protocol is None or protocol in self._closing or getattr(protocol, "transport", None) is None:
+            return
+        self._closing.add(protocol)
+        asyncio.get_running_loop().call_later(self._close_timeout, self._reap, protocol)
+
+    def _reap(self, protocol: asyncio.BaseProtocol) -> None:
+        self._closing.discard(protocol)
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            log.debug("websocket connection could not finish closing in time: aborted")
+            transport.abort()
+
+    def subscribed_count(self) -> int:
+        return len(self._index.subscribers())
+
+    def subscribed(self) -> set[Subscriber]:
+        """Every socket with at least one channel (a notice that concerns them all)."""
+        return self._index.subscribers()
+
+    def attach(
+        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
+    ) -> Subscriber:
+        """`lang`: the languages of its names (None: all); `deflate`: the window bits of its
+        permessage-deflate (0: plain frames)."""
+        sub = Subscriber(
+            ws,
+            Outbox(self._send_queue),
+            transport,
+            delivered=Delivered(self._replay_window),
+            lang=lang,
+            deflate=deflate,
+        )
+        self.sockets.add(ws)
+        self._subscribers[ws] = sub
+        sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
+        return sub
+
+    async def detach(self, sub: Subscriber) -> None:
+        """Forget a socket whose handler is ending; stop its writer."""
+        for condition in sub.channels:
+            self._index.remove(condition, sub)
+        sub.channels.clear()
+        sub.held, sub.held_bytes = None, 0
+        self._subscribers.pop(sub.ws, None)
+        self.sockets.discard(sub.ws)
+        if sub.writer is not None and not sub.writer.done():
+            sub.writer.cancel()
+            with suppress(asyncio.CancelledError):
+                await sub.writer
+
+    def subscribe(self, sub: Subscriber, condition: Condition, channel: str) -> None:
+        if condition not in sub.channels:
+            sub.channels[condition] = channel
+            self._index.add(condition, sub)
+
+    def unsubscribe(self, sub: Subscriber, condition: Condition) -> None:
+        if sub.channels.pop(condition, None) is not None:
+            self._index.remove(condition, sub)
+
+    def hold(self, sub: Subscriber) -> None:
+        """Keep this socket's live kills back (a replay is about to run) instead of sending them."""
+        if sub.held is None:
+            sub.held = deque()
+
+    def held_bytes(self, sub: Subscriber) -> int:
+        """What one socket holds now: its outbox, its held live kills and its transport's unsent
+        bytes (where a client that never reads piles them up once its kernel buffers are full)."""
+        transport = sub.transport
+        unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
+        return sub.outbox.nbytes + sub.held_bytes + unsent
+
+    def fits(self, sub: Subscriber, size: int) -> bool:
+        """Whether `size` more bytes keep the socket within its budget. A socket that holds
+        nothing takes any one frame, so a kill larger than the budget still reaches everyone."""
+        held = self.held_bytes(sub)
+        return held == 0 or held + size <= self.send_buffer
+
+    def send(self, sub: Subscriber, frame: bytes, size: int | None = None) -> bool:
+        """Queue one frame (`size` bytes on the wire, len(frame) unless given) for a socket;
+        False (and the client is dropped with 1013) when it would pass its queue or byte budget."""
+        if sub.dropped:
+            return False
+        if size is None:
+            size = len(frame)
+        if sub.outbox.empty() and not sub.sending and _write_now(sub, frame):
+            return True
+        if not self.fits(sub, size):
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send buffer full: client reads too slowly")
+            return False
+        try:
+            sub.outbox.put_nowait(frame, size)
+        except asyncio.QueueFull:
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
+            return False
+        return True
+
+    async def put(self, sub: Subscriber, frame: bytes, size: int | None = None) -> None:
+        """Queue a frame, waiting until the socket has room for it (a replay may be longer than
+        the budget); the caller bounds the wait."""
+        if size is None:
+            size = len(frame)
+        while not sub.dropped and (sub.outbox.full() or not self.fits(sub, size)):
+            # The transport's buffer drains without touching the outbox: look again now and then.
+            with suppress(TimeoutError):
+                async with asyncio.timeout(0.25):
+                    await sub.outbox.changed()
+        if not sub.dropped:
+            sub.outbox.put_nowait(frame, size)
+
+    def send_json(self, sub: Subscriber, message: object) -> bool:
+        return self.send(sub, encode(message))
+
+    def publish(
+        self,
+        seq: int,
+        body: bytes | Callable[[], bytes],
+        facts: KillFacts,
+        decoded: Callable[[], Any] | None = None,
+    ) -> int:
+        """Send one stored kill to every socket with a matching channel, once each; returns the
+        number queued. `facts` are the kill's match keys (topics.kill_facts). `body` may be a
+        function that encodes it: called only when some socket matches. `decoded` may give the
+        kill as an object (else a language variant decodes `body`, once per kill)."""
+        self.recent_facts[seq] = facts
+        if len(self.recent_facts) > self._replay_window:
+            self.recent_facts.popitem(last=False)
+        targets = self._index.match(facts)
+        if not targets:
+            return 0
+        # Each variant (languages x plain or a deflate window) is made once, for all its sockets.
+        kill = KillVariants(seq, body, self._deflate_level, decoded)
+        deflated: dict[tuple[Langs, int], list[Subscriber]] = {}
+        sent = 0
+        for sub in targets:
+            if sub.deflate:
+                deflated.setdefault((sub.lang, sub.deflate), []).append(sub)
+            elif self.send_kill(sub, seq, kill.frame(sub.lang), facts):
+                sent += 1
+        if deflated:
+            sent += self._publish_deflated(kill, deflated, facts)
+        self.deliveries += sent
+        return sent
+
+    def _publish_deflated(
+        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
+    ) -> int:
+        """Deflate small variants here and send them at once; large ones (or any kill behind one
+        still in the thread) wait their turn in `_late`. Returns the sockets it is meant for."""
+        size = sum(len(kill.frame(langs)) for langs, _ in groups)
+        if not self._late and size < OFFLOAD_BYTES:
+            return self._deliver(kill, groups, facts)
+        self._late.append((kill, groups, facts))
+        self._late_bytes += size
+        if self._late_bytes > LATE_MAX_BYTES:
+            # The thread is not keeping up: deflate this one on the loop (slowing the producer)
+            # instead of holding ever more plain frames.
+            for langs, bits in groups:
+                kill.deflated(langs, bits)
+        if self._deflater is None or self._deflater.done():
+            self._deflater = asyncio.create_task(self._deflate_late(), name="hub-deflater")
+        return sum(len(subs) for subs in groups.values())
+
+    async def _deflate_late(self) -> None:
+        """Deflate the waiting kills' variants in one thread hop (zlib releases the GIL), then
+        send them in publish order to the sockets that still want them."""
+        loop = asyncio.get_running_loop()
+        while self._late:
+            batch = list(self._late)
+            if len(batch) > BURST:
+                # A backlog being caught up (an ingest burst) rather than the live feed: the CPU
+                # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
+                for kill, _, _ in batch:
+                    kill.level = 1
+            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has_deflated(*key)]
+            if todo:
+                await loop.run_in_executor(None, _deflate_all, todo)
+            for _ in batch:
+                kill, groups, facts = self._late.popleft()
+                self._late_bytes -= sum(len(kill.frame(langs)) for langs, _ in groups)
+                self._deliver(kill, groups, facts, late=True)
+
+    def _deliver(
+        self,
+        kill: KillVariants,
+        groups: dict[tuple[Langs, int], list[Subscriber]],
+        facts: KillFacts,
+        late: bool = False,
+    ) -> int:
+        """`late`: after the thread hop, so check that each socket still wants the kill."""
+        sent = 0
+        for (langs, bits), subs in groups.items():
+            frame = kill.deflated(langs, bits)
+            for sub in subs:
+                if late and not self._still_wants(sub, kill.seq, facts):
+                    continue
+                if self.send_kill(sub, kill.seq, frame, facts):
+                    sent += 1
+        return sent
+
+    def _still_wants(self, sub: Subscriber, seq: int, facts: KillFacts) -> bool:
+        """After the thread hop: the socket may have gone, unsubscribed, or had the kill from a
+        replay that ran meanwhile."""
+        return (
+            self._subscribers.get(sub.ws) is sub
+            and not sub.dropped
+            and seq not in sub.delivered
+            and any(condition.matches(facts) for condition in sub.channels)
+        )
+
+    async def replay_frame(self, sub: Subscriber, seq: int, body: bytes) -> bytes:
+        """A stored kill's frame as this socket takes its kills (a replay): deflated on its own
+        too, in a thread when large."""
+        kill = KillVariants(seq, body, self._deflate_level)
+        if sub.lang is None and (not sub.deflate or len(body) < OFFLOAD_BYTES):
+            return kill.deflated(None, sub.deflate) if sub.deflate else kill.frame(None)
+        # A language variant decodes the body (~0.3 ms), a large one deflates it: both in a
+        # thread, so a replay of a thousand kills does not hold the loop for a second.
+        make = partial(kill.deflated, sub.lang, sub.deflate) if sub.deflate else partial(kill.frame, sub.lang)
+        return await asyncio.get_running_loop().run_in_executor(None, make)
+
+    def send_kill(self, sub: Subscriber, seq: int, frame: bytes, facts: KillFacts) -> bool:
+        """Queue a kill frame, or hold it back while the socket's replay runs."""
+        if sub.held is None:
+            if not self.send(sub, frame):
+                return False
+            sub.delivered.add(seq)
+            return True
+        if sub.dropped:
+            return False
+        if len(sub.held) >= self._send_queue or not self.fits(sub, len(frame)):
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"too many live kills during the replay: reads too slowly")
+            return False
+        sub.held.append((seq, frame, facts))
+        sub.held_bytes += len(frame)
+        return True
+
+    def close(self, sub: Subscriber, code: int, message: bytes) -> None:
+        """Close one client on purpose (a policy violation): its writer sends what is queued
+        (the error frame that explains why), then the close frame."""
+        if not sub.dropped:
+            log.info("closing websocket client: %d %s", code, message.decode())
+            self._close(sub, code, message, keep_queued=True)
+
+    def drop(self, sub: Subscriber, code: int, message: bytes) -> None:
+        """Close a client that cannot keep up: empty its queue and let its writer send the close."""
+        if sub.dropped:
+            return
+        self.slow_drops += 1
+        log.warning("closing slow websocket client (%s)", message.decode())
+        self._close(sub, code, message)
+
+    def _close(self, sub: Subscriber, code: int, message: bytes, keep_queued: bool = False) -> None:
+        """Ask the writer to send a close frame next, and cut the connection if it cannot."""
+        sub.dropped = True
+        sub.held, sub.held_bytes = None, 0
+        sub.close_code, sub.close_message = code, message
+        while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
+            sub.outbox.get_nowait()
+        sub.outbox.put_nowait(None)  # (also wakes a replay waiting for room: it sees the drop)
+        # A writer stuck sending to a peer that stopped reading never reaches the close request.
+        asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub)
+
+    async def _write(self, sub: Subscriber) -> None:
+        """The only task that sends on this socket: one back-pressure gate, one writer."""
+        ws = sub.ws
+        try:
+            while True:
+                frame = await sub.outbox.get()
+                if frame is None:
+                    break
+                sub.sending = True
+                try:
+                    if type(frame) is Deflated:
+                        await send_deflated(ws, frame)
+                    else:
+                        await ws.send_frame(frame, WSMsgType.TEXT)
+                finally:
+                    sub.sending = False
+        except (ConnectionError, RuntimeError):
+            # The peer went away: reset (ConnectionResetError), or lost while we waited for a
+            # drain (aiohttp raises a plain ConnectionError); RuntimeError: already closing.
+            return
+        # A dropped client that stopped reading cannot even take the close frame: give it a
+        # moment, then cut the connection so its handler ends and the memory is freed.
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await ws.close(code=sub.close_code, message=sub.close_message)
+        except (TimeoutError, ConnectionError):
+            if sub.transport is not None:
+                sub.transport.abort()
+
+    async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
+        """Close every socket at once, each with a time limit (close() waits on a stuck reader)."""
+        if self._deflater is not None:
+            self._deflater.cancel()  # kills still waiting for deflate are in the store: a since replays them
+        subs = list(self._subscribers.values())
+        for sub in subs:
+            if not sub.dropped:
+                self._close(sub, code, message)
+        writers = [s.writer for s in subs if s.writer is not None]
+        if not writers:
+            return
+        # A stop has 5 s in all and the queue still has to drain after this: a client that
+        # cannot take its close frame within close_timeout is cut now, not after 2x that
+        # (_abort_if_stuck's patience is for a single slow client while we keep serving).
+        _done, stuck = await asyncio.wait(writers, timeout=self._close_timeout)
+        for sub in subs:
+            if sub.writer in stuck and sub.transport is not None:
+                sub.transport.abort()
+        if stuck:
+            log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
+            await asyncio.wait(stuck, timeout=0.5)
+
+
+def _write_now(sub: Subscriber, frame: bytes) -> bool:
+    """Send a text frame straight to an idle socket's transport; False if it must be queued.
+
+    Most sockets are idle when a kill arrives: nothing queued, the writer task waiting, the
+    kernel buffer empty. Waking the writer task for each of them cost more than the write itself
+    (a task step and a future per socket per kill). Writing here only when the outbox is empty,
+    the writer is not inside a send and the transport holds nothing unsent keeps the frames in
+    order and the one-writer rule (the writer has nothing in flight); anything else (a socket
+    behind, paused or closing) takes the outbox and its writer as before, so slow clients still
+    fill their bounded outbox and are dropped. The bytes are what aiohttp's WebSocketWriter
+    sends for an uncompressed server text frame, with RSV1 set for a deflated one (wire.py).
+    """
+    transport = sub.transport
+    if (
+        transport is None
+        or sub.ws.closed
+        or transport.is_closing()
+        or not isinstance(transport, asyncio.WriteTransport)
+        or transport.get_write_buffer_size()
+    ):
+        return False
+    transport.write(frame_header(len(frame), RSV1 if type(frame) is Deflated else 0) + frame)
+    return True
+
+
+def _deflate_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
+    for kill, (langs, bits) in todo:
+        kill.deflated(langs, bits)
+
+
+def _abort_if_stuck(sub: Subscriber) -> None:
+    if sub.writer is not None and not sub.writer.done() and sub.transport is not None:
+        log.warning("websocket client did not take its close frame in time: connection aborted")
+        sub.transport.abort()

@@ -1,0 +1,267 @@
+"""The bytes a kill goes out as: frame splicing, permessage-deflate (RFC 7692) negotiation, frame
+headers, and each kill's variants (languages x plain or deflated), each made at most once.
+
+aiohttp compresses per socket (a compressor of ~200 KB each and the deflate work once per
+client); a message deflated on its own (a fresh raw-deflate stream, sync flush, the trailing
+00 00 ff ff removed) is decodable by every client that negotiated the extension, whatever
+context takeover it offered, as long as its window is no larger than the client allows. So the
+hub deflates each kill variant once and writes the same bytes, with RSV1 set, to every deflate
+socket; aiohttp's own writer never compresses (acks, errors, pongs and close frames go plain,
+which RFC 7692 allows on the same socket), and aiohttp's reader still inflates what clients send.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import ujson
+from aiohttp import WSMsgType, hdrs, web
+from aiohttp._websocket import reader_py
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
+from aiohttp.web_request import BaseRequest
+
+from ..kill.langs import Langs, filter_names
+from .wsmask import MaskCheck, MaskedWebSocketResponse
+
+RSV1 = 0x40
+_FIN_TEXT = 0x80 | WSMsgType.TEXT
+_TRAILER = b"\x00\x00\xff\xff"
+# Payloads from this size up are deflated in a thread (zlib releases the GIL): ~0.1 ms and more
+# of the loop's time otherwise. The same bound as aiohttp's writer uses for its executor.
+OFFLOAD_BYTES = 16 * 1024
+
+
+def encode(message: object) -> bytes:
+    return ujson.dumps(message, ensure_ascii=False, escape_forward_slashes=False).encode()
+
+
+def kill_frame(seq: int, body: bytes) -> bytes:
+    """`{"action":"kill","seq":N,"data":{...}}` spliced around the kill's JSON, without re-encoding it."""
+    return b'{"action":"kill","seq":%d,"data":%s}' % (seq, with_seq(seq, body))
+
+
+def with_seq(seq: int, body: bytes) -> bytes:
+    """The kill object with its sequence number as the first field."""
+    return b'{"seq":%d,%s' % (seq, body[1:])
+
+
+def body_of(seq: int, frame: bytes) -> bytes:
+    """The kill's JSON as kill_frame(seq, body) was given it, back from the frame."""
+    head = b'{"action":"kill","seq":%d,"data":{"seq":%d,' % (seq, seq)
+    if not frame.startswith(head):
+        raise ValueError(f"not the kill frame of seq {seq}")
+    return b"{" + frame[len(head) : -1]
+
+
+def body_in(body: bytes, langs: Langs) -> bytes:
+    """An encoded kill body with names only in `langs` (None: the body as it is)."""
+    return body if langs is None else encode(filter_names(ujson.loads(body), langs))
+
+
+class Deflated(bytes):
+    """A text message deflated on its own: sent with RSV1 set. len() is its size on the wire
+    (less the frame header), which is what a socket's byte budget should count."""
+
+    __slots__ = ()
+
+
+def deflate(message: bytes, level: int, wbits: int = 15) -> Deflated:
+    """RFC 7692 §7.2.1: a fresh raw deflate stream, Z_SYNC_FLUSH, minus its 00 00 ff ff tail.
+    Fresh for every message, so it does not matter whether the client keeps context."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -wbits)
+    out = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return Deflated(out[:-4] if out.endswith(_TRAILER) else out)
+
+
+def frame_header(length: int, rsv: int = 0) -> bytes:
+    """The header of an unmasked, final text frame (a server's) of `length` payload bytes."""
+    first = _FIN_TEXT | rsv
+    if length < 126:
+        return _LEN1(first, length)
+    if length < 65536:
+        return _LEN2(first, 126, length)
+    return _LEN3(first, 127, length)
+
+
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
+
+
+def negotiate(offers: str | None) -> tuple[int, str | None]:
+    """The client's Sec-WebSocket-Extensions -> (window bits we compress with, our answer), or
+    (0, None) to decline. The first acceptable permessage-deflate offer wins (RFC 7692 §5).
+
+    We always answer server_no_context_takeover (a server may, offered or not, §7.1.1.1): each
+    message is a fresh stream. And client_no_context_takeover (§7.1.1.2): the client then
+    compresses each message on its own too, so no inflate state is kept between its messages
+    (aiohttp keeps a decompressor per socket, ~15 KiB, once a client sent one compressed frame:
+    every browser does). A client's server_max_window_bits=N is honoured by compressing
+    with that window (N=8 is declined: zlib's raw deflate cannot make 256-byte windows). Its
+    client_max_window_bits needs no answer: we inflate with the largest window. An offer with
+    an unknown or repeated parameter, or a bad value, is declined as the RFC asks."""
+    for offer in (offers or "").split(","):
+        name, *params = (part.strip() for part in offer.split(";"))
+        if name.lower() != "permessage-deflate":
+            continue
+        bits = _accept(params)
+        if bits:
+            answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            if bits < 15:
+                answer += f"; server_max_window_bits={bits}"
+            return bits, answer
+    return 0, None
+
+
+def _accept(params: list[str]) -> int:
+    """Window bits for one offer's parameters, 0 if the offer cannot be accepted."""
+    seen: set[str] = set()
+    bits = 15
+    for param in params:
+        key, _, value = (p.strip().strip('"') for p in param.partition("="))
+        key = key.lower()
+        if key in seen:
+            return 0
+        seen.add(key)
+        if key in ("server_no_context_takeover", "client_no_context_takeover"):
+            if value:
+                return 0
+        elif key == "server_max_window_bits":
+            if not (value.isdigit() and 9 <= int(value) <= 15):
+                return 0
+            bits = int(value)
+        elif key == "client_max_window_bits":
+            if value and not (value.isdigit() and 8 <= int(value) <= 15):
+                return 0
+        else:
+            return 0
+    return bits
+
+
+class DeflateResponse(MaskedWebSocketResponse):
+    """The socket (wsmask's, which checks that client frames are masked) with our negotiation
+    (`negotiate`): aiohttp's reader inflates the client's compressed frames, its writer
+    compresses nothing (the hub sends pre-deflated kill frames itself). `compress=True` offers
+    the extension; once prepared, `compress` is the window bits agreed (0: none). No attribute
+    of its own: one more per socket made the instance dict of 10,000 sockets grow. Built on
+    aiohttp 3.14's `_handshake`/`_pre_start`/`_post_start` (pinned); tests/test_wire.py fails
+    if they change."""
+
+    def _handshake(self, request: BaseRequest) -> tuple[Any, str | None, int, bool]:
+        offer, self._compress = self._compress, False  # aiohttp's own negotiation: off
+        try:
+            headers, protocol, _, _ = super()._handshake(request)
+        finally:
+            self._compress = offer
+        bits = 0
+        if offer:
+            bits, answer = negotiate(request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS))
+            if answer is not None:
+                headers[hdrs.SEC_WEBSOCKET_EXTENSIONS] = answer
+        return headers, protocol, bits, True
+
+    def _pre_start(self, request: BaseRequest) -> tuple[str | None, Any]:
+        protocol, writer = super()._pre_start(request)  # self._compress = bits: the reader inflates
+        writer.compress = 0  # never a per-socket compressor: see the module docstring
+        return protocol, writer
+
+    def _post_start(self, request: BaseRequest, protocol: str | None, writer: Any) -> None:
+        handler = request.protocol
+        # Bytes that came with the upgrade request go to the parser that stays, not aiohttp's.
+        tail, handler._message_tail = handler._message_tail, b""
+        super()._post_start(request, protocol, writer)  # aiohttp's parser behind the mask check
+        if self._compress:
+            # The pure-Python reader wants its own queue class (it writes attributes the
+            # compiled queue keeps read-only); nothing has been queued yet.
+            self._reader = reader_py.WebSocketDataQueue(handler, DEFAULT_CHUNK_SIZE, loop=self._loop)
+            parser = FreshInflateReader(self._reader, self._max_msg_size, compress=True, decode_text=self._decode_text)
+            self._parser = parser
+            handler._payload_parser = MaskCheck(parser, self._reader)
+        if tail:
+            eof, _ = handler._payload_parser.feed_data(tail)
+            if eof:
+                handler.close()
+
+
+class FreshInflateReader(reader_py.WebSocketReader):
+    """aiohttp's (pure Python) frame reader, forgetting its decompressor after every frame: with
+    client_no_context_takeover agreed, each client message is a stream of its own, and the
+    decompressor kept otherwise is ~15 KiB per socket. Client messages are few and small."""
+
+    def _handle_frame(self, fin: bool, opcode: int, payload: bytes | bytearray, compressed: int) -> None:
+        limit = self._max_msg_size
+        if compressed and limit:
+            # aiohttp refuses a frame of `limit` bytes or more, but an inflated message only
+            # past `limit` (ws.py passes the limit + 1 for the first): one limit for both.
+            self._max_msg_size = limit - 1
+        try:
+            super()._handle_frame(fin, opcode, payload, compressed)
+        finally:
+            self._max_msg_size = limit
+            self._decompressobj = None  # a message is inflated whole at its last frame
+
+
+async def send_deflated(ws: web.WebSocketResponse, payload: Deflated) -> None:
+    """Send a pre-deflated text message on a socket (aiohttp has no public call for one), with
+    the same back-pressure as its send_frame: wait while the transport is paused."""
+    writer = ws._writer
+    if writer is None or writer._closing:
+        raise ConnectionResetError("socket is closing")
+    writer._write_websocket_frame(payload, WSMsgType.TEXT, RSV1)
+    if writer.protocol._paused:
+        await writer.protocol._drain_helper()
+
+
+class KillVariants:
+    """One kill's frames for each kind of socket, each made at most once: a language variant
+    (`lang`) is derived from the encoded body (decoded once, only if some socket wants one), and
+    each frame deflated once per window size asked for."""
+
+    __slots__ = ("_body", "_decode", "_decoded", "_deflated", "_frames", "level", "seq")
+
+    def __init__(
+        self, seq: int, body: bytes | Callable[[], bytes], level: int, decoded: Callable[[], Any] | None = None
+    ) -> None:
+        """`decoded`: the kill as an object, where the caller has it (the worker, which just
+        enriched it): spares the decode of the body (~0.3 ms) when a language variant is wanted."""
+        self.seq = seq
+        self.level = level
+        self._body = body
+        self._decode = decoded
+        self._decoded: Any = None
+        self._frames: dict[Langs, bytes] = {}
+        self._deflated: dict[tuple[Langs, int], Deflated] = {}
+
+    def body(self) -> bytes:
+        if not isinstance(self._body, bytes):
+            self._body = self._body()
+        return self._body
+
+    def frame(self, langs: Langs) -> bytes:
+        """The plain frame with names in `langs` (None: all of them)."""
+        frame = self._frames.get(langs)
+        if frame is None:
+            if langs is None:
+                frame = kill_frame(self.seq, self.body())
+            else:
+                if self._decoded is None and self._decode is not None:
+                    self._decoded = self._decode()
+                if self._decoded is None:
+                    self._decoded = ujson.loads(self.body())
+                frame = kill_frame(self.seq, encode(filter_names(self._decoded, langs)))
+            self._frames[langs] = frame
+        return frame
+
+    def deflated(self, langs: Langs, bits: int) -> Deflated:
+        """The frame deflated for a window of `bits` (made here if not made yet, e.g. in a thread)."""
+        key = (langs, bits)
+        out = self._deflated.get(key)
+        if out is None:
+            out = self._deflated[key] = deflate(self.frame(langs), self.level, bits)
+        return out
+
+    def has_deflated(self, langs: Langs, bits: int) -> bool:
+        return (langs, bits) in self._deflated

@@ -1,0 +1,729 @@
+"""SQLite storage: the durable inbox, stored kills with their sequence numbers, names, feed state.
+
+One write connection owns every write (guarded by a lock so transactions never interleave);
+a second connection serves reads, which WAL lets run beside the writer. Kills are kept in their
+compact source form (killboard/kill/codec.py) and rendered to the full killmail JSON on read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ..kill import codec
+from ..kill.validate import Submission
+from ..live.hub import encode
+
+log = logging.getLogger(__name__)
+
+# Renders a stored kill's source to the full killmail JSON, with player names from `names`.
+Render = codec.Render
+
+# The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+# A stored document larger than this (a kill of some 300 attackers or more; a typical one is
+# ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
+BIG_DOCUMENT = 64 * 1024
+
+# Applied in order; PRAGMA user_version records how many have run.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE inbox (
+        killmail_id INTEGER PRIMARY KEY,
+        payload BLOB NOT NULL,          -- JSON of the accepted submission, before processing
+        source TEXT NOT NULL,
+        live INTEGER NOT NULL DEFAULT 1, -- 0: bulk import, stored without a live broadcast
+        received_at REAL NOT NULL
+    );
+    CREATE TABLE kills (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: clients resume from it
+        killmail_id INTEGER NOT NULL UNIQUE,
+        killmail_hash TEXT NOT NULL,
+        kill_time INTEGER NOT NULL,             -- unix seconds, UTC
+        system_id INTEGER NOT NULL,
+        total_value REAL NOT NULL,
+        stored_at REAL NOT NULL,
+        body BLOB NOT NULL                      -- zlib(JSON of the enriched killmail)
+    );
+    CREATE INDEX kills_kill_time ON kills (kill_time);
+    CREATE TABLE names (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        category TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # ESI: market prices (refreshed daily) and kills stored before their player names were known.
+    """
+    CREATE TABLE prices (
+        type_id INTEGER PRIMARY KEY,
+        average REAL,
+        adjusted REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE names_pending (killmail_id INTEGER PRIMARY KEY, since REAL NOT NULL);
+    """,
+    # 3: compact kills. `body` holds the source document deflated with a preset dictionary
+    # (codec 1); rows of schema 1 keep codec 0 and stay readable. Dictionaries live in the
+    # database so a backup is readable by any later version.
+    """
+    CREATE TABLE dictionaries (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    ALTER TABLE kills ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: webhooks (killboard/webhooks): the last seq each webhook delivered, by its name.
+    """
+    CREATE TABLE webhook_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at REAL NOT NULL);
+    """,
+    # 5: /health counts the inbox on every call. Without an index count(*) walks the table
+    # itself, a page or more per waiting kill (35-80 ms with 20,000 waiting during an import);
+    # this index is a few bytes a row, so the count reads ~1/300 of that.
+    """
+    CREATE INDEX inbox_live ON inbox (live);
+    """,
+]
+
+# Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
+PRUNED_SEQ = "retention.pruned_through_seq"
+PRUNED_KILLMAIL_ID = "retention.pruned_max_killmail_id"
+
+
+def compress(body: bytes) -> bytes:
+    # Level 1: 165 µs for an average 29 KB kill against 408 µs at level 6, for files ~15%
+    # larger (4.5x smaller than the JSON instead of 5.2x); any level decompresses the same.
+    return zlib.compress(body, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    killmail_id: int
+    payload: bytes
+    source: str
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewKill:
+    """An enriched kill ready to store; `body` is its JSON, encoded once for store and broadcast."""
+
+    killmail_id: int
+    killmail_hash: str
+    kill_time: int
+    system_id: int
+    total_value: float
+    # The kill's JSON, or b"" with `enriched` given: then `body` encodes it on first use. Only a
+    # kill that is broadcast needs the JSON (~28 KB, ~150 us of ujson); what is stored is
+    # `source`, so an import or a kill nobody subscribed to never pays for it.
+    _body: bytes
+    # codec.source_document of the kill: what is stored. Empty: store `body` itself (codec 0).
+    source: bytes = b""
+    # Player names the body was enriched with; kept in `names` so reads render the same names.
+    names: Mapping[int, str] = field(default_factory=dict)
+    enriched: Mapping[str, Any] | None = None
+
+    @property
+    def body(self) -> bytes:
+        if not self._body and self.enriched is not None:
+            object.__setattr__(self, "_body", encode(self.enriched))  # frozen: a cache, not a change
+        return self._body
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKill:
+    seq: int
+    killmail_id: int
+    kill_time: int
+    body: bytes  # uncompressed JSON
+
+
+class StoreUnusable(Exception):
+    """The database cannot be opened for serving (not a database, damaged, read-only, a directory):
+    the message is one line naming the file and the reason, for an operator to act on."""
+
+
+def _unusable(path: Path, exc: BaseException) -> StoreUnusable:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a folder on the way we may not enter: the reason SQLite gave stands
+        is_dir = False
+    if is_dir:
+        reason = "is a directory, not a database file"
+    elif reason == "unable to open database file":
+        # SQLite's catch-all: the file, its directory or the -wal/-shm files beside it.
+        reason += f" (is {path.parent} writable, and {path.name} a regular file?)"
+    elif "readonly" in reason or "read-only" in reason:
+        reason += f" (the server writes {path.name} and its -wal and -shm files: make them and the folder writable)"
+    elif "not a database" in reason or "malformed" in reason:
+        reason += " (restore a backup, or move the file away to start empty)"
+    return StoreUnusable(f"database {path}: {reason}")
+
+
+def _can_open(path: Path) -> None:
+    """Open and close the file with plain sqlite3: raises what aiosqlite's connect would.
+
+    When aiosqlite's own open fails, its thread is told to stop but nobody waits for it; the
+    thread then reports to an event loop that is already closed, and prints a traceback after
+    our one-line error (a directory as --db did, now and then)."""
+    sqlite3.connect(path).close()
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    await asyncio.to_thread(_can_open, path)
+    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await _configure(conn)
+    except BaseException:
+        # aiosqlite runs each connection in a non-daemon thread: one left open on a failed start
+        # kept the process alive after the error, neither serving nor exiting.
+        await conn.close()
+        raise
+    return conn
+
+
+async def _configure(conn: aiosqlite.Connection) -> None:
+    # Before anything creates page 1 (switching to WAL does): only then does a new database get
+    # incremental auto-vacuum without a VACUUM. On an existing database it is a no-op until VACUUM.
+    await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    # synchronous and busy_timeout are per connection. WAL + NORMAL: a process crash loses nothing
+    # committed; only a power loss may roll back the last commits.
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+
+
+class Store:
+    """The database of one server (or one import run beside it)."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        render: Render | None = None,
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.render = render
+        self._dictionaries: dict[int, bytes] = {}
+        self._dictionary = b""
+        # What retention removed (0: nothing yet); loaded at open, updated by prune().
+        self.pruned_through_seq = 0
+        self.pruned_max_killmail_id = 0
+        # Called with the highest seq after every commit that stored new kills (the webhooks
+        # wake on it). Consumers above the store register here; the store imports none of them.
+        self.on_stored: list[Callable[[int], None]] = []
+        # The kept count of kills (see count()): None until first asked, and up to date through
+        # seq `_count_seq`. The lock keeps a count and a prune from adjusting it at once.
+        self._count: int | None = None
+        self._count_seq = 0
+        self._count_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, render: Render | None = None) -> Store:
+        """Open (creating or migrating) the database. Without `render`, the first read of a
+        compact kill loads the bundled static data to render with (tools and tests).
+
+        Raises StoreUnusable when the file cannot serve: nothing is left running then."""
+        try:
+            return await cls._open(path, render)
+        except (sqlite3.Error, OSError) as exc:
+            raise _unusable(path, exc) from exc
+
+    @classmethod
+    async def _open(cls, path: Path, render: Render | None) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await _ensure_incremental_vacuum(writer)
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        store = cls(path, writer, reader, render)
+        try:
+            await store._load()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _load(self) -> None:
+        dictionary = codec.load_dictionary()
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO dictionaries (id, data) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (codec.DICTIONARY_ID, dictionary),
+            )
+            async with db.execute("SELECT id, data FROM dictionaries") as cur:
+                self._dictionaries = {r[0]: bytes(r[1]) for r in await cur.fetchall()}
+        if self._dictionaries[codec.DICTIONARY_ID] != dictionary:
+            raise RuntimeError(
+                f"dictionary {codec.DICTIONARY_ID} in {self.path} differs from {codec.DICTIONARY_PATH}: "
+                "a changed dictionary needs a new DICTIONARY_ID"
+            )
+        self._dictionary = dictionary
+        self.pruned_through_seq = int(await self.get_state(PRUNED_SEQ) or 0)
+        self.pruned_max_killmail_id = int(await self.get_state(PRUNED_KILLMAIL_ID) or 0)
+
+    async def close(self) -> None:
+        """Idempotent: cleanup may run after a failed start."""
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            await self._reader.close()
+            await self._writer.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+                await self._writer.execute("COMMIT")
+            except BaseException:
+                # SQLite may already have rolled back by itself (a full disk does that, and so
+                # can a failed COMMIT): a second ROLLBACK would raise and hide the real error.
+                if self._writer.in_transaction:
+                    with suppress(sqlite3.Error):
+                        await self._writer.execute("ROLLBACK")
+                raise
+
+    # -- inbox: durable before acknowledgement --------------------------------------------
+
+    async def add_to_inbox(
+        self, rows: Sequence[InboxRow], state: dict[str, str] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Record submissions durably. Returns (accepted ids, ids already stored or waiting).
+
+        `state` (e.g. a feed cursor) is written in the same transaction, so the cursor never
+        moves past a kill that is not safely in the inbox, nor stays behind one that is.
+        """
+        if not rows:
+            if state:
+                await self.set_state(state)
+            return [], []
+        ids = [r.killmail_id for r in rows]
+        now = time.time()
+        async with self.transaction() as db:
+            known = await _existing(db, "kills", ids) | await _existing(db, "inbox", ids)
+            fresh: dict[int, InboxRow] = {}
+            for row in rows:
+                if row.killmail_id not in known:
+                    fresh.setdefault(row.killmail_id, row)
+            await db.executemany(
+                "INSERT INTO inbox (killmail_id, payload, source, live, received_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(r.killmail_id, r.payload, r.source, int(r.live), now) for r in fresh.values()],
+            )
+            if state:
+                await _put_state(db, state)
+        accepted = list(fresh)
+        fresh_set = set(accepted)
+        duplicates = [i for i in dict.fromkeys(ids) if i not in fresh_set]
+        return accepted, duplicates
+
+    async def inbox(self, after_id: int = 0, limit: int = 1000) -> list[InboxRow]:
+        """Submissions acknowledged but not yet processed (after a crash or a stop)."""
+        async with self._reader.execute(
+            "SELECT killmail_id, payload, source, live FROM inbox WHERE killmail_id > ? ORDER BY killmail_id LIMIT ?",
+            (after_id, limit),
+        ) as cur:
+            return [InboxRow(r[0], r[1], r[2], bool(r[3])) for r in await cur.fetchall()]
+
+    # -- kills -----------------------------------------------------------------------------
+
+    def _row(self, k: NewKill, now: float) -> tuple[int, str, int, int, float, float, bytes, int]:
+        codec_id, blob = self._pack(k)
+        return (k.killmail_id, k.killmail_hash, k.kill_time, k.system_id, k.total_value, now, blob, codec_id)
+
+    def _pack(self, kill: NewKill) -> tuple[int, bytes]:
+        if kill.source:
+            return codec.CODEC_SOURCE_ZDICT, codec.pack(kill.source, self._dictionary)
+        return codec.CODEC_ENRICHED_ZLIB, compress(kill.body)
+
+    async def save_kills(
+        self,
+        kills: Sequence[NewKill],
+        done: Iterable[int] = (),
+        state: dict[str, str] | None = None,
+        names_pending: Iterable[int] = (),
+    ) -> list[tuple[int, NewKill]]:
+        """Store kills, drop their inbox rows and update feed state in one transaction.
+
+        `names_pending`: kills stored with some player names unknown; those that are new here are
+        marked in the same transaction, so a crash cannot leave a kill nameless for good.
+        Returns (seq, kill) for the kills that were new; duplicates are skipped, never re-sent.
+        """
+        done_ids = list(done)
+        now = time.time()
+        async with self.transaction() as db:
+            ids = [k.killmail_id for k in kills]
+            known = await _existing(db, "kills", ids)
+            fresh: dict[int, NewKill] = {}
+            for k in kills:
+                if k.killmail_id not in known:
+                    fresh.setdefault(k.killmail_id, k)
+            names: dict[int, str] = {}
+            for k in fresh.values():
+                names.update((i, n) for i, n in k.names.items() if n)
+            await db.executemany(
+                "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body,"
+                " codec) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                # A generator, not a list: aiosqlite iterates it in its own thread, so compression
+                # (zlib lets go of the GIL) runs beside the event loop instead of blocking it for
+                # the whole batch (200 kills were ~80 ms of the loop's time at level 6).
+                (self._row(k, now) for k in fresh.values()),
+            )
+            if names:
+                # Names we enriched with are kept, so a read renders what was broadcast; a name
+                # the resolver already stored (perhaps newer) is left alone.
+                await db.executemany(
+                    "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
+                    [(i, n, now) for i, n in names.items()],
+                )
+            seqs = await _seqs(db, list(fresh))
+            pending = [(i, now) for i in names_pending if i in fresh]
+            if pending:
+                await db.executemany(
+                    "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", pending
+                )
+            if done_ids:
+                await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
+            if state:
+                await _put_state(db, state)
+        stored = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
+        if stored:
+            for notify in self.on_stored:
+                notify(stored[-1][0])
+        return stored
+
+    async def rewrite(
+        self,
+        killmail_id: int,
+        esi: dict[str, Any],
+        zkb: dict[str, Any] | None,
+        prices: Mapping[int, float] | None = None,
+    ) -> bool:
+        """Replace a stored kill's source document (a corrected ESI body or zkb block), valued
+        with `prices` (codec.kill_prices), or with the live price book when None.
+
+        Player names are not part of it: they are read from `names` on every read, so updating a
+        name there changes every stored kill that shows it. False when the kill is not stored.
+        """
+        blob = codec.pack(codec.source_document(esi, zkb, prices), self._dictionary)
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "UPDATE kills SET body = ?, codec = ? WHERE killmail_id = ?",
+                (blob, codec.CODEC_SOURCE_ZDICT, killmail_id),
+            )
+            return cur.rowcount > 0
+
+    async def get(self, killmail_id: int) -> StoredKill | None:
+        async with self._reader.execute(_SELECT + " WHERE killmail_id = ?", (killmail_id,)) as cur:
+            row = await cur.fetchone()
+        return (await self._render([row]))[0] if row else None
+
+    async def many(self, killmail_ids: Sequence[int]) -> list[StoredKill]:
+        """The stored kills among `killmail_ids`, newest first by kill id."""
+        rows: list[Any] = []
+        for chunk in _chunks(list(killmail_ids), 900):
+            marks = ",".join("?" * len(chunk))
+            async with self._reader.execute(_SELECT + f" WHERE killmail_id IN ({marks})", chunk) as cur:
+                rows += await cur.fetchall()
+        rows.sort(key=lambda row: row[1], reverse=True)
+        return await self._render(rows)
+
+    async def latest(self, limit: int, before_id: int | None = None) -> list[StoredKill]:
+        """Newest first by kill id (kill ids grow with time), optionally older than `before_id`."""
+        sql = _SELECT
+        args: tuple[int, ...] = (limit,)
+        if before_id is not None:
+            sql += " WHERE killmail_id < ?"
+            args = (before_id, limit)
+        async with self._reader.execute(sql + " ORDER BY killmail_id DESC LIMIT ?", args) as cur:
+            return await self._render(await cur.fetchall())
+
+    async def after(self, seq: int, limit: int) -> list[StoredKill]:
+        """Kills stored after sequence `seq`, in the order they were stored."""
+        async with self._reader.execute(_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)) as cur:
+            return await self._render(await cur.fetchall())
+
+    async def seqs_after(self, seq: int, upto: int, limit: int) -> list[int]:
+        """The seqs of the kills with `seq` < seq <= `upto`, oldest first: a page of a replay,
+        whose kills are then rendered only where nobody has them yet (`by_seqs`)."""
+        sql = "SELECT seq FROM kills WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+        async with self._reader.execute(sql, (seq, upto, limit)) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def by_seqs(self, seqs: Sequence[int]) -> list[StoredKill]:
+        """The kills with these seqs that are still stored, in seq order."""
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        async with self._reader.execute(_SELECT + f" WHERE seq IN ({marks}) ORDER BY seq", tuple(seqs)) as cur:
+            return await self._render(await cur.fetchall())
+
+    def unpack(self, codec_id: int, blob: bytes) -> bytes:
+        """The stored document of a row: enriched JSON (codec 0) or the source document (codec 1)."""
+        return codec.unpack_row(codec_id, blob, self._dictionary)
+
+    async def _render(self, rows: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
+        """Rows to full killmail JSON: one names query for the page, then enrich each kill."""
+        decoded: list[tuple[tuple[Any, ...], tuple[Submission, dict[int, float] | None] | bytes, int]] = []
+        player_ids: set[int] = set()
+        for row in rows:
+            _, killmail_id, killmail_hash, _, blob, codec_id = row
+            document = self.unpack(codec_id, blob)
+            if codec_id == codec.CODEC_ENRICHED_ZLIB:
+                decoded.append((tuple(row), document, 0))
+                continue
+            source = codec.decode(killmail_id, killmail_hash, document)
+            player_ids |= codec.player_ids(source[0].esi or {})
+            decoded.append((tuple(row), source, len(document)))
+        names = await self.names(player_ids) if player_ids else {}
+        out: list[StoredKill] = []
+        for i, (row, item, size) in enumerate(decoded):
+            if isinstance(item, bytes):
+                body = item
+            else:
+                if self.render is None:
+                    self.render = codec.default_renderer()
+                if size > BIG_DOCUMENT:
+                    body = await asyncio.to_thread(self.render, item[0], names, item[1])
+                else:
+                    body = self.render(item[0], names, item[1])
+                if i % 16 == 15:
+                    await asyncio.sleep(0)  # rendering is CPU work: let sockets breathe on big pages
+            out.append(StoredKill(row[0], row[1], row[3], body))
+        return out
+
+    async def _number(self, sql: str) -> int:
+        """The one value a read query returns (a count, a max, a pragma); 0 for none or NULL."""
+        async with self._reader.execute(sql) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def count(self) -> int:
+        """Kills stored. Kept, not counted on each call: count(*) walks a whole index, and /health
+        and every page ask. The first call counts; later ones add the rows stored since (a range
+        on the seq key, so kills another process stored count too), and prune() subtracts."""
+        async with self._count_lock:
+            # The first count reads the smallest index whole; a range of seq reads only new rows.
+            where, args = ("", ()) if self._count is None else (" WHERE seq > ?", (self._count_seq,))
+            async with self._reader.execute("SELECT count(*), max(seq) FROM kills" + where, args) as cur:
+                row = await cur.fetchone()
+            added, last = (int(row[0]), row[1]) if row else (0, None)
+            self._count = (self._count or 0) + added
+            if last is not None:
+                self._count_seq = int(last)
+            return self._count
+
+    async def inbox_count(self) -> int:
+        return await self._number("SELECT count(*) FROM inbox")
+
+    async def last_seq(self) -> int:
+        return await self._number("SELECT max(seq) FROM kills")
+
+    # -- retention and upkeep ---------------------------------------------------------------
+
+    async def prune(self, older_than: int, batch: int) -> int:
+        """Delete up to `batch` kills whose kill time is before `older_than` (unix seconds), in one
+        short transaction, and remember the highest seq and id removed. Returns how many went."""
+        async with self._count_lock:
+            return await self._prune(older_than, batch)
+
+    async def _prune(self, older_than: int, batch: int) -> int:
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT seq, killmail_id FROM kills WHERE kill_time < ? ORDER BY kill_time LIMIT ?",
+                (older_than, batch),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return 0
+            await db.executemany("DELETE FROM kills WHERE seq = ?", [(r[0],) for r in rows])
+            pruned_seq = max(self.pruned_through_seq, *(r[0] for r in rows))
+            pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
+            await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
+        self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
+        if self._count is not None:
+            # Rows past _count_seq were never added to the count: the next count() skips them.
+            self._count -= sum(1 for r in rows if r[0] <= self._count_seq)
+        return len(rows)
+
+    async def free_pages(self) -> int:
+        return await self._number("PRAGMA freelist_count")
+
+    async def incremental_vacuum(self, pages: int) -> None:
+        """Give up to `pages` free pages back to the file system (one short write)."""
+        # The pragma frees one page per step; Python's execute() steps once (measured: one page
+        # freed), executescript() steps each statement to the end.
+        async with self._lock:
+            await self._writer.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database and truncate it, without waiting for anyone.
+
+        Returns SQLite's (busy, wal frames, frames checkpointed); busy=1 means a reader still
+        needs part of the WAL and the next call finishes the job. The busy timeout is off for
+        the call: TRUNCATE would otherwise wait for readers while holding the write lock.
+        """
+        async with self._lock:
+            await self._writer.execute("PRAGMA busy_timeout=0")
+            try:
+                async with self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                    row = await cur.fetchone()
+            finally:
+                await self._writer.execute("PRAGMA busy_timeout=5000")
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+    # -- names and state ---------------------------------------------------------------------
+
+    async def names(self, ids: Iterable[int]) -> dict[int, str]:
+        wanted = list(set(ids))
+        out: dict[int, str] = {}
+        for chunk in _chunks(wanted, 900):
+            marks = ",".join("?" * len(chunk))
+            async with self._reader.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk) as cur:
+                out.update({r[0]: r[1] for r in await cur.fetchall()})
+        return out
+
+    async def save_names(self, names: dict[int, tuple[str, str]]) -> None:
+        """Cache player names from ESI: id -> (name, category)."""
+        if names:
+            now = time.time()
+            async with self.transaction() as db:
+                await db.executemany(
+                    "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET name = excluded.name, category = excluded.category,"
+                    " updated_at = excluded.updated_at",
+                    [(i, name, cat, now) for i, (name, cat) in names.items()],
+                )
+
+    async def names_pending(self, limit: int = 200) -> list[StoredKill]:
+        """Kills stored before all their player names were known, rendered with the names known now."""
+        async with self._reader.execute(
+            "SELECT k.seq, k.killmail_id, k.killmail_hash, k.kill_time, k.body, k.codec FROM names_pending p"
+            " JOIN kills k USING (killmail_id) ORDER BY p.killmail_id LIMIT ?",
+            (limit,),
+        ) as cur:
+            return await self._render(await cur.fetchall())
+
+    async def names_pending_count(self) -> int:
+        return await self._number("SELECT count(*) FROM names_pending")
+
+    async def rewrite_bodies(self, bodies: dict[int, bytes], done: Iterable[int]) -> None:
+        """Replace the stored JSON of kills (names filled in later) and clear them from names_pending.
+
+        Only rows stored whole (codec 0, schema 1) hold names to patch: compact rows render player
+        names from `names` on every read, so save_names already updated them.
+        """
+        async with self.transaction() as db:
+            await db.executemany(
+                "UPDATE kills SET body = ? WHERE killmail_id = ? AND codec = ?",
+                [(compress(b), i, codec.CODEC_ENRICHED_ZLIB) for i, b in bodies.items()],
+            )
+            await db.executemany("DELETE FROM names_pending WHERE killmail_id = ?", [(i,) for i in done])
+
+    async def save_prices(self, prices: dict[int, tuple[float | None, float | None]]) -> None:
+        """Replace the market price table (ESI /markets/prices/): type id -> (average, adjusted)."""
+        now = time.time()
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM prices")
+            await db.executemany(
+                "INSERT INTO prices (type_id, average, adjusted, updated_at) VALUES (?, ?, ?, ?)",
+                [(t, avg, adj, now) for t, (avg, adj) in prices.items()],
+            )
+
+    async def load_prices(self) -> tuple[dict[int, float], float | None]:
+        """(type id -> unit price, when they were fetched); the average wins, else the adjusted price."""
+        async with self._reader.execute("SELECT type_id, average, adjusted, updated_at FROM prices") as cur:
+            rows = await cur.fetchall()
+        out = {r[0]: r[1] if r[1] is not None else r[2] for r in rows if r[1] is not None or r[2] is not None}
+        return out, (max(r[3] for r in rows) if rows else None)
+
+    async def set_state(self, state: dict[str, str]) -> None:
+        async with self.transaction() as db:
+            await _put_state(db, state)
+
+    async def get_state(self, key: str) -> str | None:
+        async with self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+
+_SELECT = "SELECT seq, killmail_id, killmail_hash, kill_time, body, codec FROM kills"
+
+
+async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
+    await db.executemany(
+        "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        list(state.items()),
+    )
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def _existing(db: aiosqlite.Connection, table: str, ids: list[int]) -> set[int]:
+    found: set[int] = set()
+    for chunk in _chunks(list(set(ids)), 900):
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk) as cur:
+            found.update(r[0] for r in await cur.fetchall())
+    return found
+
+
+async def _seqs(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for chunk in _chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk) as cur:
+            out.update({r[0]: r[1] for r in await cur.fetchall()})
+    return out
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits first; the version bump rides in the same script so a crash
+        # between the two cannot leave a migration applied but unrecorded.
+        await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        log.info("database migrated to schema version %d", number)
+
+
+async def _ensure_incremental_vacuum(db: aiosqlite.Connection) -> None:
+    """Databases made before auto_vacuum was set need one VACUUM to switch (it rewrites the file)."""
+    async with db.execute("PRAGMA auto_vacuum") as cur:
+        row = await cur.fetchone()
+    if row and int(row[0]) == 2:
+        return
+    log.info("switching the database to incremental auto-vacuum (a one-off VACUUM; may take a while)")
+    await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    await db.execute("VACUUM")

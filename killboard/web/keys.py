@@ -1,0 +1,49 @@
+"""Typed keys for everything the app holds: the only way handlers reach shared state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..config import Config
+from ..ingest.esi import EsiClient, NameService
+from ..ingest.pipeline import OnStored, Pipeline
+from ..ingest.r2z2 import Follower
+from ..kill.prices import PriceBook
+from ..kill.staticdata import StaticData
+from ..live.hub import Hub
+from ..live.replay import KillLog, Replays
+from ..metrics import Metrics
+from ..storage.damage import Damage
+from ..storage.store import Store
+from ..webhooks.service import Webhooks
+from .reads import ReadLimits
+from .recent import RecentKeys
+
+config_key = web.AppKey("config", Config)
+static_key = web.AppKey("static", StaticData)
+prices_key = web.AppKey("prices", PriceBook)
+store_key = web.AppKey("store", Store)
+hub_key = web.AppKey("hub", Hub)
+replays_key = web.AppKey("replays", Replays)
+pipeline_key = web.AppKey("pipeline", Pipeline)
+started_key = web.AppKey("started", float)
+metrics_key = web.AppKey("metrics", Metrics)
+reads_key = web.AppKey("reads", ReadLimits)
+recent_key = web.AppKey("recent", RecentKeys)
+damage_key = web.AppKey("damage", Damage)
+# Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
+session_key = web.AppKey("session", aiohttp.ClientSession)
+esi_key = web.AppKey("esi", EsiClient)
+names_key = web.AppKey("names", NameService)
+follower_key = web.AppKey("follower", Follower)
+# Present only with KILLBOARD_WEBHOOKS set.
+webhooks_key = web.AppKey("webhooks", Webhooks)
+# Where a `since` replay reads: the Store here, the Redis Stream on an edge (killboard/bus).
+log_key = web.AppKey("log", KillLog)
+# Present only with KILLBOARD_REDIS_URL: the bus writer's hook for every stored kill, and its state.
+stored_hook_key = web.AppKey("stored_hook", OnStored)
+bus_status_key = web.AppKey("bus_status", Callable[[], dict[str, Any]])

@@ -1,0 +1,202 @@
+"""HTML pages, rendered with aiohttp-jinja2 from templates/ (autoescaped: names come from outside).
+
+`/` is the live feed (the latest stored kills, server-rendered, then static/feed.js keeps it
+live over the WebSocket); `/kill/{id}` is one kill. Every response carries a
+Content-Security-Policy that allows only our own scripts, so even a name that slipped past
+escaping could not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp_jinja2
+import jinja2
+import ujson
+from aiohttp import web
+
+from ..config import PROJECT_ROOT
+from ..kill import display
+from ..kill.langs import filter_names, reader_language
+from ..kill.topics import kill_facts
+from ..storage.store import StoredKill
+from . import filters
+from .filters import Filter
+from .keys import recent_key, static_key, store_key
+from .ws import websocket
+
+# Rows rendered on load; feed.js keeps at most MAX_ROWS once live kills arrive.
+INITIAL_ROWS = 50
+MAX_ROWS = 200
+# A filtered page looks through this many of the newest stored kills for matches (the size
+# of the app's RecentKeys).
+FILTER_SCAN = 1000
+
+CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        # Ship renders from EVE's public image server are optional: the page is whole without them.
+        "img-src 'self' https://images.evetech.net",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+
+def setup_templates(app: web.Application) -> None:
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"),
+        undefined=jinja2.ChainableUndefined,
+        filters={
+            "isk": display.isk,
+            "sec_level": display.security_level,
+            "sec_text": display.security_text,
+            "en": display.en,
+            "ago": display.ago,
+            "utc": display.utc_text,
+            "final_blow": display.final_blow,
+        },
+    )
+    env.globals["big_kill"] = display.BIG_KILL
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs for every response, static files and errors included."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+
+
+def _linker(current: Filter) -> Callable[[str, Any], str]:
+    """Links on names and systems: the current filter narrowed to that entity."""
+    base = {k: v for k, v in current.query().items() if k not in filters.ENTITY_KINDS}
+
+    def link(kind: str, entity_id: Any) -> str:
+        if not entity_id:
+            return "/"
+        return "/?" + urlencode({**base, kind: entity_id})
+
+    return link
+
+
+def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
+    condition = None if wanted.empty else wanted.condition()
+    out = []
+    for stored in page:
+        kill = ujson.loads(stored.body)
+        if condition is None or condition.matches(kill_facts(kill)):
+            kill["seq"] = stored.seq
+            out.append(kill)
+    return out
+
+
+async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]]:
+    """The newest stored kills the filter matches, among the newest FILTER_SCAN. Their match
+    keys are kept in memory (killboard/web/recent.py): only the kills shown are read and rendered.
+    Decoding runs in a thread: a big fleet fight is ~30 KB of JSON (~0.3 ms to parse)."""
+    store = request.app[store_key]
+    if wanted.empty:
+        return await asyncio.to_thread(_decode, await store.latest(INITIAL_ROWS), wanted)
+    recent = request.app[recent_key]
+    await recent.refresh(store)
+    ids = recent.matching(wanted.condition(), INITIAL_ROWS)
+    page = await store.many(ids) if ids else []
+    if len(page) < len(ids):
+        recent.forget(set(ids) - {k.killmail_id for k in page})  # pruned since
+    # Tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
+    return (await asyncio.to_thread(_decode, page, wanted))[:INITIAL_ROWS]
+
+
+async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
+    """Names in the reader's language (English where the static data has none in it)."""
+    if lang == "en":
+        return kills
+    return await asyncio.to_thread(lambda: [filter_names(kill, (lang,)) for kill in kills])
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    # The spec serves the WebSocket at the root too: an upgrade request gets the socket.
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await websocket(request)
+    store = request.app[store_key]
+    wanted = filters.from_query(request.query)
+    canonical = urlencode(wanted.query())
+    if request.query_string and request.query_string != canonical:
+        # The form sends every field (`min=&sec=&kind=system&id=…`): redirect to the short
+        # link that names only what is set, so the address bar is the link to share.
+        raise web.HTTPFound("/?" + canonical if canonical else "/")
+    # Read the last sequence first: the page resumes from it, so a kill stored while this
+    # page renders is replayed over the socket (feed.js drops the duplicates) instead of lost.
+    last_seq = await store.last_seq()
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+    kills = await _in_language(await _matching(request, wanted), lang)
+    context = {
+        "lang": lang,
+        "kills": kills,
+        "count": await store.count(),
+        "filter": wanted,
+        "channel": wanted.channel(),
+        "query": canonical,
+        "last_seq": last_seq,
+        "max_rows": MAX_ROWS,
+        "value_floors": filters.VALUE_FLOORS,
+        "security_filters": filters.SECURITY,
+        "ship_classes": filters.SHIP_CLASSES,
+        "entity_kinds": filters.ENTITY_KINDS,
+        "entity_label": _entity_label(request, wanted, kills),
+        "link": _linker(wanted),
+    }
+    response = aiohttp_jinja2.render_template("index.html", request, context)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[str, Any]]) -> str:
+    """A readable name for the entity filter, from the static data or the kills on the page."""
+    kind, entity_id = wanted.entity_kind, wanted.entity_id
+    if kind is None or entity_id is None:
+        return ""
+    static = request.app[static_key]
+    if kind == "system":
+        system = static.systems.get(entity_id)
+        return system.name if system else ""
+    if kind == "region":
+        region = static.regions.get(entity_id)
+        return display.en(region.names) if region else ""
+    for kill in kills:
+        for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
+            if person.get(f"{kind}_id") == entity_id and person.get(f"{kind}_name"):
+                return str(person[f"{kind}_name"])
+    return ""
+
+
+async def kill_detail(request: web.Request) -> web.StreamResponse:
+    killmail_id = int(request.match_info["killmail_id"])
+    stored = await request.app[store_key].get(killmail_id)
+    if stored is None:
+        return aiohttp_jinja2.render_template(
+            "notfound.html",
+            request,
+            {"message": f"No kill {killmail_id} is stored here (yet)."},
+            status=404,
+        )
+    kill = ujson.loads(stored.body)
+    kill["seq"] = stored.seq
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+    [kill] = await _in_language([kill], lang)
+    context = {
+        "lang": lang,
+        "k": kill,
+        "attackers": display.attackers_in_order(kill.get("attackers") or ()),
+        "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),
+        "link": _linker(Filter()),
+    }
+    return aiohttp_jinja2.render_template("kill.html", request, context)
