@@ -47,10 +47,10 @@ def fleet_fight(killmails: list[dict[str, Any]], attackers: int) -> dict[str, An
 def enriched_size(km: dict[str, Any]) -> int:
     """Bytes of the kill frame the server will broadcast for this killmail."""
     from killboard.kill.enrich import enrich
+    from killboard.kill.frames import encode
     from killboard.kill.prices import price_book
     from killboard.kill.staticdata import load_static
     from killboard.kill.validate import parse_submission
-    from killboard.live.hub import encode
 
     static = load_static(PROJECT_ROOT / "data")
     return len(encode(enrich(parse_submission(km), static, {}, price_book(static))))

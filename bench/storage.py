@@ -31,10 +31,10 @@ from killboard.config import Config  # noqa: E402
 from killboard.ingest.pipeline import build_kill  # noqa: E402
 from killboard.kill import codec  # noqa: E402
 from killboard.kill.enrich import enrich  # noqa: E402
+from killboard.kill.frames import encode  # noqa: E402
 from killboard.kill.prices import price_book  # noqa: E402
 from killboard.kill.staticdata import load_static  # noqa: E402
 from killboard.kill.validate import Submission, parse_submission  # noqa: E402
-from killboard.live.hub import encode  # noqa: E402
 from killboard.server import create_app  # noqa: E402
 from killboard.storage.store import NewKill, Store  # noqa: E402
 

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .web.proxy import parse_networks
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(entries: Iterable[str]) -> list[Network]:
+    """`127.0.0.1`, `10.0.0.0/8`, `::1` ...; raises ValueError naming the bad entry."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {entry!r}") from None
+    return out
 
 
 @dataclass(frozen=True, slots=True)

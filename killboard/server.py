@@ -11,8 +11,8 @@ from contextlib import suppress
 from aiohttp import web
 
 from .config import PROJECT_ROOT, Config
-from .ingest import upstream
 from .ingest.pipeline import Pipeline
+from .ingest.upstream import Upstream
 from .kill.codec import renderer
 from .kill.prices import price_book
 from .kill.staticdata import StaticData, load_static
@@ -20,7 +20,7 @@ from .live.replay import Replays, StoreLog
 from .metrics import create_metrics, register_collector
 from .metrics import endpoint as metrics_endpoint
 from .storage import damage
-from .storage.maintenance import maintenance_ctx
+from .storage.maintenance import maintain
 from .storage.store import Store
 from .web import api, pages, ws
 from .web.httpzip import compress_responses
@@ -32,15 +32,17 @@ from .web.keys import (
     hub_key,
     log_key,
     metrics_key,
+    names_key,
     pipeline_key,
     prices_key,
     reads_key,
     recent_key,
     replays_key,
+    session_key,
     started_key,
     static_key,
     store_key,
-    stored_hook_key,
+    stored_hooks_key,
     webhooks_key,
 )
 from .web.proxy import forwarded_middleware
@@ -70,7 +72,6 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
     config = app[config_key]
     pipeline = Pipeline(
         store=app[store_key],
-        hub=app[hub_key],
         static=app[static_key],
         prices=app[prices_key],
         queue=asyncio.Queue(config.queue_size),
@@ -78,7 +79,8 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         queue_full_wait=config.queue_full_wait,
         live_max_age=config.live_max_age,
         metrics=app[metrics_key],
-        on_stored=app.get(stored_hook_key),  # the Redis bus writer, when KILLBOARD_REDIS_URL is set
+        on_stored=app[stored_hooks_key],  # the same list: hooks appended by later contexts count too
+        facts_for_all=config.redis_url is not None,  # the bus stores match keys with every kill
     )
     app[pipeline_key] = pipeline
     worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
@@ -92,11 +94,48 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         await worker
 
 
+async def _maintenance(app: web.Application) -> AsyncIterator[None]:
+    """The database upkeep task lives between the database opening and closing."""
+    config = app[config_key]
+    upkeep = maintain(
+        app[store_key],
+        config.retention_days,
+        config.maintenance_interval,
+        config.prune_batch,
+        config.vacuum_pages,
+        app[metrics_key],
+        app[damage_key],
+    )
+    task = asyncio.create_task(upkeep, name="killboard-maintenance")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    """zKillboard's feed, ESI names and prices, while KILLBOARD_UPSTREAM is on."""
+    link = Upstream.start(app[config_key], app[store_key], app[pipeline_key], app[prices_key])
+    app[session_key], app[esi_key], app[names_key], app[follower_key] = (
+        link.session,
+        link.esi,
+        link.names,
+        link.follower,
+    )
+    yield
+    await link.stop()
+
+
 def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         config = app[config_key]
         service = await Webhooks.start(
-            hooks, app[store_key], app[metrics_key].registry, config.public_url, config.user_agent
+            hooks,
+            app[store_key],
+            app[stored_hooks_key],
+            app[metrics_key].registry,
+            config.public_url,
+            config.user_agent,
         )
         app[webhooks_key] = service
         yield
@@ -120,6 +159,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
+    app[stored_hooks_key] = [app[hub_key].on_stored]
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
@@ -129,9 +169,9 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
 
         app.cleanup_ctx.append(writer_ctx)  # stops after the worker has drained into it
     app.cleanup_ctx.append(_worker)
-    app.cleanup_ctx.append(maintenance_ctx)
+    app.cleanup_ctx.append(_maintenance)
     if config.upstream:
-        app.cleanup_ctx.append(upstream.run)  # after the worker: stops first
+        app.cleanup_ctx.append(_upstream)  # after the worker: stops first
     app.on_shutdown.append(ws.close_sockets)
     app[metrics_key] = create_metrics()
     if config.webhooks_path is not None:

@@ -28,10 +28,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..config import Config
+from ..ingest.pipeline import Stored
 from ..ingest.r2z2 import backoff_delay
-from ..kill.topics import KillFacts, kill_facts
+from ..kill.topics import kill_facts
 from ..storage.store import Store
-from ..web.keys import bus_status_key, config_key, metrics_key, store_key, stored_hook_key
+from ..web.keys import bus_status_key, config_key, metrics_key, store_key, stored_hooks_key
 from . import stream
 from .stream import Entry
 
@@ -83,10 +84,12 @@ class StreamWriter:
         self.refilled = 0
         self.resets = 0
 
-    def on_stored(self, seq: int, body: bytes, facts: KillFacts, live: bool) -> None:
+    def on_stored(self, stored: Stored) -> None:
         """The pipeline's hook: called once per stored kill, in seq order, after its commit."""
-        entry = Entry(seq, self.tail, body, facts, live)
-        self.tail = seq
+        assert stored.facts is not None  # the pipeline keeps facts for every kill while the bus runs
+        body = stored.kill.body
+        entry = Entry(stored.seq, self.tail, body, stored.facts, stored.live)
+        self.tail = stored.seq
         self._idle.clear()
         self._wake.set()
         if self._overflowed or self._buffered + len(body) > BUFFER_BYTES:
@@ -234,7 +237,7 @@ async def writer_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = stream.connect(config.redis_url)
     store = app[store_key]
     writer = StreamWriter(redis, store, config, tail=await store.last_seq())
-    app[stored_hook_key] = writer.on_stored
+    app[stored_hooks_key].append(writer.on_stored)  # the worker keeps facts for every kill (server.py)
     app[bus_status_key] = writer.status
     app[metrics_key].registry.register(_WriterCollector(writer))
     task = asyncio.create_task(writer.run(), name="killboard-bus-writer")

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import ujson
 
+from ..kill.frames import encode
 from ..kill.prices import PriceBook
-from ..live.hub import encode
 from ..storage.store import Store
 from .retry_after import retry_after
 

@@ -25,7 +25,6 @@ from ..config import Config
 from ..kill.prices import price_book
 from ..kill.staticdata import load_static
 from ..kill.validate import Invalid, Submission, check_esi, parse_submission
-from ..live.hub import Hub
 from ..storage.store import InboxRow, Store
 from .esi import EsiClient, NameService
 from .pipeline import Pending, Pipeline, from_inbox, inbox_payload
@@ -229,7 +228,6 @@ async def run_import(
         prices.market.update(stored_prices)  # the server's latest ESI prices, when it fetched any
         pipeline = Pipeline(
             store=store,
-            hub=Hub(1, 0.1),  # nobody listens: imported kills are never live
             static=static,
             prices=prices,
             queue=asyncio.Queue(1),

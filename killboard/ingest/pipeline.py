@@ -25,7 +25,6 @@ from ..kill.prices import PriceBook
 from ..kill.staticdata import StaticData
 from ..kill.topics import KillFacts, kill_facts
 from ..kill.validate import Submission, check_esi, parse_time
-from ..live.hub import Hub
 from ..metrics import Metrics
 from ..storage.store import InboxRow, NewKill, Store
 from .esi import KillmailGone
@@ -40,7 +39,20 @@ NameResolver = Callable[[set[int]], Awaitable[dict[int, str]]]
 KillmailFetcher = Callable[[int, str], Awaitable[dict[str, Any]]]
 # Told of every stored kill after its batch is committed: (seq, JSON body, match keys, pushed
 # live). The Redis bus writer (killboard/bus/writer.py) appends them to the stream.
-OnStored = Callable[[int, bytes, KillFacts, bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """One kill the worker has just committed, handed to every `on_stored` hook in seq order."""
+
+    seq: int
+    kill: NewKill  # its JSON (.body) and enriched object (.enriched) are made only when asked for
+    facts: KillFacts | None  # what channels match on; None where no hook needs them (an import)
+    live: bool  # for the sockets: submitted live, and not older than KILLBOARD_LIVE_MAX_AGE
+
+
+# The one hook for stored kills: the hub (live sockets), the Redis bus writer and webhooks.
+OnStored = Callable[[Stored], None]
 RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 # Kills with more attackers and items than this are enriched (and encoded) in a thread: a kill of
 # 3,000 attackers is ~70 ms of CPU, which on the loop would stall every socket; in a thread the
@@ -102,7 +114,6 @@ class Pipeline:
     """Admission into the queue, and the worker loop behind it."""
 
     store: Store
-    hub: Hub
     static: StaticData
     prices: PriceBook
     queue: asyncio.Queue[Pending]
@@ -122,7 +133,10 @@ class Pipeline:
     _in_flight: int = 0  # batches taken from the queue and not yet written
     _attempts: dict[int, int] = field(default_factory=dict)
     metrics: Metrics | None = None
-    on_stored: OnStored | None = None
+    # Called for every committed kill, in seq order; a list the app's parts append to (server.py).
+    on_stored: list[OnStored] = field(default_factory=list)
+    # Match keys for every stored kill, not only live ones (the Redis bus stores them with each entry).
+    facts_for_all: bool = False
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -266,7 +280,7 @@ class Pipeline:
             sub = pending.submission
             try:
                 # Match keys for the sockets (a live kill) and for the bus (every stored kill).
-                wanted = pending.live or self.on_stored is not None
+                wanted = pending.live or self.facts_for_all
                 if kill_size(sub) > BIG_KILL:
                     new, fact = await asyncio.to_thread(self._enrich, sub, names, wanted)
                 else:
@@ -314,15 +328,13 @@ class Pipeline:
                 self.metrics.kills_rejected.labels("enrich_failed").inc(len(prepared.rejected))
         cutoff = time.time() - self.live_max_age if self.live_max_age else None
         for seq, kill in stored:
-            pushed = self._push(seq, kill, prepared.facts, live, cutoff)
-            if self.on_stored is not None:
-                self.on_stored(seq, kill.body, prepared.facts[kill.killmail_id], pushed)
+            event = Stored(seq, kill, prepared.facts.get(kill.killmail_id), self._is_live(kill, live, cutoff))
+            for hook in self.on_stored:
+                hook(event)
         return stored
 
-    def _push(
-        self, seq: int, kill: NewKill, facts: Mapping[int, KillFacts], live: Mapping[int, bool], cutoff: float | None
-    ) -> bool:
-        """Publish a stored kill to the sockets unless it is not for live delivery; True if published."""
+    def _is_live(self, kill: NewKill, live: Mapping[int, bool], cutoff: float | None) -> bool:
+        """Whether a stored kill goes to the sockets: not an import, not older than the live cut-off."""
         if not live.get(kill.killmail_id, True):
             return False
         if cutoff is not None and kill.kill_time < cutoff:
@@ -330,9 +342,6 @@ class Pipeline:
                 "kill %d stored but not pushed live: kill time older than %d s", kill.killmail_id, self.live_max_age
             )
             return False
-        # NewKill.body is lazy: the JSON is encoded only if some socket matches the kill;
-        # the enriched object spares a decode when a socket wants names in fewer languages.
-        self.hub.publish(seq, lambda kill=kill: kill.body, facts[kill.killmail_id], lambda kill=kill: kill.enriched)
         return True
 
     async def _names(self, batch: Iterable[Pending]) -> tuple[dict[int, str], set[int]]:

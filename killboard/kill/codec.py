@@ -18,7 +18,7 @@ from typing import Any
 import ujson
 
 from ..config import PROJECT_ROOT
-from ..live.hub import encode
+from ..kill.frames import encode
 from .enrich import enrich
 from .prices import SINGLETON_BLUEPRINT_COPY, PriceBook, price_book
 from .staticdata import StaticData, load_static

@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..ingest.pipeline import Stored
+from ..kill.frames import encode
 from ..kill.langs import Langs
 from ..kill.topics import Condition, Index, KillFacts
 from .wire import (
@@ -35,14 +37,9 @@ from .wire import (
     RSV1,
     Deflated,
     KillVariants,
-    encode,
     frame_header,
-    kill_frame,
     send_deflated,
-    with_seq,
 )
-
-__all__ = ["Hub", "Subscriber", "encode", "kill_frame", "with_seq"]
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +334,14 @@ class Hub:
 
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
+
+    def on_stored(self, stored: Stored) -> None:
+        """The pipeline's hook: a stored live kill goes to its subscribers. NewKill's JSON is lazy:
+        encoded only if some socket matches; the enriched object spares a decode for a socket that
+        wants names in fewer languages."""
+        if stored.live and stored.facts is not None:
+            kill = stored.kill
+            self.publish(stored.seq, lambda: kill.body, stored.facts, lambda: kill.enriched)
 
     def publish(
         self,

@@ -29,11 +29,11 @@ from typing import Protocol
 import ujson
 from aiohttp import WSCloseCode
 
+from ..kill.frames import body_of, kill_frame
 from ..kill.langs import Langs
 from ..kill.topics import ALL, Condition, KillFacts, kill_facts
 from ..storage.store import Store
-from .hub import Hub, Subscriber, kill_frame
-from .wire import body_of
+from .hub import Hub, Subscriber
 
 log = logging.getLogger(__name__)
 

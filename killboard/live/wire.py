@@ -23,6 +23,7 @@ from aiohttp._websocket import reader_py
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_request import BaseRequest
 
+from ..kill.frames import encode, kill_frame
 from ..kill.langs import Langs, filter_names
 from .wsmask import MaskCheck, MaskedWebSocketResponse
 
@@ -32,28 +33,6 @@ _TRAILER = b"\x00\x00\xff\xff"
 # Payloads from this size up are deflated in a thread (zlib releases the GIL): ~0.1 ms and more
 # of the loop's time otherwise. The same bound as aiohttp's writer uses for its executor.
 OFFLOAD_BYTES = 16 * 1024
-
-
-def encode(message: object) -> bytes:
-    return ujson.dumps(message, ensure_ascii=False, escape_forward_slashes=False).encode()
-
-
-def kill_frame(seq: int, body: bytes) -> bytes:
-    """`{"action":"kill","seq":N,"data":{...}}` spliced around the kill's JSON, without re-encoding it."""
-    return b'{"action":"kill","seq":%d,"data":%s}' % (seq, with_seq(seq, body))
-
-
-def with_seq(seq: int, body: bytes) -> bytes:
-    """The kill object with its sequence number as the first field."""
-    return b'{"seq":%d,%s' % (seq, body[1:])
-
-
-def body_of(seq: int, frame: bytes) -> bytes:
-    """The kill's JSON as kill_frame(seq, body) was given it, back from the frame."""
-    head = b'{"action":"kill","seq":%d,"data":{"seq":%d,' % (seq, seq)
-    if not frame.startswith(head):
-        raise ValueError(f"not the kill frame of seq {seq}")
-    return b"{" + frame[len(head) : -1]
 
 
 def body_in(body: bytes, langs: Langs) -> bytes:

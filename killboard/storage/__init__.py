@@ -1,0 +1,1 @@
+"""SQLite storage: kills, inbox, names, upkeep and backups (entry: `store.Store`)."""

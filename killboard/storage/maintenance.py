@@ -10,14 +10,9 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import suppress
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from ..metrics import Metrics
-from ..web.keys import config_key, damage_key, metrics_key, store_key
 from .damage import Damage
 from .store import Store
 
@@ -97,24 +92,3 @@ async def maintain(
         except Exception:
             log.exception("database upkeep failed; retrying in %.0f s", interval)
         await asyncio.sleep(interval)
-
-
-async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the upkeep task lives between the database opening and closing."""
-    config = app[config_key]
-    task = asyncio.create_task(
-        maintain(
-            app[store_key],
-            config.retention_days,
-            config.maintenance_interval,
-            config.prune_batch,
-            config.vacuum_pages,
-            app[metrics_key],
-            app[damage_key],
-        ),
-        name="killboard-maintenance",
-    )
-    yield
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task

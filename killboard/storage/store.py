@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +21,8 @@ from typing import Any
 import aiosqlite
 
 from ..kill import codec
+from ..kill.frames import encode
 from ..kill.validate import Submission
-from ..live.hub import encode
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,6 @@ class Store:
         self.pruned_max_killmail_id = 0
         # Called with the highest seq after every commit that stored new kills (the webhooks
         # wake on it). Consumers above the store register here; the store imports none of them.
-        self.on_stored: list[Callable[[int], None]] = []
         # The kept count of kills (see count()): None until first asked, and up to date through
         # seq `_count_seq`. The lock keeps a count and a prune from adjusting it at once.
         self._count: int | None = None
@@ -414,9 +413,6 @@ class Store:
             if state:
                 await _put_state(db, state)
         stored = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
-        if stored:
-            for notify in self.on_stored:
-                notify(stored[-1][0])
         return stored
 
     async def rewrite(

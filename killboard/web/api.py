@@ -16,9 +16,9 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..auth import bearer_matches
 from ..ingest.pipeline import QueueFull, StorageUnavailable
+from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Invalid, Submission, parse_submission
-from ..live.hub import encode, with_seq
 from ..live.wire import body_in
 from ..storage.store import StoredKill
 from . import reads

@@ -13,21 +13,11 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
+from ..config import Network, parse_networks
+
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def parse_networks(entries: Iterable[str]) -> list[Network]:
-    """`127.0.0.1`, `10.0.0.0/8`, `::1` ...; raises ValueError naming the bad entry."""
-    out = []
-    for entry in entries:
-        try:
-            out.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(f"not an IP address or network: {entry!r}") from None
-    return out
 
 
 def _trusted(address: str | None, networks: list[Network]) -> bool:

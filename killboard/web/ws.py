@@ -21,9 +21,10 @@ import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..config import Config
+from ..kill.frames import encode
 from ..kill.langs import BadLang, parse_langs
 from ..kill.topics import BadChannel, parse
-from ..live.hub import Hub, Subscriber, encode
+from ..live.hub import Hub, Subscriber
 from ..live.wire import DeflateResponse
 from .api import json_error
 from .keys import config_key, hub_key, log_key, replays_key

@@ -26,8 +26,8 @@ import ujson
 from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
+from ..kill.frames import encode
 from ..kill.topics import ALL, kill_facts
-from ..live.hub import encode
 from ..storage.store import Store, StoredKill
 from . import cursor, discord, signed
 from .config import Webhook
@@ -227,7 +227,7 @@ class Deliverer:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self, seq: int) -> None:
-        """The store committed kills up to `seq` (store.on_stored)."""
+        """The store committed kills up to `seq` (the pipeline's on_stored hook)."""
         self.head = max(self.head, seq)
         self._wake.set()
 

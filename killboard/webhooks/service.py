@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..ingest.pipeline import OnStored, Stored
 from ..storage.store import Store
 from .config import Webhook
 from .deliver import Deliverer, WebhookMetrics
@@ -28,6 +29,7 @@ class Webhooks:
     deliverers: list[Deliverer]
     session: aiohttp.ClientSession
     store: Store
+    on_stored: list[OnStored]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -35,6 +37,7 @@ class Webhooks:
         cls,
         hooks: Sequence[Webhook],
         store: Store,
+        on_stored: list[OnStored],
         registry: CollectorRegistry,
         public_url: str | None,
         user_agent: str,
@@ -42,16 +45,17 @@ class Webhooks:
         session = aiohttp.ClientSession(headers={"User-Agent": user_agent})
         metrics = WebhookMetrics.create(registry)
         deliverers = [Deliverer(hook, store, session, metrics, public_url) for hook in hooks]
-        service = cls(deliverers, session, store)
-        store.on_stored.append(service.notify)
+        service = cls(deliverers, session, store, on_stored)
+        on_stored.append(service.stored)
         registry.register(_Collector(deliverers))
         for d in deliverers:
             service.tasks.append(asyncio.create_task(service._run(d), name=f"webhook-{d.hook.name}"))
         return service
 
-    def notify(self, seq: int) -> None:
+    def stored(self, stored: Stored) -> None:
+        """The pipeline's hook: every deliverer learns the newest stored seq."""
         for d in self.deliverers:
-            d.notify(seq)
+            d.notify(stored.seq)
 
     async def _run(self, deliverer: Deliverer) -> None:
         # A bug in one webhook must not end the others, nor end silently: log it, retry later.
@@ -71,7 +75,7 @@ class Webhooks:
 
     async def stop(self) -> None:
         with suppress(ValueError):
-            self.store.on_stored.remove(self.notify)
+            self.on_stored.remove(self.stored)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

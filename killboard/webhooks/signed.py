@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from ..live.hub import kill_frame
+from ..kill.frames import kill_frame
 
 SIGNATURE_HEADER = "X-Killboard-Signature"
 DELIVERY_HEADER = "X-Killboard-Delivery"

@@ -21,8 +21,8 @@ from redisproc import RedisServer
 
 from killboard.bus import stream
 from killboard.config import PROJECT_ROOT
+from killboard.kill.frames import kill_frame
 from killboard.kill.topics import kill_facts
-from killboard.live.hub import kill_frame
 from killboard.web.keys import bus_status_key, hub_key
 
 KEY = "killboard:kills"

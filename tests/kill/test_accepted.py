@@ -23,7 +23,6 @@ from killboard.ingest.pipeline import Pending, Pipeline, from_inbox, inbox_paylo
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import MAX_INT, Invalid, parse_submission
-from killboard.live.hub import Hub
 from killboard.storage.store import InboxRow, Store
 
 REAL = load_killmails()
@@ -182,7 +181,7 @@ def world(tmp_path: Path, static: StaticData) -> Iterator[tuple[asyncio.Runner, 
     """One real store and pipeline for every example (a fresh one each would be 100x slower)."""
     with asyncio.Runner() as runner:
         store = runner.run(Store.open(tmp_path / "kb.sqlite3"))
-        pipeline = Pipeline(store, Hub(1, 0.1), static, price_book(static), asyncio.Queue(1))
+        pipeline = Pipeline(store, static, price_book(static), asyncio.Queue(1))
         try:
             yield runner, pipeline
         finally:

@@ -13,10 +13,10 @@ from killgen import make_kills, save_all
 
 from killboard.kill import codec
 from killboard.kill.enrich import enrich
+from killboard.kill.frames import encode
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
-from killboard.live.hub import encode
 from killboard.storage.store import MIGRATIONS, Store
 from killboard.web.keys import pipeline_key, prices_key, store_key
 
