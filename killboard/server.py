@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
@@ -64,8 +65,21 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
     app[log_key] = StoreLog(store)
+    # Kills stored before the participant index existed are indexed beside the running server.
+    backlog = asyncio.create_task(_index_backlog(store), name="killboard-index-backlog")
     yield
+    backlog.cancel()
+    with suppress(asyncio.CancelledError):
+        await backlog
     await store.close()
+
+
+async def _index_backlog(store: Store) -> None:
+    try:
+        if done := await store.index_backlog():
+            log.info("participant index: %d kills stored before it are indexed", done)
+    except (sqlite3.Error, OSError):
+        log.exception("participant index: indexing older kills failed; it resumes at the next start")
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:

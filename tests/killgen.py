@@ -26,7 +26,18 @@ def make_kills(
         sub, kill = subs[n % len(subs)], enriched[n % len(subs)]
         new = build_kill(Submission(first_id + n, sub.killmail_hash, sub.esi, sub.zkb), kill)
         # The body (only broadcast, never stored in this form) is left out to keep tests light.
-        out.append(NewKill(new.killmail_id, new.killmail_hash, kill_time, new.system_id, 0.0, b"", new.source))
+        out.append(
+            NewKill(
+                new.killmail_id,
+                new.killmail_hash,
+                kill_time,
+                new.system_id,
+                0.0,
+                b"",
+                new.source,
+                participation=new.participation,
+            )
+        )
     return out
 
 

@@ -26,6 +26,7 @@ from ..kill.staticdata import StaticData
 from ..kill.topics import KillFacts, kill_facts
 from ..kill.validate import Submission, check_esi, parse_time
 from ..metrics import Metrics
+from ..storage.participants import participation
 from ..storage.store import InboxRow, NewKill, Store
 from .esi import KillmailGone
 
@@ -433,4 +434,5 @@ def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] |
         source=source_document(esi, sub.zkb, kill_prices(kill)),
         names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
         enriched=kill,
+        participation=participation(kill),  # computed here: off the loop for a big kill
     )

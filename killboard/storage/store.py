@@ -12,22 +12,28 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import ujson
 
 from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
+from . import participants
 
 log = logging.getLogger(__name__)
 
 # Renders a stored kill's source to the full killmail JSON, with player names from `names`.
 Render = codec.Render
+# An index kept beside the kills, written in their transaction: given the new (seq, kill) pairs in
+# seq order after they are inserted, and the seqs of kills about to be deleted by retention.
+TxWriter = Callable[[aiosqlite.Connection, Sequence[tuple[int, "NewKill"]]], Awaitable[None]]
+TxPruner = Callable[[aiosqlite.Connection, Sequence[int]], Awaitable[None]]
 
 # The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
@@ -35,6 +41,9 @@ JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 # A stored document larger than this (a kill of some 300 attackers or more; a typical one is
 # ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
 BIG_DOCUMENT = 64 * 1024
+
+# State key: kills up to this seq were stored before the participant index and wait for it.
+INDEX_BACKLOG = "participants.backlog_through_seq"
 
 # Applied in order; PRAGMA user_version records how many have run.
 MIGRATIONS: list[str] = [
@@ -92,6 +101,14 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX inbox_live ON inbox (live);
     """,
+    # 6: the participant index (storage/participants.py), read by battles and entity pages. Kills
+    # stored before it are indexed in the background (index_backlog) up to the seq noted here.
+    participants.SCHEMA
+    + f"""
+    INSERT INTO state (key, value)
+        SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+    """,
 ]
 
 # Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
@@ -131,6 +148,8 @@ class NewKill:
     # Player names the body was enriched with; kept in `names` so reads render the same names.
     names: Mapping[int, str] = field(default_factory=dict)
     enriched: Mapping[str, Any] | None = None
+    # Who took part (storage/participants.py), written with the kill; None: work it out from `enriched`.
+    participation: participants.Participation | None = None
 
     @property
     def body(self) -> bytes:
@@ -229,8 +248,11 @@ class Store:
         # What retention removed (0: nothing yet); loaded at open, updated by prune().
         self.pruned_through_seq = 0
         self.pruned_max_killmail_id = 0
-        # Called with the highest seq after every commit that stored new kills (the webhooks
-        # wake on it). Consumers above the store register here; the store imports none of them.
+        # Indexes kept beside the kills (battles, entity figures) write in the kills' own
+        # transaction: `writers` after new kills are inserted, `pruners` before kills are deleted.
+        # Registered by the stages above; the store imports none of them.
+        self.writers: list[TxWriter] = []
+        self.pruners: list[TxPruner] = []
         # The kept count of kills (see count()): None until first asked, and up to date through
         # seq `_count_seq`. The lock keeps a count and a prune from adjusting it at once.
         self._count: int | None = None
@@ -403,6 +425,10 @@ class Store:
                     [(i, n, now) for i, n in names.items()],
                 )
             seqs = await _seqs(db, list(fresh))
+            new = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
+            await _index(db, [(seq, self._participation(k)) for seq, k in new])
+            for write in self.writers:
+                await write(db, new)
             pending = [(i, now) for i in names_pending if i in fresh]
             if pending:
                 await db.executemany(
@@ -412,8 +438,7 @@ class Store:
                 await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
             if state:
                 await _put_state(db, state)
-        stored = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
-        return stored
+        return new
 
     async def rewrite(
         self,
@@ -551,23 +576,70 @@ class Store:
             return await self._prune(older_than, batch)
 
     async def _prune(self, older_than: int, batch: int) -> int:
+        async with self._reader.execute(
+            _SELECT + " WHERE kill_time < ? ORDER BY kill_time LIMIT ?", (older_than, batch)
+        ) as cur:
+            rows = await cur.fetchall()
+        if not rows:
+            return 0
+        # Their index rows go with them: what each kill indexed is worked out again from the kill.
+        gone = [(row[0], self._participation(kill)) for row, kill in zip(rows, await self._decoded(rows), strict=True)]
+        seqs = [seq for seq, _ in gone]
         async with self.transaction() as db:
-            async with db.execute(
-                "SELECT seq, killmail_id FROM kills WHERE kill_time < ? ORDER BY kill_time LIMIT ?",
-                (older_than, batch),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return 0
-            await db.executemany("DELETE FROM kills WHERE seq = ?", [(r[0],) for r in rows])
-            pruned_seq = max(self.pruned_through_seq, *(r[0] for r in rows))
+            for prune in self.pruners:
+                await prune(db, seqs)
+            await _unindex(db, gone)
+            await db.executemany("DELETE FROM kills WHERE seq = ?", [(seq,) for seq in seqs])
+            pruned_seq = max(self.pruned_through_seq, *seqs)
             pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
             await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
         self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
         if self._count is not None:
             # Rows past _count_seq were never added to the count: the next count() skips them.
-            self._count -= sum(1 for r in rows if r[0] <= self._count_seq)
+            self._count -= sum(1 for seq in seqs if seq <= self._count_seq)
         return len(rows)
+
+    def _participation(self, kill: NewKill) -> participants.Participation:
+        """Who took part in a kill: as the pipeline worked it out, or from the kill itself (tools)."""
+        if kill.participation is not None:
+            return kill.participation
+        if kill.enriched is not None:
+            return participants.participation(kill.enriched)
+        if kill.source:
+            sub, prices = codec.decode(kill.killmail_id, kill.killmail_hash, kill.source)
+            if self.render is None:
+                self.render = codec.default_renderer()
+            return participants.participation(ujson.loads(self.render(sub, kill.names, prices)))
+        return participants.participation(ujson.loads(kill.body))
+
+    async def _decoded(self, rows: Sequence[Any]) -> list[NewKill]:
+        """Stored rows as the kills they were when new (enriched; JSON parsed off the loop), for
+        the index: retention works out what a kill indexed, the backlog what it must index."""
+        kills = await self._render(rows)
+        enriched = await asyncio.to_thread(lambda: [ujson.loads(k.body) for k in kills])
+        return [
+            NewKill(row[1], row[2], row[3], kill["system_id"], kill["total_value"], k.body, enriched=kill)
+            for row, k, kill in zip(rows, kills, enriched, strict=True)
+        ]
+
+    async def index_backlog(self, batch: int = 200) -> int:
+        """Index kills stored before the participant index existed, oldest first, a batch a
+        transaction; returns how many were indexed. Run in the background after open."""
+        done = 0
+        while (through := int(await self.get_state(INDEX_BACKLOG) or 0)) > 0:
+            async with self._reader.execute(
+                _SELECT + " WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (through, batch)
+            ) as cur:
+                rows = await cur.fetchall()
+            kills = sorted(zip((r[0] for r in rows), await self._decoded(rows), strict=True), key=lambda p: p[0])
+            left = rows[-1][0] - 1 if len(rows) == batch else 0
+            async with self.transaction() as db:
+                await _index(db, [(seq, self._participation(k)) for seq, k in kills])
+                for write in self.writers:
+                    await write(db, kills)
+                await _put_state(db, {INDEX_BACKLOG: str(left)})
+            done += len(rows)
+        return done
 
     async def free_pages(self) -> int:
         return await self._number("PRAGMA freelist_count")
@@ -677,6 +749,21 @@ async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
     await db.executemany(
         "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         list(state.items()),
+    )
+
+
+async def _index(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
+    """Write the participant index rows of newly stored kills (in their transaction)."""
+    await db.executemany(participants.INSERT_PILOTS, [(seq, participants.pack(part.pilots)) for seq, part in kills])
+    await db.executemany(
+        participants.INSERT_ENTITIES, [(kind, i, seq, role) for seq, part in kills for kind, i, role in part.entities]
+    )
+
+
+async def _unindex(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
+    await db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
+    await db.executemany(
+        participants.DELETE_ENTITIES, [(kind, i, seq) for seq, part in kills for kind, i, _ in part.entities]
     )
 
 

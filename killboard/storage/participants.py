@@ -1,0 +1,205 @@
+"""Who took part in which kill: the participant index that battles and entity pages both read.
+
+Two tables, written in the kill's own transaction (`Store.save_kills`), so no kill is ever stored
+without them, and pruned with it:
+
+- `participants`: a kill's pilots, one packed row a kill (keyed by its seq): the victim first,
+  then its attackers in ESI order, each with character, corporation, alliance, faction, ship,
+  damage (taken by the victim, done by an attacker) and the final blow. Battles read it to put
+  pilots on sides and count the ships each side fielded. Packed (varints field by field, raw deflate:
+  ~14 B a pilot) because a row a pilot cost ~35 B a pilot: 435 B a kill, half of the kill itself.
+- `entity_kills`: every entity of a kill once, clustered by (kind, id, seq): characters,
+  corporations and alliances on either side, ships and ship groups flown or lost, the system and
+  the region. `role` says on which side it took part (a code, see ROLES: the commonest, a kill
+  without the final blow, is 0 and takes no byte). Entity pages read their kills and losses from
+  it newest first, and battles find which entities fought where.
+
+A kill counts once for each entity however many of its pilots shared it (issue 20's rule).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import aiosqlite
+
+# The tables (migration 6 in store.py). WITHOUT ROWID: the primary key is the row, so each
+# row costs its key and columns once, and a small integer (0, 1) takes no payload byte.
+SCHEMA = """
+CREATE TABLE participants (
+    seq INTEGER PRIMARY KEY,      -- kills.seq
+    pilots BLOB NOT NULL          -- pack(): the victim, then the attackers
+);
+CREATE TABLE entity_kills (
+    kind INTEGER NOT NULL,        -- Kind
+    id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    role INTEGER NOT NULL,        -- a code of ROLES
+    PRIMARY KEY (kind, id, seq)
+) WITHOUT ROWID;
+"""
+
+
+class Kind(IntEnum):
+    """What an id in `entity_kills` names (ids of different kinds overlap: type 587, group 25 …)."""
+
+    CHARACTER = 1
+    CORPORATION = 2
+    ALLIANCE = 3
+    SHIP = 5
+    GROUP = 6
+    SYSTEM = 7
+    REGION = 9
+
+
+KIND_NAMES: Mapping[str, Kind] = {k.name.lower(): k for k in Kind}
+
+# Roles as bits while a kill is worked out; stored as the small codes of ROLES.
+LOSS = 1  # the entity was the victim's (its character, corporation, ship …)
+KILL = 2  # among the attackers
+FINAL_BLOW = 4  # one of its pilots dealt the final blow
+# Stored code -> bits, and back. 0 (the commonest, and the place of a kill) is stored in no byte.
+ROLES = (KILL, LOSS, KILL | FINAL_BLOW, LOSS | KILL, LOSS | KILL | FINAL_BLOW)
+_CODES = {bits: code for code, bits in enumerate(ROLES)}
+_CODES[0] = 0  # a place (system, region): the kill happened there
+
+
+def is_loss(code: int) -> bool:
+    return bool(ROLES[code] & LOSS)
+
+
+def is_kill(code: int) -> bool:
+    return bool(ROLES[code] & KILL)
+
+
+def final_blow(code: int) -> bool:
+    return bool(ROLES[code] & FINAL_BLOW)
+
+
+# What each pilot brings to entity_kills, in order: the participant's field and its kind.
+_PILOT_ENTITIES = (
+    ("character_id", Kind.CHARACTER),
+    ("corporation_id", Kind.CORPORATION),
+    ("alliance_id", Kind.ALLIANCE),
+    ("ship_id", Kind.SHIP),
+    ("ship_group_id", Kind.GROUP),
+)
+_PLACES = (("system_id", Kind.SYSTEM), ("region_id", Kind.REGION))
+
+# (character, corporation, alliance, faction, ship type, damage, final blow); 0 where none.
+PilotRow = tuple[int, int, int, int, int, int, int]
+_FIELDS = 7
+EntityRow = tuple[int, int, int]  # (kind, id, role)
+
+
+@dataclass(frozen=True, slots=True)
+class Participation:
+    """One kill's rows for both tables, computed from the enriched kill before its transaction."""
+
+    pilots: tuple[PilotRow, ...]  # the victim first, then the attackers
+    entities: tuple[EntityRow, ...]  # (kind, id, role code)
+
+
+def _id(value: Any) -> int:
+    return value if isinstance(value, int) and 0 < value < 2**63 else 0
+
+
+def participation(kill: Mapping[str, Any]) -> Participation:
+    """The participant rows and entity roles of an enriched kill (killboard/kill/enrich.py)."""
+    victim = kill.get("victim") or {}
+    attackers: Sequence[Mapping[str, Any]] = kill.get("attackers") or ()
+    pilots: list[PilotRow] = [_pilot(victim, victim.get("damage_taken"), False)]
+    roles: dict[tuple[int, int], int] = {}
+    _add(roles, victim, LOSS)
+    for attacker in attackers:
+        final = bool(attacker.get("final_blow"))
+        pilots.append(_pilot(attacker, attacker.get("damage_done"), final))
+        _add(roles, attacker, KILL | (FINAL_BLOW if final else 0))
+    for field, kind in _PLACES:
+        place = _id(kill.get(field))
+        if place:
+            roles[(kind, place)] = 0
+    return Participation(tuple(pilots), tuple((kind, i, _CODES[role]) for (kind, i), role in roles.items()))
+
+
+def _pilot(who: Mapping[str, Any], damage: Any, final: bool) -> PilotRow:
+    return (
+        _id(who.get("character_id")),
+        _id(who.get("corporation_id")),
+        _id(who.get("alliance_id")),
+        _id(who.get("faction_id")),
+        _id(who.get("ship_id")),
+        _id(damage),
+        int(final),
+    )
+
+
+def _add(roles: dict[tuple[int, int], int], who: Mapping[str, Any], role: int) -> None:
+    for field, kind in _PILOT_ENTITIES:
+        entity = _id(who.get(field))
+        if entity:
+            key = (kind, entity)
+            roles[key] = roles.get(key, 0) | role
+
+
+def pack(pilots: Sequence[PilotRow]) -> bytes:
+    """Pilots as LEB128 varints, raw-deflated: repeated corporations and alliances fold away."""
+    out = bytearray()
+    # Field by field (every character, then every corporation …): equal ids stand together.
+    for field in range(_FIELDS):
+        for pilot in pilots:
+            value = pilot[field]
+            while value > 0x7F:
+                out.append((value & 0x7F) | 0x80)
+                value >>= 7
+            out.append(value)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(bytes(out)) + packer.flush()
+
+
+def unpack(blob: bytes) -> list[PilotRow]:
+    """The pilots of pack(), the victim first."""
+    data = zlib.decompress(blob, -15)
+    values: list[int] = []
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+        else:
+            values.append(value)
+            value = shift = 0
+    count = len(values) // _FIELDS
+    return [tuple(values[f * count + i] for f in range(_FIELDS)) for i in range(count)]  # type: ignore[misc]
+
+
+INSERT_PILOTS = "INSERT INTO participants (seq, pilots) VALUES (?, ?) ON CONFLICT DO NOTHING"
+INSERT_ENTITIES = "INSERT INTO entity_kills (kind, id, seq, role) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+DELETE_PILOTS = "DELETE FROM participants WHERE seq = ?"
+DELETE_ENTITIES = "DELETE FROM entity_kills WHERE kind = ? AND id = ? AND seq = ?"
+
+
+async def pilots(db: aiosqlite.Connection, seqs: Sequence[int]) -> dict[int, list[PilotRow]]:
+    """The pilots of stored kills by seq (the victim first); kills not indexed are left out."""
+    out: dict[int, list[PilotRow]] = {}
+    for i in range(0, len(seqs), 500):
+        chunk = list(seqs[i : i + 500])
+        marks = ",".join("?" * len(chunk))
+        async with db.execute(f"SELECT seq, pilots FROM participants WHERE seq IN ({marks})", chunk) as cur:
+            out.update((seq, unpack(blob)) for seq, blob in await cur.fetchall())
+    return out
+
+
+async def kills_of(
+    db: aiosqlite.Connection, kind: Kind, entity: int, before_seq: int | None = None, limit: int = 50
+) -> list[tuple[int, int]]:
+    """(seq, role code) of an entity's kills and losses, newest first, before `before_seq`."""
+    async with db.execute(
+        "SELECT seq, role FROM entity_kills WHERE kind = ? AND id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+        (int(kind), entity, before_seq if before_seq is not None else 2**63 - 1, limit),
+    ) as cur:
+        return [(seq, role) for seq, role in await cur.fetchall()]

@@ -1,0 +1,144 @@
+"""The participant index: written with each kill, checked against what the raw ESI data says."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from conftest import AUTH, Client, settle
+from killgen import make_kills, save_all
+
+from killboard.kill.staticdata import StaticData
+from killboard.storage import participants
+from killboard.storage.participants import Kind
+from killboard.storage.store import MIGRATIONS, Store
+from killboard.web.keys import store_key
+
+
+def expected_pilots(esi: dict[str, Any], static: StaticData) -> list[tuple[int, ...]]:
+    """The rows the index must hold for a raw ESI killmail: the victim, then every attacker."""
+
+    def row(who: dict[str, Any], damage: int, final: bool) -> tuple[int, ...]:
+        ids = [who.get(k) or 0 for k in ("character_id", "corporation_id", "alliance_id", "faction_id")]
+        npc = static.npc_corporations.get(ids[1])
+        if not ids[3] and npc is not None:
+            ids[3] = npc.faction_id or 0  # an NPC corporation fights for its faction
+        # As the kill page shows it: an NPC or structure with no ship is shown by its weapon.
+        ship = who.get("ship_type_id") or who.get("weapon_type_id") or 0
+        return (*ids, ship, damage, int(final))
+
+    victim = esi["victim"]
+    return [row(victim, victim.get("damage_taken", 0), False)] + [
+        row(a, a.get("damage_done", 0), a.get("final_blow", False)) for a in esi["attackers"]
+    ]
+
+
+async def post_all(client: Client, killmails: list[dict[str, Any]]) -> None:
+    resp = await client.post("/api/killmails", json=killmails, headers=AUTH)
+    assert resp.status in (200, 202), await resp.text()
+    await settle(client)
+
+
+def db_of(client: Client) -> sqlite3.Connection:
+    return sqlite3.connect(client.server.app[store_key].path)
+
+
+async def test_every_pilot_of_every_real_kill_is_indexed(
+    client: Client, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    await post_all(client, killmails)
+    db = db_of(client)
+    seq_of = dict(db.execute("SELECT killmail_id, seq FROM kills"))
+    blobs = dict(db.execute("SELECT seq, pilots FROM participants"))
+    assert len(blobs) == len(killmails)
+    for esi in killmails:
+        assert participants.unpack(blobs[seq_of[esi["killmail_id"]]]) == expected_pilots(esi, static)
+
+
+async def test_an_entity_counts_once_a_kill_on_each_side(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post_all(client, killmails)
+    db = db_of(client)
+    seq_of = dict(db.execute("SELECT killmail_id, seq FROM kills"))
+    roles = {(k, i, s): r for k, i, s, r in db.execute("SELECT kind, id, seq, role FROM entity_kills")}
+    kills: Counter[int] = Counter()
+    losses: Counter[int] = Counter()
+    for esi in killmails:
+        seq = seq_of[esi["killmail_id"]]
+        corp = esi["victim"]["corporation_id"]
+        assert participants.is_loss(roles[(Kind.CORPORATION, corp, seq)])
+        losses[corp] += 1
+        attacking = {a["corporation_id"] for a in esi["attackers"] if a.get("corporation_id")}
+        for c in attacking:
+            assert participants.is_kill(roles[(Kind.CORPORATION, c, seq)])
+            kills[c] += 1
+        final = next(a for a in esi["attackers"] if a.get("final_blow"))
+        if final.get("character_id"):
+            assert participants.final_blow(roles[(Kind.CHARACTER, final["character_id"], seq)])
+        assert roles[(Kind.SYSTEM, esi["solar_system_id"], seq)] == 0
+        assert (Kind.SHIP, esi["victim"]["ship_type_id"], seq) in roles
+    # The per-entity lists agree with counting the raw data.
+    for corp in list(kills)[:20]:
+        rows = await participants.kills_of(client.server.app[store_key]._reader, Kind.CORPORATION, corp, limit=1000)
+        assert sum(participants.is_kill(r) for _, r in rows) == kills[corp]
+        assert sum(participants.is_loss(r) for _, r in rows) == losses[corp]
+        assert [s for s, _ in rows] == sorted((s for s, _ in rows), reverse=True)
+
+
+async def test_posting_the_same_kills_again_changes_nothing(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post_all(client, killmails)
+    db = db_of(client)
+    before = db.execute("SELECT count(*), sum(seq * 7 + kind * 3 + role) FROM entity_kills").fetchone()
+    await post_all(client, killmails)
+    assert db.execute("SELECT count(*), sum(seq * 7 + kind * 3 + role) FROM entity_kills").fetchone() == before
+    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == len(killmails)
+
+
+async def test_retention_takes_the_index_rows_with_the_kills(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    try:
+        await save_all(store, make_kills(static, killmails, 100, 900_000_000, 1_000_000))  # kill times near 1970
+        await save_all(store, make_kills(static, killmails, 40, 950_000_000, 2_000_000_000))
+        assert await store.prune(older_than=1_500_000_000, batch=1000) == 100
+    finally:
+        await store.close()
+    db = sqlite3.connect(tmp_path / "kb.sqlite3")
+    kept = {s for (s,) in db.execute("SELECT seq FROM kills")}
+    assert len(kept) == 40
+    assert {s for (s,) in db.execute("SELECT seq FROM participants")} == kept
+    assert {s for (s,) in db.execute("SELECT DISTINCT seq FROM entity_kills")} == kept
+
+
+async def test_kills_stored_before_the_index_are_indexed_after_the_upgrade(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    store = await Store.open(path)
+    await save_all(store, make_kills(static, killmails, 450, 700_000_000, 1_700_000_000))
+    await store.close()
+    # Back to schema 5, as a database written by the previous release.
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE participants; DROP TABLE entity_kills; PRAGMA user_version = 5;")
+    db.close()
+    store = await Store.open(path)
+    try:
+        assert await store.get_state("participants.backlog_through_seq") == "450"
+        assert await store.index_backlog(batch=200) == 450
+        assert await store.index_backlog() == 0  # done: nothing left, and nothing indexed twice
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == 450
+    want = sum(1 + len(k["attackers"]) for k in (killmails * 6)[:450])
+    got = sum(len(participants.unpack(b)) for (b,) in db.execute("SELECT pilots FROM participants"))
+    assert got == want
+    assert len(MIGRATIONS) == 6
+
+
+def test_pack_round_trips_big_ids_and_none() -> None:
+    pilots = [(2_123_456_789, 98_000_001, 99_000_002, 0, 670, 0, 0), (0, 1_000_125, 0, 500_001, 2**40, 123_456, 1)]
+    assert participants.unpack(participants.pack(pilots)) == pilots
+    assert participants.unpack(participants.pack([])) == []
