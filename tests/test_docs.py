@@ -27,7 +27,9 @@ WRITTEN_ELSEWHERE = {DOCS / "install.md", DOCS / "development.md"}
 CREATED_AT_RUN = re.compile(r"\.sqlite3(-wal|-shm)?$")
 ENV = r"KILLBOARD_[A-Z0-9_]*[A-Z0-9]"
 # A path in the tree, wherever the docs name it (not a part of /etc/killboard/… or a User-Agent).
-TREE_PATH = re.compile(r"(?<![\w/.-])(?:killboard|tests|bench|deploy|docs|static|templates|data)(?:/[A-Za-z_.][\w.@-]*)+")
+TREE_PATH = re.compile(
+    r"(?<![\w/.-])(?:killboard|tests|bench|deploy|docs|static|templates|data)(?:/[A-Za-z_.][\w.@-]*)+"
+)
 
 
 def text_outside_code(page: Path) -> str:
