@@ -10,7 +10,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
-from .config import PROJECT_ROOT, Config
+from .config import Config, resource_dir
 from .ingest.pipeline import Pipeline
 from .ingest.upstream import Upstream
 from .kill.codec import renderer
@@ -198,7 +198,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)
     app.router.add_get("/health", api.health)
-    app.router.add_static("/static", PROJECT_ROOT / "static")
+    app.router.add_static("/static", resource_dir("static"))
     if config.metrics:
         app.router.add_get("/metrics", metrics_endpoint(app[metrics_key], config.metrics_token))
     return app
