@@ -160,7 +160,8 @@ def build_dictionary(documents: list[bytes], size: int = DICTIONARY_SIZE) -> byt
     killmails, whole samples compressed best: a kill shares long runs with other kills (key
     sequences, common modules and their flags), and deflate finds them at any offset.
     """
-    return b"".join(sorted(documents, key=len))[-size:]
+    ordered: list[bytes] = sorted(documents, key=len)
+    return b"".join(ordered)[-size:]
 
 
 def load_dictionary(path: Path = DICTIONARY_PATH) -> bytes:

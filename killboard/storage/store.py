@@ -556,7 +556,7 @@ class Store:
                 "SELECT seq, killmail_id FROM kills WHERE kill_time < ? ORDER BY kill_time LIMIT ?",
                 (older_than, batch),
             ) as cur:
-                rows = await cur.fetchall()
+                rows = list(await cur.fetchall())
             if not rows:
                 return 0
             await db.executemany("DELETE FROM kills WHERE seq = ?", [(r[0],) for r in rows])

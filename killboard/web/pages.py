@@ -55,7 +55,7 @@ def setup_templates(app: web.Application) -> None:
         app,
         loader=jinja2.FileSystemLoader(resource_dir("templates")),
         undefined=jinja2.ChainableUndefined,
-        filters={
+        filters={  # type: ignore[arg-type]  # the stubs want every filter to return str
             "isk": display.isk,
             "sec_level": display.security_level,
             "sec_text": display.security_text,
