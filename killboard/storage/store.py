@@ -579,7 +579,7 @@ class Store:
         async with self._reader.execute(
             _SELECT + " WHERE kill_time < ? ORDER BY kill_time LIMIT ?", (older_than, batch)
         ) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if not rows:
             return 0
         # Their index rows go with them: what each kill indexed is worked out again from the kill.
@@ -623,14 +623,14 @@ class Store:
         ]
 
     async def index_backlog(self, batch: int = 200) -> int:
-        """Index kills stored before the participant index existed, oldest first, a batch a
+        """Index kills stored before the participant index existed, newest first, a batch a
         transaction; returns how many were indexed. Run in the background after open."""
         done = 0
         while (through := int(await self.get_state(INDEX_BACKLOG) or 0)) > 0:
             async with self._reader.execute(
                 _SELECT + " WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (through, batch)
             ) as cur:
-                rows = await cur.fetchall()
+                rows = list(await cur.fetchall())
             kills = sorted(zip((r[0] for r in rows), await self._decoded(rows), strict=True), key=lambda p: p[0])
             left = rows[-1][0] - 1 if len(rows) == batch else 0
             async with self.transaction() as db:
