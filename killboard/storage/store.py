@@ -248,6 +248,7 @@ class Store:
         # What retention removed (0: nothing yet); loaded at open, updated by prune().
         self.pruned_through_seq = 0
         self.pruned_max_killmail_id = 0
+        self.index_backlog_through = 0
         # Indexes kept beside the kills (battles, entity figures) write in the kills' own
         # transaction: `writers` after new kills are inserted, `pruners` before kills are deleted.
         # Registered by the stages above; the store imports none of them.
@@ -306,6 +307,8 @@ class Store:
         self._dictionary = dictionary
         self.pruned_through_seq = int(await self.get_state(PRUNED_SEQ) or 0)
         self.pruned_max_killmail_id = int(await self.get_state(PRUNED_KILLMAIL_ID) or 0)
+        # Kills stored before the participant index that still wait for it (index_backlog).
+        self.index_backlog_through = int(await self.get_state(INDEX_BACKLOG) or 0)
 
     async def close(self) -> None:
         """Idempotent: cleanup may run after a failed start."""
@@ -626,7 +629,7 @@ class Store:
         """Index kills stored before the participant index existed, newest first, a batch a
         transaction; returns how many were indexed. Run in the background after open."""
         done = 0
-        while (through := int(await self.get_state(INDEX_BACKLOG) or 0)) > 0:
+        while (through := self.index_backlog_through) > 0:
             async with self._reader.execute(
                 _SELECT + " WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (through, batch)
             ) as cur:
@@ -638,6 +641,7 @@ class Store:
                 for write in self.writers:
                     await write(db, kills)
                 await _put_state(db, {INDEX_BACKLOG: str(left)})
+            self.index_backlog_through = left
             done += len(rows)
         return done
 
