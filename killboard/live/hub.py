@@ -30,7 +30,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..ingest.pipeline import Stored
 from ..kill.frames import encode
-from ..kill.langs import Langs
+from ..kill.langs import Langs, covering
 from ..kill.topics import Condition, Index, KillFacts
 from .wire import (
     OFFLOAD_BYTES,
@@ -205,7 +205,10 @@ class Hub:
         self.deliveries = 0
         self.slow_drops = 0
         self._deflate_level = deflate_level
-        # Kills waiting for their deflated variants (made in a thread), in publish order: a
+        # Frames made for live kills (each variant of each kill counts once): bounded per kill
+        # by the canonical variants, whatever the clients ask for.
+        self.variants_made = 0
+        # Kills waiting for their variants (made in a thread), in publish order: a
         # socket gets its kills in seq order, so a small kill never overtakes a large one.
         self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
         self._late_bytes = 0
@@ -245,14 +248,15 @@ class Hub:
     def attach(
         self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
     ) -> Subscriber:
-        """`lang`: the languages of its names (None: all); `deflate`: the window bits of its
-        permessage-deflate (0: plain frames)."""
+        """`lang`: the languages of its names (None: all), served as the canonical variant that
+        covers them (langs.covering); `deflate`: the window bits of its permessage-deflate (0:
+        plain frames)."""
         sub = Subscriber(
             ws,
             Outbox(self._send_queue),
             transport,
             delivered=Delivered(self._replay_window),
-            lang=lang,
+            lang=covering(lang),
             deflate=deflate,
         )
         self.sockets.add(ws)
@@ -360,42 +364,50 @@ class Hub:
         targets = self._index.match(facts)
         if not targets:
             return 0
-        # Each variant (languages x plain or a deflate window) is made once, for all its sockets.
+        # Each variant (languages x plain or a deflate window) is made once, for all its sockets;
+        # sockets ask only for canonical variants (langs.covering), so a kill has a few at most.
         kill = KillVariants(seq, body, self._deflate_level, decoded)
-        deflated: dict[tuple[Langs, int], list[Subscriber]] = {}
+        groups: dict[tuple[Langs, int], list[Subscriber]] = {}
         sent = 0
         for sub in targets:
-            if sub.deflate:
-                deflated.setdefault((sub.lang, sub.deflate), []).append(sub)
-            elif self.send_kill(sub, seq, kill.frame(sub.lang), facts):
+            if sub.deflate or sub.lang is not None:
+                groups.setdefault((sub.lang, sub.deflate), []).append(sub)
+            elif self.send_kill(sub, seq, kill.frame(None), facts):
                 sent += 1
-        if deflated:
-            sent += self._publish_deflated(kill, deflated, facts)
+        if groups:
+            sent += self._publish_variants(kill, groups, facts)
+        else:
+            self.variants_made += kill.made
         self.deliveries += sent
         return sent
 
-    def _publish_deflated(
+    def _publish_variants(
         self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
     ) -> int:
-        """Deflate small variants here and send them at once; large ones (or any kill behind one
-        still in the thread) wait their turn in `_late`. Returns the sockets it is meant for."""
-        size = sum(len(kill.frame(langs)) for langs, _ in groups)
+        """Make a small kill's other variants here and send them at once; a large one's (or any
+        kill's behind one still in the thread) wait their turn in `_late`, made in a thread: a
+        language variant of a fleet fight is ~12 ms of decode, filter and encode, a deflate as
+        much, and nine of each would hold the loop for a quarter of a second. Returns the
+        sockets it is meant for."""
+        size = len(kill.body())
         if not self._late and size < OFFLOAD_BYTES:
-            return self._deliver(kill, groups, facts)
+            sent = self._deliver(kill, groups, facts)
+            self.variants_made += kill.made
+            return sent
         self._late.append((kill, groups, facts))
         self._late_bytes += size
-        if self._late_bytes > LATE_MAX_BYTES:
-            # The thread is not keeping up: deflate this one on the loop (slowing the producer)
-            # instead of holding ever more plain frames.
-            for langs, bits in groups:
-                kill.deflated(langs, bits)
+        if self._late_bytes > LATE_MAX_BYTES and len(self._late) > 1:
+            # The thread is not keeping up: make this one on the loop (slowing the producer)
+            # instead of holding ever more kills.
+            _make_all([(kill, key) for key in groups])
         if self._deflater is None or self._deflater.done():
-            self._deflater = asyncio.create_task(self._deflate_late(), name="hub-deflater")
+            self._deflater = asyncio.create_task(self._make_late(), name="hub-variants")
         return sum(len(subs) for subs in groups.values())
 
-    async def _deflate_late(self) -> None:
-        """Deflate the waiting kills' variants in one thread hop (zlib releases the GIL), then
-        send them in publish order to the sockets that still want them."""
+    async def _make_late(self) -> None:
+        """Make the waiting kills' variants in one thread hop (zlib releases the GIL; decode and
+        encode hold it, but the loop still gets its turn every switch interval), then send them
+        in publish order to the sockets that still want them."""
         loop = asyncio.get_running_loop()
         while self._late:
             batch = list(self._late)
@@ -404,13 +416,14 @@ class Hub:
                 # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
                 for kill, _, _ in batch:
                     kill.level = 1
-            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has_deflated(*key)]
+            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has(*key)]
             if todo:
-                await loop.run_in_executor(None, _deflate_all, todo)
+                await loop.run_in_executor(None, _make_all, todo)
             for _ in batch:
                 kill, groups, facts = self._late.popleft()
-                self._late_bytes -= sum(len(kill.frame(langs)) for langs, _ in groups)
+                self._late_bytes -= len(kill.body())
                 self._deliver(kill, groups, facts, late=True)
+                self.variants_made += kill.made
 
     def _deliver(
         self,
@@ -422,7 +435,7 @@ class Hub:
         """`late`: after the thread hop, so check that each socket still wants the kill."""
         sent = 0
         for (langs, bits), subs in groups.items():
-            frame = kill.deflated(langs, bits)
+            frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
             for sub in subs:
                 if late and not self._still_wants(sub, kill.seq, facts):
                     continue
@@ -525,7 +538,7 @@ class Hub:
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
         """Close every socket at once, each with a time limit (close() waits on a stuck reader)."""
         if self._deflater is not None:
-            self._deflater.cancel()  # kills still waiting for deflate are in the store: a since replays them
+            self._deflater.cancel()  # kills still waiting for their variants are in the store: a since replays them
         subs = list(self._subscribers.values())
         for sub in subs:
             if not sub.dropped:
@@ -570,9 +583,12 @@ def _write_now(sub: Subscriber, frame: bytes) -> bool:
     return True
 
 
-def _deflate_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
+def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
     for kill, (langs, bits) in todo:
-        kill.deflated(langs, bits)
+        if bits:
+            kill.deflated(langs, bits)
+        else:
+            kill.frame(langs)
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:

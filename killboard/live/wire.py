@@ -38,6 +38,10 @@ _VALID_CLOSE = frozenset((*range(1000, 1004), *range(1007, 1015), *range(3000, 5
 # Payloads from this size up are deflated in a thread (zlib releases the GIL): ~0.1 ms and more
 # of the loop's time otherwise. The same bound as aiohttp's writer uses for its executor.
 OFFLOAD_BYTES = 16 * 1024
+# The windows we deflate with: a client's server_max_window_bits=N is answered with the largest
+# of these not above N (RFC 7692 7.1.2.1 lets the answer be smaller), so clients cannot make
+# the hub deflate each kill once per window size they pick (issue 22).
+WINDOWS = (9, 12, 15)
 
 
 def body_in(body: bytes, langs: Langs) -> bytes:
@@ -84,9 +88,10 @@ def negotiate(offers: str | None) -> tuple[int, str | None]:
     compresses each message on its own too, so no inflate state is kept between its messages
     (aiohttp keeps a decompressor per socket, ~15 KiB, once a client sent one compressed frame:
     every browser does). A client's server_max_window_bits=N is honoured by compressing
-    with that window (N=8 is declined: zlib's raw deflate cannot make 256-byte windows). Its
-    client_max_window_bits needs no answer: we inflate with the largest window. An offer with
-    an unknown or repeated parameter, or a bad value, is declined as the RFC asks."""
+    with the largest of WINDOWS up to N, and saying so (N=8 is declined: zlib's raw deflate
+    cannot make 256-byte windows). Its client_max_window_bits needs no answer: we inflate with
+    the largest window. An offer with an unknown or repeated parameter, or a bad value, is
+    declined as the RFC asks."""
     for offer in (offers or "").split(","):
         name, *params = (part.strip() for part in offer.split(";"))
         if name.lower() != "permessage-deflate":
@@ -116,7 +121,7 @@ def _accept(params: list[str]) -> int:
         elif key == "server_max_window_bits":
             if not (value.isdigit() and 9 <= int(value) <= 15):
                 return 0
-            bits = int(value)
+            bits = max(w for w in WINDOWS if w <= int(value))
         elif key == "client_max_window_bits":
             if value and not (value.isdigit() and 8 <= int(value) <= 15):
                 return 0
@@ -236,7 +241,7 @@ class KillVariants:
     (`lang`) is derived from the encoded body (decoded once, only if some socket wants one), and
     each frame deflated once per window size asked for."""
 
-    __slots__ = ("_body", "_decode", "_decoded", "_deflated", "_frames", "level", "seq")
+    __slots__ = ("_body", "_decode", "_decoded", "_deflated", "_frames", "level", "made", "seq")
 
     def __init__(
         self, seq: int, body: bytes | Callable[[], bytes], level: int, decoded: Callable[[], Any] | None = None
@@ -250,6 +255,7 @@ class KillVariants:
         self._decoded: Any = None
         self._frames: dict[Langs, bytes] = {}
         self._deflated: dict[tuple[Langs, int], Deflated] = {}
+        self.made = 0  # frames made: each language variant and each deflated one counts once
 
     def body(self) -> bytes:
         if not isinstance(self._body, bytes):
@@ -269,6 +275,7 @@ class KillVariants:
                     self._decoded = ujson.loads(self.body())
                 frame = kill_frame(self.seq, encode(filter_names(self._decoded, langs)))
             self._frames[langs] = frame
+            self.made += 1
         return frame
 
     def deflated(self, langs: Langs, bits: int) -> Deflated:
@@ -277,7 +284,9 @@ class KillVariants:
         out = self._deflated.get(key)
         if out is None:
             out = self._deflated[key] = deflate(self.frame(langs), self.level, bits)
+            self.made += 1
         return out
 
-    def has_deflated(self, langs: Langs, bits: int) -> bool:
-        return (langs, bits) in self._deflated
+    def has(self, langs: Langs, bits: int) -> bool:
+        """Whether the frame for this kind of socket (deflated when `bits`) is made."""
+        return (langs, bits) in self._deflated if bits else langs in self._frames
