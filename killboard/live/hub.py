@@ -31,7 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
-from ..kill.topics import Condition, Index, KillFacts
+from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
 from .wire import (
     OFFLOAD_BYTES,
     RSV1,
@@ -161,8 +161,11 @@ class Subscriber:
     ws: web.WebSocketResponse
     outbox: Outbox
     transport: asyncio.BaseTransport | None
-    # condition -> the channel string it was first subscribed with
-    channels: dict[Condition, str] = field(default_factory=dict)
+    # Its conditions: the index's shared instances (an equal condition is held once in all).
+    channels: set[Condition] = field(default_factory=set)
+    # What its channels cost (topics.MEMBERSHIP_BYTES + condition_bytes each, as if no other
+    # socket shared them): at most the hub's sub_budget (KILLBOARD_WS_SUB_BYTES).
+    sub_bytes: int = 0
     # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
     # and their bytes.
     held: deque[tuple[int, bytes, KillFacts]] | None = None
@@ -190,7 +193,12 @@ class Hub:
         replay_window: int = 1000,
         send_buffer: int = 4 * 1024 * 1024,
         deflate_level: int = 6,
+        sub_budget: int = 320 * 1024,
+        sub_total: int = 288 * 1024 * 1024,
     ) -> None:
+        """`sub_budget`: bytes one socket's subscriptions may cost; `sub_total`: bytes the
+        subscriptions of all sockets may hold (each distinct condition once, plus a membership
+        per socket and condition): see `subscribe`."""
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         # Connections whose handler has ended but which are not closed yet (see linger).
         self._closing: set[asyncio.BaseProtocol] = set()
@@ -198,12 +206,16 @@ class Hub:
         self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
         self.send_buffer = send_buffer
+        self.sub_budget = sub_budget
+        self.sub_total = sub_total
         self._close_timeout = close_timeout
         self._replay_window = replay_window
         # Match keys of the last kills published, so a replay need not decode them again.
         self.recent_facts: OrderedDict[int, KillFacts] = OrderedDict()
         self.deliveries = 0
         self.slow_drops = 0
+        self.sub_refused = 0  # subscriptions refused because all sockets' subscriptions were full
+        self.sub_full_logged = False
         self._deflate_level = deflate_level
         # Frames made for live kills (each variant of each kill counts once): bounded per kill
         # by the canonical variants, whatever the clients ask for.
@@ -238,12 +250,19 @@ class Hub:
             log.debug("websocket connection could not finish closing in time: aborted")
             transport.abort()
 
+    @property
+    def sub_bytes(self) -> int:
+        """What all sockets' subscriptions hold now (the index's bytes)."""
+        return self._index.nbytes
+
     def subscribed_count(self) -> int:
-        return len(self._index.subscribers())
+        # By socket, not by walking the index: 10,000 sockets of 256 channels are 2.5 million
+        # memberships, and /health asks.
+        return sum(1 for sub in self._subscribers.values() if sub.channels)
 
     def subscribed(self) -> set[Subscriber]:
         """Every socket with at least one channel (a notice that concerns them all)."""
-        return self._index.subscribers()
+        return {sub for sub in self._subscribers.values() if sub.channels}
 
     def attach(
         self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
@@ -269,6 +288,7 @@ class Hub:
         for condition in sub.channels:
             self._index.remove(condition, sub)
         sub.channels.clear()
+        sub.sub_bytes = 0
         sub.held, sub.held_bytes = None, 0
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
@@ -277,13 +297,35 @@ class Hub:
             with suppress(asyncio.CancelledError):
                 await sub.writer
 
-    def subscribe(self, sub: Subscriber, condition: Condition, channel: str) -> None:
-        if condition not in sub.channels:
-            sub.channels[condition] = channel
-            self._index.add(condition, sub)
+    def subscribe(self, sub: Subscriber, condition: Condition) -> str | None:
+        """Add a channel; None, or why it was refused (a budget: the client is told, and the
+        server holds nothing more). A socket is charged each condition whole, shared or not, so
+        what it may hold does not depend on other sockets; the total counts the shared
+        instances once, and is what the memory really holds."""
+        if condition in sub.channels:
+            return None
+        charge = MEMBERSHIP_BYTES + condition_bytes(condition)
+        if sub.sub_bytes + charge > self.sub_budget:
+            return (
+                f"subscriptions over budget: a socket's channels may take {self.sub_budget} bytes,"
+                f" this one would take {sub.sub_bytes + charge}; unsub some, or use fewer conditions"
+            )
+        added = MEMBERSHIP_BYTES if self._index.find(condition) is not None else charge
+        if self._index.nbytes + added > self.sub_total:
+            if not self.sub_full_logged:
+                log.warning("subscriptions refused: all sockets' channels hold %d bytes", self._index.nbytes)
+                self.sub_full_logged = True
+            self.sub_refused += 1
+            return "the server's subscriptions are full: try again later, or subscribe to channels others use"
+        self.sub_full_logged = False
+        sub.channels.add(self._index.add(condition, sub))
+        sub.sub_bytes += charge
+        return None
 
     def unsubscribe(self, sub: Subscriber, condition: Condition) -> None:
-        if sub.channels.pop(condition, None) is not None:
+        if condition in sub.channels:
+            sub.channels.discard(condition)
+            sub.sub_bytes -= MEMBERSHIP_BYTES + condition_bytes(condition)
             self._index.remove(condition, sub)
 
     def hold(self, sub: Subscriber) -> None:

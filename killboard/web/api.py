@@ -348,6 +348,7 @@ async def health(request: web.Request) -> web.Response:
             "processed": pipeline.processed,
             "clients": len(hub),
             "subscribed": hub.subscribed_count(),
+            "subscription_bytes": hub.sub_bytes,
             "deliveries": hub.deliveries,
             "slow_drops": hub.slow_drops,
             "upstream": follower.state.as_json() if follower is not None else None,
