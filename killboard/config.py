@@ -96,7 +96,7 @@ class Config:
     # arithmetic against the unit's MemoryMax): one socket's channels, each counted whole, and
     # all sockets' together, each distinct condition once. Past either: an error frame.
     ws_sub_bytes: int = 320 * 1024
-    ws_sub_total: int = 288 * 1024 * 1024
+    ws_sub_total: int = 224 * 1024 * 1024
     # Control messages (anything a client sends) per second per socket, with a burst allowance
     # big enough to subscribe to every allowed channel at once; past it: an error frame, and
     # close 1008 if the client keeps going. 0 = no limit.

@@ -196,7 +196,7 @@ class Hub:
         send_buffer: int = 4 * 1024 * 1024,
         deflate_level: int = 6,
         sub_budget: int = 320 * 1024,
-        sub_total: int = 288 * 1024 * 1024,
+        sub_total: int = 224 * 1024 * 1024,
     ) -> None:
         """`sub_budget`: bytes one socket's subscriptions may cost; `sub_total`: bytes the
         subscriptions of all sockets may hold (each distinct condition once, plus a membership
