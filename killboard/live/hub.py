@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 LATE_MAX_BYTES = 16 * 1024 * 1024
 # A late kill's frames written to sockets between two turns of the loop.
 DELIVER_SLICE = 4 * 1024 * 1024
+# Kills this large (fleet fights: a 3,000-attacker kill is 2.8 MB) go late to plain sockets
+# wanting every language too, so their delivery is sliced; smaller ones are written to those
+# at once, as before (a thread hop would only add latency).
+WHOLE_LATE_BYTES = 256 * 1024
 # More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
 # feed (~0.2 kills/s on average, a few a second at peaks).
 BURST = 8
@@ -413,9 +417,9 @@ class Hub:
         kill = KillVariants(seq, body, self._deflate_level, decoded)
         groups: dict[tuple[Langs, int], list[Subscriber]] = {}
         sent = 0
-        # A large kill (or any behind one still waiting) goes out from `_make_late`, to every
-        # kind of socket: in slices, so the loop is never held for all of them at once.
-        later = bool(self._late) or len(kill.body()) >= OFFLOAD_BYTES
+        # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
+        # every kind of socket: in slices, so the loop is never held for all of them at once.
+        later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
         for sub in targets:
             if later or sub.deflate or sub.lang is not None:
                 groups.setdefault((sub.lang, sub.deflate), []).append(sub)

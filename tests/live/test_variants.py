@@ -12,12 +12,15 @@ from typing import Any
 
 import aiohttp
 from conftest import Client, settle
+from test_bounds import post as post_one
+from test_bounds import with_attackers
 from test_wire import _same_but_names, collect
-from test_ws import post, subscribe
+from test_ws import subscribe
 
 from killboard.kill.langs import covering
 from killboard.kill.staticdata import LANGUAGES
 from killboard.live import wire
+from killboard.live.hub import WHOLE_LATE_BYTES
 from killboard.web.keys import hub_key
 
 # Every subset of the eight languages but none and all: 254, as in the issue.
@@ -61,13 +64,17 @@ async def test_254_language_subsets_make_a_bounded_number_of_variants(
         await subscribe(ws)
         sockets.append((subset, ws))
     by_size = sorted(killmails, key=lambda km: len(json.dumps(km)))
-    # The largest real kill (its variants are made in a thread) and the smallest (on the loop).
-    chosen = [by_size[-1], by_size[0]]
-    for km in chosen:
+    # A fleet fight (the largest real kill, 400 real attackers: it goes out in slices to every
+    # socket), the largest real kill (its variants are made in a thread), the smallest (on the loop).
+    pool = [a for km in killmails for a in km["attackers"]]
+    fight = {**with_attackers(by_size[-1], pool, 400), "killmail_id": by_size[-1]["killmail_id"] + 10**9}
+    for km in (fight, by_size[-1], by_size[0]):
         before = hub.variants_made
-        await post(client, [km])
+        assert (await post_one(client, km)).status == 202
         await settle(client)
         [whole] = await collect(full, 1)
+        if km is fight:
+            assert len(json.dumps(whole["data"])) >= WHOLE_LATE_BYTES
         got = await asyncio.gather(*(collect(ws, 1) for _, ws in sockets))
         made = hub.variants_made - before
         # Nine language variants, each plain and deflated once: not one (or two) per socket.
