@@ -220,6 +220,8 @@ async def test_subscriptions_past_the_servers_total_get_an_error_frame(make_clie
             break
     assert refused is not None and "subscriptions are full" in refused, refused
     assert hub.sub_bytes <= 8 * 1024
+    health = await (await client.get("/health")).json()
+    assert health["subscription_bytes"] == hub.sub_bytes and health["subscriptions_refused"] == 1
     await sockets[1].close()
     await settle(client)
     await subscribe(sockets[2], {"action": "sub", "channel": "victim.1"})
