@@ -111,6 +111,11 @@ class Config:
     # Distinct channels one socket may hold, and the longest channel string.
     ws_max_channels: int = 256
     ws_max_channel_length: int = 256
+    # What subscriptions may cost in memory (issue 22; docs/reliability.md does the
+    # arithmetic against the unit's MemoryMax): one socket's channels, each counted whole, and
+    # all sockets' together, each distinct condition once. Past either: an error frame.
+    ws_sub_bytes: int = 320 * 1024
+    ws_sub_total: int = 224 * 1024 * 1024
     # Control messages (anything a client sends) per second per socket, with a burst allowance
     # big enough to subscribe to every allowed channel at once; past it: an error frame, and
     # close 1008 if the client keeps going. 0 = no limit.
@@ -189,6 +194,8 @@ LIMITS: dict[str, Limit] = {
     "ws_max_clients": Limit(0, 10_000_000, "KILLBOARD_WS_MAX_CLIENTS"),
     "ws_max_channels": Limit(1, 1_000_000, "KILLBOARD_WS_MAX_CHANNELS"),
     "ws_max_channel_length": Limit(1, 65_536, "KILLBOARD_WS_MAX_CHANNEL_LENGTH"),
+    "ws_sub_bytes": Limit(1024, 2**31, "KILLBOARD_WS_SUB_BYTES", "bytes"),
+    "ws_sub_total": Limit(1024, 2**40, "KILLBOARD_WS_SUB_TOTAL", "bytes"),
     "ws_control_rate": Limit(0, 1_000_000, "KILLBOARD_WS_CONTROL_RATE", "per s"),
     "ws_control_burst": Limit(1, 1_000_000, "KILLBOARD_WS_CONTROL_BURST"),
     "ws_replay_max": Limit(0, 1_000_000, "KILLBOARD_WS_REPLAY_MAX"),
@@ -289,6 +296,8 @@ def _from_env(env: Mapping[str, str]) -> Config:
         ws_max_clients=_env_int(env, "KILLBOARD_WS_MAX_CLIENTS", base.ws_max_clients),
         ws_max_channels=_env_int(env, "KILLBOARD_WS_MAX_CHANNELS", base.ws_max_channels),
         ws_max_channel_length=_env_int(env, "KILLBOARD_WS_MAX_CHANNEL_LENGTH", base.ws_max_channel_length),
+        ws_sub_bytes=_env_int(env, "KILLBOARD_WS_SUB_BYTES", base.ws_sub_bytes),
+        ws_sub_total=_env_int(env, "KILLBOARD_WS_SUB_TOTAL", base.ws_sub_total),
         ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),

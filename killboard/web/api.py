@@ -348,6 +348,8 @@ async def health(request: web.Request) -> web.Response:
             "processed": pipeline.processed,
             "clients": len(hub),
             "subscribed": hub.subscribed_count(),
+            "subscription_bytes": hub.sub_bytes,
+            "subscriptions_refused": hub.sub_refused,
             "deliveries": hub.deliveries,
             "slow_drops": hub.slow_drops,
             "upstream": follower.state.as_json() if follower is not None else None,

@@ -80,6 +80,8 @@ def make_hub(config: Config) -> Hub:
         config.ws_replay_max,
         send_buffer=config.ws_send_buffer,
         deflate_level=config.ws_deflate_level,
+        sub_budget=config.ws_sub_bytes,
+        sub_total=config.ws_sub_total,
     )
 
 
@@ -225,7 +227,10 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
     if since is not None and bucket.take(REPLAY_COST - 1) != "ok":
         error(hub, sub, f"too many replays: a sub with since counts as {REPLAY_COST} messages", channel=channel)
         return
-    hub.subscribe(sub, condition, channel)
+    refused = hub.subscribe(sub, condition)
+    if refused is not None:
+        error(hub, sub, refused, channel=channel[:80])
+        return
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
     if since is not None:
         await app[replays_key].run(hub, app[log_key], sub, condition, channel, since, config.ws_replay_max)
