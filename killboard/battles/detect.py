@@ -88,6 +88,7 @@ class Detector:
         self._pool: dict[int, list[tuple[int, int, Point]]] = defaultdict(list)  # system -> sorted (time, seq, p)
         self._pooled = 0
         self.newest = 0  # the newest kill time seen
+        self._forgot_at = 0
         # Battles dropped from memory past the horizon, kept here when set (a rebuild needs all).
         self.closed: list[Battle] | None = None
 
@@ -122,6 +123,9 @@ class Detector:
     def _add(self, p: Point, changes: Changes) -> None:
         if p.time > self.newest:
             self.newest = p.time
+            if self.newest - self._forgot_at > GAP:  # now and then, not on every kill
+                self._forgot_at = self.newest
+                self._forget()
         found = sorted(b for b in self._by_system.get(p.system, ()) if self.battles[b].covers(p.time))
         if not found:
             found = self._neighbour(p)
@@ -137,7 +141,7 @@ class Detector:
         run = self._run(pool, p.time)
         if run is not None:
             self._create(p, pool, run, changes)
-        elif self._pooled > POOL_MAX or pool[0][0] < self.newest - HORIZON - GAP:
+        elif self._pooled > POOL_MAX:
             self._forget()
 
     def _neighbour(self, p: Point) -> list[int]:

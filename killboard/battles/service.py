@@ -118,9 +118,11 @@ class Battles:
         for gone, kept in self._merged:
             self.channels.merged(gone, kept)
         self._merged.clear()
-        if battle_id is not None:
+        if battle_id is not None and stored.live:
             kill = stored.kill
             self.channels.kill(stored.seq, battle_id, lambda: kill.body)
+        elif battle_id is not None:
+            self.channels.changed(battle_id)  # an import: the battle changes, no kill frame
 
     # -- reads -------------------------------------------------------------------------------
 
