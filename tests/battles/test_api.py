@@ -116,8 +116,10 @@ async def test_isk_is_the_sum_of_the_kills_values(client: Client, killmails: lis
     await post_all(client, five)
     [battle] = (await battles(client))["battles"]
     assert battle["ongoing"] is True
+    ids = [k["killmail_id"] for k in five]
+    marks = ",".join("?" * len(ids))
     stored = await client.server.app[store_key].query(
-        "SELECT sum(total_value) FROM kills WHERE killmail_id IN (%s)" % ",".join(str(k["killmail_id"]) for k in five)
+        f"SELECT sum(total_value) FROM kills WHERE killmail_id IN ({marks})", ids
     )
     assert battle["isk_destroyed"] == round(stored[0][0], 2) and battle["isk_destroyed"] > 0
     assert (await battles(client, "?ongoing=1"))["battles"][0]["battle_id"] == battle["battle_id"]
