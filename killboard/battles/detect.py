@@ -236,6 +236,26 @@ class Detector:
         for battle_id in [b for b, battle in self.battles.items() if battle.end < cut]:
             self.unload(battle_id)
 
+    def renumber(self, changes: Changes, floor: int) -> None:
+        """Give the battles this batch created ids above `floor` (another process, an import
+        beside the server, may have taken ids since this one's memory was loaded)."""
+        moved = {b: floor + i + 1 for i, b in enumerate(sorted(changes.created)) if b <= floor}
+        if not moved:
+            return
+        for old, new in moved.items():
+            battle = self.battles.pop(old)
+            battle.battle_id = new
+            self.battles[new] = battle
+            for system in battle.systems:
+                self._by_system[system].discard(old)
+                self._by_system[system].add(new)
+            self._by_constellation[battle.constellation].discard(old)
+            self._by_constellation[battle.constellation].add(new)
+        changes.created = {moved.get(b, b) for b in changes.created}
+        changes.touched = {moved.get(b, b) for b in changes.touched}
+        changes.assigned = [(seq, moved.get(b, b)) for seq, b in changes.assigned]
+        self.next_id = max(self.next_id, *changes.created) + 1
+
     def unload(self, battle_id: int) -> None:
         battle = self.battles.pop(battle_id, None)
         if battle is None:

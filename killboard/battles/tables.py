@@ -60,6 +60,11 @@ def _battle(row: BattleRow) -> Battle:
 
 async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) -> None:
     """Store what one batch changed: new and grown battles, each kill's battle, merges."""
+    if changes.created:
+        async with db.execute("SELECT max(battle_id) FROM battles") as cur:
+            row = await cur.fetchone()
+        if row and row[0] is not None and row[0] >= min(changes.created):
+            detector.renumber(changes, int(row[0]))
     for gone, keep in changes.merged:
         await db.execute("UPDATE battle_kills SET battle_id = ? WHERE battle_id = ?", (keep, gone))
         await db.execute(
