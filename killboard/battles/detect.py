@@ -22,6 +22,7 @@ HORIZON = 6 * 3600
 POOL_MAX = 20_000  # kills remembered at most, over all systems (oldest forgotten first)
 # A kill in a neighbouring system joins a battle when at least this share of its entities fight in it.
 NEIGHBOUR_SHARE = 0.5
+_LAST = 2**63  # above every seq: bisects to the end of a kill time's entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,8 @@ class Detector:
             if self.newest - self._forgot_at > GAP:  # now and then, not on every kill
                 self._forgot_at = self.newest
                 self._forget()
-        found = sorted(b for b in self._by_system.get(p.system, ()) if self.battles[b].covers(p.time))
+        here = self._by_system.get(p.system)
+        found = sorted(b for b in here if self.battles[b].covers(p.time)) if here else []
         if not found:
             found = self._neighbour(p)
         if found:
@@ -184,19 +186,19 @@ class Detector:
     @staticmethod
     def _run(pool: list[tuple[int, int, Point]], t: int) -> tuple[int, int] | None:
         """(first, last) index of the run of pooled kills around `t` when some SEGMENT of it
-        holds MIN_KILLS kills; None otherwise."""
-        times = [x[0] for x in pool]
-        i = bisect.bisect_left(times, t - SEGMENT)
-        j = bisect.bisect_right(times, t + SEGMENT)
-        window = times[i:j]
-        if len(window) < MIN_KILLS:
+        holds MIN_KILLS kills; None otherwise. Only the kills within SEGMENT of `t` are read
+        unless a battle forms (this runs for every kill outside a battle)."""
+        i = bisect.bisect_left(pool, (t - SEGMENT,))
+        j = bisect.bisect_right(pool, (t + SEGMENT, _LAST))
+        if j - i < MIN_KILLS:
             return None
+        window = [pool[k][0] for k in range(i, j)]
         if not any(window[k + MIN_KILLS - 1] - window[k] <= SEGMENT for k in range(len(window) - MIN_KILLS + 1)):
             return None
         first, last = i, j - 1
-        while first > 0 and times[first] - times[first - 1] <= GAP:
+        while first > 0 and pool[first][0] - pool[first - 1][0] <= GAP:
             first -= 1
-        while last + 1 < len(times) and times[last + 1] - times[last] <= GAP:
+        while last + 1 < len(pool) and pool[last + 1][0] - pool[last][0] <= GAP:
             last += 1
         return first, last
 

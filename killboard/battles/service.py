@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # Seq -> battle of the kills the last transactions put in battles, until their on_stored hook runs.
 PENDING_MAX = 100_000
+BIG_PILOTS = 1000  # a summary of more pilots than this (~2 ms) is worked out in a thread
 SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
 
 
@@ -156,11 +157,15 @@ class Battles:
         if detail:
             items = await self._items([k.killmail_id for k in kills])
 
-        def work() -> dict[str, Any]:
-            return summary.summarize(row, kills, moves, self._groups, items, detail, now)
-
-        # Sides of a battle of thousands of kills take tens of ms: never on the loop.
-        data = await asyncio.to_thread(work) if len(kills) > tables.BIG else work()
+        # Sides of a battle of thousands of pilots take tens of ms: never on the loop. In the
+        # thread, the work lets go of the GIL every few kills, so the loop is not kept waiting
+        # for Python's 5 ms switch interval again and again.
+        if sum(len(k.pilots) for k in kills) > BIG_PILOTS:
+            data = await asyncio.to_thread(
+                summary.summarize, row, kills, moves, self._groups, items, detail, now, _breathe
+            )
+        else:
+            data = summary.summarize(row, kills, moves, self._groups, items, detail, now)
         if cacheable:
             self._cache[key] = data
             while len(self._cache) > SUMMARY_CACHE:
@@ -186,6 +191,10 @@ class Battles:
         if row.merged_into is not None:
             return None, row.merged_into
         return row, None
+
+
+def _breathe() -> None:
+    time.sleep(0)  # releases the GIL: a waiting event loop runs now
 
 
 def _flat(items: list[Any]) -> list[Any]:

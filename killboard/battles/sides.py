@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 # One shot between two groups outweighs this many shared victims: fleets that fought side by side
 # in a brawl share many kill mails with a third party, and the odd blue-on-blue shot between
@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 HATE = 4
 # A kill of hundreds of attackers adds its pairs for the largest entities only (pairs grow n^2).
 MAX_ENTITIES_A_KILL = 40
+
+BREATHE = 32  # kills between calls of `breathe`
 
 PilotRow = tuple[int, int, int, int, int, int, int]
 
@@ -153,11 +155,14 @@ def _place_victims_only(
                 links[other][friend] = mine
 
 
-def assign(kills: Iterable[Sequence[Sequence[int]]]) -> list[list[int]]:
-    """Sides of a battle from its kills' pilots (each kill: the victim first, then the attackers)."""
+def assign(kills: Iterable[Sequence[Sequence[int]]], breathe: Callable[[], None] | None = None) -> list[list[int]]:
+    """Sides of a battle from its kills' pilots (each kill: the victim first, then the attackers).
+    `breathe` is called every few kills (in a thread: lets the event loop have the GIL)."""
     graph = Graph()
-    for pilots in kills:
+    for i, pilots in enumerate(kills):
         graph.add(pilots)
+        if breathe is not None and i % BREATHE == BREATHE - 1:
+            breathe()
     return sides(graph)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import sides as sides_mod
@@ -33,11 +33,12 @@ def summarize(
     items: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
     detail: bool = False,
     now: float | None = None,
+    breathe: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """`groups`: ship type -> group (ship classes); `items`: killmail id -> the victim's items
     (enriched: type_id, qty_destroyed, qty_dropped, value). `detail` adds killmail ids, ships,
     classes and items per side."""
-    found = sides_mod.assign(k.pilots for k in kills)
+    found = sides_mod.assign((k.pilots for k in kills), breathe)
     if moves:
         found = sides_mod.moved(found, moves)
     side_of = {e: i for i, members in enumerate(found) for e in members}
@@ -54,7 +55,9 @@ def summarize(
     destroyed = [[0, 0.0] for _ in range(n)]
     dropped = [[0, 0.0] for _ in range(n)]
     timeline = []
-    for k in kills:
+    for number, k in enumerate(kills):
+        if breathe is not None and number % sides_mod.BREATHE == 0:
+            breathe()
         if not k.pilots:
             continue
         victim_side = None

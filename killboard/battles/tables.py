@@ -138,7 +138,9 @@ def point(
 ) -> Point:
     """A stored kill as detection sees it (`static`: the StaticData, for the constellation)."""
     system = static.systems.get(system_id)
-    entities = frozenset(e for p in pilots if (e := (p[2] or p[1] or p[3])))
+    entities = frozenset([p[2] or p[1] or p[3] for p in pilots])
+    if 0 in entities:
+        entities = entities - {0}
     return Point(
         seq,
         kill_time,
