@@ -12,8 +12,9 @@ Entities are then joined greedily, strongest first, while co-attack outweighs HA
 hostility between the two groups (average linkage would let a big blob swallow its enemies;
 the sum of the pair scores of two groups is what decides). zKillboard's Related.php and
 EVE-KILL's Battles.ts force everything onto two teams; here a third party that shot both
-stays on a side of its own. An entity that only died (never on an attackers' list) joins the
-side most hostile to the side that killed it ("the enemy of my enemy"), else stands alone.
+stays on a side of its own. A group that hardly shared a kill with anyone outside it (it only
+died, or shot alone) joins the side most hostile to the side that fought it ("the enemy of my
+enemy"), unless it fought that side too; else it stands alone.
 """
 
 from __future__ import annotations
@@ -129,9 +130,15 @@ def sides(graph: Graph) -> list[list[int]]:
 def _place_victims_only(
     graph: Graph, group: dict[int, int], members: dict[int, list[int]], links: dict[int, dict[int, list[int]]]
 ) -> None:
-    """An entity that never shot is put with the enemies of those who killed it."""
-    lone = [g for g, m in members.items() if len(m) == 1 and m[0] not in graph.attacked]
-    for g in sorted(lone):
+    """A group that hardly shared a kill with anyone outside it (it only died, or shot alone) is
+    put with the enemies of those who fought it, unless it fought them too."""
+    weight = {g: sum(graph.pilots[e] for e in m) for g, m in members.items()}
+    lone = [g for g in members if _mostly_fought(g, links)]
+    # The smallest first, and only into a side at least as large: two armies that only shot each
+    # other are both "lone" and must not fold into one.
+    for g in sorted(lone, key=lambda g: (weight[g], g)):
+        if g not in members:
+            continue
         killers = {o: h for o, (_, h) in links.get(g, {}).items() if h and o in members and o != g}
         if not killers:
             continue
@@ -139,13 +146,19 @@ def _place_victims_only(
         foes = {
             o: h
             for o, (_, h) in links.get(killer, {}).items()
-            if h and o in members and o not in (g, killer) and o not in killers and o not in lone
+            if h
+            and o in members
+            and o not in (g, killer)
+            and weight.get(o, 0) >= weight[g]
+            and HATE * killers.get(o, 0) < killers[killer]
         }
         if not foes:
             continue
         friend = min(foes, key=lambda o: (-foes[o], o))
+        for entity in members[g]:
+            group[entity] = friend
         members[friend] += members.pop(g)
-        group[g] = friend
+        weight[friend] += weight.pop(g)
         for other, (coop, hostile) in list(links.pop(g, {}).items()):
             links[other].pop(g, None)
             if other != friend:
@@ -153,6 +166,12 @@ def _place_victims_only(
                 mine[0] += coop
                 mine[1] += hostile
                 links[other][friend] = mine
+
+
+def _mostly_fought(g: int, links: dict[int, dict[int, list[int]]]) -> bool:
+    coop = sum(c for o, (c, _) in links.get(g, {}).items() if o != g)
+    hostile = sum(h for o, (_, h) in links.get(g, {}).items() if o != g)
+    return hostile > 0 and coop * HATE <= hostile
 
 
 def assign(kills: Iterable[Sequence[Sequence[int]]], breathe: Callable[[], None] | None = None) -> list[list[int]]:

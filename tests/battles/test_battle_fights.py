@@ -32,11 +32,11 @@ def side_of(battle: dict[str, Any], entity: int) -> int:
         # Horde against 99003581 (105 losses), who fought with 99006343 despite 3 blue-on-blue kills.
         ("30002472", [(99005338, 99003581), (99005338, 99006343)], [(99003581, 99006343), (99003581, 99005393)]),
         # Goonswarm and 1900696668 (14 shots at each other among 152 shared kills) against Horde
-        # and 933731581 (12 hostile among 59 shared).
+        # and 933731581 (12 hostile among 59 shared); 498125261 fought Goonswarm's side alone.
         (
             "30004049",
             [(1354830081, 99005338), (1900696668, 99005338), (1354830081, 933731581)],
-            [(1354830081, 1900696668), (99005338, 933731581), (99005338, 1727758877)],
+            [(1354830081, 1900696668), (99005338, 933731581), (99005338, 1727758877), (99005338, 498125261)],
         ),
     ],
 )
