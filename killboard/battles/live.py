@@ -58,9 +58,11 @@ class BattleChannels:
     store: Store
     summarize: Summarize  # battle id -> its summary (None: gone)
     replay_max: int = 1000
+    end_check: float = END_CHECK  # seconds between looks for battles that went quiet
     followers: dict[int, set[Subscriber]] = field(default_factory=lambda: defaultdict(set))  # 0: all battles
     dirty: dict[int, float] = field(default_factory=dict)  # battle id -> when first changed
     ongoing: set[int] = field(default_factory=set)  # battles last sent as ongoing
+    checking: set[int] = field(default_factory=set)  # due only to see whether they have ended
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _sent_at: dict[int, float] = field(default_factory=dict)
 
@@ -95,6 +97,7 @@ class BattleChannels:
         self.changed(battle_id)
 
     def changed(self, battle_id: int) -> None:
+        self.checking.discard(battle_id)  # a real change: its frame goes out
         if battle_id not in self.dirty:
             self.dirty[battle_id] = asyncio.get_running_loop().time()
         self._wake.set()
@@ -115,14 +118,16 @@ class BattleChannels:
         last_end_check = loop.time()
         while True:
             with suppress(TimeoutError):
-                async with asyncio.timeout(END_CHECK):
+                async with asyncio.timeout(self.end_check):
                     await self._wake.wait()
             self._wake.clear()
             now = loop.time()
-            if now - last_end_check >= END_CHECK:
+            if now - last_end_check >= self.end_check:
                 last_end_check = now
                 for battle_id in list(self.ongoing):
-                    self.changed(battle_id)  # a frame says whether it is still ongoing
+                    if battle_id not in self.dirty:
+                        self.changed(battle_id)
+                        self.checking.add(battle_id)  # a frame only if it has ended
             due = [b for b in self.dirty if now - self._sent_at.get(b, -THROTTLE) >= THROTTLE]
             for battle_id in due:
                 del self.dirty[battle_id]
@@ -146,8 +151,12 @@ class BattleChannels:
         if data is None:
             self.ongoing.discard(battle_id)
             return
+        only_ending = battle_id in self.checking
+        self.checking.discard(battle_id)
         if data["ongoing"]:
             self.ongoing.add(battle_id)
+            if only_ending:
+                return  # nothing new: no frame
         else:
             self.ongoing.discard(battle_id)
         if not targets:

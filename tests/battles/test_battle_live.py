@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
+import pytest
 from aiohttp import ClientWebSocketResponse
 from battlefights import fight
 from conftest import AUTH, Client, settle
@@ -81,4 +83,40 @@ async def test_bad_battle_channels_get_error_frames(client: Client) -> None:
     assert frame["action"] == "error" and "since" in frame["message"]
     await ws.send_json({"action": "ping"})
     assert (await ws.receive_json())["action"] == "pong"  # still open
+    await ws.close()
+
+
+async def test_a_battle_that_goes_quiet_gets_its_last_frame(client: Client) -> None:
+    from killboard.battles.detect import GAP
+    from killboard.web.keys import battles_key
+
+    client.server.app[battles_key].channels.end_check = 0.2  # not 30 s: the test would wait
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"action": "sub", "channel": "battles"})
+    assert (await ws.receive_json())["action"] == "subscribed"
+    # Five real kills, moved to a time that leaves their battle 3 s of its 30 quiet minutes.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - GAP + 3))
+    kills = [dict(k, killmail_time=stamp) for k in fight("30002472")[:5]]
+    await post(client, kills)
+    got = await frames_until(ws, lambda f: f["action"] == "battle")
+    assert got[-1]["data"]["ongoing"] is True
+    got = await frames_until(ws, lambda f: f["action"] == "battle" and not f["data"]["ongoing"], timeout=15)
+    assert got[-1]["data"]["kill_count"] == 5
+    await ws.close()
+
+
+async def test_an_ongoing_battle_without_news_sends_no_frames(client: Client) -> None:
+    from killboard.web.keys import battles_key
+
+    client.server.app[battles_key].channels.end_check = 0.1
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"action": "sub", "channel": "battles"})
+    assert (await ws.receive_json())["action"] == "subscribed"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    await post(client, [dict(k, killmail_time=stamp) for k in fight("30002472")[:5]])
+    got = await frames_until(ws, lambda f: f["action"] == "battle")
+    assert got[-1]["data"]["ongoing"] is True
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.0):  # ten end checks
+            await ws.receive_json()
     await ws.close()
