@@ -18,6 +18,7 @@ from ..ingest.pipeline import Stored
 from ..kill.staticdata import StaticData
 from ..live.hub import Hub
 from ..storage import participants
+from ..storage.battle_tables import REBUILD_NEEDED
 from ..storage.store import NewKill, Store
 from . import summary, tables
 from .detect import Changes, Detector
@@ -50,6 +51,8 @@ class Battles:
     @classmethod
     async def start(cls, store: Store, static: StaticData, hub: Hub | None = None, replay_max: int = 1000) -> Battles:
         service = cls(store, static, hub, replay_max)
+        if await store.get_state(REBUILD_NEEDED):
+            log.warning("battles: kills stored before battles existed are in none; run `python app.py battles rebuild`")
         async with store.transaction() as db:
             await tables.load(db, service.detector, static)
         store.writers.append(service.write)
@@ -72,6 +75,7 @@ class Battles:
     async def write(self, db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
         if not new:
             return
+        batch = {seq for seq, _ in new}
         if self._unconfirmed is not None:
             # The last batch's transaction may have rolled back after this ran (a full disk):
             # then memory holds battles the database does not, and is read again.
@@ -79,9 +83,8 @@ class Battles:
                 if await cur.fetchone() is None:
                     log.warning("battles: the last batch was rolled back; reloading battle state")
                     self.detector = Detector()
-                    await tables.load(db, self.detector, self.static)
+                    await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
             self._unconfirmed = None
-        batch = {seq for seq, _ in new}
         changes = Changes()
         for seq, kill in new:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
@@ -180,7 +183,7 @@ class Battles:
             bodies = [k.body for k in stored]
             parsed = await asyncio.to_thread(lambda b=bodies: [ujson.loads(x) for x in b])  # type: ignore[misc]
             for kill in parsed:
-                out[kill["killmail_id"]] = _flat((kill.get("victim") or {}).get("items") or [])
+                out[kill["killmail_id"]] = _flat(kill.get("items") or [])
         return out
 
     async def resolve(self, battle_id: int) -> tuple[tables.BattleRow | None, int | None]:
@@ -291,4 +294,5 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
             " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, ?, '[]', 0, 0, 0, 0, 0, 0, 0)",
             sorted(redirect.items()),
         )
+        await db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
     return len(members), len(changes.assigned)

@@ -157,8 +157,9 @@ async def _fetch(db: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> lis
         return [tuple(r) for r in await cur.fetchall()]
 
 
-async def load(db: aiosqlite.Connection, detector: Detector, static: Any) -> None:
-    """Open battles and recent kills outside any battle, from the database, into memory."""
+async def load(db: aiosqlite.Connection, detector: Detector, static: Any, skip: set[int] | None = None) -> None:
+    """Open battles and recent kills outside any battle, from the database, into memory
+    (`skip`: kills of the batch being written, which the detector is about to be given)."""
     newest = (await _fetch(db, "SELECT max(kill_time) FROM kills", ()))[0][0] or 0
     since = newest - HORIZON - GAP
     top = (await _fetch(db, "SELECT max(battle_id) FROM battles", ()))[0][0] or 0
@@ -167,7 +168,7 @@ async def load(db: aiosqlite.Connection, detector: Detector, static: Any) -> Non
         db, f"SELECT {_COLUMNS} FROM battles WHERE end_time >= ? AND merged_into IS NULL", (since,)
     ):
         detector.load_battle(_battle(BattleRow.of(row)))
-    await _pool(db, detector, static, "k.kill_time >= ?", (since,), set())
+    await _pool(db, detector, static, "k.kill_time >= ?", (since,), skip or set())
     detector.newest = max(detector.newest, newest)
 
 

@@ -24,4 +24,9 @@ CREATE TABLE battle_kills (
     battle_id INTEGER NOT NULL
 );
 CREATE INDEX battle_kills_battle ON battle_kills (battle_id);
+-- Kills stored before this migration are in no battle until `python app.py battles rebuild`.
+INSERT INTO state (key, value)
+    SELECT 'battles.rebuild_needed', '1' WHERE EXISTS (SELECT 1 FROM kills)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 """
+REBUILD_NEEDED = "battles.rebuild_needed"

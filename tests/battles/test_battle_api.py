@@ -134,3 +134,28 @@ async def test_retention_prunes_battles_with_their_kills(client: Client) -> None
     assert (await battles(client))["battles"] == []
     assert (await client.get(f"/api/battles/{battle['battle_id']}")).status == 404
     assert await store.query("SELECT count(*) FROM battle_kills") == [(0,)]
+
+
+async def test_the_82_real_kills_in_one_place_structures_npcs_pods_awox(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    # Structures, NPC-only kills, pods and awoxes from 82 different fights, placed in one system
+    # and ten minutes (their pilots, ships, items and values are their own).
+    base = time.time() - 3600
+    moved = [
+        dict(k, solar_system_id=30000142, killmail_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base + i * 7)))
+        for i, k in enumerate(killmails)
+    ]
+    await post_all(client, moved)
+    [summary] = (await battles(client))["battles"]
+    assert summary["kill_count"] == len(killmails)
+    battle = await (await client.get(f"/api/battles/{summary['battle_id']}")).json()
+    # Every kill is exactly one side's loss, its value that side's ISK lost.
+    assert sum(s["losses"] for s in battle["sides"]) == len(killmails)
+    assert round(sum(s["isk_lost"] for s in battle["sides"]), 0) == round(battle["isk_destroyed"], 0)
+    assert battle["isk_destroyed"] > 0
+    assert sum(s["items_destroyed"]["count"] + s["items_dropped"]["count"] for s in battle["sides"]) > 0
+    assert all(s["efficiency"] is None or 0 <= s["efficiency"] <= 1 for s in battle["sides"])
+    assert len(battle["killmail_ids"]) == len(set(battle["killmail_ids"])) == len(killmails)
+    page = await client.get(f"/battle/{summary['battle_id']}")
+    assert page.status == 200

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 from battlefights import fight
 
 from killboard.cli import main
+from killboard.storage.battle_tables import REBUILD_NEEDED
 from killboard.storage.store import Store
 
 
@@ -46,3 +48,24 @@ def test_import_then_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     # Importing the same files again changes nothing.
     assert main(["import", str(tmp_path / "30002472.json"), "--db", str(db), "--no-upstream"]) == 0
     assert asyncio.run(battles_in(db)) == before
+
+
+def test_kills_from_before_battles_wait_for_a_rebuild(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "kb.sqlite3"
+    (tmp_path / "fight.json").write_text(json.dumps(fight("30001155")))
+    assert main(["import", str(tmp_path / "fight.json"), "--db", str(db), "--no-upstream"]) == 0
+    # Back to schema 6, as a database of the previous release.
+    conn = sqlite3.connect(db)
+    conn.executescript("DROP TABLE battles; DROP TABLE battle_kills; PRAGMA user_version = 6;")
+    conn.close()
+
+    async def state() -> tuple[str | None, list[tuple[int, ...]]]:
+        store = await Store.open(db)
+        try:
+            return await store.get_state(REBUILD_NEEDED), await store.query("SELECT count(*) FROM battles")
+        finally:
+            await store.close()
+
+    assert asyncio.run(state()) == ("1", [(0,)])
+    assert main(["battles", "rebuild", "--db", str(db)]) == 0
+    assert asyncio.run(state()) == (None, [(1,)])
