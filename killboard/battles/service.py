@@ -43,7 +43,7 @@ class Battles:
         self.channels = BattleChannels(hub, store, self.summary, replay_max) if hub is not None else None
         self._pending: OrderedDict[int, int] = OrderedDict()
         self._merged: list[tuple[int, int]] = []
-        self._unconfirmed: int | None = None  # a seq the last writer call put in a battle
+        self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._groups = {t: info.group_id for t, info in static.types.items()}
@@ -78,13 +78,18 @@ class Battles:
         batch = {seq for seq, _ in new}
         if self._unconfirmed is not None:
             # The last batch's transaction may have rolled back after this ran (a full disk):
-            # then memory holds battles the database does not, and is read again.
-            async with db.execute("SELECT 1 FROM battle_kills WHERE seq = ?", (self._unconfirmed,)) as cur:
-                if await cur.fetchone() is None:
-                    log.warning("battles: the last batch was rolled back; reloading battle state")
-                    self.detector = Detector()
-                    await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
-            self._unconfirmed = None
+            # then memory holds kills and battles the database does not (and the seqs may be
+            # given again, to other kills), and is read again.
+            last, self._unconfirmed = self._unconfirmed, None
+            gone = last in batch
+            if not gone:
+                async with db.execute("SELECT 1 FROM kills WHERE seq = ?", (last,)) as cur:
+                    gone = await cur.fetchone() is None
+            if gone:
+                log.warning("battles: the last batch was rolled back; reloading battle state")
+                self.detector = Detector()
+                await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
+        self._unconfirmed = max(batch)  # checked at the next batch: did this one commit?
         changes = Changes()
         for seq, kill in new:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
@@ -94,19 +99,19 @@ class Battles:
         if not changes:
             return
         await tables.write(db, self.detector, changes)
-        self._unconfirmed = changes.assigned[-1][0] if changes.assigned else None
+        if self.channels is None:
+            return  # an import: nobody follows battles in this process
         for seq, battle_id in changes.assigned:
             self._pending[seq] = battle_id
         while len(self._pending) > PENDING_MAX:
             self._pending.popitem(last=False)
         self._merged += changes.merged
-        if self.channels is not None:
-            # Kills already stored (the first ones of a new battle) send no kill frame: only
-            # the battle's frame says it started.
-            for seq, battle_id in changes.assigned:
-                if seq not in batch:
-                    self._pending.pop(seq, None)
-                    asyncio.get_running_loop().call_soon(self.channels.changed, battle_id)
+        # Kills already stored (the first ones of a new battle) send no kill frame: only the
+        # battle's frame says it started.
+        for seq, battle_id in changes.assigned:
+            if seq not in batch:
+                self._pending.pop(seq, None)
+                asyncio.get_running_loop().call_soon(self.channels.changed, battle_id)
 
     async def prune(self, db: aiosqlite.Connection, seqs: Sequence[int]) -> None:
         for battle_id in await tables.prune(db, seqs):

@@ -51,3 +51,26 @@ async def test_a_rolled_back_batch_is_forgotten(tmp_path: Path, static: StaticDa
     finally:
         await service.stop()
         await store.close()
+
+
+async def test_a_rolled_back_batch_of_loose_kills_is_forgotten(tmp_path: Path, static: StaticData) -> None:
+    kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:8], static)
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    failing = True
+
+    async def fails_after_battles(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        if failing:
+            raise OSError("disk full (a test)")
+
+    store.writers.append(fails_after_battles)
+    try:
+        with pytest.raises(OSError):
+            await store.save_kills(kills[:4])  # four kills: no battle yet, only remembered
+        failing = False
+        await store.save_kills(kills[:4])  # the same seqs again
+        await store.save_kills(kills[4:])
+        assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 8)]
+    finally:
+        await service.stop()
+        await store.close()
