@@ -114,24 +114,31 @@ async def get_battle(request: web.Request) -> web.StreamResponse:
 
 
 async def _names(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
-    """Names of the battle's entities, ships and systems, for pages (shown as text, never HTML)."""
+    """Names of the battle's entities, ships and systems, for pages (shown as text, never HTML);
+    ships and classes in the reader's language where the data has it."""
     static = request.app[static_key]
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+
+    def type_name(type_id: int) -> str | None:
+        info = static.types.get(type_id)
+        if info is None:
+            return None
+        return static.type_names(type_id).get(lang) or info.name
+
     ids: set[int] = set()
     out: dict[str, str] = {}
     for side in data["sides"]:
         ids.update(e["id"] for e in side["entities"])
         for ship in side.get("ships", ()):
-            info = static.types.get(ship["type_id"])
-            if info is not None:
-                out[str(ship["type_id"])] = info.name
+            if (name := type_name(ship["type_id"])) is not None:
+                out[str(ship["type_id"])] = name
         for cls in side.get("classes", ()):
             group = static.groups.get(cls["group_id"])
             if group is not None:
-                out[str(cls["group_id"])] = group.names.get("en", "")
+                out[str(cls["group_id"])] = group.names.get(lang) or group.names.get("en", "")
     for entry in data.get("timeline", ()):
-        info = static.types.get(entry["ship_type_id"])
-        if info is not None:
-            out[str(entry["ship_type_id"])] = info.name
+        if (name := type_name(entry["ship_type_id"])) is not None:
+            out[str(entry["ship_type_id"])] = name
     for system_id in data["system_ids"]:
         system = static.systems.get(system_id)
         if system is not None:

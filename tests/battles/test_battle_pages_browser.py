@@ -44,6 +44,10 @@ async def test_pages_without_a_browser(client: Client) -> None:
     await post(client, kills)
     page = await (await client.get(f"/kill/{kills[0]['killmail_id']}")).text()
     assert 'href="/battle/1"' in page
+    # Ships in the reader's language (the Muninn, type 12015, flew in this fight).
+    japanese = await (await client.get("/battle/1", headers={"Accept-Language": "ja,en;q=0.5"})).text()
+    assert "ムニン" in japanese and '<html lang="ja">' in japanese
+    assert "ムニン" not in await (await client.get("/battle/1")).text()
 
 
 @pytest.mark.browser
