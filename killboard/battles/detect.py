@@ -73,9 +73,19 @@ class Changes:
     created: set[int] = field(default_factory=set)
     touched: set[int] = field(default_factory=set)
     merged: list[tuple[int, int]] = field(default_factory=list)  # (gone, kept)
+    redirect: dict[int, int] = field(default_factory=dict)  # gone -> kept, chains followed
 
     def __bool__(self) -> bool:
         return bool(self.assigned or self.merged)
+
+    def final(self, battle_id: int) -> int:
+        return self.redirect.get(battle_id, battle_id)
+
+    def resolved(self) -> list[tuple[int, int]]:
+        """`assigned` with merged battles replaced by the ones they merged into."""
+        if not self.redirect:
+            return self.assigned
+        return [(seq, self.redirect.get(b, b)) for seq, b in self.assigned]
 
 
 class Detector:
@@ -178,7 +188,12 @@ class Detector:
         k.last_seq = max(k.last_seq, g.last_seq)
         k.entities |= g.entities
         changes.merged.append((gone, keep))
-        changes.assigned = [(seq, keep if b == gone else b) for seq, b in changes.assigned]
+        # Kills assigned to `gone` earlier in this call are resolved through `redirect` when
+        # written (rewriting the list on every merge made a rebuild quadratic).
+        for old, new in changes.redirect.items():
+            if new == gone:
+                changes.redirect[old] = keep
+        changes.redirect[gone] = keep
         changes.created.discard(gone)
         changes.touched.discard(gone)
         changes.touched.add(keep)
@@ -256,6 +271,7 @@ class Detector:
         changes.created = {moved.get(b, b) for b in changes.created}
         changes.touched = {moved.get(b, b) for b in changes.touched}
         changes.assigned = [(seq, moved.get(b, b)) for seq, b in changes.assigned]
+        changes.redirect = {g: moved.get(k, k) for g, k in changes.redirect.items()}
         self.next_id = max(self.next_id, *changes.created) + 1
 
     def unload(self, battle_id: int) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Seq -> battle of the kills the last transactions put in battles, until their on_stored hook runs.
 PENDING_MAX = 100_000
 BIG_PILOTS = 1000  # a summary of more pilots than this (~2 ms) is worked out in a thread
+SUMMARY_THREADS = 2  # large summaries worked out at once (the rest wait their turn)
 SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
 
 
@@ -46,6 +47,7 @@ class Battles:
         self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
+        self._threads = asyncio.Semaphore(SUMMARY_THREADS)
         self._groups = {t: info.group_id for t, info in static.types.items()}
 
     @classmethod
@@ -101,14 +103,15 @@ class Battles:
         await tables.write(db, self.detector, changes)
         if self.channels is None:
             return  # an import: nobody follows battles in this process
-        for seq, battle_id in changes.assigned:
+        assigned = changes.resolved()
+        for seq, battle_id in assigned:
             self._pending[seq] = battle_id
         while len(self._pending) > PENDING_MAX:
             self._pending.popitem(last=False)
         self._merged += changes.merged
         # Kills already stored (the first ones of a new battle) send no kill frame: only the
         # battle's frame says it started.
-        for seq, battle_id in changes.assigned:
+        for seq, battle_id in assigned:
             if seq not in batch:
                 self._pending.pop(seq, None)
                 asyncio.get_running_loop().call_soon(self.channels.changed, battle_id)
@@ -169,9 +172,10 @@ class Battles:
         # thread, the work lets go of the GIL every few kills, so the loop is not kept waiting
         # for Python's 5 ms switch interval again and again.
         if sum(len(k.pilots) for k in kills) > BIG_PILOTS:
-            data = await asyncio.to_thread(
-                summary.summarize, row, kills, moves, self._groups, items, detail, now, _breathe
-            )
+            async with self._threads:  # bounded: a few at a time, however many readers ask
+                data = await asyncio.to_thread(
+                    summary.summarize, row, kills, moves, self._groups, items, detail, now, _breathe
+                )
         else:
             data = summary.summarize(row, kills, moves, self._groups, items, detail, now)
         if cacheable:
@@ -249,8 +253,9 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
 
         await asyncio.to_thread(detect)
     # Renumber: a rebuilt battle takes the smallest old id among its kills that is still free.
+    assigned = changes.resolved()
     members: dict[int, list[int]] = {}
-    for seq, b in changes.assigned:
+    for seq, b in assigned:
         members.setdefault(b, []).append(seq)
     taken: set[int] = set()
     rename: dict[int, int] = {}
@@ -273,7 +278,7 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
         await db.execute("DELETE FROM battle_kills")
         await db.execute("DELETE FROM battles")
         await db.executemany(
-            "INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in changes.assigned]
+            "INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in assigned]
         )
         await db.executemany(
             "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
@@ -300,4 +305,4 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
             sorted(redirect.items()),
         )
         await db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
-    return len(members), len(changes.assigned)
+    return len(members), len(assigned)

@@ -74,7 +74,7 @@ async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) 
         await db.executemany(
             "INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)"
             " ON CONFLICT DO UPDATE SET battle_id = excluded.battle_id",
-            changes.assigned,
+            changes.resolved(),
         )
     rows = []
     for battle_id in sorted(changes.touched):
