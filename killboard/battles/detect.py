@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 SEGMENT = 5 * 60  # a battle starts when this many seconds hold MIN_KILLS kills (EVE-KILL's segment)
@@ -25,17 +25,39 @@ NEIGHBOUR_SHARE = 0.5
 _LAST = 2**63  # above every seq: bisects to the end of a kill time's entries
 
 
-@dataclass(frozen=True, slots=True)
 class Point:
-    """What detection needs of one stored kill."""
+    """What detection needs of one stored kill. Its entities (alliance-else-corporation of every
+    pilot, both sides) are worked out from its pilots only when asked: most kills are in no
+    battle and never need them."""
 
-    seq: int
-    time: int  # unix seconds
-    system: int
-    constellation: int
-    region: int
-    value: float
-    entities: frozenset[int]  # alliance-else-corporation of every pilot, both sides
+    __slots__ = ("_entities", "_pilots", "constellation", "region", "seq", "system", "time", "value")
+
+    def __init__(
+        self,
+        seq: int,
+        time: int,  # unix seconds
+        system: int,
+        constellation: int,
+        region: int,
+        value: float,
+        entities: frozenset[int] | None = None,
+        pilots: Sequence[Sequence[int]] = (),
+    ) -> None:
+        self.seq, self.time, self.system = seq, time, system
+        self.constellation, self.region, self.value = constellation, region, value
+        self._entities = entities
+        self._pilots = pilots
+
+    @property
+    def entities(self) -> frozenset[int]:
+        if self._entities is None:
+            found = frozenset([p[2] or p[1] or p[3] for p in self._pilots])
+            self._entities = found - {0} if 0 in found else found
+            self._pilots = ()
+        return self._entities
+
+    def __lt__(self, other: Point) -> bool:  # pool entries tie on (time, seq) never; for safety
+        return self.seq < other.seq
 
 
 @dataclass(slots=True)
@@ -139,7 +161,7 @@ class Detector:
                 self._forget()
         here = self._by_system.get(p.system)
         found = sorted(b for b in here if self.battles[b].covers(p.time)) if here else []
-        if not found:
+        if not found and self._by_constellation.get(p.constellation):
             found = self._neighbour(p)
         if found:
             keep = found[0]

@@ -248,8 +248,10 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
         last, last_seq = page[-1][1], page[-1][0]
 
         def detect(page: list[tuple[Any, ...]] = page) -> None:
-            points = [tables.point(s, t, sy, v, participants.unpack(b), static) for s, t, sy, v, b in page]
-            detector.add(points, changes)
+            for i, (s, t, sy, v, b) in enumerate(page):
+                detector.add((tables.point(s, t, sy, v, participants.unpack(b), static),), changes)
+                if i % 32 == 31:
+                    _breathe()  # a rebuild beside a running server: the loop gets the GIL
 
         await asyncio.to_thread(detect)
     # Renumber: a rebuilt battle takes the smallest old id among its kills that is still free.

@@ -5,7 +5,7 @@ holds the schema)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,22 +134,13 @@ async def prune(db: aiosqlite.Connection, seqs: Sequence[int]) -> list[int]:
 
 
 def point(
-    seq: int, kill_time: int, system_id: int, value: float, pilots: Iterable[Sequence[int]], static: Any
+    seq: int, kill_time: int, system_id: int, value: float, pilots: Sequence[Sequence[int]], static: Any
 ) -> Point:
     """A stored kill as detection sees it (`static`: the StaticData, for the constellation)."""
     system = static.systems.get(system_id)
-    entities = frozenset([p[2] or p[1] or p[3] for p in pilots])
-    if 0 in entities:
-        entities = entities - {0}
-    return Point(
-        seq,
-        kill_time,
-        system_id,
-        system.constellation_id if system else 0,
-        system.region_id if system else 0,
-        value,
-        entities,
-    )
+    if system is None:
+        return Point(seq, kill_time, system_id, 0, 0, value, None, pilots)
+    return Point(seq, kill_time, system_id, system.constellation_id, system.region_id, value, None, pilots)
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
