@@ -16,7 +16,7 @@ from ..storage import participants
 from ..storage.store import Store
 from .detect import GAP, HORIZON, Battle, Changes, Detector, Point
 
-BIG = 200  # kills: a battle larger than this is worked on in a thread
+BIG_BLOBS = 8 * 1024  # bytes of packed pilots unpacked on the loop at most (~2 ms)
 _COLUMNS = (
     "battle_id, merged_into, system_ids, constellation_id, region_id, start_time, end_time, kill_count,"
     " isk_destroyed, last_seq"
@@ -266,8 +266,9 @@ async def kills(store: Store, battle_id: int) -> list[KillRow]:
     def build() -> list[KillRow]:
         return [KillRow(r[0], r[1], r[2], r[3], participants.unpack(r[4]) if r[4] else []) for r in rows]
 
-    # Unpacking is ~10 us a kill: a battle of thousands of kills is unpacked in a thread.
-    return await asyncio.to_thread(build) if len(rows) > BIG else build()
+    # Unpacking walks every byte in Python (~0.3 us a byte): more than a few KB (a few fleet
+    # kills) is unpacked in a thread.
+    return await asyncio.to_thread(build) if sum(len(r[4] or b"") for r in rows) > BIG_BLOBS else build()
 
 
 async def battle_of(store: Store, killmail_id: int) -> int | None:
