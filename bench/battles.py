@@ -171,12 +171,8 @@ async def main() -> None:
         detect_s, detect_cpu = await detection(workdir, kills, static)
         us = 1e6 / count
         print(f"detection: {count} kills ({len(fights)} in battles)")
-        print(
-            f"  wall: floor {floor_s * us:.1f} us/kill, battles {detect_s * us:.2f} us/kill: {detect_s / floor_s:.3f}x"
-        )
-        print(
-            f"  CPU:  floor {floor_cpu * us:.1f} us/kill, battles {detect_cpu * us:.2f} us/kill: {detect_cpu / floor_cpu:.3f}x"
-        )
+        for what, floor, spent in (("wall", floor_s, detect_s), ("CPU ", floor_cpu, detect_cpu)):
+            print(f"  {what}: floor {floor * us:.1f} us/kill, battles {spent * us:.2f} us/kill: {spent / floor:.3f}x")
         print(f"{'kills':>6}  {'summary s':>9}  {'stall ms':>8}  {'rebuild s':>9}  {'stall ms':>8}")
         for size in SIZES:
             r = await recompute(workdir, size, static)
