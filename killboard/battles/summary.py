@@ -126,6 +126,8 @@ def summarize(
         }
         if detail:
             types = Counter(ship for _, ship in flown[s] if ship)
+            for ship in ships_lost[s]:
+                types.setdefault(ship, 0)  # a structure or deployable lost, with no pilot in it
             classes: Counter[int] = Counter()
             for ship, count in types.items():
                 classes[(groups or {}).get(ship, 0)] += count

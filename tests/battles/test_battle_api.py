@@ -159,3 +159,18 @@ async def test_the_82_real_kills_in_one_place_structures_npcs_pods_awox(
     assert len(battle["killmail_ids"]) == len(set(battle["killmail_ids"])) == len(killmails)
     page = await client.get(f"/battle/{summary['battle_id']}")
     assert page.status == 200
+
+
+async def test_kills_posted_long_after_join_from_the_database(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """Kills older than the detector's memory (6 h behind the newest kill) are matched against the
+    battles and loose kills stored for their system and time."""
+    fight_kills = sorted(fight("30002472"), key=when)
+    held = fight_kills[60]
+    await post_all(client, [k for k in fight_kills if k is not held])
+    small = sorted(fight("30001155"), key=when)[:5]
+    await post_all(client, small[:4])  # four loose kills: no battle
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    await post_all(client, [dict(killmails[0], killmail_time=now)])  # memory moves on by years
+    await post_all(client, [held, small[4]])
+    found = {b["system_ids"][0]: b["kill_count"] for b in (await battles(client))["battles"]}
+    assert found == {30002472: len(fight_kills), 30001155: 5}

@@ -59,6 +59,14 @@ async def test_each_fight_is_one_battle_with_its_sides(
         assert side_of(battle, a) == side_of(battle, b), (a, b)
     # Every loss is on some side, and no kill counts twice as a loss.
     assert sum(s["losses"] for s in battle["sides"]) == len(kills)
+    # Ships fielded by type and class: every lost hull is among them, on its side.
+    assert sum(ship["lost"] for s in battle["sides"] for ship in s["ships"]) == len(kills)
+    assert all(
+        s["classes"] and sum(c["pilots"] for c in s["classes"]) == sum(x["pilots"] for x in s["ships"])
+        for s in battle["sides"]
+        if s["ships"]
+    )
+    assert battle["names"][str(system)]  # the system's name, for pages
 
 
 async def test_reimport_changes_nothing(client: Client) -> None:
