@@ -7,10 +7,29 @@ import ipaddress
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+
+
+def resource_dir(name: str) -> Path:
+    """Where the shipped `data`, `templates` or `static` folder is: inside the package when installed
+    (the wheel maps them to killboard/_data ...), at the top of the repository in a clone."""
+    installed = PACKAGE_DIR / f"_{name}"
+    return installed if installed.is_dir() else PROJECT_ROOT / name
+
+
+def default_db_path(env: Mapping[str, str]) -> Path:
+    """data/killboard.sqlite3 in a clone (as `make run` always had it); installed as a tool, the
+    per-user data directory ($XDG_DATA_HOME/killboard, default ~/.local/share/killboard), never
+    the current directory or site-packages."""
+    if not (PACKAGE_DIR / "_data").is_dir():
+        return PROJECT_ROOT / "data" / "killboard.sqlite3"
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "killboard" / "killboard.sqlite3"
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,8 +51,8 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    db_path: Path = PROJECT_ROOT / "data" / "killboard.sqlite3"
-    data_dir: Path = PROJECT_ROOT / "data"
+    db_path: Path = field(default_factory=lambda: default_db_path(os.environ))
+    data_dir: Path = field(default_factory=lambda: resource_dir("data"))
     # None: ingest over HTTP is disabled (403), so a fresh install is not an open relay.
     ingest_token: str | None = None
     # Work waiting for the worker; POSTs wait briefly, then get 503, once it is full.
@@ -253,7 +272,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         base,
         host=env.get("KILLBOARD_HOST") or base.host,
         port=_env_int(env, "KILLBOARD_PORT", base.port),
-        db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else base.db_path,
+        db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else default_db_path(env),
         ingest_token=env.get("KILLBOARD_INGEST_TOKEN") or None,
         live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
         upstream=_env_flag(env, "KILLBOARD_UPSTREAM", base.upstream),
@@ -329,7 +348,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (env KILLBOARD_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (env KILLBOARD_PORT, default 8080)")
     parser.add_argument(
-        "--db", type=Path, help="SQLite database file (env KILLBOARD_DB, default data/killboard.sqlite3)"
+        "--db",
+        type=Path,
+        help="SQLite database file (env KILLBOARD_DB; default data/killboard.sqlite3 in a clone, "
+        "$XDG_DATA_HOME/killboard/killboard.sqlite3 installed)",
     )
     parser.add_argument(
         "--no-upstream",

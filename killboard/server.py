@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .battles.service import Battles
-from .config import PROJECT_ROOT, Config
-from .ingest.pipeline import Pipeline
+from .config import Config, resource_dir
+from .ingest.pipeline import OnStored, Pipeline
 from .ingest.upstream import Upstream
 from .kill.codec import renderer
 from .kill.prices import price_book
@@ -172,7 +173,7 @@ def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
     found = damage.Damage()
-    middlewares = [compress_responses, api.json_errors, damage.middleware(found)]
+    middlewares: list[Middleware] = [compress_responses, api.json_errors, damage.middleware(found)]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
@@ -184,7 +185,8 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
-    app[stored_hooks_key] = [app[hub_key].on_stored]
+    stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first, then the bus and webhooks
+    app[stored_hooks_key] = stored_hooks
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
@@ -228,7 +230,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)
     app.router.add_get("/health", api.health)
-    app.router.add_static("/static", PROJECT_ROOT / "static")
+    app.router.add_static("/static", resource_dir("static"))
     if config.metrics:
         app.router.add_get("/metrics", metrics_endpoint(app[metrics_key], config.metrics_token))
     return app

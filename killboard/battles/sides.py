@@ -101,8 +101,8 @@ def sides(graph: Graph) -> list[list[int]]:
         negative, a, b = heapq.heappop(heap)
         if group.get(a) != a or group.get(b) != b:
             continue  # merged away since
-        link = links[a].get(b)
-        if link is None or -(link[0] - HATE * link[1]) != negative:
+        current = links[a].get(b)
+        if current is None or -(current[0] - HATE * current[1]) != negative:
             continue  # stale score
         keep, gone = (a, b) if a < b else (b, a)
         for entity in members[gone]:

@@ -121,14 +121,13 @@ async def prune(db: aiosqlite.Connection, seqs: Sequence[int]) -> list[int]:
             (battle_id,),
         ) as cur:
             row = await cur.fetchone()
-        count = row[0] if row else 0
-        if not count:
+        if row is None or not row[0]:
             await db.execute("DELETE FROM battles WHERE battle_id = ? OR merged_into = ?", (battle_id, battle_id))
         else:
             await db.execute(
                 "UPDATE battles SET kill_count = ?, start_time = ?, end_time = ?, isk_destroyed = ?, last_seq = ?"
                 " WHERE battle_id = ?",
-                (count, row[1], row[2], row[3], row[4], battle_id),
+                (row[0], row[1], row[2], row[3], row[4], battle_id),
             )
     return sorted(changed)
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import sys
 import tarfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import ujson
+from tqdm import tqdm
 
 from ..config import Config
 from ..kill.prices import price_book
@@ -155,56 +155,38 @@ def to_submission(item: Item) -> Submission:
 
 
 class Progress:
-    """A bar with rate and ETA on a terminal; a plain line every few seconds otherwise."""
+    """tqdm's bar over the bytes of the inputs, with the kills stored so far, drawn only on a
+    terminal (a log or a cron mail gets the rejections and the final line, not a bar)."""
 
-    def __init__(self, total_bytes: int, stream: IO[str], tty: bool, every: float = 5.0) -> None:
-        self.total = max(1, total_bytes)
+    def __init__(self, total_bytes: int, stream: IO[str], tty: bool) -> None:
         self.stream = stream
         self.tty = tty
-        self.every = every if not tty else 0.1
-        self.done_bytes = 0.0
         self.kills = 0
-        self.started = time.monotonic()
-        self._shown = 0.0
+        self.total = max(1, total_bytes)
+        self.bar = tqdm(
+            total=self.total,
+            desc="import",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=stream,
+            disable=not tty,
+            mininterval=0.1,
+        )
 
     def advance(self, nbytes: float) -> None:
-        self.done_bytes = min(self.total, self.done_bytes + nbytes)
+        self.bar.update(min(nbytes, self.total - self.bar.n))  # a file may grow while read
 
     def count(self, kills: int) -> None:
         self.kills += kills
-        now = time.monotonic()
-        if now - self._shown >= self.every:
-            self._shown = now
-            self.show(now)
-
-    def stale(self) -> bool:
-        """True when the last line shown is old enough that the final state is news."""
-        return self._shown == 0.0 or time.monotonic() - self._shown > 0.5
+        self.bar.set_postfix_str(f"{self.kills} kills", refresh=False)
 
     def report(self, problem: str) -> None:
-        """One rejected file or item, on its own line (the bar is redrawn on the next update)."""
-        self.stream.write(("\r\033[K" if self.tty else "") + f"rejected: {problem}\n")
-        self.stream.flush()
+        """One rejected file or item, on its own line above the bar."""
+        tqdm.write(f"rejected: {problem}", file=self.stream)
 
-    def show(self, now: float | None = None, final: bool = False) -> None:
-        now = time.monotonic() if now is None else now
-        elapsed = max(1e-6, now - self.started)
-        fraction = self.done_bytes / self.total
-        rate = self.kills / elapsed
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
-        text = f"{fraction * 100:5.1f}% {self.kills} kills {rate:,.0f}/s ETA {_clock(eta)}"
-        if self.tty:
-            width = 30
-            filled = int(width * fraction)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}" + ("\n" if final else ""))
-        else:
-            self.stream.write(f"import: {text}\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    def close(self) -> None:
+        self.bar.close()
 
 
 # -- running --------------------------------------------------------------------------------
@@ -266,8 +248,7 @@ async def run_import(
             except BadInput as exc:
                 _reject(summary, progress, f"{path}: {exc}")
         await _flush(pipeline, batch, summary, progress)
-    if progress.tty or progress.stale():
-        progress.show(final=True)
+    progress.close()
     out.write(summary.line() + "\n")
     return summary
 

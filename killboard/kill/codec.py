@@ -4,7 +4,7 @@ preset dictionary, and the way back to a Submission that enrich turns into the f
 Why not the enriched JSON: it carries every type, group and region name in eight languages
 (~29 KB a kill, ~5.5 KB deflated), all of it recomputable from the static data. The source
 document is ~4 KB and deflates to ~0.5 KB against a dictionary of typical killmails (figures in
-README.md, measured by bench/storage.py).
+docs/storage.md, measured by bench/storage.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import ujson
 
-from ..config import PROJECT_ROOT
+from ..config import resource_dir
 from ..kill.frames import encode
 from .enrich import enrich
 from .prices import SINGLETON_BLUEPRINT_COPY, PriceBook, price_book
@@ -149,7 +149,7 @@ def renderer(static: StaticData, prices: PriceBook) -> Render:
 @functools.cache
 def default_renderer() -> Render:
     """For a Store opened without one (tools, tests): the bundled static data and prices."""
-    static = load_static(PROJECT_ROOT / "data")
+    static = load_static(resource_dir("data"))
     return renderer(static, price_book(static))
 
 
@@ -160,7 +160,8 @@ def build_dictionary(documents: list[bytes], size: int = DICTIONARY_SIZE) -> byt
     killmails, whole samples compressed best: a kill shares long runs with other kills (key
     sequences, common modules and their flags), and deflate finds them at any offset.
     """
-    return b"".join(sorted(documents, key=len))[-size:]
+    ordered: list[bytes] = sorted(documents, key=len)
+    return b"".join(ordered)[-size:]
 
 
 def load_dictionary(path: Path = DICTIONARY_PATH) -> bytes:

@@ -160,7 +160,7 @@ class Subscriber:
 
     ws: web.WebSocketResponse
     outbox: Outbox
-    transport: asyncio.BaseTransport | None
+    transport: asyncio.Transport | None
     # condition -> the channel string it was first subscribed with
     channels: dict[Condition, str] = field(default_factory=dict)
     # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
@@ -243,7 +243,7 @@ class Hub:
         return self._index.subscribers()
 
     def attach(
-        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, lang: Langs = None, deflate: int = 0
     ) -> Subscriber:
         """`lang`: the languages of its names (None: all); `deflate`: the window bits of its
         permessage-deflate (0: plain frames)."""

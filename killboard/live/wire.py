@@ -155,6 +155,7 @@ class DeflateResponse(MaskedWebSocketResponse):
         if self._compress:
             # The pure-Python reader wants its own queue class (it writes attributes the
             # compiled queue keeps read-only); nothing has been queued yet.
+            assert self._loop is not None  # prepare() sets it before it calls this
             self._reader = reader_py.WebSocketDataQueue(handler, DEFAULT_CHUNK_SIZE, loop=self._loop)
             parser = FreshInflateReader(self._reader, self._max_msg_size, compress=True, decode_text=self._decode_text)
             self._parser = parser

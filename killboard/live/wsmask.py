@@ -33,7 +33,7 @@ class MaskCheck:
         data = bytes(data)
         bad = self._scan(data)
         if bad is None:
-            return self._parser.feed_data(data)  # type: ignore[no-any-return]
+            return self._parser.feed_data(data)
         self.failed = True
         if bad:
             self._parser.feed_data(data[:bad])  # the frames before it are fine

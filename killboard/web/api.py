@@ -149,7 +149,7 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Stream
     except RequestPayloadError as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else None
         if isinstance(cause, DecompressSizeError):
-            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None  # type: ignore[arg-type]
         detail = cause.message if cause is not None else str(exc)
         encoding = request.headers.get("Content-Encoding", "")
         log.info("%s %s from %s: unreadable body (%s)", request.method, request.path, request.remote, detail)

@@ -48,6 +48,6 @@ webhooks_key = web.AppKey("webhooks", Webhooks)
 # Where a `since` replay reads: the Store here, the Redis Stream on an edge (killboard/bus).
 log_key = web.AppKey("log", KillLog)
 # What the worker calls for every stored kill: the hub's, and the bus writer's and webhooks' when on.
-stored_hooks_key = web.AppKey("stored_hooks", list[OnStored])
+stored_hooks_key = web.AppKey[list[OnStored]]("stored_hooks")
 # Present only with KILLBOARD_REDIS_URL: the bus writer's state.
-bus_status_key = web.AppKey("bus_status", Callable[[], dict[str, Any]])
+bus_status_key = web.AppKey[Callable[[], dict[str, Any]]]("bus_status")

@@ -20,7 +20,7 @@ import ujson
 from aiohttp import web
 
 from ..battles.tables import battle_of
-from ..config import PROJECT_ROOT
+from ..config import resource_dir
 from ..kill import display
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
@@ -55,9 +55,9 @@ CSP = "; ".join(
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.setup(
         app,
-        loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"),
+        loader=jinja2.FileSystemLoader(resource_dir("templates")),
         undefined=jinja2.ChainableUndefined,
-        filters={
+        filters={  # type: ignore[arg-type]  # the stubs want every filter to return str
             "isk": display.isk,
             "sec_level": display.security_level,
             "sec_text": display.security_text,
