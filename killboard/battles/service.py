@@ -48,7 +48,6 @@ class Battles:
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._threads = asyncio.Semaphore(SUMMARY_THREADS)
-        self._groups = {t: info.group_id for t, info in static.types.items()}
 
     @classmethod
     async def start(cls, store: Store, static: StaticData, hub: Hub | None = None, replay_max: int = 1000) -> Battles:
@@ -174,10 +173,10 @@ class Battles:
         if sum(len(k.pilots) for k in kills) > BIG_PILOTS:
             async with self._threads:  # bounded: a few at a time, however many readers ask
                 data = await asyncio.to_thread(
-                    summary.summarize, row, kills, moves, self._groups, items, detail, now, _breathe
+                    summary.summarize, row, kills, moves, self._group_of, items, detail, now, _breathe
                 )
         else:
-            data = summary.summarize(row, kills, moves, self._groups, items, detail, now)
+            data = summary.summarize(row, kills, moves, self._group_of, items, detail, now)
         if cacheable:
             self._cache[key] = data
             while len(self._cache) > SUMMARY_CACHE:
@@ -194,6 +193,10 @@ class Battles:
             for kill in parsed:
                 out[kill["killmail_id"]] = _flat(kill.get("items") or [])
         return out
+
+    def _group_of(self, type_id: int) -> int:
+        info = self.static.types.get(type_id)
+        return info.group_id if info is not None else 0
 
     async def resolve(self, battle_id: int) -> tuple[tables.BattleRow | None, int | None]:
         """(the battle, None), or (None, the id it merged into), or (None, None): unknown."""

@@ -29,13 +29,13 @@ def summarize(
     battle: BattleRow,
     kills: Sequence[KillRow],
     moves: Mapping[int, int] | None = None,
-    groups: Mapping[int, int] | None = None,
+    group_of: Callable[[int], int] | None = None,
     items: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
     detail: bool = False,
     now: float | None = None,
     breathe: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """`groups`: ship type -> group (ship classes); `items`: killmail id -> the victim's items
+    """`group_of`: ship type -> its group (the ship class); `items`: killmail id -> the victim's items
     (enriched: type_id, qty_destroyed, qty_dropped, value). `detail` adds killmail ids, ships,
     classes and items per side."""
     found = sides_mod.assign((k.pilots for k in kills), breathe)
@@ -130,7 +130,7 @@ def summarize(
                 types.setdefault(ship, 0)  # a structure or deployable lost, with no pilot in it
             classes: Counter[int] = Counter()
             for ship, count in types.items():
-                classes[(groups or {}).get(ship, 0)] += count
+                classes[group_of(ship) if group_of is not None else 0] += count
             side["ships"] = [
                 {"type_id": t, "pilots": c, "lost": ships_lost[s][t]}
                 for t, c in sorted(types.items(), key=lambda x: (-x[1], x[0]))
