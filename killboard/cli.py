@@ -14,6 +14,7 @@ from aiohttp import web
 
 from . import __version__, logs
 from . import config as settings
+from .battles import commands as battle_commands
 from .ingest import importer
 from .server import create_app
 from .storage import dbtools
@@ -118,6 +119,7 @@ def build_parser(prog: str = "killboard") -> argparse.ArgumentParser:
     _add_edge(commands)
     dbtools.add_commands(commands)  # backup, check
     webhook_commands.add_commands(commands)  # webhooks check, webhooks test NAME
+    battle_commands.add_commands(commands)  # battles rebuild
     return parser
 
 
@@ -165,7 +167,7 @@ def _run_edge(args: argparse.Namespace) -> int:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    return importer.main_sync(settings.from_args(args), args.paths)
+    return importer.main_sync(settings.from_args(args), args.paths, prepare=battle_commands.with_battles)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "killboard") -> int:

@@ -12,6 +12,7 @@ from contextlib import suppress
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .battles.service import Battles
 from .config import Config, resource_dir
 from .ingest.pipeline import OnStored, Pipeline
 from .ingest.upstream import Upstream
@@ -24,9 +25,10 @@ from .metrics import endpoint as metrics_endpoint
 from .storage import damage
 from .storage.maintenance import maintain
 from .storage.store import Store
-from .web import api, pages, ws
+from .web import api, battles, pages, ws
 from .web.httpzip import compress_responses
 from .web.keys import (
+    battles_key,
     config_key,
     damage_key,
     esi_key,
@@ -81,6 +83,15 @@ async def _index_backlog(store: Store) -> None:
             log.info("participant index: %d kills stored before it are indexed", done)
     except (sqlite3.Error, OSError):
         log.exception("participant index: indexing older kills failed; it resumes at the next start")
+
+
+async def _battles(app: web.Application) -> AsyncIterator[None]:
+    """Battles are detected in the kills' transaction and followed over the socket."""
+    service = await Battles.start(app[store_key], app[static_key], app[hub_key], app[config_key].ws_replay_max)
+    app[battles_key] = service
+    app[stored_hooks_key].append(service.on_stored)
+    yield
+    await service.stop()
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
@@ -180,6 +191,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
+    app.cleanup_ctx.append(_battles)  # before the worker: it writes battles with every batch
     if config.redis_url:
         from .bus.writer import writer_ctx  # only then: the embedded default never imports redis
 
@@ -210,6 +222,10 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/", pages.index)
     app.router.add_get(r"/kill/{killmail_id:\d{1,18}}", pages.kill_detail)
     app.router.add_get("/ws", ws.websocket)
+    app.router.add_get("/battles", battles.list_page)
+    app.router.add_get(r"/battle/{battle_id:\d{1,18}}", battles.battle_page)
+    app.router.add_get("/api/battles", battles.list_battles)
+    app.router.add_get("/api/battles/{battle_id}", battles.get_battle)
     app.router.add_post("/api/killmails", api.post_killmails)
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..kill.prices import price_book
-from ..kill.staticdata import load_static
+from ..kill.staticdata import StaticData, load_static
 from ..kill.validate import Invalid, Submission, check_esi, parse_submission
 from ..storage.store import InboxRow, Store
 from .esi import EsiClient, NameService
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".json", ".jsonl", ".tar.bz2")
 BATCH = 200
+# Called with the opened store and static data before importing; returns what to await at the end.
+Prepare = Callable[[Store, StaticData], Awaitable[Callable[[], Awaitable[None]]]]
 SOURCE = "import"  # the inbox rows an import writes; a later import finishes any left behind
 
 
@@ -191,9 +193,15 @@ class Progress:
 
 
 async def run_import(
-    config: Config, paths: list[Path], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, tty: bool | None = None
+    config: Config,
+    paths: list[Path],
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+    tty: bool | None = None,
+    prepare: Prepare | None = None,
 ) -> Summary:
-    """Import every item of `paths` into `config.db_path`; returns what happened."""
+    """Import every item of `paths` into `config.db_path`; returns what happened. `prepare` is
+    given the opened store first (cli.py: the battles' writer, so imported kills form battles)."""
     summary = Summary()
     files = expand(paths)
     missing = [p for p in files if not p.exists()]
@@ -205,6 +213,8 @@ async def run_import(
     async with AsyncExitStack() as stack:
         store = await Store.open(config.db_path)
         stack.push_async_callback(store.close)
+        if prepare is not None:
+            stack.push_async_callback(await prepare(store, static))
         prices = price_book(static)
         stored_prices, _ = await store.load_prices()
         prices.market.update(stored_prices)  # the server's latest ESI prices, when it fetched any
@@ -290,6 +300,6 @@ async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, 
     progress.count(len(stored))
 
 
-def main_sync(config: Config, paths: list[Path]) -> int:
-    summary = asyncio.run(run_import(config, paths))
+def main_sync(config: Config, paths: list[Path], prepare: Prepare | None = None) -> int:
+    summary = asyncio.run(run_import(config, paths, prepare=prepare))
     return 1 if summary.rejected else 0

@@ -24,7 +24,7 @@ import ujson
 from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
-from . import participants
+from . import battle_tables, participants
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ MIGRATIONS: list[str] = [
         SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
     """,
+    # 7: battles (killboard/battles), kept beside the kills in their transaction.
+    battle_tables.SCHEMA,
 ]
 
 # Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
@@ -463,6 +465,12 @@ class Store:
                 (blob, codec.CODEC_SOURCE_ZDICT, killmail_id),
             )
             return cur.rowcount > 0
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the reader connection (for indexes kept beside the kills:
+        battles, entity pages), so other stages need not reach into the store's connections."""
+        async with self._reader.execute(sql, tuple(args)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
 
     async def get(self, killmail_id: int) -> StoredKill | None:
         async with self._reader.execute(_SELECT + " WHERE killmail_id = ?", (killmail_id,)) as cur:

@@ -9,6 +9,7 @@ escaping could not run.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -18,6 +19,7 @@ import jinja2
 import ujson
 from aiohttp import web
 
+from ..battles.tables import battle_of
 from ..config import resource_dir
 from ..kill import display
 from ..kill.langs import filter_names, reader_language
@@ -63,9 +65,15 @@ def setup_templates(app: web.Application) -> None:
             "ago": display.ago,
             "utc": display.utc_text,
             "final_blow": display.final_blow,
+            "battle_time": _unix_utc,
         },
     )
     env.globals["big_kill"] = display.BIG_KILL
+
+
+def _unix_utc(seconds: int) -> str:
+    """Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (battles keep times as unix seconds)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(seconds)))
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -198,5 +206,6 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
         "attackers": display.attackers_in_order(kill.get("attackers") or ()),
         "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),
         "link": _linker(Filter()),
+        "battle_id": await battle_of(request.app[store_key], killmail_id),
     }
     return aiohttp_jinja2.render_template("kill.html", request, context)
