@@ -11,6 +11,7 @@ from contextlib import suppress
 
 from aiohttp import web
 
+from . import entities
 from .config import PROJECT_ROOT, Config
 from .ingest.pipeline import Pipeline
 from .ingest.upstream import Upstream
@@ -177,6 +178,8 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
+    # Entity figures and search (killboard/entities): attached to the store as it opens.
+    entities.setup(app, app[static_key], lambda: app[store_key])
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
     if config.redis_url:
         from .bus.writer import writer_ctx  # only then: the embedded default never imports redis

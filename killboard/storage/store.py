@@ -25,6 +25,8 @@ from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
 from . import participants
+from .figures_schema import FIGURES_BACKLOG
+from .figures_schema import SCHEMA as FIGURES_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,14 @@ MIGRATIONS: list[str] = [
     + f"""
     INSERT INTO state (key, value)
         SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+    """,
+    # 7: entity figures (killboard/entities/figures.py). Kills already in the participant index
+    # are counted in by the entities' backlog, from the seq noted here down.
+    FIGURES_SCHEMA
+    + f"""
+    INSERT INTO state (key, value)
+        SELECT '{FIGURES_BACKLOG}', CAST(max(seq) AS TEXT) FROM participants HAVING max(seq) IS NOT NULL
         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
     """,
 ]
@@ -539,6 +549,12 @@ class Store:
                     await asyncio.sleep(0)  # rendering is CPU work: let sockets breathe on big pages
             out.append(StoredKill(row[0], row[1], row[3], body))
         return out
+
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the reader connection (WAL: beside the writer), for the
+        indexes the stages above keep beside the kills (entity figures, battles)."""
+        async with self._reader.execute(sql, tuple(args)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
 
     async def _number(self, sql: str) -> int:
         """The one value a read query returns (a count, a max, a pragma); 0 for none or NULL."""

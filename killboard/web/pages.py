@@ -18,6 +18,7 @@ import jinja2
 import ujson
 from aiohttp import web
 
+from .. import entities
 from ..config import PROJECT_ROOT
 from ..kill import display
 from ..kill.langs import filter_names, reader_language
@@ -76,15 +77,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 
 def _linker(current: Filter) -> Callable[[str, Any], str]:
-    """Links on names and systems: the current filter narrowed to that entity."""
-    base = {k: v for k, v in current.query().items() if k not in filters.ENTITY_KINDS}
-
-    def link(kind: str, entity_id: Any) -> str:
-        if not entity_id:
-            return "/"
-        return "/?" + urlencode({**base, kind: entity_id})
-
-    return link
+    """Links on names and places: the entity's own page (killboard/entities)."""
+    del current  # the page links out of the filter: the entity page has its own kills
+    return entities.link
 
 
 def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
