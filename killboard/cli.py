@@ -14,6 +14,8 @@ from aiohttp import web
 
 from . import config as settings
 from . import logs
+from .entities import backlog as entity_figures
+from .entities import commands as entity_commands
 from .ingest import importer
 from .server import create_app
 from .storage import dbtools
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edge(commands)
     dbtools.add_commands(commands)  # backup, check
     webhook_commands.add_commands(commands)  # webhooks check, webhooks test NAME
+    entity_commands.add_commands(commands)  # entities rebuild
     return parser
 
 
@@ -163,7 +166,8 @@ def _run_edge(args: argparse.Namespace) -> int:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    return importer.main_sync(settings.from_args(args), args.paths)
+    # Imported kills are counted into the entity figures in their own transactions.
+    return importer.main_sync(settings.from_args(args), args.paths, attach=entity_figures.attach)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import logging
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ import ujson
 
 from ..config import Config
 from ..kill.prices import price_book
-from ..kill.staticdata import load_static
+from ..kill.staticdata import StaticData, load_static
 from ..kill.validate import Invalid, Submission, check_esi, parse_submission
 from ..storage.store import InboxRow, Store
 from .esi import EsiClient, NameService
@@ -209,9 +209,16 @@ def _clock(seconds: float) -> str:
 
 
 async def run_import(
-    config: Config, paths: list[Path], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, tty: bool | None = None
+    config: Config,
+    paths: list[Path],
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+    tty: bool | None = None,
+    attach: Callable[[Store, StaticData], None] | None = None,
 ) -> Summary:
-    """Import every item of `paths` into `config.db_path`; returns what happened."""
+    """Import every item of `paths` into `config.db_path`; returns what happened. `attach` is
+    given the store as it opens: the indexes kept beside the kills (entity figures) register
+    their writers there, so imported kills are counted as the server's own are."""
     summary = Summary()
     files = expand(paths)
     missing = [p for p in files if not p.exists()]
@@ -223,6 +230,8 @@ async def run_import(
     async with AsyncExitStack() as stack:
         store = await Store.open(config.db_path)
         stack.push_async_callback(store.close)
+        if attach is not None:
+            attach(store, static)
         prices = price_book(static)
         stored_prices, _ = await store.load_prices()
         prices.market.update(stored_prices)  # the server's latest ESI prices, when it fetched any
@@ -309,6 +318,6 @@ async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, 
     progress.count(len(stored))
 
 
-def main_sync(config: Config, paths: list[Path]) -> int:
-    summary = asyncio.run(run_import(config, paths))
+def main_sync(config: Config, paths: list[Path], attach: Callable[[Store, StaticData], None] | None = None) -> int:
+    summary = asyncio.run(run_import(config, paths, attach=attach))
     return 1 if summary.rejected else 0
