@@ -21,6 +21,7 @@ from aiohttp import web
 from .. import entities
 from ..config import PROJECT_ROOT
 from ..kill import display
+from ..kill.fitting import fitting
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
 from ..storage.store import StoredKill
@@ -187,8 +188,12 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
     kill["seq"] = stored.seq
     lang = reader_language(request.headers.get("Accept-Language", ""))
     [kill] = await _in_language([kill], lang)
+    static = request.app[static_key]
+    fit = fitting(kill, static.flags, static.types)
     context = {
         "lang": lang,
+        "fit": fit,
+        "eft": fit.eft(f"Kill {killmail_id}"),
         "k": kill,
         "attackers": display.attackers_in_order(kill.get("attackers") or ()),
         "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),
