@@ -46,14 +46,20 @@ class SearchIndex:
     """The sorted entries; `add` keeps them sorted (an insort each: fine for names arriving a few
     at a time, while a bulk load sorts once)."""
 
-    entries: list[Entry] = field(default_factory=list)
-    _keys: list[str] = field(default_factory=list)
+    # (entries, their keys): one attribute, so a search never sees one list new and one old.
+    _sorted: tuple[list[Entry], list[str]] = field(default_factory=lambda: ([], []))
     _players: dict[int, str] = field(default_factory=dict)  # id -> name indexed: renames replace
 
     def load(self, entries: Iterable[Entry]) -> None:
-        self.entries = sorted(set(self.entries) | set(entries))
-        self._keys = [e.key for e in self.entries]
-        self._players.update((e.id, e.name) for e in self.entries if e.kind in PLAYER_KINDS)
+        """Merge many entries at once (may run in a thread: searches keep reading the old lists
+        until both new ones are swapped in, in one assignment)."""
+        merged = sorted(set(self.entries) | set(entries))
+        self._sorted = (merged, [e.key for e in merged])
+        self._players.update((e.id, e.name) for e in merged if e.kind in PLAYER_KINDS)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return self._sorted[0]
 
     def add_player(self, kind: str, entity_id: int, name: str) -> None:
         if not name or kind not in PLAYER_KINDS or self._players.get(entity_id) == name:
@@ -62,16 +68,18 @@ class SearchIndex:
         if old is not None:
             self._remove(Entry(old.casefold(), KIND_RANK[kind], entity_id, kind, old, ""))
         entry = Entry(name.casefold(), KIND_RANK[kind], entity_id, kind, name, "")
-        i = bisect_left(self.entries, entry)
-        self.entries.insert(i, entry)
-        self._keys.insert(i, entry.key)
+        entries, keys = self._sorted
+        i = bisect_left(entries, entry)
+        entries.insert(i, entry)
+        keys.insert(i, entry.key)
         self._players[entity_id] = name
 
     def _remove(self, entry: Entry) -> None:
-        i = bisect_left(self.entries, entry)
-        if i < len(self.entries) and self.entries[i] == entry:
-            del self.entries[i]
-            del self._keys[i]
+        entries, keys = self._sorted
+        i = bisect_left(entries, entry)
+        if i < len(entries) and entries[i] == entry:
+            del entries[i]
+            del keys[i]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -82,20 +90,22 @@ class SearchIndex:
         key = " ".join(query.split()).casefold()[:MAX_QUERY]
         if not key:
             return []
-        start = bisect_left(self._keys, key)
+        entries, keys = self._sorted
+        start = bisect_left(keys, key)
         found: dict[tuple[str, int], Entry] = {}
-        for entry in self._scan(start, key):
+        for entry in _scan(entries, start, key):
             have = found.get((entry.kind, entry.id))
             if have is None or _better(entry, have, key, lang):
                 found[(entry.kind, entry.id)] = entry
         ranked = sorted(found.values(), key=lambda e: (e.key != key, len(e.key), e.rank, e.key, e.id))
         return ranked[:limit]
 
-    def _scan(self, start: int, key: str) -> Iterator[Entry]:
-        for entry in self.entries[start : start + SCAN]:
-            if not entry.key.startswith(key):
-                return
-            yield entry
+
+def _scan(entries: list[Entry], start: int, key: str) -> Iterator[Entry]:
+    for entry in entries[start : start + SCAN]:
+        if not entry.key.startswith(key):
+            return
+        yield entry
 
 
 def _better(entry: Entry, have: Entry, key: str, lang: str) -> bool:
