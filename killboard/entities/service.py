@@ -186,6 +186,14 @@ class Entities:
             "channel": f"{kind}:{entity_id}",
         }
 
+    async def newest(self, kind: str, entity_id: int, limit: int) -> list[tuple[int, int]]:
+        """(seq, role code) of an entity's newest kills and losses (participants.kills_of)."""
+        assert self.store is not None
+        return await self.store.query(
+            "SELECT seq, role FROM entity_kills WHERE kind = ? AND id = ? ORDER BY seq DESC LIMIT ?",
+            (int(KINDS[kind]), entity_id, limit),
+        )
+
     async def kills(
         self,
         kind: str,

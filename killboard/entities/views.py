@@ -14,7 +14,7 @@ from ..kill import topics
 from ..kill.frames import encode
 from ..kill.langs import reader_language
 from ..storage.participants import KIND_NAMES
-from . import figures
+from . import figures, rows
 from .service import Entities
 
 log = logging.getLogger(__name__)
@@ -167,11 +167,8 @@ async def page(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("notfound.html", request, {"message": message}, status=404)
     assert service.store is not None
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
-    rows, _ = await service.kills(*entity, None, None, PAGE_ROWS, None)
-    kills = []
-    for seq, _, kill in rows:
-        kill["seq"] = seq
-        kills.append(kill)
+    seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS)]
+    kills = await rows.rows(service.store, service.static, seqs, lang)
     context = {
         "lang": lang,
         "e": found,
