@@ -9,7 +9,9 @@ costs ~1 ms a kill (decode, enrich, encode, parse); this costs a few microsecond
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..kill.enrich import MAX_NPC_CORPORATION_ID, display_security, is_npc_attacker, security_class
@@ -20,31 +22,71 @@ from ..storage.store import Store
 from .figures import is_solo
 
 
-async def rows(store: Store, static: StaticData, seqs: Sequence[int], lang: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Pilots:
+    """What a row needs of a kill's pilots; unpacking a fleet fight's row is ~1 ms, so these are
+    kept (a kill's pilots never change)."""
+
+    victim: PilotRow
+    final: PilotRow | None
+    attackers: int
+    solo: bool
+    npc: bool
+    awox: bool
+
+
+@dataclass(slots=True)
+class PilotCache:
+    """The last `size` kills' Pilots, by seq (least recently used goes first)."""
+
+    size: int = 5000
+    _items: OrderedDict[int, Pilots] = field(default_factory=OrderedDict)
+
+    def get(self, seq: int, blob: bytes, static: StaticData) -> Pilots:
+        found = self._items.get(seq)
+        if found is not None:
+            self._items.move_to_end(seq)
+            return found
+        found = _summary(participants.unpack(blob), static)
+        self._items[seq] = found
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return found
+
+
+def _summary(pilots: Sequence[PilotRow], static: StaticData) -> Pilots:
+    victim, attackers = pilots[0], pilots[1:]
+    final = next((p for p in attackers if p[6]), attackers[0] if attackers else None)
+    players = [a for a in attackers if not is_npc_attacker({"character_id": a[0], "corporation_id": a[1]})]
+    awox = victim[1] > MAX_NPC_CORPORATION_ID and any(
+        a[0] and (a[1] == victim[1] or (victim[2] and a[2] == victim[2])) for a in players
+    )
+    return Pilots(victim, final, len(attackers), is_solo(pilots, static), not players, bool(awox))
+
+
+async def rows(
+    store: Store, static: StaticData, seqs: Sequence[int], lang: str, cache: PilotCache | None = None
+) -> list[dict[str, Any]]:
     """Feed rows (the fields templates/macros.html `kill_row` reads) of the kills with these seqs,
-    in the order given; kills not in the participant index yet are left out."""
+    in the order given; kills not in the participant index yet (or pruned) are left out."""
     if not seqs:
         return []
+    cache = cache if cache is not None else PilotCache(len(seqs))
     marks = ",".join("?" * len(seqs))
     kills = await store.query(
         "SELECT k.seq, k.killmail_id, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k"
         f" JOIN participants p USING (seq) WHERE k.seq IN ({marks})",
         tuple(seqs),
     )
-    found = {row[0]: (row[1:5], participants.unpack(row[5])) for row in kills}
-    players = {i for _, pilots in found.values() for p in (pilots[0], *_final(pilots)) for i in p[:3] if i}
+    found = {row[0]: (row[1:5], cache.get(row[0], row[5], static)) for row in kills}
+    players = {i for _, s in found.values() for p in (s.victim, s.final) if p for i in p[:3] if i}
     names = await store.names(players) if players else {}
     out = []
     for seq in seqs:
         if seq in found:
-            (killmail_id, kill_time, system_id, value), pilots = found[seq]
-            out.append(_row(seq, killmail_id, kill_time, system_id, value, pilots, static, names, lang))
+            (killmail_id, kill_time, system_id, value), summary = found[seq]
+            out.append(_row(seq, killmail_id, kill_time, system_id, value, summary, static, names, lang))
     return out
-
-
-def _final(pilots: Sequence[PilotRow]) -> list[PilotRow]:
-    final = [p for p in pilots[1:] if p[6]]
-    return final[:1] or list(pilots[1:2])
 
 
 def _pick(names: Mapping[str, str], lang: str) -> str:
@@ -77,34 +119,28 @@ def _row(
     kill_time: int,
     system_id: int,
     value: float,
-    pilots: Sequence[PilotRow],
+    pilots: Pilots,
     static: StaticData,
     names: Mapping[int, str],
     lang: str,
 ) -> dict[str, Any]:
     system = static.systems.get(system_id)
     region = static.regions.get(system.region_id) if system else None
-    victim = pilots[0]
-    attackers = pilots[1:]
-    players = [a for a in attackers if not is_npc_attacker({"character_id": a[0], "corporation_id": a[1]})]
-    awox = victim[1] > MAX_NPC_CORPORATION_ID and any(
-        a[0] and (a[1] == victim[1] or (victim[2] and a[2] == victim[2])) for a in players
-    )
     return {
         "seq": seq,
         "killmail_id": killmail_id,
         "kill_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(kill_time)),
         "total_value": value,
-        "victim": _who(victim, static, names, lang),
-        "attackers": [_who(a, static, names, lang) for a in _final(pilots)],
-        "attacker_count": len(attackers),
+        "victim": _who(pilots.victim, static, names, lang),
+        "attackers": [_who(pilots.final, static, names, lang)] if pilots.final else [],
+        "attacker_count": pilots.attackers,
         "system_id": system_id,
         "system_name": system.name if system else "",
         "system_security_display": display_security(system.security) if system else None,
         "security_class": security_class(system.security if system else None, system.region_id if system else None),
         "region_id": system.region_id if system else None,
         "region_name": _pick(region.names, lang) if region else "",
-        "is_solo": is_solo(pilots, static),
-        "is_npc": not players,
-        "is_awox": bool(awox),
+        "is_solo": pilots.solo,
+        "is_npc": pilots.npc,
+        "is_awox": pilots.awox,
     }

@@ -20,7 +20,7 @@ from ..kill.staticdata import StaticData
 from ..storage import participants
 from ..storage.participants import Kind
 from ..storage.store import Store
-from . import backlog, figures, search
+from . import backlog, figures, rows, search
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Entities:
     static: StaticData
     index: search.SearchIndex = field(default_factory=search.SearchIndex)
     store: Store | None = None
+    pilots: rows.PilotCache = field(default_factory=rows.PilotCache)  # the page rows' pilots
     _names_seen: float = 0.0
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 

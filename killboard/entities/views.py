@@ -168,7 +168,7 @@ async def page(request: web.Request) -> web.StreamResponse:
     assert service.store is not None
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
     seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS)]
-    kills = await rows.rows(service.store, service.static, seqs, lang)
+    kills = await rows.rows(service.store, service.static, seqs, lang, service.pilots)
     context = {
         "lang": lang,
         "e": found,
