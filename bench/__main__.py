@@ -1,4 +1,4 @@
-"""`python -m bench` (or `make bench`): every benchmark, then the tables for the README.
+"""`python -m bench` (or `make bench`): every benchmark, then the tables for docs/performance.md.
 
 `--quick` is a smoke run with small numbers (seconds, used by the test suite); the full run
 takes a few minutes and wants a quiet machine.

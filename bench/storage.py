@@ -1,5 +1,5 @@
 """Bytes on disk per stored kill, for the stored forms we considered, and the time to serve the
-latest 50 through the real app. The README's storage figures come from here.
+latest 50 through the real app. The storage figures of docs/storage.md come from here.
 
     python bench/storage.py                 # 82 real kills + a synthetic month (15,000/day x 30)
     python bench/storage.py --days 1        # quicker

@@ -4,7 +4,7 @@ preset dictionary, and the way back to a Submission that enrich turns into the f
 Why not the enriched JSON: it carries every type, group and region name in eight languages
 (~29 KB a kill, ~5.5 KB deflated), all of it recomputable from the static data. The source
 document is ~4 KB and deflates to ~0.5 KB against a dictionary of typical killmails (figures in
-README.md, measured by bench/storage.py).
+docs/storage.md, measured by bench/storage.py).
 """
 
 from __future__ import annotations

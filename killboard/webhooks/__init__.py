@@ -1,1 +1,1 @@
-"""Kills to Discord and other webhooks, by channel, durably (README, "Webhooks")."""
+"""Kills to Discord and other webhooks, by channel, durably (docs/webhooks.md)."""

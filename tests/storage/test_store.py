@@ -23,7 +23,7 @@ from killboard.web.keys import pipeline_key, prices_key, store_key
 
 
 def on_disk(db: Path) -> int:
-    """Database plus WAL, the figure the README reports."""
+    """Database plus WAL, the figure docs/storage.md reports."""
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
