@@ -27,9 +27,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import aiohttp  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from killgen import make_kills  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
 
 from killboard.config import Config  # noqa: E402
 from killboard.entities import backlog, entities_key  # noqa: E402
@@ -83,8 +87,8 @@ async def main() -> None:
         sizes = dict(sqlite3.connect(db).execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall())
         print(
             f"{args.kills} kills stored with the figures in {elapsed:.0f} s ({write_cpu / args.kills * 1e3:.2f} ms CPU"
-            f" a kill, all of saving); figures tables {(sizes['entity_months'] + sizes['entity_tops']) / args.kills:.0f}"
-            " B a kill"
+            " a kill, all of saving); figures tables"
+            f" {(sizes['entity_months'] + sizes['entity_tops']) / args.kills:.0f} B a kill"
         )
         start = time.process_time()
         store = await Store.open(db)
@@ -100,7 +104,8 @@ async def main() -> None:
                 row = (
                     sqlite3.connect(db)
                     .execute(
-                        "SELECT id, sum(kills + losses) FROM entity_months WHERE kind = ? GROUP BY id ORDER BY 2 DESC LIMIT 1",
+                        "SELECT id, sum(kills + losses) FROM entity_months WHERE kind = ?"
+                        " GROUP BY id ORDER BY 2 DESC LIMIT 1",
                         (code,),
                     )
                     .fetchone()
@@ -124,6 +129,38 @@ async def main() -> None:
                     f"| {kind} {entity} | {count} | {figures * 1e3:.2f} | {kills * 1e3:.2f} | {api * 1e3:.2f}"
                     f" | {page * 1e3:.2f} |"
                 )
+        await server_cpu(db, busiest, args.runs)
+
+
+async def server_cpu(db: Path, busiest: dict[str, tuple[int, int]], runs: int) -> None:
+    """The real server (`python app.py`) in its own process: its CPU time per request, client excluded."""
+    server = ServerProcess(db, env={"KILLBOARD_UPSTREAM": "off"})
+    await server.start(60)
+    assert server.proc is not None
+    try:
+        print(f"the server in its own process, CPU ms a request (mean of {runs * 10} after a warm-up):")
+        print("| entity | GET /api/{kind}/{id} | GET /{kind}/{id} | GET /api/search?q= |")
+        print("|---|---:|---:|---:|")
+        async with aiohttp.ClientSession() as session:
+
+            async def per_request(path: str) -> float:
+                async with session.get(server.url + path) as resp:
+                    await resp.read()
+                # /proc counts in clock ticks (10 ms): the mean of many requests, not a median of each.
+                start = cpu_seconds(server.proc.pid)  # type: ignore[union-attr]
+                for _ in range(runs * 10):
+                    async with session.get(server.url + path) as resp:
+                        await resp.read()
+                        assert resp.status == 200, path
+                return (cpu_seconds(server.proc.pid) - start) / (runs * 10)  # type: ignore[union-attr]
+
+            for kind, (entity, _) in busiest.items():
+                api = await per_request(f"/api/{kind}/{entity}")
+                page = await per_request(f"/{kind}/{entity}")
+                found = await per_request("/api/search?q=" + kind[:2])
+                print(f"| {kind} {entity} | {api * 1e3:.2f} | {page * 1e3:.2f} | {found * 1e3:.2f} |")
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
