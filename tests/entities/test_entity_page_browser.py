@@ -12,7 +12,7 @@ import pytest
 from browser import launch, new_page
 from conftest import AUTH, Client, settle
 from playwright.async_api import Browser, expect
-from test_figures import busiest
+from test_entity_figures import busiest
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=10_000)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import AUTH, Client, settle
-from test_figures import busiest, tables
+from test_entity_figures import busiest, tables
 
 from killboard.config import PROJECT_ROOT, Config
 from killboard.entities import backlog, entities_key
