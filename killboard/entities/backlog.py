@@ -55,8 +55,22 @@ async def _uncounted(db: aiosqlite.Connection) -> tuple[int, int]:
 
 def writer(static: StaticData) -> TxWriter:
     async def write(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
-        if new:
-            await figures.apply(db, await share_of(db, static, [seq for seq, _ in new], 1))
+        if not new:
+            return
+        # The pilots the pipeline worked out are the ones just packed into the participant rows
+        # (pack/unpack round-trip exactly): no need to read and unpack them again. Kills without
+        # them (tools, the participant backlog) are read back like retention reads them.
+        share = figures.Share()
+        unread = []
+        for seq, kill in new:
+            if kill.participation is None:
+                unread.append(seq)
+            else:
+                pilots = kill.participation.pilots
+                figures.add_kill(share, pilots, kill.kill_time, kill.system_id, kill.total_value, static)
+        if unread:
+            share.merge(await share_of(db, static, unread, 1))
+        await figures.apply(db, share)
 
     return write
 

@@ -52,6 +52,13 @@ class Share:
         for i, value in enumerate(row):
             have[i] += sign * value
 
+    def merge(self, other: Share) -> None:
+        for key, row in other.months.items():
+            have = self.months.setdefault(key, [0, 0, 0, 0, 0])
+            for i, value in enumerate(row):
+                have[i] += value
+        self.tops.update(other.tops)
+
     def top(self, key: EntityKey, what: int, other: int, sign: int) -> None:
         if other:
             self.tops[(*key, what, other)] += sign

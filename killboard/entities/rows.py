@@ -64,6 +64,36 @@ def _summary(pilots: Sequence[PilotRow], static: StaticData) -> Pilots:
     return Pilots(victim, final, len(attackers), is_solo(pilots, static), not players, bool(awox))
 
 
+@dataclass(slots=True)
+class RowCache:
+    """Rendered feed rows (HTML) by what they show, bounded in bytes: Jinja's kill_row is ~0.1 ms a
+    row, most of an entity page's cost, and a row changes only when a player name is learned."""
+
+    max_bytes: int = 4 * 1024 * 1024
+    _items: OrderedDict[tuple[Any, ...], str] = field(default_factory=OrderedDict)
+    _bytes: int = 0
+
+    @staticmethod
+    def key(row: Mapping[str, Any], lang: str) -> tuple[Any, ...]:
+        people = (row["victim"], *row["attackers"])
+        return (row["seq"], lang, *((p["character_name"], p["corporation_name"], p["alliance_name"]) for p in people))
+
+    def get(self, key: tuple[Any, ...]) -> str | None:
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], html: str) -> None:
+        if key in self._items:
+            return
+        self._items[key] = html
+        self._bytes += len(html)
+        while self._bytes > self.max_bytes and self._items:
+            _, gone = self._items.popitem(last=False)
+            self._bytes -= len(gone)
+
+
 async def rows(
     store: Store, static: StaticData, seqs: Sequence[int], lang: str, cache: PilotCache | None = None
 ) -> list[dict[str, Any]]:

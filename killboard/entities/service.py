@@ -37,6 +37,7 @@ class Entities:
     index: search.SearchIndex = field(default_factory=search.SearchIndex)
     store: Store | None = None
     pilots: rows.PilotCache = field(default_factory=rows.PilotCache)  # the page rows' pilots
+    html: rows.RowCache = field(default_factory=rows.RowCache)  # the page rows, rendered
     _names_seen: float = 0.0
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import aiohttp_jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from ..kill import topics
 from ..kill.frames import encode
@@ -169,12 +170,21 @@ async def page(request: web.Request) -> web.StreamResponse:
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
     seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS)]
     kills = await rows.rows(service.store, service.static, seqs, lang, service.pilots)
+    kill_row = aiohttp_jinja2.get_env(request.app).get_template("macros.html").module.kill_row  # type: ignore[attr-defined]
+    rendered = []
+    for kill in kills:
+        key = rows.RowCache.key(kill, lang)
+        html = service.html.get(key)
+        if html is None:
+            html = str(kill_row(kill, link))
+            service.html.put(key, html)
+        rendered.append(Markup(html))  # rendered by the autoescaping template: names are escaped
     context = {
         "lang": lang,
         "e": found,
         "kind": entity[0],
         "label": found["name"] or f"{entity[0].capitalize()} #{entity[1]}",
-        "kills": kills,
+        "rows": rendered,
         "last_seq": last_seq,
         "max_rows": PAGE_ROWS * 4,
         "link": link,

@@ -198,3 +198,19 @@ async def test_rebuild_command_and_import_count_like_the_server(
     assert run.returncode == 0, run.stderr
     assert f"rebuilt from {len(killmails)} kills" in run.stdout
     assert tables(other) == want
+
+
+async def test_page_rows_show_names_once_learned_and_escape_them(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    esi = next(k for k in killmails if k["victim"].get("character_id"))
+    victim = esi["victim"]["character_id"]
+    await post_all(client, [esi])
+    page = f"/corporation/{esi['victim']['corporation_id']}"
+    assert f"#{victim}</a>" in await (await client.get(page)).text()  # ids until the name is known
+    hostile = "<img src=x onerror=alert(1)>"
+    await client.server.app[store_key].save_names({victim: (hostile, "character")})
+    html = await (await client.get(page)).text()
+    assert f"#{victim}</a>" not in html and hostile not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert hostile not in await (await client.get(f"/character/{victim}")).text()
