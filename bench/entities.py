@@ -60,6 +60,20 @@ async def cpu(call: Callable[[], Awaitable[Any]], runs: int) -> float:
     return statistics.median(times)
 
 
+async def write_cost(static: Any, kms: list[dict[str, Any]], count: int, folder: Path) -> None:
+    """CPU a kill of save_kills (batches of 200) without and with the figures' writer."""
+    kills = make_kills(static, kms, count, 900_000_000, int(time.time()))
+    for name, attach in (("participant index only", False), ("with the entity figures", True)):
+        store = await Store.open(folder / f"write-{attach}.sqlite3")
+        if attach:
+            backlog.attach(store, static)
+        start = time.process_time()
+        for i in range(0, len(kills), 200):
+            await store.save_kills(kills[i : i + 200])
+        print(f"save_kills, {name}: {(time.process_time() - start) / count * 1e3:.3f} ms CPU a kill")
+        await store.close()
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=100_000)
@@ -68,6 +82,7 @@ async def main() -> None:
     static = load_static(ROOT / "data")
     kms = killmails()
     with tempfile.TemporaryDirectory() as tmp:
+        await write_cost(static, kms, min(args.kills, 10_000), Path(tmp))
         db = Path(tmp) / "kb.sqlite3"
         store = await Store.open(db)
         backlog.attach(store, static)
