@@ -27,26 +27,26 @@ THREAD_PILOTS = 300  # past this many pilots in a batch (~3 ms of work), the sha
 
 async def share_of(db: aiosqlite.Connection, static: StaticData, seqs: Sequence[int], sign: int) -> figures.Share:
     """The share of the kills with these seqs that are in the participant index."""
-    found = await participants.pilots(db, seqs)
-    if not found:
-        return figures.Share()
-    wanted = list(found)
-    rows: list[tuple[int, int, int, float]] = []
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
+    # One query for both: the kill's time, system and value, and its packed pilots.
+    rows: list[tuple[int, int, float, bytes]] = []
+    for i in range(0, len(seqs), 500):
+        chunk = list(seqs[i : i + 500])
         marks = ",".join("?" * len(chunk))
-        sql = f"SELECT seq, kill_time, system_id, total_value FROM kills WHERE seq IN ({marks})"
+        sql = (
+            "SELECT k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p USING (seq)"
+            f" WHERE k.seq IN ({marks})"
+        )
         async with db.execute(sql, chunk) as cur:
             rows += [tuple(row) for row in await cur.fetchall()]  # type: ignore[misc]
 
     def work() -> figures.Share:
         share = figures.Share()
-        for seq, kill_time, system_id, value in rows:
-            figures.add_kill(share, found[seq], kill_time, system_id, value, static, sign)
+        for kill_time, system_id, value, blob in rows:
+            figures.add_kill(share, participants.unpack(blob), kill_time, system_id, value, static, sign)
         return share
 
-    # Retention and the backlog take hundreds of kills at once: worked out beside the loop.
-    return await asyncio.to_thread(work) if sum(map(len, found.values())) > THREAD_PILOTS else work()
+    # A packed pilot is ~14 bytes: past THREAD_PILOTS of them, unpack and count beside the loop.
+    return await asyncio.to_thread(work) if sum(len(r[3]) for r in rows) > 14 * THREAD_PILOTS else work()
 
 
 async def _state(db: aiosqlite.Connection, key: str) -> int:
