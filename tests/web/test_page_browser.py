@@ -143,11 +143,12 @@ async def test_filter_is_a_link_and_shows_only_matching_kills(
     assert set(await row_ids(page)) <= highsec
     await expect(page.locator("select[name=sec]")).to_have_value("highsec")
 
-    # A link on a system narrows the feed to it, keeping the other filters.
+    # A system's name links to its page (issue 20), whose feed holds only that system's kills.
     system_link = page.locator("#feed li.kill .where > a").first
     system_name = await system_link.text_content()
     await system_link.click()
-    await page.wait_for_url("**/?sec=highsec&system=*")
+    await page.wait_for_url("**/system/*")
+    await expect(page.locator("#entity-name")).to_have_text(system_name or "")
     names = await page.locator("#feed li.kill .where > a").all_text_contents()
     assert names and set(names) == {system_name}
 
