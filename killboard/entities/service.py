@@ -191,10 +191,7 @@ class Entities:
     async def newest(self, kind: str, entity_id: int, limit: int) -> list[tuple[int, int]]:
         """(seq, role code) of an entity's newest kills and losses (participants.kills_of)."""
         assert self.store is not None
-        return await self.store.query(
-            "SELECT seq, role FROM entity_kills WHERE kind = ? AND id = ? ORDER BY seq DESC LIMIT ?",
-            (int(KINDS[kind]), entity_id, limit),
-        )
+        return await self.store.kills_of(KINDS[kind], entity_id, None, limit)
 
     async def kills(
         self,
@@ -213,10 +210,7 @@ class Entities:
         scanned = 0
         while len(out) < limit and scanned < SCAN_LIMIT:
             step = limit if condition is None else min(SCAN_LIMIT - scanned, 4 * limit)
-            rows = await self.store.query(
-                "SELECT seq, role FROM entity_kills WHERE kind = ? AND id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (int(KINDS[kind]), entity_id, cursor if cursor is not None else 2**63 - 1, step),
-            )  # participants.kills_of, on the store's reader
+            rows = await self.store.kills_of(KINDS[kind], entity_id, cursor, step)
             if not rows:
                 return out, None
             scanned += len(rows)

@@ -25,7 +25,6 @@ from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
 from . import participants
-from .figures_schema import FIGURES_BACKLOG
 from .figures_schema import SCHEMA as FIGURES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -111,12 +110,19 @@ MIGRATIONS: list[str] = [
         SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
     """,
-    # 7: entity figures (killboard/entities/figures.py). Kills already in the participant index
-    # are counted in by the entities' backlog, from the seq noted here down.
+    # 7: entity figures (killboard/entities/figures.py), and entity_kills as posting blocks
+    # (participants.py: ~16 B a kill and entity before, 2-3 B after). The index of schema 6 is
+    # dropped and every kill indexed again by the participant backlog, which counts each into the
+    # figures as it goes (its writers), so no kill is counted twice or missed.
     FIGURES_SCHEMA
+    + """
+    DROP TABLE entity_kills;
+    DELETE FROM participants;
+    """
+    + participants.ENTITY_KILLS_SCHEMA
     + f"""
     INSERT INTO state (key, value)
-        SELECT '{FIGURES_BACKLOG}', CAST(max(seq) AS TEXT) FROM participants HAVING max(seq) IS NOT NULL
+        SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
     """,
 ]
@@ -556,6 +562,12 @@ class Store:
         async with self._reader.execute(sql, tuple(args)) as cur:
             return [tuple(row) for row in await cur.fetchall()]
 
+    async def kills_of(
+        self, kind: participants.Kind, entity: int, before_seq: int | None = None, limit: int = 50
+    ) -> list[tuple[int, int]]:
+        """participants.kills_of on the reader connection: (seq, role code), newest first."""
+        return await participants.kills_of(self._reader, kind, entity, before_seq, limit)
+
     async def _number(self, sql: str) -> int:
         """The one value a read query returns (a count, a max, a pragma); 0 for none or NULL."""
         async with self._reader.execute(sql) as cur:
@@ -771,16 +783,12 @@ async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
 async def _index(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     """Write the participant index rows of newly stored kills (in their transaction)."""
     await db.executemany(participants.INSERT_PILOTS, [(seq, participants.pack(part.pilots)) for seq, part in kills])
-    await db.executemany(
-        participants.INSERT_ENTITIES, [(kind, i, seq, role) for seq, part in kills for kind, i, role in part.entities]
-    )
+    await db.executemany(participants.INSERT_ENTITIES, participants.postings(kills))
 
 
 async def _unindex(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     await db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
-    await db.executemany(
-        participants.DELETE_ENTITIES, [(kind, i, seq) for seq, part in kills for kind, i, _ in part.entities]
-    )
+    await participants.remove(db, kills)
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AUTH, Client, settle
+from conftest import AUTH, Client, settle, until
 
 from killboard.entities import backlog
 from killboard.kill.staticdata import StaticData
 from killboard.storage import store as store_module
 from killboard.storage.figures_schema import FIGURES_BACKLOG
-from killboard.storage.store import Store
+from killboard.storage.store import INDEX_BACKLOG, Store
 from killboard.web.keys import store_key
 
 PLAYER_FIELDS = ("character_id", "corporation_id", "alliance_id")
@@ -157,25 +157,34 @@ async def test_rebuild_gives_the_figures_kept_incrementally(
 async def test_kills_stored_before_the_figures_are_counted_in_after_the_upgrade(
     tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]], make_client: Any, monkeypatch: Any
 ) -> None:
-    # A database of schema 6 (participant index, no figures) holding the 82 kills.
+    # A database of schema 6 (the participant index of a row a kill and entity, no figures).
     path = tmp_path / "kb.sqlite3"
     client = await make_client()
     await post_all(client, killmails)
     want = tables(path)
     await client.close()
     db = sqlite3.connect(path)
-    db.executescript("DROP TABLE entity_months; DROP TABLE entity_tops; PRAGMA user_version = 6;")
+    db.executescript(
+        "DROP TABLE entity_months; DROP TABLE entity_tops; DROP TABLE entity_kills;"
+        " CREATE TABLE entity_kills (kind INTEGER NOT NULL, id INTEGER NOT NULL, seq INTEGER NOT NULL,"
+        " role INTEGER NOT NULL, PRIMARY KEY (kind, id, seq)) WITHOUT ROWID;"
+        " INSERT INTO entity_kills SELECT 7, system_id, seq, 0 FROM kills;"
+        " PRAGMA user_version = 6;"
+    )
     db.close()
-    client = await make_client()  # migrates to 7, then its backlog counts the kills in
+    client = await make_client()  # migrates to 7: every kill is indexed again and counted in once
     store = client.server.app[store_key]
 
     async def done() -> bool:
-        return await store.get_state(FIGURES_BACKLOG) is None
-
-    from conftest import until
+        return not int(await store.get_state(INDEX_BACKLOG) or 0) and await store.get_state(FIGURES_BACKLOG) is None
 
     await until(done)
     assert tables(path) == want
+    corp = busiest(killmails, "corporation_id")
+    body = await (await client.get(f"/api/corporation/{corp}/kills?limit=200")).json()
+    assert len(body["kills"]) == sum(
+        1 for k in killmails if corp in {p.get("corporation_id") for p in (k["victim"], *k["attackers"])}
+    )
 
 
 async def test_kills_not_yet_in_the_participant_index_are_counted_once(

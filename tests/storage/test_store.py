@@ -62,9 +62,8 @@ async def test_read_renders_what_was_broadcast_with_names(make_client: Any, kill
 
 
 async def test_compact_rows_stay_small(tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]) -> None:
-    """3,000 kills (the real ones repeated with new ids) take under 1,680 B each on disk with everything
-    kept beside them: the participant index and the entity figures (977 B before either). Issue 20 asks
-    for 1,500 B; measured 1,597 B (entity_kills ~490 B a kill, 31 rows): the bound is that + 5%."""
+    """3,000 kills (the real ones repeated with new ids) take under 1,500 B each on disk with everything
+    kept beside them (issue 20): the participant index and the entity figures (977 B before either)."""
     store = await Store.open(tmp_path / "kb.sqlite3")
     backlog.attach(store, static)  # the entity figures, as the server keeps them
     try:
@@ -73,7 +72,7 @@ async def test_compact_rows_stay_small(tmp_path: Path, static: StaticData, killm
         assert await store.count() == 3000
     finally:
         await store.close()
-    assert on_disk(tmp_path / "kb.sqlite3") / 3000 < 1680
+    assert on_disk(tmp_path / "kb.sqlite3") / 3000 < 1500
     # The schema-1 form of the same kills would be ~5.5 KB each, before row overhead.
     enriched = [enrich(parse_submission(k), static, {}, price_book(static)) for k in killmails]
     assert sum(len(zlib.compress(encode(k), 6)) for k in enriched) / len(enriched) > 4000
