@@ -64,14 +64,15 @@ class Kind(IntEnum):
 
 KIND_NAMES: Mapping[str, Kind] = {k.name.lower(): k for k in Kind}
 
-# Seqs a block of each kind spans: an entry takes 2 bytes up to a shift of 11, 3 up to 18. Busy
-# kinds get small blocks (a region or ship group may be in most kills), rare ones large blocks so
-# a pilot's few kills a day share a row.
+# Seqs a block of each kind spans (2**SHIFT): an entry takes 2 bytes up to a shift of 11, 3 up to
+# 18. Busy kinds get small blocks (a region or ship group may be in most kills, the capsule in a
+# quarter), rare ones large blocks so a pilot's few kills a day share a row. Written into the
+# stored blocks: changing one needs a migration that indexes again.
 SHIFT: Mapping[int, int] = {
     Kind.CHARACTER: 14,
     Kind.CORPORATION: 11,
     Kind.ALLIANCE: 10,
-    Kind.SHIP: 11,
+    Kind.SHIP: 10,
     Kind.GROUP: 9,
     Kind.SYSTEM: 11,
     Kind.REGION: 8,

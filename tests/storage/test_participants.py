@@ -148,3 +148,37 @@ def test_pack_round_trips_big_ids_and_none() -> None:
     pilots = [(2_123_456_789, 98_000_001, 99_000_002, 0, 670, 0, 0), (0, 1_000_125, 0, 500_001, 2**40, 123_456, 1)]
     assert participants.unpack(participants.pack(pilots)) == pilots
     assert participants.unpack(participants.pack([])) == []
+
+
+def test_posting_blocks_round_trip_every_role_and_block_edge() -> None:
+    kills = []
+    for seq in (1, 255, 256, 257, 1023, 1024, 16383, 16384, 2**40 + 5):
+        entities = tuple((int(kind), 1000 + seq % 3, seq % 5) for kind in participants.SHIFT)
+        kills.append((seq, participants.Participation((), entities)))
+    written = participants.postings(kills)
+    got = sorted(participants.rows(written))
+    want = sorted((kind, i, seq, role) for seq, part in kills for kind, i, role in part.entities)
+    assert got == want
+
+
+async def test_kills_of_pages_exactly_across_blocks(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    try:
+        await save_all(store, make_kills(static, killmails, 1500, 600_000_000, 1_700_000_000))
+        db = sqlite3.connect(store.path)
+        every = list(participants.rows(db.execute(BLOCKS)))
+        db.close()
+        for kind in (Kind.REGION, Kind.GROUP, Kind.CORPORATION):
+            entity = Counter(i for k, i, _, _ in every if k == kind).most_common(1)[0][0]
+            want = sorted(((s, r) for k, i, s, r in every if (k, i) == (kind, entity)), reverse=True)
+            assert len(want) > 100  # regions and groups span several blocks here
+            got: list[tuple[int, int]] = []
+            before = None
+            while page := await store.kills_of(kind, entity, before, 7):
+                got += page
+                before = page[-1][0]
+            assert got == want
+    finally:
+        await store.close()
