@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
 from killboard.config import Config  # noqa: E402
+from killboard.entities import backlog  # noqa: E402
 from killboard.ingest.pipeline import build_kill  # noqa: E402
 from killboard.kill import codec  # noqa: E402
 from killboard.kill.enrich import enrich  # noqa: E402
@@ -77,6 +78,17 @@ def with_zkb(sub: Submission, kill: dict[str, Any], kill_id: int, when: int) -> 
         "href": f"https://esi.evetech.net/killmails/{kill_id}/{sub.killmail_hash}/",
     }
     return Submission(kill_id, sub.killmail_hash, esi, zkb)
+
+
+def table_bytes(path: Path) -> list[tuple[str, int]]:
+    """Bytes of each table and index (SQLite's dbstat), largest first."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+    finally:
+        db.close()
 
 
 async def fill(store: Store, kills: list[NewKill], batch: int = 200) -> int:
@@ -167,6 +179,7 @@ async def main() -> None:
         start = int(time.time()) - args.days * DAY
         db = Path(tmp) / "month.sqlite3"
         store = await Store.open(db)
+        backlog.attach(store, static)  # the entity figures, as the server and imports keep them
         t = time.perf_counter()
         peak = 0
         chunk: list[NewKill] = []
@@ -199,6 +212,7 @@ async def main() -> None:
             f"{size / 2**20:.0f} MiB; largest WAL seen {peak / 2**20:.1f} MiB; stored at {total / elapsed:.0f} kills/s"
         )
         print(f"  a year at this rate: {size / total * args.per_day * 365 / 2**30:.1f} GiB")
+        print("  by table and index, B/kill: " + ", ".join(f"{name} {b / total:.0f}" for name, b in table_bytes(db)))
         median, resp_size = await serve_latest(db)
         print(
             f"GET /api/killmails?limit=50 over that database: median {median * 1000:.1f} ms"

@@ -15,6 +15,8 @@ from aiohttp import web
 from . import __version__, logs
 from . import config as settings
 from .battles import commands as battle_commands
+from .entities import backlog as entity_figures
+from .entities import commands as entity_commands
 from .ingest import importer
 from .server import create_app
 from .storage import dbtools
@@ -120,6 +122,7 @@ def build_parser(prog: str = "killboard") -> argparse.ArgumentParser:
     dbtools.add_commands(commands)  # backup, check
     webhook_commands.add_commands(commands)  # webhooks check, webhooks test NAME
     battle_commands.add_commands(commands)  # battles rebuild
+    entity_commands.add_commands(commands)  # entities rebuild
     return parser
 
 
@@ -167,7 +170,9 @@ def _run_edge(args: argparse.Namespace) -> int:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    return importer.main_sync(settings.from_args(args), args.paths, prepare=battle_commands.with_battles)
+    # Imported kills join battles and count into the entity figures in their own transactions.
+    prepare = (battle_commands.with_battles, entity_figures.with_figures)
+    return importer.main_sync(settings.from_args(args), args.paths, prepare=prepare)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "killboard") -> int:

@@ -12,6 +12,7 @@ from contextlib import suppress
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from . import entities
 from .battles.service import Battles
 from .config import Config, resource_dir
 from .ingest.pipeline import OnStored, Pipeline
@@ -68,21 +69,27 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
     app[log_key] = StoreLog(store)
-    # Kills stored before the participant index existed are indexed beside the running server.
-    backlog = asyncio.create_task(_index_backlog(store), name="killboard-index-backlog")
     yield
-    backlog.cancel()
-    with suppress(asyncio.CancelledError):
-        await backlog
     await store.close()
 
 
-async def _index_backlog(store: Store) -> None:
-    try:
-        if done := await store.index_backlog():
-            log.info("participant index: %d kills stored before it are indexed", done)
-    except (sqlite3.Error, OSError):
-        log.exception("participant index: indexing older kills failed; it resumes at the next start")
+async def _index_backlog(app: web.Application) -> AsyncIterator[None]:
+    """Kills stored before the participant index existed are indexed beside the running server.
+    Started after the battles and the entity figures have attached their writers to the store,
+    so those kills reach them too (store.index_backlog calls every writer)."""
+
+    async def run(store: Store) -> None:
+        try:
+            if done := await store.index_backlog():
+                log.info("participant index: %d kills stored before it are indexed", done)
+        except (sqlite3.Error, OSError):
+            log.exception("participant index: indexing older kills failed; it resumes at the next start")
+
+    task = asyncio.create_task(run(app[store_key]), name="killboard-index-backlog")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 async def _battles(app: web.Application) -> AsyncIterator[None]:
@@ -190,8 +197,11 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
+    # Entity figures and search (killboard/entities): attached to the store as it opens.
+    entities.setup(app, app[static_key], lambda: app[store_key])
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
     app.cleanup_ctx.append(_battles)  # before the worker: it writes battles with every batch
+    app.cleanup_ctx.append(_index_backlog)  # after every writer kept beside the kills
     if config.redis_url:
         from .bus.writer import writer_ctx  # only then: the embedded default never imports redis
 

@@ -112,15 +112,9 @@
     return node;
   }
 
-  const baseQuery = new URLSearchParams(feed.dataset.query || "");
-  const ENTITY_KINDS = ["system", "region", "character", "corporation", "alliance"];
-  ENTITY_KINDS.forEach(function (kind) { baseQuery.delete(kind); });
-
+  // Every name and place links to its own page (/character/ID, /system/ID ...).
   function link(kind, id) {
-    if (!id) return "/";
-    const query = new URLSearchParams(baseQuery);
-    query.set(kind, String(id));
-    return "/?" + query.toString();
+    return id ? "/" + kind + "/" + encodeURIComponent(String(id)) : "/";
   }
 
   function entity(p) {

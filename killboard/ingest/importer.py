@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import tarfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,10 +198,11 @@ async def run_import(
     out: IO[str] = sys.stdout,
     err: IO[str] = sys.stderr,
     tty: bool | None = None,
-    prepare: Prepare | None = None,
+    prepare: Sequence[Prepare] = (),
 ) -> Summary:
-    """Import every item of `paths` into `config.db_path`; returns what happened. `prepare` is
-    given the opened store first (cli.py: the battles' writer, so imported kills form battles)."""
+    """Import every item of `paths` into `config.db_path`; returns what happened. Each of `prepare`
+    is given the opened store first, and returns its cleanup (cli.py: the battles' writer and the
+    entity figures, so imported kills form battles and count as the server's own do)."""
     summary = Summary()
     files = expand(paths)
     missing = [p for p in files if not p.exists()]
@@ -213,8 +214,8 @@ async def run_import(
     async with AsyncExitStack() as stack:
         store = await Store.open(config.db_path)
         stack.push_async_callback(store.close)
-        if prepare is not None:
-            stack.push_async_callback(await prepare(store, static))
+        for step in prepare:
+            stack.push_async_callback(await step(store, static))
         prices = price_book(static)
         stored_prices, _ = await store.load_prices()
         prices.market.update(stored_prices)  # the server's latest ESI prices, when it fetched any
@@ -300,6 +301,6 @@ async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, 
     progress.count(len(stored))
 
 
-def main_sync(config: Config, paths: list[Path], prepare: Prepare | None = None) -> int:
+def main_sync(config: Config, paths: list[Path], prepare: Sequence[Prepare] = ()) -> int:
     summary = asyncio.run(run_import(config, paths, prepare=prepare))
     return 1 if summary.rejected else 0

@@ -8,11 +8,14 @@ without them, and pruned with it:
   damage (taken by the victim, done by an attacker) and the final blow. Battles read it to put
   pilots on sides and count the ships each side fielded. Packed (varints field by field, raw deflate:
   ~14 B a pilot) because a row a pilot cost ~35 B a pilot: 435 B a kill, half of the kill itself.
-- `entity_kills`: every entity of a kill once, clustered by (kind, id, seq): characters,
-  corporations and alliances on either side, ships and ship groups flown or lost, the system and
-  the region. `role` says on which side it took part (a code, see ROLES: the commonest, a kill
-  without the final blow, is 0 and takes no byte). Entity pages read their kills and losses from
-  it newest first, and battles find which entities fought where.
+- `entity_kills`: every entity of a kill once (characters, corporations and alliances on either
+  side, ships and ship groups flown or lost, the system and the region), with its role (a code,
+  see ROLES), kept as posting lists: a row per entity and block of seqs (`seq >> SHIFT[kind]`)
+  holding the block's (seq, role) entries as varints. A row a kill and entity cost ~16 B (key,
+  header, cell): the kill's ~31 entities were half the store; an entry in a block is 2-3 B. The
+  block sizes keep a busy entity's row well under a page (a region in every kill: 256 entries of
+  2 B), so appending never rewrites overflow pages. Entity pages read an entity's kills and
+  losses from it newest first (`kills_of`).
 
 A kill counts once for each entity however many of its pilots shared it (issue 20's rule).
 """
@@ -20,7 +23,7 @@ A kill counts once for each entity however many of its pilots shared it (issue 2
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -29,19 +32,22 @@ import aiosqlite
 
 # The tables (migration 6 in store.py). WITHOUT ROWID: the primary key is the row, so each
 # row costs its key and columns once, and a small integer (0, 1) takes no payload byte.
-SCHEMA = """
+PILOTS_SCHEMA = """
 CREATE TABLE participants (
     seq INTEGER PRIMARY KEY,      -- kills.seq
     pilots BLOB NOT NULL          -- pack(): the victim, then the attackers
 );
+"""
+ENTITY_KILLS_SCHEMA = """
 CREATE TABLE entity_kills (
     kind INTEGER NOT NULL,        -- Kind
     id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    role INTEGER NOT NULL,        -- a code of ROLES
-    PRIMARY KEY (kind, id, seq)
+    block INTEGER NOT NULL,       -- seq >> SHIFT[kind]
+    seqs BLOB NOT NULL,           -- entries(): varints of (seq within the block) << 3 | role code
+    PRIMARY KEY (kind, id, block)
 ) WITHOUT ROWID;
 """
+SCHEMA = PILOTS_SCHEMA + ENTITY_KILLS_SCHEMA
 
 
 class Kind(IntEnum):
@@ -57,6 +63,20 @@ class Kind(IntEnum):
 
 
 KIND_NAMES: Mapping[str, Kind] = {k.name.lower(): k for k in Kind}
+
+# Seqs a block of each kind spans (2**SHIFT): an entry takes 2 bytes up to a shift of 11, 3 up to
+# 18. Busy kinds get small blocks (a region or ship group may be in most kills, the capsule in a
+# quarter), rare ones large blocks so a pilot's few kills a day share a row. Written into the
+# stored blocks: changing one needs a migration that indexes again.
+SHIFT: Mapping[int, int] = {
+    Kind.CHARACTER: 14,
+    Kind.CORPORATION: 11,
+    Kind.ALLIANCE: 10,
+    Kind.SHIP: 10,
+    Kind.GROUP: 9,
+    Kind.SYSTEM: 11,
+    Kind.REGION: 8,
+}
 
 # Roles as bits while a kill is worked out; stored as the small codes of ROLES.
 LOSS = 1  # the entity was the victim's (its character, corporation, ship …)
@@ -178,9 +198,89 @@ def unpack(blob: bytes) -> list[PilotRow]:
 
 
 INSERT_PILOTS = "INSERT INTO participants (seq, pilots) VALUES (?, ?) ON CONFLICT DO NOTHING"
-INSERT_ENTITIES = "INSERT INTO entity_kills (kind, id, seq, role) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+# Appends to the block's entries (|| makes TEXT of two BLOBs, bytes kept, NULs too: cast back).
+INSERT_ENTITIES = (
+    "INSERT INTO entity_kills (kind, id, block, seqs) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (kind, id, block) DO UPDATE SET seqs = CAST(seqs || excluded.seqs AS BLOB)"
+)
 DELETE_PILOTS = "DELETE FROM participants WHERE seq = ?"
-DELETE_ENTITIES = "DELETE FROM entity_kills WHERE kind = ? AND id = ? AND seq = ?"
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _varints(data: bytes) -> list[int]:
+    values: list[int] = []
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+        else:
+            values.append(value)
+            value = shift = 0
+    return values
+
+
+BlockKey = tuple[int, int, int]  # (kind, id, block)
+
+
+def postings(kills: Sequence[tuple[int, Participation]]) -> list[tuple[int, int, int, bytes]]:
+    """The entity_kills rows to append for new kills: (kind, id, block, entries), one per block."""
+    blocks: dict[BlockKey, bytearray] = {}
+    for seq, part in kills:
+        for kind, entity, role in part.entities:
+            shift = SHIFT[kind]
+            _varint(
+                (seq & ((1 << shift) - 1)) << 3 | role, blocks.setdefault((kind, entity, seq >> shift), bytearray())
+            )
+    return [(*key, bytes(data)) for key, data in blocks.items()]
+
+
+def entries(kind: int, block: int, data: bytes) -> list[tuple[int, int]]:
+    """(seq, role code) of a block's entries, in the order they were written."""
+    base = block << SHIFT[kind]
+    return [(base + (v >> 3), v & 7) for v in _varints(data)]
+
+
+def rows(blocks: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int, int, int]]:
+    """(kind, id, seq, role) of entity_kills rows (kind, id, block, seqs): a row a kill and entity."""
+    for kind, entity, block, data in blocks:
+        for seq, role in entries(kind, block, data):
+            yield kind, entity, seq, role
+
+
+async def remove(db: aiosqlite.Connection, kills: Sequence[tuple[int, Participation]]) -> None:
+    """Take kills out of their entities' blocks (retention), in the caller's transaction."""
+    gone: dict[BlockKey, set[int]] = {}
+    for seq, part in kills:
+        for kind, entity, _ in part.entities:
+            gone.setdefault((kind, entity, seq >> SHIFT[kind]), set()).add(seq)
+    keys = list(gone)
+    updates: list[tuple[bytes, int, int, int]] = []
+    deletes: list[BlockKey] = []
+    for i in range(0, len(keys), 300):
+        chunk = keys[i : i + 300]
+        marks = ",".join("(?, ?, ?)" for _ in chunk)
+        sql = f"SELECT kind, id, block, seqs FROM entity_kills WHERE (kind, id, block) IN (VALUES {marks})"
+        async with db.execute(sql, [v for key in chunk for v in key]) as cur:
+            for kind, entity, block, data in await cur.fetchall():
+                drop = gone[(kind, entity, block)]
+                kept = [(s, r) for s, r in entries(kind, block, data) if s not in drop]
+                if kept:
+                    out = bytearray()
+                    mask = (1 << SHIFT[kind]) - 1
+                    for s, r in kept:
+                        _varint((s & mask) << 3 | r, out)
+                    updates.append((bytes(out), kind, entity, block))
+                else:
+                    deletes.append((kind, entity, block))
+    await db.executemany("UPDATE entity_kills SET seqs = ? WHERE kind = ? AND id = ? AND block = ?", updates)
+    await db.executemany("DELETE FROM entity_kills WHERE kind = ? AND id = ? AND block = ?", deletes)
 
 
 async def pilots(db: aiosqlite.Connection, seqs: Sequence[int]) -> dict[int, list[PilotRow]]:
@@ -198,8 +298,16 @@ async def kills_of(
     db: aiosqlite.Connection, kind: Kind, entity: int, before_seq: int | None = None, limit: int = 50
 ) -> list[tuple[int, int]]:
     """(seq, role code) of an entity's kills and losses, newest first, before `before_seq`."""
+    before = before_seq if before_seq is not None else 2**63 - 1
+    out: list[tuple[int, int]] = []
     async with db.execute(
-        "SELECT seq, role FROM entity_kills WHERE kind = ? AND id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-        (int(kind), entity, before_seq if before_seq is not None else 2**63 - 1, limit),
+        "SELECT block, seqs FROM entity_kills WHERE kind = ? AND id = ? AND block <= ? ORDER BY block DESC",
+        (int(kind), entity, max(before - 1, 0) >> SHIFT[kind]),
     ) as cur:
-        return [(seq, role) for seq, role in await cur.fetchall()]
+        while len(out) < limit:
+            found = await cur.fetchmany(16)
+            if not found:
+                break
+            for block, data in found:
+                out += sorted({e for e in entries(kind, block, data) if e[0] < before}, reverse=True)
+    return out[:limit]

@@ -25,6 +25,8 @@ from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
 from . import battle_tables, participants
+from .figures_schema import FIGURES_BACKLOG
+from .figures_schema import SCHEMA as FIGURES_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,15 @@ MIGRATIONS: list[str] = [
     """,
     # 7: battles (killboard/battles), kept beside the kills in their transaction.
     battle_tables.SCHEMA,
+    # 8: entity figures (killboard/entities/figures.py), kept beside the kills in their transaction.
+    # Kills already in the participant index are counted in by the entities' backlog up to the seq
+    # noted here; those still waiting for the index are counted as the index's backlog reaches them.
+    FIGURES_SCHEMA
+    + f"""
+    INSERT INTO state (key, value)
+        SELECT '{FIGURES_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+    """,
 ]
 
 # Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
@@ -551,6 +562,12 @@ class Store:
             out.append(StoredKill(row[0], row[1], row[3], body))
         return out
 
+    async def kills_of(
+        self, kind: participants.Kind, entity: int, before_seq: int | None = None, limit: int = 50
+    ) -> list[tuple[int, int]]:
+        """participants.kills_of on the reader connection: (seq, role code), newest first."""
+        return await participants.kills_of(self._reader, kind, entity, before_seq, limit)
+
     async def _number(self, sql: str) -> int:
         """The one value a read query returns (a count, a max, a pragma); 0 for none or NULL."""
         async with self._reader.execute(sql) as cur:
@@ -767,16 +784,12 @@ async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
 async def _index(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     """Write the participant index rows of newly stored kills (in their transaction)."""
     await db.executemany(participants.INSERT_PILOTS, [(seq, participants.pack(part.pilots)) for seq, part in kills])
-    await db.executemany(
-        participants.INSERT_ENTITIES, [(kind, i, seq, role) for seq, part in kills for kind, i, role in part.entities]
-    )
+    await db.executemany(participants.INSERT_ENTITIES, participants.postings(kills))
 
 
 async def _unindex(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     await db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
-    await db.executemany(
-        participants.DELETE_ENTITIES, [(kind, i, seq) for seq, part in kills for kind, i, _ in part.entities]
-    )
+    await participants.remove(db, kills)
 
 
 def _chunks(items: list[int], size: int) -> Iterable[list[int]]:

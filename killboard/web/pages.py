@@ -19,9 +19,11 @@ import jinja2
 import ujson
 from aiohttp import web
 
+from .. import entities
 from ..battles.tables import battle_of
 from ..config import resource_dir
 from ..kill import display
+from ..kill.fitting import fitting
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
 from ..storage.store import StoredKill
@@ -84,15 +86,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 
 def _linker(current: Filter) -> Callable[[str, Any], str]:
-    """Links on names and systems: the current filter narrowed to that entity."""
-    base = {k: v for k, v in current.query().items() if k not in filters.ENTITY_KINDS}
-
-    def link(kind: str, entity_id: Any) -> str:
-        if not entity_id:
-            return "/"
-        return "/?" + urlencode({**base, kind: entity_id})
-
-    return link
+    """Links on names and places: the entity's own page (killboard/entities)."""
+    del current  # the page links out of the filter: the entity page has its own kills
+    return entities.link
 
 
 def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
@@ -200,8 +196,12 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
     kill["seq"] = stored.seq
     lang = reader_language(request.headers.get("Accept-Language", ""))
     [kill] = await _in_language([kill], lang)
+    static = request.app[static_key]
+    fit = fitting(kill, static.flags, static.types)
     context = {
         "lang": lang,
+        "fit": fit,
+        "eft": fit.eft(f"Kill {killmail_id}"),
         "k": kill,
         "attackers": display.attackers_in_order(kill.get("attackers") or ()),
         "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),

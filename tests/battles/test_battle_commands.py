@@ -56,7 +56,10 @@ def test_kills_from_before_battles_wait_for_a_rebuild(tmp_path: Path, capsys: py
     assert main(["import", str(tmp_path / "fight.json"), "--db", str(db), "--no-upstream"]) == 0
     # Back to schema 6, as a database of the previous release.
     conn = sqlite3.connect(db)
-    conn.executescript("DROP TABLE battles; DROP TABLE battle_kills; PRAGMA user_version = 6;")
+    conn.executescript(
+        "DROP TABLE battles; DROP TABLE battle_kills; DROP TABLE entity_months; DROP TABLE entity_tops;"
+        " PRAGMA user_version = 6;"
+    )
     conn.close()
 
     async def state() -> tuple[str | None, list[tuple[int, ...]]]:

@@ -55,7 +55,10 @@ async def test_content_security_policy_allows_no_inline_script(client: Client) -
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp, path
     html = await (await client.get("/")).text()
     # Every script is a file: nothing inline for the policy to have to allow.
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/feed.js" defer>']
+    assert re.findall(r"<script[^>]*>", html) == [
+        '<script src="/static/search.js" defer>',
+        '<script src="/static/feed.js" defer>',
+    ]
     assert not re.search(r"<[^>]*\son[a-z]+=", html)  # no onclick= and the like either
 
 

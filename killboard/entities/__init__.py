@@ -1,0 +1,30 @@
+"""Entity pages and search: figures per character, corporation, alliance, ship, group, system and
+region kept in the kills' transaction, their pages and JSON, and name search. Entry point: `setup`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from ..kill.staticdata import StaticData
+from ..storage.store import Store
+from .service import Entities
+from .views import add_routes, entities_key, link
+
+__all__ = ["Entities", "entities_key", "link", "setup"]
+
+
+def setup(app: web.Application, static: StaticData, store: Callable[[], Store]) -> None:
+    """Add the routes, and a context that attaches the figures to the store as it opens: append it
+    right after the database's, so it stops before the database closes."""
+    app[entities_key] = Entities(static)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        service = app[entities_key]
+        await service.start(store())
+        yield
+        await service.stop()
+
+    app.cleanup_ctx.append(context)
+    add_routes(app)

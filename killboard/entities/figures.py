@@ -1,0 +1,235 @@
+"""Entity figures (kills, losses, ISK, solo, months, top lists), kept in the kills' own transaction.
+
+Each stored kill adds its share to two small tables, and retention takes the same share back, so a
+page reads a few rows instead of counting kills. The share of a kill is worked out from its row in
+the participant index (storage/participants.py: the pilots) and the kill's time, system and value,
+both when it is stored and when it is pruned, so adding and taking back are exact mirrors.
+
+- `entity_months`: per entity and calendar month, kills, losses, solo kills, ISK destroyed and
+  lost (whole ISK: integers add and subtract exactly, floats would drift). Totals are the sum of
+  the entity's months: a few dozen rows at most.
+- `entity_tops`: per entity, counts of the things its top lists rank: ships flown (on kills),
+  ships lost, systems, and opponents (the same kind of entity on the other side: the victim's on a
+  kill, the final blow's on a loss; for a system or region: the alliances that dealt final blows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from ..kill.enrich import CATEGORY_SHIP, NEVER_SOLO_GROUPS, is_npc_attacker
+from ..kill.staticdata import StaticData
+from ..storage.figures_schema import SCHEMA  # noqa: F401 - the tables live in the storage stage
+from ..storage.participants import Kind, PilotRow
+
+# What an entity_tops row counts.
+FLOWN = 1  # ship types its pilots flew on kills
+LOST = 2  # ship types it lost (for a place: lost there)
+SYSTEM = 3  # systems it fought in
+OPPONENT = 4  # the same kind on the other side (places: the final blows' alliances)
+TOP_NAMES = {FLOWN: "ships_flown", LOST: "ships_lost", SYSTEM: "systems", OPPONENT: "opponents"}
+
+PILOT_KINDS = (Kind.CHARACTER, Kind.CORPORATION, Kind.ALLIANCE, Kind.SHIP, Kind.GROUP)
+PLACE_KINDS = (Kind.SYSTEM, Kind.REGION)
+EntityKey = tuple[int, int]  # (kind, id)
+Month = tuple[int, int, int, int, int]  # kills, losses, solo, isk_destroyed, isk_lost
+
+
+@dataclass(slots=True)
+class Share:
+    """What one or more kills add to the figures (or, with sign -1, take away)."""
+
+    months: dict[tuple[int, int, int], list[int]] = field(default_factory=dict)
+    tops: Counter[tuple[int, int, int, int]] = field(default_factory=Counter)
+
+    def month(self, key: EntityKey, month: int, row: Month, sign: int) -> None:
+        have = self.months.setdefault((*key, month), [0, 0, 0, 0, 0])
+        for i, value in enumerate(row):
+            have[i] += sign * value
+
+    def merge(self, other: Share) -> None:
+        for key, row in other.months.items():
+            have = self.months.setdefault(key, [0, 0, 0, 0, 0])
+            for i, value in enumerate(row):
+                have[i] += value
+        self.tops.update(other.tops)
+
+    def top(self, key: EntityKey, what: int, other: int, sign: int) -> None:
+        if other:
+            self.tops[(*key, what, other)] += sign
+
+
+def month_of(kill_time: int) -> int:
+    t = time.gmtime(kill_time)
+    return t.tm_year * 12 + t.tm_mon - 1
+
+
+def _pilot_entities(pilot: PilotRow, static: StaticData) -> dict[Kind, int]:
+    character, corporation, alliance, _faction, ship, _damage, _final = pilot
+    info = static.types.get(ship)
+    return {
+        Kind.CHARACTER: character,
+        Kind.CORPORATION: corporation,
+        Kind.ALLIANCE: alliance,
+        Kind.SHIP: ship,
+        Kind.GROUP: info.group_id if info else 0,
+    }
+
+
+def is_solo(pilots: Sequence[PilotRow], static: StaticData) -> bool:
+    """zKillboard's solo (kill/enrich.py `_flags`), from the participant rows alone."""
+    if not pilots:
+        return False
+    info = static.types.get(pilots[0][4])
+    if info is None or info.category_id != CATEGORY_SHIP or info.group_id in NEVER_SOLO_GROUPS:
+        return False
+    players = [p for p in pilots[1:] if not is_npc_attacker({"character_id": p[0], "corporation_id": p[1]})]
+    return len(players) == 1
+
+
+def add_kill(
+    share: Share,
+    pilots: Sequence[PilotRow],
+    kill_time: int,
+    system_id: int,
+    value: float,
+    static: StaticData,
+    sign: int = 1,
+) -> None:
+    """Add (sign 1) or take back (sign -1) one kill's share: each entity once however many of
+    its pilots took part, as a kill if any is among the attackers, as a loss if it is the victim's."""
+    if not pilots:
+        return
+    isk = round(value)
+    month = month_of(kill_time)
+    solo = is_solo(pilots, static)
+    victim = _pilot_entities(pilots[0], static)
+    attackers = [(_pilot_entities(p, static), p) for p in pilots[1:]]
+    final = next((e for e, p in attackers if p[6]), attackers[0][0] if attackers else {})
+    # Per entity: did it kill, did it lose, which ships did its pilots fly on the kill.
+    killed: dict[EntityKey, set[int]] = {}
+    for entities, pilot in attackers:
+        for kind, entity in entities.items():
+            if entity:
+                killed.setdefault((kind, entity), set()).add(pilot[4])
+    lost = {(kind, entity) for kind, entity in victim.items() if entity}
+    for key in killed.keys() | lost:
+        kind = Kind(key[0])
+        did_kill, did_lose = key in killed, key in lost
+        share.month(
+            key, month, (int(did_kill), int(did_lose), int(did_kill and solo), isk * did_kill, isk * did_lose), sign
+        )
+        share.top(key, SYSTEM, system_id, sign)
+        if did_kill:
+            if kind not in (Kind.SHIP,):
+                for ship in killed[key]:
+                    share.top(key, FLOWN, ship, sign)
+            share.top(key, OPPONENT, victim[kind], sign)
+        if did_lose:
+            if kind != Kind.SHIP:
+                share.top(key, LOST, victim[Kind.SHIP], sign)
+            share.top(key, OPPONENT, final.get(kind, 0), sign)
+    system = static.systems.get(system_id)
+    places = [(Kind.SYSTEM, system_id)] + ([(Kind.REGION, system.region_id)] if system else [])
+    for key in places:
+        share.month(key, month, (1, 0, int(solo), isk, 0), sign)
+        share.top(key, LOST, victim[Kind.SHIP], sign)
+        share.top(key, OPPONENT, final.get(Kind.ALLIANCE, 0), sign)
+
+
+UPSERT_MONTH = (
+    "INSERT INTO entity_months (kind, id, month, kills, losses, solo, isk_destroyed, isk_lost)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id, month) DO UPDATE SET"
+    " kills = kills + excluded.kills, losses = losses + excluded.losses, solo = solo + excluded.solo,"
+    " isk_destroyed = isk_destroyed + excluded.isk_destroyed, isk_lost = isk_lost + excluded.isk_lost"
+)
+UPSERT_TOP = (
+    "INSERT INTO entity_tops (kind, id, what, other, n) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (kind, id, what, other) DO UPDATE SET n = n + excluded.n"
+)
+
+
+async def apply(db: aiosqlite.Connection, share: Share) -> None:
+    """Write a share in the caller's transaction; rows that fall to nothing are deleted."""
+    months = [(*key, *row) for key, row in share.months.items() if any(row)]
+    tops = [(*key, n) for key, n in share.tops.items() if n]
+    await db.executemany(UPSERT_MONTH, months)
+    await db.executemany(UPSERT_TOP, tops)
+    if any(row[3] < 0 or row[4] < 0 for row in months):
+        await db.executemany(
+            "DELETE FROM entity_months WHERE kind = ? AND id = ? AND month = ? AND kills <= 0 AND losses <= 0",
+            [row[:3] for row in months if row[3] < 0 or row[4] < 0],
+        )
+    if any(n < 0 for *_, n in tops):
+        await db.executemany(
+            "DELETE FROM entity_tops WHERE kind = ? AND id = ? AND what = ? AND other = ? AND n <= 0",
+            [row[:4] for row in tops if row[4] < 0],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """An entity's figures as the page and GET /api/{kind}/{id} show them."""
+
+    kills: int
+    losses: int
+    solo: int
+    isk_destroyed: int
+    isk_lost: int
+    months: list[dict[str, int | str]]
+    tops: dict[str, list[tuple[int, int]]]
+
+    @property
+    def efficiency(self) -> float | None:
+        """ISK destroyed over all ISK involved, as zKillboard shows it; None before any."""
+        total = self.isk_destroyed + self.isk_lost
+        return round(100 * self.isk_destroyed / total, 1) if total else None
+
+
+def figures(months: Iterable[Sequence[int]], tops: Iterable[Sequence[int]], now: float, top_n: int = 10) -> Figures:
+    """Figures from an entity's rows: (month, kills, losses, solo, isk_destroyed, isk_lost) and
+    (what, other, n); `months` lists the last 12 calendar months up to `now`, empty ones too."""
+    totals = [0, 0, 0, 0, 0]
+    by_month: dict[int, Sequence[int]] = {}
+    for row in months:
+        by_month[row[0]] = row
+        for i in range(5):
+            totals[i] += row[i + 1]
+    current = month_of(int(now))
+    last12: list[dict[str, int | str]] = []
+    for m in range(current - 11, current + 1):
+        row = by_month.get(m, (m, 0, 0, 0, 0, 0))
+        last12.append(
+            {
+                "month": f"{m // 12:04d}-{m % 12 + 1:02d}",
+                "kills": row[1],
+                "losses": row[2],
+                "isk_destroyed": row[4],
+                "isk_lost": row[5],
+            }
+        )
+    ranked: dict[int, list[tuple[int, int]]] = {what: [] for what in TOP_NAMES}
+    for what, other, n in tops:
+        ranked.setdefault(what, []).append((other, n))
+    top_lists = {
+        TOP_NAMES[what]: sorted(rows, key=lambda r: (-r[1], r[0]))[:top_n]
+        for what, rows in ranked.items()
+        if what in TOP_NAMES
+    }
+    return Figures(totals[0], totals[1], totals[2], totals[3], totals[4], last12, top_lists)
+
+
+def top_kind(kind: Kind, what: int) -> str:
+    """The kind of entity a top list names (to link and name its rows)."""
+    if what in (FLOWN, LOST):
+        return "ship"
+    if what == SYSTEM:
+        return "system"
+    if kind in PLACE_KINDS:
+        return "alliance"
+    return kind.name.lower()

@@ -1,0 +1,53 @@
+/* killboard entity page: feed.js keeps its kills live; this keeps its figures live.
+ *
+ * When a new kill row arrives, the figures are fetched again (at most once a second) and
+ * written with textContent only.
+ */
+"use strict";
+
+(function () {
+  const page = document.getElementById("entity");
+  const feed = document.getElementById("feed");
+  if (!page || !feed || !window.KB) return;
+  const url = page.dataset.figures;
+  let timer = null;
+
+  function number(n) { return Number(n || 0).toLocaleString("en-US"); }
+
+  const FORMAT = {
+    kills: number, losses: number, solo_kills: number,
+    isk_destroyed: window.KB.isk, isk_lost: window.KB.isk,
+    efficiency: function (e) { return e === null || e === undefined ? "–" : e + " %"; },
+  };
+
+  function show(figures) {
+    for (const dd of page.querySelectorAll("[data-figure]")) {
+      const key = dd.dataset.figure;
+      if (key in figures && FORMAT[key]) dd.textContent = FORMAT[key](figures[key]);
+    }
+    for (const m of figures.months || []) {
+      const row = page.querySelector('tr[data-month="' + m.month + '"]');
+      if (!row) continue;
+      const cells = row.querySelectorAll("td.num");
+      cells[0].textContent = String(m.kills);
+      if (cells.length === 3) cells[1].textContent = String(m.losses);
+      cells[cells.length - 1].textContent = window.KB.isk(m.isk_destroyed);
+    }
+    page.dataset.updated = String(Date.now());
+  }
+
+  function refresh() {
+    timer = null;
+    fetch(url, { headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (figures) { if (figures) show(figures); })
+      .catch(function () { /* the next kill tries again */ });
+  }
+
+  new MutationObserver(function (changes) {
+    const added = changes.some(function (c) {
+      return Array.prototype.some.call(c.addedNodes, function (n) { return n.classList && n.classList.contains("new"); });
+    });
+    if (added && timer === null) timer = setTimeout(refresh, 1000);
+  }).observe(feed, { childList: true });
+})();

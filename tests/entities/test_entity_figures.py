@@ -1,0 +1,212 @@
+"""Entity figures through the real app, checked against what the raw ESI killmails say."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AUTH, Client, settle, until
+
+from killboard.entities import backlog
+from killboard.kill.staticdata import StaticData
+from killboard.storage import store as store_module
+from killboard.storage.figures_schema import FIGURES_BACKLOG
+from killboard.storage.store import INDEX_BACKLOG, Store
+from killboard.web.keys import store_key
+
+PLAYER_FIELDS = ("character_id", "corporation_id", "alliance_id")
+
+
+async def post_all(client: Client, killmails: list[dict[str, Any]]) -> None:
+    resp = await client.post("/api/killmails", json=killmails, headers=AUTH)
+    assert resp.status == 202, await resp.text()
+    await settle(client)
+
+
+def values(client: Client) -> dict[int, float]:
+    db = sqlite3.connect(client.server.app[store_key].path)
+    try:
+        return dict(db.execute("SELECT killmail_id, total_value FROM kills"))
+    finally:
+        db.close()
+
+
+def expected(killmails: list[dict[str, Any]], field: str, entity: int, value: dict[int, float]) -> dict[str, int]:
+    """Kills and losses of one entity as the raw ESI data says: once per kill, however many pilots."""
+    kills = [k for k in killmails if any(a.get(field) == entity for a in k["attackers"])]
+    losses = [k for k in killmails if k["victim"].get(field) == entity]
+    return {
+        "kills": len(kills),
+        "losses": len(losses),
+        "isk_destroyed": sum(round(value[k["killmail_id"]]) for k in kills),
+        "isk_lost": sum(round(value[k["killmail_id"]]) for k in losses),
+    }
+
+
+def busiest(killmails: list[dict[str, Any]], field: str) -> int:
+    """The id of `field` that appears in the most kills (on either side)."""
+    seen: Counter[int] = Counter()
+    for k in killmails:
+        ids = {a.get(field) for a in k["attackers"]} | {k["victim"].get(field)}
+        seen.update(i for i in ids if i)
+    return seen.most_common(1)[0][0]
+
+
+def tables(path: Path) -> tuple[list[Any], list[Any]]:
+    db = sqlite3.connect(path)
+    try:
+        return (
+            db.execute("SELECT * FROM entity_months ORDER BY 1, 2, 3").fetchall(),
+            db.execute("SELECT * FROM entity_tops ORDER BY 1, 2, 3, 4").fetchall(),
+        )
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [
+        ("character", "character_id"),
+        ("corporation", "corporation_id"),
+        ("alliance", "alliance_id"),
+        ("ship", "ship_type_id"),
+    ],
+)
+async def test_counts_match_the_raw_esi_data(
+    client: Client, killmails: list[dict[str, Any]], kind: str, field: str
+) -> None:
+    await post_all(client, killmails)
+    value = values(client)
+    entity = busiest(killmails, field)
+    resp = await client.get(f"/api/{kind}/{entity}")
+    assert resp.status == 200, await resp.text()
+    got = await resp.json()
+    want = expected(killmails, field, entity, value)
+    assert {k: got[k] for k in want} == want
+    assert got["channel"] == f"{kind}:{entity}"
+    assert sum(m["kills"] for m in got["months"]) <= got["kills"]  # the bundled kills are years old
+
+
+async def test_every_player_entity_counts_right(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """Not just the busiest: every character, corporation and alliance of the 82 kills."""
+    await post_all(client, killmails)
+    value = values(client)
+    checked = 0
+    for kind, field in zip(("character", "corporation", "alliance"), PLAYER_FIELDS, strict=True):
+        ids = {p.get(field) for k in killmails for p in (k["victim"], *k["attackers"])} - {None, 0}
+        for entity in sorted(ids)[:40]:
+            got = await (await client.get(f"/api/{kind}/{entity}")).json()
+            want = expected(killmails, field, entity, value)
+            assert {k: got[k] for k in want} == want, (kind, entity)
+            checked += 1
+    assert checked > 60
+
+
+async def test_a_system_counts_the_kills_in_it(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post_all(client, killmails)
+    system = Counter(k["solar_system_id"] for k in killmails).most_common(1)[0][0]
+    got = await (await client.get(f"/api/system/{system}")).json()
+    assert got["kills"] == sum(1 for k in killmails if k["solar_system_id"] == system)
+    assert got["losses"] == 0 and got["name"]
+
+
+async def test_solo_kills_match_the_enriched_flag(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post_all(client, killmails)
+    body = await (await client.get("/api/killmails?limit=500")).json()
+    solo = Counter()
+    for kill in body["killmails"]:
+        if kill["is_solo"]:
+            for a in kill["attackers"]:
+                if a.get("character_id"):
+                    solo[a["character_id"]] += 1
+    assert solo, "the real kills include solo kills"
+    for character, n in list(solo.items())[:10]:
+        got = await (await client.get(f"/api/character/{character}")).json()
+        assert got["solo_kills"] == n
+
+
+async def test_retention_takes_back_exactly_what_was_added(client: Client, killmails: list[dict[str, Any]]) -> None:
+    store = client.server.app[store_key]
+    await post_all(client, killmails[:40])
+    before = tables(store.path)
+    await post_all(client, killmails[40:])
+    kill_times = sorted(k["killmail_time"] for k in killmails[40:])
+    assert kill_times
+    # Prune everything, then store the first 40 again: the figures are those of the first 40.
+    while await store.prune(2**40, 500):
+        pass
+    assert tables(store.path) == ([], [])
+    await post_all(client, killmails[:40])  # stored again with new seqs
+    assert tables(store.path) == before
+
+
+async def test_rebuild_gives_the_figures_kept_incrementally(
+    client: Client, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    await post_all(client, killmails)
+    store = client.server.app[store_key]
+    kept = tables(store.path)
+    assert kept[0] and kept[1]
+    assert await backlog.rebuild(store, static, batch=7) == len(killmails)
+    assert tables(store.path) == kept
+
+
+async def test_kills_stored_before_the_figures_are_counted_in_after_the_upgrade(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]], make_client: Any, monkeypatch: Any
+) -> None:
+    # A database of schema 7 (the participant index and battles, no figures).
+    path = tmp_path / "kb.sqlite3"
+    client = await make_client()
+    await post_all(client, killmails)
+    want = tables(path)
+    await client.close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TABLE entity_months; DROP TABLE entity_tops; PRAGMA user_version = 7;")
+    db.close()
+    client = await make_client()  # migrates to 8: the figures' backlog counts every kill in once
+    store = client.server.app[store_key]
+
+    async def done() -> bool:
+        return not int(await store.get_state(INDEX_BACKLOG) or 0) and await store.get_state(FIGURES_BACKLOG) is None
+
+    await until(done)
+    assert tables(path) == want
+    corp = busiest(killmails, "corporation_id")
+    body = await (await client.get(f"/api/corporation/{corp}/kills?limit=200")).json()
+    assert len(body["kills"]) == sum(
+        1 for k in killmails if corp in {p.get("corporation_id") for p in (k["victim"], *k["attackers"])}
+    )
+
+
+async def test_kills_not_yet_in_the_participant_index_are_counted_once(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """Schema 5 to 8 at once: the participant backlog indexes old kills and calls the figures' writer;
+    the figures' own backlog must not count them a second time."""
+    path = tmp_path / "kb.sqlite3"
+    store = await Store.open(path)
+    backlog.attach(store, static)
+    from killgen import make_kills, save_all
+
+    await save_all(store, make_kills(static, killmails, 200, 700_000_000, 1_700_000_000))
+    want = tables(path)
+    await store.close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE entity_months; DROP TABLE entity_tops; DROP TABLE participants; DROP TABLE entity_kills;"
+        " DROP TABLE battles; DROP TABLE battle_kills; PRAGMA user_version = 5;"
+    )
+    db.close()
+    store = await Store.open(path)
+    try:
+        backlog.attach(store, static)
+        assert await backlog.catch_up(store, static) == 0  # nothing indexed yet: nothing of its own to do
+        assert await store.index_backlog(batch=30) == 200
+        assert await backlog.catch_up(store, static) == 0
+    finally:
+        await store.close()
+    assert tables(path) == want
+    assert len(store_module.MIGRATIONS) == 8
