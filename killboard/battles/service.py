@@ -289,17 +289,7 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
             "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
             " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (
-                    rename[b.battle_id],
-                    ujson.dumps(sorted(b.systems)),
-                    b.constellation,
-                    b.region,
-                    b.start,
-                    b.end,
-                    b.kill_count,
-                    b.isk,
-                    b.last_seq,
-                )
+                tables.row_of(b, rename[b.battle_id])
                 for b in [*detector.closed, *detector.battles.values()]
                 if b.battle_id in members
             ],

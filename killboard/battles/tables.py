@@ -58,6 +58,21 @@ def _battle(row: BattleRow) -> Battle:
     )
 
 
+def row_of(b: Battle, battle_id: int | None = None) -> tuple[Any, ...]:
+    """A battle's row of the battles table (without merged_into), as `write` and a rebuild store it."""
+    return (
+        b.battle_id if battle_id is None else battle_id,
+        ujson.dumps(sorted(b.systems)),
+        b.constellation,
+        b.region,
+        b.start,
+        b.end,
+        b.kill_count,
+        b.isk,
+        b.last_seq,
+    )
+
+
 async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) -> None:
     """Store what one batch changed: new and grown battles, each kill's battle, merges."""
     if changes.created:
@@ -80,19 +95,7 @@ async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) 
     for battle_id in sorted(changes.touched):
         b = detector.battles.get(battle_id)
         if b is not None:
-            rows.append(
-                (
-                    b.battle_id,
-                    ujson.dumps(sorted(b.systems)),
-                    b.constellation,
-                    b.region,
-                    b.start,
-                    b.end,
-                    b.kill_count,
-                    b.isk,
-                    b.last_seq,
-                )
-            )
+            rows.append(row_of(b))
     if rows:
         await db.executemany(
             "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"

@@ -172,27 +172,14 @@ def pack(pilots: Sequence[PilotRow]) -> bytes:
     # Field by field (every character, then every corporation …): equal ids stand together.
     for field in range(_FIELDS):
         for pilot in pilots:
-            value = pilot[field]
-            while value > 0x7F:
-                out.append((value & 0x7F) | 0x80)
-                value >>= 7
-            out.append(value)
+            _varint(pilot[field], out)
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)
     return packer.compress(bytes(out)) + packer.flush()
 
 
 def unpack(blob: bytes) -> list[PilotRow]:
     """The pilots of pack(), the victim first."""
-    data = zlib.decompress(blob, -15)
-    values: list[int] = []
-    value = shift = 0
-    for byte in data:
-        value |= (byte & 0x7F) << shift
-        if byte & 0x80:
-            shift += 7
-        else:
-            values.append(value)
-            value = shift = 0
+    values = _varints(zlib.decompress(blob, -15))
     count = len(values) // _FIELDS
     return [tuple(values[f * count + i] for f in range(_FIELDS)) for i in range(count)]  # type: ignore[misc]
 
