@@ -44,11 +44,13 @@ from .web.keys import (
     static_key,
     store_key,
     stored_hooks_key,
+    viewcache_key,
     webhooks_key,
 )
 from .web.proxy import forwarded_middleware
 from .web.reads import ReadLimits
 from .web.recent import RecentKeys
+from .web.viewcache import ViewCache
 from .webhooks import config as webhooks_config
 from .webhooks.service import Webhooks
 
@@ -65,13 +67,25 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
     app[log_key] = StoreLog(store)
+    store.on_changed.append(app[viewcache_key].changed)  # kept pages forget kills rewritten or pruned
     # Kills stored before the participant index existed are indexed beside the running server.
     backlog = asyncio.create_task(_index_backlog(store), name="killboard-index-backlog")
+    # The match keys of the newest kills, learned now so the first filtered page needs not.
+    learn = asyncio.create_task(_learn_recent(app[recent_key], store), name="killboard-recent-keys")
     yield
-    backlog.cancel()
-    with suppress(asyncio.CancelledError):
-        await backlog
+    for task in (backlog, learn):
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
     await store.close()
+
+
+async def _learn_recent(recent: RecentKeys, store: Store) -> None:
+    try:
+        await recent.refresh(store)
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        # A damaged database says so in /health; here one line is enough.
+        log.warning("recent keys: learning at start failed (%s); the first filtered page tries again", exc)
 
 
 async def _index_backlog(store: Store) -> None:
@@ -171,6 +185,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
+    app[viewcache_key] = ViewCache()
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
     app[stored_hooks_key] = [app[hub_key].on_stored]
