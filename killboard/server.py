@@ -68,6 +68,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[store_key] = store
     app[log_key] = StoreLog(store)
     store.on_changed.append(app[viewcache_key].changed)  # kept pages forget kills rewritten or pruned
+    store.on_named.append(app[viewcache_key].named)  # and rows that showed a pilot nameless
     # Kills stored before the participant index existed are indexed beside the running server.
     backlog = asyncio.create_task(_index_backlog(store), name="killboard-index-backlog")
     # The match keys of the newest kills, learned now so the first filtered page needs not.

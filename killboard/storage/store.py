@@ -256,6 +256,8 @@ class Store:
         # Told the ids of stored kills that changed after their commit (rewritten, names filled
         # in, pruned): caches of rendered kills (web/viewcache.py) forget them. Called in order.
         self.on_changed: list[Callable[[Collection[int]], None]] = []
+        # Told the player ids whose names were saved: a compact row shows them from now on.
+        self.on_named: list[Callable[[Collection[int]], None]] = []
         # The kept count of kills (see count()): None until first asked, and up to date through
         # seq `_count_seq`. The lock keeps a count and a prune from adjusting it at once.
         self._count: int | None = None
@@ -701,6 +703,8 @@ class Store:
                     " updated_at = excluded.updated_at",
                     [(i, name, cat, now) for i, (name, cat) in names.items()],
                 )
+            for listener in self.on_named:
+                listener(names.keys())
 
     async def names_pending(self, limit: int = 200) -> list[StoredKill]:
         """Kills stored before all their player names were known, rendered with the names known now."""

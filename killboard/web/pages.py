@@ -135,14 +135,14 @@ def _render_rows(
     return out
 
 
-def _nameless(kill: dict[str, Any]) -> bool:
-    """A pilot, corporation or alliance shown without its name (ESI did not answer yet): such a
-    row is not kept, since the name may arrive without the kill being rewritten."""
+def _nameless(kill: dict[str, Any]) -> set[int]:
+    """The pilots, corporations and alliances the kill shows without a name (ESI had not answered)."""
+    missing = set()
     for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
         for kind in ("character", "corporation", "alliance"):
-            if person.get(f"{kind}_id") and not person.get(f"{kind}_name"):
-                return True
-    return False
+            if (entity_id := person.get(f"{kind}_id")) and not person.get(f"{kind}_name"):
+                missing.add(entity_id)
+    return missing
 
 
 async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
@@ -204,8 +204,9 @@ async def _render_index(
             html = rows[killmail_id] = kept[killmail_id]
         elif killmail_id in fresh:
             kill, html = fresh[killmail_id]
-            if not _nameless(kill):
-                rows[killmail_id] = html
+            rows[killmail_id] = html
+            if missing_names := _nameless(kill):
+                cache.waiting_for_names(killmail_id, missing_names)
         else:
             continue  # pruned, or a "maybe" that did not match
         shown.append(html)

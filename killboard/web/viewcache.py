@@ -28,6 +28,9 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+# Player ids waited for at most (~100 bytes each); past it every kept row waiting goes.
+MAX_NAMELESS = 50_000
+
 ViewKey = tuple[str, str]  # (canonical view, language)
 Version = tuple[int, int]  # (last stored seq, generation)
 
@@ -58,6 +61,9 @@ class ViewCache:
     _instance: str = field(default_factory=lambda: secrets.token_hex(4))
     _views: OrderedDict[ViewKey, _View] = field(default_factory=OrderedDict)
     _bytes: int = 0
+    # Kept rows that show a player id without its name, by that id: when ESI names it (the
+    # store's on_named), those rows go (a compact stored kill renders the name at once).
+    _nameless: dict[int, set[int]] = field(default_factory=dict)
 
     def version(self, last_seq: int) -> Version:
         return (last_seq, self.generation)
@@ -102,6 +108,19 @@ class ViewCache:
             self._drop(next(iter(self._views)))
         return page
 
+    def waiting_for_names(self, killmail_id: int, entity_ids: Collection[int]) -> None:
+        """A kept row of this kill shows these ids without their names."""
+        if len(self._nameless) > MAX_NAMELESS:
+            self.changed({k for kills in self._nameless.values() for k in kills})  # bounded: start over
+        for entity_id in entity_ids:
+            self._nameless.setdefault(entity_id, set()).add(killmail_id)
+
+    def named(self, entity_ids: Collection[int]) -> None:
+        """Names were saved for these ids: rows that showed them nameless go."""
+        kills = {k for i in entity_ids if (waiting := self._nameless.pop(i, None)) for k in waiting}
+        # Even with none: a row being rendered now may show one of them nameless (not kept then).
+        self.changed(kills)
+
     def changed(self, killmail_ids: Collection[int]) -> None:
         """Stored kills were rewritten (late names, a corrected body) or pruned: forget their
         rows everywhere, and every page (each may show one of them, or a count that moved)."""
@@ -114,6 +133,8 @@ class ViewCache:
                 view.size -= len(view.page.body) + len(view.page.gzipped or b"")
                 view.page = None
         self._bytes = sum(view.size for view in self._views.values())
+        if len(self._nameless) > MAX_NAMELESS:
+            self._nameless.clear()
 
     def _drop(self, key: ViewKey) -> None:
         view = self._views.pop(key, None)
