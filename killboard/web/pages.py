@@ -39,9 +39,6 @@ MAX_ROWS = 200
 # A filtered page looks through this many of the newest stored kills for matches (the size
 # of the app's RecentKeys).
 FILTER_SCAN = 1000
-# How long a proxy in front may serve a page without asking (X-Accel-Expires): the longest a
-# new kill can be hidden from a reader who reloads.
-PROXY_SECONDS = 1
 
 CSP = "; ".join(
     (
@@ -233,15 +230,9 @@ async def _render_index(
 
 
 def _respond(request: web.Request, page: Page) -> web.Response:
-    """The page, or 304 when the browser has it. Browsers revalidate every time (no-cache); a
-    proxy in front may keep it one second (X-Accel-Expires: nginx's micro-cache, see
-    deploy/nginx/killboard.conf), so a new kill is never hidden longer than that."""
-    headers = {
-        "ETag": page.etag,
-        "Cache-Control": "no-cache",
-        "Vary": "Accept-Language, Accept-Encoding",
-        "X-Accel-Expires": str(PROXY_SECONDS),
-    }
+    """The page, or 304 when the browser has it: browsers revalidate every time (no-cache). The
+    nginx recipe keeps it for the second it was fetched in (deploy/nginx/killboard.conf)."""
+    headers = {"ETag": page.etag, "Cache-Control": "no-cache", "Vary": "Accept-Language, Accept-Encoding"}
     if page.etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
     if page.gzipped is not None and choose(request.headers.get("Accept-Encoding", "")) is ContentCoding.gzip:
