@@ -34,8 +34,8 @@ def site_config(app_port: int, nginx_port: int, cache: Path, page_rate: str | No
     assert "listen 80;" in site and "127.0.0.1:8080;" in site
     site = site.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};")
     site = site.replace("listen [::]:80;", "")
-    assert "/var/cache/nginx/killboard " in site
-    site = site.replace("/var/cache/nginx/killboard ", f"{cache} ")
+    assert "/var/cache/killboard-nginx " in site
+    site = site.replace("/var/cache/killboard-nginx ", f"{cache} ")
     return site.replace("127.0.0.1:8080;", f"127.0.0.1:{app_port};")
 
 
