@@ -72,7 +72,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     # Kills stored before the participant index existed are indexed beside the running server.
     backlog = asyncio.create_task(_index_backlog(store), name="killboard-index-backlog")
     # The match keys of the newest kills, learned now so the first filtered page needs not.
-    learn = asyncio.create_task(_learn_recent(app[recent_key], store), name="killboard-recent-keys")
+    learn = asyncio.create_task(_learn_recent(app[recent_key], store, backlog), name="killboard-recent-keys")
     yield
     for task in (backlog, learn):
         task.cancel()
@@ -81,7 +81,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-async def _learn_recent(recent: RecentKeys, store: Store) -> None:
+async def _learn_recent(recent: RecentKeys, store: Store, backlog: asyncio.Task[None]) -> None:
+    # After the index backlog's first steps (all of it, when there is little): both read.
+    await asyncio.wait({backlog}, timeout=1.0)
     try:
         await recent.refresh(store)
     except (sqlite3.Error, OSError, ValueError) as exc:

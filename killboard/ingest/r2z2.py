@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import ujson
 
+from ..kill import bigjson
 from ..kill.validate import Invalid, parse_submission
 from ..storage.store import Store
 from .pipeline import Pipeline, QueueFull, StorageUnavailable
@@ -118,7 +119,10 @@ class Follower:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Backoff(f"GET {path}: {type(exc).__name__} {exc}".strip()) from None
         try:
-            return 200, ujson.loads(raw)
+            if len(raw) < bigjson.PIECES_FROM:
+                return 200, ujson.loads(raw)
+            # A fleet fight (megabytes): parsed in a thread, in pieces, so the loop keeps serving.
+            return 200, await asyncio.to_thread(bigjson.loads, raw)
         except ValueError:
             raise Backoff(f"GET {path}: answer is not JSON") from None
 

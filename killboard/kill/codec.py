@@ -19,6 +19,7 @@ import ujson
 
 from ..config import PROJECT_ROOT
 from ..kill.frames import encode
+from . import bigjson
 from .enrich import enrich
 from .prices import SINGLETON_BLUEPRINT_COPY, PriceBook, price_book
 from .staticdata import StaticData, load_static
@@ -107,7 +108,7 @@ def unpack_row(codec_id: int, blob: bytes, dictionary: bytes) -> bytes:
 
 def decode(killmail_id: int, killmail_hash: str, document: bytes) -> tuple[Submission, dict[int, float] | None]:
     """Undo source_document: the Submission that enrich takes, and the frozen unit prices."""
-    doc = ujson.loads(document)
+    doc = bigjson.loads(document)  # a fleet fight in pieces: the GIL changes hands between them
     esi = doc["esi"]
     esi["killmail_id"] = killmail_id
     zkb = doc.get("zkb")
