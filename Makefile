@@ -14,9 +14,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 run: $(BIN)/.installed
 	$(BIN)/python app.py $(ARGS)
 
+# Most tests wait on sockets and subprocesses, not the CPU: 4 workers fit 2 cores (docs/development.md).
+# --dist loadgroup keeps tests marked xdist_group on one worker. Exit 5 (no test ran) fails make.
+WORKERS ?= 4
+
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Benchmarks of the real server over loopback (README "Performance"); ARGS="--quick" for a smoke run.
 bench: $(BIN)/.installed
@@ -25,6 +30,7 @@ bench: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

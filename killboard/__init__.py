@@ -9,6 +9,7 @@ before it (tests/test_layers.py holds the code to this):
 - `ingest/`: what comes in: zKillboard's feed, ESI, imports, and the worker that stores kills;
 - `live/`: the hub that delivers stored kills to sockets, replay, permessage-deflate;
 - `webhooks/`: Discord and signed-JSON deliveries of stored kills;
+- `battles/`: kills grouped into battles with sides as they are stored, and their live channels;
 - `web/`: the aiohttp front: pages, JSON API, the socket endpoint;
 - `bus/`: Redis Streams between a writer and edge processes;
 - `server`, `cli`: the app factory that wires the stages together, and the command line.
@@ -23,6 +24,7 @@ STAGES: tuple[frozenset[str], ...] = (
     frozenset({"ingest"}),
     frozenset({"live"}),
     frozenset({"webhooks"}),
+    frozenset({"battles"}),
     frozenset({"web"}),
     frozenset({"bus"}),
     frozenset({"killboard", "server", "cli", "__main__"}),

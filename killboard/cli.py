@@ -12,8 +12,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import __version__, logs
 from . import config as settings
-from . import logs
+from .battles import commands as battle_commands
 from .ingest import importer
 from .server import create_app
 from .storage import dbtools
@@ -28,7 +29,8 @@ killboard: a live EVE Online killmail feed (WebSocket + JSON API + page).
 Without a command, serves. Environment variables (flags win over them):
   KILLBOARD_HOST          address to listen on (default 127.0.0.1)
   KILLBOARD_PORT          port (default 8080)
-  KILLBOARD_DB            SQLite database file (default data/killboard.sqlite3)
+  KILLBOARD_DB            SQLite database file (default data/killboard.sqlite3 in a clone;
+                          installed: $XDG_DATA_HOME/killboard/, else ~/.local/share/killboard/)
   KILLBOARD_INGEST_TOKEN  bearer token for POST /api/killmails (unset: ingest disabled)
   KILLBOARD_LIVE_MAX_AGE  kills older than this many seconds are stored, not pushed live
                           (default 86400; 0 = push everything)
@@ -104,10 +106,11 @@ def _listen_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "killboard") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python app.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"killboard {__version__}")
     settings.add_serve_arguments(parser)
     parser.set_defaults(run=serve)
     # Each job adds its own subparser here, with `set_defaults(run=<function>)`.
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_edge(commands)
     dbtools.add_commands(commands)  # backup, check
     webhook_commands.add_commands(commands)  # webhooks check, webhooks test NAME
+    battle_commands.add_commands(commands)  # battles rebuild
     return parser
 
 
@@ -163,11 +167,13 @@ def _run_edge(args: argparse.Namespace) -> int:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    return importer.main_sync(settings.from_args(args), args.paths)
+    return importer.main_sync(settings.from_args(args), args.paths, prepare=battle_commands.with_battles)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "killboard") -> int:
+    """The `killboard` console script, `python -m killboard` and `python app.py` (`prog` names the
+    command in --help and usage errors)."""
+    args = build_parser(prog).parse_args(argv)
     logs.setup(os.environ)
     try:
         return int(args.run(args) or 0)

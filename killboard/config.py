@@ -7,10 +7,29 @@ import ipaddress
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+
+
+def resource_dir(name: str) -> Path:
+    """Where the shipped `data`, `templates` or `static` folder is: inside the package when installed
+    (the wheel maps them to killboard/_data ...), at the top of the repository in a clone."""
+    installed = PACKAGE_DIR / f"_{name}"
+    return installed if installed.is_dir() else PROJECT_ROOT / name
+
+
+def default_db_path(env: Mapping[str, str]) -> Path:
+    """data/killboard.sqlite3 in a clone (as `make run` always had it); installed as a tool, the
+    per-user data directory ($XDG_DATA_HOME/killboard, default ~/.local/share/killboard), never
+    the current directory or site-packages."""
+    if not (PACKAGE_DIR / "_data").is_dir():
+        return PROJECT_ROOT / "data" / "killboard.sqlite3"
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "killboard" / "killboard.sqlite3"
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,8 +51,8 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    db_path: Path = PROJECT_ROOT / "data" / "killboard.sqlite3"
-    data_dir: Path = PROJECT_ROOT / "data"
+    db_path: Path = field(default_factory=lambda: default_db_path(os.environ))
+    data_dir: Path = field(default_factory=lambda: resource_dir("data"))
     # None: ingest over HTTP is disabled (403), so a fresh install is not an open relay.
     ingest_token: str | None = None
     # Work waiting for the worker; POSTs wait briefly, then get 503, once it is full.
@@ -92,6 +111,11 @@ class Config:
     # Distinct channels one socket may hold, and the longest channel string.
     ws_max_channels: int = 256
     ws_max_channel_length: int = 256
+    # What subscriptions may cost in memory (issue 22; docs/reliability.md does the
+    # arithmetic against the unit's MemoryMax): one socket's channels, each counted whole, and
+    # all sockets' together, each distinct condition once. Past either: an error frame.
+    ws_sub_bytes: int = 320 * 1024
+    ws_sub_total: int = 224 * 1024 * 1024
     # Control messages (anything a client sends) per second per socket, with a burst allowance
     # big enough to subscribe to every allowed channel at once; past it: an error frame, and
     # close 1008 if the client keeps going. 0 = no limit.
@@ -170,6 +194,8 @@ LIMITS: dict[str, Limit] = {
     "ws_max_clients": Limit(0, 10_000_000, "KILLBOARD_WS_MAX_CLIENTS"),
     "ws_max_channels": Limit(1, 1_000_000, "KILLBOARD_WS_MAX_CHANNELS"),
     "ws_max_channel_length": Limit(1, 65_536, "KILLBOARD_WS_MAX_CHANNEL_LENGTH"),
+    "ws_sub_bytes": Limit(1024, 2**31, "KILLBOARD_WS_SUB_BYTES", "bytes"),
+    "ws_sub_total": Limit(1024, 2**40, "KILLBOARD_WS_SUB_TOTAL", "bytes"),
     "ws_control_rate": Limit(0, 1_000_000, "KILLBOARD_WS_CONTROL_RATE", "per s"),
     "ws_control_burst": Limit(1, 1_000_000, "KILLBOARD_WS_CONTROL_BURST"),
     "ws_replay_max": Limit(0, 1_000_000, "KILLBOARD_WS_REPLAY_MAX"),
@@ -253,7 +279,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         base,
         host=env.get("KILLBOARD_HOST") or base.host,
         port=_env_int(env, "KILLBOARD_PORT", base.port),
-        db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else base.db_path,
+        db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else default_db_path(env),
         ingest_token=env.get("KILLBOARD_INGEST_TOKEN") or None,
         live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
         upstream=_env_flag(env, "KILLBOARD_UPSTREAM", base.upstream),
@@ -270,6 +296,8 @@ def _from_env(env: Mapping[str, str]) -> Config:
         ws_max_clients=_env_int(env, "KILLBOARD_WS_MAX_CLIENTS", base.ws_max_clients),
         ws_max_channels=_env_int(env, "KILLBOARD_WS_MAX_CHANNELS", base.ws_max_channels),
         ws_max_channel_length=_env_int(env, "KILLBOARD_WS_MAX_CHANNEL_LENGTH", base.ws_max_channel_length),
+        ws_sub_bytes=_env_int(env, "KILLBOARD_WS_SUB_BYTES", base.ws_sub_bytes),
+        ws_sub_total=_env_int(env, "KILLBOARD_WS_SUB_TOTAL", base.ws_sub_total),
         ws_control_rate=_env_float(env, "KILLBOARD_WS_CONTROL_RATE", base.ws_control_rate),
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
@@ -329,7 +357,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (env KILLBOARD_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (env KILLBOARD_PORT, default 8080)")
     parser.add_argument(
-        "--db", type=Path, help="SQLite database file (env KILLBOARD_DB, default data/killboard.sqlite3)"
+        "--db",
+        type=Path,
+        help="SQLite database file (env KILLBOARD_DB; default data/killboard.sqlite3 in a clone, "
+        "$XDG_DATA_HOME/killboard/killboard.sqlite3 installed)",
     )
     parser.add_argument(
         "--no-upstream",

@@ -1,12 +1,16 @@
-"""Log setup: plain lines for people, or JSON lines (KILLBOARD_LOG_FORMAT=json) for log shippers."""
+"""Log setup: plain lines for people, or JSON lines (KILLBOARD_LOG_FORMAT=json) for log shippers;
+requests that cannot be parsed get a short line, rate-limited per client, not a stack trace."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import ujson
+from aiohttp.http_exceptions import HttpProcessingError
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -27,6 +31,86 @@ class JsonFormatter(logging.Formatter):
         return ujson.dumps(entry, ensure_ascii=False, escape_forward_slashes=False)
 
 
+# aiohttp's server logs every request it could not parse with this message and the parse error's
+# stack trace, at ERROR (aiohttp 3.14 web_protocol.py handle_error), though it answered 400.
+BAD_REQUEST_MESSAGE = "Error handling request from %s"
+BAD_REQUEST_LOGGER = "aiohttp.server"
+MAX_REASON = 160
+
+
+@dataclass(slots=True)
+class _Peer:
+    tokens: float
+    stamp: float
+    suppressed: int = 0
+
+
+class BadRequestFilter(logging.Filter):
+    """Turns aiohttp's line for a request it could not parse (bad request line, headers or URL:
+    the client's fault, already answered 400) into one INFO line without a stack trace, and
+    rate-limits those lines per client address with a token bucket (`burst` lines, then one per
+    1/`rate` seconds). The next line let through says how many were left out. At most `peers`
+    addresses are tracked (the oldest forgotten first; what they had suppressed is reported with
+    the next line of anyone), so neither one client nor many can fill the disk. Every other
+    record, a real error with its stack trace included, passes untouched."""
+
+    def __init__(
+        self,
+        rate: float = 0.1,
+        burst: int = 5,
+        peers: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.rate = rate
+        self.burst = burst
+        self.peers = peers
+        self._clock = clock
+        self._table: OrderedDict[str, _Peer] = OrderedDict()
+        self._forgotten = 0  # lines suppressed from addresses no longer tracked
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.msg != BAD_REQUEST_MESSAGE or not isinstance(exc, HttpProcessingError):
+            return True
+        peer = str(record.args[0] if isinstance(record.args, tuple) and record.args else "unknown")[:64]
+        now = self._clock()
+        state = self._table.get(peer)
+        if state is None:
+            state = self._table[peer] = _Peer(float(self.burst), now)
+            while len(self._table) > self.peers:
+                _, old = self._table.popitem(last=False)
+                self._forgotten += old.suppressed
+        else:
+            self._table.move_to_end(peer)
+            state.tokens = min(float(self.burst), state.tokens + (now - state.stamp) * self.rate)
+            state.stamp = now
+        if state.tokens < 1:
+            state.suppressed += 1
+            return False
+        state.tokens -= 1
+        message = f"bad HTTP request from {peer} (answered {exc.code}): {_one_line(exc.message)}"
+        if state.suppressed:
+            message += f"; suppressed {state.suppressed} lines from {peer} before this one"
+            state.suppressed = 0
+        if self._forgotten:
+            message += f"; suppressed {self._forgotten} lines from other clients"
+            self._forgotten = 0
+        record.msg, record.args = "%s", (message,)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _one_line(text: object) -> str:
+    """The parse error's message on one short line of printable ASCII: it quotes client bytes."""
+    flat = " ".join(str(text).split())
+    return flat.encode("ascii", "backslashreplace").decode()[:MAX_REASON]
+
+
 def setup(env: Mapping[str, str]) -> None:
     """Root logger from KILLBOARD_LOG_LEVEL (default INFO) and KILLBOARD_LOG_FORMAT (plain|json)."""
     level = env.get("KILLBOARD_LOG_LEVEL", "INFO").upper()
@@ -38,3 +122,7 @@ def setup(env: Mapping[str, str]) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    server = logging.getLogger(BAD_REQUEST_LOGGER)
+    for old in [f for f in server.filters if isinstance(f, BadRequestFilter)]:
+        server.removeFilter(old)
+    server.addFilter(BadRequestFilter())

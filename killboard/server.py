@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from .config import PROJECT_ROOT, Config
-from .ingest.pipeline import Pipeline
+from .battles.service import Battles
+from .config import Config, resource_dir
+from .ingest.pipeline import OnStored, Pipeline
 from .ingest.upstream import Upstream
 from .kill.codec import renderer
 from .kill.prices import price_book
@@ -23,9 +25,10 @@ from .metrics import endpoint as metrics_endpoint
 from .storage import damage
 from .storage.maintenance import maintain
 from .storage.store import Store
-from .web import api, pages, ws
+from .web import api, battles, pages, ws
 from .web.httpzip import compress_responses
 from .web.keys import (
+    battles_key,
     config_key,
     damage_key,
     esi_key,
@@ -97,6 +100,15 @@ async def _index_backlog(store: Store) -> None:
             log.info("participant index: %d kills stored before it are indexed", done)
     except (sqlite3.Error, OSError):
         log.exception("participant index: indexing older kills failed; it resumes at the next start")
+
+
+async def _battles(app: web.Application) -> AsyncIterator[None]:
+    """Battles are detected in the kills' transaction and followed over the socket."""
+    service = await Battles.start(app[store_key], app[static_key], app[hub_key], app[config_key].ws_replay_max)
+    app[battles_key] = service
+    app[stored_hooks_key].append(service.on_stored)
+    yield
+    await service.stop()
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
@@ -178,7 +190,7 @@ def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
     found = damage.Damage()
-    middlewares = [compress_responses, api.json_errors, damage.middleware(found)]
+    middlewares: list[Middleware] = [compress_responses, api.json_errors, damage.middleware(found)]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
@@ -191,11 +203,13 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[viewcache_key] = ViewCache()
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
-    app[stored_hooks_key] = [app[hub_key].on_stored]
+    stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first, then the bus and webhooks
+    app[stored_hooks_key] = stored_hooks
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
+    app.cleanup_ctx.append(_battles)  # before the worker: it writes battles with every batch
     if config.redis_url:
         from .bus.writer import writer_ctx  # only then: the embedded default never imports redis
 
@@ -226,11 +240,15 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/", pages.index)
     app.router.add_get(r"/kill/{killmail_id:\d{1,18}}", pages.kill_detail)
     app.router.add_get("/ws", ws.websocket)
+    app.router.add_get("/battles", battles.list_page)
+    app.router.add_get(r"/battle/{battle_id:\d{1,18}}", battles.battle_page)
+    app.router.add_get("/api/battles", battles.list_battles)
+    app.router.add_get("/api/battles/{battle_id}", battles.get_battle)
     app.router.add_post("/api/killmails", api.post_killmails)
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)
     app.router.add_get("/health", api.health)
-    app.router.add_static("/static", PROJECT_ROOT / "static")
+    app.router.add_static("/static", resource_dir("static"))
     if config.metrics:
         app.router.add_get("/metrics", metrics_endpoint(app[metrics_key], config.metrics_token))
     return app

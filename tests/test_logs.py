@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import aiohttp
 from serverproc import ServerProcess
 
-from killboard.logs import JsonFormatter
+from killboard.logs import BadRequestFilter, JsonFormatter
 
 TOKEN = "log-token"
 
@@ -62,3 +63,93 @@ def test_formatter_keeps_a_trace_for_the_unexpected() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "failed: it" and entry["level"] == "ERROR"
     assert "RuntimeError: boom" in entry["exc"]
+
+
+# Requests aiohttp cannot parse, as a scanner or an attacker sends them: each is answered 400.
+MALFORMED: list[bytes] = [
+    b"GARBAGE\r\n\r\n",
+    b"GET\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a request line over 8,190 bytes
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",  # a header line too long
+    b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+    b"GET /\x00\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+]
+
+
+async def send_raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(200), 5)
+    finally:
+        writer.close()
+
+
+async def test_malformed_requests_log_one_bounded_quiet_line_each(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_LOG_LEVEL": "INFO"})
+    try:
+        await server.start()
+        before = len(server.log.read_text().splitlines())
+        answers = [await send_raw(server.port, MALFORMED[i % len(MALFORMED)]) for i in range(50)]
+        async with aiohttp.ClientSession() as session, session.get(server.url + "/health") as resp:
+            assert resp.status == 200  # the server is fine
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    assert all(a[:9] in (b"HTTP/1.0 ", b"HTTP/1.1 ") and a[9:10] == b"4" for a in answers), {a[:40] for a in answers}
+    lines = server.log.read_text().splitlines()[before:]
+    bad = [line for line in lines if "bad HTTP request" in line or "Error handling request" in line]
+    print(f"{len(lines)} lines for 50 malformed requests, {len(bad)} about them:", *bad, sep="\n")
+    assert not [line for line in lines if "Traceback" in line or " ERROR " in line], "\n".join(lines[:20])
+    # One client: a few lines, then one saying the rest were not logged.
+    assert 1 <= len(bad) <= 10, "\n".join(bad)
+    assert len(lines) <= 20, "\n".join(lines)
+
+
+def test_bad_request_lines_are_rate_limited_per_client_and_real_errors_keep_their_trace() -> None:
+    import logging
+
+    from aiohttp.http_exceptions import BadStatusLine
+
+    now = [0.0]
+    quiet = BadRequestFilter(rate=0.1, burst=3, peers=2, clock=lambda: now[0])
+
+    def record(peer: str, exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request from %s",
+            (peer,),
+            (type(exc), exc, None),
+        )
+
+    passed = [r for r in (record("1.2.3.4", BadStatusLine("x\ny" * 500)) for _ in range(20)) if quiet.filter(r)]
+    assert len(passed) == 3
+    first = passed[0]
+    assert first.levelno == logging.INFO and first.exc_info is None
+    assert "\n" not in first.getMessage() and len(first.getMessage()) < 300
+    # Another client is not silenced by the first one.
+    assert quiet.filter(record("5.6.7.8", BadStatusLine("z")))
+    # Later, the first client's next line says how many were left out.
+    now[0] += 60
+    later = record("1.2.3.4", BadStatusLine("x"))
+    assert quiet.filter(later)
+    assert "suppressed 17 lines from 1.2.3.4" in later.getMessage()
+    # The table of clients is bounded.
+    for i in range(100):
+        quiet.filter(record(f"10.0.0.{i}", BadStatusLine("x")))
+    assert len(quiet) <= 2
+    # A real error keeps its level and its traceback, however many there are.
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as exc:
+        real = [record("1.2.3.4", exc) for _ in range(20)]
+    assert all(quiet.filter(r) for r in real)
+    assert real[-1].levelno == logging.ERROR and real[-1].exc_info is not None

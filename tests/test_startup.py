@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,18 +22,36 @@ from killboard.config import PROJECT_ROOT
 # alive after the error) fails the test instead of the run.
 EXIT_WITHIN = 20.0
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-SETPRIV = shutil.which("setpriv")
+NOBODY = 65534
+# As root, the server drops to nobody after its interpreter and every module are loaded, so it
+# does not matter that nobody cannot reach the interpreter or this clone (under /root or a 0700
+# `mktemp -d`): what nobody must read at run time (the package, data/) is copied where it can.
+AS_NOBODY = """\
+import encodings.idna, importlib, os, pkgutil, sys  # idna: getaddrinfo loads it lazily
+sys.path.insert(0, os.getcwd())
+import killboard
+from killboard.cli import main
+for module in pkgutil.walk_packages(killboard.__path__, "killboard."):
+    importlib.import_module(module.name)
+os.setgroups([])
+os.setgid({uid})
+os.setuid({uid})
+sys.exit(main(sys.argv[1:], prog="python app.py"))
+"""
 
 
-def start(args: list[str], env: dict[str, str] | None = None, as_nobody: bool = False) -> tuple[int, str]:
-    """Run `python app.py ARGS` to its end; (exit status, stderr)."""
+def start(
+    args: list[str], env: dict[str, str] | None = None, as_nobody: bool = False, copy: Path | None = None
+) -> tuple[int, str]:
+    """Run `python app.py ARGS` to its end; (exit status, stderr). `as_nobody`: from `copy` (a
+    readable copy of the server), as root turned nobody."""
     command = [sys.executable, "app.py", *args]
     if as_nobody:
-        # We run as root, to whom permission bits mean nothing: drop to nobody for the real refusal.
-        command = [SETPRIV or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        assert copy is not None
+        command = [sys.executable, "-c", AS_NOBODY.format(uid=NOBODY), *args]
     proc = subprocess.run(
         command,
-        cwd=PROJECT_ROOT,
+        cwd=copy if as_nobody else PROJECT_ROOT,
         env={**os.environ, "KILLBOARD_UPSTREAM": "off", "KILLBOARD_LOG_LEVEL": "WARNING", **(env or {})},
         capture_output=True,
         timeout=EXIT_WITHIN,
@@ -58,9 +77,31 @@ def real_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
-    """A folder nobody can reach (pytest's own tmp folders are private to root): for the tests that
-    drop to nobody so permission bits count."""
+    """A folder everyone can reach (pytest's own tmp folders are private to their owner), for
+    the tests whose server runs as nobody when we are root."""
     path = Path(tempfile.mkdtemp(prefix="killboard-startup-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for folder in (path, *(p for p in path.rglob("*") if p.is_dir())):
+            folder.chmod(0o755)  # the tests lock folders, even against their owner
+        shutil.rmtree(path)
+
+
+@pytest.fixture(scope="module")
+def server_copy() -> Iterator[Path | None]:
+    """The server's package and the files it reads at start, copied where nobody can read them
+    (a few MB); None when we are not root (the server then runs as us, from the clone)."""
+    if not IS_ROOT:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="killboard-server-"))
+    ignore = shutil.ignore_patterns("__pycache__", "*.sqlite3*")
+    for name in ("killboard", "data", "templates", "static"):
+        shutil.copytree(PROJECT_ROOT / name, path / name, ignore=ignore)
+    for item in (path, *path.rglob("*")):
+        item.chmod(item.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if item.is_dir() else 0))
     path.chmod(0o755)
     try:
         yield path
@@ -98,35 +139,35 @@ def test_a_garbled_database(tmp_path: Path, real_db: Path) -> None:
     assert_one_line(*start(serve(db)), str(db), "not a database")
 
 
-needs_nobody = pytest.mark.skipif(IS_ROOT and SETPRIV is None, reason="root without setpriv ignores permissions")
+# Modes that refuse everyone but root; as root the server runs as nobody, so they refuse it too.
 
 
-@needs_nobody
-def test_a_database_in_a_read_only_directory(open_dir: Path, real_db: Path) -> None:
+def test_a_database_in_a_read_only_directory(open_dir: Path, real_db: Path, server_copy: Path | None) -> None:
     folder = open_dir / "ro"
     folder.mkdir()
     db = folder / "kb.sqlite3"
     shutil.copy(real_db, db)
     db.chmod(0o644)
-    folder.chmod(0o755)  # owned by us: nobody may read, not write
-    assert_one_line(*start(serve(db), as_nobody=IS_ROOT), str(db), "readonly", "writable")
+    folder.chmod(0o555)  # readable, not writable: SQLite cannot make its -wal file beside it
+    assert_one_line(*start(serve(db), as_nobody=IS_ROOT, copy=server_copy), str(db), "readonly", "writable")
 
 
-@needs_nobody
-def test_a_read_only_database_file(open_dir: Path, real_db: Path) -> None:
+def test_a_read_only_database_file(open_dir: Path, real_db: Path, server_copy: Path | None) -> None:
     folder = open_dir / "rw"
     folder.mkdir()
     folder.chmod(0o777)
     db = folder / "kb.sqlite3"
     shutil.copy(real_db, db)
     db.chmod(0o444)
-    assert_one_line(*start(serve(db), as_nobody=IS_ROOT), str(db), "readonly")
+    assert_one_line(*start(serve(db), as_nobody=IS_ROOT, copy=server_copy), str(db), "readonly")
 
 
-@needs_nobody
-def test_a_database_path_that_cannot_be_created(open_dir: Path) -> None:
-    db = open_dir / "new" / "kb.sqlite3"
-    assert_one_line(*start(serve(db), as_nobody=IS_ROOT), str(db), "Permission denied")
+def test_a_database_path_that_cannot_be_created(open_dir: Path, server_copy: Path | None) -> None:
+    locked = open_dir / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    db = locked / "new" / "kb.sqlite3"
+    assert_one_line(*start(serve(db), as_nobody=IS_ROOT, copy=server_copy), str(db), "Permission denied")
 
 
 @pytest.fixture
@@ -149,13 +190,30 @@ def test_a_port_out_of_range(tmp_path: Path, port: str) -> None:
     assert not (tmp_path / "kb.sqlite3").exists()  # refused before anything was opened
 
 
-@needs_nobody
-@pytest.mark.skipif(not IS_ROOT, reason="needs a user who may not bind port 80; root may")
-def test_a_privileged_port_without_privilege(open_dir: Path) -> None:
+def _unprivileged_port_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024  # the classic rule where the setting is not there
+
+
+@pytest.mark.skipif(
+    _unprivileged_port_start() <= 80, reason="this kernel lets every user bind port 80 (ip_unprivileged_port_start)"
+)
+def _has_net_bind_service() -> bool:
+    """Whether this (non-root) process may bind low ports anyway: CAP_NET_BIND_SERVICE is bit 10."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 10))
+    return False
+
+
+@pytest.mark.skipif(not IS_ROOT and _has_net_bind_service(), reason="this user holds CAP_NET_BIND_SERVICE")
+def test_a_privileged_port_without_privilege(open_dir: Path, server_copy: Path | None) -> None:
     folder = open_dir / "db"
     folder.mkdir()
     folder.chmod(0o777)
-    status, stderr = start(["--port", "80", "--db", str(folder / "kb.sqlite3")], as_nobody=True)
+    status, stderr = start(["--port", "80", "--db", str(folder / "kb.sqlite3")], as_nobody=IS_ROOT, copy=server_copy)
     assert_one_line(status, stderr, "cannot listen on 127.0.0.1:80", "permission denied", "CAP_NET_BIND_SERVICE")
 
 

@@ -16,9 +16,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
@@ -94,7 +95,10 @@ class StreamFollower:
                     self._started = True
                     self._empty_start = self.last == 0
                     log.info("edge: following %r from seq %d", self._key, self.last)
-                reply = await self._redis.xread({self._key: b"%d-0" % self.last}, count=READ_COUNT, block=BLOCK_MS)
+                reply = cast(
+                    list[tuple[bytes, stream.Entries]] | None,
+                    await self._redis.xread({self._key: b"%d-0" % self.last}, count=READ_COUNT, block=BLOCK_MS),
+                )
                 if not self.connected:
                     self.connected, self.error, failures = True, None, 0
                     log.info("edge: reading the stream at seq %d", self.last)
@@ -212,7 +216,7 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
 
 def create_edge_app(config: Config) -> web.Application:
     """An edge: the writer's WebSocket protocol and limits, /health and /metrics, no database."""
-    middlewares = [api.json_errors]
+    middlewares: list[Middleware] = [api.json_errors]
     if config.trusted_proxies:
         middlewares.insert(0, forwarded_middleware(config.trusted_proxies))
     app = web.Application(middlewares=middlewares)

@@ -18,7 +18,7 @@ import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import ujson
 from redis.asyncio import Redis
@@ -26,6 +26,9 @@ from redis.exceptions import RedisError
 
 from ..kill.topics import KillFacts
 from ..live.replay import LogUnavailable
+
+# What XRANGE/XREVRANGE answer without decode_responses (redis-py types them loosely).
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +124,13 @@ def decode(entry_id: bytes, values: Mapping[bytes, bytes]) -> Raw:
 
 async def top(redis: Redis, key: str) -> int:
     """The seq of the stream's last entry; 0 when it is empty or missing."""
-    newest = await redis.xrevrange(key, count=1)
+    newest = cast(Entries, await redis.xrevrange(key, count=1))
     return entry_seq(newest[0][0]) if newest else 0
 
 
 async def floor(redis: Redis, key: str) -> int | None:
     """The stream has every stored kill after this seq (its first entry's `prev`); None if empty."""
-    oldest = await redis.xrange(key, count=1)
+    oldest = cast(Entries, await redis.xrange(key, count=1))
     return int(oldest[0][1][b"p"]) if oldest else None
 
 
@@ -165,7 +168,7 @@ class StreamLog:
 
     async def _range(self, low: str, high: str, count: int | None) -> list[Raw]:
         try:
-            rows = await self._redis.xrange(self._key, min=low, max=high, count=count)
+            rows = cast(Entries, await self._redis.xrange(self._key, min=low, max=high, count=count))
         except (RedisError, OSError) as exc:
             raise LogUnavailable(str(exc) or type(exc).__name__) from exc
         return [decode(entry_id, values) for entry_id, values in rows]

@@ -12,18 +12,18 @@ import asyncio
 import logging
 import sys
 import tarfile
-import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import ujson
+from tqdm import tqdm
 
 from ..config import Config
 from ..kill.prices import price_book
-from ..kill.staticdata import load_static
+from ..kill.staticdata import StaticData, load_static
 from ..kill.validate import Invalid, Submission, check_esi, parse_submission
 from ..storage.store import InboxRow, Store
 from .esi import EsiClient, NameService
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".json", ".jsonl", ".tar.bz2")
 BATCH = 200
+# Called with the opened store and static data before importing; returns what to await at the end.
+Prepare = Callable[[Store, StaticData], Awaitable[Callable[[], Awaitable[None]]]]
 SOURCE = "import"  # the inbox rows an import writes; a later import finishes any left behind
 
 
@@ -153,65 +155,53 @@ def to_submission(item: Item) -> Submission:
 
 
 class Progress:
-    """A bar with rate and ETA on a terminal; a plain line every few seconds otherwise."""
+    """tqdm's bar over the bytes of the inputs, with the kills stored so far, drawn only on a
+    terminal (a log or a cron mail gets the rejections and the final line, not a bar)."""
 
-    def __init__(self, total_bytes: int, stream: IO[str], tty: bool, every: float = 5.0) -> None:
-        self.total = max(1, total_bytes)
+    def __init__(self, total_bytes: int, stream: IO[str], tty: bool) -> None:
         self.stream = stream
         self.tty = tty
-        self.every = every if not tty else 0.1
-        self.done_bytes = 0.0
         self.kills = 0
-        self.started = time.monotonic()
-        self._shown = 0.0
+        self.total = max(1, total_bytes)
+        self.bar = tqdm(
+            total=self.total,
+            desc="import",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=stream,
+            disable=not tty,
+            mininterval=0.1,
+        )
 
     def advance(self, nbytes: float) -> None:
-        self.done_bytes = min(self.total, self.done_bytes + nbytes)
+        self.bar.update(min(nbytes, self.total - self.bar.n))  # a file may grow while read
 
     def count(self, kills: int) -> None:
         self.kills += kills
-        now = time.monotonic()
-        if now - self._shown >= self.every:
-            self._shown = now
-            self.show(now)
-
-    def stale(self) -> bool:
-        """True when the last line shown is old enough that the final state is news."""
-        return self._shown == 0.0 or time.monotonic() - self._shown > 0.5
+        self.bar.set_postfix_str(f"{self.kills} kills", refresh=False)
 
     def report(self, problem: str) -> None:
-        """One rejected file or item, on its own line (the bar is redrawn on the next update)."""
-        self.stream.write(("\r\033[K" if self.tty else "") + f"rejected: {problem}\n")
-        self.stream.flush()
+        """One rejected file or item, on its own line above the bar."""
+        tqdm.write(f"rejected: {problem}", file=self.stream)
 
-    def show(self, now: float | None = None, final: bool = False) -> None:
-        now = time.monotonic() if now is None else now
-        elapsed = max(1e-6, now - self.started)
-        fraction = self.done_bytes / self.total
-        rate = self.kills / elapsed
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
-        text = f"{fraction * 100:5.1f}% {self.kills} kills {rate:,.0f}/s ETA {_clock(eta)}"
-        if self.tty:
-            width = 30
-            filled = int(width * fraction)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}" + ("\n" if final else ""))
-        else:
-            self.stream.write(f"import: {text}\n")
-        self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    def close(self) -> None:
+        self.bar.close()
 
 
 # -- running --------------------------------------------------------------------------------
 
 
 async def run_import(
-    config: Config, paths: list[Path], out: IO[str] = sys.stdout, err: IO[str] = sys.stderr, tty: bool | None = None
+    config: Config,
+    paths: list[Path],
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+    tty: bool | None = None,
+    prepare: Prepare | None = None,
 ) -> Summary:
-    """Import every item of `paths` into `config.db_path`; returns what happened."""
+    """Import every item of `paths` into `config.db_path`; returns what happened. `prepare` is
+    given the opened store first (cli.py: the battles' writer, so imported kills form battles)."""
     summary = Summary()
     files = expand(paths)
     missing = [p for p in files if not p.exists()]
@@ -223,6 +213,8 @@ async def run_import(
     async with AsyncExitStack() as stack:
         store = await Store.open(config.db_path)
         stack.push_async_callback(store.close)
+        if prepare is not None:
+            stack.push_async_callback(await prepare(store, static))
         prices = price_book(static)
         stored_prices, _ = await store.load_prices()
         prices.market.update(stored_prices)  # the server's latest ESI prices, when it fetched any
@@ -256,8 +248,7 @@ async def run_import(
             except BadInput as exc:
                 _reject(summary, progress, f"{path}: {exc}")
         await _flush(pipeline, batch, summary, progress)
-    if progress.tty or progress.stale():
-        progress.show(final=True)
+    progress.close()
     out.write(summary.line() + "\n")
     return summary
 
@@ -309,6 +300,6 @@ async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, 
     progress.count(len(stored))
 
 
-def main_sync(config: Config, paths: list[Path]) -> int:
-    summary = asyncio.run(run_import(config, paths))
+def main_sync(config: Config, paths: list[Path], prepare: Prepare | None = None) -> int:
+    summary = asyncio.run(run_import(config, paths, prepare=prepare))
     return 1 if summary.rejected else 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import ujson
 
-from ..config import PROJECT_ROOT
+from ..config import resource_dir
 from ..kill.frames import encode
 from . import bigjson
 from .enrich import enrich
@@ -150,7 +150,7 @@ def renderer(static: StaticData, prices: PriceBook) -> Render:
 @functools.cache
 def default_renderer() -> Render:
     """For a Store opened without one (tools, tests): the bundled static data and prices."""
-    static = load_static(PROJECT_ROOT / "data")
+    static = load_static(resource_dir("data"))
     return renderer(static, price_book(static))
 
 
@@ -161,7 +161,8 @@ def build_dictionary(documents: list[bytes], size: int = DICTIONARY_SIZE) -> byt
     killmails, whole samples compressed best: a kill shares long runs with other kills (key
     sequences, common modules and their flags), and deflate finds them at any offset.
     """
-    return b"".join(sorted(documents, key=len))[-size:]
+    ordered: list[bytes] = sorted(documents, key=len)
+    return b"".join(ordered)[-size:]
 
 
 def load_dictionary(path: Path = DICTIONARY_PATH) -> bytes:

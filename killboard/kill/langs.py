@@ -34,6 +34,21 @@ def parse_langs(raw: str | None) -> Langs:
     return tuple(code for code in LANGUAGES if code in codes)
 
 
+def covering(langs: Langs) -> Langs:
+    """The canonical variant that covers `langs`: what a socket that asked for `langs` is sent.
+
+    A live kill is built once per variant, and 254 sockets each asking for another subset of the
+    eight languages must not make 254 variants of it (issue 22): English alone, English with one
+    other language, or every language (None) — nine variants at most. A client gets names in at
+    least the languages it asked for, perhaps more."""
+    if langs is None or langs == ("en",):
+        return langs
+    others = [code for code in langs if code != "en"]
+    if len(others) == 1:
+        return tuple(code for code in LANGUAGES if code in ("en", others[0]))
+    return None
+
+
 # Where a killmail (killboard/kill/enrich.py) has translation objects, and where it nests parties and
 # items that have more: only these are walked, not every value of the kill.
 NAME_FIELDS = ("name", "group_name", "ship_name", "ship_group_name", "weapon_type_name", "region_name")

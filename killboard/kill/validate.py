@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 HASH_RE = re.compile(r"^[0-9a-f]{40}$")
 # Ids and counts in EVE fit in 64 bits; anything bigger is garbage, and SQLite could not store it.
@@ -49,7 +49,7 @@ class Invalid(Exception):
         self.errors = errors
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     # bool is an int in Python; JSON true is never a valid id or quantity.
     return type(value) is int and -MAX_INT <= value <= MAX_INT
 

@@ -30,8 +30,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..ingest.pipeline import Stored
 from ..kill.frames import encode
-from ..kill.langs import Langs
-from ..kill.topics import Condition, Index, KillFacts
+from ..kill.langs import Langs, covering
+from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
 from .wire import (
     OFFLOAD_BYTES,
     RSV1,
@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 
 # Plain frames waiting for their deflated variants, at most; past it the loop deflates itself.
 LATE_MAX_BYTES = 16 * 1024 * 1024
+# A late kill's frames written to sockets between two turns of the loop.
+DELIVER_SLICE = 4 * 1024 * 1024
+# Kills this large (fleet fights: a 3,000-attacker kill is 2.8 MB) go late to plain sockets
+# wanting every language too, so their delivery is sliced; smaller ones are written to those
+# at once, as before (a thread hop would only add latency).
+WHOLE_LATE_BYTES = 256 * 1024
 # More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
 # feed (~0.2 kills/s on average, a few a second at peaks).
 BURST = 8
@@ -160,9 +166,12 @@ class Subscriber:
 
     ws: web.WebSocketResponse
     outbox: Outbox
-    transport: asyncio.BaseTransport | None
-    # condition -> the channel string it was first subscribed with
-    channels: dict[Condition, str] = field(default_factory=dict)
+    transport: asyncio.Transport | None
+    # Its conditions: the index's shared instances (an equal condition is held once in all).
+    channels: set[Condition] = field(default_factory=set)
+    # What its channels cost (topics.MEMBERSHIP_BYTES + condition_bytes each, as if no other
+    # socket shared them): at most the hub's sub_budget (KILLBOARD_WS_SUB_BYTES).
+    sub_bytes: int = 0
     # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
     # and their bytes.
     held: deque[tuple[int, bytes, KillFacts]] | None = None
@@ -190,7 +199,12 @@ class Hub:
         replay_window: int = 1000,
         send_buffer: int = 4 * 1024 * 1024,
         deflate_level: int = 6,
+        sub_budget: int = 320 * 1024,
+        sub_total: int = 224 * 1024 * 1024,
     ) -> None:
+        """`sub_budget`: bytes one socket's subscriptions may cost; `sub_total`: bytes the
+        subscriptions of all sockets may hold (each distinct condition once, plus a membership
+        per socket and condition): see `subscribe`."""
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
         # Connections whose handler has ended but which are not closed yet (see linger).
         self._closing: set[asyncio.BaseProtocol] = set()
@@ -198,14 +212,21 @@ class Hub:
         self._index: Index[Subscriber] = Index()
         self._send_queue = send_queue
         self.send_buffer = send_buffer
+        self.sub_budget = sub_budget
+        self.sub_total = sub_total
         self._close_timeout = close_timeout
         self._replay_window = replay_window
         # Match keys of the last kills published, so a replay need not decode them again.
         self.recent_facts: OrderedDict[int, KillFacts] = OrderedDict()
         self.deliveries = 0
         self.slow_drops = 0
+        self.sub_refused = 0  # subscriptions refused because all sockets' subscriptions were full
+        self.sub_full_logged = False
         self._deflate_level = deflate_level
-        # Kills waiting for their deflated variants (made in a thread), in publish order: a
+        # Frames made for live kills (each variant of each kill counts once): bounded per kill
+        # by the canonical variants, whatever the clients ask for.
+        self.variants_made = 0
+        # Kills waiting for their variants (made in a thread), in publish order: a
         # socket gets its kills in seq order, so a small kill never overtakes a large one.
         self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
         self._late_bytes = 0
@@ -235,24 +256,32 @@ class Hub:
             log.debug("websocket connection could not finish closing in time: aborted")
             transport.abort()
 
+    @property
+    def sub_bytes(self) -> int:
+        """What all sockets' subscriptions hold now (the index's bytes)."""
+        return self._index.nbytes
+
     def subscribed_count(self) -> int:
-        return len(self._index.subscribers())
+        # By socket, not by walking the index: 10,000 sockets of 256 channels are 2.5 million
+        # memberships, and /health asks.
+        return sum(1 for sub in self._subscribers.values() if sub.channels)
 
     def subscribed(self) -> set[Subscriber]:
         """Every socket with at least one channel (a notice that concerns them all)."""
-        return self._index.subscribers()
+        return {sub for sub in self._subscribers.values() if sub.channels}
 
     def attach(
-        self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, lang: Langs = None, deflate: int = 0
+        self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, lang: Langs = None, deflate: int = 0
     ) -> Subscriber:
-        """`lang`: the languages of its names (None: all); `deflate`: the window bits of its
-        permessage-deflate (0: plain frames)."""
+        """`lang`: the languages of its names (None: all), served as the canonical variant that
+        covers them (langs.covering); `deflate`: the window bits of its permessage-deflate (0:
+        plain frames)."""
         sub = Subscriber(
             ws,
             Outbox(self._send_queue),
             transport,
             delivered=Delivered(self._replay_window),
-            lang=lang,
+            lang=covering(lang),
             deflate=deflate,
         )
         self.sockets.add(ws)
@@ -265,6 +294,7 @@ class Hub:
         for condition in sub.channels:
             self._index.remove(condition, sub)
         sub.channels.clear()
+        sub.sub_bytes = 0
         sub.held, sub.held_bytes = None, 0
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
@@ -273,13 +303,35 @@ class Hub:
             with suppress(asyncio.CancelledError):
                 await sub.writer
 
-    def subscribe(self, sub: Subscriber, condition: Condition, channel: str) -> None:
-        if condition not in sub.channels:
-            sub.channels[condition] = channel
-            self._index.add(condition, sub)
+    def subscribe(self, sub: Subscriber, condition: Condition) -> str | None:
+        """Add a channel; None, or why it was refused (a budget: the client is told, and the
+        server holds nothing more). A socket is charged each condition whole, shared or not, so
+        what it may hold does not depend on other sockets; the total counts the shared
+        instances once, and is what the memory really holds."""
+        if condition in sub.channels:
+            return None
+        charge = MEMBERSHIP_BYTES + condition_bytes(condition)
+        if sub.sub_bytes + charge > self.sub_budget:
+            return (
+                f"subscriptions over budget: a socket's channels may take {self.sub_budget} bytes,"
+                f" this one would take {sub.sub_bytes + charge}; unsub some, or use fewer conditions"
+            )
+        added = MEMBERSHIP_BYTES if self._index.find(condition) is not None else charge
+        if self._index.nbytes + added > self.sub_total:
+            if not self.sub_full_logged:
+                log.warning("subscriptions refused: all sockets' channels hold %d bytes", self._index.nbytes)
+                self.sub_full_logged = True
+            self.sub_refused += 1
+            return "the server's subscriptions are full: try again later, or subscribe to channels others use"
+        self.sub_full_logged = False
+        sub.channels.add(self._index.add(condition, sub))
+        sub.sub_bytes += charge
+        return None
 
     def unsubscribe(self, sub: Subscriber, condition: Condition) -> None:
-        if sub.channels.pop(condition, None) is not None:
+        if condition in sub.channels:
+            sub.channels.discard(condition)
+            sub.sub_bytes -= MEMBERSHIP_BYTES + condition_bytes(condition)
             self._index.remove(condition, sub)
 
     def hold(self, sub: Subscriber) -> None:
@@ -360,42 +412,54 @@ class Hub:
         targets = self._index.match(facts)
         if not targets:
             return 0
-        # Each variant (languages x plain or a deflate window) is made once, for all its sockets.
+        # Each variant (languages x plain or a deflate window) is made once, for all its sockets;
+        # sockets ask only for canonical variants (langs.covering), so a kill has a few at most.
         kill = KillVariants(seq, body, self._deflate_level, decoded)
-        deflated: dict[tuple[Langs, int], list[Subscriber]] = {}
+        groups: dict[tuple[Langs, int], list[Subscriber]] = {}
         sent = 0
+        # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
+        # every kind of socket: in slices, so the loop is never held for all of them at once.
+        later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
         for sub in targets:
-            if sub.deflate:
-                deflated.setdefault((sub.lang, sub.deflate), []).append(sub)
-            elif self.send_kill(sub, seq, kill.frame(sub.lang), facts):
+            if later or sub.deflate or sub.lang is not None:
+                groups.setdefault((sub.lang, sub.deflate), []).append(sub)
+            elif self.send_kill(sub, seq, kill.frame(None), facts):
                 sent += 1
-        if deflated:
-            sent += self._publish_deflated(kill, deflated, facts)
+        if groups:
+            sent += self._publish_variants(kill, groups, facts)
+        else:
+            self.variants_made += kill.made
         self.deliveries += sent
         return sent
 
-    def _publish_deflated(
+    def _publish_variants(
         self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
     ) -> int:
-        """Deflate small variants here and send them at once; large ones (or any kill behind one
-        still in the thread) wait their turn in `_late`. Returns the sockets it is meant for."""
-        size = sum(len(kill.frame(langs)) for langs, _ in groups)
+        """Make a small kill's other variants here and send them at once; a large one's (or any
+        kill's behind one still in the thread) wait their turn in `_late`, made in a thread: a
+        language variant of a fleet fight is ~12 ms of decode, filter and encode, a deflate as
+        much, and nine of each would hold the loop for a quarter of a second. Returns the
+        sockets it is meant for."""
+        size = len(kill.body())
         if not self._late and size < OFFLOAD_BYTES:
-            return self._deliver(kill, groups, facts)
+            sent = self._deliver(kill, groups, facts)
+            self.variants_made += kill.made
+            return sent
         self._late.append((kill, groups, facts))
         self._late_bytes += size
-        if self._late_bytes > LATE_MAX_BYTES:
-            # The thread is not keeping up: deflate this one on the loop (slowing the producer)
-            # instead of holding ever more plain frames.
-            for langs, bits in groups:
-                kill.deflated(langs, bits)
+        if self._late_bytes > LATE_MAX_BYTES and len(self._late) > 1:
+            # The thread is not keeping up: make this one on the loop (slowing the producer)
+            # instead of holding ever more kills.
+            _make_all([(kill, key) for key in groups])
         if self._deflater is None or self._deflater.done():
-            self._deflater = asyncio.create_task(self._deflate_late(), name="hub-deflater")
+            self._deflater = asyncio.create_task(self._make_late(), name="hub-variants")
         return sum(len(subs) for subs in groups.values())
 
-    async def _deflate_late(self) -> None:
-        """Deflate the waiting kills' variants in one thread hop (zlib releases the GIL), then
-        send them in publish order to the sockets that still want them."""
+    async def _make_late(self) -> None:
+        """Make the waiting kills' variants in one thread hop (zlib releases the GIL; decode and
+        encode hold it, but the loop still gets its turn every switch interval), then send them
+        in publish order to the sockets that still want them. A kill stays first in `_late`
+        until every socket has it, so no kill published meanwhile overtakes it."""
         loop = asyncio.get_running_loop()
         while self._late:
             batch = list(self._late)
@@ -404,28 +468,43 @@ class Hub:
                 # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
                 for kill, _, _ in batch:
                     kill.level = 1
-            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has_deflated(*key)]
+            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has(*key)]
             if todo:
-                await loop.run_in_executor(None, _deflate_all, todo)
-            for _ in batch:
-                kill, groups, facts = self._late.popleft()
-                self._late_bytes -= sum(len(kill.frame(langs)) for langs, _ in groups)
-                self._deliver(kill, groups, facts, late=True)
+                await loop.run_in_executor(None, _make_all, todo)
+            for kill, groups, facts in batch:
+                await self._deliver_sliced(kill, groups, facts)
+                self._late.popleft()
+                self._late_bytes -= len(kill.body())
+                self.variants_made += kill.made
+
+    async def _deliver_sliced(
+        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
+    ) -> None:
+        """`_deliver` after the thread hop, letting the loop run after every DELIVER_SLICE bytes
+        written: 254 sockets of a 3,000-attacker kill are 300-700 MB of writes."""
+        written = 0
+        for (langs, bits), subs in groups.items():
+            frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
+            for sub in subs:
+                if not self._still_wants(sub, kill.seq, facts):
+                    continue
+                self.send_kill(sub, kill.seq, frame, facts)
+                written += len(frame)
+                if written >= DELIVER_SLICE:
+                    written = 0
+                    await asyncio.sleep(0)
 
     def _deliver(
         self,
         kill: KillVariants,
         groups: dict[tuple[Langs, int], list[Subscriber]],
         facts: KillFacts,
-        late: bool = False,
     ) -> int:
-        """`late`: after the thread hop, so check that each socket still wants the kill."""
+        """A small kill's frames to its sockets, at once (made here if need be)."""
         sent = 0
         for (langs, bits), subs in groups.items():
-            frame = kill.deflated(langs, bits)
+            frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
             for sub in subs:
-                if late and not self._still_wants(sub, kill.seq, facts):
-                    continue
                 if self.send_kill(sub, kill.seq, frame, facts):
                     sent += 1
         return sent
@@ -525,7 +604,7 @@ class Hub:
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
         """Close every socket at once, each with a time limit (close() waits on a stuck reader)."""
         if self._deflater is not None:
-            self._deflater.cancel()  # kills still waiting for deflate are in the store: a since replays them
+            self._deflater.cancel()  # kills still waiting for their variants are in the store: a since replays them
         subs = list(self._subscribers.values())
         for sub in subs:
             if not sub.dropped:
@@ -570,9 +649,12 @@ def _write_now(sub: Subscriber, frame: bytes) -> bool:
     return True
 
 
-def _deflate_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
+def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
     for kill, (langs, bits) in todo:
-        kill.deflated(langs, bits)
+        if bits:
+            kill.deflated(langs, bits)
+        else:
+            kill.frame(langs)
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ujson
-from aiohttp import WSMsgType, hdrs, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, hdrs, web
 from aiohttp._websocket import reader_py
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.web_request import BaseRequest
@@ -30,9 +30,18 @@ from .wsmask import MaskCheck, MaskedWebSocketResponse
 RSV1 = 0x40
 _FIN_TEXT = 0x80 | WSMsgType.TEXT
 _TRAILER = b"\x00\x00\xff\xff"
+_CLOSE = 0x8
+# Close codes a peer may send (RFC 6455 section 7.4 and IANA's registry: 1012-1014 were added
+# later); 1004-1006 and 1015 are reserved and never sent on the wire, and nothing is defined
+# from 5000 up: any other code in a client's close frame is a protocol error.
+_VALID_CLOSE = frozenset((*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)))
 # Payloads from this size up are deflated in a thread (zlib releases the GIL): ~0.1 ms and more
 # of the loop's time otherwise. The same bound as aiohttp's writer uses for its executor.
 OFFLOAD_BYTES = 16 * 1024
+# The windows we deflate with: a client's server_max_window_bits=N is answered with the largest
+# of these not above N (RFC 7692 7.1.2.1 lets the answer be smaller), so clients cannot make
+# the hub deflate each kill once per window size they pick (issue 22).
+WINDOWS = (9, 12, 15)
 
 
 def body_in(body: bytes, langs: Langs) -> bytes:
@@ -79,9 +88,10 @@ def negotiate(offers: str | None) -> tuple[int, str | None]:
     compresses each message on its own too, so no inflate state is kept between its messages
     (aiohttp keeps a decompressor per socket, ~15 KiB, once a client sent one compressed frame:
     every browser does). A client's server_max_window_bits=N is honoured by compressing
-    with that window (N=8 is declined: zlib's raw deflate cannot make 256-byte windows). Its
-    client_max_window_bits needs no answer: we inflate with the largest window. An offer with
-    an unknown or repeated parameter, or a bad value, is declined as the RFC asks."""
+    with the largest of WINDOWS up to N, and saying so (N=8 is declined: zlib's raw deflate
+    cannot make 256-byte windows). Its client_max_window_bits needs no answer: we inflate with
+    the largest window. An offer with an unknown or repeated parameter, or a bad value, is
+    declined as the RFC asks."""
     for offer in (offers or "").split(","):
         name, *params = (part.strip() for part in offer.split(";"))
         if name.lower() != "permessage-deflate":
@@ -111,7 +121,7 @@ def _accept(params: list[str]) -> int:
         elif key == "server_max_window_bits":
             if not (value.isdigit() and 9 <= int(value) <= 15):
                 return 0
-            bits = int(value)
+            bits = max(w for w in WINDOWS if w <= int(value))
         elif key == "client_max_window_bits":
             if value and not (value.isdigit() and 8 <= int(value) <= 15):
                 return 0
@@ -152,35 +162,68 @@ class DeflateResponse(MaskedWebSocketResponse):
         # Bytes that came with the upgrade request go to the parser that stays, not aiohttp's.
         tail, handler._message_tail = handler._message_tail, b""
         super()._post_start(request, protocol, writer)  # aiohttp's parser behind the mask check
-        if self._compress:
-            # The pure-Python reader wants its own queue class (it writes attributes the
-            # compiled queue keeps read-only); nothing has been queued yet.
-            self._reader = reader_py.WebSocketDataQueue(handler, DEFAULT_CHUNK_SIZE, loop=self._loop)
-            parser = FreshInflateReader(self._reader, self._max_msg_size, compress=True, decode_text=self._decode_text)
-            self._parser = parser
-            handler._payload_parser = MaskCheck(parser, self._reader)
+        # Our reader on every socket, deflate or not: it checks close codes as the RFC does.
+        # The pure-Python reader wants its own queue class (it writes attributes the compiled
+        # queue keeps read-only); nothing has been queued yet.
+        assert self._loop is not None  # prepare() sets it before it calls this
+        self._reader = reader_py.WebSocketDataQueue(handler, DEFAULT_CHUNK_SIZE, loop=self._loop)
+        parser = FreshInflateReader(
+            self._reader, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
+        )
+        self._parser = parser
+        handler._payload_parser = MaskCheck(parser, self._reader)
         if tail:
             eof, _ = handler._payload_parser.feed_data(tail)
             if eof:
                 handler.close()
 
 
+class StrictInflate:
+    """Inflates one client message as RFC 7692 says (the 00 00 ff ff tail appended by aiohttp),
+    strictly: data zlib cannot inflate, or bytes after a final deflate block, is invalid data
+    (1007 with the reason), not an internal error that aiohttp would close with 1000/1006."""
+
+    __slots__ = ()
+
+    def decompress_sync(self, data: bytes | bytearray, max_length: int = 0) -> bytes:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(data, max_length)
+        except zlib.error as exc:
+            raise WebSocketError(WSCloseCode.INVALID_TEXT, f"invalid deflate data: {exc}") from None
+        # A message may end with a final block instead of a sync flush (RFC 7692 section
+        # 7.2.3.4): then only the appended tail follows it. Anything more is not deflate data.
+        if inflater.eof and inflater.unused_data not in (b"", _TRAILER):
+            raise WebSocketError(WSCloseCode.INVALID_TEXT, "invalid deflate data: bytes after the final block")
+        return out
+
+
+_STRICT_INFLATE = StrictInflate()
+
+
 class FreshInflateReader(reader_py.WebSocketReader):
-    """aiohttp's (pure Python) frame reader, forgetting its decompressor after every frame: with
+    """aiohttp's (pure Python) frame reader, inflating every message on its own: with
     client_no_context_takeover agreed, each client message is a stream of its own, and the
-    decompressor kept otherwise is ~15 KiB per socket. Client messages are few and small."""
+    decompressor kept otherwise is ~15 KiB per socket. Client messages are few and small.
+    Stricter than aiohttp's on what RFC 6455 and 7692 forbid: bad deflate data (1007) and close
+    codes no peer may send (1002)."""
 
     def _handle_frame(self, fin: bool, opcode: int, payload: bytes | bytearray, compressed: int) -> None:
+        if opcode == _CLOSE and len(payload) >= 2:
+            code = int.from_bytes(payload[:2], "big")
+            if code not in _VALID_CLOSE:
+                raise WebSocketError(WSCloseCode.PROTOCOL_ERROR, f"invalid close code {code} (RFC 6455 section 7.4)")
         limit = self._max_msg_size
         if compressed and limit:
             # aiohttp refuses a frame of `limit` bytes or more, but an inflated message only
             # past `limit` (ws.py passes the limit + 1 for the first): one limit for both.
             self._max_msg_size = limit - 1
+        self._decompressobj = _STRICT_INFLATE  # type: ignore[assignment]
         try:
             super()._handle_frame(fin, opcode, payload, compressed)
         finally:
             self._max_msg_size = limit
-            self._decompressobj = None  # a message is inflated whole at its last frame
+            self._decompressobj = None
 
 
 async def send_deflated(ws: web.WebSocketResponse, payload: Deflated) -> None:
@@ -199,7 +242,7 @@ class KillVariants:
     (`lang`) is derived from the encoded body (decoded once, only if some socket wants one), and
     each frame deflated once per window size asked for."""
 
-    __slots__ = ("_body", "_decode", "_decoded", "_deflated", "_frames", "level", "seq")
+    __slots__ = ("_body", "_decode", "_decoded", "_deflated", "_frames", "level", "made", "seq")
 
     def __init__(
         self, seq: int, body: bytes | Callable[[], bytes], level: int, decoded: Callable[[], Any] | None = None
@@ -213,6 +256,7 @@ class KillVariants:
         self._decoded: Any = None
         self._frames: dict[Langs, bytes] = {}
         self._deflated: dict[tuple[Langs, int], Deflated] = {}
+        self.made = 0  # frames made: each language variant and each deflated one counts once
 
     def body(self) -> bytes:
         if not isinstance(self._body, bytes):
@@ -232,6 +276,7 @@ class KillVariants:
                     self._decoded = ujson.loads(self.body())
                 frame = kill_frame(self.seq, encode(filter_names(self._decoded, langs)))
             self._frames[langs] = frame
+            self.made += 1
         return frame
 
     def deflated(self, langs: Langs, bits: int) -> Deflated:
@@ -240,7 +285,9 @@ class KillVariants:
         out = self._deflated.get(key)
         if out is None:
             out = self._deflated[key] = deflate(self.frame(langs), self.level, bits)
+            self.made += 1
         return out
 
-    def has_deflated(self, langs: Langs, bits: int) -> bool:
-        return (langs, bits) in self._deflated
+    def has(self, langs: Langs, bits: int) -> bool:
+        """Whether the frame for this kind of socket (deflated when `bits`) is made."""
+        return (langs, bits) in self._deflated if bits else langs in self._frames

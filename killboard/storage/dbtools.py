@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 import ujson
+from tqdm import tqdm
 
 from .. import config as settings
 from ..kill import codec
@@ -167,7 +168,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("dest", type=Path, help="target file, or a directory for a timestamped copy")
     p.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=db_help)
-    p.add_argument("--quiet", action="store_true", help="no progress lines, only errors")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or final line, only errors")
     p.add_argument("--pages", type=int, default=1024, help="pages copied per step (default 1024, 4 MiB)")
     p.set_defaults(run=backup_command)
     p = commands.add_parser(
@@ -183,18 +184,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def backup_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     source = settings.from_args(args).db_path
-    shown = -1
+    # tqdm's bar over the pages copied, on stderr and only on a terminal (a cron job's mail gets
+    # the final line alone).
+    bar = tqdm(desc="backup", unit="page", file=sys.stderr, disable=args.quiet or not sys.stderr.isatty())
 
     def progress(done: int, total: int) -> None:
-        nonlocal shown
-        percent = 100 * done // max(total, 1)
-        if not args.quiet and percent // 10 != shown // 10:
-            shown = percent
-            print(f"backup: {percent}% ({done}/{total} pages)", file=out, flush=True)
+        bar.total = total
+        bar.update(done - bar.n)
 
     started = time.monotonic()
     try:
-        written = backup(source, args.dest, progress, args.pages)
+        with bar:
+            written = backup(source, args.dest, progress, args.pages)
     except (ToolError, sqlite3.Error, OSError) as exc:
         print(f"backup failed: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ToolError | OSError) else EXIT_DAMAGED

@@ -24,7 +24,7 @@ import ujson
 from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
-from . import participants
+from . import battle_tables, participants
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ MIGRATIONS: list[str] = [
         SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
     """,
+    # 7: battles (killboard/battles), kept beside the kills in their transaction.
+    battle_tables.SCHEMA,
 ]
 
 # Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
@@ -248,6 +250,7 @@ class Store:
         # What retention removed (0: nothing yet); loaded at open, updated by prune().
         self.pruned_through_seq = 0
         self.pruned_max_killmail_id = 0
+        self.index_backlog_through = 0
         # Indexes kept beside the kills (battles, entity figures) write in the kills' own
         # transaction: `writers` after new kills are inserted, `pruners` before kills are deleted.
         # Registered by the stages above; the store imports none of them.
@@ -311,6 +314,8 @@ class Store:
         self._dictionary = dictionary
         self.pruned_through_seq = int(await self.get_state(PRUNED_SEQ) or 0)
         self.pruned_max_killmail_id = int(await self.get_state(PRUNED_KILLMAIL_ID) or 0)
+        # Kills stored before the participant index that still wait for it (index_backlog).
+        self.index_backlog_through = int(await self.get_state(INDEX_BACKLOG) or 0)
 
     async def close(self) -> None:
         """Idempotent: cleanup may run after a failed start."""
@@ -468,6 +473,12 @@ class Store:
         self._changed((killmail_id,))
         return found
 
+    async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the reader connection (for indexes kept beside the kills:
+        battles, entity pages), so other stages need not reach into the store's connections."""
+        async with self._reader.execute(sql, tuple(args)) as cur:
+            return [tuple(row) for row in await cur.fetchall()]
+
     async def get(self, killmail_id: int) -> StoredKill | None:
         async with self._reader.execute(_SELECT + " WHERE killmail_id = ?", (killmail_id,)) as cur:
             row = await cur.fetchone()
@@ -595,7 +606,7 @@ class Store:
         async with self._reader.execute(
             _SELECT + " WHERE kill_time < ? ORDER BY kill_time LIMIT ?", (older_than, batch)
         ) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if not rows:
             return 0
         # Their index rows go with them: what each kill indexed is worked out again from the kill.
@@ -640,14 +651,14 @@ class Store:
         ]
 
     async def index_backlog(self, batch: int = 200) -> int:
-        """Index kills stored before the participant index existed, oldest first, a batch a
+        """Index kills stored before the participant index existed, newest first, a batch a
         transaction; returns how many were indexed. Run in the background after open."""
         done = 0
-        while (through := int(await self.get_state(INDEX_BACKLOG) or 0)) > 0:
+        while (through := self.index_backlog_through) > 0:
             async with self._reader.execute(
                 _SELECT + " WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (through, batch)
             ) as cur:
-                rows = await cur.fetchall()
+                rows = list(await cur.fetchall())
             kills = sorted(zip((r[0] for r in rows), await self._decoded(rows), strict=True), key=lambda p: p[0])
             left = rows[-1][0] - 1 if len(rows) == batch else 0
             async with self.transaction() as db:
@@ -655,6 +666,7 @@ class Store:
                 for write in self.writers:
                     await write(db, kills)
                 await _put_state(db, {INDEX_BACKLOG: str(left)})
+            self.index_backlog_through = left
             done += len(rows)
         return done
 

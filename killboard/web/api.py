@@ -149,7 +149,7 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Stream
     except RequestPayloadError as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else None
         if isinstance(cause, DecompressSizeError):
-            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None  # type: ignore[arg-type]
         detail = cause.message if cause is not None else str(exc)
         encoding = request.headers.get("Content-Encoding", "")
         log.info("%s %s from %s: unreadable body (%s)", request.method, request.path, request.remote, detail)
@@ -353,6 +353,8 @@ async def health(request: web.Request) -> web.Response:
             "processed": pipeline.processed,
             "clients": len(hub),
             "subscribed": hub.subscribed_count(),
+            "subscription_bytes": hub.sub_bytes,
+            "subscriptions_refused": hub.sub_refused,
             "deliveries": hub.deliveries,
             "slow_drops": hub.slow_drops,
             "upstream": follower.state.as_json() if follower is not None else None,

@@ -55,7 +55,7 @@ def choose(accept_encoding: str) -> ContentCoding | None:
         q = params.strip().removeprefix("q=")
         if not (params and q.replace(".", "").strip("0") == ""):
             accepted.add(coding.strip())
-    for coding in (ContentCoding.gzip, ContentCoding.deflate):
-        if coding.value in accepted or "*" in accepted:
-            return coding
+    for choice in (ContentCoding.gzip, ContentCoding.deflate):
+        if choice.value in accepted or "*" in accepted:
+            return choice
     return None

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..battles.service import Battles
 from ..config import Config
 from ..ingest.esi import EsiClient, NameService
 from ..ingest.pipeline import OnStored, Pipeline
@@ -43,11 +44,13 @@ session_key = web.AppKey("session", aiohttp.ClientSession)
 esi_key = web.AppKey("esi", EsiClient)
 names_key = web.AppKey("names", NameService)
 follower_key = web.AppKey("follower", Follower)
+# Battles (killboard/battles): detection beside the store, the battle channels, summaries.
+battles_key = web.AppKey("battles", Battles)
 # Present only with KILLBOARD_WEBHOOKS set.
 webhooks_key = web.AppKey("webhooks", Webhooks)
 # Where a `since` replay reads: the Store here, the Redis Stream on an edge (killboard/bus).
 log_key = web.AppKey("log", KillLog)
 # What the worker calls for every stored kill: the hub's, and the bus writer's and webhooks' when on.
-stored_hooks_key = web.AppKey("stored_hooks", list[OnStored])
+stored_hooks_key = web.AppKey[list[OnStored]]("stored_hooks")
 # Present only with KILLBOARD_REDIS_URL: the bus writer's state.
-bus_status_key = web.AppKey("bus_status", Callable[[], dict[str, Any]])
+bus_status_key = web.AppKey[Callable[[], dict[str, Any]]]("bus_status")

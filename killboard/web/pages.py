@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -21,7 +22,8 @@ from aiohttp import web
 from aiohttp.web_response import ContentCoding
 from markupsafe import Markup
 
-from ..config import PROJECT_ROOT
+from ..battles.tables import battle_of
+from ..config import resource_dir
 from ..kill import display
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
@@ -58,9 +60,9 @@ CSP = "; ".join(
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.setup(
         app,
-        loader=jinja2.FileSystemLoader(PROJECT_ROOT / "templates"),
+        loader=jinja2.FileSystemLoader(resource_dir("templates")),
         undefined=jinja2.ChainableUndefined,
-        filters={
+        filters={  # type: ignore[arg-type]  # the stubs want every filter to return str
             "isk": display.isk,
             "sec_level": display.security_level,
             "sec_text": display.security_text,
@@ -68,9 +70,15 @@ def setup_templates(app: web.Application) -> None:
             "ago": display.ago,
             "utc": display.utc_text,
             "final_blow": display.final_blow,
+            "battle_time": _unix_utc,
         },
     )
     env.globals["big_kill"] = display.BIG_KILL
+
+
+def _unix_utc(seconds: int) -> str:
+    """Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (battles keep times as unix seconds)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(seconds)))
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -283,5 +291,6 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
         "attackers": display.attackers_in_order(kill.get("attackers") or ()),
         "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),
         "link": _linker(Filter()),
+        "battle_id": await battle_of(request.app[store_key], killmail_id),
     }
     return aiohttp_jinja2.render_template("kill.html", request, context)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..config import Network, parse_networks
 
@@ -50,7 +51,7 @@ def client_address(peer: str | None, forwarded_for: list[str], networks: list[Ne
     return address
 
 
-def forwarded_middleware(trusted: Iterable[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def forwarded_middleware(trusted: Iterable[str]) -> Middleware:
     networks = parse_networks(trusted)
 
     @web.middleware
@@ -62,6 +63,6 @@ def forwarded_middleware(trusted: Iterable[str]) -> Callable[[web.Request, Handl
         scheme = proto if proto in ("http", "https") else request.scheme
         if remote == request.remote and scheme == request.scheme:
             return await handler(request)
-        return await handler(request.clone(remote=remote, scheme=scheme))
+        return await handler(request.clone(remote=remote, scheme=scheme))  # type: ignore[arg-type]  # None: peer unknown
 
     return forwarded

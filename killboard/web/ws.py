@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import ujson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..battles.live import BadBattleChannel
+from ..battles.live import parse as battle_channel
 from ..config import Config
 from ..kill.frames import encode
 from ..kill.langs import BadLang, parse_langs
@@ -27,7 +29,7 @@ from ..kill.topics import BadChannel, parse
 from ..live.hub import Hub, Subscriber
 from ..live.wire import DeflateResponse
 from .api import json_error
-from .keys import config_key, hub_key, log_key, replays_key
+from .keys import battles_key, config_key, hub_key, log_key, replays_key
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ def make_hub(config: Config) -> Hub:
         config.ws_replay_max,
         send_buffer=config.ws_send_buffer,
         deflate_level=config.ws_deflate_level,
+        sub_budget=config.ws_sub_bytes,
+        sub_total=config.ws_sub_total,
     )
 
 
@@ -153,6 +157,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 error(hub, sub, "internal error: this message was not processed")
     finally:
         hub.linger(request.protocol)  # counts until the connection is gone; aborted if it hangs
+        battles = request.app.get(battles_key)
+        if battles is not None and battles.channels is not None:
+            battles.channels.detach(sub)
         await hub.detach(sub)
         if sub.client_errors > LOGGED_CLIENT_ERRORS:
             log.info(
@@ -202,6 +209,14 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
         return
     config: Config = app[config_key]
     try:
+        battle_id = battle_channel(channel)
+    except BadBattleChannel as exc:
+        error(hub, sub, str(exc), channel=channel[:80])
+        return
+    if battle_id is not None:
+        await handle_battle(app, hub, sub, message, action, channel, battle_id, bucket)
+        return
+    try:
         condition = parse(channel, config.ws_max_channel_length)
     except BadChannel as exc:
         error(hub, sub, str(exc), channel=channel[:80])
@@ -225,7 +240,47 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
     if since is not None and bucket.take(REPLAY_COST - 1) != "ok":
         error(hub, sub, f"too many replays: a sub with since counts as {REPLAY_COST} messages", channel=channel)
         return
-    hub.subscribe(sub, condition, channel)
+    refused = hub.subscribe(sub, condition)
+    if refused is not None:
+        error(hub, sub, refused, channel=channel[:80])
+        return
     hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
     if since is not None:
         await app[replays_key].run(hub, app[log_key], sub, condition, channel, since, config.ws_replay_max)
+
+
+async def handle_battle(
+    app: web.Application,
+    hub: Hub,
+    sub: Subscriber,
+    message: dict[str, Any],
+    action: str,
+    channel: str,
+    battle_id: int,
+    bucket: Bucket,
+) -> None:
+    """`battles` and `battle:<id>` (killboard/battles/live.py): sub, unsub, since as for kills."""
+    battles = app.get(battles_key)
+    if battles is None or battles.channels is None:
+        error(hub, sub, f"channel {channel!r} is not served here: battles are followed on the main server")
+        return
+    channels = battles.channels
+    if action == "unsub":
+        channels.unsubscribe(sub, battle_id)
+        hub.send_json(sub, {"action": "unsubscribed", "channels": [channel]})
+        return
+    since = message.get("since")
+    if since is not None and (type(since) is not int or not 0 <= since <= MAX_SINCE):
+        error(hub, sub, "since: must be a non-negative integer (the seq of the last frame you have)", channel=channel)
+        return
+    config: Config = app[config_key]
+    if len(sub.channels) + channels.channels_of(sub) >= config.ws_max_channels:
+        error(hub, sub, f"too many channels: at most {config.ws_max_channels} per socket; unsub some first")
+        return
+    if since is not None and bucket.take(REPLAY_COST - 1) != "ok":
+        error(hub, sub, f"too many replays: a sub with since counts as {REPLAY_COST} messages", channel=channel)
+        return
+    channels.subscribe(sub, battle_id)
+    hub.send_json(sub, {"action": "subscribed", "channels": [channel]})
+    if since is not None:
+        await channels.resume(sub, battle_id, channel, since)

@@ -319,3 +319,46 @@ async def test_acks_errors_and_equivalent_spellings(make_client: Any, killmails:
     assert frames
     assert all(f["data"]["system_security"] <= 0 for f in frames)
     assert all(f["data"]["security_class"] in ("nullsec", "pochven") for f in frames)
+
+
+def test_index_holds_each_condition_once_counts_its_bytes_and_drops_the_last() -> None:
+    """Equal conditions parsed for different subscribers are one object in the index; `nbytes`
+    is at least what tracemalloc sees them hold; the last subscriber out takes the entry along."""
+    import gc
+    import tracemalloc
+
+    from killboard.kill.topics import MEMBERSHIP_BYTES, Index, condition_bytes, parse
+
+    index: Index[int] = Index()
+    first = index.add(parse("solo&wspace"), 1)
+    second = index.add(parse("wspace&solo"), 2)
+    assert first is second and len(index) == 1
+    assert index.nbytes == condition_bytes(first) + 2 * MEMBERSHIP_BYTES
+    index.remove(parse("solo&wspace"), 1)
+    assert len(index) == 1
+    index.remove(parse("solo&wspace"), 2)
+    assert len(index) == 0 and index.nbytes == 0
+
+    for parts in (1, 8):
+        index = Index()
+        holders: list[set[Any]] = [set() for _ in range(200)]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            for s, held in enumerate(holders):
+                for i in range(64):  # distinct conditions: the costly case
+                    ids = (9_000_000_000_000_000_000 + (s * 64 + i) * 8 + k for k in range(parts))
+                    held.add(index.add(parse("&".join(f"character:{n}" for n in ids)), s))
+                for i in range(64):  # shared ones: a membership each
+                    held.add(index.add(parse(f"victim.{9_000_000_000_000 + i}"), s))
+            gc.collect()
+            real = tracemalloc.get_traced_memory()[0] - start
+        finally:
+            tracemalloc.stop()
+        assert real <= index.nbytes, f"{parts}-part conditions hold {real} bytes, counted {index.nbytes}"
+        assert index.nbytes < real * 1.6, "counted far more than held: budgets would refuse for nothing"
+        for s, held in enumerate(holders):
+            for condition in held:
+                index.remove(condition, s)
+        assert len(index) == 0 and index.nbytes == 0

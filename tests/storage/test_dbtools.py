@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import fcntl
+import os
+import pty
+import select
+import sqlite3
+import struct
 import subprocess
 import sys
+import termios
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from killgen import filled
-from serverproc import ServerProcess
+from serverproc import ServerProcess, import_real_kills
 
 from killboard.config import PROJECT_ROOT
 from killboard.kill import codec
@@ -74,8 +82,9 @@ async def test_backup_while_the_server_ingests(
     finally:
         server.stop()
     assert done.returncode == 0, done.stderr
-    progress = [line for line in done.stdout.splitlines() if line.startswith("backup: ") and "%" in line]
-    assert len(progress) >= 5 and progress[-1].startswith("backup: 100%")
+    # Not on a terminal: no progress bar, only the line that says what was written.
+    assert done.stdout.splitlines() == [done.stdout.strip()] and done.stdout.startswith("backup: wrote "), done.stdout
+    assert "%" not in done.stderr
     assert posted_during > 0  # the server kept taking kills while the copy ran
     copies = listing(tmp_path, "killboard-*.sqlite3")
     assert len(copies) == 1 and not listing(tmp_path, "*.partial")
@@ -127,3 +136,35 @@ async def test_check_on_something_that_is_not_a_database(tmp_path: Path) -> None
     assert "Traceback" not in done.stderr
     missing = await run_app_py("check", "--db", str(tmp_path / "nowhere.sqlite3"))
     assert missing.returncode == 2 and "no database at" in missing.stderr
+
+
+def test_backup_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    """In a real pseudo-terminal: tqdm's bar counts the pages to 100%, then the final line."""
+    db = import_real_kills(tmp_path / "kb.sqlite3")
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 0x0 pty gets an empty bar
+    try:
+        done = subprocess.run(
+            [sys.executable, "app.py", "--db", str(db), "backup", str(tmp_path / "copy.sqlite3"), "--pages", "16"],
+            cwd=PROJECT_ROOT,
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            timeout=60,
+        )
+        shown = b""
+        while select.select([leader], [], [], 0.5)[0]:
+            chunk = os.read(leader, 65536)
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        os.close(follower)
+    text = shown.decode(errors="replace")
+    assert done.returncode == 0, text
+    with closing(sqlite3.connect(db)) as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert "backup: 100%|" in text and f"{pages}/{pages}" in text, text
+    assert text.count("\r") >= 2, text  # redrawn in place as the pages were copied
+    assert "backup: wrote " in text

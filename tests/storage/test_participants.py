@@ -121,7 +121,10 @@ async def test_kills_stored_before_the_index_are_indexed_after_the_upgrade(
     await store.close()
     # Back to schema 5, as a database written by the previous release.
     db = sqlite3.connect(path)
-    db.executescript("DROP TABLE participants; DROP TABLE entity_kills; PRAGMA user_version = 5;")
+    db.executescript(
+        "DROP TABLE participants; DROP TABLE entity_kills; DROP TABLE battles; DROP TABLE battle_kills;"
+        " PRAGMA user_version = 5;"
+    )
     db.close()
     store = await Store.open(path)
     try:
@@ -135,7 +138,7 @@ async def test_kills_stored_before_the_index_are_indexed_after_the_upgrade(
     want = sum(1 + len(k["attackers"]) for k in (killmails * 6)[:450])
     got = sum(len(participants.unpack(b)) for (b,) in db.execute("SELECT pilots FROM participants"))
     assert got == want
-    assert len(MIGRATIONS) == 6
+    assert len(MIGRATIONS) == 7  # 7: battles
 
 
 def test_pack_round_trips_big_ids_and_none() -> None:

@@ -53,7 +53,7 @@ async def test_page_shows_names_in_the_readers_language(
     assert await page.evaluate("KB.lang") == "de"
     assert await page.evaluate("document.documentElement.lang") == "de"
     [sub] = [s for ws, s in hub._subscribers.items() if ws not in before]  # the page's socket
-    assert sub.lang == ("de",) and sub.deflate == (15 if deflate else 0)
+    assert sub.lang == ("en", "de") and sub.deflate == (15 if deflate else 0)
 
     resp = await client.post("/api/killmails", data=json.dumps(killmails), headers=AUTH)
     assert resp.status == 202

@@ -10,9 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import settle
 from test_ws import subscribe
 
 from killboard.config import from_env
+from killboard.web.keys import hub_key
 
 PING = json.dumps({"action": "ping"})
 
@@ -171,3 +173,59 @@ async def test_lone_surrogate_gets_an_error_frame_and_200_bad_messages_log_a_few
     assert 3 <= len(lines) <= 6, [r.getMessage() for r in lines]
     assert sum(len(r.getMessage()) for r in lines) < 2000
     assert "200 errors (196 not logged)" in lines[-1].getMessage()
+
+
+async def test_subscriptions_past_a_sockets_byte_budget_get_an_error_frame(make_client: Any) -> None:
+    """KILLBOARD_WS_SUB_BYTES: channels are counted in bytes (a condition of 8 parts costs more
+    than one of 1); past the budget the sub is refused with an error frame, the socket stays
+    open, and an unsub makes room again."""
+    client = await make_client(ws_sub_bytes=16 * 1024)
+    ws = await client.ws_connect("/ws")
+    big = ["&".join(f"character:{9_000_000_000_000_000_000 + n * 8 + k}" for k in range(8)) for n in range(20)]
+    accepted = []
+    for channel in big:
+        await ws.send_str(json.dumps({"action": "sub", "channel": channel}))
+        reply = await ws.receive_json(timeout=5)
+        if reply["action"] == "subscribed":
+            accepted.append(channel)
+        else:
+            assert reply["action"] == "error" and "over budget" in reply["message"], reply
+            break
+    assert 1 < len(accepted) < len(big)
+    hub = client.server.app[hub_key]
+    [sub] = hub._subscribers.values()
+    assert sub.sub_bytes <= 16 * 1024
+    # Short channels cost less: more of them fit than of the long ones.
+    await ws.send_str(json.dumps({"action": "unsub", "channel": accepted[0]}))
+    assert (await ws.receive_json(timeout=5))["action"] == "unsubscribed"
+    await subscribe(ws, {"action": "sub", "channel": "solo"})
+    await subscribe(ws, {"action": "sub", "channel": "victim.123"})
+    await ws.close()
+    assert hub.sub_bytes == 0
+
+
+async def test_subscriptions_past_the_servers_total_get_an_error_frame(make_client: Any) -> None:
+    """KILLBOARD_WS_SUB_TOTAL: all sockets' subscriptions together; past it an error frame, and
+    room again once a socket that held them closes."""
+    client = await make_client(ws_sub_total=8 * 1024)
+    hub = client.server.app[hub_key]
+    sockets = [await client.ws_connect("/ws") for _ in range(3)]
+    await subscribe(sockets[0], {"action": "sub", "channel": "solo"})
+    refused = None
+    for n in range(100):
+        await sockets[1].send_str(json.dumps({"action": "sub", "channel": f"victim.{n + 1}"}))
+        reply = await sockets[1].receive_json(timeout=5)
+        if reply["action"] == "error":
+            refused = reply["message"]
+            break
+    assert refused is not None and "subscriptions are full" in refused, refused
+    assert hub.sub_bytes <= 8 * 1024
+    health = await (await client.get("/health")).json()
+    assert health["subscription_bytes"] == hub.sub_bytes and health["subscriptions_refused"] == 1
+    await sockets[1].close()
+    await settle(client)
+    await subscribe(sockets[2], {"action": "sub", "channel": "victim.1"})
+    for ws in sockets:
+        await ws.close()
+    await settle(client)
+    assert hub.sub_bytes == 0

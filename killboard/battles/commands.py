@@ -1,0 +1,47 @@
+"""`python app.py battles rebuild`: recompute every battle from the stored kills."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from .. import config as settings
+from ..kill.staticdata import StaticData, load_static
+from ..storage.store import Store
+from .service import Battles, rebuild
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("battles", help="battles: rebuild them from the stored kills")
+    sub = parser.add_subparsers(title="battles commands", metavar="COMMAND", required=True)
+    run = sub.add_parser(
+        "rebuild",
+        help="recompute every battle from the stored kills (ids are kept where their kills stay together)",
+    )
+    run.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="SQLite database file")
+    run.set_defaults(run=_rebuild)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    config = settings.from_args(args)
+
+    async def go() -> tuple[int, int]:
+        store = await Store.open(config.db_path)
+        try:
+            return await rebuild(store, load_static(config.data_dir))
+        finally:
+            await store.close()
+
+    started = time.monotonic()
+    battles, kills = asyncio.run(go())
+    print(f"battles rebuilt: {battles} battles of {kills} kills in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+async def with_battles(store: Store, static: StaticData) -> Callable[[], Awaitable[None]]:
+    """For an import: kills it stores join battles in their own transaction, as the server's do."""
+    service = await Battles.start(store, static)
+    return service.stop

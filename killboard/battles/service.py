@@ -1,0 +1,313 @@
+"""The battles subsystem's one entry point: detection in the kills' transaction, the live
+channels after the commit, summaries for the API and pages, and the rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import Any
+
+import aiosqlite
+import ujson
+
+from ..ingest.pipeline import Stored
+from ..kill.staticdata import StaticData
+from ..live.hub import Hub
+from ..storage import participants
+from ..storage.battle_tables import REBUILD_NEEDED
+from ..storage.store import NewKill, Store
+from . import summary, tables
+from .detect import Changes, Detector
+from .live import BattleChannels
+
+log = logging.getLogger(__name__)
+
+# Seq -> battle of the kills the last transactions put in battles, until their on_stored hook runs.
+PENDING_MAX = 100_000
+BIG_PILOTS = 1000  # a summary of more pilots than this (~2 ms) is worked out in a thread
+SUMMARY_THREADS = 2  # large summaries worked out at once (the rest wait their turn)
+SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
+
+
+class Battles:
+    """Battles detected as kills are stored (store.writers), pruned with them (store.pruners)."""
+
+    def __init__(self, store: Store, static: StaticData, hub: Hub | None = None, replay_max: int = 1000) -> None:
+        self.store = store
+        self.static = static
+        self.detector = Detector()
+        self.hub = hub
+        self.channels = BattleChannels(hub, store, self.summary, replay_max) if hub is not None else None
+        self._pending: OrderedDict[int, int] = OrderedDict()
+        self._merged: list[tuple[int, int]] = []
+        self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
+        self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+        self._threads = asyncio.Semaphore(SUMMARY_THREADS)
+
+    @classmethod
+    async def start(cls, store: Store, static: StaticData, hub: Hub | None = None, replay_max: int = 1000) -> Battles:
+        service = cls(store, static, hub, replay_max)
+        if await store.get_state(REBUILD_NEEDED):
+            log.warning("battles: kills stored before battles existed are in none; run `python app.py battles rebuild`")
+        async with store.transaction() as db:
+            await tables.load(db, service.detector, static)
+        store.writers.append(service.write)
+        store.pruners.append(service.prune)
+        if service.channels is not None:
+            service._task = asyncio.create_task(service.channels.run(), name="killboard-battles-live")
+        return service
+
+    async def stop(self) -> None:
+        for hooks, hook in ((self.store.writers, self.write), (self.store.pruners, self.prune)):
+            with suppress(ValueError):
+                hooks.remove(hook)  # type: ignore[arg-type]
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- in the kills' transaction ---------------------------------------------------------
+
+    async def write(self, db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        if not new:
+            return
+        batch = {seq for seq, _ in new}
+        if self._unconfirmed is not None:
+            # The last batch's transaction may have rolled back after this ran (a full disk):
+            # then memory holds kills and battles the database does not (and the seqs may be
+            # given again, to other kills), and is read again.
+            last, self._unconfirmed = self._unconfirmed, None
+            gone = last in batch
+            if not gone:
+                async with db.execute("SELECT 1 FROM kills WHERE seq = ?", (last,)) as cur:
+                    gone = await cur.fetchone() is None
+            if gone:
+                log.warning("battles: the last batch was rolled back; reloading battle state")
+                self.detector = Detector()
+                await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
+        self._unconfirmed = max(batch)  # checked at the next batch: did this one commit?
+        changes = Changes()
+        for seq, kill in new:
+            p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
+            if not self.detector.knows(p.time):
+                await tables.hydrate(db, self.detector, p, self.static, batch)
+            self.detector.add((p,), changes)
+        if not changes:
+            return
+        await tables.write(db, self.detector, changes)
+        if self.channels is None:
+            return  # an import: nobody follows battles in this process
+        assigned = changes.resolved()
+        for seq, battle_id in assigned:
+            self._pending[seq] = battle_id
+        while len(self._pending) > PENDING_MAX:
+            self._pending.popitem(last=False)
+        self._merged += changes.merged
+        # Kills already stored (the first ones of a new battle) send no kill frame: only the
+        # battle's frame says it started.
+        for seq, battle_id in assigned:
+            if seq not in batch:
+                self._pending.pop(seq, None)
+                asyncio.get_running_loop().call_soon(self.channels.changed, battle_id)
+
+    async def prune(self, db: aiosqlite.Connection, seqs: Sequence[int]) -> None:
+        for battle_id in await tables.prune(db, seqs):
+            self.detector.unload(battle_id)  # read again from the database if a late kill needs it
+
+    # -- after the commit ------------------------------------------------------------------
+
+    def on_stored(self, stored: Stored) -> None:
+        """The pipeline's hook: a kill that joined a battle goes to the battle's followers."""
+        battle_id = self._pending.pop(stored.seq, None)
+        if self.channels is None:
+            return
+        for gone, kept in self._merged:
+            self.channels.merged(gone, kept)
+        self._merged.clear()
+        if battle_id is not None and stored.live:
+            kill = stored.kill
+            self.channels.kill(stored.seq, battle_id, lambda: kill.body)
+        elif battle_id is not None:
+            self.channels.changed(battle_id)  # an import: the battle changes, no kill frame
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def summary(
+        self,
+        battle_id: int,
+        moves: Mapping[int, int] | None = None,
+        detail: bool = False,
+        now: float | None = None,
+    ) -> dict[str, Any] | None:
+        row = await tables.get(self.store, battle_id)
+        if row is None or row.merged_into is not None:
+            return None
+        return await self.summarize(row, moves, detail, now)
+
+    async def summarize(
+        self,
+        row: tables.BattleRow,
+        moves: Mapping[int, int] | None = None,
+        detail: bool = False,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        key = (row.battle_id, row.last_seq, row.kill_count)
+        cacheable = not moves and not detail
+        if cacheable and (hit := self._cache.get(key)) is not None:
+            self._cache.move_to_end(key)
+            return {**hit, "ongoing": row.ongoing(now)}
+        kills = await tables.kills(self.store, row.battle_id)
+        items: dict[int, list[Any]] | None = None
+        if detail:
+            items = await self._items([k.killmail_id for k in kills])
+
+        # Sides of a battle of thousands of pilots take tens of ms: never on the loop. In the
+        # thread, the work lets go of the GIL every few kills, so the loop is not kept waiting
+        # for Python's 5 ms switch interval again and again.
+        if sum(len(k.pilots) for k in kills) > BIG_PILOTS:
+            async with self._threads:  # bounded: a few at a time, however many readers ask
+                data = await asyncio.to_thread(
+                    summary.summarize, row, kills, moves, self._group_of, items, detail, now, _breathe
+                )
+        else:
+            data = summary.summarize(row, kills, moves, self._group_of, items, detail, now)
+        if cacheable:
+            self._cache[key] = data
+            while len(self._cache) > SUMMARY_CACHE:
+                self._cache.popitem(last=False)
+        return data
+
+    async def _items(self, killmail_ids: list[int]) -> dict[int, list[Any]]:
+        """The victims' items (enriched: value and quantities), parsed in a thread."""
+        out: dict[int, list[Any]] = {}
+        for i in range(0, len(killmail_ids), 64):
+            stored = await self.store.many(killmail_ids[i : i + 64])
+            bodies = [k.body for k in stored]
+            parsed = await asyncio.to_thread(lambda b=bodies: [ujson.loads(x) for x in b])  # type: ignore[misc]
+            for kill in parsed:
+                out[kill["killmail_id"]] = _flat(kill.get("items") or [])
+        return out
+
+    def _group_of(self, type_id: int) -> int:
+        info = self.static.types.get(type_id)
+        return info.group_id if info is not None else 0
+
+    async def resolve(self, battle_id: int) -> tuple[tables.BattleRow | None, int | None]:
+        """(the battle, None), or (None, the id it merged into), or (None, None): unknown."""
+        row = await tables.get(self.store, battle_id)
+        if row is None:
+            return None, None
+        if row.merged_into is not None:
+            return None, row.merged_into
+        return row, None
+
+
+def _breathe() -> None:
+    time.sleep(0)  # releases the GIL: a waiting event loop runs now
+
+
+def _flat(items: list[Any]) -> list[Any]:
+    out = []
+    for item in items:
+        out.append(item)
+        if item.get("items"):
+            out += _flat(item["items"])
+    return out
+
+
+def _pilots(kill: NewKill) -> Sequence[Sequence[int]]:
+    if kill.participation is not None:
+        return kill.participation.pilots
+    if kill.enriched is not None:
+        return participants.participation(kill.enriched).pilots
+    return ()
+
+
+async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[int, int]:
+    """Recompute every battle from the stored kills (`python app.py battles rebuild`). Old ids
+    are kept where a rebuilt battle holds their kills, and redirect where they merged. The
+    detection runs in a thread, a chunk at a time; returns (battles, kills in battles)."""
+    rows = await store.query("SELECT seq, battle_id FROM battle_kills")
+    old = {seq: b for seq, b in rows}
+    detector = Detector()
+    detector.closed = []
+    changes = Changes()
+    last = -1
+    last_seq = 0
+    while True:
+        page = await store.query(
+            "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p"
+            " USING (seq) WHERE (k.kill_time, k.seq) > (?, ?) ORDER BY k.kill_time, k.seq LIMIT ?",
+            (last, last_seq, chunk),
+        )
+        if not page:
+            break
+        last, last_seq = page[-1][1], page[-1][0]
+
+        def detect(page: list[tuple[Any, ...]] = page) -> None:
+            for i, (s, t, sy, v, b) in enumerate(page):
+                detector.add((tables.point(s, t, sy, v, participants.unpack(b), static),), changes)
+                if i % 32 == 31:
+                    _breathe()  # a rebuild beside a running server: the loop gets the GIL
+
+        await asyncio.to_thread(detect)
+    # Renumber: a rebuilt battle takes the smallest old id among its kills that is still free.
+    assigned = changes.resolved()
+    members: dict[int, list[int]] = {}
+    for seq, b in assigned:
+        members.setdefault(b, []).append(seq)
+    taken: set[int] = set()
+    rename: dict[int, int] = {}
+    for b in sorted(members, key=lambda b: min(members[b])):
+        olds = sorted({old[s] for s in members[b] if s in old} - taken)
+        if olds:
+            rename[b] = olds[0]
+            taken.add(olds[0])
+    top = max([*old.values(), *rename.values(), 0])
+    for b in sorted(members):
+        if b not in rename:
+            top += 1
+            rename[b] = top
+    redirect: dict[int, int] = {}
+    for b, seqs in members.items():
+        for s in seqs:
+            if s in old and old[s] not in taken:
+                redirect.setdefault(old[s], rename[b])
+    async with store.transaction() as db:
+        await db.execute("DELETE FROM battle_kills")
+        await db.execute("DELETE FROM battles")
+        await db.executemany(
+            "INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in assigned]
+        )
+        await db.executemany(
+            "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
+            " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    rename[b.battle_id],
+                    ujson.dumps(sorted(b.systems)),
+                    b.constellation,
+                    b.region,
+                    b.start,
+                    b.end,
+                    b.kill_count,
+                    b.isk,
+                    b.last_seq,
+                )
+                for b in [*detector.closed, *detector.battles.values()]
+                if b.battle_id in members
+            ],
+        )
+        await db.executemany(
+            "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
+            " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, ?, '[]', 0, 0, 0, 0, 0, 0, 0)",
+            sorted(redirect.items()),
+        )
+        await db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
+    return len(members), len(assigned)

@@ -1,0 +1,193 @@
+"""Battles over HTTP: `GET /api/battles`, `GET /api/battles/{id}`, and the pages `/battles` and
+`/battle/{id}` (static/battles.js keeps them live over the WebSocket's battle channels)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from ..battles import tables
+from ..battles.detect import GAP
+from ..kill.langs import reader_language
+from .api import json_error
+from .keys import battles_key, static_key, store_key
+
+log = logging.getLogger(__name__)
+
+PAGE = 50  # battles a page at most
+MAX_MOVES = 64  # `side.<id>=<n>` parameters at most
+MAX_ID = 2**63 - 1
+
+
+class BadQuery(ValueError):
+    """A query parameter we cannot use; the message names it."""
+
+
+def _int(query: Any, name: str, low: int = 1, high: int = MAX_ID) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadQuery(f"{name}: expected an integer from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _cursor(raw: str | None) -> tuple[int, int] | None:
+    if not raw:
+        return None
+    start, _, battle_id = raw.partition("_")
+    if not (start.isascii() and start.isdigit() and battle_id.isascii() and battle_id.isdigit()):
+        raise BadQuery(f"cursor: expected the 'next' value of a previous page, got {raw[:40]!r}")
+    return int(start), int(battle_id)
+
+
+def _moves(query: Any) -> dict[int, int]:
+    """`?side.<entity_id>=<n>`: move an entity to side n (from 1) for this view."""
+    moves: dict[int, int] = {}
+    for key, value in query.items():
+        if not key.startswith("side."):
+            continue
+        if len(moves) >= MAX_MOVES:
+            raise BadQuery(f"side.<id>: at most {MAX_MOVES} moves")
+        entity = key[5:]
+        if not entity.isascii() or not entity.isdigit() or not 0 < int(entity) <= MAX_ID:
+            raise BadQuery(f"{key[:60]!r}: expected side.<entity id>=<side number>")
+        if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 64:
+            raise BadQuery(f"{key[:60]}: expected a side number from 1 to 64, got {value[:20]!r}")
+        moves[int(entity)] = int(value)
+    return moves
+
+
+async def list_battles(request: web.Request) -> web.StreamResponse:
+    battles = request.app[battles_key]
+    query = request.query
+    try:
+        system = _int(query, "system")
+        region = _int(query, "region")
+        min_kills = _int(query, "min_kills", 0, 1_000_000) or 0
+        limit = _int(query, "limit", 1, PAGE) or PAGE
+        ongoing = query.get("ongoing")
+        if ongoing not in (None, "", "0", "1"):
+            raise BadQuery(f"ongoing: expected 1 or 0, got {ongoing[:20]!r}")
+        before = _cursor(query.get("cursor"))
+    except BadQuery as exc:
+        log.info("GET /api/battles: %s", exc)
+        return json_error(400, str(exc))
+    now = time.time()
+    rows = await tables.listing(
+        battles.store,
+        limit,
+        before,
+        system,
+        region,
+        min_kills,
+        int(now) - GAP if ongoing == "1" else None,
+    )
+    out = [await battles.summarize(row, now=now) for row in rows]
+    next_cursor = f"{rows[-1].start_time}_{rows[-1].battle_id}" if len(rows) == limit else None
+    return web.json_response({"battles": out, "next": next_cursor})
+
+
+async def get_battle(request: web.Request) -> web.StreamResponse:
+    battles = request.app[battles_key]
+    raw = request.match_info["battle_id"]
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+        return json_error(400, f"battle id: expected a positive integer, got {raw[:40]!r}")
+    try:
+        moves = _moves(request.query)
+    except BadQuery as exc:
+        log.info("GET /api/battles/%s: %s", raw, exc)
+        return json_error(400, str(exc))
+    row, merged_into = await battles.resolve(int(raw))
+    if merged_into is not None:
+        target = f"/api/battles/{merged_into}" + (f"?{request.query_string}" if request.query_string else "")
+        raise web.HTTPPermanentRedirect(target)
+    if row is None:
+        return json_error(404, f"no battle {raw}: unknown, or its kills are past retention")
+    data = await battles.summarize(row, moves, detail=True)
+    data["names"] = await _names(request, data)
+    return web.json_response(data)
+
+
+async def _names(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
+    """Names of the battle's entities, ships and systems, for pages (shown as text, never HTML);
+    ships and classes in the reader's language where the data has it."""
+    static = request.app[static_key]
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+
+    def type_name(type_id: int) -> str | None:
+        info = static.types.get(type_id)
+        if info is None:
+            return None
+        return static.type_names(type_id).get(lang) or info.name
+
+    ids: set[int] = set()
+    out: dict[str, str] = {}
+    for side in data["sides"]:
+        ids.update(e["id"] for e in side["entities"])
+        for ship in side.get("ships", ()):
+            if (name := type_name(ship["type_id"])) is not None:
+                out[str(ship["type_id"])] = name
+        for cls in side.get("classes", ()):
+            group = static.groups.get(cls["group_id"])
+            if group is not None:
+                out[str(cls["group_id"])] = group.names.get(lang) or group.names.get("en", "")
+    for entry in data.get("timeline", ()):
+        if (name := type_name(entry["ship_type_id"])) is not None:
+            out[str(entry["ship_type_id"])] = name
+    for system_id in data["system_ids"]:
+        system = static.systems.get(system_id)
+        if system is not None:
+            out[str(system_id)] = system.name
+    for faction_id, faction in static.factions.items():
+        if faction_id in ids:
+            out[str(faction_id)] = faction.names.get("en", "")
+    known = await request.app[store_key].names(ids)
+    out.update((str(i), n) for i, n in known.items())
+    return out
+
+
+async def list_page(request: web.Request) -> web.StreamResponse:
+    battles = request.app[battles_key]
+    now = time.time()
+    rows = await tables.listing(battles.store, PAGE)
+    static = request.app[static_key]
+    items = []
+    for row in rows:
+        summary = await battles.summarize(row, now=now)
+        system = static.systems.get(row.system_ids[0]) if row.system_ids else None
+        items.append({"s": summary, "system": system.name if system else str(row.system_ids)})
+    context = {
+        "lang": reader_language(request.headers.get("Accept-Language", "")),
+        "battles": items,
+        "last_seq": await battles.store.last_seq(),
+    }
+    response = aiohttp_jinja2.render_template("battles.html", request, context)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def battle_page(request: web.Request) -> web.StreamResponse:
+    battles = request.app[battles_key]
+    battle_id = int(request.match_info["battle_id"])
+    row, merged_into = await battles.resolve(battle_id)
+    if merged_into is not None:
+        raise web.HTTPPermanentRedirect(f"/battle/{merged_into}")
+    if row is None:
+        return aiohttp_jinja2.render_template(
+            "notfound.html", request, {"message": f"No battle {battle_id} is known here."}, status=404
+        )
+    data = await battles.summarize(row, detail=True)
+    data["names"] = await _names(request, data)
+    context = {
+        "lang": reader_language(request.headers.get("Accept-Language", "")),
+        "b": data,
+        "names": data["names"],
+    }
+    response = aiohttp_jinja2.render_template("battle.html", request, context)
+    response.headers["Cache-Control"] = "no-store"
+    return response

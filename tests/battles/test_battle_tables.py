@@ -1,0 +1,76 @@
+"""The battle tables in the kills' transaction: a rolled-back batch leaves memory and database agreeing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from battlefights import fight
+
+from killboard.battles.service import Battles
+from killboard.ingest.pipeline import build_kill
+from killboard.kill.enrich import enrich
+from killboard.kill.prices import price_book
+from killboard.kill.staticdata import StaticData
+from killboard.kill.validate import parse_submission
+from killboard.storage.store import NewKill, Store
+
+
+def new_kills(kms: list[dict[str, Any]], static: StaticData) -> list[NewKill]:
+    prices = price_book(static)
+    return [build_kill(sub, enrich(sub, static, {}, prices)) for sub in map(parse_submission, kms)]
+
+
+async def test_a_rolled_back_batch_is_forgotten(tmp_path: Path, static: StaticData) -> None:
+    kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:30], static)
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    failing = True
+
+    async def fails_after_battles(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        if failing:
+            raise OSError("disk full (a test)")
+
+    store.writers.append(fails_after_battles)
+    try:
+        with pytest.raises(OSError):
+            await store.save_kills(kills[:10])  # the battles writer ran, then the transaction rolled back
+        assert await store.query("SELECT count(*) FROM battles") == [(0,)]
+        failing = False
+        await store.save_kills(kills[:10])
+        await store.save_kills(kills[10:])
+        rows = await store.query("SELECT battle_id, kill_count FROM battles WHERE merged_into IS NULL")
+        assert rows == [(1, 30)]
+        assert await store.query("SELECT count(*), count(DISTINCT seq) FROM battle_kills") == [(30, 30)]
+        assert await store.query(
+            "SELECT count(*) FROM battle_kills b LEFT JOIN kills k USING (seq) WHERE k.seq IS NULL"
+        ) == [(0,)]
+    finally:
+        await service.stop()
+        await store.close()
+
+
+async def test_a_rolled_back_batch_of_loose_kills_is_forgotten(tmp_path: Path, static: StaticData) -> None:
+    kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:8], static)
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    failing = True
+
+    async def fails_after_battles(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        if failing:
+            raise OSError("disk full (a test)")
+
+    store.writers.append(fails_after_battles)
+    try:
+        with pytest.raises(OSError):
+            await store.save_kills(kills[:4])  # four kills: no battle yet, only remembered
+        failing = False
+        await store.save_kills(kills[:4])  # the same seqs again
+        await store.save_kills(kills[4:])
+        assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 8)]
+    finally:
+        await service.stop()
+        await store.close()
