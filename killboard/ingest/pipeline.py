@@ -17,10 +17,11 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import ujson
+
 from ..kill import bigjson
 from ..kill.codec import kill_prices, player_ids, source_document
 from ..kill.enrich import enrich
-from ..kill.frames import encode
 from ..kill.prices import PriceBook
 from ..kill.staticdata import StaticData
 from ..kill.topics import KillFacts, kill_facts
@@ -89,8 +90,8 @@ STORE_RETRY_MAX = 5.0
 
 
 def inbox_payload(sub: Submission) -> bytes:
-    # frames.encode: a fleet fight's attackers are encoded in pieces (the GIL changes hands).
-    return encode({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb})
+    # ASCII (ensure_ascii): a lone surrogate accepted from a client survives the round trip.
+    return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
 
 
 def inbox_rows(subs: Sequence[Submission], source: str, live: bool) -> list[InboxRow]:
