@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import ujson
 
-from ..kill import bigjson
 from ..kill.codec import kill_prices, player_ids, source_document
 from ..kill.enrich import enrich
 from ..kill.prices import PriceBook
@@ -61,6 +60,8 @@ RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 # loop gets the GIL back every switch interval (5 ms). Typical kills (~10 attackers, ~40 items)
 # stay on the loop, where they cost less than the hop.
 BIG_KILL = 500
+# An inbox payload this big (a fleet fight) is decoded in a thread at recovery.
+BIG_PAYLOAD = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,7 @@ def inbox_rows(subs: Sequence[Submission], source: str, live: bool) -> list[Inbo
 
 
 def from_inbox(row: InboxRow) -> Pending:
-    d = bigjson.loads(row.payload)
+    d = ujson.loads(row.payload)
     return Pending(Submission(d["id"], d["hash"], d["esi"], d["zkb"]), row.live)
 
 
@@ -193,9 +194,7 @@ class Pipeline:
             for row in rows:
                 self._idle.clear()
                 pending = (
-                    await asyncio.to_thread(from_inbox, row)
-                    if len(row.payload) > bigjson.PIECES_FROM
-                    else from_inbox(row)
+                    await asyncio.to_thread(from_inbox, row) if len(row.payload) > BIG_PAYLOAD else from_inbox(row)
                 )
                 await self.queue.put(pending)  # waits for room: the worker is already running
             after = rows[-1].killmail_id

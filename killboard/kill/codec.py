@@ -19,7 +19,6 @@ import ujson
 
 from ..config import resource_dir
 from ..kill.frames import encode
-from . import bigjson
 from .enrich import enrich
 from .prices import SINGLETON_BLUEPRINT_COPY, PriceBook, price_book
 from .staticdata import StaticData, load_static
@@ -108,7 +107,7 @@ def unpack_row(codec_id: int, blob: bytes, dictionary: bytes) -> bytes:
 
 def decode(killmail_id: int, killmail_hash: str, document: bytes) -> tuple[Submission, dict[int, float] | None]:
     """Undo source_document: the Submission that enrich takes, and the frozen unit prices."""
-    doc = bigjson.loads(document)  # a fleet fight in pieces: the GIL changes hands between them
+    doc = ujson.loads(document)
     esi = doc["esi"]
     esi["killmail_id"] = killmail_id
     zkb = doc.get("zkb")

@@ -9,13 +9,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import ujson
 from aiohttp import web
 from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..auth import bearer_matches
 from ..ingest.pipeline import QueueFull, StorageUnavailable
-from ..kill import bigjson
 from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Invalid, Submission, parse_submission
@@ -176,7 +176,7 @@ def _parse_body(
 ) -> web.Response | tuple[int, list[Submission], list[dict[str, Any]]]:
     """(number of items, valid submissions, rejected items with their errors), or the error to answer."""
     try:
-        data = bigjson.loads(body)  # a fleet fight's body in pieces: the GIL changes hands between them
+        data = ujson.loads(body)
     except ValueError as exc:
         return json_error(400, f"body is not valid JSON: {exc}")
     items = data if isinstance(data, list) else [data]
