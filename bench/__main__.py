@@ -144,10 +144,12 @@ async def bench_fanout(
 async def bench_ingest(workdir: Path, plan: Plan, killmails: list[dict[str, Any]], out: dict[str, Any]) -> str:
     payloads = ingest.bodies(killmails, plan.ingest_kills)
     backlog = ingest.write_jsonl(workdir, payloads)
-    http, imports, floors = [], [], []
+    http, deflated, imports, floors = [], [], [], []
     for _ in range(plan.runs):
         http.append(await ingest.run_http(workdir, payloads, plan.ingest_kills))
         print(f"  http: {http[-1].stored_rate:,.0f} kills/s stored", file=sys.stderr)
+        deflated.append(await ingest.run_http(workdir, payloads, plan.ingest_kills, deflate=True))
+        print(f"  http, deflate subscriber: {deflated[-1].broadcast_rate:,.0f} kills/s broadcast", file=sys.stderr)
         imports.append(await asyncio.to_thread(ingest.run_import, workdir, backlog, plan.ingest_kills))
         print(f"  import: {imports[-1].rate:,.0f} kills/s", file=sys.stderr)
         floors.append(ingest.run_floor(workdir, payloads))
@@ -158,6 +160,7 @@ async def bench_ingest(workdir: Path, plan: Plan, killmails: list[dict[str, Any]
     out["ingest"] = {
         "kills": plan.ingest_kills,
         "http": [asdict(r) | {"db": str(r.db)} for r in http],
+        "http_deflate_subscriber": [asdict(r) | {"db": str(r.db)} for r in deflated],
         "import": [asdict(r) for r in imports],
         "floor_rate": floor_rate,
     }
@@ -171,6 +174,15 @@ async def bench_ingest(workdir: Path, plan: Plan, killmails: list[dict[str, Any]
             f"{statistics.median(r.broadcast_rate for r in http):,.0f}",
             f"{statistics.median(r.server_cpu / r.kills * 1000 for r in http):.3f}",
             f"{floor_rate / stored:.1f}×",
+        ],
+        [
+            "HTTP POST, 1 live subscriber with permessage-deflate, every language",
+            n,
+            f"{statistics.median(plan.ingest_kills / r.acked_s for r in deflated):,.0f}",
+            f"{statistics.median(r.stored_rate for r in deflated):,.0f}",
+            f"{statistics.median(r.broadcast_rate for r in deflated):,.0f}",
+            f"{statistics.median(r.server_cpu / r.kills * 1000 for r in deflated):.3f}",
+            f"{floor_rate / statistics.median(r.broadcast_rate for r in deflated):.1f}×",
         ],
         [
             "`app.py import` of a .jsonl file (start-up included; not broadcast)",

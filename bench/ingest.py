@@ -60,14 +60,15 @@ async def health(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return await resp.json()
 
 
-async def run_http(workdir: Path, payloads: list[bytes], count: int) -> IngestRun:
-    """POST the backlog as fast as the server acknowledges it, with one live subscriber."""
+async def run_http(workdir: Path, payloads: list[bytes], count: int, deflate: bool = False) -> IngestRun:
+    """POST the backlog as fast as the server acknowledges it, with one live subscriber (with
+    `deflate`: permessage-deflate as Chrome offers it, every language: issue 21's case)."""
     server = Server(workdir / f"ingest-{time.monotonic_ns()}.sqlite3")
     pool = Pool(1)
     retries = 0
     try:
         await server.start()
-        await pool.connect("127.0.0.1", server.port, 1)
+        await pool.connect("127.0.0.1", server.port, 1, deflate=deflate)
         async with aiohttp.ClientSession() as session:
             cpu0 = cpu_seconds(server.pid)
             start = time.monotonic()

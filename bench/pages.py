@@ -2,6 +2,7 @@
 
     python bench/pages.py                   # 30,000 kills, then 48 reads of 500 at once
     python bench/pages.py --kills 5000      # quicker
+    python bench/pages.py --baseline /work/main --reads 0   # views: this tree and a baseline side by side
 
 Stores copies of the 82 real kills under new ids (as tests/killgen.py does), starts the real
 app in this process and times `/`, filtered pages and /health by the process's CPU time (the
@@ -9,6 +10,10 @@ app and its database threads), each the median of a few requests after the first
 a filtered page, learns the keys of the newest 1,000 kills: shown on its own line). Then the
 real server runs as a subprocess and /health is timed while `--reads` concurrent
 `GET /api/killmails?limit=500` run, with the server's peak RSS.
+
+With `--baseline DIR` (another checkout, e.g. main before a change), bench/pageviews.py runs
+once per tree on the same database: CPU per view (first and kept), views per CPU-second (one
+core), in English and German, as a table with the ratio.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -124,11 +131,40 @@ async def health_under_reads(db: Path, reads: int) -> None:
         server.stop()
 
 
+def views(tree: Path, db: Path, paths: list[str], lang: str) -> dict[str, Any]:
+    """bench/pageviews.py for one tree, in its own process (it imports that tree's killboard)."""
+    command = [sys.executable, str(ROOT / "bench" / "pageviews.py"), "--tree", str(tree), "--db", str(db)]
+    done = subprocess.run([*command, "--lang", lang, *paths], capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{tree}: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def compare(baseline: Path, db: Path, paths: list[str]) -> None:
+    print(f"{'path':30} {'lang':4} {'tree':8} {'1st ms':>8} {'kept ms':>8} {'views/CPU-s':>12}")
+    for lang in ("en", "de"):
+        got = {name: views(tree, db, paths, lang) for name, tree in (("baseline", baseline), ("this", ROOT))}
+        for path in paths:
+            for name in ("baseline", "this"):
+                r = got[name][path]
+                cost = f"{r['first_ms']:8.1f} {r['median_ms']:8.2f} {r['views_per_cpu_s']:12.0f}"
+                print(f"{path:30} {lang:4} {name:8} {cost}")
+            ratio = got["this"][path]["views_per_cpu_s"] / got["baseline"][path]["views_per_cpu_s"]
+            print(f"{'':30} {lang:4} {'ratio':8} {'':8} {'':8} {ratio:11.1f}x")
+        for name in ("baseline", "this"):
+            first, learned = got[name]["first filtered page (ms wall)"], got[name]["keys learned after (s)"]
+            when = (
+                f"keys learned in the background {learned:.1f} s after start" if learned else "no background learning"
+            )
+            print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall ({when})")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reads", type=int, default=48)
+    parser.add_argument("--baseline", type=Path, help="another checkout to compare page views with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "kb.sqlite3"
@@ -136,6 +172,10 @@ async def main() -> None:
         ids = await fill(db, args.kills)
         print(f"stored {args.kills} kills in {time.perf_counter() - started:.1f} s")
         paths = ["/health", "/", "/?sec=lowsec&solo=1", f"/?system={ids['system']}", "/?class=titans"]
+        if args.baseline:
+            compare(args.baseline, db, paths[1:])
+            if not args.reads:
+                return
         for path, cpu in (await measure(db, paths, args.rounds)).items():
             print(f"{path:38} {cpu * 1e3:8.1f} ms CPU")
         if args.reads:

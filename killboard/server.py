@@ -48,11 +48,13 @@ from .web.keys import (
     static_key,
     store_key,
     stored_hooks_key,
+    viewcache_key,
     webhooks_key,
 )
 from .web.proxy import forwarded_middleware
 from .web.reads import ReadLimits
 from .web.recent import RecentKeys
+from .web.viewcache import ViewCache
 from .webhooks import config as webhooks_config
 from .webhooks.service import Webhooks
 
@@ -69,6 +71,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     store = await Store.open(app[config_key].db_path, render=renderer(app[static_key], app[prices_key]))
     app[store_key] = store
     app[log_key] = StoreLog(store)
+    store.on_changed.append(app[viewcache_key].changed)  # kept pages forget kills rewritten or pruned
+    store.on_named.append(app[viewcache_key].named)  # and rows that showed a pilot nameless
     yield
     await store.close()
 
@@ -76,20 +80,34 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _index_backlog(app: web.Application) -> AsyncIterator[None]:
     """Kills stored before the participant index existed are indexed beside the running server.
     Started after the battles and the entity figures have attached their writers to the store,
-    so those kills reach them too (store.index_backlog calls every writer)."""
+    so those kills reach them too (store.index_backlog calls every writer). Then the match keys
+    of the newest kills are learned, so the first filtered page need not."""
+    store = app[store_key]
 
-    async def run(store: Store) -> None:
+    async def run() -> None:
         try:
             if done := await store.index_backlog():
                 log.info("participant index: %d kills stored before it are indexed", done)
         except (sqlite3.Error, OSError):
             log.exception("participant index: indexing older kills failed; it resumes at the next start")
 
-    task = asyncio.create_task(run(app[store_key]), name="killboard-index-backlog")
+    backlog = asyncio.create_task(run(), name="killboard-index-backlog")
+    learn = asyncio.create_task(_learn_recent(app[recent_key], store, backlog), name="killboard-recent-keys")
     yield
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
+    for task in (backlog, learn):
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+async def _learn_recent(recent: RecentKeys, store: Store, backlog: asyncio.Task[None]) -> None:
+    # After the index backlog's first steps (all of it, when there is little): both read.
+    await asyncio.wait({backlog}, timeout=1.0)
+    try:
+        await recent.refresh(store)
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        # A damaged database says so in /health; here one line is enough.
+        log.warning("recent keys: learning at start failed (%s); the first filtered page tries again", exc)
 
 
 async def _battles(app: web.Application) -> AsyncIterator[None]:
@@ -190,6 +208,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[static_key] = static if static is not None else load_static(config.data_dir)
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
+    app[viewcache_key] = ViewCache()
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
     stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first, then the bus and webhooks

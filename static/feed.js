@@ -331,10 +331,13 @@
   setStatus("connecting", "connecting");
   connect();
 
-  // Relative times age while the tab is open.
-  setInterval(function () {
-    for (const t of document.querySelectorAll("time[datetime]")) t.textContent = ago(t.getAttribute("datetime"));
-  }, 30000);
+  // Relative times: the server sends absolute ones (its rendered rows are kept, so they would go
+  // stale); they are made relative here at once and age while the tab is open.
+  function ageTimes() {
+    for (const t of document.querySelectorAll("#feed time[datetime]")) t.textContent = ago(t.getAttribute("datetime"));
+  }
+  ageTimes();
+  setInterval(ageTimes, 30000);
 
   // ---- filters: changing one reloads with the short shareable link ---------------------------
   const form = document.getElementById("filters");

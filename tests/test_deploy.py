@@ -26,11 +26,16 @@ TOKEN = "nginx-token"
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 
-def site_config(app_port: int, nginx_port: int) -> str:
+def site_config(app_port: int, nginx_port: int, cache: Path, page_rate: str | None = None) -> str:
     site = (DEPLOY / "nginx" / "killboard.conf").read_text()
+    if page_rate:  # many readers from one test address: the page's limit per address is raised
+        assert "zone=killboard_page:10m rate=2r/s;" in site
+        site = site.replace("zone=killboard_page:10m rate=2r/s;", f"zone=killboard_page:10m rate={page_rate};")
     assert "listen 80;" in site and "127.0.0.1:8080;" in site
     site = site.replace("listen 80;", f"listen 127.0.0.1:{nginx_port};")
     site = site.replace("listen [::]:80;", "")
+    assert "/var/cache/killboard-nginx " in site
+    site = site.replace("/var/cache/killboard-nginx ", f"{cache} ")
     return site.replace("127.0.0.1:8080;", f"127.0.0.1:{app_port};")
 
 
@@ -47,7 +52,10 @@ pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
 events {{ worker_connections 128; }}
 http {{
-    access_log {prefix / "access.log"};
+    # What reached the app (an upstream address), background cache updates included.
+    log_format upstream '$uri $upstream_addr $upstream_cache_status';
+    access_log {prefix / "access.log"} upstream;
+    log_subrequest on;
 {temp}
     include {site};
 }}
@@ -55,8 +63,10 @@ http {{
 
 
 @pytest.fixture
-async def proxied(tmp_path: Path) -> AsyncIterator[tuple[str, ServerProcess]]:
-    """The real server behind a real nginx; yields nginx's base URL."""
+async def proxied(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, ServerProcess]]:
+    """The real server behind a real nginx; yields nginx's base URL. Indirect parameters:
+    `page_rate` (the page's requests a second per address)."""
+    options = getattr(request, "param", {})
     if NGINX is None:
         pytest.skip("nginx is not installed (.ci/run installs Debian's package with apt)")
     server = ServerProcess(
@@ -67,7 +77,7 @@ async def proxied(tmp_path: Path) -> AsyncIterator[tuple[str, ServerProcess]]:
     nginx_port = free_port()
     await server.start()
     site = prefix / "killboard.conf"
-    site.write_text(site_config(server.port, nginx_port))
+    site.write_text(site_config(server.port, nginx_port, prefix / "cache", options.get("page_rate")))
     conf = prefix / "nginx.conf"
     conf.write_text(main_config(prefix, site))
     test = subprocess.run(
@@ -213,3 +223,66 @@ async def test_nginx_limits_answer_429_and_503_json(proxied: tuple[str, ServerPr
                 writer.close()
         await asyncio.sleep(0.3)
         assert (await get("/api/killmails?limit=1"))[0] == 200
+
+
+def app_fetches(prefix: Path, uri: str = "/") -> int:
+    """Requests for `uri` that nginx sent to the app (background updates included)."""
+    lines = (prefix / "access.log").read_text().splitlines()
+    return sum(1 for line in lines if line.split(" ")[0] == uri and line.split(" ")[1] != "-")
+
+
+@pytest.mark.parametrize("proxied", [{"page_rate": "1000r/s"}], indirect=True)
+async def test_nginx_micro_cache_never_hides_a_kill_longer_than_a_second(
+    proxied: tuple[str, ServerProcess], tmp_path: Path, killmails: list[dict[str, Any]]
+) -> None:
+    """The feed page is kept a second at most: a burst of readers costs the app one render, and a
+    kill the app has stored is on every page nginx serves a second later, also after a quiet spell."""
+    base, server = proxied
+    prefix = tmp_path / "nginx"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+
+        async def page(url: str = base) -> str:
+            async with session.get(url + "/", headers={"Accept-Language": "en"}) as resp:
+                assert resp.status == 200
+                return await resp.text()
+
+        async def store(km: dict[str, Any]) -> float:
+            """Post a kill, wait until the app itself shows it; the time it was first shown."""
+            async with session.post(base + "/api/killmails", json=km, headers=auth) as resp:
+                assert resp.status == 202
+            while f'data-id="{km["killmail_id"]}"' not in await page(server.url):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            return time.monotonic()
+
+        await page()
+        await asyncio.sleep(0.2)
+        before = app_fetches(prefix)
+        # 20 readers at once: the app renders once (twice if they straddle a second).
+        await asyncio.gather(*(page() for _ in range(20)))
+        await asyncio.sleep(0.2)
+        assert app_fetches(prefix) - before <= 2
+
+        # Readers every 50 ms for 3 s: the app is asked about once a second, not 60 times.
+        before, started = app_fetches(prefix), time.monotonic()
+        hidden = []
+        for n, km in enumerate(killmails[:3]):
+            stored = await store(km)
+            while True:
+                shown = f'data-id="{km["killmail_id"]}"' in await page()
+                if shown:
+                    break
+                await asyncio.sleep(0.05)
+            hidden.append(time.monotonic() - stored)
+            await asyncio.sleep(0.3 * n)
+        fetches, took = app_fetches(prefix) - before, time.monotonic() - started
+        assert fetches <= took + 2, (fetches, took)
+        assert max(hidden) <= 1.1, hidden
+
+        # A quiet spell (the kept page is long out of date), then a kill: a second later every
+        # reader sees it, the first one included (no stale page served after a quiet spell).
+        await asyncio.sleep(2.5)
+        km = killmails[10]
+        stored = await store(km)
+        await asyncio.sleep(max(0.0, stored + 1.0 - time.monotonic()))
+        assert f'data-id="{km["killmail_id"]}"' in await page()

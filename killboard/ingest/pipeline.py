@@ -60,6 +60,8 @@ RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 # loop gets the GIL back every switch interval (5 ms). Typical kills (~10 attackers, ~40 items)
 # stay on the loop, where they cost less than the hop.
 BIG_KILL = 500
+# An inbox payload this big (a fleet fight) is decoded in a thread at recovery.
+BIG_PAYLOAD = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,12 @@ STORE_RETRY_MAX = 5.0
 
 
 def inbox_payload(sub: Submission) -> bytes:
+    # ASCII (ensure_ascii): a lone surrogate accepted from a client survives the round trip.
     return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
+
+
+def inbox_rows(subs: Sequence[Submission], source: str, live: bool) -> list[InboxRow]:
+    return [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
 
 
 def from_inbox(row: InboxRow) -> Pending:
@@ -150,7 +157,10 @@ class Pipeline:
         """
         await self._reserve(len(subs))
         try:
-            rows = [InboxRow(s.killmail_id, inbox_payload(s), source, live) for s in subs]
+            if sum(kill_size(s) for s in subs) > BIG_KILL:
+                rows = await asyncio.to_thread(inbox_rows, subs, source, live)  # a fleet fight: ~10 ms a MB
+            else:
+                rows = inbox_rows(subs, source, live)
             try:
                 accepted, duplicates = await self.store.add_to_inbox(rows, state)
             except sqlite3.Error as exc:
@@ -183,7 +193,10 @@ class Pipeline:
         while rows := await self.store.inbox(after, 1000):
             for row in rows:
                 self._idle.clear()
-                await self.queue.put(from_inbox(row))  # waits for room: the worker is already running
+                pending = (
+                    await asyncio.to_thread(from_inbox, row) if len(row.payload) > BIG_PAYLOAD else from_inbox(row)
+                )
+                await self.queue.put(pending)  # waits for room: the worker is already running
             after = rows[-1].killmail_id
             total += len(rows)
         if total:

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,6 +267,11 @@ class Store:
         # Registered by the stages above; the store imports none of them.
         self.writers: list[TxWriter] = []
         self.pruners: list[TxPruner] = []
+        # Told the ids of stored kills that changed after their commit (rewritten, names filled
+        # in, pruned): caches of rendered kills (web/viewcache.py) forget them. Called in order.
+        self.on_changed: list[Callable[[Collection[int]], None]] = []
+        # Told the player ids whose names were saved: a compact row shows them from now on.
+        self.on_named: list[Callable[[Collection[int]], None]] = []
         # The kept count of kills (see count()): None until first asked, and up to date through
         # seq `_count_seq`. The lock keeps a count and a prune from adjusting it at once.
         self._count: int | None = None
@@ -475,7 +480,9 @@ class Store:
                 "UPDATE kills SET body = ?, codec = ? WHERE killmail_id = ?",
                 (blob, codec.CODEC_SOURCE_ZDICT, killmail_id),
             )
-            return cur.rowcount > 0
+            found = cur.rowcount > 0
+        self._changed((killmail_id,))
+        return found
 
     async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a read-only query on the reader connection (for indexes kept beside the kills:
@@ -507,6 +514,12 @@ class Store:
             args = (before_id, limit)
         async with self._reader.execute(sql + " ORDER BY killmail_id DESC LIMIT ?", args) as cur:
             return await self._render(await cur.fetchall())
+
+    async def latest_ids(self, limit: int) -> list[int]:
+        """The ids of the newest `limit` kills, newest first (the primary key alone: no body read)."""
+        sql = "SELECT killmail_id FROM kills ORDER BY killmail_id DESC LIMIT ?"
+        async with self._reader.execute(sql, (limit,)) as cur:
+            return [row[0] for row in await cur.fetchall()]
 
     async def after(self, seq: int, limit: int) -> list[StoredKill]:
         """Kills stored after sequence `seq`, in the order they were stored."""
@@ -542,7 +555,10 @@ class Store:
             if codec_id == codec.CODEC_ENRICHED_ZLIB:
                 decoded.append((tuple(row), document, 0))
                 continue
-            source = codec.decode(killmail_id, killmail_hash, document)
+            if len(document) > BIG_DOCUMENT:  # a fleet fight: ~20 ms a MB to parse, off the loop
+                source = await asyncio.to_thread(codec.decode, killmail_id, killmail_hash, document)
+            else:
+                source = codec.decode(killmail_id, killmail_hash, document)
             player_ids |= codec.player_ids(source[0].esi or {})
             decoded.append((tuple(row), source, len(document)))
         names = await self.names(player_ids) if player_ids else {}
@@ -622,6 +638,7 @@ class Store:
             pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
             await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
         self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
+        self._changed([row[1] for row in rows])
         if self._count is not None:
             # Rows past _count_seq were never added to the count: the next count() skips them.
             self._count -= sum(1 for seq in seqs if seq <= self._count_seq)
@@ -718,6 +735,8 @@ class Store:
                     " updated_at = excluded.updated_at",
                     [(i, name, cat, now) for i, (name, cat) in names.items()],
                 )
+            for listener in self.on_named:
+                listener(names.keys())
 
     async def names_pending(self, limit: int = 200) -> list[StoredKill]:
         """Kills stored before all their player names were known, rendered with the names known now."""
@@ -737,12 +756,19 @@ class Store:
         Only rows stored whole (codec 0, schema 1) hold names to patch: compact rows render player
         names from `names` on every read, so save_names already updated them.
         """
+        done = list(done)
         async with self.transaction() as db:
             await db.executemany(
                 "UPDATE kills SET body = ? WHERE killmail_id = ? AND codec = ?",
                 [(compress(b), i, codec.CODEC_ENRICHED_ZLIB) for i, b in bodies.items()],
             )
             await db.executemany("DELETE FROM names_pending WHERE killmail_id = ?", [(i,) for i in done])
+        # `done` too: a compact row renders the names saved meanwhile, so it changed without a rewrite.
+        self._changed({*bodies, *done})
+
+    def _changed(self, killmail_ids: Collection[int]) -> None:
+        for listener in self.on_changed:
+            listener(killmail_ids)
 
     async def save_prices(self, prices: dict[int, tuple[float | None, float | None]]) -> None:
         """Replace the market price table (ESI /markets/prices/): type id -> (average, adjusted)."""

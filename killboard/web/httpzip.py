@@ -39,6 +39,7 @@ async def _compressed(
         and response.content_type in TYPES
         and isinstance(response.body, bytes)
         and len(response.body) >= MIN_BYTES
+        and hdrs.CONTENT_ENCODING not in response.headers  # already compressed (a kept page)
     ):
         coding = choose(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
         if coding is not None:

@@ -23,6 +23,7 @@ from ..storage.store import Store
 from ..webhooks.service import Webhooks
 from .reads import ReadLimits
 from .recent import RecentKeys
+from .viewcache import ViewCache
 
 config_key = web.AppKey("config", Config)
 static_key = web.AppKey("static", StaticData)
@@ -35,6 +36,8 @@ started_key = web.AppKey("started", float)
 metrics_key = web.AppKey("metrics", Metrics)
 reads_key = web.AppKey("reads", ReadLimits)
 recent_key = web.AppKey("recent", RecentKeys)
+# Rendered feed rows and pages per view and language (web/viewcache.py).
+viewcache_key = web.AppKey("viewcache", ViewCache)
 damage_key = web.AppKey("damage", Damage)
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)

@@ -9,8 +9,9 @@ escaping could not run.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +19,8 @@ import aiohttp_jinja2
 import jinja2
 import ujson
 from aiohttp import web
+from aiohttp.web_response import ContentCoding
+from markupsafe import Markup
 
 from .. import entities
 from ..battles.tables import battle_of
@@ -29,7 +32,9 @@ from ..kill.topics import kill_facts
 from ..storage.store import StoredKill
 from . import filters
 from .filters import Filter
-from .keys import recent_key, static_key, store_key
+from .httpzip import choose
+from .keys import recent_key, static_key, store_key, viewcache_key
+from .viewcache import Page, Version, ViewKey
 from .ws import websocket
 
 # Rows rendered on load; feed.js keeps at most MAX_ROWS once live kills arrive.
@@ -102,21 +107,43 @@ def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
     return out
 
 
-async def _matching(request: web.Request, wanted: Filter) -> list[dict[str, Any]]:
-    """The newest stored kills the filter matches, among the newest FILTER_SCAN. Their match
-    keys are kept in memory (killboard/web/recent.py): only the kills shown are read and rendered.
-    Decoding runs in a thread: a big fleet fight is ~30 KB of JSON (~0.3 ms to parse)."""
+def _shown_ids(request: web.Request, wanted: Filter) -> Awaitable[list[int]]:
+    """The ids a page may show, newest first: the newest INITIAL_ROWS kills, or for a filter the
+    matches among the newest FILTER_SCAN (their match keys are kept in memory, see
+    killboard/web/recent.py), plus kills kept as "maybe" that are tested whole when read."""
     store = request.app[store_key]
     if wanted.empty:
-        return await asyncio.to_thread(_decode, await store.latest(INITIAL_ROWS), wanted)
+        return store.latest_ids(INITIAL_ROWS)
+    return _matching_ids(request, wanted)
+
+
+async def _matching_ids(request: web.Request, wanted: Filter) -> list[int]:
     recent = request.app[recent_key]
-    await recent.refresh(store)
-    ids = recent.matching(wanted.condition(), INITIAL_ROWS)
-    page = await store.many(ids) if ids else []
-    if len(page) < len(ids):
-        recent.forget(set(ids) - {k.killmail_id for k in page})  # pruned since
-    # Tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
-    return (await asyncio.to_thread(_decode, page, wanted))[:INITIAL_ROWS]
+    await recent.refresh(request.app[store_key])
+    return recent.matching(wanted.condition(), INITIAL_ROWS)
+
+
+def _render_rows(
+    env: jinja2.Environment, kills: list[dict[str, Any]], lang: str, link: Callable[[str, Any], str]
+) -> list[tuple[dict[str, Any], str]]:
+    """Each kill's feed row, names in the reader's language (English where the static data has
+    none in it). Runs in a thread: ~1 ms a kill."""
+    row = env.get_template("row.html")
+    out = []
+    for kill in kills:
+        shown = kill if lang == "en" else filter_names(kill, (lang,))
+        out.append((kill, row.render(k=shown, link=link)))
+    return out
+
+
+def _nameless(kill: dict[str, Any]) -> set[int]:
+    """The pilots, corporations and alliances the kill shows without a name (ESI had not answered)."""
+    missing = set()
+    for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
+        for kind in ("character", "corporation", "alliance"):
+            if (entity_id := person.get(f"{kind}_id")) and not person.get(f"{kind}_name"):
+                missing.add(entity_id)
+    return missing
 
 
 async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
@@ -137,34 +164,90 @@ async def index(request: web.Request) -> web.StreamResponse:
         # The form sends every field (`min=&sec=&kind=system&id=…`): redirect to the short
         # link that names only what is set, so the address bar is the link to share.
         raise web.HTTPFound("/?" + canonical if canonical else "/")
+    lang = reader_language(request.headers.get("Accept-Language", ""))
+    cache = request.app[viewcache_key]
     # Read the last sequence first: the page resumes from it, so a kill stored while this
     # page renders is replayed over the socket (feed.js drops the duplicates) instead of lost.
     last_seq = await store.last_seq()
-    lang = reader_language(request.headers.get("Accept-Language", ""))
-    kills = await _in_language(await _matching(request, wanted), lang)
+    key = ("/?" + canonical, lang)
+    version = cache.version(last_seq)
+    page = cache.page(key, version)
+    if page is None:
+        page = await _render_index(request, wanted, canonical, lang, key, version)
+    return _respond(request, page)
+
+
+async def _render_index(
+    request: web.Request, wanted: Filter, canonical: str, lang: str, key: ViewKey, version: Version
+) -> Page:
+    """The feed page for `version`: rows kept from earlier views are reused, the others read,
+    tested whole against the filter and rendered off the event loop."""
+    store, cache = request.app[store_key], request.app[viewcache_key]
+    generation = cache.generation  # rows read from here on are kept only if no kill changes meanwhile
+    kept = cache.rows(key)
+    ids = await _shown_ids(request, wanted)
+    link = _linker(wanted)
+    fresh: dict[int, tuple[dict[str, Any], str]] = {}
+    missing = [i for i in ids if i not in kept]
+    if missing:
+        page = await store.many(missing)
+        if not wanted.empty and len(page) < len(missing):
+            request.app[recent_key].forget(set(missing) - {k.killmail_id for k in page})  # pruned since
+        env = aiohttp_jinja2.get_env(request.app)
+        # Decoded and tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
+        kills = await asyncio.to_thread(_decode, page, wanted)
+        rendered = await asyncio.to_thread(_render_rows, env, kills, lang, link)
+        fresh = {kill["killmail_id"]: (kill, html) for kill, html in rendered}
+    shown: list[str] = []
+    rows: dict[int, str] = {}
+    for killmail_id in ids:
+        if killmail_id in kept:
+            html = rows[killmail_id] = kept[killmail_id]
+        elif killmail_id in fresh:
+            kill, html = fresh[killmail_id]
+            rows[killmail_id] = html
+            if missing_names := _nameless(kill):
+                cache.waiting_for_names(killmail_id, missing_names)
+        else:
+            continue  # pruned, or a "maybe" that did not match
+        shown.append(html)
+        if len(shown) == INITIAL_ROWS:
+            break
     context = {
         "lang": lang,
-        "kills": kills,
+        "rows": [Markup(html) for html in shown],
         "count": await store.count(),
         "filter": wanted,
         "channel": wanted.channel(),
         "query": canonical,
-        "last_seq": last_seq,
+        "last_seq": version[0],
         "max_rows": MAX_ROWS,
         "value_floors": filters.VALUE_FLOORS,
         "security_filters": filters.SECURITY,
         "ship_classes": filters.SHIP_CLASSES,
         "entity_kinds": filters.ENTITY_KINDS,
-        "entity_label": _entity_label(request, wanted, kills),
-        "link": _linker(wanted),
+        "entity_label": await _entity_label(request, wanted, [kill for kill, _ in fresh.values()]),
     }
-    response = aiohttp_jinja2.render_template("index.html", request, context)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    body = aiohttp_jinja2.render_string("index.html", request, context).encode()
+    zipped = await asyncio.to_thread(gzip.compress, body, 6)
+    return cache.put_page(key, version, rows, body, generation, zipped)
 
 
-def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[str, Any]]) -> str:
-    """A readable name for the entity filter, from the static data or the kills on the page."""
+def _respond(request: web.Request, page: Page) -> web.Response:
+    """The page, or 304 when the browser has it: browsers revalidate every time (no-cache). The
+    nginx recipe keeps it for the second it was fetched in (deploy/nginx/killboard.conf)."""
+    headers = {"ETag": page.etag, "Cache-Control": "no-cache", "Vary": "Accept-Language, Accept-Encoding"}
+    if page.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    if page.gzipped is not None and choose(request.headers.get("Accept-Encoding", "")) is ContentCoding.gzip:
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=page.gzipped, content_type="text/html", charset="utf-8", headers=headers)
+    return web.Response(body=page.body, content_type="text/html", charset="utf-8", headers=headers)
+
+
+async def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[str, Any]]) -> str:
+    """A readable name for the entity filter: from the static data, the names ESI gave, or the
+    kills read for this page."""
     kind, entity_id = wanted.entity_kind, wanted.entity_id
     if kind is None or entity_id is None:
         return ""
@@ -175,6 +258,8 @@ def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[str, An
     if kind == "region":
         region = static.regions.get(entity_id)
         return display.en(region.names) if region else ""
+    if name := (await request.app[store_key].names([entity_id])).get(entity_id):
+        return name
     for kill in kills:
         for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
             if person.get(f"{kind}_id") == entity_id and person.get(f"{kind}_name"):

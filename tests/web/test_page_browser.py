@@ -354,3 +354,17 @@ async def test_page_reconnects_after_restart_and_fills_in_missed_kills(
             assert watch.errors == []
     finally:
         server.stop()
+
+
+async def test_kept_rows_show_relative_times(
+    make_client: MakeClient, browser: Browser, killmails: list[dict[str, Any]]
+) -> None:
+    """The server keeps rendered rows with absolute times (web/viewcache.py); the page makes them
+    relative at once, as it writes live rows."""
+    client = await make_client()
+    await post(client, killmails[:3])
+    html = await (await client.get("/")).text()
+    assert " ago</time>" not in html
+    page, _ = await open_feed(browser, str(client.make_url("/")))
+    times = await page.locator("#feed li.kill time").all_inner_texts()
+    assert len(times) == 3 and all(t.endswith(" ago") for t in times), times

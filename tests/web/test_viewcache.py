@@ -1,0 +1,171 @@
+"""Kept pages and rows (killboard/web/viewcache.py): a view nothing changed is answered from memory
+(304 when the browser has it), and the next view after a new kill, a late name, a corrected body or
+a prune shows it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from conftest import AUTH, Client, settle
+from fakes import FakeEsi, player_names
+
+from killboard.web.keys import names_key, store_key
+from killboard.web.viewcache import ViewCache
+
+
+async def post(client: Client, body: Any) -> None:
+    resp = await client.post("/api/killmails", data=json.dumps(body), headers=AUTH)
+    assert resp.status == 202, await resp.text()
+    await settle(client)
+
+
+def row_ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<li class="kill[^"]*" data-id="(\d+)"', html)]
+
+
+def row_of(html: str, killmail_id: int) -> str:
+    match = re.search(rf'<li class="kill[^"]*" data-id="{killmail_id}".*?</li>', html, re.S)
+    assert match, killmail_id
+    return match.group(0)
+
+
+def count_renders(client: Client) -> Callable[[], int]:
+    """How many stored kills the store rendered (read) since the last call: 0 means a kept page."""
+    from killboard.kill import codec
+
+    store = client.server.app[store_key]
+    real = store.render or codec.default_renderer()
+    calls = [0]
+
+    def counted(*args: Any) -> bytes:
+        calls[0] += 1
+        return real(*args)
+
+    store.render = counted
+
+    def taken() -> int:
+        n, calls[0] = calls[0], 0
+        return n
+
+    return taken
+
+
+async def test_an_unchanged_view_is_kept_and_a_new_kill_shows_on_the_next(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    await post(client, killmails[:30])
+    renders = count_renders(client)
+    first = await client.get("/")
+    html = await first.text()
+    assert len(row_ids(html)) == 30 and renders() == 30
+    etag = first.headers["ETag"]
+    assert first.headers["Cache-Control"] == "no-cache"
+
+    again = await client.get("/")
+    assert await again.text() == html and again.headers["ETag"] == etag
+    assert renders() == 0  # nothing read: the kept page
+    cached = await client.get("/", headers={"If-None-Match": etag})
+    assert cached.status == 304 and await cached.read() == b""
+
+    await post(client, killmails[30])
+    after = await client.get("/", headers={"If-None-Match": etag})
+    assert after.status == 200 and after.headers["ETag"] != etag
+    assert row_ids(await after.text())[0] == max(km["killmail_id"] for km in killmails[:31])
+    assert renders() == 1  # only the new kill's row was rendered
+
+
+async def test_languages_and_filters_are_kept_apart(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post(client, killmails)
+    en = await (await client.get("/", headers={"Accept-Language": "en"})).text()
+    de = await (await client.get("/", headers={"Accept-Language": "de"})).text()
+    assert '<html lang="de">' in de and '<html lang="en">' in en and en != de
+    assert await (await client.get("/", headers={"Accept-Language": "en"})).text() == en
+    lowsec = await (await client.get("/?sec=lowsec")).text()
+    both = sorted(set(row_ids(lowsec)) & set(row_ids(en)))
+    assert both and row_ids(lowsec) != row_ids(en)
+    # A row links names to the view it is on: the filtered page's rows keep its filter.
+    assert "sec=lowsec" in row_of(lowsec, both[0])
+    assert "sec=lowsec" not in row_of(en, both[0])
+
+
+async def test_a_corrected_body_shows_on_the_next_view(client: Client, killmails: list[dict[str, Any]]) -> None:
+    km = next(k for k in killmails if len(k["attackers"]) > 3)
+    await post(client, km)
+    before = row_of(await (await client.get("/")).text(), km["killmail_id"])
+    assert f"{len(km['attackers'])} attackers" in before
+    store = client.server.app[store_key]
+    esi = {k: v for k, v in km.items() if k != "zkb"}
+    assert await store.rewrite(km["killmail_id"], {**esi, "attackers": km["attackers"][:2]}, km.get("zkb"))
+    after = row_of(await (await client.get("/")).text(), km["killmail_id"])
+    assert "2 attackers" in after
+
+
+async def test_times_are_absolute_in_the_kept_html(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post(client, killmails[0])
+    html = await (await client.get("/")).text()
+    assert " ago<" not in html and "just now" not in html
+    assert re.search(r'<time datetime="[^"]+" title="[^"]+ UTC">[^<]+ UTC</time>', html)
+
+
+@pytest.fixture
+async def esi(killmails: list[dict[str, Any]]) -> AsyncIterator[tuple[FakeEsi, str]]:
+    fake = FakeEsi(names=player_names(killmails), killmails={km["killmail_id"]: km for km in killmails})
+    url = await fake.start()
+    yield fake, url
+    await fake.close()
+
+
+async def test_a_late_name_shows_on_the_next_view(
+    make_client: Callable[..., Awaitable[Client]], esi: tuple[FakeEsi, str], killmails: list[dict[str, Any]]
+) -> None:
+    """ESI is down when the kill arrives; the name filler patches the stored kill later: the next
+    view of a page that was kept with the nameless row shows the name."""
+    fake, url = esi
+    fake.fail_status = 503
+    client = await make_client(upstream=True, esi_url=url, r2z2_url="http://127.0.0.1:9", backoff_min=5.0)
+    km = killmails[30]
+    await post(client, km)
+    name = f"Character {km['victim']['character_id']}"
+    html = await (await client.get("/")).text()
+    assert row_ids(html) == [km["killmail_id"]] and name not in html
+    assert await (await client.get("/")).text() == html  # kept while nothing changes
+
+    fake.fail_status = None
+    assert await client.server.app[names_key].fill_pending() == 1
+    assert name in row_of(await (await client.get("/")).text(), km["killmail_id"])
+
+
+def test_the_cache_is_bounded_in_bytes_and_drops_rows_of_changed_kills() -> None:
+    cache = ViewCache(max_bytes=10_000)
+    rows = {n: "x" * 500 for n in range(5)}
+    for view in range(10):
+        cache.put_page((f"/?v={view}", "en"), (1, 0), dict(rows), b"y" * 1000, cache.generation)
+        assert cache.bytes <= 10_000
+    assert len(cache) < 10 and cache.page(("/?v=9", "en"), (1, 0)) is not None
+    assert cache.page(("/?v=0", "en"), (1, 0)) is None  # least recently used went first
+    cache.changed([3])
+    assert cache.page(("/?v=9", "en"), (1, 0)) is None and 3 not in cache.rows(("/?v=9", "en"))
+    assert cache.rows(("/?v=9", "en")).keys() == {0, 1, 2, 4}
+    # Rows read before a change are not kept: the kill may have changed under them.
+    stale = cache.generation
+    cache.changed([1])
+    cache.put_page(("/?v=1", "en"), (2, stale), {1: "old"}, b"page", stale)
+    assert cache.rows(("/?v=1", "en")) == {}
+
+
+async def test_a_name_saved_for_another_kill_shows_in_a_kept_row(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    """A stored kill renders player names from the names table: when a later kill's lookup saves
+    a name, the kept row that showed that pilot nameless is rendered again."""
+    km = killmails[5]
+    await post(client, km)
+    victim = km["victim"]["character_id"]
+    html = await (await client.get("/")).text()
+    assert "Late Name" not in html
+    await client.server.app[store_key].save_names({victim: ("Late Name", "character")})
+    assert "Late Name" in row_of(await (await client.get("/")).text(), km["killmail_id"])
