@@ -16,7 +16,8 @@ import aiosqlite
 from ..kill.staticdata import StaticData
 from ..storage import participants
 from ..storage.figures_schema import FIGURES_BACKLOG
-from ..storage.store import INDEX_BACKLOG, NewKill, Store, TxPruner, TxWriter
+from ..storage.schema import INDEX_BACKLOG
+from ..storage.store import NewKill, Store, TxPruner, TxWriter
 from . import figures
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .. import config as settings
 from ..kill import codec
-from .store import MIGRATIONS, PRUNED_KILLMAIL_ID, PRUNED_SEQ
+from .schema import MIGRATIONS, PRUNED_KILLMAIL_ID, PRUNED_SEQ
 
 EXIT_OK = 0
 EXIT_DAMAGED = 1

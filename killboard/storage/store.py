@@ -24,9 +24,8 @@ import ujson
 from ..kill import codec
 from ..kill.frames import encode
 from ..kill.validate import Submission
-from . import battle_tables, participants
-from .figures_schema import FIGURES_BACKLOG
-from .figures_schema import SCHEMA as FIGURES_SCHEMA
+from . import participants
+from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
 
 log = logging.getLogger(__name__)
 
@@ -43,90 +42,6 @@ JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 # A stored document larger than this (a kill of some 300 attackers or more; a typical one is
 # ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
 BIG_DOCUMENT = 64 * 1024
-
-# State key: kills up to this seq were stored before the participant index and wait for it.
-INDEX_BACKLOG = "participants.backlog_through_seq"
-
-# Applied in order; PRAGMA user_version records how many have run.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE inbox (
-        killmail_id INTEGER PRIMARY KEY,
-        payload BLOB NOT NULL,          -- JSON of the accepted submission, before processing
-        source TEXT NOT NULL,
-        live INTEGER NOT NULL DEFAULT 1, -- 0: bulk import, stored without a live broadcast
-        received_at REAL NOT NULL
-    );
-    CREATE TABLE kills (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: clients resume from it
-        killmail_id INTEGER NOT NULL UNIQUE,
-        killmail_hash TEXT NOT NULL,
-        kill_time INTEGER NOT NULL,             -- unix seconds, UTC
-        system_id INTEGER NOT NULL,
-        total_value REAL NOT NULL,
-        stored_at REAL NOT NULL,
-        body BLOB NOT NULL                      -- zlib(JSON of the enriched killmail)
-    );
-    CREATE INDEX kills_kill_time ON kills (kill_time);
-    CREATE TABLE names (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        category TEXT NOT NULL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # ESI: market prices (refreshed daily) and kills stored before their player names were known.
-    """
-    CREATE TABLE prices (
-        type_id INTEGER PRIMARY KEY,
-        average REAL,
-        adjusted REAL,
-        updated_at REAL NOT NULL
-    );
-    CREATE TABLE names_pending (killmail_id INTEGER PRIMARY KEY, since REAL NOT NULL);
-    """,
-    # 3: compact kills. `body` holds the source document deflated with a preset dictionary
-    # (codec 1); rows of schema 1 keep codec 0 and stay readable. Dictionaries live in the
-    # database so a backup is readable by any later version.
-    """
-    CREATE TABLE dictionaries (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
-    ALTER TABLE kills ADD COLUMN codec INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 4: webhooks (killboard/webhooks): the last seq each webhook delivered, by its name.
-    """
-    CREATE TABLE webhook_cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_at REAL NOT NULL);
-    """,
-    # 5: /health counts the inbox on every call. Without an index count(*) walks the table
-    # itself, a page or more per waiting kill (35-80 ms with 20,000 waiting during an import);
-    # this index is a few bytes a row, so the count reads ~1/300 of that.
-    """
-    CREATE INDEX inbox_live ON inbox (live);
-    """,
-    # 6: the participant index (storage/participants.py), read by battles and entity pages. Kills
-    # stored before it are indexed in the background (index_backlog) up to the seq noted here.
-    participants.SCHEMA
-    + f"""
-    INSERT INTO state (key, value)
-        SELECT '{INDEX_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
-        ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-    """,
-    # 7: battles (killboard/battles), kept beside the kills in their transaction.
-    battle_tables.SCHEMA,
-    # 8: entity figures (killboard/entities/figures.py), kept beside the kills in their transaction.
-    # Kills already in the participant index are counted in by the entities' backlog up to the seq
-    # noted here; those still waiting for the index are counted as the index's backlog reaches them.
-    FIGURES_SCHEMA
-    + f"""
-    INSERT INTO state (key, value)
-        SELECT '{FIGURES_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
-        ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-    """,
-]
-
-# Keys in `state` that record what retention removed, so reads can say "pruned" instead of "absent".
-PRUNED_SEQ = "retention.pruned_through_seq"
-PRUNED_KILLMAIL_ID = "retention.pruned_max_killmail_id"
 
 
 def compress(body: bytes) -> bytes:
@@ -294,8 +209,8 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
-            await _ensure_incremental_vacuum(writer)
-            await _migrate(writer)
+            await ensure_incremental_vacuum(writer)
+            await migrate(writer)
             reader = await _connect(path)
         except BaseException:
             await writer.close()
@@ -839,25 +754,3 @@ async def _seqs(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
         async with db.execute(f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk) as cur:
             out.update({r[0]: r[1] for r in await cur.fetchall()})
     return out
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = int(row[0]) if row else 0
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        # executescript commits first; the version bump rides in the same script so a crash
-        # between the two cannot leave a migration applied but unrecorded.
-        await db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-        log.info("database migrated to schema version %d", number)
-
-
-async def _ensure_incremental_vacuum(db: aiosqlite.Connection) -> None:
-    """Databases made before auto_vacuum was set need one VACUUM to switch (it rewrites the file)."""
-    async with db.execute("PRAGMA auto_vacuum") as cur:
-        row = await cur.fetchone()
-    if row and int(row[0]) == 2:
-        return
-    log.info("switching the database to incremental auto-vacuum (a one-off VACUUM; may take a while)")
-    await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    await db.execute("VACUUM")

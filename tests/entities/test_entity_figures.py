@@ -12,9 +12,10 @@ from conftest import AUTH, Client, settle, until
 
 from killboard.entities import backlog
 from killboard.kill.staticdata import StaticData
-from killboard.storage import store as store_module
+from killboard.storage import schema
 from killboard.storage.figures_schema import FIGURES_BACKLOG
-from killboard.storage.store import INDEX_BACKLOG, Store
+from killboard.storage.schema import INDEX_BACKLOG
+from killboard.storage.store import Store
 from killboard.web.keys import store_key
 
 PLAYER_FIELDS = ("character_id", "corporation_id", "alliance_id")
@@ -209,4 +210,4 @@ async def test_kills_not_yet_in_the_participant_index_are_counted_once(
     finally:
         await store.close()
     assert tables(path) == want
-    assert len(store_module.MIGRATIONS) == 8
+    assert len(schema.MIGRATIONS) == 8

@@ -25,7 +25,8 @@ from killboard.config import PROJECT_ROOT
 from killboard.kill import codec
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
-from killboard.storage.store import MIGRATIONS, Store
+from killboard.storage.schema import MIGRATIONS
+from killboard.storage.store import Store
 
 TOKEN = "backup-token"
 

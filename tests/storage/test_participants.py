@@ -13,7 +13,8 @@ from killgen import make_kills, save_all
 from killboard.kill.staticdata import StaticData
 from killboard.storage import participants
 from killboard.storage.participants import Kind
-from killboard.storage.store import MIGRATIONS, Store
+from killboard.storage.schema import MIGRATIONS
+from killboard.storage.store import Store
 from killboard.web.keys import store_key
 
 

@@ -18,7 +18,8 @@ from killboard.kill.frames import encode
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
-from killboard.storage.store import MIGRATIONS, Store
+from killboard.storage.schema import MIGRATIONS
+from killboard.storage.store import Store
 from killboard.web.keys import pipeline_key, prices_key, store_key
 
 
