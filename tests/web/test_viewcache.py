@@ -87,9 +87,12 @@ async def test_languages_and_filters_are_kept_apart(client: Client, killmails: l
     lowsec = await (await client.get("/?sec=lowsec")).text()
     both = sorted(set(row_ids(lowsec)) & set(row_ids(en)))
     assert both and row_ids(lowsec) != row_ids(en)
-    # A row links names to the view it is on: the filtered page's rows keep its filter.
-    assert "sec=lowsec" in row_of(lowsec, both[0])
-    assert "sec=lowsec" not in row_of(en, both[0])
+    # Rows link names to their entity pages, alike on every view; each view's page is its own.
+    assert row_of(lowsec, both[0]) == row_of(en, both[0])
+    assert f'href="/system/{next(k for k in killmails if k["killmail_id"] == both[0])["solar_system_id"]}"' in row_of(
+        en, both[0]
+    )
+    assert await (await client.get("/?sec=lowsec")).text() == lowsec
 
 
 async def test_a_corrected_body_shows_on_the_next_view(client: Client, killmails: list[dict[str, Any]]) -> None:
