@@ -82,3 +82,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any] | None:
+    """A test module with `LOOPS = ("asyncio", "uvloop")` runs each test on both event loops
+    (the server runs on uvloop unless KILLBOARD_LOOP=asyncio); the others on asyncio's only."""
+    names = getattr(getattr(item, "module", None), "LOOPS", None)
+    if not names:
+        return None
+    import uvloop
+
+    factories = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {name: factories[name] for name in names}

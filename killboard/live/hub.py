@@ -245,6 +245,7 @@ class Hub:
         # socket behind, paused or in a replay hand-over): how often the slow path is taken.
         self.direct_writes = 0
         self.queued_writes = 0
+        self.transport_writes = 0  # write/writelines calls of the fast path (<= direct_writes)
 
     def __len__(self) -> int:
         """Open sockets, those still closing included: every one holds a descriptor and memory."""
@@ -428,13 +429,13 @@ class Hub:
             if sub.pending is not None:  # (None: dropped meanwhile)
                 self._write_pending(sub)
 
-    @staticmethod
-    def _write_pending(sub: Subscriber) -> None:
+    def _write_pending(self, sub: Subscriber) -> None:
         pending = sub.pending
         sub.pending, sub.pending_bytes = None, 0
         transport = sub.transport
         if pending is None or transport is None or transport.is_closing() or sub.ws.closed:
             return
+        self.transport_writes += 1
         if len(pending) == 1:
             transport.write(pending[0])
         else:
