@@ -75,18 +75,20 @@ LOOPS = ("uvloop", "asyncio")
 
 
 def event_loop(env: Mapping[str, str]) -> asyncio.AbstractEventLoop:
-    """The server's event loop: uvloop unless KILLBOARD_LOOP=asyncio. uvloop took less CPU per
-    delivery on the fan-out bench (docs/performance-read-send.md, "Delivery"); plain asyncio stays
-    supported (and tested) for platforms without a uvloop wheel."""
-    name = (env.get("KILLBOARD_LOOP") or "uvloop").strip().lower()
-    if name not in LOOPS:
+    """The server's event loop: uvloop unless KILLBOARD_LOOP=asyncio (or uvloop is not installed
+    and was not asked for: it has no Windows wheel). uvloop took less CPU per delivery on the
+    fan-out bench (docs/performance-read-send.md, "Delivery"); plain asyncio stays supported."""
+    name = (env.get("KILLBOARD_LOOP") or "").strip().lower()
+    if name not in ("", *LOOPS):
         raise SystemExit(f"KILLBOARD_LOOP must be uvloop or asyncio, got {name!r}")
-    if name == "uvloop":
+    if name != "asyncio":
         try:
             import uvloop
         except ImportError:
-            raise SystemExit("KILLBOARD_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
-        return uvloop.new_event_loop()
+            if name:
+                raise SystemExit("KILLBOARD_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        else:
+            return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
 
