@@ -84,13 +84,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any] | None:
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """A test module with `LOOPS = ("asyncio", "uvloop")` runs each test on both event loops
     (the server runs on uvloop unless KILLBOARD_LOOP=asyncio); the others on asyncio's only."""
-    names = getattr(getattr(item, "module", None), "LOOPS", None)
-    if not names:
-        return None
-    import uvloop
+    names = getattr(getattr(item, "module", None), "LOOPS", None) or ("asyncio",)
+    factories = {"asyncio": asyncio.new_event_loop}
+    if "uvloop" in names:
+        import uvloop
 
-    factories = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+        factories["uvloop"] = uvloop.new_event_loop
     return {name: factories[name] for name in names}
