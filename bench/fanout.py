@@ -4,7 +4,7 @@
 
 compares, in one run on the same real kills: Node's `ws` sending the plain frame
 (bench/fanout_node.js, the reference of issue 21), then this tree with permessage-deflate
-subscribers of every language on uvloop and on plain asyncio, and `--baseline DIR` (another
+subscribers of every language on asyncio and on uvloop, and `--baseline DIR` (another
 checkout, e.g. main) the same way. Server CPU is split into user and system time (the kernel's
 send() is the system part; what the server's own code adds per socket is the user part).
 """
@@ -265,7 +265,7 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
         # What a kill costs this tree with nobody subscribed (HTTP, validation, enrichment,
         # storage): Node's server does none of it, so the delivery part is shown without it too.
         alone = await run_fanout(
-            Path(tmp), killmails, 0, args.rate, args.seconds, 1, 0, env={"KILLBOARD_LOOP": "uvloop"}
+            Path(tmp), killmails, 0, args.rate, args.seconds, 1, 0, env={"KILLBOARD_LOOP": "asyncio"}
         )
         per_kill = (alone.user_cpu / alone.kills, alone.system_cpu / alone.kills)
         print(f"per kill with no subscriber: {per_kill}", file=sys.stderr)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=5)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--loops", default="uvloop,asyncio", help="KILLBOARD_LOOP values to run this tree with")
+    parser.add_argument("--loops", default="asyncio,uvloop", help="KILLBOARD_LOOP values to run this tree with")
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main) to run the same way")
     parser.add_argument("--processes", type=int, default=2, help="client processes (1 process is the bottleneck)")
     parser.add_argument("--json", type=Path)

@@ -86,7 +86,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """A test module with `LOOPS = ("asyncio", "uvloop")` runs each test on both event loops
-    (the server runs on uvloop unless KILLBOARD_LOOP=asyncio); the others on asyncio's only."""
+    (the server may run on either: KILLBOARD_LOOP); the others on asyncio's only."""
     names = getattr(getattr(item, "module", None), "LOOPS", None) or ("asyncio",)
     factories = {"asyncio": asyncio.new_event_loop}
     if "uvloop" in names:
