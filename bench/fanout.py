@@ -191,10 +191,12 @@ async def run_fanout(
     env: dict[str, str] | None = None,
     root: Path = PROJECT_ROOT,
     node: bool = False,
+    per_post: int = 1,
 ) -> FanoutRun:
     """One run on a fresh server and database. `big`: post copies of this kill instead.
     `deflate`: the subscribers offer permessage-deflate; `env`: the server's extra settings;
-    `root`: the checkout that serves; `node`: bench/fanout_node.js serves instead."""
+    `root`: the checkout that serves; `node`: bench/fanout_node.js serves instead; `per_post`:
+    kills per POST (a burst: the worker stores them in one batch and they are due at once)."""
     server: Server | NodeServer
     if node:
         server = NodeServer()
@@ -218,7 +220,14 @@ async def run_fanout(
             await pool.reset()
             cpu0 = cpu_seconds(server.pid)
             user0, sys0 = cpu_split(server.pid)
-            posted, start = await post_steadily(session, server.url, kills, rate, post)
+            if per_post > 1:
+                post = _bursts(post, per_post, {km["killmail_id"]: km for km in kills})
+                groups = [{"killmail_id": km["killmail_id"]} for km in kills[::per_post]]
+                posted, start = await post_steadily(session, server.url, groups, rate / per_post, post)
+                for i, km in enumerate(kills):
+                    posted[km["killmail_id"]] = posted[kills[i - i % per_post]["killmail_id"]]
+            else:
+                posted, start = await post_steadily(session, server.url, kills, rate, post)
             expected = subscribers * count
             received = await wait_received(pool, expected, 60 + expected / 20_000)
             cpu = cpu_seconds(server.pid) - cpu0
@@ -246,6 +255,27 @@ async def run_fanout(
             server.stop()
 
 
+def _bursts(post: Poster, per_post: int, by_id: dict[int, dict[str, Any]]) -> Poster:
+    """A poster of `per_post` kills from the one named: one POST of a list to this server,
+    the frames one after another to Node (its server sends each as it comes)."""
+    order = list(by_id)
+
+    async def burst(session: aiohttp.ClientSession, url: str, first: dict[str, Any]) -> None:
+        i = order.index(first["killmail_id"])
+        kills = [by_id[k] for k in order[i : i + per_post]]
+        if post is post_one:
+            async with session.post(
+                url + "/api/killmails", data=io.BytesIO(json.dumps(kills).encode()), headers=AUTH
+            ) as resp:
+                if resp.status != 202:
+                    raise RuntimeError(f"POST answered {resp.status}: {await resp.text()}")
+        else:
+            for km in kills:
+                await post(session, url, km)
+
+    return burst
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -265,13 +295,29 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
         # What a kill costs this tree with nobody subscribed (HTTP, validation, enrichment,
         # storage): Node's server does none of it, so the delivery part is shown without it too.
         alone = await run_fanout(
-            Path(tmp), killmails, 0, args.rate, args.seconds, 1, 0, env={"KILLBOARD_LOOP": "asyncio"}
+            Path(tmp),
+            killmails,
+            0,
+            args.rate,
+            args.seconds,
+            1,
+            0,
+            env={"KILLBOARD_LOOP": "asyncio"},
+            per_post=args.burst,
         )
         per_kill = (alone.user_cpu / alone.kills, alone.system_cpu / alone.kills)
         print(f"per kill with no subscriber: {per_kill}", file=sys.stderr)
         for name, kw in scenarios:
             r = await run_fanout(
-                Path(tmp), killmails, args.subscribers, args.rate, args.seconds, args.processes, 0, **kw
+                Path(tmp),
+                killmails,
+                args.subscribers,
+                args.rate,
+                args.seconds,
+                args.processes,
+                0,
+                per_post=args.burst,
+                **kw,
             )
             lat = r.latencies
             fixed = (0.0, 0.0) if kw.get("node") else per_kill
@@ -315,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loops", default="asyncio,uvloop", help="KILLBOARD_LOOP values to run this tree with")
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main) to run the same way")
     parser.add_argument("--processes", type=int, default=2, help="client processes (1 process is the bottleneck)")
+    parser.add_argument("--burst", type=int, default=1, help="kills per POST (due in the same turn of the loop)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_fd_limit()
