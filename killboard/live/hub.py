@@ -436,10 +436,15 @@ class Hub:
         if pending is None or transport is None or transport.is_closing() or sub.ws.closed:
             return
         self.transport_writes += 1
-        if len(pending) == 1:
-            transport.write(pending[0])
-        else:
-            transport.writelines(pending)
+        try:
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.writelines(pending)
+        except (ConnectionError, RuntimeError) as exc:
+            # The connection went between the check and the write: its handler ends on its
+            # own; the other sockets of this turn must still be written.
+            log.debug("websocket write failed: %r", exc)
 
     async def put(self, sub: Subscriber, frame: bytes, size: int | None = None) -> None:
         """Queue a frame, waiting until the socket has room for it (a replay may be longer than
