@@ -1,23 +1,92 @@
-"""Fan-out: N subscribers on the full feed while kills are POSTed at a steady rate."""
+"""Fan-out: N subscribers on the full feed while kills are POSTed at a steady rate.
+
+    python -m bench.fanout [--subscribers 1000] [--rate 5] [--seconds 10] [--baseline DIR]
+
+compares, in one run on the same real kills: Node's `ws` sending the plain frame
+(bench/fanout_node.js, the reference of issue 21), then this tree with permessage-deflate
+subscribers of every language on asyncio and on uvloop, and `--baseline DIR` (another
+checkout, e.g. main) the same way. Server CPU is split into user and system time (the kernel's
+send() is the system part; what the server's own code adds per socket is the user part).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from .data import stream, take
-from .procstat import cpu_seconds
-from .server import TOKEN, Server
+from killboard.config import PROJECT_ROOT
+
+from .data import real_killmails, stream, take
+from .procstat import CLOCK_TICKS, cpu_seconds, load_average, raise_fd_limit
+from .server import TOKEN, Server, free_port
 from .wsclient import Pool
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+class NodeServer:
+    """bench/fanout_node.js on a free port: Node's `ws` broadcasting POSTed frames, plain."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, timeout: float = 30) -> None:
+        env = {**os.environ, "NODE_PATH": str(PROJECT_ROOT / "tests" / "node" / "node_modules")}
+        script = Path(__file__).with_name("fanout_node.js")
+        self.proc = subprocess.Popen(["node", str(script), str(self.port)], env=env, preexec_fn=raise_fd_limit)
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() - started < timeout:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"node exited with {self.proc.returncode} (npm ci --prefix tests/node?)")
+                try:
+                    async with session.get(self.url + "/health") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.02)
+        raise TimeoutError("node did not answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 @dataclass
@@ -32,6 +101,8 @@ class FanoutRun:
     server_cpu: float
     latencies: list[float]
     connect_seconds: float
+    user_cpu: float = 0.0
+    system_cpu: float = 0.0
 
     @property
     def deliveries_per_s(self) -> float:
@@ -41,6 +112,9 @@ class FanoutRun:
     def cpu_per_1000(self) -> float:
         return self.server_cpu / self.deliveries * 1000 if self.deliveries else float("nan")
 
+    def us_per_delivery(self, cpu: float) -> float:
+        return cpu / self.deliveries * 1e6 if self.deliveries else float("nan")
+
 
 async def post_one(session: aiohttp.ClientSession, url: str, km: dict[str, Any]) -> None:
     async with session.post(url + "/api/killmails", data=io.BytesIO(json.dumps(km).encode()), headers=AUTH) as resp:
@@ -48,8 +122,38 @@ async def post_one(session: aiohttp.ClientSession, url: str, km: dict[str, Any])
             raise RuntimeError(f"POST answered {resp.status}: {await resp.text()}")
 
 
+def node_frame(km: dict[str, Any]) -> bytes:
+    """The plain kill frame this server would send for `km` (enriched as the worker does)."""
+    from killboard.kill.enrich import enrich
+    from killboard.kill.frames import encode, kill_frame
+    from killboard.kill.prices import price_book
+    from killboard.kill.staticdata import load_static
+    from killboard.kill.validate import parse_submission
+
+    static = _STATIC.get("static")
+    if static is None:
+        static = _STATIC["static"] = load_static(PROJECT_ROOT / "data")
+    body = encode(enrich(parse_submission(km), static, {}, price_book(static)))
+    return kill_frame(km["killmail_id"], body)
+
+
+_STATIC: dict[str, Any] = {}
+
+
+def node_poster(frames: dict[int, bytes]) -> Poster:
+    async def post(session: aiohttp.ClientSession, url: str, km: dict[str, Any]) -> None:
+        async with session.post(url + "/frame", data=frames[km["killmail_id"]]) as resp:
+            if resp.status != 202:
+                raise RuntimeError(f"node answered {resp.status}")
+
+    return post
+
+
+Poster = Callable[[aiohttp.ClientSession, str, dict[str, Any]], Awaitable[None]]
+
+
 async def post_steadily(
-    session: aiohttp.ClientSession, url: str, kills: list[dict[str, Any]], rate: float
+    session: aiohttp.ClientSession, url: str, kills: list[dict[str, Any]], rate: float, post: Poster = post_one
 ) -> tuple[dict[int, float], float]:
     """POST kills at a steady rate; returns (kill id -> when its POST left, the start time)."""
     posted: dict[int, float] = {}
@@ -60,7 +164,7 @@ async def post_steadily(
         if delay > 0:
             await asyncio.sleep(delay)
         posted[km["killmail_id"]] = time.monotonic()
-        await post_one(session, url, km)
+        await post(session, url, km)
     return posted, start
 
 
@@ -82,26 +186,52 @@ async def run_fanout(
     processes: int,
     frame_bytes: int,
     big: dict[str, Any] | None = None,
+    *,
+    deflate: bool = False,
+    env: dict[str, str] | None = None,
+    root: Path = PROJECT_ROOT,
+    node: bool = False,
+    per_post: int = 1,
 ) -> FanoutRun:
-    """One run on a fresh server and database. `big`: post copies of this kill instead."""
-    server = Server(workdir / f"fanout-{subscribers}-{time.monotonic_ns()}.sqlite3")
+    """One run on a fresh server and database. `big`: post copies of this kill instead.
+    `deflate`: the subscribers offer permessage-deflate; `env`: the server's extra settings;
+    `root`: the checkout that serves; `node`: bench/fanout_node.js serves instead; `per_post`:
+    kills per POST (a burst: the worker stores them in one batch and they are due at once)."""
+    server: Server | NodeServer
+    if node:
+        server = NodeServer()
+    else:
+        server = Server(workdir / f"fanout-{subscribers}-{time.monotonic_ns()}.sqlite3", root=root, env=env)
     pool = Pool(processes)
     try:
         await server.start()
-        connected = await pool.connect("127.0.0.1", server.port, subscribers)
+        connected = await pool.connect("127.0.0.1", server.port, subscribers, deflate=deflate)
         source = stream([big] if big is not None else killmails)
         count = max(1, round(rate * seconds))
+        warm = next(source)
+        kills = take(source, count)
+        post = post_one
+        if node:
+            post = node_poster({km["killmail_id"]: node_frame(km) for km in [warm, *kills]})
         async with aiohttp.ClientSession() as session:
             # Warm-up: one kill to everyone (first-use costs: caches, buffers, page faults).
-            await post_one(session, server.url, next(source))
+            await post(session, server.url, warm)
             await wait_received(pool, subscribers, 60)
             await pool.reset()
-            kills = take(source, count)
             cpu0 = cpu_seconds(server.pid)
-            posted, start = await post_steadily(session, server.url, kills, rate)
+            user0, sys0 = cpu_split(server.pid)
+            if per_post > 1:
+                post = _bursts(post, per_post, {km["killmail_id"]: km for km in kills})
+                groups = [{"killmail_id": km["killmail_id"]} for km in kills[::per_post]]
+                posted, start = await post_steadily(session, server.url, groups, rate / per_post, post)
+                for i, km in enumerate(kills):
+                    posted[km["killmail_id"]] = posted[kills[i - i % per_post]["killmail_id"]]
+            else:
+                posted, start = await post_steadily(session, server.url, kills, rate, post)
             expected = subscribers * count
             received = await wait_received(pool, expected, 60 + expected / 20_000)
             cpu = cpu_seconds(server.pid) - cpu0
+            user1, sys1 = cpu_split(server.pid)
         latencies = sorted(await pool.latencies(posted))
         last = await pool.last_arrival()
         return FanoutRun(
@@ -115,9 +245,132 @@ async def run_fanout(
             server_cpu=cpu,
             latencies=list(latencies),
             connect_seconds=connected["seconds"],
+            user_cpu=user1 - user0,
+            system_cpu=sys1 - sys0,
         )
     finally:
         try:
             await pool.shutdown()
         finally:
             server.stop()
+
+
+def _bursts(post: Poster, per_post: int, by_id: dict[int, dict[str, Any]]) -> Poster:
+    """A poster of `per_post` kills from the one named: one POST of a list to this server,
+    the frames one after another to Node (its server sends each as it comes)."""
+    order = list(by_id)
+
+    async def burst(session: aiohttp.ClientSession, url: str, first: dict[str, Any]) -> None:
+        i = order.index(first["killmail_id"])
+        kills = [by_id[k] for k in order[i : i + per_post]]
+        if post is post_one:
+            async with session.post(
+                url + "/api/killmails", data=io.BytesIO(json.dumps(kills).encode()), headers=AUTH
+            ) as resp:
+                if resp.status != 202:
+                    raise RuntimeError(f"POST answered {resp.status}: {await resp.text()}")
+        else:
+            for km in kills:
+                await post(session, url, km)
+
+    return burst
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(len(values) * q / 100))]
+
+
+async def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Node plain, then this tree (and the baseline) with deflate subscribers, in one run."""
+    killmails = real_killmails()
+    scenarios: list[tuple[str, dict[str, Any]]] = [("Node ws, plain frame (reference)", {"node": True})]
+    for loop in args.loops.split(","):
+        scenarios.append((f"this tree, deflate, {loop}", {"deflate": True, "env": {"KILLBOARD_LOOP": loop}}))
+    if args.baseline is not None:
+        scenarios.append((f"baseline {args.baseline}, deflate", {"deflate": True, "root": args.baseline}))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # What a kill costs this tree with nobody subscribed (HTTP, validation, enrichment,
+        # storage): Node's server does none of it, so the delivery part is shown without it too.
+        alone = await run_fanout(
+            Path(tmp),
+            killmails,
+            0,
+            args.rate,
+            args.seconds,
+            1,
+            0,
+            env={"KILLBOARD_LOOP": "asyncio"},
+            per_post=args.burst,
+        )
+        per_kill = (alone.user_cpu / alone.kills, alone.system_cpu / alone.kills)
+        print(f"per kill with no subscriber: {per_kill}", file=sys.stderr)
+        for name, kw in scenarios:
+            r = await run_fanout(
+                Path(tmp),
+                killmails,
+                args.subscribers,
+                args.rate,
+                args.seconds,
+                args.processes,
+                0,
+                per_post=args.burst,
+                **kw,
+            )
+            lat = r.latencies
+            fixed = (0.0, 0.0) if kw.get("node") else per_kill
+            row = {
+                "name": name,
+                "delivered": r.deliveries,
+                "expected": r.expected,
+                "us": r.us_per_delivery(r.server_cpu),
+                "user_us": r.us_per_delivery(r.user_cpu),
+                "sys_us": r.us_per_delivery(r.system_cpu),
+                "send_user_us": r.us_per_delivery(r.user_cpu - fixed[0] * r.kills),
+                "send_us": r.us_per_delivery(r.server_cpu - (fixed[0] + fixed[1]) * r.kills),
+                "p50_ms": _pct(lat, 50) * 1e3,
+                "p99_ms": _pct(lat, 99) * 1e3,
+            }
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    ref = rows[0]
+    print(f"A kill with no subscriber: {sum(per_kill) * 1e3:.2f} CPU-ms ({per_kill[0] * 1e3:.2f} user)\n")
+    print(
+        "| server | delivered | µs a delivery | ÷ Node | user µs | ÷ Node | system µs"
+        " | less the kill's own cost: µs | ÷ Node | user µs | ÷ Node | p50 ms | p99 ms |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['name']} | {r['delivered']:,}/{r['expected']:,} | {r['us']:.1f} | {r['us'] / ref['us']:.2f}x"
+            f" | {r['user_us']:.1f} | {r['user_us'] / ref['user_us']:.2f}x | {r['sys_us']:.1f}"
+            f" | {r['send_us']:.1f} | {r['send_us'] / ref['us']:.2f}x"
+            f" | {r['send_user_us']:.1f} | {r['send_user_us'] / ref['user_us']:.2f}x"
+            f" | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
+    return {"rows": rows, "per_kill": per_kill, "load": load_average()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=5)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--loops", default="asyncio,uvloop", help="KILLBOARD_LOOP values to run this tree with")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main) to run the same way")
+    parser.add_argument("--processes", type=int, default=2, help="client processes (1 process is the bottleneck)")
+    parser.add_argument("--burst", type=int, default=1, help="kills per POST (due in the same turn of the loop)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    print(f"load average before: {load_average()}", file=sys.stderr)
+    out = asyncio.run(compare(args))
+    print(f"\nload average after: {out['load']}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

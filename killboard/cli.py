@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -38,6 +39,7 @@ Without a command, serves. Environment variables (flags win over them):
                           (default 86400; 0 = push everything)
   KILLBOARD_LOG_LEVEL     DEBUG, INFO (default), WARNING, ERROR
   KILLBOARD_LOG_FORMAT    plain (default) or json (one JSON object per line)
+  KILLBOARD_LOOP          asyncio (default) or uvloop (pip install uvloop): the server's event loop
   KILLBOARD_RETENTION_DAYS  prune kills older than this many days (default 0: keep all)
   KILLBOARD_METRICS       on (default) or off: GET /metrics
   KILLBOARD_METRICS_TOKEN bearer token GET /metrics requires (unset: none)
@@ -65,8 +67,27 @@ def serve(args: argparse.Namespace) -> int:
     # calls upstream, and the error is the bind's own (not any OSError of the start).
     sockets = listen(config.host, config.port)
     # print=None: aiohttp's banner is not a log line and would break JSON-lines logs.
-    web.run_app(app, sock=sockets, access_log=None, shutdown_timeout=5, print=None)
+    web.run_app(app, sock=sockets, access_log=None, shutdown_timeout=5, print=None, loop=event_loop(os.environ))
     return 0
+
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def event_loop(env: Mapping[str, str]) -> asyncio.AbstractEventLoop:
+    """The server's event loop: asyncio's, or uvloop with KILLBOARD_LOOP=uvloop (installed
+    apart: `pip install uvloop`). uvloop is not the default because it did not take less CPU per
+    delivery than asyncio on the fan-out bench (docs/performance-read-send.md, "Delivery")."""
+    name = (env.get("KILLBOARD_LOOP") or "asyncio").strip().lower()
+    if name not in LOOPS:
+        raise SystemExit(f"KILLBOARD_LOOP must be asyncio or uvloop, got {name!r}")
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("KILLBOARD_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
@@ -164,7 +185,13 @@ def _run_edge(args: argparse.Namespace) -> int:
 
     log.info("edge serving on http://%s:%d (stream %r)", config.host, config.port, config.redis_stream)
     web.run_app(
-        create_edge_app(config), host=config.host, port=config.port, access_log=None, shutdown_timeout=5, print=None
+        create_edge_app(config),
+        host=config.host,
+        port=config.port,
+        access_log=None,
+        shutdown_timeout=5,
+        print=None,
+        loop=event_loop(os.environ),
     )
     return 0
 

@@ -82,3 +82,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """A test module with `LOOPS = ("asyncio", "uvloop")` runs each test on both event loops
+    (the server may run on either: KILLBOARD_LOOP); the others on asyncio's only."""
+    names = getattr(getattr(item, "module", None), "LOOPS", None) or ("asyncio",)
+    factories = {"asyncio": asyncio.new_event_loop}
+    if "uvloop" in names:
+        import uvloop
+
+        factories["uvloop"] = uvloop.new_event_loop
+    return {name: factories[name] for name in names}

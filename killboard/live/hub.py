@@ -7,10 +7,12 @@ own queue; when it overflows, that client is closed with 1013 and the others nev
 (see python-websockets' essay on broadcast). The bound is in bytes: what a socket holds (its
 outbox, the live kills held back during its replay, and what its transport has not yet handed
 to the kernel) may not pass `send_buffer` (KILLBOARD_WS_SEND_BUFFER); a deflated frame counts
-by its size on the wire. A socket with nothing queued or in flight gets the frame written
-straight to its transport instead (`_write_now`). A kill is encoded once and the same bytes go
-to every subscriber of a kind: each variant (names in the languages a socket asked for, plain
-or permessage-deflated: killboard/live/wire.py) is made once per kill.
+by its size on the wire. A socket with nothing queued or in flight (the common case) takes
+neither: its frames are kept in `pending` and written to its transport once per turn of the
+loop (`_flush`, one write or writelines per socket however many kills were due). A kill is
+encoded once and the same bytes go to every subscriber of a kind: each variant (names in the
+languages a socket asked for, plain or permessage-deflated: killboard/live/wire.py) is made once
+per kill, and its frame header is put in front of it once for all its sockets (`_wire`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,10 @@ class Subscriber:
     held_bytes: int = 0
     delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
+    # Whole frames (header and payload, shared by every socket of a kind) due to be written
+    # straight to the transport at the end of this turn of the loop (Hub._flush), and their bytes.
+    pending: list[bytes] | None = None
+    pending_bytes: int = 0
     sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
@@ -231,6 +237,15 @@ class Hub:
         self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
         self._late_bytes = 0
         self._deflater: asyncio.Task[None] | None = None
+        # Sockets with frames in `pending`, written by `_flush` (scheduled once per turn).
+        self._due: list[Subscriber] = []
+        # The last payload framed (`_wire`): a broadcast frames each variant once, not per socket.
+        self._framed: tuple[bytes, bytes] | None = None
+        # Frames written straight to transports (the fast path) and through a writer task (a
+        # socket behind, paused or in a replay hand-over): how often the slow path is taken.
+        self.direct_writes = 0
+        self.queued_writes = 0
+        self.transport_writes = 0  # write/writelines calls of the fast path (<= direct_writes)
 
     def __len__(self) -> int:
         """Open sockets, those still closing included: every one holds a descriptor and memory."""
@@ -343,8 +358,9 @@ class Hub:
         """What one socket holds now: its outbox, its held live kills and its transport's unsent
         bytes (where a client that never reads piles them up once its kernel buffers are full)."""
         transport = sub.transport
-        unsent = transport.get_write_buffer_size() if isinstance(transport, asyncio.WriteTransport) else 0
-        return sub.outbox.nbytes + sub.held_bytes + unsent
+        # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        return sub.outbox.nbytes + sub.held_bytes + sub.pending_bytes + unsent
 
     def fits(self, sub: Subscriber, size: int) -> bool:
         """Whether `size` more bytes keep the socket within its budget. A socket that holds
@@ -359,8 +375,30 @@ class Hub:
             return False
         if size is None:
             size = len(frame)
-        if sub.outbox.empty() and not sub.sending and _write_now(sub, frame):
-            return True
+        if sub.outbox.empty() and not sub.sending:
+            # Nothing queued or being sent: the frame joins this turn's write to the transport.
+            pending = sub.pending
+            if pending is not None:
+                if len(pending) < self._send_queue and sub.pending_bytes + size <= self.send_buffer:
+                    pending.append(self._wire(frame))
+                    sub.pending_bytes += size
+                    self.direct_writes += 1
+                    return True
+                # A turn with more than a budget of kills: what is pending goes to the kernel
+                # now (in order), and the budget counts only what the transport cannot take.
+                self._write_pending(sub)
+                if _idle(sub):
+                    sub.pending, sub.pending_bytes = [self._wire(frame)], size  # still in _due
+                    self.direct_writes += 1
+                    return True
+            elif _idle(sub):
+                sub.pending, sub.pending_bytes = [self._wire(frame)], size
+                if not self._due:
+                    asyncio.get_running_loop().call_soon(self._flush)
+                self._due.append(sub)
+                self.direct_writes += 1
+                return True
+        self.queued_writes += 1
         if not self.fits(sub, size):
             self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send buffer full: client reads too slowly")
             return False
@@ -370,6 +408,43 @@ class Hub:
             self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send queue overflow: client reads too slowly")
             return False
         return True
+
+    def _wire(self, frame: bytes) -> bytes:
+        """The whole frame (header + payload) for a payload: made once for all the sockets a
+        broadcast sends the same payload object to (a one-entry memo, cleared every turn)."""
+        framed = self._framed
+        if framed is not None and framed[0] is frame:
+            return framed[1]
+        wire = frame_header(len(frame), RSV1 if type(frame) is Deflated else 0) + frame
+        self._framed = (frame, wire)
+        return wire
+
+    def _flush(self) -> None:
+        """Write every due socket's pending frames to its transport: one call per socket per
+        turn, of bytes shared by all sockets (uvloop's writelines is a writev: no copy). A socket
+        that closed meanwhile gets nothing (no frame may follow a close frame)."""
+        due, self._due = self._due, []
+        self._framed = None
+        for sub in due:
+            if sub.pending is not None:  # (None: dropped meanwhile)
+                self._write_pending(sub)
+
+    def _write_pending(self, sub: Subscriber) -> None:
+        pending = sub.pending
+        sub.pending, sub.pending_bytes = None, 0
+        transport = sub.transport
+        if pending is None or transport is None or transport.is_closing() or sub.ws.closed:
+            return
+        self.transport_writes += 1
+        try:
+            if len(pending) == 1:
+                transport.write(pending[0])
+            else:
+                transport.writelines(pending)
+        except (ConnectionError, RuntimeError) as exc:
+            # The connection went between the check and the write: its handler ends on its
+            # own; the other sockets of this turn must still be written.
+            log.debug("websocket write failed: %r", exc)
 
     async def put(self, sub: Subscriber, frame: bytes, size: int | None = None) -> None:
         """Queue a frame, waiting until the socket has room for it (a replay may be longer than
@@ -420,11 +495,15 @@ class Hub:
         # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
         # every kind of socket: in slices, so the loop is never held for all of them at once.
         later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
+        plain: bytes | None = None
         for sub in targets:
             if later or sub.deflate or sub.lang is not None:
                 groups.setdefault((sub.lang, sub.deflate), []).append(sub)
-            elif self.send_kill(sub, seq, kill.frame(None), facts):
-                sent += 1
+            else:
+                if plain is None:
+                    plain = kill.frame(None)
+                if self.send_kill(sub, seq, plain, facts):
+                    sent += 1
         if groups:
             sent += self._publish_variants(kill, groups, facts)
         else:
@@ -483,16 +562,20 @@ class Hub:
         """`_deliver` after the thread hop, letting the loop run after every DELIVER_SLICE bytes
         written: 254 sockets of a 3,000-attacker kill are 300-700 MB of writes."""
         written = 0
+        # Who still matches, looked up once (not each socket's channels one by one); again
+        # after every pause, when sockets may have gone or unsubscribed.
+        wanted = self._index.match(facts)
         for (langs, bits), subs in groups.items():
             frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
             for sub in subs:
-                if not self._still_wants(sub, kill.seq, facts):
-                    continue
+                if sub not in wanted or sub.dropped or kill.seq in sub.delivered:
+                    continue  # gone, unsubscribed, or had it from a replay that ran meanwhile
                 self.send_kill(sub, kill.seq, frame, facts)
                 written += len(frame)
                 if written >= DELIVER_SLICE:
                     written = 0
                     await asyncio.sleep(0)
+                    wanted = self._index.match(facts)
 
     def _deliver(
         self,
@@ -508,16 +591,6 @@ class Hub:
                 if self.send_kill(sub, kill.seq, frame, facts):
                     sent += 1
         return sent
-
-    def _still_wants(self, sub: Subscriber, seq: int, facts: KillFacts) -> bool:
-        """After the thread hop: the socket may have gone, unsubscribed, or had the kill from a
-        replay that ran meanwhile."""
-        return (
-            self._subscribers.get(sub.ws) is sub
-            and not sub.dropped
-            and seq not in sub.delivered
-            and any(condition.matches(facts) for condition in sub.channels)
-        )
 
     async def replay_frame(self, sub: Subscriber, seq: int, body: bytes) -> bytes:
         """A stored kill's frame as this socket takes its kills (a replay): deflated on its own
@@ -565,6 +638,8 @@ class Hub:
         """Ask the writer to send a close frame next, and cut the connection if it cannot."""
         sub.dropped = True
         sub.held, sub.held_bytes = None, 0
+        if not keep_queued:
+            sub.pending, sub.pending_bytes = None, 0  # a dropped client's frames are not sent
         sub.close_code, sub.close_message = code, message
         while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
             sub.outbox.get_nowait()
@@ -624,29 +699,22 @@ class Hub:
             await asyncio.wait(stuck, timeout=0.5)
 
 
-def _write_now(sub: Subscriber, frame: bytes) -> bool:
-    """Send a text frame straight to an idle socket's transport; False if it must be queued.
-
-    Most sockets are idle when a kill arrives: nothing queued, the writer task waiting, the
-    kernel buffer empty. Waking the writer task for each of them cost more than the write itself
-    (a task step and a future per socket per kill). Writing here only when the outbox is empty,
-    the writer is not inside a send and the transport holds nothing unsent keeps the frames in
-    order and the one-writer rule (the writer has nothing in flight); anything else (a socket
-    behind, paused or closing) takes the outbox and its writer as before, so slow clients still
-    fill their bounded outbox and are dropped. The bytes are what aiohttp's WebSocketWriter
-    sends for an uncompressed server text frame, with RSV1 set for a deflated one (wire.py).
-    """
+def _idle(sub: Subscriber) -> bool:
+    """Whether a socket's transport can take a frame straight away: open, and holding nothing
+    unsent. Most sockets are idle when a kill arrives; waking a writer task for each cost more
+    than the write itself (a task step and a future per socket per kill). Writing straight only
+    when the outbox is empty, the writer is not inside a send and the transport holds nothing
+    unsent keeps the frames in order and the one-writer rule; anything else (a socket behind,
+    paused or closing) takes the outbox and its writer, so slow clients still fill their bounded
+    outbox and are dropped. The bytes are what aiohttp's WebSocketWriter sends for an
+    uncompressed server text frame, with RSV1 set for a deflated one (wire.py)."""
     transport = sub.transport
-    if (
-        transport is None
-        or sub.ws.closed
-        or transport.is_closing()
-        or not isinstance(transport, asyncio.WriteTransport)
-        or transport.get_write_buffer_size()
-    ):
-        return False
-    transport.write(frame_header(len(frame), RSV1 if type(frame) is Deflated else 0) + frame)
-    return True
+    return (
+        transport is not None
+        and not transport.is_closing()
+        and not transport.get_write_buffer_size()
+        and not sub.ws.closed
+    )
 
 
 def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:

@@ -1,0 +1,122 @@
+"""The hub's fast path (issue 21): frames for idle sockets are written straight to their
+transports, one write per socket per turn of the loop however many kills are due, on asyncio's
+loop as on uvloop (KILLBOARD_LOOP=uvloop); a socket that falls behind still takes the
+bounded outbox and is dropped at its byte budget."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import rawws
+from aiohttp import WSMsgType
+from conftest import AUTH, settle
+
+from killboard.cli import event_loop
+from killboard.web.keys import hub_key
+
+LOOPS = ("asyncio", "uvloop")  # tests/conftest.py runs each test here on both
+SUB = json.dumps({"action": "sub", "channel": "kills"})
+
+
+async def test_idle_sockets_get_a_turns_kills_in_one_write_each(
+    make_client: Any, killmails: list[dict[str, Any]]
+) -> None:
+    """A batch of kills stored in one turn reaches every idle socket (plain and deflate) in seq
+    order, without a writer task (no queued write) and in fewer transport writes than frames."""
+    client = await make_client(batch_size=50)
+    hub = client.server.app[hub_key]
+    plain = [await client.ws_connect("/ws", compress=0) for _ in range(3)]
+    deflate = [await client.ws_connect("/ws", compress=15) for _ in range(3)]
+    for ws in plain + deflate:
+        await ws.send_str(SUB)
+        assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+    assert all(ws.compress for ws in deflate) and not any(ws.compress for ws in plain), [ws.compress for ws in deflate]
+    direct0, writes0 = hub.direct_writes, hub.transport_writes
+    batch = killmails[:30]
+    resp = await client.post("/api/killmails", data=json.dumps(batch), headers=AUTH)
+    assert resp.status == 202
+    await settle(client)
+    for ws in plain + deflate:
+        seqs = []
+        while len(seqs) < len(batch):
+            msg = await ws.receive(timeout=10)
+            assert msg.type is WSMsgType.TEXT
+            frame = json.loads(msg.data)
+            assert frame["action"] == "kill"
+            seqs.append(frame["seq"])
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(batch)
+    assert hub.queued_writes == 0, "an idle socket's frame went through its writer task"
+    frames = len(batch) * 6
+    assert hub.direct_writes - direct0 == frames
+    assert hub.transport_writes - writes0 < frames, "several kills due in one turn were written one by one"
+    for ws in plain + deflate:
+        await ws.close()
+
+
+async def test_a_stalled_client_is_dropped_at_its_budget_and_a_reader_gets_everything(
+    make_client: Any, killmails: list[dict[str, Any]]
+) -> None:
+    """The budget counts what the transport holds unsent on either loop (uvloop's transports are
+    no asyncio.WriteTransport): a client that never reads is closed with 1013 near the budget."""
+    budget = 256 * 1024
+    client = await make_client(ws_send_buffer=budget, batch_size=10)
+    hub = client.server.app[hub_key]
+    reader = await client.ws_connect("/ws", compress=0)
+    await reader.send_str(SUB)
+    assert (await reader.receive_json(timeout=5))["action"] == "subscribed"
+    _r, stalled = await rawws.connect(client.server.host, client.server.port, rcvbuf=4096)
+    await rawws.send_text(stalled, SUB)
+    for _ in range(200):
+        if hub.subscribed_count() == 2:
+            break
+        await asyncio.sleep(0.01)
+    slow = list(hub._subscribers.values())[-1]
+    most = 0
+
+    def watch() -> None:
+        nonlocal most
+        most = max(most, hub.held_bytes(slow))
+        if not slow.dropped:
+            asyncio.get_running_loop().call_soon(watch)
+
+    watch()
+    kills = [{**km, "killmail_id": km["killmail_id"] + n * 10**10} for n in range(4) for km in killmails]
+
+    async def read_all() -> int:
+        got = 0
+        while got < len(kills):
+            if (await reader.receive_json(timeout=10))["action"] == "kill":
+                got += 1
+        return got
+
+    reading = asyncio.create_task(read_all())
+    for i in range(0, len(kills), len(killmails)):
+        resp = await client.post("/api/killmails", data=json.dumps(kills[i : i + len(killmails)]), headers=AUTH)
+        assert resp.status == 202
+    await settle(client)
+    assert await reading == len(kills)
+    assert slow.dropped and slow.close_code == 1013
+    largest = max(len(json.dumps(km)) for km in killmails) * 8
+    assert 0 < most <= budget + largest, most
+    stalled.transport.abort()
+
+
+def test_the_server_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
+    import uvloop
+
+    for env in ({}, {"KILLBOARD_LOOP": "asyncio"}, {"KILLBOARD_LOOP": " AsyncIO "}):
+        loop = event_loop(env)
+        try:
+            assert not isinstance(loop, uvloop.Loop) and isinstance(loop, asyncio.AbstractEventLoop)
+        finally:
+            loop.close()
+    loop = event_loop({"KILLBOARD_LOOP": "uvloop"})
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    with pytest.raises(SystemExit, match="KILLBOARD_LOOP must be asyncio or uvloop, got 'tokio'"):
+        event_loop({"KILLBOARD_LOOP": "tokio"})
