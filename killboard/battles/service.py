@@ -92,9 +92,9 @@ class Battles:
                 await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
         self._unconfirmed = max(batch)  # checked at the next batch: did this one commit?
         changes = Changes()
-        # A batch of late kills (an import, a backlog out of time order) often has many in one
-        # system at one time: each read the same rows again (two queries per kill, inside the
-        # write transaction). Read each place and time once per batch.
+        # Late kills (an import, a backlog out of time order) each read their system's battles
+        # back (two queries inside the write transaction); kills of one system at the same second
+        # (a fleet fight's, a replayed backlog) read the same rows: once per batch is enough.
         hydrated: set[tuple[int, int, int]] = set()
         for seq, kill in new:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
