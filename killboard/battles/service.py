@@ -92,9 +92,14 @@ class Battles:
                 await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
         self._unconfirmed = max(batch)  # checked at the next batch: did this one commit?
         changes = Changes()
+        # Late kills (an import, a backlog out of time order) each read their system's battles
+        # back (two queries inside the write transaction); kills of one system at the same second
+        # (a fleet fight's, a replayed backlog) read the same rows: once per batch is enough.
+        hydrated: set[tuple[int, int, int]] = set()
         for seq, kill in new:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
-            if not self.detector.knows(p.time):
+            if not self.detector.knows(p.time) and (where := (p.constellation, p.system, p.time)) not in hydrated:
+                hydrated.add(where)
                 await tables.hydrate(db, self.detector, p, self.static, batch)
             self.detector.add((p,), changes)
         if not changes:

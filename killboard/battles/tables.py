@@ -146,8 +146,9 @@ def point(
 
 
 async def _fetch(db: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-    async with db.execute(sql, tuple(args)) as cur:
-        return [tuple(r) for r in await cur.fetchall()]
+    # One hop to the database thread (execute, fetch and close there), not three: a hydrate is
+    # two of these per late kill, inside the kills' write transaction.
+    return [tuple(r) for r in await db.execute_fetchall(sql, tuple(args))]
 
 
 async def load(db: aiosqlite.Connection, detector: Detector, static: Any, skip: set[int] | None = None) -> None:

@@ -80,13 +80,12 @@ class _Enricher:
         """(type name, group id, group name, category id) of a type."""
         if not type_id:
             return EMPTY_NAMES, None, EMPTY_NAMES, None
-        info = self.static.types.get(type_id)
-        if info is None:
+        fields = self.static.type_fields(type_id)
+        if fields is None:
             self.unknown.add(f"type {type_id}")
             return EMPTY_NAMES, None, EMPTY_NAMES, None
-        group = self.static.groups.get(info.group_id)
-        group_names = group.names if group else EMPTY_NAMES
-        return self.static.type_names(type_id) or {"en": info.name}, info.group_id, group_names, info.category_id
+        names, group_id, group_names, category_id = fields
+        return names, group_id, EMPTY_NAMES if group_names is None else group_names, category_id
 
     def entity(self, src: Mapping[str, Any]) -> dict[str, Any]:
         character_id = src.get("character_id")

@@ -138,6 +138,26 @@ def _type_names_lookup(types: dict[int, TypeInfo], translations: TypeTranslation
     return type_names
 
 
+TypeFields = tuple[Names, int, Names | None, int]  # (type names, group id, group names, category id)
+
+
+def _type_fields_lookup(
+    types: dict[int, TypeInfo], groups: dict[int, GroupInfo], type_names: Callable[[int], Names]
+) -> Callable[[int], TypeFields | None]:
+    # Enrichment asks this ~50 times a kill (ship, weapons, every item): three lookups and a
+    # dict each time were ~5% of the ingest's CPU; a few thousand types cover nearly every kill.
+    @lru_cache(maxsize=TYPE_NAMES_CACHE_SIZE)
+    def type_fields(type_id: int) -> TypeFields | None:
+        info = types.get(type_id)
+        if info is None:
+            return None
+        group = groups.get(info.group_id)
+        names = type_names(type_id) or {"en": info.name}
+        return names, info.group_id, group.names if group else None, info.category_id
+
+    return type_fields
+
+
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class StaticData:
     """Everything the server looks up by id. All fields default to empty, so tests can build
@@ -156,16 +176,23 @@ class StaticData:
     fixed_prices: dict[int, float] = field(default_factory=dict)
     type_translations: TypeTranslations = field(default_factory=TypeTranslations)
     _type_names: Callable[[int], Names] = field(init=False)
+    _type_fields: Callable[[int], TypeFields | None] = field(init=False)
 
     def __post_init__(self) -> None:
         lookup = _type_names_lookup(self.types, self.type_translations)
         object.__setattr__(self, "_type_names", lookup)
+        object.__setattr__(self, "_type_fields", _type_fields_lookup(self.types, self.groups, lookup))
 
     def type_names(self, type_id: int) -> Names:
         """All names the data has for the type ("en" always, other languages where the older
         translated SDE has the type); {} for an unknown type. Cached: the same dict may be
         returned again, so callers must not mutate it."""
         return self._type_names(type_id)
+
+    def type_fields(self, type_id: int) -> TypeFields | None:
+        """(names, group id, group names or None, category id) of a known type, None for an
+        unknown one. Cached like type_names: callers must not mutate what it returns."""
+        return self._type_fields(type_id)
 
     def __repr__(self) -> str:
         return f"<StaticData {len(self.types)} types, {len(self.systems)} systems>"

@@ -635,8 +635,8 @@ class Store:
         out: dict[int, str] = {}
         for chunk in _chunks(wanted, 900):
             marks = ",".join("?" * len(chunk))
-            async with self._reader.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk) as cur:
-                out.update({r[0]: r[1] for r in await cur.fetchall()})
+            rows = await self._reader.execute_fetchall(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk)
+            out.update({r[0]: r[1] for r in rows})
         return out
 
     async def save_names(self, names: dict[int, tuple[str, str]]) -> None:
@@ -742,8 +742,11 @@ async def _existing(db: aiosqlite.Connection, table: str, ids: list[int]) -> set
     found: set[int] = set()
     for chunk in _chunks(list(set(ids)), 900):
         marks = ",".join("?" * len(chunk))
-        async with db.execute(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk) as cur:
-            found.update(r[0] for r in await cur.fetchall())
+        # execute_fetchall: one hop to the database thread instead of three (execute, fetch, close).
+        found.update(
+            r[0]
+            for r in await db.execute_fetchall(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk)
+        )
     return found
 
 
@@ -751,6 +754,12 @@ async def _seqs(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
     out: dict[int, int] = {}
     for chunk in _chunks(ids, 900):
         marks = ",".join("?" * len(chunk))
-        async with db.execute(f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk) as cur:
-            out.update({r[0]: r[1] for r in await cur.fetchall()})
+        out.update(
+            {
+                r[0]: r[1]
+                for r in await db.execute_fetchall(
+                    f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk
+                )
+            }
+        )
     return out

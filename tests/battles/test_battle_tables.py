@@ -74,3 +74,35 @@ async def test_a_rolled_back_batch_of_loose_kills_is_forgotten(tmp_path: Path, s
     finally:
         await service.stop()
         await store.close()
+
+
+async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Path, static: StaticData) -> None:
+    """An import of old kills (or a backlog out of time order) brings each system's battles back
+    from the database before detection; kills of one system at one time share that read, and
+    detection gives the same battles as kills read one by one."""
+    fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:12]
+    # A kill a week after the fight first: memory's horizon moves past the fight.
+    newer = {**fought[-1], "killmail_id": fought[-1]["killmail_id"] + 10**9}
+    newer["killmail_time"] = "2021-12-04" + newer["killmail_time"][10:]
+    # The fight's kills twice (the second time under fresh ids): 24 late kills, 12 places and times.
+    late = fought + [{**km, "killmail_id": km["killmail_id"] + 2 * 10**9} for km in fought]
+    times = {km["killmail_time"] for km in fought}
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    reads: list[str] = []
+
+    async def trace(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        await db.set_trace_callback(reads.append)  # before the battles' writer: sees its reads
+
+    store.writers.insert(0, trace)
+    try:
+        await store.save_kills(new_kills([newer], static))
+        reads.clear()
+        await store.save_kills(new_kills(late, static))
+        hydrations = [sql for sql in reads if "FROM battles WHERE end_time >=" in sql and "constellation_id" in sql]
+        assert len(hydrations) == len(times) < len(late)
+        assert await store.query("SELECT count(*), count(DISTINCT seq) FROM battle_kills") == [(24, 24)]
+        assert await store.query("SELECT sum(kill_count) FROM battles WHERE merged_into IS NULL") == [(24,)]
+    finally:
+        await service.stop()
+        await store.close()
