@@ -211,7 +211,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[viewcache_key] = ViewCache()
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
-    stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first, then the bus and webhooks
+    stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first; battles, bus, webhooks append
     app[stored_hooks_key] = stored_hooks
     app[replays_key] = Replays(config.ws_replay_concurrency)
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
