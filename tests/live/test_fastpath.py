@@ -59,8 +59,9 @@ async def test_idle_sockets_get_a_turns_kills_in_one_write_each(
 async def test_a_stalled_client_is_dropped_at_its_budget_and_a_reader_gets_everything(
     make_client: Any, killmails: list[dict[str, Any]]
 ) -> None:
-    """The budget counts what the transport holds unsent on either loop (uvloop's transports are
-    no asyncio.WriteTransport): a client that never reads is closed with 1013 near the budget."""
+    """The budget counts the outbox and what the transport holds unsent, on either loop (uvloop's
+    transports are no asyncio.WriteTransport): a client that never reads is closed with 1013 near
+    KILLBOARD_WS_SEND_BUFFER, long before 512 frames, while a client that reads gets every kill."""
     budget = 256 * 1024
     client = await make_client(ws_send_buffer=budget, batch_size=10)
     hub = client.server.app[hub_key]
@@ -98,8 +99,9 @@ async def test_a_stalled_client_is_dropped_at_its_budget_and_a_reader_gets_every
         assert resp.status == 202
     await settle(client)
     assert await reading == len(kills)
-    assert slow.dropped and slow.close_code == 1013
-    largest = max(len(json.dumps(km)) for km in killmails) * 8
+    assert slow.dropped and slow.close_code == 1013, "the client that never reads was not dropped"
+    assert slow.close_message == b"send buffer full: client reads too slowly"
+    largest = max(len(json.dumps(km)) for km in killmails) * 8  # an enriched frame is several times its ESI body
     assert 0 < most <= budget + largest, most
     stalled.transport.abort()
 
