@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import AUTH, Client, settle
 from fakes import FakeEsi, player_names
+from test_recent import count_renders, row_ids
 
 from killboard.web.keys import names_key, store_key
 from killboard.web.viewcache import ViewCache
@@ -23,42 +24,17 @@ async def post(client: Client, body: Any) -> None:
     await settle(client)
 
 
-def row_ids(html: str) -> list[int]:
-    return [int(i) for i in re.findall(r'<li class="kill[^"]*" data-id="(\d+)"', html)]
-
-
 def row_of(html: str, killmail_id: int) -> str:
     match = re.search(rf'<li class="kill[^"]*" data-id="{killmail_id}".*?</li>', html, re.S)
     assert match, killmail_id
     return match.group(0)
 
 
-def count_renders(client: Client) -> Callable[[], int]:
-    """How many stored kills the store rendered (read) since the last call: 0 means a kept page."""
-    from killboard.kill import codec
-
-    store = client.server.app[store_key]
-    real = store.render or codec.default_renderer()
-    calls = [0]
-
-    def counted(*args: Any) -> bytes:
-        calls[0] += 1
-        return real(*args)
-
-    store.render = counted
-
-    def taken() -> int:
-        n, calls[0] = calls[0], 0
-        return n
-
-    return taken
-
-
 async def test_an_unchanged_view_is_kept_and_a_new_kill_shows_on_the_next(
     client: Client, killmails: list[dict[str, Any]]
 ) -> None:
     await post(client, killmails[:30])
-    renders = count_renders(client)
+    renders = count_renders(client.server.app[store_key])
     first = await client.get("/")
     html = await first.text()
     assert len(row_ids(html)) == 30 and renders() == 30
