@@ -24,22 +24,28 @@ def new_kills(kms: list[dict[str, Any]], static: StaticData) -> list[NewKill]:
     return [build_kill(sub, enrich(sub, static, {}, prices)) for sub in map(parse_submission, kms)]
 
 
+class FailingWriter:
+    """A writer after the battles' that fails while `failing` is set: the kills' transaction rolls back."""
+
+    def __init__(self) -> None:
+        self.failing = True
+
+    async def __call__(self, db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        if self.failing:
+            raise OSError("disk full (a test)")
+
+
 async def test_a_rolled_back_batch_is_forgotten(tmp_path: Path, static: StaticData) -> None:
     kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:30], static)
     store = await Store.open(tmp_path / "kb.sqlite3")
     service = await Battles.start(store, static)
-    failing = True
-
-    async def fails_after_battles(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
-        if failing:
-            raise OSError("disk full (a test)")
-
-    store.writers.append(fails_after_battles)
+    fails = FailingWriter()
+    store.writers.append(fails)
     try:
         with pytest.raises(OSError):
             await store.save_kills(kills[:10])  # the battles writer ran, then the transaction rolled back
         assert await store.query("SELECT count(*) FROM battles") == [(0,)]
-        failing = False
+        fails.failing = False
         await store.save_kills(kills[:10])
         await store.save_kills(kills[10:])
         rows = await store.query("SELECT battle_id, kill_count FROM battles WHERE merged_into IS NULL")
@@ -57,17 +63,12 @@ async def test_a_rolled_back_batch_of_loose_kills_is_forgotten(tmp_path: Path, s
     kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:8], static)
     store = await Store.open(tmp_path / "kb.sqlite3")
     service = await Battles.start(store, static)
-    failing = True
-
-    async def fails_after_battles(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
-        if failing:
-            raise OSError("disk full (a test)")
-
-    store.writers.append(fails_after_battles)
+    fails = FailingWriter()
+    store.writers.append(fails)
     try:
         with pytest.raises(OSError):
             await store.save_kills(kills[:4])  # four kills: no battle yet, only remembered
-        failing = False
+        fails.failing = False
         await store.save_kills(kills[:4])  # the same seqs again
         await store.save_kills(kills[4:])
         assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 8)]
