@@ -16,7 +16,6 @@ import asyncio
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from killboard.config import PROJECT_ROOT
 
 from .data import real_killmails, stream, take
 from .procstat import CLOCK_TICKS, cpu_seconds, load_average, raise_fd_limit
-from .server import TOKEN, Server, free_port
+from .server import TOKEN, Process, Server
 from .wsclient import Pool
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -45,48 +44,16 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
-class NodeServer:
+class NodeServer(Process):
     """bench/fanout_node.js on a free port: Node's `ws` broadcasting POSTed frames, plain."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+    name = "node"
+    hint = " (npm ci --prefix tests/node?)"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self, timeout: float = 30) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "NODE_PATH": str(PROJECT_ROOT / "tests" / "node" / "node_modules")}
         script = Path(__file__).with_name("fanout_node.js")
-        self.proc = subprocess.Popen(["node", str(script), str(self.port)], env=env, preexec_fn=raise_fd_limit)
-        started = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() - started < timeout:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"node exited with {self.proc.returncode} (npm ci --prefix tests/node?)")
-                try:
-                    async with session.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.02)
-        raise TimeoutError("node did not answer")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        return subprocess.Popen(["node", str(script), str(self.port)], env=env, preexec_fn=raise_fd_limit)
 
 
 @dataclass
