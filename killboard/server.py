@@ -26,7 +26,7 @@ from .metrics import endpoint as metrics_endpoint
 from .storage import damage
 from .storage.maintenance import maintain
 from .storage.store import Store
-from .web import api, battles, pages, ws
+from .web import api, battles, keptpages, pages, ws
 from .web.httpzip import compress_responses
 from .web.keys import (
     battles_key,
@@ -217,7 +217,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     # Entity figures and search (killboard/entities): attached to the store as it opens.
-    entities.setup(app, app[static_key], lambda: app[store_key])
+    entities.setup(app, app[static_key], lambda: app[store_key], keptpages.entity_routes)
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
     app.cleanup_ctx.append(_battles)  # before the worker: it writes battles with every batch
     app.cleanup_ctx.append(_index_backlog)  # after every writer kept beside the kills
@@ -251,10 +251,11 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/", pages.index)
     app.router.add_get(r"/kill/{killmail_id:\d{1,18}}", pages.kill_detail)
     app.router.add_get("/ws", ws.websocket)
-    app.router.add_get("/battles", battles.list_page)
-    app.router.add_get(r"/battle/{battle_id:\d{1,18}}", battles.battle_page)
-    app.router.add_get("/api/battles", battles.list_battles)
-    app.router.add_get("/api/battles/{battle_id}", battles.get_battle)
+    # Battle pages and JSON answered from the view cache while unchanged (web/keptpages.py).
+    app.router.add_get("/battles", keptpages.kept(battles.list_page, keptpages.battles_stamp))
+    app.router.add_get(r"/battle/{battle_id:\d{1,18}}", keptpages.kept(battles.battle_page, keptpages.battle_stamp))
+    app.router.add_get("/api/battles", keptpages.kept(battles.list_battles, keptpages.battles_stamp))
+    app.router.add_get("/api/battles/{battle_id}", keptpages.kept(battles.get_battle, keptpages.battle_stamp))
     app.router.add_post("/api/killmails", api.post_killmails)
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)

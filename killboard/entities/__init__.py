@@ -10,14 +10,20 @@ from aiohttp import web
 from ..kill.staticdata import StaticData
 from ..storage.store import Store
 from .service import Entities
-from .views import add_routes, entities_key, link
+from .views import Handler, add_routes, entities_key, link
 
 __all__ = ["Entities", "entities_key", "link", "setup"]
 
 
-def setup(app: web.Application, static: StaticData, store: Callable[[], Store]) -> None:
-    """Add the routes, and a context that attaches the figures to the store as it opens: append it
-    right after the database's, so it stops before the database closes."""
+def setup(
+    app: web.Application,
+    static: StaticData,
+    store: Callable[[], Store],
+    wrap: Callable[[str, Handler], Handler] | None = None,
+) -> None:
+    """Add the routes (each through `wrap(name, handler)` when given: the web stage's view cache),
+    and a context that attaches the figures to the store as it opens: append it right after the
+    database's, so it stops before the database closes."""
     app[entities_key] = Entities(static)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -27,4 +33,7 @@ def setup(app: web.Application, static: StaticData, store: Callable[[], Store]) 
         await service.stop()
 
     app.cleanup_ctx.append(context)
-    add_routes(app)
+    if wrap is None:
+        add_routes(app)
+    else:
+        add_routes(app, wrap)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -204,10 +205,15 @@ async def page(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_routes(app: web.Application) -> None:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_routes(app: web.Application, wrap: Callable[[str, Handler], Handler] = lambda name, handler: handler) -> None:
+    """The routes; `wrap(name, handler)` lets the web stage serve some of them from its view
+    cache (web/keptpages.py), which this stage cannot import."""
     entity = "{kind:" + KIND_PATTERN + r"}/{id}"
-    app.router.add_get("/api/search", api_search)
-    app.router.add_get("/search", search_page)
-    app.router.add_get("/api/" + entity, api_figures)
-    app.router.add_get("/api/" + entity + "/kills", api_kills)
-    app.router.add_get("/" + entity, page)
+    app.router.add_get("/api/search", wrap("search", api_search))
+    app.router.add_get("/search", wrap("search_page", search_page))
+    app.router.add_get("/api/" + entity, wrap("figures", api_figures))
+    app.router.add_get("/api/" + entity + "/kills", wrap("kills", api_kills))
+    app.router.add_get("/" + entity, wrap("page", page))
