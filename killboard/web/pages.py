@@ -76,6 +76,13 @@ def setup_templates(app: web.Application) -> None:
     env.globals["big_kill"] = display.BIG_KILL
 
 
+def compile_templates(env: jinja2.Environment) -> None:
+    """Compile every page's template (the server does it at start, in a thread): the first
+    reader of each page would otherwise wait for it."""
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
+
+
 def _unix_utc(seconds: int) -> str:
     """Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC (battles keep times as unix seconds)."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(seconds)))

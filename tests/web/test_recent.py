@@ -4,10 +4,12 @@ and shows what a scan of the newest stored kills would."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from conftest import Client
+import aiohttp_jinja2
+from conftest import Client, until
 from killgen import make_kills, save_all
 
 from killboard.kill.staticdata import StaticData
@@ -133,3 +135,27 @@ async def test_a_fleet_fight_is_kept_as_maybe_and_still_found(
     stored = await (await client.get(f"/api/killmails/{fight['killmail_id']}")).json()
     other = next(s for s in ("highsec", "lowsec", "nullsec", "wspace") if f'"{s}"' not in json.dumps(stored))
     assert fight["killmail_id"] not in row_ids(await (await client.get(f"/?sec={other}")).text())
+
+
+async def test_a_start_compiles_the_templates_and_learns_the_keys_before_any_reader(
+    make_client: Callable[..., Awaitable[Client]], static: StaticData, killmails: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The first filtered page after a start reads and renders its rows only: the keys of the
+    newest kills and every template are ready before it (server.py `_learn_recent`)."""
+    db = tmp_path / "kept.sqlite3"
+    store = await Store.open(db)
+    try:
+        await save_all(store, make_kills(static, killmails, 300, first_id=10**10, kill_time=1_700_000_000))
+    finally:
+        await store.close()
+    client = await make_client(db_path=db)
+    env = aiohttp_jinja2.get_env(client.server.app)
+
+    async def ready() -> bool:
+        compiled = {key[1] for key in list(env.cache.keys())} if env.cache is not None else set()
+        return len(client.server.app[recent_key]) == 300 and compiled >= set(PAGES)
+
+    await until(ready)
+
+
+PAGES = ("index.html", "row.html", "macros.html", "entity.html", "battle.html", "battles.html", "kill.html")
