@@ -222,7 +222,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     # Order matters: cleanups run in reverse, so the worker stops before the database closes.
     app.cleanup_ctx.append(_database)
     # Entity figures and search (killboard/entities): attached to the store as it opens.
-    entities.setup(app, app[static_key], lambda: app[store_key], keptpages.entity_routes)
+    entities.setup(app, app[static_key], lambda: app[store_key], keptpages.entity_routes, app[viewcache_key])
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
     app.cleanup_ctx.append(_battles)  # before the worker: it writes battles with every batch
     app.cleanup_ctx.append(_index_backlog)  # after every writer kept beside the kills

@@ -37,7 +37,7 @@ class Entities:
     index: search.SearchIndex = field(default_factory=search.SearchIndex)
     store: Store | None = None
     pilots: rows.PilotCache = field(default_factory=rows.PilotCache)  # the page rows' pilots
-    html: rows.RowCache = field(default_factory=rows.RowCache)  # the page rows, rendered
+    html: rows.RowStore = field(default_factory=rows.NoRows)  # the page rows, rendered
     # False while kills stored before the figures existed are being counted in (figures change
     # without a new kill then: web/keptpages.py keeps no entity page meanwhile).
     caught_up: bool = False

@@ -13,6 +13,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from ..kill import topics
+from ..kill.display import nameless
 from ..kill.frames import encode
 from ..kill.langs import reader_language
 from ..storage.participants import KIND_NAMES
@@ -169,16 +170,19 @@ async def page(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("notfound.html", request, {"message": message}, status=404)
     assert service.store is not None
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
+    kept = service.html
+    generation = kept.generation  # before the rows are read: a row read while a kill changed is not kept
     seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS)]
     kills = await rows.rows(service.store, service.static, seqs, lang, service.pilots)
     kill_row = aiohttp_jinja2.get_env(request.app).get_template("macros.html").module.kill_row  # type: ignore[attr-defined]
     rendered = []
     for kill in kills:
-        key = rows.RowCache.key(kill, lang)
-        html = service.html.get(key)
+        html = kept.row(lang, kill["killmail_id"], "entity")
         if html is None:
             html = str(kill_row(kill, link))
-            service.html.put(key, html)
+            kept.put_row(lang, kill["killmail_id"], html, generation, "entity")
+            if missing := nameless(kill):
+                kept.waiting_for_names(kill["killmail_id"], missing)
         rendered.append(Markup(html))  # rendered by the autoescaping template: names are escaped
     context = {
         "lang": lang,

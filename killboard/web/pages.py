@@ -141,16 +141,6 @@ def _render_rows(
     return out
 
 
-def _nameless(kill: dict[str, Any]) -> set[int]:
-    """The pilots, corporations and alliances the kill shows without a name (ESI had not answered)."""
-    missing = set()
-    for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
-        for kind in ("character", "corporation", "alliance"):
-            if (entity_id := person.get(f"{kind}_id")) and not person.get(f"{kind}_name"):
-                missing.add(entity_id)
-    return missing
-
-
 async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
     """Names in the reader's language (English where the static data has none in it)."""
     if lang == "en":
@@ -213,7 +203,7 @@ async def _render_index(
         elif killmail_id in fresh:
             kill, html = fresh[killmail_id]
             cache.put_row(lang, killmail_id, html, generation)
-            if missing_names := _nameless(kill):
+            if missing_names := display.nameless(kill):
                 cache.waiting_for_names(killmail_id, missing_names)
         else:
             continue  # pruned, or a "maybe" that did not match

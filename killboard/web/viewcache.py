@@ -2,7 +2,8 @@
 
 One cache, one byte bound, least recently used first, for two kinds of entries:
 
-- **rows**, by (language, kill id): a feed row's HTML. A row depends only on the kill and the
+- **rows**, by (kind, language, kill id): a feed row's HTML ("feed"; "entity": the lighter row
+  of an entity page, killboard/entities/rows.py). A row depends only on the kill and the
   reader's language (names link to entity pages, not to the filter), so a kill shown on `/`
   and on five filtered views is rendered once. It is kept until that kill changes: the name
   filler or a corrected ESI body rewrote it, or retention pruned it (`changed`).
@@ -35,7 +36,7 @@ OVERHEAD = 200
 
 ViewKey = tuple[str, str]  # (canonical view, language)
 Version = tuple[Hashable, ...]  # what the page depends on, then the generation
-_Key = tuple[Hashable, ...]  # ("page", view, lang) or ("row", lang, killmail id)
+_Key = tuple[Hashable, ...]  # ("page", view, lang) or ("row", kind, lang, killmail id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +66,7 @@ class ViewCache:
     _instance: str = field(default_factory=lambda: secrets.token_hex(4))
     _entries: OrderedDict[_Key, Page | str] = field(default_factory=OrderedDict)
     _pages: set[_Key] = field(default_factory=set)
-    _langs: set[str] = field(default_factory=set)  # languages that have rows
+    _row_kinds: set[tuple[str, str]] = field(default_factory=set)  # (kind, language) that have rows
     _bytes: int = 0
     # Kept rows that show a player id without its name, by that id: when ESI names it (the
     # store's on_named), those rows go (a compact stored kill renders the name at once).
@@ -83,19 +84,20 @@ class ViewCache:
         self._entries.move_to_end(("page", *key))
         return entry
 
-    def row(self, lang: str, killmail_id: int) -> str | None:
-        """The kill's kept row in this language, if any."""
-        entry = self._entries.get(("row", lang, killmail_id))
+    def row(self, lang: str, killmail_id: int, kind: str = "feed") -> str | None:
+        """The kill's kept row of this kind in this language, if any."""
+        key = ("row", kind, lang, killmail_id)
+        entry = self._entries.get(key)
         if entry is None:
             return None
-        self._entries.move_to_end(("row", lang, killmail_id))
+        self._entries.move_to_end(key)
         return entry if isinstance(entry, str) else None
 
-    def put_row(self, lang: str, killmail_id: int, html: str, generation: int) -> None:
+    def put_row(self, lang: str, killmail_id: int, html: str, generation: int, kind: str = "feed") -> None:
         """Keep a row rendered from a kill read under `generation`: not if a kill changed since."""
         if generation == self.generation:
-            self._langs.add(lang)
-            self._put(("row", lang, killmail_id), html)
+            self._row_kinds.add((kind, lang))
+            self._put(("row", kind, lang, killmail_id), html)
 
     def put_page(
         self,
@@ -148,8 +150,8 @@ class ViewCache:
         them, or a count that moved)."""
         self.generation += 1
         for killmail_id in killmail_ids:
-            for lang in self._langs:
-                self._drop(("row", lang, killmail_id))
+            for kind, lang in self._row_kinds:
+                self._drop(("row", kind, lang, killmail_id))
         for key in list(self._pages):
             self._drop(key)
         if len(self._nameless) > MAX_NAMELESS:

@@ -16,6 +16,7 @@ import pytest
 from battlefights import fight
 from conftest import AUTH, Client, settle
 from test_recent import count_renders
+from test_viewcache import row_of
 
 from killboard.battles.detect import GAP
 from killboard.entities.service import Entities
@@ -153,7 +154,8 @@ async def test_an_entitys_kills_and_figures_are_kept_until_one_of_its_own_kills(
     # A late name, then a prune.
     await client.server.app[store_key].save_names({character: ("Late Pilot", "character")})
     assert (await (await client.get(figures_path)).json())["name"] == "Late Pilot"
-    assert "Late Pilot" in await (await client.get(page_path)).text()
+    # The page's row of the kill showed the pilot nameless: it is rendered again with the name.
+    assert "Late Pilot" in row_of(await (await client.get(page_path)).text(), own["killmail_id"])
     store = client.server.app[store_key]
     while await store.prune(older_than=time.time() + 10**6, batch=500):
         pass
