@@ -171,10 +171,11 @@ def compare(baseline: Path, db: Path, paths: list[str], seconds: float) -> None:
             print(f"{'':46} {lang:4} {'ratio':8} {'':8} {'':8} {ratio:11.1f}x")
         for name in ("baseline", "this"):
             first, learned = got[name]["first filtered page (ms wall)"], got[name]["keys learned after (s)"]
+            cpu = got[name].get("first filtered page (ms CPU)", 0.0)
             when = (
                 f"keys learned in the background {learned:.1f} s after start" if learned else "no background learning"
             )
-            print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall ({when})")
+            print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall, {cpu:.0f} ms CPU ({when})")
 
 
 def others(ids: dict[str, int]) -> list[str]:
