@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Hashable
@@ -50,9 +51,11 @@ class Page:
 
 
 def _size(entry: Page | str) -> int:
+    """The memory an entry holds: a row's str counts 1, 2 or 4 bytes a character (a Japanese
+    row twice or four times an English one of the same length), so its real size is taken."""
     if isinstance(entry, Page):
-        return len(entry.body) + len(entry.gzipped or b"") + OVERHEAD
-    return len(entry) + OVERHEAD
+        return sys.getsizeof(entry.body) + (sys.getsizeof(entry.gzipped) if entry.gzipped else 0) + OVERHEAD
+    return sys.getsizeof(entry) + OVERHEAD
 
 
 @dataclass

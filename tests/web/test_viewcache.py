@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -128,14 +129,18 @@ def test_the_cache_is_bounded_in_bytes_and_drops_rows_of_changed_kills() -> None
         assert cache.bytes <= 10_000
     # Rows are kept once per language whatever the views that show them: 5 rows, not 50.
     assert cache.rows == 5
-    assert cache.bytes == 5 * (500 + OVERHEAD) + len(cache) * (1000 + OVERHEAD)
+    row, page = sys.getsizeof("x" * 500) + OVERHEAD, sys.getsizeof(b"y" * 1000) + OVERHEAD
+    assert cache.bytes == 5 * row + len(cache) * page
     assert len(cache) < 10 and cache.page(("/?v=9", "en"), cache.version(1)) is not None
     assert cache.page(("/?v=0", "en"), cache.version(1)) is None  # least recently used went first
     cache.put_row("de", 3, "z" * 100, cache.generation)
     cache.changed([3])
     assert cache.page(("/?v=9", "en"), cache.version(1)) is None and len(cache) == 0
     assert cache.row("en", 3) is None and cache.row("de", 3) is None and cache.row("en", 4) is not None
-    assert cache.bytes == 4 * (500 + OVERHEAD)
+    assert cache.bytes == 4 * row
+    # A row counts the memory it holds: Japanese text takes more than its length in bytes.
+    cache.put_row("ja", 9, "戦" * 500, cache.generation)
+    assert cache.bytes == 4 * row + sys.getsizeof("戦" * 500) + OVERHEAD > 5 * row
     # Rows read before a change are not kept: the kill may have changed under them.
     stale = cache.generation
     cache.changed([1])
