@@ -105,7 +105,10 @@ async def _index_backlog(app: web.Application) -> AsyncIterator[None]:
 
 async def _learn_recent(recent: RecentKeys, store: Store, backlog: asyncio.Task[None], env: jinja2.Environment) -> None:
     # The templates are compiled now, not by the first reader (~15 ms of a first page's ~60).
-    await asyncio.to_thread(pages.compile_templates, env)
+    try:
+        await asyncio.to_thread(pages.compile_templates, env)
+    except (jinja2.TemplateError, OSError) as exc:
+        log.warning("templates: compiling at start failed (%s); each page compiles its own", exc)
     # After the index backlog's first steps (all of it, when there is little): both read.
     await asyncio.wait({backlog}, timeout=1.0)
     try:
