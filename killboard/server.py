@@ -104,18 +104,23 @@ async def _index_backlog(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _learn_recent(recent: RecentKeys, store: Store, backlog: asyncio.Task[None], env: jinja2.Environment) -> None:
-    # The templates are compiled now, not by the first reader (~15 ms of a first page's ~60).
+    # The templates are compiled now, in a thread beside the rest, not by the first reader
+    # (~15 ms of a first page's ~60); the keys are learned as early as before, not after it.
+    compiling = asyncio.ensure_future(asyncio.to_thread(pages.compile_templates, env))
     try:
-        await asyncio.to_thread(pages.compile_templates, env)
-    except (jinja2.TemplateError, OSError) as exc:
-        log.warning("templates: compiling at start failed (%s); each page compiles its own", exc)
-    # After the index backlog's first steps (all of it, when there is little): both read.
-    await asyncio.wait({backlog}, timeout=1.0)
-    try:
-        await recent.refresh(store)
-    except (sqlite3.Error, OSError, ValueError) as exc:
-        # A damaged database says so in /health; here one line is enough.
-        log.warning("recent keys: learning at start failed (%s); the first filtered page tries again", exc)
+        # After the index backlog's first steps (all of it, when there is little): both read.
+        await asyncio.wait({backlog}, timeout=1.0)
+        try:
+            await recent.refresh(store)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            # A damaged database says so in /health; here one line is enough.
+            log.warning("recent keys: learning at start failed (%s); the first filtered page tries again", exc)
+        try:
+            await compiling
+        except (jinja2.TemplateError, OSError) as exc:
+            log.warning("templates: compiling at start failed (%s); each page compiles its own", exc)
+    finally:
+        compiling.cancel()  # stopped early (a shutdown): nobody waits for it
 
 
 async def _battles(app: web.Application) -> AsyncIterator[None]:
