@@ -24,7 +24,7 @@ import weakref
 from asyncio import selector_events
 from bisect import bisect_right
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -193,6 +193,9 @@ class Subscriber:
     # fast-path write goes to it with one send() while the transport holds nothing unsent, past
     # the transport's Python write() (see Hub._write_pending).
     sock: socket.socket | None = None
+    # That transport's buffer of unsent bytes (a bytearray, a deque from Python 3.12 on: empty or
+    # not is all that is read), where get_write_buffer_size() would be a Python call per kill.
+    unsent: Sized | None = None
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
     dropped: bool = False
@@ -201,6 +204,7 @@ class Subscriber:
     # (None: all), deflated for this window (0: plain).
     lang: Langs = None
     deflate: int = 0
+    variant: tuple[Langs, int] = (None, 0)  # (lang, deflate), made once: publish groups by it
 
 
 class Hub:
@@ -306,8 +310,13 @@ class Hub:
             delivered=Delivered(self._replay_window),
             lang=covering(lang),
             deflate=deflate,
-            sock=_raw_socket(transport),
         )
+        sub.variant = (sub.lang, sub.deflate)
+        sub.sock = _raw_socket(transport)
+        if sub.sock is not None:
+            sub.unsent = getattr(transport, "_buffer", None)
+            if sub.unsent is None:  # not the asyncio we know: its own methods then
+                sub.sock = None
         self.sockets.add(ws)
         self._subscribers[ws] = sub
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
@@ -435,7 +444,24 @@ class Hub:
         due, self._due = self._due, []
         self._framed = None
         for sub in due:
-            if sub.pending is not None:  # (None: dropped meanwhile)
+            pending = sub.pending
+            if pending is None:  # dropped meanwhile
+                continue
+            sock = sub.sock
+            if sock is None or type(pending) is not bytes or sub.unsent or sub.ws.closed or sub.transport.is_closing():  # type: ignore[union-attr]
+                self._write_pending(sub)
+                continue
+            # _write_pending's common case written out: one frame, all taken by the kernel.
+            try:
+                sent = sock.send(pending)
+            except OSError:
+                sent = 0
+            self.transport_writes += 1
+            if sent == len(pending):
+                sub.pending, sub.pending_bytes = None, 0
+            else:  # the rest (or the error) through the transport, as _write_pending does
+                sub.pending = pending[sent:]
+                self.transport_writes -= 1
                 self._write_pending(sub)
 
     def _write_pending(self, sub: Subscriber) -> None:
@@ -447,7 +473,7 @@ class Hub:
         self.transport_writes += 1
         try:
             sock = sub.sock
-            if sock is not None and not transport.get_write_buffer_size():
+            if sock is not None and not sub.unsent:
                 # asyncio's write() would do the same send() behind a dozen checks: the frames
                 # go to the kernel here, and only what it did not take (a partial write, or
                 # an error, which the transport then meets and handles) goes to the transport,
@@ -520,7 +546,12 @@ class Hub:
         plain: list[Subscriber] = []
         for sub in targets:
             if later or sub.deflate or sub.lang is not None:
-                groups.setdefault((sub.lang, sub.deflate), []).append(sub)
+                # Not setdefault(key, []): a list and a key made per socket per kill kept the
+                # garbage collector busy.
+                group = groups.get(sub.variant)
+                if group is None:
+                    group = groups[sub.variant] = []
+                group.append(sub)
             else:
                 plain.append(sub)
         if plain:
@@ -634,29 +665,36 @@ class Hub:
                     continue
             pending = sub.pending
             if sub.held is not None or sub.dropped or sub.sending or sub.outbox._items:
-                pass  # held for a replay, closing, or behind: send_kill below
-            elif pending is None:
-                transport = sub.transport
+                sent += self.send_kill(sub, seq, frame, facts)  # held for a replay, closing, or behind
+                continue
+            if pending is None:
+                # _idle(sub), with asyncio's buffer read directly (its method is a Python call).
+                transport, unsent = sub.transport, sub.unsent
                 if (
-                    transport is not None
-                    and not transport.is_closing()
-                    and not transport.get_write_buffer_size()
-                    and not sub.ws.closed
-                ):  # _idle(sub)
-                    sub.pending, sub.pending_bytes = wire, size
-                    if not due:  # the first of this turn (as in send)
-                        asyncio.get_running_loop().call_soon(self._flush)
-                    due.append(sub)
-                    _add_delivered(sub.delivered, seq)
-                    direct += 1
+                    transport is None
+                    or transport.is_closing()
+                    or (unsent if unsent is not None else transport.get_write_buffer_size())
+                    or sub.ws.closed
+                ):
+                    sent += self.send_kill(sub, seq, frame, facts)
                     continue
+                sub.pending, sub.pending_bytes = wire, size
+                if not due:  # the first of this turn (as in send)
+                    asyncio.get_running_loop().call_soon(self._flush)
+                due.append(sub)
             elif (len(pending) if isinstance(pending, list) else 1) < limit and sub.pending_bytes + size <= budget:
                 _pend(sub, pending, wire, size)
-                _add_delivered(sub.delivered, seq)
-                direct += 1
+            else:
+                sent += self.send_kill(sub, seq, frame, facts)
                 continue
-            if self.send_kill(sub, seq, frame, facts):
-                sent += 1
+            # Delivered.add; its common case (the next kill after one run of seqs) written out.
+            delivered = sub.delivered
+            his = delivered.his
+            if len(his) == 1 and his[0] + 1 == seq and delivered.window:
+                his[0] = seq  # what add() does then: its trim keeps the only run (window > 0)
+            else:
+                delivered.add(seq)
+            direct += 1
         self.direct_writes += direct
         return sent + direct
 
@@ -805,15 +843,6 @@ def _raw_socket(transport: asyncio.Transport | None) -> socket.socket | None:
         sock = getattr(transport, "_sock", None)
         return sock if isinstance(sock, socket.socket) else None
     return None
-
-
-def _add_delivered(delivered: Delivered, seq: int) -> None:
-    """Delivered.add, its most common case (the next kill after one run of seqs) written out."""
-    his = delivered.his
-    if len(his) == 1 and his[0] + 1 == seq and delivered.window:
-        his[0] = seq  # what add() does then; its trim keeps the only run (window > 0)
-    else:
-        delivered.add(seq)
 
 
 def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
