@@ -184,8 +184,8 @@ class Subscriber:
     writer: asyncio.Task[None] | None = None
     # Whole frames (header and payload, shared by every socket of a kind) due to be written
     # straight to the transport at the end of this turn of the loop (Hub._flush), and their bytes.
-    # One frame is kept as it is, several in a list: a list per socket per kill made the
-    # garbage collector run every ~700 sockets (6% of a broadcast's CPU in bench/hubsend.py).
+    # One frame is kept as it is, several in a list: a list per socket per kill, alive until the
+    # flush, made the garbage collector run every ~700 sockets of a broadcast.
     pending: bytes | list[bytes] | None = None
     pending_bytes: int = 0
     sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
