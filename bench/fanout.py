@@ -1,12 +1,15 @@
 """Fan-out: N subscribers on the full feed while kills are POSTed at a steady rate.
 
     python -m bench.fanout [--subscribers 1000] [--rate 5] [--seconds 10] [--baseline DIR]
+                           [--burst N] [--clients node|python]
 
 compares, in one run on the same real kills: Node's `ws` sending the plain frame
 (bench/fanout_node.js, the reference of issue 21), then this tree with permessage-deflate
 subscribers of every language on asyncio and on uvloop, and `--baseline DIR` (another
-checkout, e.g. main) the same way. Server CPU is split into user and system time (the kernel's
-send() is the system part; what the server's own code adds per socket is the user part).
+checkout, e.g. main) the same way. The subscribers are Node processes (bench/fanout_clients.js)
+unless `--clients python`: cheap enough that the latency measured is the server's. Server CPU
+is split into user and system time (the kernel's send() is the system part; what the server's
+own code adds per socket is the user part).
 """
 
 from __future__ import annotations
