@@ -447,8 +447,15 @@ class Hub:
             pending = sub.pending
             if pending is None:  # dropped meanwhile
                 continue
-            sock = sub.sock
-            if sock is None or type(pending) is not bytes or sub.unsent or sub.ws.closed or sub.transport.is_closing():  # type: ignore[union-attr]
+            sock, transport = sub.sock, sub.transport
+            if (
+                sock is None
+                or transport is None
+                or type(pending) is not bytes
+                or sub.unsent
+                or sub.ws.closed
+                or transport.is_closing()
+            ):
                 self._write_pending(sub)
                 continue
             # _write_pending's common case written out: one frame, all taken by the kernel.
@@ -546,8 +553,7 @@ class Hub:
         plain: list[Subscriber] = []
         for sub in targets:
             if later or sub.deflate or sub.lang is not None:
-                # Not setdefault(key, []): a list and a key made per socket per kill kept the
-                # garbage collector busy.
+                # Not setdefault(key, []), which makes a list and a key per socket per kill.
                 group = groups.get(sub.variant)
                 if group is None:
                     group = groups[sub.variant] = []
