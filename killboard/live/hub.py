@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import weakref
-from asyncio import selector_events
-from bisect import bisect_right
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -36,6 +32,7 @@ from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
 from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
+from .subscriber import Delivered, Outbox, Subscriber, idle, pend, raw_socket, send_frames
 from .wire import (
     OFFLOAD_BYTES,
     RSV1,
@@ -58,153 +55,6 @@ WHOLE_LATE_BYTES = 256 * 1024
 # More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
 # feed (~0.2 kills/s on average, a few a second at peaks).
 BURST = 8
-
-
-class Delivered:
-    """The seqs of the kills one socket was sent, over the last `window` seqs, as sorted runs
-    (a broad channel gets consecutive seqs: one run). A replay skips what the socket already has."""
-
-    __slots__ = ("his", "los", "window")
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.los: list[int] = []
-        self.his: list[int] = []
-
-    def __contains__(self, seq: int) -> bool:
-        i = bisect_right(self.los, seq) - 1
-        return i >= 0 and seq <= self.his[i]
-
-    def add(self, seq: int) -> None:
-        los, his = self.los, self.his
-        if his and seq == his[-1] + 1:
-            his[-1] = seq  # the common case: the next kill in line
-        elif not his or seq > his[-1] + 1:
-            los.append(seq)
-            his.append(seq)
-        else:  # a replay sends older kills after newer live ones
-            i = bisect_right(los, seq) - 1
-            if i >= 0 and seq <= his[i]:
-                return
-            if i >= 0 and his[i] + 1 == seq:
-                his[i] = seq
-                if i + 1 < len(los) and los[i + 1] == seq + 1:
-                    his[i] = his[i + 1]
-                    del los[i + 1], his[i + 1]
-            elif i + 1 < len(los) and los[i + 1] == seq + 1:
-                los[i + 1] = seq
-            else:
-                los.insert(i + 1, seq)
-                his.insert(i + 1, seq)
-        old = bisect_right(his, his[-1] - self.window)
-        if old:
-            del los[:old], his[:old]
-
-
-class Outbox:
-    """The bounded FIFO of frames between the hub and one socket's writer, and their bytes.
-
-    asyncio.Queue's interface as the hub and the replay use it, at a fraction of its memory:
-    asyncio.Queue keeps three deques and an Event, ~3 KB per socket (tracemalloc), 15% of an idle
-    subscriber. This is one list (usually 0 or 1 frames long, so popping the front is cheap) and
-    one future, made only while the writer waits for a frame or a replay waits for room (both
-    may wait on it at once: a frame put or taken wakes both, and each checks its own condition).
-
-    Each frame is queued with its size on the wire, which is not always len(frame) (a frame
-    may be a payload compressed elsewhere): `nbytes` is their sum.
-    """
-
-    __slots__ = ("_items", "_maxsize", "_waiter", "nbytes")
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: list[tuple[bytes | None, int]] = []
-        self._maxsize = maxsize
-        self._waiter: asyncio.Future[None] | None = None
-        self.nbytes = 0
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def full(self) -> bool:
-        return len(self._items) >= self._maxsize
-
-    def put_nowait(self, item: bytes | None, size: int = 0) -> None:
-        if len(self._items) >= self._maxsize:
-            raise asyncio.QueueFull
-        self._items.append((item, size))
-        self.nbytes += size
-        self._wake()
-
-    def get_nowait(self) -> bytes | None:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        item, size = self._items.pop(0)
-        self.nbytes -= size
-        self._wake()
-        return item
-
-    async def get(self) -> bytes | None:
-        while not self._items:
-            await self.changed()
-        return self.get_nowait()
-
-    async def changed(self) -> None:
-        """Until a frame is put or taken."""
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-        await waiter
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    """One connected socket: its channels, its bounded outbox and the task that drains it."""
-
-    ws: web.WebSocketResponse
-    outbox: Outbox
-    transport: asyncio.Transport | None
-    # Its conditions: the index's shared instances (an equal condition is held once in all).
-    channels: set[Condition] = field(default_factory=set)
-    # What its channels cost (topics.MEMBERSHIP_BYTES + condition_bytes each, as if no other
-    # socket shared them): at most the hub's sub_budget (KILLBOARD_WS_SUB_BYTES).
-    sub_bytes: int = 0
-    # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
-    # and their bytes.
-    held: deque[tuple[int, bytes, KillFacts]] | None = None
-    held_bytes: int = 0
-    delivered: Delivered = field(default_factory=lambda: Delivered(0))
-    writer: asyncio.Task[None] | None = None
-    # Whole frames (header and payload, shared by every socket of a kind) due to be written
-    # straight to the transport at the end of this turn of the loop (Hub._flush), and their bytes.
-    # One frame is kept as it is, several in a list: a list per socket per kill, alive until the
-    # flush, made the garbage collector run every ~700 sockets of a broadcast.
-    pending: bytes | list[bytes] | None = None
-    pending_bytes: int = 0
-    sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
-    # The socket under an asyncio selector transport (None on uvloop, TLS or a test's fake): a
-    # fast-path write goes to it with one send() while the transport holds nothing unsent, past
-    # the transport's Python write() (see Hub._write_pending).
-    sock: socket.socket | None = None
-    # That transport's buffer of unsent bytes (a bytearray, a deque from Python 3.12 on: empty or
-    # not is all that is read), where get_write_buffer_size() would be a Python call per kill.
-    unsent: Sized | None = None
-    close_code: int = WSCloseCode.OK
-    close_message: bytes = b""
-    dropped: bool = False
-    client_errors: int = 0  # error frames sent for bad client messages (ws.py logs the first few)
-    # What this socket's kill frames look like (killboard/live/wire.py): names in these languages
-    # (None: all), deflated for this window (0: plain).
-    lang: Langs = None
-    deflate: int = 0
-    variant: tuple[Langs, int] = (None, 0)  # (lang, deflate), made once: publish groups by it
 
 
 class Hub:
@@ -312,7 +162,7 @@ class Hub:
             deflate=deflate,
         )
         sub.variant = (sub.lang, sub.deflate)
-        sub.sock = _raw_socket(transport)
+        sub.sock = raw_socket(transport)
         if sub.sock is not None:
             sub.unsent = getattr(transport, "_buffer", None)
             if sub.unsent is None:  # not the asyncio we know: its own methods then
@@ -399,17 +249,17 @@ class Hub:
             if pending is not None:
                 count = len(pending) if isinstance(pending, list) else 1
                 if count < self._send_queue and sub.pending_bytes + size <= self.send_buffer:
-                    _pend(sub, pending, self._wire(frame), size)
+                    pend(sub, pending, self._wire(frame), size)
                     self.direct_writes += 1
                     return True
                 # A turn with more than a budget of kills: what is pending goes to the kernel
                 # now (in order), and the budget counts only what the transport cannot take.
                 self._write_pending(sub)
-                if _idle(sub):
+                if idle(sub):
                     sub.pending, sub.pending_bytes = self._wire(frame), size  # still in _due
                     self.direct_writes += 1
                     return True
-            elif _idle(sub):
+            elif idle(sub):
                 sub.pending, sub.pending_bytes = self._wire(frame), size
                 if not self._due:
                     asyncio.get_running_loop().call_soon(self._flush)
@@ -485,13 +335,15 @@ class Hub:
                 # go to the kernel here, and only what it did not take (a partial write, or
                 # an error, which the transport then meets and handles) goes to the transport,
                 # which keeps it in order behind what was sent.
-                data = b"".join(pending) if isinstance(pending, list) else pending
-                try:
-                    sent = sock.send(data)
-                except OSError:
-                    sent = 0
-                if sent < len(data):
-                    transport.write(memoryview(data)[sent:] if sent else data)
+                if isinstance(pending, list):
+                    send_frames(sock, transport, pending)
+                else:
+                    try:
+                        sent = sock.send(pending)
+                    except OSError:
+                        sent = 0
+                    if sent < len(pending):
+                        transport.write(memoryview(pending)[sent:] if sent else pending)
             elif isinstance(pending, list):
                 transport.writelines(pending)
             else:
@@ -674,7 +526,7 @@ class Hub:
                 sent += self.send_kill(sub, seq, frame, facts)  # held for a replay, closing, or behind
                 continue
             if pending is None:
-                # _idle(sub), with asyncio's buffer read directly (its method is a Python call).
+                # idle(sub), with asyncio's buffer read directly (its method is a Python call).
                 transport, unsent = sub.transport, sub.unsent
                 if (
                     transport is None
@@ -689,7 +541,7 @@ class Hub:
                     asyncio.get_running_loop().call_soon(self._flush)
                 due.append(sub)
             elif (len(pending) if isinstance(pending, list) else 1) < limit and sub.pending_bytes + size <= budget:
-                _pend(sub, pending, wire, size)
+                pend(sub, pending, wire, size)
             else:
                 sent += self.send_kill(sub, seq, frame, facts)
                 continue
@@ -809,46 +661,6 @@ class Hub:
         if stuck:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
-
-
-def _idle(sub: Subscriber) -> bool:
-    """Whether a socket's transport can take a frame straight away: open, and holding nothing
-    unsent. Most sockets are idle when a kill arrives; waking a writer task for each cost more
-    than the write itself (a task step and a future per socket per kill). Writing straight only
-    when the outbox is empty, the writer is not inside a send and the transport holds nothing
-    unsent keeps the frames in order and the one-writer rule; anything else (a socket behind,
-    paused or closing) takes the outbox and its writer, so slow clients still fill their bounded
-    outbox and are dropped. The bytes are what aiohttp's WebSocketWriter sends for an
-    uncompressed server text frame, with RSV1 set for a deflated one (wire.py)."""
-    transport = sub.transport
-    return (
-        transport is not None
-        and not transport.is_closing()
-        and not transport.get_write_buffer_size()
-        and not sub.ws.closed
-    )
-
-
-# asyncio's own TCP transport (typeshed does not list the class).
-_SELECTOR_TRANSPORT: type = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
-
-
-def _pend(sub: Subscriber, pending: bytes | list[bytes], wire: bytes, size: int) -> None:
-    """One more frame after those a socket already has pending this turn."""
-    if isinstance(pending, list):
-        pending.append(wire)
-    else:
-        sub.pending = [pending, wire]
-    sub.pending_bytes += size
-
-
-def _raw_socket(transport: asyncio.Transport | None) -> socket.socket | None:
-    """The socket under a plain asyncio selector transport (the default loop's TCP): None for
-    anything else (uvloop's transports write in C already; TLS must go through its transport)."""
-    if type(transport) is _SELECTOR_TRANSPORT:
-        sock = getattr(transport, "_sock", None)
-        return sock if isinstance(sock, socket.socket) else None
-    return None
 
 
 def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:

@@ -164,12 +164,14 @@ async def test_a_broadcast_holds_no_garbage_collected_object_per_socket(
         await ws.close()
 
 
+@pytest.mark.parametrize("per_post", [1, 3])
 async def test_a_partial_write_leaves_the_rest_to_the_transport_in_order(
-    make_client: Any, killmails: list[dict[str, Any]]
+    make_client: Any, killmails: list[dict[str, Any]], per_post: int
 ) -> None:
     """A frame written straight to a socket whose kernel buffer is nearly full goes out whole:
     what the kernel did not take waits in the transport, the next kills queue behind it, and a
-    reader that starts late gets every kill once, in order."""
+    reader that starts late gets every kill once, in order. With several kills due in one turn
+    (`per_post`), their frames go out in one gathering sendmsg() and are cut anywhere."""
     client = await make_client(ws_send_buffer=16 * 1024 * 1024)
     hub = client.server.app[hub_key]
     reader, writer = await rawws.connect(client.server.host, client.server.port, rcvbuf=4096)
@@ -180,13 +182,15 @@ async def test_a_partial_write_leaves_the_rest_to_the_transport_in_order(
     big = sorted(killmails, key=lambda km: len(json.dumps(km)))[-12:]  # frames of 28 KB and more
     posted = partial_at = 0
     # The kernel buffers take a few hundred KB first; then a write is taken in part.
-    while (not partial_at or posted < partial_at + 4) and posted < 400:
-        km = big[posted % len(big)]
-        resp = await client.post(
-            "/api/killmails", data=json.dumps({**km, "killmail_id": km["killmail_id"] + posted * 10**10}), headers=AUTH
-        )
+    while (not partial_at or posted < partial_at + 4 * per_post) and posted < 400:
+        batch = [
+            {**km, "killmail_id": km["killmail_id"] + n * 10**10}
+            for n in range(posted, posted + per_post)
+            for km in [big[n % len(big)]]
+        ]
+        resp = await client.post("/api/killmails", data=json.dumps(batch), headers=AUTH)
         assert resp.status == 202
-        posted += 1
+        posted += per_post
         await settle(client)
         await asyncio.sleep(0.01)  # the turn's flush
         if not partial_at and hub.held_bytes(sub) > 0:
