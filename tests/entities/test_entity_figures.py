@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from conftest import AUTH, Client, settle, until
 
-from killboard.entities import backlog
+from killboard.entities import backlog, figures
 from killboard.kill.staticdata import StaticData
 from killboard.storage import schema
 from killboard.storage.figures_schema import FIGURES_BACKLOG
+from killboard.storage.participants import Kind
 from killboard.storage.schema import INDEX_BACKLOG
 from killboard.storage.store import Store
 from killboard.web.keys import store_key
@@ -104,6 +105,56 @@ async def test_every_player_entity_counts_right(client: Client, killmails: list[
             assert {k: got[k] for k in want} == want, (kind, entity)
             checked += 1
     assert checked > 60
+
+
+def expected_tops(kills: list[dict[str, Any]]) -> Counter[tuple[int, int, int, int]]:
+    """entity_tops as the enriched kills say, counted plainly: per kill, every entity once."""
+    kinds = {1: "character_id", 2: "corporation_id", 3: "alliance_id", 5: "ship_id", 6: "ship_group_id"}
+    want: Counter[tuple[int, int, int, int]] = Counter()
+    for kill in kills:
+        victim, attackers = kill["victim"], kill["attackers"]
+        final = next((a for a in attackers if a["final_blow"]), attackers[0] if attackers else {})
+        flew: dict[tuple[int, int], set[int]] = {}
+        for a in attackers:
+            for kind, field in kinds.items():
+                if a.get(field):
+                    flew.setdefault((kind, a[field]), set()).add(a.get("ship_id") or 0)
+        lost = {(kind, victim[field]) for kind, field in kinds.items() if victim.get(field)}
+        for kind, entity in flew.keys() | lost:
+            field = kinds[kind]
+            want[(kind, entity, figures.SYSTEM, kill["system_id"])] += 1
+            if (kind, entity) in flew:
+                if kind != Kind.SHIP:
+                    want.update((kind, entity, figures.FLOWN, s) for s in flew[(kind, entity)] if s)
+                if victim.get(field):
+                    want[(kind, entity, figures.OPPONENT, victim[field])] += 1
+            if (kind, entity) in lost:
+                if kind != Kind.SHIP:
+                    want[(kind, entity, figures.LOST, victim["ship_id"])] += 1
+                if final.get(field):
+                    want[(kind, entity, figures.OPPONENT, final[field])] += 1
+        for place in ((Kind.SYSTEM, kill["system_id"]), (Kind.REGION, kill["region_id"])):
+            want[(*place, figures.LOST, victim["ship_id"])] += 1
+            if final.get("alliance_id"):
+                want[(*place, figures.OPPONENT, final["alliance_id"])] += 1
+    return want
+
+
+async def test_every_top_list_row_matches_the_kills(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """Ships flown and lost, systems and opponents of every entity: the whole entity_tops table."""
+    await post_all(client, killmails)
+    kills = (await (await client.get("/api/killmails?limit=500")).json())["killmails"]
+    assert len(kills) == len(killmails)
+    db = sqlite3.connect(client.server.app[store_key].path)
+    try:
+        got = Counter(
+            {tuple(row[:4]): row[4] for row in db.execute("SELECT kind, id, what, other, n FROM entity_tops")}
+        )
+    finally:
+        db.close()
+    want = expected_tops(kills)
+    assert {what for _, _, what, _ in want} == {figures.FLOWN, figures.LOST, figures.SYSTEM, figures.OPPONENT}
+    assert got == want
 
 
 async def test_a_system_counts_the_kills_in_it(client: Client, killmails: list[dict[str, Any]]) -> None:
