@@ -108,7 +108,7 @@ def add_kill(
     """Add (sign 1) or take back (sign -1) one kill's share: each entity once however many of
     its pilots took part, as a kill if any is among the attackers, as a loss if it is the victim's.
 
-    Written out by hand (no Share.month/top call, no dict per pilot): it runs for every stored
+    Written out by hand (no Share.month/top call, no dict per pilot, rows counted in C): it runs for every stored
     kill inside the write, and was ~150 us a kill, 10% of a broadcast kill's CPU (issue 21)."""
     if not pilots:
         return
@@ -143,9 +143,9 @@ def add_kill(
         final = first  # no final blow recorded: the first attacker stands in (none: zeros)
     lost: set[EntityKey] = {(k, entity) for k, entity in zip(PILOT_KINDS, victim, strict=True) if entity}
 
-    def top(key: tuple[int, int, int, int]) -> None:
-        tops[key] = tops.get(key, 0) + sign  # dict.get, not Counter's `+=` (its __missing__)
-
+    # The top-list rows this kill counts, added to the Counter in one C call (update).
+    counted: list[tuple[int, int, int, int]] = []
+    top = counted.append
     for key in killed.keys() | lost:
         kind, entity = key
         slot = _SLOT[kind]
@@ -162,14 +162,14 @@ def add_kill(
         if system_id:
             top((kind, entity, SYSTEM, system_id))
         if ships is not None:
-            if kind != Kind.SHIP:
+            if kind != _SHIP:
                 for ship in ships:
                     if ship:
                         top((kind, entity, FLOWN, ship))
             if victim[slot]:
                 top((kind, entity, OPPONENT, victim[slot]))
         if did_lose:
-            if kind != Kind.SHIP and victim_ship:
+            if kind != _SHIP and victim_ship:
                 top((kind, entity, LOST, victim_ship))
             if final[slot]:
                 top((kind, entity, OPPONENT, final[slot]))
@@ -181,8 +181,14 @@ def add_kill(
             top((kind, place, LOST, victim_ship))
         if final[2]:
             top((kind, place, OPPONENT, final[2]))  # the final blow's alliance
+    if sign == 1:
+        tops.update(counted)
+    else:
+        for key4 in counted:
+            tops[key4] = tops.get(key4, 0) + sign  # dict.get, not Counter's `-=` (its __missing__)
 
 
+_SHIP = int(Kind.SHIP)  # an int: an enum member's lookup on its class costs more than the compare
 # Where a kind's id sits in _pilot_entities' tuple.
 _SLOT: dict[int, int] = {kind: i for i, kind in enumerate(PILOT_KINDS)}
 

@@ -21,6 +21,7 @@ import ujson
 
 from ..kill.codec import kill_prices, player_ids, source_document
 from ..kill.enrich import enrich
+from ..kill.frames import encode_ascii
 from ..kill.prices import PriceBook
 from ..kill.staticdata import StaticData
 from ..kill.topics import KillFacts, kill_facts
@@ -92,7 +93,7 @@ STORE_RETRY_MAX = 5.0
 
 def inbox_payload(sub: Submission) -> bytes:
     # ASCII (ensure_ascii): a lone surrogate accepted from a client survives the round trip.
-    return ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
+    return encode_ascii({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb})
 
 
 def inbox_rows(subs: Sequence[Submission], source: str, live: bool) -> list[InboxRow]:

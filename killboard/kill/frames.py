@@ -36,6 +36,19 @@ def _ujson(message: object) -> bytes:
     return ujson.dumps(message, ensure_ascii=False, escape_forward_slashes=False).encode()
 
 
+def encode_ascii(message: object) -> bytes:
+    """`ujson.dumps(message, escape_forward_slashes=False)` byte for byte: every code point past
+    ASCII escaped, so a lone surrogate round-trips (stored documents, the inbox). orjson's bytes
+    where they are the same (pure ASCII, no float of 1e-5..1e-4: ESI bodies), ujson's otherwise."""
+    try:
+        out = orjson.dumps(message)
+    except TypeError:  # orjson.JSONEncodeError
+        out = b""
+    if out and out.isascii() and not _SMALL_FLOAT.search(out):
+        return out
+    return ujson.dumps(message, escape_forward_slashes=False).encode()
+
+
 def encode(message: object) -> bytes:
     """The message's JSON, byte for byte what one ujson call gives; a kill with many attackers
     is encoded in pieces (see ATTACKER_CHUNK) and spliced."""

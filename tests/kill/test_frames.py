@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from killboard.kill.enrich import enrich
-from killboard.kill.frames import ATTACKER_CHUNK, encode
+from killboard.kill.codec import source_document
+from killboard.kill.frames import ATTACKER_CHUNK, encode, encode_ascii
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import Submission
@@ -59,6 +60,21 @@ def test_encode_gives_the_bytes_of_ujson_for_any_json_value(value: Any) -> None:
             encode(value)
         return
     assert encode(value) == expected
+
+
+@settings(max_examples=1000, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_JSON)
+def test_encode_ascii_gives_the_bytes_of_ujson_for_any_json_value(value: Any) -> None:
+    assert encode_ascii(value) == ujson.dumps(value, escape_forward_slashes=False).encode()
+
+
+def test_stored_documents_of_real_kills_are_ujsons(killmails: list[dict[str, Any]]) -> None:
+    for km in killmails:
+        esi = {k: v for k, v in km.items() if k != "killmail_hash"}
+        zkb = {"hash": km["killmail_hash"], "totalValue": 1.5e7, "href": "https://esi.evetech.net/x/", "npc": False}
+        kept = {"totalValue": 1.5e7, "npc": False}  # hash and href are the row's columns
+        doc = {"esi": {k: v for k, v in esi.items() if k != "killmail_id"}, "zkb": kept, "prices": {"587": 1e-5}}
+        assert source_document(esi, zkb, {587: 1e-5}) == ujson.dumps(doc, escape_forward_slashes=False).encode()
 
 
 def test_encode_of_enriched_real_kills_is_ujsons(killmails: list[dict[str, Any]], static: StaticData) -> None:
