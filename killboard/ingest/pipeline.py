@@ -315,7 +315,7 @@ class Pipeline:
         """One kill's enrichment; with `facts` also what channels match on, and (when it is big,
         so this runs in a thread) its JSON, so the hub does not encode it on the loop."""
         kill = enrich(sub, self.static, names, self.prices)
-        new = build_kill(sub, kill, names)
+        new = build_kill(sub, kill, names, self.store.pack_source)  # packed here, not in the write
         if not facts:
             return new, None
         if kill_size(sub) > BIG_KILL:
@@ -434,10 +434,17 @@ def kill_size(sub: Submission) -> int:
     return len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
 
 
-def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] | None = None) -> NewKill:
+def build_kill(
+    sub: Submission,
+    kill: dict[str, Any],
+    names: Mapping[int, str] | None = None,
+    pack: Callable[[bytes], bytes] | None = None,
+) -> NewKill:
+    """The kill to store; with `pack` (Store.pack_source), its stored bytes made now."""
     when = parse_time(kill["kill_time"])
     assert when is not None
     esi = sub.esi or {}
+    source = source_document(esi, sub.zkb, kill_prices(kill))
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
@@ -445,8 +452,9 @@ def build_kill(sub: Submission, kill: dict[str, Any], names: Mapping[int, str] |
         system_id=kill["system_id"],
         total_value=kill["total_value"],
         _body=b"",
-        source=source_document(esi, sub.zkb, kill_prices(kill)),
+        source=source,
         names={i: names[i] for i in player_ids(esi) if i in names} if names else {},
         enriched=kill,
-        participation=participation(kill),  # computed here: off the loop for a big kill
+        participation=participation(kill, packed=pack is not None),  # here: off the loop for a big kill
+        packed=pack(source) if pack is not None else b"",
     )

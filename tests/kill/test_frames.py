@@ -10,8 +10,8 @@ import ujson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from killboard.kill.enrich import enrich
 from killboard.kill.codec import source_document
+from killboard.kill.enrich import enrich
 from killboard.kill.frames import ATTACKER_CHUNK, encode, encode_ascii
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData

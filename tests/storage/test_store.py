@@ -12,6 +12,7 @@ from conftest import AUTH, Client, settle
 from killgen import make_kills, save_all
 
 from killboard.entities import backlog
+from killboard.ingest.pipeline import build_kill
 from killboard.kill import codec
 from killboard.kill.enrich import enrich
 from killboard.kill.frames import encode
@@ -175,3 +176,35 @@ async def test_counting_the_inbox_reads_an_index_not_the_table(tmp_path: Path) -
     finally:
         await store.close()
     assert "USING COVERING INDEX inbox_live" in plan, plan
+
+
+async def test_kills_packed_before_the_write_store_the_same_rows(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """The pipeline packs a kill's document and pilots before the write (NewKill.packed,
+    Participation.packed): the rows are byte for byte those the write makes itself."""
+    book = price_book(static)
+    rows: list[list[Any]] = []
+    for name, early in (("plain", False), ("packed", True)):
+        store = await Store.open(tmp_path / f"{name}.sqlite3")
+        try:
+            subs = [parse_submission(k) for k in killmails]
+            pack = store.pack_source if early else None
+            kills = [build_kill(sub, enrich(sub, static, {}, book), {}, pack) for sub in subs]
+            assert all(
+                bool(k.packed) == early and bool(k.participation and k.participation.packed) == early for k in kills
+            )
+            await store.save_kills(kills)
+        finally:
+            await store.close()
+        db = sqlite3.connect(tmp_path / f"{name}.sqlite3")
+        try:
+            rows.append(
+                db.execute(
+                    "SELECT k.seq, k.body, k.codec, p.pilots FROM kills k JOIN participants p USING (seq)"
+                ).fetchall()
+            )
+        finally:
+            db.close()
+    assert len(rows[0]) == len(killmails)
+    assert rows[0] == rows[1]
