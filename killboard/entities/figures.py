@@ -96,6 +96,10 @@ def is_solo(pilots: Sequence[PilotRow], static: StaticData) -> bool:
     return players == 1
 
 
+# One kill's share before it is added (sign 1): its month rows (each key once) and its top-list rows.
+KillShare = tuple[list[tuple[tuple[int, int, int], Month]], list[tuple[int, int, int, int]]]
+
+
 def add_kill(
     share: Share,
     pilots: Sequence[PilotRow],
@@ -105,18 +109,46 @@ def add_kill(
     static: StaticData,
     sign: int = 1,
 ) -> None:
-    """Add (sign 1) or take back (sign -1) one kill's share: each entity once however many of
-    its pilots took part, as a kill if any is among the attackers, as a loss if it is the victim's.
+    """Add (sign 1) or take back (sign -1) one kill's share (kill_share)."""
+    add_share(share, kill_share(pilots, kill_time, system_id, value, static), sign)
 
-    Written out by hand (no Share.month/top call, no dict per pilot, rows counted in C): it runs for every stored
-    kill inside the write, and was ~150 us a kill, 10% of a broadcast kill's CPU (issue 21)."""
-    if not pilots:
-        return
-    types = static.types
+
+def add_share(share: Share, kill: KillShare, sign: int = 1) -> None:
+    """Add (sign 1) or take back (sign -1) a kill_share."""
     months, tops = share.months, share.tops
-    isk = round(value) * sign
+    rows, counted = kill
+    for key, row in rows:
+        have = months.get(key)
+        if have is None:
+            months[key] = list(row) if sign == 1 else [sign * v for v in row]
+        else:
+            have[0] += sign * row[0]
+            have[1] += sign * row[1]
+            have[2] += sign * row[2]
+            have[3] += sign * row[3]
+            have[4] += sign * row[4]
+    if sign == 1:
+        tops.update(counted)  # one C call
+    else:
+        for key4 in counted:
+            tops[key4] = tops.get(key4, 0) + sign  # dict.get, not Counter's `-=` (its __missing__)
+
+
+def kill_share(
+    pilots: Sequence[PilotRow], kill_time: int, system_id: int, value: float, static: StaticData
+) -> KillShare:
+    """One kill's share: each entity once however many of its pilots took part, as a kill if any
+    is among the attackers, as a loss if it is the victim's. It depends on the kill alone, so the
+    pipeline works it out while preparing the kill (backlog.preparer), before the write.
+
+    Written out by hand (no dict per pilot, no call per row): it was ~150 us a kill, 10% of a
+    broadcast kill's CPU (issue 21)."""
+    if not pilots:
+        return [], []
+    types = static.types
+    isk = round(value)
     month = month_of(kill_time)
-    solo = sign if is_solo(pilots, static) else 0
+    solo = 1 if is_solo(pilots, static) else 0
     victim = _pilot_entities(pilots[0], types)
     victim_ship = victim[3]
     # Per entity (kind, id): the ships its pilots flew on the kill, if any attacked.
@@ -143,7 +175,7 @@ def add_kill(
         final = first  # no final blow recorded: the first attacker stands in (none: zeros)
     lost: set[EntityKey] = {(k, entity) for k, entity in zip(PILOT_KINDS, victim, strict=True) if entity}
 
-    # The top-list rows this kill counts, added to the Counter in one C call (update).
+    month_rows: list[tuple[tuple[int, int, int], Month]] = []
     counted: list[tuple[int, int, int, int]] = []
     top = counted.append
     for key in killed.keys() | lost:
@@ -151,14 +183,8 @@ def add_kill(
         slot = _SLOT[kind]
         ships = killed.get(key)
         did_lose = key in lost
-        row = (
-            (sign, 0, solo, isk, 0)
-            if not did_lose
-            else (0, sign, 0, 0, isk)
-            if ships is None
-            else (sign, sign, solo, isk, isk)
-        )
-        _month(months, (kind, entity, month), row)
+        row = (1, 0, solo, isk, 0) if not did_lose else (0, 1, 0, 0, isk) if ships is None else (1, 1, solo, isk, isk)
+        month_rows.append(((kind, entity, month), row))
         if system_id:
             top((kind, entity, SYSTEM, system_id))
         if ships is not None:
@@ -176,33 +202,17 @@ def add_kill(
     system = static.systems.get(system_id)
     places = [(Kind.SYSTEM, system_id)] + ([(Kind.REGION, system.region_id)] if system else [])
     for kind, place in places:
-        _month(months, (kind, place, month), (sign, 0, solo, isk, 0))
+        month_rows.append(((kind, place, month), (1, 0, solo, isk, 0)))
         if victim_ship:
             top((kind, place, LOST, victim_ship))
         if final[2]:
             top((kind, place, OPPONENT, final[2]))  # the final blow's alliance
-    if sign == 1:
-        tops.update(counted)
-    else:
-        for key4 in counted:
-            tops[key4] = tops.get(key4, 0) + sign  # dict.get, not Counter's `-=` (its __missing__)
+    return month_rows, counted
 
 
 _SHIP = int(Kind.SHIP)  # an int: an enum member's lookup on its class costs more than the compare
 # Where a kind's id sits in _pilot_entities' tuple.
 _SLOT: dict[int, int] = {kind: i for i, kind in enumerate(PILOT_KINDS)}
-
-
-def _month(months: dict[tuple[int, int, int], list[int]], key: tuple[int, int, int], row: Month) -> None:
-    have = months.get(key)
-    if have is None:
-        months[key] = list(row)
-    else:
-        have[0] += row[0]
-        have[1] += row[1]
-        have[2] += row[2]
-        have[3] += row[3]
-        have[4] += row[4]
 
 
 UPSERT_MONTH = (

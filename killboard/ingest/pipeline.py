@@ -316,6 +316,8 @@ class Pipeline:
         so this runs in a thread) its JSON, so the hub does not encode it on the loop."""
         kill = enrich(sub, self.static, names, self.prices)
         new = build_kill(sub, kill, names, self.store.pack_source)  # packed here, not in the write
+        for prepare in self.store.preparers:
+            prepare(new)
         if not facts:
             return new, None
         if kill_size(sub) > BIG_KILL:

@@ -82,6 +82,9 @@ class NewKill:
     # the write makes it. In the write, zlib let go of the GIL once a kill and the thread then
     # waited for the busy event loop to give it back: ~0.5 ms a kill on the write's critical path.
     packed: bytes = b""
+    # What Store.preparers worked out of the kill before its write, by preparer (the entity
+    # figures' share): the write only adds it up.
+    prepared: dict[str, Any] = field(default_factory=dict)
 
     @property
     def body(self) -> bytes:
@@ -186,6 +189,9 @@ class Store:
         # Registered by the stages above; the store imports none of them.
         self.writers: list[TxWriter] = []
         self.pruners: list[TxPruner] = []
+        # Called by the pipeline with each new kill while it is prepared, before the write (a
+        # thread for a big kill): what a writer needs of the kill alone goes in `kill.prepared`.
+        self.preparers: list[Callable[[NewKill], None]] = []
         # Told the ids of stored kills that changed after their commit (rewritten, names filled
         # in, pruned): caches of rendered kills (web/viewcache.py) forget them. Called in order.
         self.on_changed: list[Callable[[Collection[int]], None]] = []

@@ -11,7 +11,11 @@ import pytest
 from conftest import AUTH, Client, settle, until
 
 from killboard.entities import backlog, figures
+from killboard.ingest.pipeline import build_kill
+from killboard.kill.enrich import enrich
+from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
+from killboard.kill.validate import parse_submission
 from killboard.storage import schema
 from killboard.storage.figures_schema import FIGURES_BACKLOG
 from killboard.storage.participants import Kind
@@ -262,3 +266,28 @@ async def test_kills_not_yet_in_the_participant_index_are_counted_once(
         await store.close()
     assert tables(path) == want
     assert len(schema.MIGRATIONS) == 8
+
+
+async def test_shares_worked_out_before_the_write_count_like_the_write_itself(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """The pipeline works each kill's share out while preparing it (Store.preparers): the
+    figures are those the writer gives when it works them out itself."""
+    book = price_book(static)
+    kept = []
+    for name, early in (("plain", False), ("prepared", True)):
+        store = await Store.open(tmp_path / f"{name}.sqlite3")
+        backlog.attach(store, static)
+        try:
+            kills = [build_kill(sub, enrich(sub, static, {}, book)) for sub in map(parse_submission, killmails)]
+            for kill in kills if early else ():
+                for prepare in store.preparers:
+                    prepare(kill)
+            assert all((backlog.PREPARED in k.prepared) == early for k in kills)
+            await store.save_kills(kills[:50])
+            await store.save_kills(kills[30:])  # 20 of them again: stored once, counted once
+        finally:
+            await store.close()
+        kept.append(tables(tmp_path / f"{name}.sqlite3"))
+    assert kept[0][0] and kept[0][1]
+    assert kept[0] == kept[1]
