@@ -26,6 +26,7 @@ from ..kill.enrich import CATEGORY_SHIP, MAX_NPC_CHARACTER_ID, MAX_NPC_CORPORATI
 from ..kill.staticdata import StaticData, TypeInfo
 from ..storage.figures_schema import SCHEMA  # noqa: F401 - the tables live in the storage stage
 from ..storage.participants import Kind, PilotRow
+from ..storage.store import insert_many
 
 # What an entity_tops row counts.
 FLOWN = 1  # ship types its pilots flew on kills
@@ -231,8 +232,8 @@ async def apply(db: aiosqlite.Connection, share: Share) -> None:
     """Write a share in the caller's transaction; rows that fall to nothing are deleted."""
     months = [(*key, *row) for key, row in share.months.items() if any(row)]
     tops = [(*key, n) for key, n in share.tops.items() if n]
-    await db.executemany(UPSERT_MONTH, months)
-    await db.executemany(UPSERT_TOP, tops)
+    await insert_many(db, UPSERT_MONTH, months)  # a few statements of many rows: see insert_many
+    await insert_many(db, UPSERT_TOP, tops)
     if any(row[3] < 0 or row[4] < 0 for row in months):
         await db.executemany(
             "DELETE FROM entity_months WHERE kind = ? AND id = ? AND month = ? AND kills <= 0 AND losses <= 0",

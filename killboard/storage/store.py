@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 import time
 import zlib
@@ -729,6 +730,33 @@ class Store:
 _SELECT = "SELECT seq, killmail_id, killmail_hash, kill_time, body, codec FROM kills"
 
 
+# One statement holds at most this many parameters on any SQLite (3.32+ allows 32,766).
+MAX_PARAMETERS = 999
+_VALUES = re.compile(r"VALUES (\(\?(?:, \?)*\))")
+
+
+async def insert_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`db.executemany(sql, rows)` for an INSERT (an upsert too) of one `VALUES (?, …)` row,
+    sent as statements of many rows each: the same rows, in the same order, in two hops.
+
+    executemany steps SQLite once a row, and each step lets go of the GIL: with the event loop
+    busy (preparing the next batch, parsing POSTs) the thread then waited to get it back, and
+    the figures' ~9,500 upserts a batch took twice as long as in an import (issue 21)."""
+    match = _VALUES.search(sql)
+    if match is None:
+        raise ValueError(f"not an INSERT of one VALUES row: {sql[:80]!r}")
+    group = match.group(1)
+    per = max(1, MAX_PARAMETERS // group.count("?"))
+    head, tail = sql[: match.start(1)], sql[match.end(1) :]
+    whole = len(rows) - len(rows) % per
+    if whole:
+        chunks = [[v for row in rows[i : i + per] for v in row] for i in range(0, whole, per)]
+        await db.executemany(head + ",".join([group] * per) + tail, chunks)
+    if whole < len(rows):
+        rest = rows[whole:]
+        await db.execute(head + ",".join([group] * len(rest)) + tail, [v for row in rest for v in row])
+
+
 async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
     await db.executemany(
         "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -739,8 +767,8 @@ async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
 async def _index(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     """Write the participant index rows of newly stored kills (in their transaction)."""
     pilots = [(seq, part.packed or participants.pack(part.pilots)) for seq, part in kills]
-    await db.executemany(participants.INSERT_PILOTS, pilots)
-    await db.executemany(participants.INSERT_ENTITIES, participants.postings(kills))
+    await insert_many(db, participants.INSERT_PILOTS, pilots)
+    await insert_many(db, participants.INSERT_ENTITIES, participants.postings(kills))
 
 
 async def _unindex(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:

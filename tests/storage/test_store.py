@@ -20,7 +20,7 @@ from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
 from killboard.storage.schema import MIGRATIONS
-from killboard.storage.store import Store
+from killboard.storage.store import Store, insert_many
 from killboard.web.keys import pipeline_key, prices_key, store_key
 
 
@@ -208,3 +208,23 @@ async def test_kills_packed_before_the_write_store_the_same_rows(
             db.close()
     assert len(rows[0]) == len(killmails)
     assert rows[0] == rows[1]
+
+
+async def test_insert_many_writes_what_executemany_writes(tmp_path: Path) -> None:
+    """Rows sent as statements of many rows (an upsert adding to rows of the same statement and
+    of earlier ones, chunks of 199 and a remainder): the table executemany leaves."""
+    sql = "INSERT INTO t (a, b, n) VALUES (?, ?, ?) ON CONFLICT (a, b) DO UPDATE SET n = n + excluded.n"
+    rows = [(i % 37, i % 11, i) for i in range(1000)]
+    tables = []
+    for name in ("many", "insert_many"):
+        store = await Store.open(tmp_path / f"{name}.sqlite3")
+        try:
+            async with store.transaction() as db:
+                await db.execute("CREATE TABLE t (a INTEGER, b INTEGER, n INTEGER, PRIMARY KEY (a, b))")
+                for part in (rows[:10], rows[10:], []):
+                    await (db.executemany(sql, part) if name == "many" else insert_many(db, sql, part))
+            tables.append(await store.query("SELECT a, b, n FROM t ORDER BY a, b"))
+        finally:
+            await store.close()
+    assert len(tables[0]) == 37 * 11
+    assert tables[0] == tables[1]
