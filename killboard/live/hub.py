@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import weakref
+from asyncio import selector_events
 from bisect import bisect_right
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -182,9 +184,18 @@ class Subscriber:
     writer: asyncio.Task[None] | None = None
     # Whole frames (header and payload, shared by every socket of a kind) due to be written
     # straight to the transport at the end of this turn of the loop (Hub._flush), and their bytes.
-    pending: list[bytes] | None = None
+    # One frame is kept as it is, several in a list: a list per socket per kill, alive until the
+    # flush, made the garbage collector run every ~700 sockets of a broadcast.
+    pending: bytes | list[bytes] | None = None
     pending_bytes: int = 0
     sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
+    # The socket under an asyncio selector transport (None on uvloop, TLS or a test's fake): a
+    # fast-path write goes to it with one send() while the transport holds nothing unsent, past
+    # the transport's Python write() (see Hub._write_pending).
+    sock: socket.socket | None = None
+    # That transport's buffer of unsent bytes (a bytearray, a deque from Python 3.12 on: empty or
+    # not is all that is read), where get_write_buffer_size() would be a Python call per kill.
+    unsent: Sized | None = None
     close_code: int = WSCloseCode.OK
     close_message: bytes = b""
     dropped: bool = False
@@ -193,6 +204,7 @@ class Subscriber:
     # (None: all), deflated for this window (0: plain).
     lang: Langs = None
     deflate: int = 0
+    variant: tuple[Langs, int] = (None, 0)  # (lang, deflate), made once: publish groups by it
 
 
 class Hub:
@@ -299,6 +311,12 @@ class Hub:
             lang=covering(lang),
             deflate=deflate,
         )
+        sub.variant = (sub.lang, sub.deflate)
+        sub.sock = _raw_socket(transport)
+        if sub.sock is not None:
+            sub.unsent = getattr(transport, "_buffer", None)
+            if sub.unsent is None:  # not the asyncio we know: its own methods then
+                sub.sock = None
         self.sockets.add(ws)
         self._subscribers[ws] = sub
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
@@ -379,20 +397,20 @@ class Hub:
             # Nothing queued or being sent: the frame joins this turn's write to the transport.
             pending = sub.pending
             if pending is not None:
-                if len(pending) < self._send_queue and sub.pending_bytes + size <= self.send_buffer:
-                    pending.append(self._wire(frame))
-                    sub.pending_bytes += size
+                count = len(pending) if isinstance(pending, list) else 1
+                if count < self._send_queue and sub.pending_bytes + size <= self.send_buffer:
+                    _pend(sub, pending, self._wire(frame), size)
                     self.direct_writes += 1
                     return True
                 # A turn with more than a budget of kills: what is pending goes to the kernel
                 # now (in order), and the budget counts only what the transport cannot take.
                 self._write_pending(sub)
                 if _idle(sub):
-                    sub.pending, sub.pending_bytes = [self._wire(frame)], size  # still in _due
+                    sub.pending, sub.pending_bytes = self._wire(frame), size  # still in _due
                     self.direct_writes += 1
                     return True
             elif _idle(sub):
-                sub.pending, sub.pending_bytes = [self._wire(frame)], size
+                sub.pending, sub.pending_bytes = self._wire(frame), size
                 if not self._due:
                     asyncio.get_running_loop().call_soon(self._flush)
                 self._due.append(sub)
@@ -426,7 +444,31 @@ class Hub:
         due, self._due = self._due, []
         self._framed = None
         for sub in due:
-            if sub.pending is not None:  # (None: dropped meanwhile)
+            pending = sub.pending
+            if pending is None:  # dropped meanwhile
+                continue
+            sock, transport = sub.sock, sub.transport
+            if (
+                sock is None
+                or transport is None
+                or type(pending) is not bytes
+                or sub.unsent
+                or sub.ws.closed
+                or transport.is_closing()
+            ):
+                self._write_pending(sub)
+                continue
+            # _write_pending's common case written out: one frame, all taken by the kernel.
+            try:
+                sent = sock.send(pending)
+            except OSError:
+                sent = 0
+            self.transport_writes += 1
+            if sent == len(pending):
+                sub.pending, sub.pending_bytes = None, 0
+            else:  # the rest (or the error) through the transport, as _write_pending does
+                sub.pending = pending[sent:]
+                self.transport_writes -= 1
                 self._write_pending(sub)
 
     def _write_pending(self, sub: Subscriber) -> None:
@@ -437,10 +479,23 @@ class Hub:
             return
         self.transport_writes += 1
         try:
-            if len(pending) == 1:
-                transport.write(pending[0])
-            else:
+            sock = sub.sock
+            if sock is not None and not sub.unsent:
+                # asyncio's write() would do the same send() behind a dozen checks: the frames
+                # go to the kernel here, and only what it did not take (a partial write, or
+                # an error, which the transport then meets and handles) goes to the transport,
+                # which keeps it in order behind what was sent.
+                data = b"".join(pending) if isinstance(pending, list) else pending
+                try:
+                    sent = sock.send(data)
+                except OSError:
+                    sent = 0
+                if sent < len(data):
+                    transport.write(memoryview(data)[sent:] if sent else data)
+            elif isinstance(pending, list):
                 transport.writelines(pending)
+            else:
+                transport.write(pending)
         except (ConnectionError, RuntimeError) as exc:
             # The connection went between the check and the write: its handler ends on its
             # own; the other sockets of this turn must still be written.
@@ -495,15 +550,18 @@ class Hub:
         # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
         # every kind of socket: in slices, so the loop is never held for all of them at once.
         later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
-        plain: bytes | None = None
+        plain: list[Subscriber] = []
         for sub in targets:
             if later or sub.deflate or sub.lang is not None:
-                groups.setdefault((sub.lang, sub.deflate), []).append(sub)
+                # Not setdefault(key, []), which makes a list and a key per socket per kill.
+                group = groups.get(sub.variant)
+                if group is None:
+                    group = groups[sub.variant] = []
+                group.append(sub)
             else:
-                if plain is None:
-                    plain = kill.frame(None)
-                if self.send_kill(sub, seq, plain, facts):
-                    sent += 1
+                plain.append(sub)
+        if plain:
+            sent += self._send_all(plain, seq, kill.frame(None), facts)
         if groups:
             sent += self._publish_variants(kill, groups, facts)
         else:
@@ -561,21 +619,17 @@ class Hub:
     ) -> None:
         """`_deliver` after the thread hop, letting the loop run after every DELIVER_SLICE bytes
         written: 254 sockets of a 3,000-attacker kill are 300-700 MB of writes."""
-        written = 0
         # Who still matches, looked up once (not each socket's channels one by one); again
         # after every pause, when sockets may have gone or unsubscribed.
         wanted = self._index.match(facts)
         for (langs, bits), subs in groups.items():
             frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            for sub in subs:
-                if sub not in wanted or sub.dropped or kill.seq in sub.delivered:
-                    continue  # gone, unsubscribed, or had it from a replay that ran meanwhile
-                self.send_kill(sub, kill.seq, frame, facts)
-                written += len(frame)
-                if written >= DELIVER_SLICE:
-                    written = 0
+            step = max(1, DELIVER_SLICE // max(1, len(frame)))  # sockets a slice
+            for start in range(0, len(subs), step):
+                if start:
                     await asyncio.sleep(0)
                     wanted = self._index.match(facts)
+                self._send_all(subs[start : start + step] if step < len(subs) else subs, kill.seq, frame, facts, wanted)
 
     def _deliver(
         self,
@@ -587,10 +641,68 @@ class Hub:
         sent = 0
         for (langs, bits), subs in groups.items():
             frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            for sub in subs:
-                if self.send_kill(sub, kill.seq, frame, facts):
-                    sent += 1
+            sent += self._send_all(subs, kill.seq, frame, facts)
         return sent
+
+    def _send_all(
+        self,
+        subs: list[Subscriber],
+        seq: int,
+        frame: bytes,
+        facts: KillFacts,
+        wanted: set[Subscriber] | None = None,
+    ) -> int:
+        """`send_kill` of one frame to many sockets; returns how many took it. `wanted`: skip the
+        sockets not in it (gone or unsubscribed meanwhile) and those that already had the kill
+        from a replay. This is the per-socket work of every kill, so the common case (an idle
+        socket, or one with this turn's frames pending) is `send_kill` and `send` written out
+        here, with the whole frame made once; anything else takes `send_kill` itself."""
+        wire = frame_header(len(frame), RSV1 if type(frame) is Deflated else 0) + frame
+        size = len(frame)
+        due = self._due
+        limit, budget = self._send_queue, self.send_buffer
+        sent = direct = 0
+        for sub in subs:
+            if wanted is not None:
+                if sub not in wanted or sub.dropped:
+                    continue
+                delivered = sub.delivered
+                if delivered.his and seq <= delivered.his[-1] and seq in delivered:
+                    continue
+            pending = sub.pending
+            if sub.held is not None or sub.dropped or sub.sending or sub.outbox._items:
+                sent += self.send_kill(sub, seq, frame, facts)  # held for a replay, closing, or behind
+                continue
+            if pending is None:
+                # _idle(sub), with asyncio's buffer read directly (its method is a Python call).
+                transport, unsent = sub.transport, sub.unsent
+                if (
+                    transport is None
+                    or transport.is_closing()
+                    or (unsent if unsent is not None else transport.get_write_buffer_size())
+                    or sub.ws.closed
+                ):
+                    sent += self.send_kill(sub, seq, frame, facts)
+                    continue
+                sub.pending, sub.pending_bytes = wire, size
+                if not due:  # the first of this turn (as in send)
+                    asyncio.get_running_loop().call_soon(self._flush)
+                due.append(sub)
+            elif (len(pending) if isinstance(pending, list) else 1) < limit and sub.pending_bytes + size <= budget:
+                _pend(sub, pending, wire, size)
+            else:
+                sent += self.send_kill(sub, seq, frame, facts)
+                continue
+            # Delivered.add; its common case (the next kill after one run of seqs) written out.
+            delivered = sub.delivered
+            his = delivered.his
+            if len(his) == 1 and his[0] + 1 == seq and delivered.window:
+                his[0] = seq  # what add() does then: its trim keeps the only run (window > 0)
+            else:
+                delivered.add(seq)
+            direct += 1
+        self.direct_writes += direct
+        return sent + direct
 
     async def replay_frame(self, sub: Subscriber, seq: int, body: bytes) -> bytes:
         """A stored kill's frame as this socket takes its kills (a replay): deflated on its own
@@ -715,6 +827,28 @@ def _idle(sub: Subscriber) -> bool:
         and not transport.get_write_buffer_size()
         and not sub.ws.closed
     )
+
+
+# asyncio's own TCP transport (typeshed does not list the class).
+_SELECTOR_TRANSPORT: type = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+
+
+def _pend(sub: Subscriber, pending: bytes | list[bytes], wire: bytes, size: int) -> None:
+    """One more frame after those a socket already has pending this turn."""
+    if isinstance(pending, list):
+        pending.append(wire)
+    else:
+        sub.pending = [pending, wire]
+    sub.pending_bytes += size
+
+
+def _raw_socket(transport: asyncio.Transport | None) -> socket.socket | None:
+    """The socket under a plain asyncio selector transport (the default loop's TCP): None for
+    anything else (uvloop's transports write in C already; TLS must go through its transport)."""
+    if type(transport) is _SELECTOR_TRANSPORT:
+        sock = getattr(transport, "_sock", None)
+        return sock if isinstance(sock, socket.socket) else None
+    return None
 
 
 def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
