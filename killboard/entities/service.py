@@ -42,6 +42,9 @@ class Entities:
     # without a new kill then: web/keptpages.py keeps no entity page meanwhile).
     caught_up: bool = False
     _names_seen: float = 0.0
+    # One refresh at a time: a bulk load runs in a thread from a copy of the entries, and a
+    # name added meanwhile by another refresh would be lost when it swaps its lists in.
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self, store: Store) -> None:
@@ -81,6 +84,10 @@ class Entities:
 
     async def refresh_names(self) -> int:
         """Merge the player names stored since the last look into the search index."""
+        async with self._refreshing:
+            return await self._refresh_names()
+
+    async def _refresh_names(self) -> int:
         assert self.store is not None
         rows = await self.store.query(
             "SELECT id, name, category, updated_at FROM names WHERE updated_at >= ? ORDER BY updated_at",
