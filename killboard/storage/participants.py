@@ -122,6 +122,9 @@ class Participation:
 
     pilots: tuple[PilotRow, ...]  # the victim first, then the attackers
     entities: tuple[EntityRow, ...]  # (kind, id, role code)
+    # pack(pilots), when made beforehand (a fleet fight, in the worker process: ~15 ms of Python
+    # for 10,000 pilots that would otherwise run on the loop inside the write transaction).
+    packed: bytes = b""
 
 
 def _id(value: Any) -> int:
