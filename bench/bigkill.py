@@ -118,3 +118,7 @@ async def main() -> None:
         if args.baseline is not None:
             await run(args.baseline, "baseline", sizes)
         await run(PROJECT_ROOT, "this", sizes)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -136,8 +136,8 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         facts_for_all=config.redis_url is not None,  # the bus stores match keys with every kill
     )
     # Fleet fights go to a process of their own, started on the first one (ingest/offload.py).
-    pipeline.offload = Offload(config.data_dir)
-    app[store_key].render_big = functools.partial(pipeline.offload.render, app[prices_key])
+    offload = pipeline.offload = Offload(config.data_dir)
+    app[store_key].render_big = functools.partial(offload.render, app[prices_key])
     app[pipeline_key] = pipeline
     worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
     recovery = asyncio.create_task(pipeline.recover(), name="killboard-recovery")
@@ -148,7 +148,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
     worker.cancel()
     with suppress(asyncio.CancelledError):
         await worker
-    await pipeline.offload.close()
+    await offload.close()
 
 
 async def _maintenance(app: web.Application) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A body this big is parsed in the worker (a kill of ~1,400 attackers); below it a thread is cheaper.
+# A POST body is parsed in the worker when it is one kill over BIG_ONE (~350 attackers; a typical
+# kill is 3-30 KB) or anything over BIG_BODY (an array with a fleet fight, or many kills).
+BIG_ONE = 64 * 1024
 BIG_BODY = 256 * 1024
 # A kill with more attackers and items than this stays bytes in this process (pipeline.BIG_KILL).
 BIG_KILL = 500
@@ -81,6 +83,11 @@ class Enriched:
     def rows(self) -> Participation:
         pilots, entities, packed = marshal.loads(self.participation)
         return Participation(pilots, entities, packed)
+
+
+def wants(body: bytes) -> bool:
+    """Whether a POST body goes to the worker: it may hold a fleet fight."""
+    return len(body) > BIG_BODY or (len(body) > BIG_ONE and body[:64].lstrip()[:1] == b"{")
 
 
 # ---- in the worker process ---------------------------------------------------------------------
@@ -224,8 +231,8 @@ class Offload:
     data_dir: Path
     _pool: ProcessPoolExecutor | None = None
     _prices: object = None  # the PriceBook.market the worker has (a refresh replaces the dict)
-    _lost: int = 0  # workers found dead
-    started: int = field(default=0)  # workers started (tests)
+    started: int = 0  # workers started (tests)
+    lost: int = 0  # workers found dead
     closed: bool = False  # after close(): every call answers None (done in-process)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -240,14 +247,14 @@ class Offload:
         """`fn(*args)` in the worker, or None if the worker died (the caller does it here)."""
         if self.closed:
             return None
+        pool = self._executor()
         try:
-            return await asyncio.wrap_future(self._executor().submit(fn, *args))
+            return await asyncio.wrap_future(pool.submit(fn, *args))
         except BrokenProcessPool:
-            self._lost += 1
-            if self._lost == 1:
-                log.warning("the big-kill worker process died; this kill is done in-process, the next starts a new one")
-            pool, self._pool = self._pool, None
-            if pool is not None:
+            if self._pool is pool:  # once a death, however many calls were waiting on it
+                self._pool = None
+                self.lost += 1
+                log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
                 pool.shutdown(wait=False, cancel_futures=True)
             return None
 

@@ -15,8 +15,7 @@ from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..auth import bearer_matches
-from ..ingest.offload import BIG_BODY as OFFLOAD_BODY
-from ..ingest.offload import parse_items
+from ..ingest.offload import parse_items, wants
 from ..ingest.pipeline import QueueFull, StorageUnavailable
 from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
@@ -103,12 +102,12 @@ async def post_killmails(request: web.Request) -> web.StreamResponse:
     # Kills given by id + hash only are accepted durably and completed from ESI by the worker.
     can_fetch = request.app[pipeline_key].fetch_killmail is not None
     # A big body (a fleet fight's kills, up to 32 MiB) is parsed and validated in a thread: on the
-    # loop, a 0.5 MB kill of 3,000 attackers took ~35 ms, a full 32 MiB body seconds. Past
-    # offload.BIG_BODY, in the worker process, which keeps a fleet fight as bytes (the one C call
-    # that decodes 1.75 MB holds the GIL ~8-33 ms, even in a thread).
+    # loop, a 0.5 MB kill of 3,000 attackers took ~35 ms, a full 32 MiB body seconds. One kill over
+    # 64 KiB or any body over 256 KiB (offload.wants) goes to the worker process, which keeps a
+    # fleet fight as bytes: the one C call that decodes 1.75 MB holds the GIL 8-33 ms, in a thread too.
     offload = request.app[pipeline_key].offload
     parsed: web.Response | tuple[int, list[Submission], list[dict[str, Any]]] | None = None
-    if len(body) > OFFLOAD_BODY and offload is not None:
+    if offload is not None and wants(body):
         outcome = await offload.parse(body, config.max_batch_items, can_fetch)
         parsed = _refused(outcome) if isinstance(outcome, str) else outcome
     if parsed is None:  # a smaller body, or the worker died (it is replaced on the next one)
