@@ -56,9 +56,12 @@ async def probe(url: str, seconds: float) -> tuple[float, float]:
     return float(longest), float(median)
 
 
-async def one(server: Server, session: aiohttp.ClientSession, km: dict[str, object]) -> tuple[float, float, float]:
-    """(seconds from POST to the frame on the socket, longest /health wait, quiet /health median)."""
-    _, quiet = await probe(server.url, 0.5)
+async def one(
+    server: Server, session: aiohttp.ClientSession, km: dict[str, object]
+) -> tuple[float, float, float, float]:
+    """(seconds from POST to the frame on the socket, longest /health wait, quiet /health median,
+    longest /health wait over as long with no kill)."""
+    floor, quiet = await probe(server.url, 3.0)  # the machine's own noise: as long, no kill
     async with session.ws_connect(server.url + "/ws", max_msg_size=64 << 20) as ws:
         await ws.send_json({"action": "sub", "channel": "kills"})
         await ws.receive(5)  # the subscription's acknowledgement
@@ -78,7 +81,7 @@ async def one(server: Server, session: aiohttp.ClientSession, km: dict[str, obje
         async with session.get(f"{server.url}/api/killmails/{km['killmail_id']}") as resp:
             await resp.read()
         longest, _ = await watch
-    return delivered, longest, quiet
+    return delivered, longest, quiet, floor
 
 
 async def run(root: Path, label: str, sizes: tuple[int, ...]) -> None:
@@ -92,12 +95,12 @@ async def run(root: Path, label: str, sizes: tuple[int, ...]) -> None:
                 for i, size in enumerate(sizes):
                     km = fleet_fight(killmails, size)
                     km["killmail_id"] = 10**12 + i  # a fresh kill each time
-                    delivered, stall, quiet = await one(server, session, km)
+                    delivered, stall, quiet, floor = await one(server, session, km)
                     mb = len(ujson.dumps(km)) / 1e6
                     load = os.getloadavg()[0]
                     print(
                         f"{label:9}  {size:9,}  {mb:7.2f}  {delivered:11.3f}  {stall * 1e3:18.1f}"
-                        f"  {quiet * 1e3:16.1f}  {load:4.1f}",
+                        f"  {quiet * 1e3:16.1f}  {floor * 1e3:17.1f}  {load:4.1f}",
                         flush=True,
                     )
         finally:
@@ -113,7 +116,7 @@ async def main() -> None:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="attacker counts, comma-separated")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
-    print("tree       attackers  body MB  delivered s  longest /health ms  quiet /health ms  load")
+    print("tree       attackers  body MB  delivered s  longest /health ms  quiet /health ms  longest, no kill  load")
     for _ in range(args.rounds):
         if args.baseline is not None:
             await run(args.baseline, "baseline", sizes)
