@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import socket
@@ -73,6 +74,11 @@ def serve(args: argparse.Namespace) -> int:
     # calls upstream, and the error is the bind's own (not any OSError of the start).
     sockets = listen(config.host, config.port)
     sys.setswitchinterval(SWITCH_INTERVAL)  # this process only: the server's, not a library's choice
+    # The static data and everything loaded so far live as long as the process: kept out of the
+    # cyclic collector, whose full passes otherwise walked them all. A fleet fight's 20,000 new
+    # tuples set off such a pass in the middle of the loop's work (~16 ms on a small heap, more
+    # on the server's; issue 21, docs/performance-read-send.md "Big kills").
+    gc.freeze()
     # print=None: aiohttp's banner is not a log line and would break JSON-lines logs.
     web.run_app(app, sock=sockets, access_log=None, shutdown_timeout=5, print=None, loop=event_loop(os.environ))
     return 0
