@@ -1,12 +1,15 @@
 """Fan-out: N subscribers on the full feed while kills are POSTed at a steady rate.
 
     python -m bench.fanout [--subscribers 1000] [--rate 5] [--seconds 10] [--baseline DIR]
+                           [--burst N] [--clients node|python]
 
 compares, in one run on the same real kills: Node's `ws` sending the plain frame
 (bench/fanout_node.js, the reference of issue 21), then this tree with permessage-deflate
 subscribers of every language on asyncio and on uvloop, and `--baseline DIR` (another
-checkout, e.g. main) the same way. Server CPU is split into user and system time (the kernel's
-send() is the system part; what the server's own code adds per socket is the user part).
+checkout, e.g. main) the same way. The subscribers are Node processes (bench/fanout_clients.js)
+unless `--clients python`: cheap enough that the latency measured is the server's. Server CPU
+is split into user and system time (the kernel's send() is the system part; what the server's
+own code adds per socket is the user part).
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ import asyncio
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from killboard.config import PROJECT_ROOT
 
 from .data import real_killmails, stream, take
 from .procstat import CLOCK_TICKS, cpu_seconds, load_average, raise_fd_limit
-from .server import TOKEN, Server, free_port
+from .server import TOKEN, Process, Server
 from .wsclient import Pool
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
@@ -45,48 +47,94 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
-class NodeServer:
+class NodeServer(Process):
     """bench/fanout_node.js on a free port: Node's `ws` broadcasting POSTed frames, plain."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+    name = "node"
+    hint = " (npm ci --prefix tests/node?)"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self, timeout: float = 30) -> None:
+    def spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "NODE_PATH": str(PROJECT_ROOT / "tests" / "node" / "node_modules")}
         script = Path(__file__).with_name("fanout_node.js")
-        self.proc = subprocess.Popen(["node", str(script), str(self.port)], env=env, preexec_fn=raise_fd_limit)
-        started = time.monotonic()
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() - started < timeout:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"node exited with {self.proc.returncode} (npm ci --prefix tests/node?)")
-                try:
-                    async with session.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.02)
-        raise TimeoutError("node did not answer")
+        return subprocess.Popen(["node", str(script), str(self.port)], env=env, preexec_fn=raise_fd_limit)
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+
+class NodeClients:
+    """The subscribers in Node processes (bench/fanout_clients.js): what Pool does, cheaply enough
+    that a kill's latency is the server's. 1,000 subscribers in 2 Python processes take ~20 ms to
+    read one kill once each, and that wait is in every later socket's latency; Node's loop reads
+    them several times faster. A socket's k-th kill frame is the k-th kill posted (the first
+    socket of each process reads the ids, checked against the order posted)."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def connect(self, host: str, port: int, total: int, deflate: bool = False) -> dict[str, Any]:
+        script = Path(__file__).with_name("fanout_clients.js")
+        share = [total // self.processes + (i < total % self.processes) for i in range(self.processes)]
+        for n in share:
+            self.procs.append(
+                await asyncio.create_subprocess_exec(
+                    "node",
+                    str(script),
+                    str(port),
+                    str(n),
+                    "1" if deflate else "0",
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    limit=1 << 28,  # a report is one line: 1,000 sockets x 100 kills of times
+                    preexec_fn=raise_fd_limit,
+                )
+            )
+        started = time.monotonic()
+        results = await asyncio.gather(*(self._line(proc) for proc in self.procs))
+        failed = sum(r["failed"] for r in results)
+        if failed:
+            raise RuntimeError(f"{failed} of {total} subscribers could not connect")
+        return {"connected": sum(r["connected"] for r in results), "seconds": time.monotonic() - started}
+
+    @staticmethod
+    async def _line(proc: asyncio.subprocess.Process) -> Any:
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a node client exited with {await proc.wait()} (npm ci --prefix tests/node?)")
+        return json.loads(line)
+
+    async def _all(self, command: str) -> list[Any]:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(command.encode() + b"\n")
+        return list(await asyncio.gather(*(self._line(proc) for proc in self.procs)))
+
+    async def received(self) -> int:
+        return sum(await self._all("received"))
+
+    async def reset(self) -> None:
+        await self._all("reset")
+
+    async def arrivals(self, order: list[int]) -> list[list[float]]:
+        """Arrival times of the k-th kill posted at each socket, for each k; `order`: the kill
+        ids as posted (each process's first socket must have got them in that order)."""
+        out: list[list[float]] = [[] for _ in order]
+        for report in await self._all("report"):
+            if report["ids"] != order[: len(report["ids"])]:
+                raise RuntimeError(f"kills arrived out of the order posted: {report['ids'][:5]}… vs {order[:5]}…")
+            for k, times in enumerate(report["arrivals"][: len(order)]):
+                out[k].extend(times)
+        return out
+
+    async def shutdown(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None and proc.stdin is not None:
+                proc.stdin.write(b"exit\n")
+        for proc in self.procs:
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 @dataclass
@@ -103,6 +151,7 @@ class FanoutRun:
     connect_seconds: float
     user_cpu: float = 0.0
     system_cpu: float = 0.0
+    first_latencies: list[float] = field(default_factory=list)  # per kill, its first receipt (Node clients)
 
     @property
     def deliveries_per_s(self) -> float:
@@ -168,7 +217,7 @@ async def post_steadily(
     return posted, start
 
 
-async def wait_received(pool: Pool, expected: int, timeout: float) -> int:
+async def wait_received(pool: Pool | NodeClients, expected: int, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     got = await pool.received()
     while got < expected and time.monotonic() < deadline:
@@ -192,17 +241,19 @@ async def run_fanout(
     root: Path = PROJECT_ROOT,
     node: bool = False,
     per_post: int = 1,
+    clients: str = "python",
 ) -> FanoutRun:
     """One run on a fresh server and database. `big`: post copies of this kill instead.
     `deflate`: the subscribers offer permessage-deflate; `env`: the server's extra settings;
     `root`: the checkout that serves; `node`: bench/fanout_node.js serves instead; `per_post`:
-    kills per POST (a burst: the worker stores them in one batch and they are due at once)."""
+    kills per POST (a burst: the worker stores them in one batch and they are due at once);
+    `clients`: the subscribers in Python (bench/wsclient.py) or Node (bench/fanout_clients.js)."""
     server: Server | NodeServer
     if node:
         server = NodeServer()
     else:
         server = Server(workdir / f"fanout-{subscribers}-{time.monotonic_ns()}.sqlite3", root=root, env=env)
-    pool = Pool(processes)
+    pool: Pool | NodeClients = NodeClients(processes) if clients == "node" else Pool(processes)
     try:
         await server.start()
         connected = await pool.connect("127.0.0.1", server.port, subscribers, deflate=deflate)
@@ -232,8 +283,20 @@ async def run_fanout(
             received = await wait_received(pool, expected, 60 + expected / 20_000)
             cpu = cpu_seconds(server.pid) - cpu0
             user1, sys1 = cpu_split(server.pid)
-        latencies = sorted(await pool.latencies(posted))
-        last = await pool.last_arrival()
+        first: list[float] = []
+        if isinstance(pool, NodeClients):
+            arrivals = await pool.arrivals([km["killmail_id"] for km in kills])
+            latencies = sorted(
+                t - posted[km["killmail_id"]] for km, times in zip(kills, arrivals, strict=True) for t in times
+            )
+            last = max((max(times) for times in arrivals if times), default=start)
+            # The first socket to get each kill: the server's ingest, before the fan-out.
+            first = sorted(
+                min(times) - posted[km["killmail_id"]] for km, times in zip(kills, arrivals, strict=True) if times
+            )
+        else:
+            latencies = sorted(await pool.latencies(posted))
+            last = await pool.last_arrival()
         return FanoutRun(
             subscribers=subscribers,
             kills=count,
@@ -247,6 +310,7 @@ async def run_fanout(
             connect_seconds=connected["seconds"],
             user_cpu=user1 - user0,
             system_cpu=sys1 - sys0,
+            first_latencies=first,
         )
     finally:
         try:
@@ -317,6 +381,7 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
                 args.processes,
                 0,
                 per_post=args.burst,
+                clients=args.clients,
                 **kw,
             )
             lat = r.latencies
@@ -332,23 +397,26 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
                 "send_us": r.us_per_delivery(r.server_cpu - (fixed[0] + fixed[1]) * r.kills),
                 "p50_ms": _pct(lat, 50) * 1e3,
                 "p99_ms": _pct(lat, 99) * 1e3,
+                "first_p50_ms": _pct(r.first_latencies, 50) * 1e3,
+                "first_p99_ms": _pct(r.first_latencies, 99) * 1e3,
             }
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     ref = rows[0]
-    print(f"A kill with no subscriber: {sum(per_kill) * 1e3:.2f} CPU-ms ({per_kill[0] * 1e3:.2f} user)\n")
+    print(f"A kill with no subscriber: {sum(per_kill) * 1e3:.2f} CPU-ms ({per_kill[0] * 1e3:.2f} user)")
+    print(f"Subscribers: {args.subscribers:,} in {args.processes} {args.clients} processes\n")
     print(
         "| server | delivered | µs a delivery | ÷ Node | user µs | ÷ Node | system µs"
-        " | less the kill's own cost: µs | ÷ Node | user µs | ÷ Node | p50 ms | p99 ms |"
+        " | less the kill's own cost: µs | ÷ Node | user µs | ÷ Node | p50 ms | p99 ms | first p50 ms | first p99 ms |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['name']} | {r['delivered']:,}/{r['expected']:,} | {r['us']:.1f} | {r['us'] / ref['us']:.2f}x"
             f" | {r['user_us']:.1f} | {r['user_us'] / ref['user_us']:.2f}x | {r['sys_us']:.1f}"
             f" | {r['send_us']:.1f} | {r['send_us'] / ref['us']:.2f}x"
             f" | {r['send_user_us']:.1f} | {r['send_user_us'] / ref['user_us']:.2f}x"
-            f" | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+            f" | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['first_p50_ms']:.1f} | {r['first_p99_ms']:.1f} |"
         )
     return {"rows": rows, "per_kill": per_kill, "load": load_average()}
 
@@ -362,6 +430,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main) to run the same way")
     parser.add_argument("--processes", type=int, default=2, help="client processes (1 process is the bottleneck)")
     parser.add_argument("--burst", type=int, default=1, help="kills per POST (due in the same turn of the loop)")
+    parser.add_argument(
+        "--clients",
+        choices=("node", "python"),
+        default="node",
+        help="the subscribers: Node (cheap: the latency is the server's) or Python (bench/wsclient.py)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_fd_limit()

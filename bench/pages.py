@@ -13,7 +13,9 @@ real server runs as a subprocess and /health is timed while `--reads` concurrent
 
 With `--baseline DIR` (another checkout, e.g. main before a change), bench/pageviews.py runs
 once per tree on the same database: CPU per view (first and kept), views per CPU-second (one
-core), in English and German, as a table with the ratio.
+core), in English and German, as a table with the ratio; for the feed's pages, and for the
+battle and entity pages and their JSON (battles and entity figures are rebuilt after the fill,
+as a server that stored the kills would have them).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
+from killboard.battles.service import rebuild as battles_rebuild  # noqa: E402
 from killboard.config import Config  # noqa: E402
+from killboard.entities.backlog import rebuild as entities_rebuild  # noqa: E402
 from killboard.ingest.pipeline import build_kill  # noqa: E402
 from killboard.kill.enrich import enrich  # noqa: E402
 from killboard.kill.prices import price_book  # noqa: E402
@@ -62,10 +66,23 @@ async def fill(db: Path, count: int) -> dict[str, int]:
                 new = build_kill(Submission(10**10 + n, sub.killmail_hash, sub.esi, sub.zkb), kill)
                 batch.append(NewKill(new.killmail_id, new.killmail_hash, now, new.system_id, 0.0, b"", new.source))
             await store.save_kills(batch)
+        # Battles and entity figures, as a server that stored these kills would have them.
+        await battles_rebuild(store, static)
+        await entities_rebuild(store, static)
+        [(battle,)] = await store.query(
+            "SELECT battle_id FROM battles WHERE merged_into IS NULL ORDER BY kill_count, battle_id LIMIT 1"
+            " OFFSET (SELECT count(*) / 2 FROM battles WHERE merged_into IS NULL)"
+        )
     finally:
         await store.close()
     # The oldest real kill's system: one kill in 82, so a page of 50 looks far back for it.
-    return {"system": int(enriched[0]["system_id"])}
+    victim = enriched[0]["victim"]
+    return {
+        "system": int(enriched[0]["system_id"]),
+        "battle": int(battle),  # the median battle by kills
+        "character": int(victim["character_id"]),  # one kill in 82: ~240 of 20,000
+        "ship": int(victim["ship_id"]),
+    }
 
 
 async def measure(db: Path, paths: list[str], rounds: int) -> dict[str, float]:
@@ -131,32 +148,50 @@ async def health_under_reads(db: Path, reads: int) -> None:
         server.stop()
 
 
-def views(tree: Path, db: Path, paths: list[str], lang: str) -> dict[str, Any]:
+def views(tree: Path, db: Path, paths: list[str], lang: str, seconds: float) -> dict[str, Any]:
     """bench/pageviews.py for one tree, in its own process (it imports that tree's killboard)."""
     command = [sys.executable, str(ROOT / "bench" / "pageviews.py"), "--tree", str(tree), "--db", str(db)]
+    command += ["--seconds", str(seconds)]
     done = subprocess.run([*command, "--lang", lang, *paths], capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{tree}: {done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def compare(baseline: Path, db: Path, paths: list[str]) -> None:
-    print(f"{'path':30} {'lang':4} {'tree':8} {'1st ms':>8} {'kept ms':>8} {'views/CPU-s':>12}")
+def compare(baseline: Path, db: Path, paths: list[str], seconds: float) -> None:
+    print(f"{'path':46} {'lang':4} {'tree':8} {'1st ms':>8} {'kept ms':>8} {'views/CPU-s':>12}")
     for lang in ("en", "de"):
-        got = {name: views(tree, db, paths, lang) for name, tree in (("baseline", baseline), ("this", ROOT))}
+        got = {name: views(tree, db, paths, lang, seconds) for name, tree in (("baseline", baseline), ("this", ROOT))}
         for path in paths:
             for name in ("baseline", "this"):
                 r = got[name][path]
                 cost = f"{r['first_ms']:8.1f} {r['median_ms']:8.2f} {r['views_per_cpu_s']:12.0f}"
-                print(f"{path:30} {lang:4} {name:8} {cost}")
+                print(f"{path:46} {lang:4} {name:8} {cost}")
             ratio = got["this"][path]["views_per_cpu_s"] / got["baseline"][path]["views_per_cpu_s"]
-            print(f"{'':30} {lang:4} {'ratio':8} {'':8} {'':8} {ratio:11.1f}x")
+            print(f"{'':46} {lang:4} {'ratio':8} {'':8} {'':8} {ratio:11.1f}x")
         for name in ("baseline", "this"):
             first, learned = got[name]["first filtered page (ms wall)"], got[name]["keys learned after (s)"]
+            cpu = got[name].get("first filtered page (ms CPU)", 0.0)
             when = (
                 f"keys learned in the background {learned:.1f} s after start" if learned else "no background learning"
             )
-            print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall ({when})")
+            print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall, {cpu:.0f} ms CPU ({when})")
+
+
+def others(ids: dict[str, int]) -> list[str]:
+    """The battle and entity pages and their JSON."""
+    character, battle = ids["character"], ids["battle"]
+    return [
+        "/battles",
+        f"/battle/{battle}",
+        "/api/battles",
+        f"/api/battles/{battle}",
+        f"/character/{character}",
+        f"/api/character/{character}",
+        f"/api/character/{character}/kills?limit=50",
+        f"/ship/{ids['ship']}",
+        f"/system/{ids['system']}",
+    ]
 
 
 async def main() -> None:
@@ -165,6 +200,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reads", type=int, default=48)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare page views with")
+    parser.add_argument("--seconds", type=float, default=3.0, help="views of one page repeated this long")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "kb.sqlite3"
@@ -173,7 +209,7 @@ async def main() -> None:
         print(f"stored {args.kills} kills in {time.perf_counter() - started:.1f} s")
         paths = ["/health", "/", "/?sec=lowsec&solo=1", f"/?system={ids['system']}", "/?class=titans"]
         if args.baseline:
-            compare(args.baseline, db, paths[1:])
+            compare(args.baseline, db, paths[1:] + others(ids), args.seconds)
             if not args.reads:
                 return
         for path, cpu in (await measure(db, paths, args.rounds)).items():

@@ -17,8 +17,9 @@ before it (tests/test_layers.py holds the code to this):
 
 __version__ = "0.3.0"
 
+# "killboard" is this file: it imports nothing, so the base stage may read __version__ from it.
 STAGES: tuple[frozenset[str], ...] = (
-    frozenset({"config", "logs", "metrics", "auth"}),
+    frozenset({"killboard", "config", "logs", "metrics", "auth"}),
     frozenset({"kill"}),
     frozenset({"storage"}),
     frozenset({"ingest"}),
@@ -27,5 +28,5 @@ STAGES: tuple[frozenset[str], ...] = (
     frozenset({"battles", "entities"}),
     frozenset({"web"}),
     frozenset({"bus"}),
-    frozenset({"killboard", "server", "cli", "__main__"}),
+    frozenset({"server", "cli", "__main__"}),
 )

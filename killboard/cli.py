@@ -32,6 +32,14 @@ log = logging.getLogger("killboard")
 # whole interval for the loop to get the GIL back, and a /health of a few hops stalled 140-150 ms
 # on a 10,000-attacker kill. At 1 ms the same bench measured 70-85 ms (issue 21, bench.bigkill).
 SWITCH_INTERVAL = 0.001
+# The cyclic garbage collector's thresholds (CPython's default: 700, 10, 10). A batch of 200
+# kills in flight holds ~100,000 dicts and lists of enriched kills that refcounting frees when
+# it is done, but the default thresholds scanned them again and again and promoted them, so
+# full collections of ~190,000 objects ran every ~300 kills: 1.2-1.5 s of 5,000 kills' ~7 s of
+# CPU (issue 21's ingest bench), freeing nothing. With these (and the start-up's objects frozen
+# out of the scans) the same run spent ~0.2 s. Cycles are still collected: a young one once
+# 50,000 more objects are alive, any after some 10 million.
+GC_THRESHOLDS = (50_000, 20, 10)
 
 DESCRIPTION = """\
 killboard: a live EVE Online killmail feed (WebSocket + JSON API + page).
@@ -74,14 +82,18 @@ def serve(args: argparse.Namespace) -> int:
     # calls upstream, and the error is the bind's own (not any OSError of the start).
     sockets = listen(config.host, config.port)
     sys.setswitchinterval(SWITCH_INTERVAL)  # this process only: the server's, not a library's choice
-    # The static data and everything loaded so far live as long as the process: kept out of the
-    # cyclic collector, whose full passes otherwise walked them all. A fleet fight's 20,000 new
-    # tuples set off such a pass in the middle of the loop's work (~16 ms on a small heap, more
-    # on the server's; issue 21, docs/performance-read-send.md "Big kills").
-    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    app.on_startup.append(_freeze)  # after every cleanup_ctx's start: the static data, caches loaded
     # print=None: aiohttp's banner is not a log line and would break JSON-lines logs.
     web.run_app(app, sock=sockets, access_log=None, shutdown_timeout=5, print=None, loop=event_loop(os.environ))
     return 0
+
+
+async def _freeze(_app: web.Application) -> None:
+    """What the start made (static data, the battles' state, the app) lives as long as the
+    process: out of every later collection's scan."""
+    gc.collect()
+    gc.freeze()
 
 
 LOOPS = ("asyncio", "uvloop")
@@ -212,6 +224,7 @@ def _run_edge(args: argparse.Namespace) -> int:
 def _run_import(args: argparse.Namespace) -> int:
     # Imported kills join battles and count into the entity figures in their own transactions.
     prepare = (battle_commands.with_battles, entity_figures.with_figures)
+    gc.set_threshold(*GC_THRESHOLDS)  # an import's batches are the server's (see GC_THRESHOLDS)
     return importer.main_sync(settings.from_args(args), args.paths, prepare=prepare)
 
 

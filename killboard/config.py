@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from killboard import __version__
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 
@@ -81,8 +83,9 @@ class Config:
     upstream: bool = True
     r2z2_url: str = "https://r2z2.zkillboard.com/ephemeral"
     esi_url: str = "https://esi.evetech.net/latest"
-    # Upstream refuses requests without a descriptive User-Agent; KILLBOARD_USER_AGENT adds a contact.
-    user_agent: str = "killboard/0.1 (self-hosted EVE killmail feed; contact not configured)"
+    # zKillboard and ESI ask every client for its name, version and a contact (e-mail or URL) in the
+    # User-Agent; only the operator knows the contact, so KILLBOARD_USER_AGENT replaces this whole.
+    user_agent: str = f"killboard/{__version__} (self-hosted EVE killmail feed; contact not configured)"
     # R2Z2 asks clients to wait ~6 s when the next sequence is not there yet (404).
     r2z2_wait: float = 6.0
     # At most this many requests per second to R2Z2 (the limit upstream is 20/s).

@@ -239,6 +239,24 @@
     notice.hidden = !text;
   }
 
+  // Kills this page will never get live: an edge process that fell behind its stream's trim
+  // says {"action":"skipped","from":F,"to":T} (F < seq <= T, counted over every channel). The
+  // page the writer renders has them, so the notice counts them and offers a reload.
+  let skipped = 0;
+
+  function onSkipped(message) {
+    if (typeof message.from !== "number" || typeof message.to !== "number" || message.to <= message.from) return;
+    skipped += message.to - message.from;
+    const count = skipped + " kill" + (skipped === 1 ? "" : "s");
+    notice.replaceChildren(
+      (channel === "kills" ? count : "Up to " + count + " of this feed") +
+        " skipped: this server fell behind the live feed. ",
+      el("a", { class: "reload", href: location.href }, ["Reload"]),
+      " for the full list."
+    );
+    notice.hidden = false;
+  }
+
   function onKill(message) {
     const kill = message.data;
     if (typeof message.seq === "number" && message.seq > lastSeq) lastSeq = message.seq;
@@ -286,6 +304,9 @@
       case "pong":
         if (replayTo !== null && replayTo > lastSeq) lastSeq = replayTo;
         replayTo = null;
+        break;
+      case "skipped":
+        onSkipped(message);
         break;
       case "error":
         if (statusEl.dataset.state !== "live") setStatus("refused", "not subscribed");

@@ -1,5 +1,6 @@
 """`python -m bench.fanout` runs end to end: Node's `ws` reference and this tree's server, every
-subscriber getting every kill, in one run (quick sizes)."""
+subscriber getting every kill, in one run (quick sizes), with Node's subscribers (the default) and
+with Python's."""
 
 from __future__ import annotations
 
@@ -24,4 +25,11 @@ def test_fanout_compares_with_node_and_delivers_everything(tmp_path: Path) -> No
     for row in figures["rows"]:
         assert row["delivered"] == row["expected"] == 20 * 10, row
         assert row["us"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        # Node's clients also give each kill's first receipt: no later than its last.
+        assert 0 < row["first_p50_ms"] <= row["first_p99_ms"] <= row["p99_ms"] + 1e-6, row
     assert "| Node ws, plain frame (reference) | 200/200 |" in stdout
+    assert "Subscribers: 20 in 2 node processes" in stdout
+    args = ["--subscribers", "20", "--rate", "10", "--seconds", "1", "--loops", "asyncio", "--clients", "python"]
+    stdout, figures = run_bench("bench.fanout", args, tmp_path / "fanout-python.json", timeout=240)
+    assert [row["delivered"] for row in figures["rows"]] == [200, 200]
+    assert "Subscribers: 20 in 2 python processes" in stdout

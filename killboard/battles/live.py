@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..kill.frames import encode, kill_frame
-from ..live.hub import Hub, Subscriber
+from ..live.hub import Hub
+from ..live.subscriber import Subscriber
 from ..storage.store import Store
 from . import tables
 

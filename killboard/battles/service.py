@@ -100,7 +100,7 @@ class Battles:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
             if not self.detector.knows(p.time) and (where := (p.constellation, p.system, p.time)) not in hydrated:
                 hydrated.add(where)
-                await tables.hydrate(db, self.detector, p, self.static, batch)
+                await tables.hydrate(db, self.detector, p, self.static, batch, changes)
             self.detector.add((p,), changes)
         if not changes:
             return

@@ -166,9 +166,13 @@ async def load(db: aiosqlite.Connection, detector: Detector, static: Any, skip: 
     detector.newest = max(detector.newest, newest)
 
 
-async def hydrate(db: aiosqlite.Connection, detector: Detector, p: Point, static: Any, batch: set[int]) -> None:
+async def hydrate(
+    db: aiosqlite.Connection, detector: Detector, p: Point, static: Any, batch: set[int], changes: Changes
+) -> None:
     """A kill older than memory reaches: bring its system's battles and loose kills of that time
-    back from the database first (an import of old kills, a kill posted days late)."""
+    back from the database first (an import of old kills, a kill posted days late). `changes`:
+    what this batch did so far, which the database does not hold yet (it is written after the
+    batch): kills it put in battles stay out of the loose pool, battles it merged away stay gone."""
     rows = await _fetch(
         db,
         f"SELECT {_COLUMNS} FROM battles WHERE end_time >= ? AND start_time <= ? AND merged_into IS NULL"
@@ -176,7 +180,7 @@ async def hydrate(db: aiosqlite.Connection, detector: Detector, p: Point, static
         (p.time - GAP, p.time + GAP, p.constellation),
     )
     for row in rows:
-        if int(row[0]) not in detector.battles:
+        if int(row[0]) not in detector.battles and int(row[0]) not in changes.redirect:
             detector.load_battle(_battle(BattleRow.of(row)))
     await _pool(
         db,
@@ -184,7 +188,7 @@ async def hydrate(db: aiosqlite.Connection, detector: Detector, p: Point, static
         static,
         "k.system_id = ? AND k.kill_time BETWEEN ? AND ?",
         (p.system, p.time - 2 * GAP, p.time + 2 * GAP),
-        batch,
+        batch.union(seq for seq, _ in changes.assigned) if changes.assigned else batch,
     )
 
 

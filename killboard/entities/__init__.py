@@ -9,16 +9,25 @@ from aiohttp import web
 
 from ..kill.staticdata import StaticData
 from ..storage.store import Store
+from .rows import RowStore
 from .service import Entities
-from .views import add_routes, entities_key, link
+from .views import Handler, add_routes, entities_key, link
 
 __all__ = ["Entities", "entities_key", "link", "setup"]
 
 
-def setup(app: web.Application, static: StaticData, store: Callable[[], Store]) -> None:
-    """Add the routes, and a context that attaches the figures to the store as it opens: append it
-    right after the database's, so it stops before the database closes."""
-    app[entities_key] = Entities(static)
+def setup(
+    app: web.Application,
+    static: StaticData,
+    store: Callable[[], Store],
+    wrap: Callable[[str, Handler], Handler] | None = None,
+    kept_rows: RowStore | None = None,
+) -> None:
+    """Add the routes (each through `wrap(name, handler)` when given: the web stage's view cache,
+    which keeps the pages' rows too, as `kept_rows`), and a context that attaches the figures to
+    the store as it opens: append it right after the database's, so it stops before the database
+    closes."""
+    app[entities_key] = Entities(static) if kept_rows is None else Entities(static, html=kept_rows)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         service = app[entities_key]
@@ -27,4 +36,7 @@ def setup(app: web.Application, static: StaticData, store: Callable[[], Store]) 
         await service.stop()
 
     app.cleanup_ctx.append(context)
-    add_routes(app)
+    if wrap is None:
+        add_routes(app)
+    else:
+        add_routes(app, wrap)

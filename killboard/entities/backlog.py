@@ -63,10 +63,29 @@ async def _uncounted(db: aiosqlite.Connection) -> tuple[int, int]:
     return await _state(db, INDEX_BACKLOG), await _state(db, FIGURES_BACKLOG)
 
 
+PREPARED = "entities.share"  # the key of a kill's share in NewKill.prepared
+
+
+def preparer(static: StaticData) -> Callable[[NewKill], None]:
+    """Work a new kill's share out while the pipeline prepares it: the write only adds it up."""
+
+    def prepare(kill: NewKill) -> None:
+        if kill.participation is not None:
+            pilots = kill.participation.pilots
+            kill.prepared[PREPARED] = figures.kill_share(
+                pilots, kill.kill_time, kill.system_id, kill.total_value, static
+            )
+
+    return prepare
+
+
 def _shares(kills: Sequence[tuple[int, NewKill]], static: StaticData) -> figures.Share:
     share = figures.Share()
     for _, kill in kills:
-        if kill.participation is not None:
+        prepared = kill.prepared.get(PREPARED)
+        if prepared is not None:
+            figures.add_share(share, prepared)
+        elif kill.participation is not None:
             figures.add_kill(share, kill.participation.pilots, kill.kill_time, kill.system_id, kill.total_value, static)
     return share
 
@@ -82,7 +101,9 @@ def writer(static: StaticData) -> TxWriter:
         unread = [seq for seq, kill in new if kill.participation is None]
         # ~0.1 ms a kill of Python (a fleet fight's thousands of pilots: tens of ms): a batch of
         # any size is worked out in a thread, so the loop keeps serving meanwhile.
-        pilots = sum(len(kill.participation.pilots) for _, kill in known if kill.participation)
+        pilots = sum(
+            len(kill.participation.pilots) for _, kill in known if kill.participation and PREPARED not in kill.prepared
+        )
         share = await asyncio.to_thread(_shares, known, static) if pilots > THREAD_PILOTS else _shares(known, static)
         if unread:
             share.merge(await share_of(db, static, unread, 1))
@@ -105,6 +126,7 @@ def attach(store: Store, static: StaticData) -> None:
     """Keep the figures in every transaction that stores or prunes kills on `store`."""
     store.writers.append(writer(static))
     store.pruners.append(pruner(static))
+    store.preparers.append(preparer(static))
 
 
 async def with_figures(store: Store, static: StaticData) -> Callable[[], Awaitable[None]]:

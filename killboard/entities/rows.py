@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..kill.enrich import MAX_NPC_CORPORATION_ID, display_security, is_npc_attacker, security_class
 from ..kill.staticdata import StaticData
@@ -64,34 +64,34 @@ def _summary(pilots: Sequence[PilotRow], static: StaticData) -> Pilots:
     return Pilots(victim, final, len(attackers), is_solo(pilots, static), not players, bool(awox))
 
 
+class RowStore(Protocol):
+    """Where an entity page keeps its rendered rows: the web stage's view cache (web/viewcache.py,
+    passed in at setup), under its one byte bound with the feed's rows and every kept page. A row
+    goes when its kill is rewritten or pruned, or a name it showed missing is saved."""
+
+    generation: int
+
+    def row(self, lang: str, killmail_id: int, kind: str = ...) -> str | None: ...
+
+    def put_row(self, lang: str, killmail_id: int, html: str, generation: int, kind: str = ...) -> None: ...
+
+    def waiting_for_names(self, killmail_id: int, entity_ids: Collection[int]) -> None: ...
+
+
 @dataclass(slots=True)
-class RowCache:
-    """Rendered feed rows (HTML) by what they show, bounded in bytes: Jinja's kill_row is ~0.1 ms a
-    row, most of an entity page's cost, and a row changes only when a player name is learned."""
+class NoRows:
+    """A RowStore that keeps nothing (an Entities without a server: tools, tests)."""
 
-    max_bytes: int = 4 * 1024 * 1024
-    _items: OrderedDict[tuple[Any, ...], str] = field(default_factory=OrderedDict)
-    _bytes: int = 0
+    generation: int = 0
 
-    @staticmethod
-    def key(row: Mapping[str, Any], lang: str) -> tuple[Any, ...]:
-        people = (row["victim"], *row["attackers"])
-        return (row["seq"], lang, *((p["character_name"], p["corporation_name"], p["alliance_name"]) for p in people))
+    def row(self, lang: str, killmail_id: int, kind: str = "entity") -> str | None:
+        return None
 
-    def get(self, key: tuple[Any, ...]) -> str | None:
-        found = self._items.get(key)
-        if found is not None:
-            self._items.move_to_end(key)
-        return found
+    def put_row(self, lang: str, killmail_id: int, html: str, generation: int, kind: str = "entity") -> None:
+        return None
 
-    def put(self, key: tuple[Any, ...], html: str) -> None:
-        if key in self._items:
-            return
-        self._items[key] = html
-        self._bytes += len(html)
-        while self._bytes > self.max_bytes and self._items:
-            _, gone = self._items.popitem(last=False)
-            self._bytes -= len(gone)
+    def waiting_for_names(self, killmail_id: int, entity_ids: Collection[int]) -> None:
+        return None
 
 
 async def rows(

@@ -37,7 +37,10 @@ class Entities:
     index: search.SearchIndex = field(default_factory=search.SearchIndex)
     store: Store | None = None
     pilots: rows.PilotCache = field(default_factory=rows.PilotCache)  # the page rows' pilots
-    html: rows.RowCache = field(default_factory=rows.RowCache)  # the page rows, rendered
+    html: rows.RowStore = field(default_factory=rows.NoRows)  # the page rows, rendered
+    # False while kills stored before the figures existed are being counted in (figures change
+    # without a new kill then: web/keptpages.py keeps no entity page meanwhile).
+    caught_up: bool = False
     _names_seen: float = 0.0
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -64,6 +67,7 @@ class Entities:
         try:
             if done := await backlog.catch_up(self.store, self.static):
                 log.info("entity figures: %d kills stored before them are counted in", done)
+            self.caught_up = True
         except (sqlite3.Error, OSError):
             log.exception("entity figures: counting older kills failed; it resumes at the next start")
 

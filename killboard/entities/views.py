@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -12,6 +13,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from ..kill import topics
+from ..kill.display import nameless
 from ..kill.frames import encode
 from ..kill.langs import reader_language
 from ..storage.participants import KIND_NAMES
@@ -168,16 +170,19 @@ async def page(request: web.Request) -> web.StreamResponse:
         return aiohttp_jinja2.render_template("notfound.html", request, {"message": message}, status=404)
     assert service.store is not None
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
+    kept = service.html
+    generation = kept.generation  # before the rows are read: a row read while a kill changed is not kept
     seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS)]
     kills = await rows.rows(service.store, service.static, seqs, lang, service.pilots)
     kill_row = aiohttp_jinja2.get_env(request.app).get_template("macros.html").module.kill_row  # type: ignore[attr-defined]
     rendered = []
     for kill in kills:
-        key = rows.RowCache.key(kill, lang)
-        html = service.html.get(key)
+        html = kept.row(lang, kill["killmail_id"], "entity")
         if html is None:
             html = str(kill_row(kill, link))
-            service.html.put(key, html)
+            kept.put_row(lang, kill["killmail_id"], html, generation, "entity")
+            if missing := nameless(kill):
+                kept.waiting_for_names(kill["killmail_id"], missing)
         rendered.append(Markup(html))  # rendered by the autoescaping template: names are escaped
     context = {
         "lang": lang,
@@ -204,10 +209,15 @@ async def page(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def add_routes(app: web.Application) -> None:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_routes(app: web.Application, wrap: Callable[[str, Handler], Handler] = lambda name, handler: handler) -> None:
+    """The routes; `wrap(name, handler)` lets the web stage serve some of them from its view
+    cache (web/keptpages.py), which this stage cannot import."""
     entity = "{kind:" + KIND_PATTERN + r"}/{id}"
-    app.router.add_get("/api/search", api_search)
-    app.router.add_get("/search", search_page)
-    app.router.add_get("/api/" + entity, api_figures)
-    app.router.add_get("/api/" + entity + "/kills", api_kills)
-    app.router.add_get("/" + entity, page)
+    app.router.add_get("/api/search", wrap("search", api_search))
+    app.router.add_get("/search", wrap("search_page", search_page))
+    app.router.add_get("/api/" + entity, wrap("figures", api_figures))
+    app.router.add_get("/api/" + entity + "/kills", wrap("kills", api_kills))
+    app.router.add_get("/" + entity, wrap("page", page))

@@ -29,7 +29,7 @@ import ujson
 
 from ..kill.codec import decode, kill_prices, player_ids, renderer, source_document
 from ..kill.enrich import enrich
-from ..kill.frames import encode
+from ..kill.frames import encode, encode_ascii
 from ..kill.prices import PriceBook
 from ..kill.staticdata import StaticData, load_static
 from ..kill.topics import KillFacts, kill_facts
@@ -109,7 +109,7 @@ def _start(data_dir: Path) -> None:
 def pack(sub: Submission) -> Packed:
     """A validated submission as a Packed one (its payload is byte for byte `inbox_payload(sub)`)."""
     esi = sub.esi or {}
-    payload = ujson.dumps({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb}).encode()
+    payload = encode_ascii({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb})
     size = len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
     players = array("q", sorted(player_ids(esi))).tobytes()
     return Packed(sub.killmail_id, sub.killmail_hash, {}, None, payload, size, players)
@@ -205,7 +205,9 @@ def enriched(sub: Submission, static: StaticData, names: Mapping[int, str], pric
     )
 
 
-def new_kill(sub: Packed, done: Enriched, names: Mapping[int, str]) -> NewKill:
+def new_kill(
+    sub: Packed, done: Enriched, names: Mapping[int, str], pack: Callable[[bytes], bytes] | None = None
+) -> NewKill:
     """The NewKill pipeline.build_kill makes, from the worker's bytes (no enriched object: a
     language variant decodes the body, as for a kill read back)."""
     return NewKill(
@@ -218,6 +220,7 @@ def new_kill(sub: Packed, done: Enriched, names: Mapping[int, str]) -> NewKill:
         source=done.source,
         names={i: names[i] for i in sub.player_ids() if i in names} if names else {},
         participation=done.rows(),
+        packed=pack(done.source) if pack is not None else b"",
     )
 
 

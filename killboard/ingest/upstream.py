@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from .. import __version__
 from ..config import Config
 from ..kill.prices import PriceBook
 from ..storage.store import Store
@@ -71,7 +72,8 @@ class Upstream:
         if config.user_agent == Config().user_agent:
             log.warning(
                 "KILLBOARD_USER_AGENT is not set: zKillboard and ESI ask for a contact in the User-Agent;"
-                " set e.g. KILLBOARD_USER_AGENT='killboard (you@example.com)'"
+                " set e.g. KILLBOARD_USER_AGENT='killboard/%s (you@example.com)'",
+                __version__,
             )
         jobs: list[Coroutine[Any, Any, None]] = [
             follower.run(),

@@ -18,7 +18,7 @@ from typing import Any
 import ujson
 
 from ..config import resource_dir
-from ..kill.frames import encode
+from ..kill.frames import encode, encode_ascii
 from .enrich import enrich
 from .prices import SINGLETON_BLUEPRINT_COPY, PriceBook, price_book
 from .staticdata import StaticData, load_static
@@ -54,7 +54,7 @@ def source_document(
     # ensure_ascii (the default): fields nobody validates (unknown ESI keys, zkb) may hold a lone
     # UTF-16 surrogate ("\\ud800" is valid JSON); UTF-8 cannot encode one, and the kill, already
     # acknowledged, was dropped. Escaped, it round-trips; ESI bodies are ASCII, so no size cost.
-    return ujson.dumps(doc, escape_forward_slashes=False).encode()
+    return encode_ascii(doc)  # ujson's bytes (escape_forward_slashes=False), faster
 
 
 def kill_prices(kill: Mapping[str, Any]) -> dict[int, float]:

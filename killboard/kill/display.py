@@ -102,6 +102,17 @@ def attackers_in_order(attackers: Iterable[Mapping[str, Any]]) -> list[Mapping[s
     return sorted(attackers, key=lambda a: (not a.get("final_blow"), -(a.get("damage_done") or 0)))
 
 
+def nameless(kill: Mapping[str, Any]) -> set[int]:
+    """The pilots, corporations and alliances a kill (or a page row of one) shows without a name
+    (ESI had not answered): a kept row of it waits for those names."""
+    missing = set()
+    for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
+        for kind in ("character", "corporation", "alliance"):
+            if (entity_id := person.get(f"{kind}_id")) and not person.get(f"{kind}_name"):
+                missing.add(entity_id)
+    return missing
+
+
 def final_blow(kill: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for attacker in kill.get("attackers") or ():
         if attacker.get("final_blow"):

@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -34,6 +32,7 @@ from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
 from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
+from .subscriber import Delivered, Outbox, Subscriber, idle, pend, raw_socket, send_frames
 from .wire import (
     OFFLOAD_BYTES,
     RSV1,
@@ -56,143 +55,6 @@ WHOLE_LATE_BYTES = 256 * 1024
 # More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
 # feed (~0.2 kills/s on average, a few a second at peaks).
 BURST = 8
-
-
-class Delivered:
-    """The seqs of the kills one socket was sent, over the last `window` seqs, as sorted runs
-    (a broad channel gets consecutive seqs: one run). A replay skips what the socket already has."""
-
-    __slots__ = ("his", "los", "window")
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.los: list[int] = []
-        self.his: list[int] = []
-
-    def __contains__(self, seq: int) -> bool:
-        i = bisect_right(self.los, seq) - 1
-        return i >= 0 and seq <= self.his[i]
-
-    def add(self, seq: int) -> None:
-        los, his = self.los, self.his
-        if his and seq == his[-1] + 1:
-            his[-1] = seq  # the common case: the next kill in line
-        elif not his or seq > his[-1] + 1:
-            los.append(seq)
-            his.append(seq)
-        else:  # a replay sends older kills after newer live ones
-            i = bisect_right(los, seq) - 1
-            if i >= 0 and seq <= his[i]:
-                return
-            if i >= 0 and his[i] + 1 == seq:
-                his[i] = seq
-                if i + 1 < len(los) and los[i + 1] == seq + 1:
-                    his[i] = his[i + 1]
-                    del los[i + 1], his[i + 1]
-            elif i + 1 < len(los) and los[i + 1] == seq + 1:
-                los[i + 1] = seq
-            else:
-                los.insert(i + 1, seq)
-                his.insert(i + 1, seq)
-        old = bisect_right(his, his[-1] - self.window)
-        if old:
-            del los[:old], his[:old]
-
-
-class Outbox:
-    """The bounded FIFO of frames between the hub and one socket's writer, and their bytes.
-
-    asyncio.Queue's interface as the hub and the replay use it, at a fraction of its memory:
-    asyncio.Queue keeps three deques and an Event, ~3 KB per socket (tracemalloc), 15% of an idle
-    subscriber. This is one list (usually 0 or 1 frames long, so popping the front is cheap) and
-    one future, made only while the writer waits for a frame or a replay waits for room (both
-    may wait on it at once: a frame put or taken wakes both, and each checks its own condition).
-
-    Each frame is queued with its size on the wire, which is not always len(frame) (a frame
-    may be a payload compressed elsewhere): `nbytes` is their sum.
-    """
-
-    __slots__ = ("_items", "_maxsize", "_waiter", "nbytes")
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: list[tuple[bytes | None, int]] = []
-        self._maxsize = maxsize
-        self._waiter: asyncio.Future[None] | None = None
-        self.nbytes = 0
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def full(self) -> bool:
-        return len(self._items) >= self._maxsize
-
-    def put_nowait(self, item: bytes | None, size: int = 0) -> None:
-        if len(self._items) >= self._maxsize:
-            raise asyncio.QueueFull
-        self._items.append((item, size))
-        self.nbytes += size
-        self._wake()
-
-    def get_nowait(self) -> bytes | None:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        item, size = self._items.pop(0)
-        self.nbytes -= size
-        self._wake()
-        return item
-
-    async def get(self) -> bytes | None:
-        while not self._items:
-            await self.changed()
-        return self.get_nowait()
-
-    async def changed(self) -> None:
-        """Until a frame is put or taken."""
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-        await waiter
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    """One connected socket: its channels, its bounded outbox and the task that drains it."""
-
-    ws: web.WebSocketResponse
-    outbox: Outbox
-    transport: asyncio.Transport | None
-    # Its conditions: the index's shared instances (an equal condition is held once in all).
-    channels: set[Condition] = field(default_factory=set)
-    # What its channels cost (topics.MEMBERSHIP_BYTES + condition_bytes each, as if no other
-    # socket shared them): at most the hub's sub_budget (KILLBOARD_WS_SUB_BYTES).
-    sub_bytes: int = 0
-    # While a replay runs: live kills (seq, frame, match keys) held back until it has caught up,
-    # and their bytes.
-    held: deque[tuple[int, bytes, KillFacts]] | None = None
-    held_bytes: int = 0
-    delivered: Delivered = field(default_factory=lambda: Delivered(0))
-    writer: asyncio.Task[None] | None = None
-    # Whole frames (header and payload, shared by every socket of a kind) due to be written
-    # straight to the transport at the end of this turn of the loop (Hub._flush), and their bytes.
-    pending: list[bytes] | None = None
-    pending_bytes: int = 0
-    sending: bool = False  # the writer task is inside send_frame (perhaps waiting for a drain)
-    close_code: int = WSCloseCode.OK
-    close_message: bytes = b""
-    dropped: bool = False
-    client_errors: int = 0  # error frames sent for bad client messages (ws.py logs the first few)
-    # What this socket's kill frames look like (killboard/live/wire.py): names in these languages
-    # (None: all), deflated for this window (0: plain).
-    lang: Langs = None
-    deflate: int = 0
 
 
 class Hub:
@@ -299,6 +161,12 @@ class Hub:
             lang=covering(lang),
             deflate=deflate,
         )
+        sub.variant = (sub.lang, sub.deflate)
+        sub.sock = raw_socket(transport)
+        if sub.sock is not None:
+            sub.unsent = getattr(transport, "_buffer", None)
+            if sub.unsent is None:  # not the asyncio we know: its own methods then
+                sub.sock = None
         self.sockets.add(ws)
         self._subscribers[ws] = sub
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
@@ -379,20 +247,20 @@ class Hub:
             # Nothing queued or being sent: the frame joins this turn's write to the transport.
             pending = sub.pending
             if pending is not None:
-                if len(pending) < self._send_queue and sub.pending_bytes + size <= self.send_buffer:
-                    pending.append(self._wire(frame))
-                    sub.pending_bytes += size
+                count = len(pending) if isinstance(pending, list) else 1
+                if count < self._send_queue and sub.pending_bytes + size <= self.send_buffer:
+                    pend(sub, pending, self._wire(frame), size)
                     self.direct_writes += 1
                     return True
                 # A turn with more than a budget of kills: what is pending goes to the kernel
                 # now (in order), and the budget counts only what the transport cannot take.
                 self._write_pending(sub)
-                if _idle(sub):
-                    sub.pending, sub.pending_bytes = [self._wire(frame)], size  # still in _due
+                if idle(sub):
+                    sub.pending, sub.pending_bytes = self._wire(frame), size  # still in _due
                     self.direct_writes += 1
                     return True
-            elif _idle(sub):
-                sub.pending, sub.pending_bytes = [self._wire(frame)], size
+            elif idle(sub):
+                sub.pending, sub.pending_bytes = self._wire(frame), size
                 if not self._due:
                     asyncio.get_running_loop().call_soon(self._flush)
                 self._due.append(sub)
@@ -426,7 +294,31 @@ class Hub:
         due, self._due = self._due, []
         self._framed = None
         for sub in due:
-            if sub.pending is not None:  # (None: dropped meanwhile)
+            pending = sub.pending
+            if pending is None:  # dropped meanwhile
+                continue
+            sock, transport = sub.sock, sub.transport
+            if (
+                sock is None
+                or transport is None
+                or type(pending) is not bytes
+                or sub.unsent
+                or sub.ws.closed
+                or transport.is_closing()
+            ):
+                self._write_pending(sub)
+                continue
+            # _write_pending's common case written out: one frame, all taken by the kernel.
+            try:
+                sent = sock.send(pending)
+            except OSError:
+                sent = 0
+            self.transport_writes += 1
+            if sent == len(pending):
+                sub.pending, sub.pending_bytes = None, 0
+            else:  # the rest (or the error) through the transport, as _write_pending does
+                sub.pending = pending[sent:]
+                self.transport_writes -= 1
                 self._write_pending(sub)
 
     def _write_pending(self, sub: Subscriber) -> None:
@@ -437,10 +329,25 @@ class Hub:
             return
         self.transport_writes += 1
         try:
-            if len(pending) == 1:
-                transport.write(pending[0])
-            else:
+            sock = sub.sock
+            if sock is not None and not sub.unsent:
+                # asyncio's write() would do the same send() behind a dozen checks: the frames
+                # go to the kernel here, and only what it did not take (a partial write, or
+                # an error, which the transport then meets and handles) goes to the transport,
+                # which keeps it in order behind what was sent.
+                if isinstance(pending, list):
+                    send_frames(sock, transport, pending)
+                else:
+                    try:
+                        sent = sock.send(pending)
+                    except OSError:
+                        sent = 0
+                    if sent < len(pending):
+                        transport.write(memoryview(pending)[sent:] if sent else pending)
+            elif isinstance(pending, list):
                 transport.writelines(pending)
+            else:
+                transport.write(pending)
         except (ConnectionError, RuntimeError) as exc:
             # The connection went between the check and the write: its handler ends on its
             # own; the other sockets of this turn must still be written.
@@ -495,15 +402,18 @@ class Hub:
         # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
         # every kind of socket: in slices, so the loop is never held for all of them at once.
         later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
-        plain: bytes | None = None
+        plain: list[Subscriber] = []
         for sub in targets:
             if later or sub.deflate or sub.lang is not None:
-                groups.setdefault((sub.lang, sub.deflate), []).append(sub)
+                # Not setdefault(key, []), which makes a list and a key per socket per kill.
+                group = groups.get(sub.variant)
+                if group is None:
+                    group = groups[sub.variant] = []
+                group.append(sub)
             else:
-                if plain is None:
-                    plain = kill.frame(None)
-                if self.send_kill(sub, seq, plain, facts):
-                    sent += 1
+                plain.append(sub)
+        if plain:
+            sent += self._send_all(plain, seq, kill.frame(None), facts)
         if groups:
             sent += self._publish_variants(kill, groups, facts)
         else:
@@ -561,21 +471,17 @@ class Hub:
     ) -> None:
         """`_deliver` after the thread hop, letting the loop run after every DELIVER_SLICE bytes
         written: 254 sockets of a 3,000-attacker kill are 300-700 MB of writes."""
-        written = 0
         # Who still matches, looked up once (not each socket's channels one by one); again
         # after every pause, when sockets may have gone or unsubscribed.
         wanted = self._index.match(facts)
         for (langs, bits), subs in groups.items():
             frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            for sub in subs:
-                if sub not in wanted or sub.dropped or kill.seq in sub.delivered:
-                    continue  # gone, unsubscribed, or had it from a replay that ran meanwhile
-                self.send_kill(sub, kill.seq, frame, facts)
-                written += len(frame)
-                if written >= DELIVER_SLICE:
-                    written = 0
+            step = max(1, DELIVER_SLICE // max(1, len(frame)))  # sockets a slice
+            for start in range(0, len(subs), step):
+                if start:
                     await asyncio.sleep(0)
                     wanted = self._index.match(facts)
+                self._send_all(subs[start : start + step] if step < len(subs) else subs, kill.seq, frame, facts, wanted)
 
     def _deliver(
         self,
@@ -587,10 +493,68 @@ class Hub:
         sent = 0
         for (langs, bits), subs in groups.items():
             frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            for sub in subs:
-                if self.send_kill(sub, kill.seq, frame, facts):
-                    sent += 1
+            sent += self._send_all(subs, kill.seq, frame, facts)
         return sent
+
+    def _send_all(
+        self,
+        subs: list[Subscriber],
+        seq: int,
+        frame: bytes,
+        facts: KillFacts,
+        wanted: set[Subscriber] | None = None,
+    ) -> int:
+        """`send_kill` of one frame to many sockets; returns how many took it. `wanted`: skip the
+        sockets not in it (gone or unsubscribed meanwhile) and those that already had the kill
+        from a replay. This is the per-socket work of every kill, so the common case (an idle
+        socket, or one with this turn's frames pending) is `send_kill` and `send` written out
+        here, with the whole frame made once; anything else takes `send_kill` itself."""
+        wire = frame_header(len(frame), RSV1 if type(frame) is Deflated else 0) + frame
+        size = len(frame)
+        due = self._due
+        limit, budget = self._send_queue, self.send_buffer
+        sent = direct = 0
+        for sub in subs:
+            if wanted is not None:
+                if sub not in wanted or sub.dropped:
+                    continue
+                delivered = sub.delivered
+                if delivered.his and seq <= delivered.his[-1] and seq in delivered:
+                    continue
+            pending = sub.pending
+            if sub.held is not None or sub.dropped or sub.sending or sub.outbox._items:
+                sent += self.send_kill(sub, seq, frame, facts)  # held for a replay, closing, or behind
+                continue
+            if pending is None:
+                # idle(sub), with asyncio's buffer read directly (its method is a Python call).
+                transport, unsent = sub.transport, sub.unsent
+                if (
+                    transport is None
+                    or transport.is_closing()
+                    or (unsent if unsent is not None else transport.get_write_buffer_size())
+                    or sub.ws.closed
+                ):
+                    sent += self.send_kill(sub, seq, frame, facts)
+                    continue
+                sub.pending, sub.pending_bytes = wire, size
+                if not due:  # the first of this turn (as in send)
+                    asyncio.get_running_loop().call_soon(self._flush)
+                due.append(sub)
+            elif (len(pending) if isinstance(pending, list) else 1) < limit and sub.pending_bytes + size <= budget:
+                pend(sub, pending, wire, size)
+            else:
+                sent += self.send_kill(sub, seq, frame, facts)
+                continue
+            # Delivered.add; its common case (the next kill after one run of seqs) written out.
+            delivered = sub.delivered
+            his = delivered.his
+            if len(his) == 1 and his[0] + 1 == seq and delivered.window:
+                his[0] = seq  # what add() does then: its trim keeps the only run (window > 0)
+            else:
+                delivered.add(seq)
+            direct += 1
+        self.direct_writes += direct
+        return sent + direct
 
     async def replay_frame(self, sub: Subscriber, seq: int, body: bytes) -> bytes:
         """A stored kill's frame as this socket takes its kills (a replay): deflated on its own
@@ -697,24 +661,6 @@ class Hub:
         if stuck:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
-
-
-def _idle(sub: Subscriber) -> bool:
-    """Whether a socket's transport can take a frame straight away: open, and holding nothing
-    unsent. Most sockets are idle when a kill arrives; waking a writer task for each cost more
-    than the write itself (a task step and a future per socket per kill). Writing straight only
-    when the outbox is empty, the writer is not inside a send and the transport holds nothing
-    unsent keeps the frames in order and the one-writer rule; anything else (a socket behind,
-    paused or closing) takes the outbox and its writer, so slow clients still fill their bounded
-    outbox and are dropped. The bytes are what aiohttp's WebSocketWriter sends for an
-    uncompressed server text frame, with RSV1 set for a deflated one (wire.py)."""
-    transport = sub.transport
-    return (
-        transport is not None
-        and not transport.is_closing()
-        and not transport.get_write_buffer_size()
-        and not sub.ws.closed
-    )
 
 
 def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:

@@ -33,7 +33,8 @@ from ..kill.frames import body_of, kill_frame
 from ..kill.langs import Langs
 from ..kill.topics import ALL, Condition, KillFacts, kill_facts
 from ..storage.store import Store
-from .hub import Hub, Subscriber
+from .hub import Hub
+from .subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 

@@ -122,8 +122,8 @@ class Participation:
 
     pilots: tuple[PilotRow, ...]  # the victim first, then the attackers
     entities: tuple[EntityRow, ...]  # (kind, id, role code)
-    # pack(pilots), when made beforehand (a fleet fight, in the worker process: ~15 ms of Python
-    # for 10,000 pilots that would otherwise run on the loop inside the write transaction).
+    # pack(pilots), made with the rest before the write when asked (participation(packed=True));
+    # empty: the write packs them (zlib there let go of the GIL and waited to get it back).
     packed: bytes = b""
 
 
@@ -131,8 +131,9 @@ def _id(value: Any) -> int:
     return value if isinstance(value, int) and 0 < value < 2**63 else 0
 
 
-def participation(kill: Mapping[str, Any]) -> Participation:
-    """The participant rows and entity roles of an enriched kill (killboard/kill/enrich.py)."""
+def participation(kill: Mapping[str, Any], packed: bool = False) -> Participation:
+    """The participant rows and entity roles of an enriched kill (killboard/kill/enrich.py);
+    with `packed`, the pilots' stored bytes too."""
     victim = kill.get("victim") or {}
     attackers: Sequence[Mapping[str, Any]] = kill.get("attackers") or ()
     pilots: list[PilotRow] = [_pilot(victim, victim.get("damage_taken"), False)]
@@ -146,7 +147,8 @@ def participation(kill: Mapping[str, Any]) -> Participation:
         place = _id(kill.get(field))
         if place:
             roles[(kind, place)] = 0
-    return Participation(tuple(pilots), tuple((kind, i, _CODES[role]) for (kind, i), role in roles.items()))
+    entities = tuple((kind, i, _CODES[role]) for (kind, i), role in roles.items())
+    return Participation(tuple(pilots), entities, pack(pilots) if packed else b"")
 
 
 def _pilot(who: Mapping[str, Any], damage: Any, final: bool) -> PilotRow:

@@ -14,6 +14,7 @@ from ..battles import tables
 from ..battles.detect import GAP
 from ..kill.langs import reader_language
 from .api import json_error
+from .keptpages import EXPIRES
 from .keys import battles_key, static_key, store_key
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,15 @@ async def list_battles(request: web.Request) -> web.StreamResponse:
     )
     out = [await battles.summarize(row, now=now) for row in rows]
     next_cursor = f"{rows[-1].start_time}_{rows[-1].battle_id}" if len(rows) == limit else None
-    return web.json_response({"battles": out, "next": next_cursor})
+    response = web.json_response({"battles": out, "next": next_cursor})
+    if (ends := _ends(rows, now)) is not None:
+        response[EXPIRES] = ends
+    return response
+
+
+def _ends(rows: list[tables.BattleRow], now: float) -> float | None:
+    """When the first of these battles stops being ongoing (a kept page is stale then), if any is."""
+    return min((row.end_time + GAP for row in rows if row.ongoing(now)), default=None)
 
 
 async def get_battle(request: web.Request) -> web.StreamResponse:
@@ -168,6 +177,8 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     }
     response = aiohttp_jinja2.render_template("battles.html", request, context)
     response.headers["Cache-Control"] = "no-store"
+    if (ends := _ends(rows, now)) is not None:
+        response[EXPIRES] = ends
     return response
 
 

@@ -9,7 +9,6 @@ escaping could not run.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +18,6 @@ import aiohttp_jinja2
 import jinja2
 import ujson
 from aiohttp import web
-from aiohttp.web_response import ContentCoding
 from markupsafe import Markup
 
 from .. import entities
@@ -32,7 +30,7 @@ from ..kill.topics import kill_facts
 from ..storage.store import StoredKill
 from . import filters
 from .filters import Filter
-from .httpzip import choose
+from .keptpages import keep, respond
 from .keys import recent_key, static_key, store_key, viewcache_key
 from .viewcache import Page, Version, ViewKey
 from .ws import websocket
@@ -76,6 +74,13 @@ def setup_templates(app: web.Application) -> None:
         },
     )
     env.globals["big_kill"] = display.BIG_KILL
+
+
+def compile_templates(env: jinja2.Environment) -> None:
+    """Compile every page's template (the server does it at start, in a thread): the first
+    reader of each page would otherwise wait for it."""
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
 
 
 def _unix_utc(seconds: int) -> str:
@@ -136,16 +141,6 @@ def _render_rows(
     return out
 
 
-def _nameless(kill: dict[str, Any]) -> set[int]:
-    """The pilots, corporations and alliances the kill shows without a name (ESI had not answered)."""
-    missing = set()
-    for person in (kill.get("victim") or {}, *(kill.get("attackers") or ())):
-        for kind in ("character", "corporation", "alliance"):
-            if (entity_id := person.get(f"{kind}_id")) and not person.get(f"{kind}_name"):
-                missing.add(entity_id)
-    return missing
-
-
 async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
     """Names in the reader's language (English where the static data has none in it)."""
     if lang == "en":
@@ -174,18 +169,21 @@ async def index(request: web.Request) -> web.StreamResponse:
     page = cache.page(key, version)
     if page is None:
         page = await _render_index(request, wanted, canonical, lang, key, version)
-    return _respond(request, page)
+    return respond(request, page)
 
 
 async def _render_index(
     request: web.Request, wanted: Filter, canonical: str, lang: str, key: ViewKey, version: Version
 ) -> Page:
-    """The feed page for `version`: rows kept from earlier views are reused, the others read,
-    tested whole against the filter and rendered off the event loop."""
+    """The feed page for `version`: rows kept from earlier views (of any filter: a row depends on
+    the kill and the language only) are reused, the others read, tested whole against the
+    filter and rendered off the event loop."""
     store, cache = request.app[store_key], request.app[viewcache_key]
     generation = cache.generation  # rows read from here on are kept only if no kill changes meanwhile
-    kept = cache.rows(key)
     ids = await _shown_ids(request, wanted)
+    # A kill kept as "maybe" (too many keys, web/recent.py) is read and tested whole every time.
+    unsure = set() if wanted.empty else request.app[recent_key].unsure(ids)
+    kept = {i: html for i in ids if i not in unsure and (html := cache.row(lang, i)) is not None}
     link = _linker(wanted)
     fresh: dict[int, tuple[dict[str, Any], str]] = {}
     missing = [i for i in ids if i not in kept]
@@ -199,14 +197,13 @@ async def _render_index(
         rendered = await asyncio.to_thread(_render_rows, env, kills, lang, link)
         fresh = {kill["killmail_id"]: (kill, html) for kill, html in rendered}
     shown: list[str] = []
-    rows: dict[int, str] = {}
     for killmail_id in ids:
         if killmail_id in kept:
-            html = rows[killmail_id] = kept[killmail_id]
+            html = kept[killmail_id]
         elif killmail_id in fresh:
             kill, html = fresh[killmail_id]
-            rows[killmail_id] = html
-            if missing_names := _nameless(kill):
+            cache.put_row(lang, killmail_id, html, generation)
+            if missing_names := display.nameless(kill):
                 cache.waiting_for_names(killmail_id, missing_names)
         else:
             continue  # pruned, or a "maybe" that did not match
@@ -228,21 +225,8 @@ async def _render_index(
         "entity_kinds": filters.ENTITY_KINDS,
         "entity_label": await _entity_label(request, wanted, [kill for kill, _ in fresh.values()]),
     }
-    body = aiohttp_jinja2.render_string("index.html", request, context).encode()
-    zipped = await asyncio.to_thread(gzip.compress, body, 6)
-    return cache.put_page(key, version, rows, body, generation, zipped)
-
-
-def _respond(request: web.Request, page: Page) -> web.Response:
-    """The page, or 304 when the browser has it: browsers revalidate every time (no-cache). The
-    nginx recipe keeps it for the second it was fetched in (deploy/nginx/killboard.conf)."""
-    headers = {"ETag": page.etag, "Cache-Control": "no-cache", "Vary": "Accept-Language, Accept-Encoding"}
-    if page.etag in request.headers.get("If-None-Match", ""):
-        return web.Response(status=304, headers=headers)
-    if page.gzipped is not None and choose(request.headers.get("Accept-Encoding", "")) is ContentCoding.gzip:
-        headers["Content-Encoding"] = "gzip"
-        return web.Response(body=page.gzipped, content_type="text/html", charset="utf-8", headers=headers)
-    return web.Response(body=page.body, content_type="text/html", charset="utf-8", headers=headers)
+    body = aiohttp_jinja2.render_string("index.html", request, context)
+    return await keep(cache, key, version, body.encode(), generation)
 
 
 async def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[str, Any]]) -> str:

@@ -99,6 +99,10 @@ class RecentKeys:
                     break
         return found
 
+    def unsure(self, killmail_ids: Iterable[int]) -> set[int]:
+        """Those kept as "maybe": a page tests them whole."""
+        return {i for i in killmail_ids if i in self._keys and self._keys[i] is None}
+
     def forget(self, killmail_ids: Iterable[int]) -> None:
         """Kills no longer stored (pruned): a page that asked for them did not find them."""
         for killmail_id in killmail_ids:

@@ -1,38 +1,43 @@
-"""Rendered HTML kept per view and language, exact as kills are stored, renamed and pruned.
+"""Rendered HTML and JSON kept in memory, exact as kills are stored, renamed and pruned.
 
-A page that shows stored kills (the feed, a filtered feed; later a battle or an entity page)
-keeps two things here under its key (the view's canonical name + the reader's language):
+One cache, one byte bound, least recently used first, for two kinds of entries:
 
-- its **rows**: one rendered HTML fragment per shown kill. A row depends only on the kill and
-  the view, so it is rendered once and reused until that kill changes: the name filler or a
-  corrected ESI body rewrote it, or retention pruned it (`changed`).
-- its **page**: the whole response body, valid for one `version` = (the last stored seq, the
-  generation). A view that nothing touched since is answered from here (and with 304 when the
-  browser already has it), without reading the database or running Jinja.
+- **rows**, by (kind, language, kill id): a feed row's HTML ("feed"; "entity": the lighter row
+  of an entity page, killboard/entities/rows.py). A row depends only on the kill and the
+  reader's language (names link to entity pages, not to the filter), so a kill shown on `/`
+  and on five filtered views is rendered once. It is kept until that kill changes: the name
+  filler or a corrected ESI body rewrote it, or retention pruned it (`changed`).
+- **pages**, by view key (the view's canonical name + the reader's language): a whole response
+  body (and its gzip) valid for one *version*: what the page depends on (the last stored seq
+  for the feed; a battle's own row; an entity's newest kill) plus the generation, and
+  optionally until a wall-clock time (a battle stops being "ongoing"). A view that nothing
+  touched since is answered from here (304 when the browser has it), without reading kills.
 
-To plug in a page: `key = (view, lang)`; `cached = cache.page(key, version)`; else take
-`generation = cache.generation` before reading, render each shown kill through
-`rows(key)`/`put_row(key, id, html, generation)` (a kill that changed meanwhile is not kept),
-then `put_page(key, version, body)`. See web/pages.py `index`.
-
-Kills stored by another process (an import beside the server) bump the last seq and so reach
-every page; a rewrite in another process does not notify this one (none does so today).
-Everything is bounded in bytes: least recently used views go first.
+The feed (web/pages.py `index`) keeps both; battle and entity pages and their JSON keep pages
+only (web/keptpages.py). Kills stored by another process (an import beside the server) bump the
+last seq and so reach every page; a rewrite in another process does not notify this one (none
+does so today).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
+import time
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass, field
 
 # Player ids waited for at most (~100 bytes each); past it every kept row waiting goes.
 MAX_NAMELESS = 50_000
+# What an entry costs beyond its bytes (the key, the dict slot, the object): counted, so the
+# bound holds for many small rows too.
+OVERHEAD = 200
 
 ViewKey = tuple[str, str]  # (canonical view, language)
-Version = tuple[int, int]  # (last stored seq, generation)
+Version = tuple[Hashable, ...]  # what the page depends on, then the generation
+_Key = tuple[Hashable, ...]  # ("page", view, lang) or ("row", kind, lang, killmail id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,72 +46,92 @@ class Page:
     body: bytes
     etag: str
     gzipped: bytes | None = None  # the body gzipped once, for the many readers that accept it
+    content_type: str = "text/html"
+    expires: float | None = None  # wall-clock time after which it is stale whatever the version
 
 
-@dataclass
-class _View:
-    rows: dict[int, str] = field(default_factory=dict)
-    page: Page | None = None
-    size: int = 0
+def _size(entry: Page | str) -> int:
+    """The memory an entry holds: a row's str counts 1, 2 or 4 bytes a character (a Japanese
+    row twice or four times an English one of the same length), so its real size is taken."""
+    if isinstance(entry, Page):
+        return sys.getsizeof(entry.body) + (sys.getsizeof(entry.gzipped) if entry.gzipped else 0) + OVERHEAD
+    return sys.getsizeof(entry) + OVERHEAD
 
 
 @dataclass
 class ViewCache:
-    """The rendered rows and pages of the most recently used views, at most `max_bytes`."""
+    """The rendered rows and pages most recently used, at most `max_bytes` in all."""
 
     max_bytes: int = 32 * 2**20
     # Bumps on every change to kills already stored: pages of an older generation are stale.
     generation: int = 0
     # Part of every ETag: a restart (another generation 0) never matches an old one.
     _instance: str = field(default_factory=lambda: secrets.token_hex(4))
-    _views: OrderedDict[ViewKey, _View] = field(default_factory=OrderedDict)
+    _entries: OrderedDict[_Key, Page | str] = field(default_factory=OrderedDict)
+    _pages: set[_Key] = field(default_factory=set)
+    _row_kinds: set[tuple[str, str]] = field(default_factory=set)  # (kind, language) that have rows
     _bytes: int = 0
     # Kept rows that show a player id without its name, by that id: when ESI names it (the
     # store's on_named), those rows go (a compact stored kill renders the name at once).
     _nameless: dict[int, set[int]] = field(default_factory=dict)
 
-    def version(self, last_seq: int) -> Version:
-        return (last_seq, self.generation)
+    def version(self, *depends: Hashable) -> Version:
+        return (*depends, self.generation)
 
     def page(self, key: ViewKey, version: Version) -> Page | None:
-        view = self._views.get(key)
-        if view is None or view.page is None or view.page.version != version:
+        entry = self._entries.get(("page", *key))
+        if not isinstance(entry, Page) or entry.version != version:
             return None
-        self._views.move_to_end(key)
-        return view.page
+        if entry.expires is not None and time.time() >= entry.expires:
+            return None
+        self._entries.move_to_end(("page", *key))
+        return entry
 
-    def rows(self, key: ViewKey) -> dict[int, str]:
-        """The rendered rows kept for this view (read-only for the caller)."""
-        view = self._views.get(key)
-        return view.rows if view is not None else {}
+    def row(self, lang: str, killmail_id: int, kind: str = "feed") -> str | None:
+        """The kill's kept row of this kind in this language, if any."""
+        key = ("row", kind, lang, killmail_id)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry if isinstance(entry, str) else None
+
+    def put_row(self, lang: str, killmail_id: int, html: str, generation: int, kind: str = "feed") -> None:
+        """Keep a row rendered from a kill read under `generation`: not if a kill changed since."""
+        if generation == self.generation:
+            self._row_kinds.add((kind, lang))
+            self._put(("row", kind, lang, killmail_id), html)
 
     def put_page(
         self,
         key: ViewKey,
         version: Version,
-        rows: dict[int, str],
         body: bytes,
         generation: int,
         gzipped: bytes | None = None,
+        content_type: str = "text/html",
+        expires: float | None = None,
     ) -> Page:
-        """Keep the page and exactly the rows it shows (rows of kills gone from it are dropped).
-
-        Rows rendered under an older `generation` than now are not kept: a kill changed while
-        they were read. The page is returned either way; it is kept only if still current."""
-        etag_source = f"{self._instance}:{key[0]}:{key[1]}:{version[0]}:{version[1]}".encode()
-        page = Page(version, body, '"' + hashlib.blake2b(etag_source, digest_size=12).hexdigest() + '"', gzipped)
-        if generation != self.generation:
-            return page
-        self._drop(key)
-        view = _View(rows=rows, page=page if version[1] == self.generation else None)
-        view.size = len(body) + len(gzipped or b"") + sum(len(html) for html in rows.values()) + 200 * len(rows)
-        if view.size > self.max_bytes:
-            return page
-        self._views[key] = view
-        self._bytes += view.size
-        while self._bytes > self.max_bytes:
-            self._drop(next(iter(self._views)))
+        """The page for `version`; kept only if no kill changed since `generation` was taken
+        (before anything was read for it)."""
+        etag_source = f"{self._instance}:{key[0]}:{key[1]}:{version!r}".encode()
+        etag = '"' + hashlib.blake2b(etag_source, digest_size=12).hexdigest() + '"'
+        page = Page(version, body, etag, gzipped, content_type, expires)
+        if generation == self.generation and version[-1] == self.generation:
+            self._put(("page", *key), page)
+            if ("page", *key) in self._entries:
+                self._pages.add(("page", *key))
         return page
+
+    def _put(self, key: _Key, entry: Page | str) -> None:
+        self._drop(key)
+        size = _size(entry)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = entry
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
 
     def waiting_for_names(self, killmail_id: int, entity_ids: Collection[int]) -> None:
         """A kept row of this kill shows these ids without their names."""
@@ -118,31 +143,38 @@ class ViewCache:
     def named(self, entity_ids: Collection[int]) -> None:
         """Names were saved for these ids: rows that showed them nameless go."""
         kills = {k for i in entity_ids if (waiting := self._nameless.pop(i, None)) for k in waiting}
-        # Even with none: a row being rendered now may show one of them nameless (not kept then).
+        # Even with none: a row being rendered now may show one of them nameless (not kept then),
+        # and battle and entity pages show names of their own.
         self.changed(kills)
 
     def changed(self, killmail_ids: Collection[int]) -> None:
-        """Stored kills were rewritten (late names, a corrected body) or pruned: forget their
-        rows everywhere, and every page (each may show one of them, or a count that moved)."""
+        """Stored kills were rewritten (late names, a corrected body) or pruned, or something a
+        page shows changed beside them: forget their rows, and every page (each may show one of
+        them, or a count that moved)."""
         self.generation += 1
-        for view in self._views.values():
-            for killmail_id in killmail_ids:
-                if (html := view.rows.pop(killmail_id, None)) is not None:
-                    view.size -= len(html) + 200
-            if view.page is not None:
-                view.size -= len(view.page.body) + len(view.page.gzipped or b"")
-                view.page = None
-        self._bytes = sum(view.size for view in self._views.values())
+        for killmail_id in killmail_ids:
+            for kind, lang in self._row_kinds:
+                self._drop(("row", kind, lang, killmail_id))
+        for key in list(self._pages):
+            self._drop(key)
         if len(self._nameless) > MAX_NAMELESS:
             self._nameless.clear()
 
-    def _drop(self, key: ViewKey) -> None:
-        view = self._views.pop(key, None)
-        if view is not None:
-            self._bytes -= view.size
+    def _drop(self, key: _Key) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= _size(entry)
+            if isinstance(entry, Page):
+                self._pages.discard(key)
 
     def __len__(self) -> int:
-        return len(self._views)
+        """How many pages are kept."""
+        return len(self._pages)
+
+    @property
+    def rows(self) -> int:
+        """How many rows are kept, in all languages."""
+        return len(self._entries) - len(self._pages)
 
     @property
     def bytes(self) -> int:

@@ -26,7 +26,8 @@ from ..config import Config
 from ..kill.frames import encode
 from ..kill.langs import BadLang, parse_langs
 from ..kill.topics import BadChannel, parse
-from ..live.hub import Hub, Subscriber
+from ..live.hub import Hub
+from ..live.subscriber import Subscriber
 from ..live.wire import DeflateResponse
 from .api import json_error
 from .keys import battles_key, config_key, hub_key, log_key, replays_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,50 @@ async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Pa
         assert len(hydrations) == len(times) < len(late)
         assert await store.query("SELECT count(*), count(DISTINCT seq) FROM battle_kills") == [(24, 24)]
         assert await store.query("SELECT sum(kill_count) FROM battles WHERE merged_into IS NULL") == [(24,)]
+    finally:
+        await service.stop()
+        await store.close()
+
+
+def shifted(kms: list[dict[str, Any]], minutes: int, id_offset: int) -> list[dict[str, Any]]:
+    """The same kills `minutes` later under fresh ids (killmail_id + id_offset)."""
+    out = []
+    for km in kms:
+        when = datetime.fromisoformat(km["killmail_time"].replace("Z", "+00:00")) + timedelta(minutes=minutes)
+        out.append({**km, "killmail_id": km["killmail_id"] + id_offset, "killmail_time": f"{when:%Y-%m-%dT%H:%M:%SZ}"})
+    return out
+
+
+async def test_a_late_batch_that_places_kills_reads_its_place_again_without_undoing_that(
+    tmp_path: Path, static: StaticData
+) -> None:
+    """Each late kill of a batch at a new time reads its system back from the database, where
+    what the batch did so far is not written yet: kills it put in a battle must not go back to
+    the loose pool, nor a battle it merged away come back (and merge, counted twice, again)."""
+    fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])
+    first = fought[:10]  # 35 s of the fight: one battle
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    try:
+        # A kill a week later first: every kill after it is late, and is read back from the database.
+        await store.save_kills(new_kills(shifted(fought[-1:], 7 * 24 * 60, 10**9), static))
+        await store.save_kills(new_kills(fought[:4], static))  # four loose kills
+        await store.save_kills(new_kills(fought[4:], static))  # they and the rest: one battle
+        loose = {p.seq for pool in service.detector._pool.values() for _, _, p in pool}
+        assert loose == {1}  # the week-later kill alone; the four are in the battle only
+        assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, len(fought))]
+
+        # Two battles 45 minutes apart, then a batch between them that joins them into one.
+        await store.save_kills(new_kills(shifted(first, 24 * 60, 2 * 10**9), static))
+        await store.save_kills(new_kills(shifted(first, 24 * 60 + 45, 3 * 10**9), static))
+        await store.save_kills(new_kills(shifted(first, 24 * 60 + 22, 4 * 10**9), static))
+        rows = await store.query("SELECT battle_id, merged_into, kill_count FROM battles WHERE battle_id > 1")
+        assert rows == [(2, None, 30), (3, 2, 10)]
+        assert {b: x.kill_count for b, x in service.detector.battles.items() if b > 1} == {2: 30}
+        assert await store.query("SELECT battle_id, count(*) FROM battle_kills GROUP BY battle_id") == [
+            (1, len(fought)),
+            (2, 30),
+        ]
     finally:
         await service.stop()
         await store.close()

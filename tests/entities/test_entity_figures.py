@@ -10,10 +10,15 @@ from typing import Any
 import pytest
 from conftest import AUTH, Client, settle, until
 
-from killboard.entities import backlog
+from killboard.entities import backlog, figures
+from killboard.ingest.pipeline import build_kill
+from killboard.kill.enrich import enrich
+from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
+from killboard.kill.validate import parse_submission
 from killboard.storage import schema
 from killboard.storage.figures_schema import FIGURES_BACKLOG
+from killboard.storage.participants import Kind
 from killboard.storage.schema import INDEX_BACKLOG
 from killboard.storage.store import Store
 from killboard.web.keys import store_key
@@ -104,6 +109,56 @@ async def test_every_player_entity_counts_right(client: Client, killmails: list[
             assert {k: got[k] for k in want} == want, (kind, entity)
             checked += 1
     assert checked > 60
+
+
+def expected_tops(kills: list[dict[str, Any]]) -> Counter[tuple[int, int, int, int]]:
+    """entity_tops as the enriched kills say, counted plainly: per kill, every entity once."""
+    kinds = {1: "character_id", 2: "corporation_id", 3: "alliance_id", 5: "ship_id", 6: "ship_group_id"}
+    want: Counter[tuple[int, int, int, int]] = Counter()
+    for kill in kills:
+        victim, attackers = kill["victim"], kill["attackers"]
+        final = next((a for a in attackers if a["final_blow"]), attackers[0] if attackers else {})
+        flew: dict[tuple[int, int], set[int]] = {}
+        for a in attackers:
+            for kind, field in kinds.items():
+                if a.get(field):
+                    flew.setdefault((kind, a[field]), set()).add(a.get("ship_id") or 0)
+        lost = {(kind, victim[field]) for kind, field in kinds.items() if victim.get(field)}
+        for kind, entity in flew.keys() | lost:
+            field = kinds[kind]
+            want[(kind, entity, figures.SYSTEM, kill["system_id"])] += 1
+            if (kind, entity) in flew:
+                if kind != Kind.SHIP:
+                    want.update((kind, entity, figures.FLOWN, s) for s in flew[(kind, entity)] if s)
+                if victim.get(field):
+                    want[(kind, entity, figures.OPPONENT, victim[field])] += 1
+            if (kind, entity) in lost:
+                if kind != Kind.SHIP:
+                    want[(kind, entity, figures.LOST, victim["ship_id"])] += 1
+                if final.get(field):
+                    want[(kind, entity, figures.OPPONENT, final[field])] += 1
+        for place in ((Kind.SYSTEM, kill["system_id"]), (Kind.REGION, kill["region_id"])):
+            want[(*place, figures.LOST, victim["ship_id"])] += 1
+            if final.get("alliance_id"):
+                want[(*place, figures.OPPONENT, final["alliance_id"])] += 1
+    return want
+
+
+async def test_every_top_list_row_matches_the_kills(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """Ships flown and lost, systems and opponents of every entity: the whole entity_tops table."""
+    await post_all(client, killmails)
+    kills = (await (await client.get("/api/killmails?limit=500")).json())["killmails"]
+    assert len(kills) == len(killmails)
+    db = sqlite3.connect(client.server.app[store_key].path)
+    try:
+        got = Counter(
+            {tuple(row[:4]): row[4] for row in db.execute("SELECT kind, id, what, other, n FROM entity_tops")}
+        )
+    finally:
+        db.close()
+    want = expected_tops(kills)
+    assert {what for _, _, what, _ in want} == {figures.FLOWN, figures.LOST, figures.SYSTEM, figures.OPPONENT}
+    assert got == want
 
 
 async def test_a_system_counts_the_kills_in_it(client: Client, killmails: list[dict[str, Any]]) -> None:
@@ -211,3 +266,28 @@ async def test_kills_not_yet_in_the_participant_index_are_counted_once(
         await store.close()
     assert tables(path) == want
     assert len(schema.MIGRATIONS) == 8
+
+
+async def test_shares_worked_out_before_the_write_count_like_the_write_itself(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """The pipeline works each kill's share out while preparing it (Store.preparers): the
+    figures are those the writer gives when it works them out itself."""
+    book = price_book(static)
+    kept = []
+    for name, early in (("plain", False), ("prepared", True)):
+        store = await Store.open(tmp_path / f"{name}.sqlite3")
+        backlog.attach(store, static)
+        try:
+            kills = [build_kill(sub, enrich(sub, static, {}, book)) for sub in map(parse_submission, killmails)]
+            for kill in kills if early else ():
+                for prepare in store.preparers:
+                    prepare(kill)
+            assert all((backlog.PREPARED in k.prepared) == early for k in kills)
+            await store.save_kills(kills[:50])
+            await store.save_kills(kills[30:])  # 20 of them again: stored once, counted once
+        finally:
+            await store.close()
+        kept.append(tables(tmp_path / f"{name}.sqlite3"))
+    assert kept[0][0] and kept[0][1]
+    assert kept[0] == kept[1]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import Client
+from conftest import Client, until
+from fakes import FakeR2Z2
 
+from killboard import __version__
 from killboard import config as settings
 from killboard.cli import build_parser
 from killboard.web.keys import follower_key, session_key
@@ -47,10 +50,23 @@ async def test_off_means_no_session_and_no_follower(client: Client) -> None:
     assert (await (await client.get("/health")).json())["upstream"] is None
 
 
-async def test_default_user_agent_is_warned_about(
+async def test_default_user_agent_names_this_version_and_is_warned_about(
     make_client: Callable[..., Awaitable[Client]], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="killboard.ingest.upstream")
-    # Both URLs go to a closed loopback port: nothing leaves the machine.
-    await make_client(upstream=True, r2z2_url="http://127.0.0.1:9", esi_url="http://127.0.0.1:9", backoff_min=5.0)
+    feed = FakeR2Z2()
+    url = await feed.start()
+    try:
+        # ESI goes to a closed loopback port: nothing leaves the machine.
+        await make_client(upstream=True, r2z2_url=url, esi_url="http://127.0.0.1:9", backoff_min=5.0)
+        await until(lambda: asyncio.sleep(0, bool(feed.requests)))
+    finally:
+        await feed.close()
+    # zKillboard and ESI ask for the client's name and version; the contact is the operator's to add.
+    assert feed.user_agents == {f"killboard/{__version__} (self-hosted EVE killmail feed; contact not configured)"}
     assert any("KILLBOARD_USER_AGENT is not set" in r.message for r in caplog.records)
+
+
+def test_configuration_page_shows_the_default_user_agent() -> None:
+    page = (settings.PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    assert settings.Config().user_agent.replace(__version__, "<version>") in page

@@ -6,6 +6,7 @@ bounded outbox and is dropped at its byte budget."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -122,3 +123,86 @@ def test_the_server_loop_is_asyncio_unless_uvloop_is_asked_for() -> None:
         loop.close()
     with pytest.raises(SystemExit, match="KILLBOARD_LOOP must be asyncio or uvloop, got 'tokio'"):
         event_loop({"KILLBOARD_LOOP": "tokio"})
+
+
+async def test_a_broadcast_holds_no_garbage_collected_object_per_socket(
+    make_client: Any, killmails: list[dict[str, Any]]
+) -> None:
+    """What a kill leaves pending for the turn's flush is bytes, not a list per socket: 60
+    sockets' worth of lists made the collector run every ~700 sockets of a broadcast."""
+    client = await make_client()
+    hub = client.server.app[hub_key]
+    sockets = [await client.ws_connect("/ws", compress=15 if i % 2 else 0) for i in range(60)]
+    for ws in sockets:
+        await ws.send_str(SUB)
+        assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+    live: list[tuple[int, int]] = []
+    publish = hub.publish
+
+    def measured(*args: Any, **kwargs: Any) -> int:
+        gc.disable()  # no collection may reset the count while it is read
+        try:
+            before = gc.get_count()[0]
+            sent = publish(*args, **kwargs)
+            live.append((sent, gc.get_count()[0] - before))  # before the flush: pending frames alive
+        finally:
+            gc.enable()
+        return sent
+
+    hub.publish = measured
+    small = min(killmails, key=lambda km: len(json.dumps(km)))  # deflated on the loop, at once
+    resp = await client.post("/api/killmails", data=json.dumps(small), headers=AUTH)
+    assert resp.status == 202
+    await settle(client)
+    for ws in sockets:
+        while (await ws.receive_json(timeout=5))["action"] != "kill":
+            pass
+    [(sent, objects)] = live
+    assert sent == len(sockets)
+    assert objects < len(sockets) // 4, f"{objects} objects tracked by the collector for {sent} sockets"
+    for ws in sockets:
+        await ws.close()
+
+
+@pytest.mark.parametrize("per_post", [1, 3])
+async def test_a_partial_write_leaves_the_rest_to_the_transport_in_order(
+    make_client: Any, killmails: list[dict[str, Any]], per_post: int
+) -> None:
+    """A frame written straight to a socket whose kernel buffer is nearly full goes out whole:
+    what the kernel did not take waits in the transport, the next kills queue behind it, and a
+    reader that starts late gets every kill once, in order. With several kills due in one turn
+    (`per_post`), their frames go out in one gathering sendmsg() and are cut anywhere."""
+    client = await make_client(ws_send_buffer=16 * 1024 * 1024)
+    hub = client.server.app[hub_key]
+    reader, writer = await rawws.connect(client.server.host, client.server.port, rcvbuf=4096)
+    await rawws.send_text(writer, SUB)
+    opcode, ack = await rawws.read_frame(reader)
+    assert json.loads(ack)["action"] == "subscribed"
+    [sub] = list(hub._subscribers.values())
+    big = sorted(killmails, key=lambda km: len(json.dumps(km)))[-12:]  # frames of 28 KB and more
+    posted = partial_at = 0
+    # The kernel buffers take a few hundred KB first; then a write is taken in part.
+    while (not partial_at or posted < partial_at + 4 * per_post) and posted < 400:
+        batch = [
+            {**km, "killmail_id": km["killmail_id"] + n * 10**10}
+            for n in range(posted, posted + per_post)
+            for km in [big[n % len(big)]]
+        ]
+        resp = await client.post("/api/killmails", data=json.dumps(batch), headers=AUTH)
+        assert resp.status == 202
+        posted += per_post
+        await settle(client)
+        await asyncio.sleep(0.01)  # the turn's flush
+        if not partial_at and hub.held_bytes(sub) > 0:
+            partial_at = posted
+    assert partial_at, "the kernel took every frame whole: no partial write"
+    seqs = []
+    while len(seqs) < posted:
+        opcode, payload = await asyncio.wait_for(rawws.read_frame(reader), 10)
+        assert opcode == 0x1
+        frame = json.loads(payload)  # whole: a torn or interleaved frame does not parse
+        assert frame["action"] == "kill"
+        seqs.append(frame["seq"])
+    assert seqs == list(range(seqs[0], seqs[0] + posted))
+    assert not sub.dropped
+    writer.transport.abort()

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from killboard.live.hub import Delivered, Outbox
+from killboard.live.subscriber import Delivered, Outbox
 
 SUB = json.dumps({"action": "sub", "channel": "kills"})
 

@@ -12,6 +12,7 @@ from conftest import AUTH, Client, settle
 from killgen import make_kills, save_all
 
 from killboard.entities import backlog
+from killboard.ingest.pipeline import build_kill
 from killboard.kill import codec
 from killboard.kill.enrich import enrich
 from killboard.kill.frames import encode
@@ -19,7 +20,7 @@ from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
 from killboard.storage.schema import MIGRATIONS
-from killboard.storage.store import Store
+from killboard.storage.store import Store, insert_many
 from killboard.web.keys import pipeline_key, prices_key, store_key
 
 
@@ -175,3 +176,55 @@ async def test_counting_the_inbox_reads_an_index_not_the_table(tmp_path: Path) -
     finally:
         await store.close()
     assert "USING COVERING INDEX inbox_live" in plan, plan
+
+
+async def test_kills_packed_before_the_write_store_the_same_rows(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """The pipeline packs a kill's document and pilots before the write (NewKill.packed,
+    Participation.packed): the rows are byte for byte those the write makes itself."""
+    book = price_book(static)
+    rows: list[list[Any]] = []
+    for name, early in (("plain", False), ("packed", True)):
+        store = await Store.open(tmp_path / f"{name}.sqlite3")
+        try:
+            subs = [parse_submission(k) for k in killmails]
+            pack = store.pack_source if early else None
+            kills = [build_kill(sub, enrich(sub, static, {}, book), {}, pack) for sub in subs]
+            assert all(
+                bool(k.packed) == early and bool(k.participation and k.participation.packed) == early for k in kills
+            )
+            await store.save_kills(kills)
+        finally:
+            await store.close()
+        db = sqlite3.connect(tmp_path / f"{name}.sqlite3")
+        try:
+            rows.append(
+                db.execute(
+                    "SELECT k.seq, k.body, k.codec, p.pilots FROM kills k JOIN participants p USING (seq)"
+                ).fetchall()
+            )
+        finally:
+            db.close()
+    assert len(rows[0]) == len(killmails)
+    assert rows[0] == rows[1]
+
+
+async def test_insert_many_writes_what_executemany_writes(tmp_path: Path) -> None:
+    """Rows sent as statements of many rows (an upsert adding to rows of the same statement and
+    of earlier ones, chunks of 199 and a remainder): the table executemany leaves."""
+    sql = "INSERT INTO t (a, b, n) VALUES (?, ?, ?) ON CONFLICT (a, b) DO UPDATE SET n = n + excluded.n"
+    rows = [(i % 37, i % 11, i) for i in range(1000)]
+    tables = []
+    for name in ("many", "insert_many"):
+        store = await Store.open(tmp_path / f"{name}.sqlite3")
+        try:
+            async with store.transaction() as db:
+                await db.execute("CREATE TABLE t (a INTEGER, b INTEGER, n INTEGER, PRIMARY KEY (a, b))")
+                for part in (rows[:10], rows[10:], []):
+                    await (db.executemany(sql, part) if name == "many" else insert_many(db, sql, part))
+            tables.append(await store.query("SELECT a, b, n FROM t ORDER BY a, b"))
+        finally:
+            await store.close()
+    assert len(tables[0]) == 37 * 11
+    assert tables[0] == tables[1]

@@ -4,10 +4,12 @@ and shows what a scan of the newest stored kills would."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from conftest import Client
+import aiohttp_jinja2
+from conftest import Client, until
 from killgen import make_kills, save_all
 
 from killboard.kill.staticdata import StaticData
@@ -64,12 +66,16 @@ async def test_a_filtered_page_renders_only_the_kills_it_shows(
     assert row_ids(await first.text()) == expected[0]
     # The first filtered page learns the keys of the newest FILTER_SCAN kills, once.
     assert renders() == FILTER_SCAN + len(expected[0])
+    shown = set(expected[0])
     for n, (query, ids) in enumerate(zip(queries, expected, strict=True)):
         html = await (await client.get("/?" + "&".join(f"{k}={v}" for k, v in query.items()))).text()
         assert row_ids(html) == ids, query
-        # 1,200 stored, only the shown rows read; the first page again: none (kept, web/viewcache.py)
-        assert renders() == (0 if n == 0 else len(ids)), query
+        # 1,200 stored, only the shown rows read; the first page again: none (kept, web/viewcache.py);
+        # a kill another view showed already is not read again (rows are kept per language).
+        assert renders() == (0 if n == 0 else len(set(ids) - shown)), query
+        shown |= set(ids)
     assert any(len(ids) == INITIAL_ROWS for ids in expected) and expected[0]
+    assert len(shown) < sum(len(ids) for ids in expected)  # the views share kills: rows were reused
 
     # Kills stored later (here straight into the database, as an import beside the server
     # does) are picked up by sequence on the next page: their keys are computed once.
@@ -129,3 +135,27 @@ async def test_a_fleet_fight_is_kept_as_maybe_and_still_found(
     stored = await (await client.get(f"/api/killmails/{fight['killmail_id']}")).json()
     other = next(s for s in ("highsec", "lowsec", "nullsec", "wspace") if f'"{s}"' not in json.dumps(stored))
     assert fight["killmail_id"] not in row_ids(await (await client.get(f"/?sec={other}")).text())
+
+
+async def test_a_start_compiles_the_templates_and_learns_the_keys_before_any_reader(
+    make_client: Callable[..., Awaitable[Client]], static: StaticData, killmails: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The first filtered page after a start reads and renders its rows only: the keys of the
+    newest kills and every template are ready before it (server.py `_learn_recent`)."""
+    db = tmp_path / "kept.sqlite3"
+    store = await Store.open(db)
+    try:
+        await save_all(store, make_kills(static, killmails, 300, first_id=10**10, kill_time=1_700_000_000))
+    finally:
+        await store.close()
+    client = await make_client(db_path=db)
+    env = aiohttp_jinja2.get_env(client.server.app)
+
+    async def ready() -> bool:
+        compiled = {key[1] for key in list(env.cache.keys())} if env.cache is not None else set()
+        return len(client.server.app[recent_key]) == 300 and compiled >= set(PAGES)
+
+    await until(ready)
+
+
+PAGES = ("index.html", "row.html", "macros.html", "entity.html", "battle.html", "battles.html", "kill.html")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,7 +17,7 @@ from fakes import FakeEsi, player_names
 from test_recent import count_renders, row_ids
 
 from killboard.web.keys import names_key, store_key
-from killboard.web.viewcache import ViewCache
+from killboard.web.viewcache import OVERHEAD, ViewCache
 
 
 async def post(client: Client, body: Any) -> None:
@@ -120,20 +122,40 @@ async def test_a_late_name_shows_on_the_next_view(
 
 def test_the_cache_is_bounded_in_bytes_and_drops_rows_of_changed_kills() -> None:
     cache = ViewCache(max_bytes=10_000)
-    rows = {n: "x" * 500 for n in range(5)}
     for view in range(10):
-        cache.put_page((f"/?v={view}", "en"), (1, 0), dict(rows), b"y" * 1000, cache.generation)
+        for n in range(5):
+            cache.put_row("en", n, "x" * 500, cache.generation)
+        cache.put_page((f"/?v={view}", "en"), cache.version(1), b"y" * 1000, cache.generation)
         assert cache.bytes <= 10_000
-    assert len(cache) < 10 and cache.page(("/?v=9", "en"), (1, 0)) is not None
-    assert cache.page(("/?v=0", "en"), (1, 0)) is None  # least recently used went first
+    # Rows are kept once per language whatever the views that show them: 5 rows, not 50.
+    assert cache.rows == 5
+    row, page = sys.getsizeof("x" * 500) + OVERHEAD, sys.getsizeof(b"y" * 1000) + OVERHEAD
+    assert cache.bytes == 5 * row + len(cache) * page
+    assert len(cache) < 10 and cache.page(("/?v=9", "en"), cache.version(1)) is not None
+    assert cache.page(("/?v=0", "en"), cache.version(1)) is None  # least recently used went first
+    cache.put_row("de", 3, "z" * 100, cache.generation)
     cache.changed([3])
-    assert cache.page(("/?v=9", "en"), (1, 0)) is None and 3 not in cache.rows(("/?v=9", "en"))
-    assert cache.rows(("/?v=9", "en")).keys() == {0, 1, 2, 4}
+    assert cache.page(("/?v=9", "en"), cache.version(1)) is None and len(cache) == 0
+    assert cache.row("en", 3) is None and cache.row("de", 3) is None and cache.row("en", 4) is not None
+    assert cache.bytes == 4 * row
+    # A row counts the memory it holds: Japanese text takes more than its length in bytes.
+    cache.put_row("ja", 9, "戦" * 500, cache.generation)
+    assert cache.bytes == 4 * row + sys.getsizeof("戦" * 500) + OVERHEAD > 5 * row
     # Rows read before a change are not kept: the kill may have changed under them.
     stale = cache.generation
     cache.changed([1])
-    cache.put_page(("/?v=1", "en"), (2, stale), {1: "old"}, b"page", stale)
-    assert cache.rows(("/?v=1", "en")) == {}
+    cache.put_row("en", 1, "old", stale)
+    cache.put_page(("/?v=1", "en"), (2, stale), b"page", stale)
+    assert cache.row("en", 1) is None and len(cache) == 0
+
+
+def test_a_page_kept_until_a_time_is_stale_after_it() -> None:
+    cache = ViewCache()
+    version = cache.version(7, "battle")
+    cache.put_page(("/battles", "en"), version, b"a", cache.generation, expires=time.time() + 60)
+    assert cache.page(("/battles", "en"), version) is not None
+    cache.put_page(("/battles", "en"), version, b"b", cache.generation, expires=time.time() - 1)
+    assert cache.page(("/battles", "en"), version) is None
 
 
 async def test_a_name_saved_for_another_kill_shows_in_a_kept_row(

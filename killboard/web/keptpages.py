@@ -1,0 +1,160 @@
+"""Battle and entity pages and their JSON, answered from the view cache while what they show is
+unchanged: ETag, 304, a body gzipped once.
+
+A handler here is the page's own handler (web/battles.py, killboard/entities/views.py) wrapped
+with a *stamp*: a cheap look at what the page depends on, taken before anything is read for it.
+The stamp and the cache's generation (bumped by every late name, rewrite, prune; web/viewcache.py)
+make the page's version; a view with the same version gets the kept body without running the
+handler. What each stamp holds, and why that is enough:
+
+- `/battle/{id}`, `/api/battles/{id}`: the battle's row (its last kill's seq, kill count, end time,
+  whether it is ongoing now). Every kill, merge and side change of a battle is written in a
+  kills' transaction that moves its last seq or count (a merge: the kept battle's); a battle that
+  merged away redirects (not kept). Side moves (`?side.X=n`) are in the query, so in the key.
+- `/battles`, `/api/battles`: the last stored seq (a battle changes only with a stored kill);
+  kept until the first shown battle stops being ongoing (the handler says when).
+- `/{kind}/{id}`: the last stored seq (the page resumes its live feed from it) and the month
+  (the figures show the last 12 months).
+- `/api/{kind}/{id}`, `/api/{kind}/{id}/kills`: the entity's newest kill (its figures and kills
+  change only with one of its own kills) and the month.
+
+Entity and battle pages are not kept while kills stored before the participant index or the
+figures existed are still being counted in (after an upgrade): those change figures and
+battles without a new kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from urllib.parse import urlencode
+
+from aiohttp import web
+from aiohttp.web_response import ContentCoding
+
+from ..battles import tables
+from ..entities import entities_key
+from ..entities.service import KINDS
+from ..kill.langs import reader_language
+from .httpzip import MIN_BYTES, TYPES, choose
+from .keys import battles_key, store_key, viewcache_key
+from .viewcache import Page, Version, ViewCache, ViewKey
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a page depends on beside the generation; None: do not keep this one (the handler answers).
+Stamp = Callable[[web.Request], Awaitable[tuple[Hashable, ...] | None]]
+# A handler sets this on its response: the page is stale from this wall-clock time on.
+EXPIRES = web.ResponseKey("expires", float)
+MAX_ID = 2**63 - 1
+
+
+async def keep(
+    cache: ViewCache,
+    key: ViewKey,
+    version: Version,
+    body: bytes,
+    generation: int,
+    content_type: str = "text/html",
+    expires: float | None = None,
+) -> Page:
+    """Gzip the body once (in a thread) and keep it for `version` (web/viewcache.py put_page)."""
+    zipped = await asyncio.to_thread(gzip.compress, body, 6) if len(body) >= MIN_BYTES else None
+    return cache.put_page(key, version, body, generation, zipped, content_type, expires)
+
+
+def respond(request: web.Request, page: Page) -> web.Response:
+    """The page, or 304 when the browser has it: browsers revalidate every time (no-cache). The
+    nginx recipe keeps it for the second it was fetched in (deploy/nginx/killboard.conf)."""
+    headers = {"ETag": page.etag, "Cache-Control": "no-cache", "Vary": "Accept-Language, Accept-Encoding"}
+    if page.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    body = page.body
+    if page.gzipped is not None and choose(request.headers.get("Accept-Encoding", "")) is ContentCoding.gzip:
+        headers["Content-Encoding"] = "gzip"
+        body = page.gzipped
+    return web.Response(body=body, content_type=page.content_type, charset="utf-8", headers=headers)
+
+
+def view_key(request: web.Request) -> ViewKey:
+    """(the path with its query in a canonical order, the reader's language)."""
+    query = urlencode(sorted(request.query.items()))
+    return (request.path + ("?" + query if query else ""), reader_language(request.headers.get("Accept-Language", "")))
+
+
+def kept(handler: Handler, stamp: Stamp) -> Handler:
+    """`handler`, answered from the view cache while `stamp` and the generation are unchanged.
+    Only a 200 with a JSON or HTML body is kept; errors, redirects and 404s go through."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        cache = request.app[viewcache_key]
+        generation = cache.generation  # before anything is read: a change meanwhile is not kept
+        depends = await stamp(request)
+        if depends is None:
+            return await handler(request)
+        key, version = view_key(request), cache.version(*depends)
+        page = cache.page(key, version)
+        if page is None:
+            response = await handler(request)
+            if (
+                type(response) is not web.Response
+                or response.status != 200
+                or not isinstance(response.body, bytes)
+                or response.content_type not in TYPES
+            ):
+                return response
+            expires = response.get(EXPIRES)
+            page = await keep(cache, key, version, response.body, generation, response.content_type, expires)
+        return respond(request, page)
+
+    return serve
+
+
+def _backlog(request: web.Request) -> bool:
+    """Older kills are still being counted into the participant index or the figures."""
+    return request.app[store_key].index_backlog_through > 0 or not request.app[entities_key].caught_up
+
+
+def _month() -> int:
+    t = time.gmtime()
+    return t.tm_year * 12 + t.tm_mon
+
+
+async def battle_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
+    raw = request.match_info["battle_id"]
+    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_ID or _backlog(request):
+        return None
+    row = await tables.get(request.app[battles_key].store, int(raw))
+    if row is None or row.merged_into is not None:
+        return None  # unknown (404) or merged (a redirect): the handler answers
+    return (row.last_seq, row.kill_count, row.end_time, row.ongoing(time.time()))
+
+
+async def battles_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
+    if _backlog(request):
+        return None
+    return (await request.app[store_key].last_seq(),)
+
+
+async def entity_page_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
+    if _backlog(request):
+        return None
+    return (await request.app[store_key].last_seq(), _month())
+
+
+async def entity_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
+    kind, raw = request.match_info["kind"], request.match_info["id"]
+    if kind not in KINDS or not raw.isascii() or not raw.isdigit() or len(raw) > 19 or _backlog(request):
+        return None
+    if not 0 < int(raw) <= MAX_ID:
+        return None
+    newest = await request.app[store_key].kills_of(KINDS[kind], int(raw), None, 1)
+    return (newest[0][0] if newest else 0, _month())
+
+
+def entity_routes(name: str, handler: Handler) -> Handler:
+    """How killboard/entities/views.py's routes are served here: the entity page and its JSON
+    kept; search is not (it reads memory only)."""
+    stamp = {"page": entity_page_stamp, "figures": entity_stamp, "kills": entity_stamp}.get(name)
+    return kept(handler, stamp) if stamp is not None else handler

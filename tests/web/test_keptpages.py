@@ -1,0 +1,162 @@
+"""Battle and entity pages and their JSON kept in the view cache (killboard/web/keptpages.py): a
+view nothing changed reads no kill (304 when the browser has it), and the next view after a new
+kill, a merge, a late name or a prune shows it."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from battlefights import fight
+from conftest import AUTH, Client, settle
+from test_recent import count_renders
+from test_viewcache import row_of
+
+from killboard.battles.detect import GAP
+from killboard.entities.service import Entities
+from killboard.web.keys import store_key
+
+
+def when(kill: dict[str, Any]) -> float:
+    return datetime.fromisoformat(kill["killmail_time"].replace("Z", "+00:00")).timestamp()
+
+
+async def post_all(client: Client, kills: list[dict[str, Any]]) -> None:
+    for i in range(0, len(kills), 50):
+        body = io.BytesIO(json.dumps(kills[i : i + 50]).encode())
+        resp = await client.post("/api/killmails", data=body, headers=AUTH)
+        assert resp.status in (200, 202), await resp.text()
+    await settle(client)
+
+
+async def kept_view(client: Client, path: str, renders: Callable[[], int]) -> tuple[str, str]:
+    """View twice: the second answer is the first's, from memory (no kill rendered), and a 304
+    for the browser that has it. Returns (body, etag)."""
+    first = await client.get(path)
+    assert first.status == 200, await first.text()
+    body, etag = await first.text(), first.headers["ETag"]
+    renders()
+    again = await client.get(path)
+    assert await again.text() == body and again.headers["ETag"] == etag
+    assert renders() == 0, path
+    cached = await client.get(path, headers={"If-None-Match": etag})
+    assert cached.status == 304 and await cached.read() == b""
+    return body, etag
+
+
+async def test_a_battle_page_is_kept_until_its_battle_grows_or_merges(client: Client) -> None:
+    kills = sorted(fight("30004049"), key=when)
+    t0 = when(kills[0])
+    early = [k for k in kills if when(k) - t0 <= 1400]
+    late = [k for k in kills if when(k) - t0 >= 1400 + GAP + 60]
+    middle = [k for k in kills if k not in early and k not in late]
+    await post_all(client, early)
+    await post_all(client, late)
+    listing = await (await client.get("/api/battles")).json()
+    first, second = sorted(b["battle_id"] for b in listing["battles"])
+    renders = count_renders(client.server.app[store_key])
+    views = {}
+    for path in (f"/battle/{first}", f"/api/battles/{first}", "/battles", "/api/battles"):
+        views[path] = await kept_view(client, path, renders)
+    assert json.loads(views[f"/api/battles/{first}"][0])["kill_count"] == len(early)
+
+    # A kill elsewhere: the battle's own page and JSON stay kept; the lists (they resume from
+    # the last stored seq) are rebuilt.
+    elsewhere = copy.deepcopy(fight("30001155")[0])
+    await post_all(client, [elsewhere])
+    for path in (f"/battle/{first}", f"/api/battles/{first}"):
+        resp = await client.get(path, headers={"If-None-Match": views[path][1]})
+        assert resp.status == 304, path
+
+    # The middle of the fight merges the two battles: the kept pages show it on the next view.
+    await post_all(client, middle)
+    resp = await client.get(f"/api/battles/{first}", headers={"If-None-Match": views[f"/api/battles/{first}"][1]})
+    assert resp.status == 200 and (await resp.json())["kill_count"] == len(kills)
+    page = await client.get(f"/battle/{first}", headers={"If-None-Match": views[f"/battle/{first}"][1]})
+    assert page.status == 200 and await page.text() != views[f"/battle/{first}"][0]
+    gone = await client.get(f"/battle/{second}", allow_redirects=False)
+    assert gone.status == 308 and gone.headers["Location"] == f"/battle/{first}"
+    [one] = (await (await client.get("/api/battles")).json())["battles"]
+    assert one["battle_id"] == first and one["kill_count"] == len(kills)
+
+
+async def test_a_late_name_and_a_prune_show_on_the_next_battle_view(client: Client) -> None:
+    kills = sorted(fight("30001155"), key=when)
+    await post_all(client, kills)
+    [battle] = (await (await client.get("/api/battles")).json())["battles"]
+    path = f"/api/battles/{battle['battle_id']}"
+    data = await (await client.get(path)).json()
+    entity = data["sides"][0]["entities"][0]["id"]
+    await client.server.app[store_key].save_names({entity: ("Renamed In Time", "alliance")})
+    assert (await (await client.get(path)).json())["names"][str(entity)] == "Renamed In Time"
+    store = client.server.app[store_key]
+    while await store.prune(older_than=time.time(), batch=500):
+        pass
+    assert (await client.get(path)).status == 404
+    assert (await (await client.get("/api/battles")).json())["battles"] == []
+
+
+def busiest_victim(killmails: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(k for k in killmails if k["victim"].get("character_id"))
+
+
+async def test_an_entitys_kills_and_figures_are_kept_until_one_of_its_own_kills(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    km = busiest_victim(killmails)
+    character = km["victim"]["character_id"]
+    await post_all(client, killmails)
+    renders = count_renders(client.server.app[store_key])
+    kills_path, figures_path, page_path = (
+        f"/api/character/{character}/kills?limit=50",
+        f"/api/character/{character}",
+        f"/character/{character}",
+    )
+    body, kills_etag = await kept_view(client, kills_path, renders)
+    shown = [k["killmail_id"] for k in json.loads(body)["kills"]]
+    assert km["killmail_id"] in shown
+    _, figures_etag = await kept_view(client, figures_path, renders)
+    figured = [0]
+    real = Entities.figures
+
+    async def counted(self: Entities, *args: Any) -> Any:
+        figured[0] += 1
+        return await real(self, *args)
+
+    monkeypatch.setattr(Entities, "figures", counted)
+    _, page_etag = await kept_view(client, page_path, renders)
+    assert figured[0] == 1  # the second view read no figures
+
+    # A kill of someone else: the entity's JSON stays kept (its page resumes from the last seq).
+    other = copy.deepcopy(next(k for k in killmails if str(character) not in json.dumps(k)))
+    other["killmail_id"] = 9 * 10**9
+    await post_all(client, [other])
+    for path, etag in ((kills_path, kills_etag), (figures_path, figures_etag)):
+        assert (await client.get(path, headers={"If-None-Match": etag})).status == 304, path
+    assert (await client.get(page_path, headers={"If-None-Match": page_etag})).status == 200
+
+    # One of its own: shown on the next view of each.
+    own = copy.deepcopy(km)
+    own["killmail_id"] = 9 * 10**9 + 1
+    await post_all(client, [own])
+    kills = await (await client.get(kills_path)).json()
+    assert kills["kills"][0]["killmail_id"] == own["killmail_id"]
+    figures = await (await client.get(figures_path)).json()
+    assert figures["losses"] == sum(k["victim"].get("character_id") == character for k in killmails) + 1
+    assert f'data-id="{own["killmail_id"]}"' in await (await client.get(page_path)).text()
+
+    # A late name, then a prune.
+    await client.server.app[store_key].save_names({character: ("Late Pilot", "character")})
+    assert (await (await client.get(figures_path)).json())["name"] == "Late Pilot"
+    # The page's row of the kill showed the pilot nameless: it is rendered again with the name.
+    assert "Late Pilot" in row_of(await (await client.get(page_path)).text(), own["killmail_id"])
+    store = client.server.app[store_key]
+    while await store.prune(older_than=time.time() + 10**6, batch=500):
+        pass
+    assert (await (await client.get(kills_path)).json())["kills"] == []
