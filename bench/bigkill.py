@@ -3,13 +3,16 @@
 Posts kills of 1,000 / 3,000 / 10,000 attackers (real attackers, cycled; 10,000 is the bound a
 kill may have) to a real server with a live subscriber, while another process asks /health every
 5 ms; the longest /health wait while each kill is parsed, enriched, stored, broadcast and read
-back is the loop's stall (a quiet /health answers in ~1-2 ms).
+back is the loop's stall (a quiet /health answers in ~1-2 ms). `--baseline /work/main --rounds 2`
+runs another checkout's server the same way, alternating with this one.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
+import os
 import sys
 import tempfile
 import time
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import ujson
+
+from killboard.config import PROJECT_ROOT
 
 from .data import fleet_fight, real_killmails
 from .fanout import AUTH
@@ -51,9 +56,12 @@ async def probe(url: str, seconds: float) -> tuple[float, float]:
     return float(longest), float(median)
 
 
-async def one(server: Server, session: aiohttp.ClientSession, km: dict[str, object]) -> tuple[float, float, float]:
-    """(seconds from POST to the frame on the socket, longest /health wait, quiet /health median)."""
-    _, quiet = await probe(server.url, 0.5)
+async def one(
+    server: Server, session: aiohttp.ClientSession, km: dict[str, object]
+) -> tuple[float, float, float, float]:
+    """(seconds from POST to the frame on the socket, longest /health wait, quiet /health median,
+    longest /health wait over as long with no kill)."""
+    floor, quiet = await probe(server.url, 3.0)  # the machine's own noise: as long, no kill
     async with session.ws_connect(server.url + "/ws", max_msg_size=64 << 20) as ws:
         await ws.send_json({"action": "sub", "channel": "kills"})
         await ws.receive(5)  # the subscription's acknowledgement
@@ -73,25 +81,46 @@ async def one(server: Server, session: aiohttp.ClientSession, km: dict[str, obje
         async with session.get(f"{server.url}/api/killmails/{km['killmail_id']}") as resp:
             await resp.read()
         longest, _ = await watch
-    return delivered, longest, quiet
+    return delivered, longest, quiet, floor
 
 
-async def main() -> None:
+async def run(root: Path, label: str, sizes: tuple[int, ...]) -> None:
+    """One server of the checkout at `root`, every size once, a line each."""
     killmails = real_killmails()
     with tempfile.TemporaryDirectory() as folder:
-        server = Server(Path(folder) / "kb.sqlite3")
+        server = Server(Path(folder) / "kb.sqlite3", root=root)
         await server.start()
         try:
             async with aiohttp.ClientSession() as session:
-                print("attackers  body MB  delivered s  longest /health ms  quiet /health ms")
-                for i, size in enumerate(SIZES):
+                for i, size in enumerate(sizes):
                     km = fleet_fight(killmails, size)
                     km["killmail_id"] = 10**12 + i  # a fresh kill each time
-                    delivered, stall, quiet = await one(server, session, km)
+                    delivered, stall, quiet, floor = await one(server, session, km)
                     mb = len(ujson.dumps(km)) / 1e6
-                    print(f"{size:9,}  {mb:7.2f}  {delivered:11.3f}  {stall * 1e3:18.1f}  {quiet * 1e3:16.1f}")
+                    load = os.getloadavg()[0]
+                    print(
+                        f"{label:9}  {size:9,}  {mb:7.2f}  {delivered:11.3f}  {stall * 1e3:18.1f}"
+                        f"  {quiet * 1e3:16.1f}  {floor * 1e3:17.1f}  {load:4.1f}",
+                        flush=True,
+                    )
         finally:
             server.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (e.g. /work/main), run alternating with this one"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="times each tree runs (alternating with --baseline)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="attacker counts, comma-separated")
+    args = parser.parse_args()
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    print("tree       attackers  body MB  delivered s  longest /health ms  quiet /health ms  longest, no kill  load")
+    for _ in range(args.rounds):
+        if args.baseline is not None:
+            await run(args.baseline, "baseline", sizes)
+        await run(PROJECT_ROOT, "this", sizes)
 
 
 if __name__ == "__main__":

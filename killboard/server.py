@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from aiohttp.typedefs import Middleware
 from . import entities
 from .battles.service import Battles
 from .config import Config, resource_dir
+from .ingest.offload import Offload
 from .ingest.pipeline import OnStored, Pipeline
 from .ingest.upstream import Upstream
 from .kill.codec import renderer
@@ -146,6 +148,9 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         on_stored=app[stored_hooks_key],  # the same list: hooks appended by later contexts count too
         facts_for_all=config.redis_url is not None,  # the bus stores match keys with every kill
     )
+    # Fleet fights go to a process of their own, started on the first one (ingest/offload.py).
+    offload = pipeline.offload = Offload(config.data_dir)
+    app[store_key].render_big = functools.partial(offload.render, app[prices_key])
     app[pipeline_key] = pipeline
     worker = asyncio.create_task(pipeline.run(), name="killboard-worker")
     recovery = asyncio.create_task(pipeline.recover(), name="killboard-recovery")
@@ -156,6 +161,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
     worker.cancel()
     with suppress(asyncio.CancelledError):
         await worker
+    await offload.close()
 
 
 async def _maintenance(app: web.Application) -> AsyncIterator[None]:

@@ -30,6 +30,7 @@ from ..metrics import Metrics
 from ..storage.participants import participation
 from ..storage.store import InboxRow, NewKill, Store
 from .esi import KillmailGone
+from .offload import BIG_KILL, Enriched, Offload, Packed, new_kill
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
 # Kills with more attackers and items than this are enriched (and encoded) in a thread: a kill of
 # 3,000 attackers is ~70 ms of CPU, which on the loop would stall every socket; in a thread the
 # loop gets the GIL back every switch interval (5 ms). Typical kills (~10 attackers, ~40 items)
-# stay on the loop, where they cost less than the hop.
-BIG_KILL = 500
+# stay on the loop, where they cost less than the hop. With a worker process (offload.py) it takes them.
 # An inbox payload this big (a fleet fight) is decoded in a thread at recovery.
 BIG_PAYLOAD = 256 * 1024
 
@@ -92,6 +92,8 @@ STORE_RETRY_MAX = 5.0
 
 
 def inbox_payload(sub: Submission) -> bytes:
+    if isinstance(sub, Packed):
+        return sub.payload  # made by the worker process (offload.pack), the same bytes
     # ASCII (ensure_ascii): a lone surrogate accepted from a client survives the round trip.
     return encode_ascii({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb})
 
@@ -146,6 +148,8 @@ class Pipeline:
     on_stored: list[OnStored] = field(default_factory=list)
     # Match keys for every stored kill, not only live ones (the Redis bus stores them with each entry).
     facts_for_all: bool = False
+    # The worker process for fleet fights (server.py); None: they are done in threads here.
+    offload: Offload | None = None
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -194,15 +198,21 @@ class Pipeline:
         while rows := await self.store.inbox(after, 1000):
             for row in rows:
                 self._idle.clear()
-                pending = (
-                    await asyncio.to_thread(from_inbox, row) if len(row.payload) > BIG_PAYLOAD else from_inbox(row)
-                )
+                pending = await self._from_inbox(row)
                 await self.queue.put(pending)  # waits for room: the worker is already running
             after = rows[-1].killmail_id
             total += len(rows)
         if total:
             log.info("recovered %d acknowledged kills from the inbox", total)
         return total
+
+    async def _from_inbox(self, row: InboxRow) -> Pending:
+        if len(row.payload) <= BIG_PAYLOAD:
+            return from_inbox(row)
+        packed = await self.offload.repack(row.payload) if self.offload is not None else None
+        if packed is not None and packed.size > BIG_KILL:
+            return Pending(packed, row.live)
+        return await asyncio.to_thread(from_inbox, row)
 
     async def run(self) -> None:
         """Worker: take what is waiting (up to a batch) and enrich it while the batch before it is
@@ -296,7 +306,9 @@ class Pipeline:
             try:
                 # Match keys for the sockets (a live kill) and for the bus (every stored kill).
                 wanted = pending.live or self.facts_for_all
-                if kill_size(sub) > BIG_KILL:
+                if isinstance(sub, Packed):
+                    new, fact = await self._enrich_packed(sub, names, wanted)
+                elif kill_size(sub) > BIG_KILL:
                     new, fact = await asyncio.to_thread(self._enrich, sub, names, wanted)
                 else:
                     new, fact = self._enrich(sub, names, wanted)
@@ -310,6 +322,24 @@ class Pipeline:
             if i % 16 == 15:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
         return Prepared(batch, dropped, kills, live, unresolved, rejected, facts)
+
+    async def _enrich_packed(
+        self, sub: Packed, names: Mapping[int, str], facts: bool
+    ) -> tuple[NewKill, KillFacts | None]:
+        """A fleet fight's enrichment in the worker process; here in a thread if it died."""
+        done = await self.offload.enrich(sub, names, self.prices, facts) if self.offload is not None else None
+        if done is None:
+            plain = await asyncio.to_thread(sub.unpacked)
+            return await asyncio.to_thread(self._enrich, plain, names, facts)
+        return await asyncio.to_thread(self._finish, sub, done, names), done.facts
+
+    def _finish(self, sub: Packed, done: Enriched, names: Mapping[int, str]) -> NewKill:
+        """The worker's kill as _enrich makes it: its stored bytes packed, the preparers run
+        (a thread: the entity figures' share of 10,000 pilots is tens of ms of Python)."""
+        new = new_kill(sub, done, names, self.store.pack_source)
+        for prepare in self.store.preparers:
+            prepare(new)
+        return new
 
     def _enrich(self, sub: Submission, names: Mapping[int, str], facts: bool) -> tuple[NewKill, KillFacts | None]:
         """One kill's enrichment; with `facts` also what channels match on, and (when it is big,
@@ -329,11 +359,7 @@ class Pipeline:
         batch, kills, live, unresolved = prepared.batch, prepared.kills, prepared.live, prepared.unresolved
         started = time.perf_counter()
         # Broadcast now with what is known; the ESI name filler patches these stored kills later.
-        nameless = (
-            [p.submission.killmail_id for p in batch if player_ids(p.submission.esi or {}) & unresolved]
-            if unresolved
-            else []
-        )
+        nameless = [p.submission.killmail_id for p in batch if players(p.submission) & unresolved] if unresolved else []
         stored = await self.store.save_kills(
             kills, done=[p.submission.killmail_id for p in batch] + prepared.dropped, names_pending=nameless
         )
@@ -365,7 +391,7 @@ class Pipeline:
         """(names known, ids still without one after asking ESI)."""
         ids: set[int] = set()
         for pending in batch:
-            ids.update(player_ids(pending.submission.esi or {}))
+            ids.update(players(pending.submission))
         if not ids:
             return {}, set()
         names = await self.store.names(ids)
@@ -432,8 +458,15 @@ class Pipeline:
 
 def kill_size(sub: Submission) -> int:
     """Attackers plus top-level items: what enrichment's cost grows with."""
+    if isinstance(sub, Packed):
+        return sub.size
     esi = sub.esi or {}
     return len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
+
+
+def players(sub: Submission) -> set[int]:
+    """Character, corporation and alliance ids of a kill (codec.player_ids)."""
+    return sub.player_ids() if isinstance(sub, Packed) else player_ids(sub.esi or {})
 
 
 def build_kill(

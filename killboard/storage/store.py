@@ -163,6 +163,10 @@ async def _configure(conn: aiosqlite.Connection) -> None:
     await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
 
 
+# (killmail id, hash, source document, names lookup) -> the kill's JSON, or None: render it here.
+BigRender = Callable[[int, str, bytes, Callable[[set[int]], Awaitable[dict[int, str]]]], Awaitable[bytes | None]]
+
+
 class Store:
     """The database of one server (or one import run beside it)."""
 
@@ -179,6 +183,9 @@ class Store:
         self._lock = asyncio.Lock()
         self._closed = False
         self.render = render
+        # Renders a fleet fight's source document (id, hash, document, names lookup) elsewhere
+        # (ingest/offload.py: a worker process); None, or None back: in a thread here.
+        self.render_big: BigRender | None = None
         self._dictionaries: dict[int, bytes] = {}
         self._dictionary = b""
         # What retention removed (0: nothing yet); loaded at open, updated by prune().
@@ -485,6 +492,11 @@ class Store:
             if codec_id == codec.CODEC_ENRICHED_ZLIB:
                 decoded.append((tuple(row), document, 0))
                 continue
+            if len(document) > BIG_DOCUMENT and self.render_big is not None:
+                body = await self.render_big(killmail_id, killmail_hash, document, self.names)
+                if body is not None:
+                    decoded.append((tuple(row), body, 0))
+                    continue
             if len(document) > BIG_DOCUMENT:  # a fleet fight: ~20 ms a MB to parse, off the loop
                 source = await asyncio.to_thread(codec.decode, killmail_id, killmail_hash, document)
             else:

@@ -15,10 +15,11 @@ from aiohttp.http_exceptions import DecompressSizeError, HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..auth import bearer_matches
+from ..ingest.offload import parse_items, wants
 from ..ingest.pipeline import QueueFull, StorageUnavailable
 from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
-from ..kill.validate import Invalid, Submission, parse_submission
+from ..kill.validate import Submission
 from ..live.wire import body_in
 from ..storage.store import StoredKill
 from . import reads
@@ -101,11 +102,19 @@ async def post_killmails(request: web.Request) -> web.StreamResponse:
     # Kills given by id + hash only are accepted durably and completed from ESI by the worker.
     can_fetch = request.app[pipeline_key].fetch_killmail is not None
     # A big body (a fleet fight's kills, up to 32 MiB) is parsed and validated in a thread: on the
-    # loop, a 0.5 MB kill of 3,000 attackers took ~35 ms, a full 32 MiB body seconds.
-    if len(body) > BIG_BODY:
-        parsed = await asyncio.to_thread(_parse_body, body, config.max_batch_items, can_fetch)
-    else:
-        parsed = _parse_body(body, config.max_batch_items, can_fetch)
+    # loop, a 0.5 MB kill of 3,000 attackers took ~35 ms, a full 32 MiB body seconds. One kill over
+    # 64 KiB or any body over 256 KiB (offload.wants) goes to the worker process, which keeps a
+    # fleet fight as bytes: the one C call that decodes 1.75 MB holds the GIL 8-33 ms, in a thread too.
+    offload = request.app[pipeline_key].offload
+    parsed: web.Response | tuple[int, list[Submission], list[dict[str, Any]]] | None = None
+    if offload is not None and wants(body):
+        outcome = await offload.parse(body, config.max_batch_items, can_fetch)
+        parsed = _refused(outcome) if isinstance(outcome, str) else outcome
+    if parsed is None:  # a smaller body, or the worker died (it is replaced on the next one)
+        if len(body) > BIG_BODY:
+            parsed = await asyncio.to_thread(_parse_body, body, config.max_batch_items, can_fetch)
+        else:
+            parsed = _parse_body(body, config.max_batch_items, can_fetch)
     if isinstance(parsed, web.Response):
         return parsed
     count, subs, rejected = parsed
@@ -179,29 +188,13 @@ def _parse_body(
         data = ujson.loads(body)
     except ValueError as exc:
         return json_error(400, f"body is not valid JSON: {exc}")
-    items = data if isinstance(data, list) else [data]
-    if isinstance(data, list) and not data:
-        return json_error(400, "empty array: send one killmail or an array of killmails")
-    if len(items) > max_items:
-        return json_error(413, f"too many killmails in one request: {len(items)} > {max_items}")
-    subs: list[Submission] = []
-    rejected: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        try:
-            sub = parse_submission(item)
-        except Invalid as exc:
-            rejected.append({"index": index, "errors": exc.errors})
-            continue
-        if sub.esi is None and not can_fetch:
-            rejected.append(
-                {
-                    "index": index,
-                    "errors": ["killmail: only id and hash given, and this server has no ESI access (upstream off)"],
-                }
-            )
-            continue
-        subs.append(sub)
-    return len(items), subs, rejected
+    parsed = parse_items(data, max_items, can_fetch)
+    return _refused(parsed) if isinstance(parsed, str) else parsed
+
+
+def _refused(why: str) -> web.Response:
+    """A whole body refused, as parse_items says ("413 too many …")."""
+    return json_error(int(why[:3]), why[4:])
 
 
 def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None:

@@ -1,0 +1,315 @@
+"""Fleet-fight kills parsed, validated, enriched and encoded in a worker process of their own.
+
+In this process such a kill holds the GIL for tens of milliseconds at a time even from a
+thread: one `ujson.loads` of a 1.75 MB body, one `ujson.dumps` of its inbox row, ~80 ms of
+enrichment competing with the loop every switch interval. The worker does all of it and hands
+back only bytes and small objects (`Packed`, `Enriched`), so the loop never decodes a big kill.
+
+The worker (one `spawn` process) starts on the first big kill, is shut down by `close()` (the
+app's cleanup) and, if it dies, is replaced by the next call; the call that found it dead runs
+in this process instead (`None` from `call`), so no kill is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import marshal
+import multiprocessing
+import os
+from array import array
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ujson
+
+from ..kill.codec import decode, kill_prices, player_ids, renderer, source_document
+from ..kill.enrich import enrich
+from ..kill.frames import encode, encode_ascii
+from ..kill.prices import PriceBook
+from ..kill.staticdata import StaticData, load_static
+from ..kill.topics import KillFacts, kill_facts
+from ..kill.validate import Invalid, Submission, parse_submission, parse_time
+from ..storage.participants import Participation, participation
+from ..storage.participants import pack as pack_pilots
+from ..storage.store import NewKill
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A POST body is parsed in the worker when it is one kill over BIG_ONE (~350 attackers; a typical
+# kill is 3-30 KB) or anything over BIG_BODY (an array with a fleet fight, or many kills).
+BIG_ONE = 64 * 1024
+BIG_BODY = 256 * 1024
+NICE = 5  # the worker's niceness above the server's
+# A kill with more attackers and items than this stays bytes in this process (pipeline.BIG_KILL).
+BIG_KILL = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Packed(Submission):
+    """A big submission as the worker validated it: its inbox payload (`pipeline.inbox_payload`,
+    the same bytes) instead of the decoded ESI body, which stays `{}` here (never None: that
+    means "id and hash only")."""
+
+    payload: bytes = b""
+    size: int = 0  # attackers plus top-level items (pipeline.kill_size)
+    players: bytes = b""  # array("q") of player_ids(esi)
+
+    def player_ids(self) -> set[int]:
+        return set(array("q", self.players))
+
+    def unpacked(self) -> Submission:
+        """The plain submission (decodes the payload: in a thread, a fleet fight is ~10 ms)."""
+        d = ujson.loads(self.payload)
+        return Submission(d["id"], d["hash"], d["esi"], d["zkb"])
+
+
+@dataclass(frozen=True, slots=True)
+class Enriched:
+    """What the worker makes of a Packed kill: everything `pipeline.build_kill` would, as bytes."""
+
+    kill_time: int
+    system_id: int
+    total_value: float
+    body: bytes  # frames.encode of the enriched kill
+    source: bytes  # codec.source_document
+    participation: bytes  # marshal of (pilots, entities, packed pilots)
+    facts: KillFacts | None
+
+    def rows(self) -> Participation:
+        pilots, entities, packed = marshal.loads(self.participation)
+        return Participation(pilots, entities, packed)
+
+
+def wants(body: bytes) -> bool:
+    """Whether a POST body goes to the worker: it may hold a fleet fight."""
+    return len(body) > BIG_BODY or (len(body) > BIG_ONE and body[:64].lstrip()[:1] == b"{")
+
+
+# ---- in the worker process ---------------------------------------------------------------------
+
+# The worker process's own static data and prices, set by `_start` there; never set in the server.
+_worker: dict[str, Any] = {}
+
+
+def _start(data_dir: Path) -> None:
+    # Below the server: on a busy machine the event loop gets the CPU first, and the worker's
+    # own start (imports, static data: ~0.5 s of CPU) does not stall the kill's neighbours.
+    os.nice(NICE)
+    static = load_static(data_dir)
+    _worker["static"] = static
+
+
+def pack(sub: Submission) -> Packed:
+    """A validated submission as a Packed one (its payload is byte for byte `inbox_payload(sub)`)."""
+    esi = sub.esi or {}
+    payload = encode_ascii({"id": sub.killmail_id, "hash": sub.killmail_hash, "esi": sub.esi, "zkb": sub.zkb})
+    size = len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
+    players = array("q", sorted(player_ids(esi))).tobytes()
+    return Packed(sub.killmail_id, sub.killmail_hash, {}, None, payload, size, players)
+
+
+def parse_items(data: Any, max_items: int, can_fetch: bool) -> tuple[int, list[Submission], list[dict[str, Any]]] | str:
+    """(number of items, valid submissions, rejected items with their errors), or why the whole
+    body is refused ("413 …" / "400 …"). Shared by the worker and the in-process path."""
+    items = data if isinstance(data, list) else [data]
+    if isinstance(data, list) and not data:
+        return "400 empty array: send one killmail or an array of killmails"
+    if len(items) > max_items:
+        return f"413 too many killmails in one request: {len(items)} > {max_items}"
+    subs: list[Submission] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            sub = parse_submission(item)
+        except Invalid as exc:
+            rejected.append({"index": index, "errors": exc.errors})
+            continue
+        if sub.esi is None and not can_fetch:
+            rejected.append(
+                {
+                    "index": index,
+                    "errors": ["killmail: only id and hash given, and this server has no ESI access (upstream off)"],
+                }
+            )
+            continue
+        subs.append(sub)
+    return len(items), subs, rejected
+
+
+def _parse(body: bytes, max_items: int, can_fetch: bool) -> tuple[int, list[Submission], list[dict[str, Any]]] | str:
+    """In the worker: a POST body parsed and validated; big kills come back Packed."""
+    try:
+        data = ujson.loads(body)
+    except ValueError as exc:
+        return f"400 body is not valid JSON: {exc}"
+    parsed = parse_items(data, max_items, can_fetch)
+    if isinstance(parsed, str):
+        return parsed
+    count, subs, rejected = parsed
+    return count, [pack(s) if _size(s) > BIG_KILL else s for s in subs], rejected
+
+
+def _repack(payload: bytes) -> Packed:
+    """In the worker: an inbox row's payload (recovery) as a Packed submission."""
+    d = ujson.loads(payload)
+    return pack(Submission(d["id"], d["hash"], d["esi"], d["zkb"]))
+
+
+def _enrich(payload: bytes, names: Mapping[int, str], prices: PriceBook | None, facts: bool) -> Enriched:
+    """In the worker: what pipeline._enrich and build_kill make of the kill, as bytes."""
+    if prices is not None:
+        _worker["prices"] = prices
+    d = ujson.loads(payload)
+    sub = Submission(d["id"], d["hash"], d["esi"], d["zkb"])
+    return enriched(sub, _worker["static"], names, _worker["prices"], facts)
+
+
+def _players_of(killmail_id: int, killmail_hash: str, document: bytes) -> bytes:
+    """In the worker: the player ids of a stored source document, as array("q") bytes."""
+    sub, _ = decode(killmail_id, killmail_hash, document)
+    return array("q", player_ids(sub.esi or {})).tobytes()
+
+
+def _render(
+    killmail_id: int, killmail_hash: str, document: bytes, names: Mapping[int, str], prices: PriceBook | None
+) -> bytes:
+    """In the worker: a stored source document as the kill's JSON (what Store.render gives)."""
+    if prices is not None:
+        _worker["prices"] = prices
+    sub, frozen = decode(killmail_id, killmail_hash, document)
+    return renderer(_worker["static"], _worker["prices"])(sub, names, frozen)
+
+
+def enriched(sub: Submission, static: StaticData, names: Mapping[int, str], prices: PriceBook, facts: bool) -> Enriched:
+    kill = enrich(sub, static, names, prices)
+    when = parse_time(kill["kill_time"])
+    assert when is not None
+    rows = participation(kill)
+    # Plain ints: marshal takes no IntEnum (Kind), and it loads ~3x faster than pickle.
+    entities = tuple((int(kind), i, code) for kind, i, code in rows.entities)
+    return Enriched(
+        kill_time=int(when.timestamp()),
+        system_id=kill["system_id"],
+        total_value=kill["total_value"],
+        body=encode(kill),
+        source=source_document(sub.esi or {}, sub.zkb, kill_prices(kill)),
+        participation=marshal.dumps((rows.pilots, entities, pack_pilots(rows.pilots))),
+        facts=kill_facts(kill) if facts else None,
+    )
+
+
+def new_kill(
+    sub: Packed, done: Enriched, names: Mapping[int, str], pack: Callable[[bytes], bytes] | None = None
+) -> NewKill:
+    """The NewKill pipeline.build_kill makes, from the worker's bytes (no enriched object: a
+    language variant decodes the body, as for a kill read back)."""
+    return NewKill(
+        killmail_id=sub.killmail_id,
+        killmail_hash=sub.killmail_hash,
+        kill_time=done.kill_time,
+        system_id=done.system_id,
+        total_value=done.total_value,
+        _body=done.body,
+        source=done.source,
+        names={i: names[i] for i in sub.player_ids() if i in names} if names else {},
+        participation=done.rows(),
+        packed=pack(done.source) if pack is not None else b"",
+    )
+
+
+def _size(sub: Submission) -> int:
+    esi = sub.esi or {}
+    return len(esi.get("attackers") or ()) + len((esi.get("victim") or {}).get("items") or ())
+
+
+# ---- in the server process ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Offload:
+    """The worker process, from the server's side: started on first use, replaced if it died."""
+
+    data_dir: Path
+    _pool: ProcessPoolExecutor | None = None
+    _prices: object = None  # the PriceBook.market the worker has (a refresh replaces the dict)
+    started: int = 0  # workers started (tests)
+    lost: int = 0  # workers found dead
+    closed: bool = False  # after close(): every call answers None (done in-process)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # fork is unsafe with aiosqlite's threads
+            self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(self.data_dir,))
+            self._prices = None
+            self.started += 1
+        return self._pool
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """`fn(*args)` in the worker, or None if the worker died (the caller does it here)."""
+        if self.closed:
+            return None
+        pool = self._executor()
+        try:
+            return await asyncio.wrap_future(pool.submit(fn, *args))
+        except BrokenProcessPool:
+            if self._pool is pool:  # once a death, however many calls were waiting on it
+                self._pool = None
+                self.lost += 1
+                log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
+                pool.shutdown(wait=False, cancel_futures=True)
+            return None
+
+    async def parse(
+        self, body: bytes, max_items: int, can_fetch: bool
+    ) -> tuple[int, list[Submission], list[dict[str, Any]]] | str | None:
+        return await self.call(_parse, body, max_items, can_fetch)
+
+    async def repack(self, payload: bytes) -> Packed | None:
+        return await self.call(_repack, payload)
+
+    async def enrich(self, sub: Packed, names: Mapping[int, str], prices: PriceBook, facts: bool) -> Enriched | None:
+        ids = sub.player_ids()
+        wanted = {i: n for i, n in names.items() if i in ids} if len(names) > len(ids) else names
+        return await self.call(_enrich, sub.payload, wanted, self._prices_for(prices), facts)
+
+    async def render(
+        self,
+        prices: PriceBook,
+        killmail_id: int,
+        killmail_hash: str,
+        document: bytes,
+        names: Callable[[set[int]], Awaitable[dict[int, str]]],
+    ) -> bytes | None:
+        """A stored fleet fight's JSON (Store.render_big), or None if the worker died."""
+        ids = await self.call(_players_of, killmail_id, killmail_hash, document)
+        if ids is None:
+            return None
+        known = await names(set(array("q", ids))) if ids else {}
+        return await self.call(_render, killmail_id, killmail_hash, document, known, self._prices_for(prices))
+
+    def _prices_for(self, prices: PriceBook) -> PriceBook | None:
+        """The prices to send with a call: once, and again after a refresh or to a new worker.
+        Calls run in order, so the first one carrying them sets them for those behind it."""
+        if not self.closed:
+            self._executor()  # first: a new worker has no prices yet
+        sent = None if self._prices is prices.market else prices
+        self._prices = prices.market
+        return sent
+
+    def pid(self) -> int | None:
+        """The worker's process id, if it runs (tests)."""
+        processes = getattr(self._pool, "_processes", None) or {}
+        return next(iter(processes), None)
+
+    async def close(self) -> None:
+        self.closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
