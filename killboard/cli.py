@@ -23,7 +23,7 @@ from .entities import commands as entity_commands
 from .ingest import importer
 from .server import create_app
 from .storage import dbtools
-from .storage.store import StoreUnusable
+from .storage.sqlite import StoreUnusable
 from .webhooks import commands as webhook_commands
 
 log = logging.getLogger("killboard")

@@ -26,7 +26,7 @@ from ..kill.enrich import CATEGORY_SHIP, MAX_NPC_CHARACTER_ID, MAX_NPC_CORPORATI
 from ..kill.staticdata import StaticData, TypeInfo
 from ..storage.figures_schema import SCHEMA  # noqa: F401 - the tables live in the storage stage
 from ..storage.participants import Kind, PilotRow
-from ..storage.store import insert_many
+from ..storage.sqlite import insert_many
 
 # What an entity_tops row counts.
 FLOWN = 1  # ship types its pilots flew on kills

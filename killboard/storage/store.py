@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import sqlite3
 import time
 import zlib
@@ -27,6 +26,7 @@ from ..kill.frames import encode
 from ..kill.validate import Submission
 from . import participants
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
+from .sqlite import chunks, connect, existing, insert_many, seqs_of, unusable
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,6 @@ Render = codec.Render
 # seq order after they are inserted, and the seqs of kills about to be deleted by retention.
 TxWriter = Callable[[aiosqlite.Connection, Sequence[tuple[int, "NewKill"]]], Awaitable[None]]
 TxPruner = Callable[[aiosqlite.Connection, Sequence[int]], Awaitable[None]]
-
-# The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
-JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 # A stored document larger than this (a kill of some 300 attackers or more; a typical one is
 # ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
@@ -102,67 +99,6 @@ class StoredKill:
     body: bytes  # uncompressed JSON
 
 
-class StoreUnusable(Exception):
-    """The database cannot be opened for serving (not a database, damaged, read-only, a directory):
-    the message is one line naming the file and the reason, for an operator to act on."""
-
-
-def _unusable(path: Path, exc: BaseException) -> StoreUnusable:
-    reason = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
-    try:
-        is_dir = path.is_dir()
-    except OSError:  # a folder on the way we may not enter: the reason SQLite gave stands
-        is_dir = False
-    if is_dir:
-        reason = "is a directory, not a database file"
-    elif reason == "unable to open database file":
-        # SQLite's catch-all: the file, its directory or the -wal/-shm files beside it.
-        reason += f" (is {path.parent} writable, and {path.name} a regular file?)"
-    elif "readonly" in reason or "read-only" in reason:
-        reason += f" (the server writes {path.name} and its -wal and -shm files: make them and the folder writable)"
-    elif "not a database" in reason or "malformed" in reason:
-        reason += " (restore a backup, or move the file away to start empty)"
-    return StoreUnusable(f"database {path}: {reason}")
-
-
-def _can_open(path: Path) -> None:
-    """Open and close the file with plain sqlite3: raises what aiosqlite's connect would.
-
-    When aiosqlite's own open fails, its thread is told to stop but nobody waits for it; the
-    thread then reports to an event loop that is already closed, and prints a traceback after
-    our one-line error (a directory as --db did, now and then)."""
-    sqlite3.connect(path).close()
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    await asyncio.to_thread(_can_open, path)
-    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
-    conn = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        await _configure(conn)
-    except BaseException:
-        # aiosqlite runs each connection in a non-daemon thread: one left open on a failed start
-        # kept the process alive after the error, neither serving nor exiting.
-        await conn.close()
-        raise
-    return conn
-
-
-async def _configure(conn: aiosqlite.Connection) -> None:
-    # Before anything creates page 1 (switching to WAL does): only then does a new database get
-    # incremental auto-vacuum without a VACUUM. On an existing database it is a no-op until VACUUM.
-    await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    # synchronous and busy_timeout are per connection. WAL + NORMAL: a process crash loses nothing
-    # committed; only a power loss may roll back the last commits.
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA busy_timeout=5000")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-
-
 # (killmail id, hash, source document, names lookup) -> the kill's JSON, or None: render it here.
 BigRender = Callable[[int, str, bytes, Callable[[set[int]], Awaitable[dict[int, str]]]], Awaitable[bytes | None]]
 
@@ -220,16 +156,16 @@ class Store:
         try:
             return await cls._open(path, render)
         except (sqlite3.Error, OSError) as exc:
-            raise _unusable(path, exc) from exc
+            raise unusable(path, exc) from exc
 
     @classmethod
     async def _open(cls, path: Path, render: Render | None) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await connect(path)
         try:
             await ensure_incremental_vacuum(writer)
             await migrate(writer)
-            reader = await _connect(path)
+            reader = await connect(path)
         except BaseException:
             await writer.close()
             raise
@@ -302,7 +238,7 @@ class Store:
         ids = [r.killmail_id for r in rows]
         now = time.time()
         async with self.transaction() as db:
-            known = await _existing(db, "kills", ids) | await _existing(db, "inbox", ids)
+            known = await existing(db, "kills", ids) | await existing(db, "inbox", ids)
             fresh: dict[int, InboxRow] = {}
             for row in rows:
                 if row.killmail_id not in known:
@@ -359,7 +295,7 @@ class Store:
         now = time.time()
         async with self.transaction() as db:
             ids = [k.killmail_id for k in kills]
-            known = await _existing(db, "kills", ids)
+            known = await existing(db, "kills", ids)
             fresh: dict[int, NewKill] = {}
             for k in kills:
                 if k.killmail_id not in known:
@@ -382,7 +318,7 @@ class Store:
                     "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
                     [(i, n, now) for i, n in names.items()],
                 )
-            seqs = await _seqs(db, list(fresh))
+            seqs = await seqs_of(db, list(fresh))
             new = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
             await _index(db, [(seq, self._participation(k)) for seq, k in new])
             for write in self.writers:
@@ -435,7 +371,7 @@ class Store:
     async def many(self, killmail_ids: Sequence[int]) -> list[StoredKill]:
         """The stored kills among `killmail_ids`, newest first by kill id."""
         rows: list[Any] = []
-        for chunk in _chunks(list(killmail_ids), 900):
+        for chunk in chunks(list(killmail_ids), 900):
             marks = ",".join("?" * len(chunk))
             async with self._reader.execute(_SELECT + f" WHERE killmail_id IN ({marks})", chunk) as cur:
                 rows += await cur.fetchall()
@@ -528,8 +464,11 @@ class Store:
 
     async def _number(self, sql: str) -> int:
         """The one value a read query returns (a count, a max, a pragma); 0 for none or NULL."""
-        async with self._reader.execute(sql) as cur:
-            row = await cur.fetchone()
+        # execute_fetchall: one hop to the reader's thread, not three (execute, fetch, close).
+        # /health asks four of these and every page view asks last_seq: under load each hop
+        # waits for the GIL twice.
+        rows = await self._reader.execute_fetchall(sql)
+        row = next(iter(rows), None)
         return int(row[0]) if row and row[0] is not None else 0
 
     async def count(self) -> int:
@@ -539,8 +478,8 @@ class Store:
         async with self._count_lock:
             # The first count reads the smallest index whole; a range of seq reads only new rows.
             where, args = ("", ()) if self._count is None else (" WHERE seq > ?", (self._count_seq,))
-            async with self._reader.execute("SELECT count(*), max(seq) FROM kills" + where, args) as cur:
-                row = await cur.fetchone()
+            rows = await self._reader.execute_fetchall("SELECT count(*), max(seq) FROM kills" + where, args)
+            row = next(iter(rows), None)
             added, last = (int(row[0]), row[1]) if row else (0, None)
             self._count = (self._count or 0) + added
             if last is not None:
@@ -660,7 +599,7 @@ class Store:
     async def names(self, ids: Iterable[int]) -> dict[int, str]:
         wanted = list(set(ids))
         out: dict[int, str] = {}
-        for chunk in _chunks(wanted, 900):
+        for chunk in chunks(wanted, 900):
             marks = ",".join("?" * len(chunk))
             rows = await self._reader.execute_fetchall(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk)
             out.update({r[0]: r[1] for r in rows})
@@ -742,33 +681,6 @@ class Store:
 _SELECT = "SELECT seq, killmail_id, killmail_hash, kill_time, body, codec FROM kills"
 
 
-# One statement holds at most this many parameters on any SQLite (3.32+ allows 32,766).
-MAX_PARAMETERS = 999
-_VALUES = re.compile(r"VALUES (\(\?(?:, \?)*\))")
-
-
-async def insert_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-    """`db.executemany(sql, rows)` for an INSERT (an upsert too) of one `VALUES (?, …)` row,
-    sent as statements of many rows each: the same rows, in the same order, in two hops.
-
-    executemany steps SQLite once a row, and each step lets go of the GIL: with the event loop
-    busy (preparing the next batch, parsing POSTs) the thread then waited to get it back, and
-    the figures' ~9,500 upserts a batch took twice as long as in an import (issue 21)."""
-    match = _VALUES.search(sql)
-    if match is None:
-        raise ValueError(f"not an INSERT of one VALUES row: {sql[:80]!r}")
-    group = match.group(1)
-    per = max(1, MAX_PARAMETERS // group.count("?"))
-    head, tail = sql[: match.start(1)], sql[match.end(1) :]
-    whole = len(rows) - len(rows) % per
-    if whole:
-        chunks = [[v for row in rows[i : i + per] for v in row] for i in range(0, whole, per)]
-        await db.executemany(head + ",".join([group] * per) + tail, chunks)
-    if whole < len(rows):
-        rest = rows[whole:]
-        await db.execute(head + ",".join([group] * len(rest)) + tail, [v for row in rest for v in row])
-
-
 async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
     await db.executemany(
         "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -786,35 +698,3 @@ async def _index(db: aiosqlite.Connection, kills: Sequence[tuple[int, participan
 async def _unindex(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     await db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
     await participants.remove(db, kills)
-
-
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-async def _existing(db: aiosqlite.Connection, table: str, ids: list[int]) -> set[int]:
-    found: set[int] = set()
-    for chunk in _chunks(list(set(ids)), 900):
-        marks = ",".join("?" * len(chunk))
-        # execute_fetchall: one hop to the database thread instead of three (execute, fetch, close).
-        found.update(
-            r[0]
-            for r in await db.execute_fetchall(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk)
-        )
-    return found
-
-
-async def _seqs(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for chunk in _chunks(ids, 900):
-        marks = ",".join("?" * len(chunk))
-        out.update(
-            {
-                r[0]: r[1]
-                for r in await db.execute_fetchall(
-                    f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk
-                )
-            }
-        )
-    return out

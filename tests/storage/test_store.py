@@ -20,7 +20,8 @@ from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
 from killboard.storage.schema import MIGRATIONS
-from killboard.storage.store import Store, insert_many
+from killboard.storage.sqlite import insert_many
+from killboard.storage.store import Store
 from killboard.web.keys import pipeline_key, prices_key, store_key
 
 

@@ -1,0 +1,136 @@
+"""SQLite plumbing under the store: opening a database file as the server needs it (one-line
+errors an operator can act on), multi-row inserts, and reads of many ids in one hop each."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+# The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+
+class StoreUnusable(Exception):
+    """The database cannot be opened for serving (not a database, damaged, read-only, a directory):
+    the message is one line naming the file and the reason, for an operator to act on."""
+
+
+def unusable(path: Path, exc: BaseException) -> StoreUnusable:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a folder on the way we may not enter: the reason SQLite gave stands
+        is_dir = False
+    if is_dir:
+        reason = "is a directory, not a database file"
+    elif reason == "unable to open database file":
+        # SQLite's catch-all: the file, its directory or the -wal/-shm files beside it.
+        reason += f" (is {path.parent} writable, and {path.name} a regular file?)"
+    elif "readonly" in reason or "read-only" in reason:
+        reason += f" (the server writes {path.name} and its -wal and -shm files: make them and the folder writable)"
+    elif "not a database" in reason or "malformed" in reason:
+        reason += " (restore a backup, or move the file away to start empty)"
+    return StoreUnusable(f"database {path}: {reason}")
+
+
+def _can_open(path: Path) -> None:
+    """Open and close the file with plain sqlite3: raises what aiosqlite's connect would.
+
+    When aiosqlite's own open fails, its thread is told to stop but nobody waits for it; the
+    thread then reports to an event loop that is already closed, and prints a traceback after
+    our one-line error (a directory as --db did, now and then)."""
+    sqlite3.connect(path).close()
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    await asyncio.to_thread(_can_open, path)
+    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so a batch is one transaction.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await _configure(conn)
+    except BaseException:
+        # aiosqlite runs each connection in a non-daemon thread: one left open on a failed start
+        # kept the process alive after the error, neither serving nor exiting.
+        await conn.close()
+        raise
+    return conn
+
+
+async def _configure(conn: aiosqlite.Connection) -> None:
+    # Before anything creates page 1 (switching to WAL does): only then does a new database get
+    # incremental auto-vacuum without a VACUUM. On an existing database it is a no-op until VACUUM.
+    await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    # synchronous and busy_timeout are per connection. WAL + NORMAL: a process crash loses nothing
+    # committed; only a power loss may roll back the last commits.
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
+
+
+# One statement holds at most this many parameters on any SQLite (3.32+ allows 32,766).
+MAX_PARAMETERS = 999
+_VALUES = re.compile(r"VALUES (\(\?(?:, \?)*\))")
+
+
+async def insert_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """`db.executemany(sql, rows)` for an INSERT (an upsert too) of one `VALUES (?, …)` row,
+    sent as statements of many rows each: the same rows, in the same order, in two hops.
+
+    executemany steps SQLite once a row, and each step lets go of the GIL: with the event loop
+    busy (preparing the next batch, parsing POSTs) the thread then waited to get it back, and
+    the figures' ~9,500 upserts a batch took twice as long as in an import (issue 21)."""
+    match = _VALUES.search(sql)
+    if match is None:
+        raise ValueError(f"not an INSERT of one VALUES row: {sql[:80]!r}")
+    group = match.group(1)
+    per = max(1, MAX_PARAMETERS // group.count("?"))
+    head, tail = sql[: match.start(1)], sql[match.end(1) :]
+    whole = len(rows) - len(rows) % per
+    if whole:
+        chunks = [[v for row in rows[i : i + per] for v in row] for i in range(0, whole, per)]
+        await db.executemany(head + ",".join([group] * per) + tail, chunks)
+    if whole < len(rows):
+        rest = rows[whole:]
+        await db.execute(head + ",".join([group] * len(rest)) + tail, [v for row in rest for v in row])
+
+
+def chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+async def existing(db: aiosqlite.Connection, table: str, ids: list[int]) -> set[int]:
+    found: set[int] = set()
+    for chunk in chunks(list(set(ids)), 900):
+        marks = ",".join("?" * len(chunk))
+        # execute_fetchall: one hop to the database thread instead of three (execute, fetch, close).
+        found.update(
+            r[0]
+            for r in await db.execute_fetchall(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk)
+        )
+    return found
+
+
+async def seqs_of(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for chunk in chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        out.update(
+            {
+                r[0]: r[1]
+                for r in await db.execute_fetchall(
+                    f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk
+                )
+            }
+        )
+    return out
