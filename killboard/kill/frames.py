@@ -67,13 +67,15 @@ def encode(message: object) -> bytes:
 
 
 def kill_frame(seq: int, body: bytes) -> bytes:
-    """`{"action":"kill","seq":N,"data":{...}}` spliced around the kill's JSON, without re-encoding it."""
-    return b'{"action":"kill","seq":%d,"data":%s}' % (seq, with_seq(seq, body))
+    """`{"action":"kill","seq":N,"data":{...}}` spliced around the kill's JSON, without re-encoding it.
+    One copy of the body (a join of a view), not three (`body[1:]`, then two `%`): a fleet fight's
+    is 9 MB, and each copy holds the GIL for milliseconds."""
+    return b"".join((b'{"action":"kill","seq":%d,"data":{"seq":%d,' % (seq, seq), memoryview(body)[1:], b"}"))
 
 
 def with_seq(seq: int, body: bytes) -> bytes:
-    """The kill object with its sequence number as the first field."""
-    return b'{"seq":%d,%s' % (seq, body[1:])
+    """The kill object with its sequence number as the first field (one copy of the body)."""
+    return b"".join((b'{"seq":%d,' % seq, memoryview(body)[1:]))
 
 
 def body_of(seq: int, frame: bytes) -> bytes:
