@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import sys
 import tempfile
@@ -111,8 +112,8 @@ async def one(
     return delivered, longest, quiet, floor, pong
 
 
-async def run(root: Path, label: str, sizes: tuple[int, ...]) -> None:
-    """One server of the checkout at `root`, every size once, a line each."""
+async def run(root: Path, label: str, sizes: tuple[int, ...], rows: list[dict[str, object]]) -> None:
+    """One server of the checkout at `root`, every size once, a line each (and a row in `rows`)."""
     killmails = real_killmails()
     with tempfile.TemporaryDirectory() as folder:
         server = Server(Path(folder) / "kb.sqlite3", root=root)
@@ -125,6 +126,11 @@ async def run(root: Path, label: str, sizes: tuple[int, ...]) -> None:
                     delivered, stall, quiet, floor, pong = await one(server, session, km)
                     mb = len(ujson.dumps(km)) / 1e6
                     load = os.getloadavg()[0]
+                    rows.append(
+                        {"tree": label, "attackers": size, "body_mb": mb, "delivered_s": delivered,
+                         "health_ms": stall * 1e3, "quiet_health_ms": quiet * 1e3,
+                         "no_kill_health_ms": floor * 1e3, "pong_ms": pong * 1e3, "load": load}
+                    )  # fmt: skip
                     print(
                         f"{label:9}  {size:9,}  {mb:7.2f}  {delivered:11.3f}  {stall * 1e3:18.1f}"
                         f"  {quiet * 1e3:16.1f}  {floor * 1e3:17.1f}  {pong * 1e3:17.1f}  {load:4.1f}",
@@ -141,16 +147,20 @@ async def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="times each tree runs (alternating with --baseline)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="attacker counts, comma-separated")
+    parser.add_argument("--json", type=Path, help="also write the rows there")
     args = parser.parse_args()
     sizes = tuple(int(s) for s in args.sizes.split(","))
     print(
         "tree       attackers  body MB  delivered s  longest /health ms  quiet /health ms  longest, no kill"
         "  longest pong ms  load"
     )
+    rows: list[dict[str, object]] = []
     for _ in range(args.rounds):
         if args.baseline is not None:
-            await run(args.baseline, "baseline", sizes)
-        await run(PROJECT_ROOT, "this", sizes)
+            await run(args.baseline, "baseline", sizes, rows)
+        await run(PROJECT_ROOT, "this", sizes, rows)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
