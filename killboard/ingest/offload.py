@@ -47,7 +47,8 @@ T = TypeVar("T")
 BIG_ONE = 64 * 1024
 BIG_BODY = 256 * 1024
 NICE = 5  # the worker's niceness above the server's
-# A kill with more attackers and items than this stays bytes in this process (pipeline.BIG_KILL).
+# A kill with more attackers and items than this stays bytes in this process, and the pipeline
+# has it enriched in the worker (or in a thread).
 BIG_KILL = 500
 
 

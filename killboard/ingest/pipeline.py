@@ -57,11 +57,11 @@ class Stored:
 # The one hook for stored kills: the hub (live sockets), the Redis bus writer and webhooks.
 OnStored = Callable[[Stored], None]
 RETRY_MAX = 300.0  # longest wait before an incomplete kill is tried again
-# Kills with more attackers and items than this are enriched (and encoded) in a thread: a kill of
-# 3,000 attackers is ~70 ms of CPU, which on the loop would stall every socket; in a thread the
-# loop gets the GIL back every switch interval (5 ms). Typical kills (~10 attackers, ~40 items)
-# stay on the loop, where they cost less than the hop. With a worker process (offload.py) it takes them.
-# An inbox payload this big (a fleet fight) is decoded in a thread at recovery.
+# Kills of more than offload.BIG_KILL attackers and items are enriched and encoded in the worker
+# process (offload.py), or in a thread when it is not there: a kill of 3,000 attackers is ~70 ms
+# of CPU, which on the loop would stall every socket. Typical kills (~10 attackers, ~40 items)
+# stay on the loop, where they cost less than the hop.
+# An inbox payload this big (a fleet fight) is decoded off the loop at recovery.
 BIG_PAYLOAD = 256 * 1024
 
 
