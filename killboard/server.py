@@ -30,7 +30,7 @@ from .metrics import endpoint as metrics_endpoint
 from .storage import damage
 from .storage.maintenance import maintain
 from .storage.store import Store
-from .web import api, battles, keptpages, pages, ws
+from .web import api, assets, battles, keptpages, pages, ws
 from .web.httpzip import compress_responses
 from .web.keys import (
     battles_key,
@@ -279,7 +279,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)
     app.router.add_get("/health", api.health)
-    app.router.add_static("/static", resource_dir("static"))
+    app.router.add_get("/static/{name}", assets.handler(assets.load(resource_dir("static"))))
     if config.metrics:
         app.router.add_get("/metrics", metrics_endpoint(app[metrics_key], config.metrics_token))
     return app
