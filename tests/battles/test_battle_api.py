@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
-from datetime import datetime
 from typing import Any
 
-from battlefights import fight
-from conftest import AUTH, Client, settle
+from battlefights import fight, merging_halves, post_all, when
+from conftest import Client
 
-from killboard.battles.detect import GAP
 from killboard.web.keys import store_key
-
-
-def when(kill: dict[str, Any]) -> float:
-    return datetime.fromisoformat(kill["killmail_time"].replace("Z", "+00:00")).timestamp()
-
-
-async def post_all(client: Client, kills: list[dict[str, Any]]) -> None:
-    for i in range(0, len(kills), 50):
-        body = io.BytesIO(json.dumps(kills[i : i + 50]).encode())
-        resp = await client.post("/api/killmails", data=body, headers=AUTH)
-        assert resp.status in (200, 202), await resp.text()
-    await settle(client)
 
 
 async def battles(client: Client, query: str = "") -> dict[str, Any]:
@@ -34,11 +18,7 @@ async def battles(client: Client, query: str = "") -> dict[str, Any]:
 
 
 async def test_battles_that_grow_into_each_other_merge_and_the_other_id_redirects(client: Client) -> None:
-    kills = sorted(fight("30004049"), key=when)
-    t0 = when(kills[0])
-    early = [k for k in kills if when(k) - t0 <= 1400]
-    late = [k for k in kills if when(k) - t0 >= 1400 + GAP + 60]
-    middle = [k for k in kills if k not in early and k not in late]
+    early, middle, late = merging_halves()
     await post_all(client, early)
     await post_all(client, late)
     two = (await battles(client))["battles"]
@@ -46,7 +26,7 @@ async def test_battles_that_grow_into_each_other_merge_and_the_other_id_redirect
     first, second = sorted(b["battle_id"] for b in two)
     await post_all(client, middle)
     [one] = (await battles(client))["battles"]
-    assert one["battle_id"] == first and one["kill_count"] == len(kills)
+    assert one["battle_id"] == first and one["kill_count"] == len(early + middle + late)
     resp = await client.get(f"/api/battles/{second}?side.99005338=1", allow_redirects=False)
     assert resp.status == 308
     assert resp.headers["Location"] == f"/api/battles/{first}?side.99005338=1"

@@ -5,34 +5,19 @@ kill, a merge, a late name or a prune shows it."""
 from __future__ import annotations
 
 import copy
-import io
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pytest
-from battlefights import fight
-from conftest import AUTH, Client, settle
+from battlefights import fight, merging_halves, post_all, when
+from conftest import Client
 from test_recent import count_renders
 from test_viewcache import row_of
 
-from killboard.battles.detect import GAP
 from killboard.entities.service import Entities
 from killboard.web.keys import store_key
-
-
-def when(kill: dict[str, Any]) -> float:
-    return datetime.fromisoformat(kill["killmail_time"].replace("Z", "+00:00")).timestamp()
-
-
-async def post_all(client: Client, kills: list[dict[str, Any]]) -> None:
-    for i in range(0, len(kills), 50):
-        body = io.BytesIO(json.dumps(kills[i : i + 50]).encode())
-        resp = await client.post("/api/killmails", data=body, headers=AUTH)
-        assert resp.status in (200, 202), await resp.text()
-    await settle(client)
 
 
 async def kept_view(client: Client, path: str, renders: Callable[[], int]) -> tuple[str, str]:
@@ -51,11 +36,7 @@ async def kept_view(client: Client, path: str, renders: Callable[[], int]) -> tu
 
 
 async def test_a_battle_page_is_kept_until_its_battle_grows_or_merges(client: Client) -> None:
-    kills = sorted(fight("30004049"), key=when)
-    t0 = when(kills[0])
-    early = [k for k in kills if when(k) - t0 <= 1400]
-    late = [k for k in kills if when(k) - t0 >= 1400 + GAP + 60]
-    middle = [k for k in kills if k not in early and k not in late]
+    early, middle, late = merging_halves()
     await post_all(client, early)
     await post_all(client, late)
     listing = await (await client.get("/api/battles")).json()
@@ -77,13 +58,13 @@ async def test_a_battle_page_is_kept_until_its_battle_grows_or_merges(client: Cl
     # The middle of the fight merges the two battles: the kept pages show it on the next view.
     await post_all(client, middle)
     resp = await client.get(f"/api/battles/{first}", headers={"If-None-Match": views[f"/api/battles/{first}"][1]})
-    assert resp.status == 200 and (await resp.json())["kill_count"] == len(kills)
+    assert resp.status == 200 and (await resp.json())["kill_count"] == len(early + middle + late)
     page = await client.get(f"/battle/{first}", headers={"If-None-Match": views[f"/battle/{first}"][1]})
     assert page.status == 200 and await page.text() != views[f"/battle/{first}"][0]
     gone = await client.get(f"/battle/{second}", allow_redirects=False)
     assert gone.status == 308 and gone.headers["Location"] == f"/battle/{first}"
     [one] = (await (await client.get("/api/battles")).json())["battles"]
-    assert one["battle_id"] == first and one["kill_count"] == len(kills)
+    assert one["battle_id"] == first and one["kill_count"] == len(early + middle + late)
 
 
 async def test_a_late_name_and_a_prune_show_on_the_next_battle_view(client: Client) -> None:
