@@ -183,6 +183,13 @@ class Follower:
         self._misses = self._misses + 1 if current > seq else 0
         if self._misses >= MISSING_AFTER or current - seq > EXPIRED_MARGIN:
             self._misses = 0
+            # The current sequence was read after the 404: the object may have been published in
+            # between (a burst moves the feed far past it at once). Look once more before skipping.
+            status, body = await self._get(f"/{seq}.json")
+            if status == 200:
+                await self._take(seq, body)
+                self.state.sequence = seq + 1
+                return
             next_status, next_body = await self._get(f"/{seq + 1}.json")
             if next_status == 200:
                 # Just this one is missing upstream: skip it, keep the rest.
