@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from fakes import FakeEsi, player_names
 from redisproc import RedisServer
 
 from killboard.config import PROJECT_ROOT, Config
@@ -73,6 +74,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> No
     async with asyncio.timeout(timeout):
         while not await check():  # noqa: ASYNC110 - polling is the point here
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def esi(killmails: list[dict[str, Any]]) -> AsyncIterator[tuple[FakeEsi, str]]:
+    """A fake ESI on a free port that knows the bundled kills and their pilots' names."""
+    fake = FakeEsi(names=player_names(killmails), killmails={km["killmail_id"]: km for km in killmails})
+    url = await fake.start()
+    yield fake, url
+    await fake.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,14 @@ async def filled(path: Path, static: StaticData, killmails: list[dict[str, Any]]
         await store.checkpoint()
     finally:
         await store.close()
+
+
+def as_schema_5(path: Path) -> None:
+    """Take a database back to schema 5, as the release before the participant index, battles and
+    entity figures wrote it: their tables go, the kills stay."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        "DROP TABLE participants; DROP TABLE entity_kills; DROP TABLE battles; DROP TABLE battle_kills;"
+        " DROP TABLE entity_months; DROP TABLE entity_tops; PRAGMA user_version = 5;"
+    )
+    db.close()

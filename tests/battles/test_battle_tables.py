@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,23 @@ class FailingWriter:
             raise OSError("disk full (a test)")
 
 
-async def test_a_rolled_back_batch_is_forgotten(tmp_path: Path, static: StaticData) -> None:
-    kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:30], static)
+@asynccontextmanager
+async def failing_store(tmp_path: Path, static: StaticData) -> AsyncIterator[tuple[Store, FailingWriter]]:
+    """A store with battles attached and a FailingWriter after them (failing until told not to)."""
     store = await Store.open(tmp_path / "kb.sqlite3")
     service = await Battles.start(store, static)
     fails = FailingWriter()
     store.writers.append(fails)
     try:
+        yield store, fails
+    finally:
+        await service.stop()
+        await store.close()
+
+
+async def test_a_rolled_back_batch_is_forgotten(tmp_path: Path, static: StaticData) -> None:
+    kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:30], static)
+    async with failing_store(tmp_path, static) as (store, fails):
         with pytest.raises(OSError):
             await store.save_kills(kills[:10])  # the battles writer ran, then the transaction rolled back
         assert await store.query("SELECT count(*) FROM battles") == [(0,)]
@@ -55,27 +66,17 @@ async def test_a_rolled_back_batch_is_forgotten(tmp_path: Path, static: StaticDa
         assert await store.query(
             "SELECT count(*) FROM battle_kills b LEFT JOIN kills k USING (seq) WHERE k.seq IS NULL"
         ) == [(0,)]
-    finally:
-        await service.stop()
-        await store.close()
 
 
 async def test_a_rolled_back_batch_of_loose_kills_is_forgotten(tmp_path: Path, static: StaticData) -> None:
     kills = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:8], static)
-    store = await Store.open(tmp_path / "kb.sqlite3")
-    service = await Battles.start(store, static)
-    fails = FailingWriter()
-    store.writers.append(fails)
-    try:
+    async with failing_store(tmp_path, static) as (store, fails):
         with pytest.raises(OSError):
             await store.save_kills(kills[:4])  # four kills: no battle yet, only remembered
         fails.failing = False
         await store.save_kills(kills[:4])  # the same seqs again
         await store.save_kills(kills[4:])
         assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 8)]
-    finally:
-        await service.stop()
-        await store.close()
 
 
 async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Path, static: StaticData) -> None:

@@ -245,17 +245,12 @@ async def test_kills_not_yet_in_the_participant_index_are_counted_once(
     path = tmp_path / "kb.sqlite3"
     store = await Store.open(path)
     backlog.attach(store, static)
-    from killgen import make_kills, save_all
+    from killgen import as_schema_5, make_kills, save_all
 
     await save_all(store, make_kills(static, killmails, 200, 700_000_000, 1_700_000_000))
     want = tables(path)
     await store.close()
-    db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TABLE entity_months; DROP TABLE entity_tops; DROP TABLE participants; DROP TABLE entity_kills;"
-        " DROP TABLE battles; DROP TABLE battle_kills; PRAGMA user_version = 5;"
-    )
-    db.close()
+    as_schema_5(path)
     store = await Store.open(path)
     try:
         backlog.attach(store, static)

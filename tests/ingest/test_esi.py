@@ -5,25 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from conftest import AUTH, Client, settle, until
-from fakes import FakeEsi, player_names
+from fakes import FakeEsi
 
 from killboard.ingest.esi import EsiClient
 from killboard.storage.store import Store
 from killboard.web.keys import names_key, prices_key, store_key
-
-
-@pytest.fixture
-async def esi(killmails: list[dict[str, Any]]) -> AsyncIterator[tuple[FakeEsi, str]]:
-    fake = FakeEsi(names=player_names(killmails), killmails={km["killmail_id"]: km for km in killmails})
-    url = await fake.start()
-    yield fake, url
-    await fake.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AUTH, Client, settle
-from killgen import make_kills, save_all
+from killgen import as_schema_5, make_kills, save_all
 
 from killboard.kill.staticdata import StaticData
 from killboard.storage import participants
@@ -124,12 +124,7 @@ async def test_kills_stored_before_the_index_are_indexed_after_the_upgrade(
     await save_all(store, make_kills(static, killmails, 450, 700_000_000, 1_700_000_000))
     await store.close()
     # Back to schema 5, as a database written by the previous release.
-    db = sqlite3.connect(path)
-    db.executescript(
-        "DROP TABLE participants; DROP TABLE entity_kills; DROP TABLE battles; DROP TABLE battle_kills;"
-        " DROP TABLE entity_months; DROP TABLE entity_tops; PRAGMA user_version = 5;"
-    )
-    db.close()
+    as_schema_5(path)
     store = await Store.open(path)
     try:
         assert await store.get_state("participants.backlog_through_seq") == "450"

@@ -8,12 +8,11 @@ import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 from conftest import AUTH, Client, settle
-from fakes import FakeEsi, player_names
+from fakes import FakeEsi
 from test_recent import count_renders, row_ids
 
 from killboard.web.keys import names_key, store_key
@@ -90,14 +89,6 @@ async def test_times_are_absolute_in_the_kept_html(client: Client, killmails: li
     html = await (await client.get("/")).text()
     assert " ago<" not in html and "just now" not in html
     assert re.search(r'<time datetime="[^"]+" title="[^"]+ UTC">[^<]+ UTC</time>', html)
-
-
-@pytest.fixture
-async def esi(killmails: list[dict[str, Any]]) -> AsyncIterator[tuple[FakeEsi, str]]:
-    fake = FakeEsi(names=player_names(killmails), killmails={km["killmail_id"]: km for km in killmails})
-    url = await fake.start()
-    yield fake, url
-    await fake.close()
 
 
 async def test_a_late_name_shows_on_the_next_view(
