@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ import ujson
 from killboard.config import PROJECT_ROOT
 
 from .data import fleet_fight, real_killmails
-from .fanout import AUTH
+from .fanout import post_one
 from .server import Server
 
 SIZES = (1000, 3000, 10_000)
@@ -95,11 +94,7 @@ async def one(
         pings = asyncio.create_task(probe(server.url, 3.0, PING_PROBE))
         await asyncio.sleep(0.3)
         started = time.perf_counter()
-        body = io.BytesIO(ujson.dumps(km).encode())
-        async with session.post(
-            server.url + "/api/killmails", data=body, headers={**AUTH, "Content-Type": "application/json"}
-        ) as resp:
-            assert resp.status == 202, await resp.text()
+        await post_one(session, server.url, km)
         while True:
             msg = await ws.receive(60)
             if msg.type == aiohttp.WSMsgType.TEXT and '"action":"kill"' in msg.data[:40]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import sys
 import tempfile
@@ -20,13 +19,12 @@ from itertools import combinations
 from pathlib import Path
 
 import aiohttp
-import ujson
 
 from killboard.kill.staticdata import LANGUAGES
 
 from .bigkill import probe
 from .data import fleet_fight, real_killmails
-from .fanout import AUTH
+from .fanout import post_one
 from .procstat import cpu_seconds
 from .server import Server
 from .wsclient import Pool
@@ -45,11 +43,7 @@ async def one(
     await asyncio.sleep(0.3)
     cpu = cpu_seconds(server.pid)
     started = time.perf_counter()
-    body = io.BytesIO(ujson.dumps(km).encode())
-    async with session.post(
-        server.url + "/api/killmails", data=body, headers={**AUTH, "Content-Type": "application/json"}
-    ) as resp:
-        assert resp.status == 202, await resp.text()
+    await post_one(session, server.url, km)
     while await pool.received() < len(langs):
         if time.perf_counter() - started > 120:
             raise TimeoutError("the kill did not reach every socket in 120 s")
