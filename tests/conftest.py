@@ -94,6 +94,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture
+def trimming_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server with small stream nodes, so that a MAXLEN ~ 10 really trims at a
+    test's scale (a stream trims whole nodes only)."""
+    server = RedisServer(tmp_path, ["--stream-node-max-entries", "5"])
+    server.start()
+    yield server
+    server.stop()
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
     """A test module with `LOOPS = ("asyncio", "uvloop")` runs each test on both event loops
     (the server may run on either: KILLBOARD_LOOP); the others on asyncio's only."""

@@ -306,45 +306,39 @@ async def test_an_edge_started_late_replays_from_the_stream(
 
 
 async def test_an_edge_behind_the_trim_tells_its_sockets_and_replays_say_not_recovered(
-    tmp_path: Path, processes: list[ServerProcess], killmails: list[dict[str, Any]]
+    tmp_path: Path, processes: list[ServerProcess], killmails: list[dict[str, Any]], trimming_redis: RedisServer
 ) -> None:
-    # Small stream nodes, so that MAXLEN ~ 10 really trims at this scale.
-    redis = RedisServer(tmp_path, ["--stream-node-max-entries", "5"])
-    redis.start()
+    main = await writer(tmp_path, trimming_redis, processes, KILLBOARD_REDIS_MAXLEN="10")
+    behind = await edge(tmp_path, trimming_redis, processes, "behind")
+    listener = Listener(behind.url)
+    await listener.start()
+    await post(main, killmails[:5])
+    await received([listener], 5)
+    assert behind.proc is not None
+    behind.proc.send_signal(signal.SIGSTOP)  # the edge stalls while the stream moves on
     try:
-        main = await writer(tmp_path, redis, processes, KILLBOARD_REDIS_MAXLEN="10")
-        behind = await edge(tmp_path, redis, processes, "behind")
-        listener = Listener(behind.url)
-        await listener.start()
-        await post(main, killmails[:5])
-        await received([listener], 5)
-        assert behind.proc is not None
-        behind.proc.send_signal(signal.SIGSTOP)  # the edge stalls while the stream moves on
-        try:
-            for i in range(5, 60, 5):
-                await post(main, killmails[i : i + 5])
-            await until(lambda: _stream_trimmed(main), 20)
-        finally:
-            behind.proc.send_signal(signal.SIGCONT)
-        await until(lambda: _has_notice(listener), 20)
-        notice = next(m for m in listener.others if m["action"] == "skipped")
-        # `from`: the last seq the edge read (a blocked XREAD's answer may still have been in its
-        # socket buffer when it stopped); `to`: where the trimmed stream now begins.
-        start, end = notice["from"], notice["to"]
-        assert 5 <= start < end < 60
-        assert notice["fallback"] == f"/api/killmails?after={start}&limit=500"
-        await received([listener], start + 60 - end)
-        assert listener.seqs == [*range(1, start + 1), *range(end + 1, 61)]
-        assert (await health(behind))["bus"]["skipped"] == end - start
-        # A replay from before the stream's start says so, and starts where the stream does.
-        late = Listener(behind.url)
-        await late.start(since=3)
-        replay = next(m for m in late.others if m["action"] == "replay")
-        assert replay["recovered"] is False and replay["from"] > 3 and replay["to"] == 60
-        await received([late], 60 - replay["from"])
-        assert late.seqs == list(range(replay["from"] + 1, 61))
+        for i in range(5, 60, 5):
+            await post(main, killmails[i : i + 5])
+        await until(lambda: _stream_trimmed(main), 20)
     finally:
-        redis.stop()
+        behind.proc.send_signal(signal.SIGCONT)
+    await until(lambda: _has_notice(listener), 20)
+    notice = next(m for m in listener.others if m["action"] == "skipped")
+    # `from`: the last seq the edge read (a blocked XREAD's answer may still have been in its
+    # socket buffer when it stopped); `to`: where the trimmed stream now begins.
+    start, end = notice["from"], notice["to"]
+    assert 5 <= start < end < 60
+    assert notice["fallback"] == f"/api/killmails?after={start}&limit=500"
+    await received([listener], start + 60 - end)
+    assert listener.seqs == [*range(1, start + 1), *range(end + 1, 61)]
+    assert (await health(behind))["bus"]["skipped"] == end - start
+    # A replay from before the stream's start says so, and starts where the stream does.
+    late = Listener(behind.url)
+    await late.start(since=3)
+    replay = next(m for m in late.others if m["action"] == "replay")
+    assert replay["recovered"] is False and replay["from"] > 3 and replay["to"] == 60
+    await received([late], 60 - replay["from"])
+    assert late.seqs == list(range(replay["from"] + 1, 61))
 
 
 async def _stream_trimmed(proc: ServerProcess) -> bool:

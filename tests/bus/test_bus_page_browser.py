@@ -84,57 +84,52 @@ async def test_the_page_says_how_many_kills_its_edge_skipped_and_a_reload_has_th
     nginx: list[subprocess.Popen[bytes]],
     browser: Browser,
     killmails: list[dict[str, Any]],
+    trimming_redis: RedisServer,
 ) -> None:
-    # Small stream nodes, so that MAXLEN ~ 10 really trims at this scale (as in test_bus.py).
-    redis = RedisServer(tmp_path, ["--stream-node-max-entries", "5"])
-    redis.start()
+    main = await writer(tmp_path, trimming_redis, processes, KILLBOARD_REDIS_MAXLEN="10")
+    behind = await edge(tmp_path, trimming_redis, processes, "behind")
+    base = await front(tmp_path, nginx, main, behind.port)
+    listener = Listener(behind.url)  # beside the page on the same edge: what it was sent
+    await listener.start()
+    _, page, watch = await new_page(browser)
+    await page.goto(base + "/")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    assert (await health(behind))["subscribed"] == 2  # the page's socket is on the edge
+
+    await post(main, killmails[:5])
+    await received([listener], 5)
+    await expect(page.locator("#feed li.kill")).to_have_count(5)
+    assert behind.proc is not None
+    behind.proc.send_signal(signal.SIGSTOP)  # the edge stalls while the stream moves on
     try:
-        main = await writer(tmp_path, redis, processes, KILLBOARD_REDIS_MAXLEN="10")
-        behind = await edge(tmp_path, redis, processes, "behind")
-        base = await front(tmp_path, nginx, main, behind.port)
-        listener = Listener(behind.url)  # beside the page on the same edge: what it was sent
-        await listener.start()
-        _, page, watch = await new_page(browser)
-        await page.goto(base + "/")
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
-        assert (await health(behind))["subscribed"] == 2  # the page's socket is on the edge
-
-        await post(main, killmails[:5])
-        await received([listener], 5)
-        await expect(page.locator("#feed li.kill")).to_have_count(5)
-        assert behind.proc is not None
-        behind.proc.send_signal(signal.SIGSTOP)  # the edge stalls while the stream moves on
-        try:
-            for i in range(5, 60, 5):
-                await post(main, killmails[i : i + 5])
-            await until(lambda: _stream_at(main, 60), 20)
-        finally:
-            behind.proc.send_signal(signal.SIGCONT)
-        await until(lambda: asyncio.sleep(0, any(m["action"] == "skipped" for m in listener.others)), 20)
-        skipped = next(m for m in listener.others if m["action"] == "skipped")
-        start, end = skipped["from"], skipped["to"]
-        assert 5 <= start < end < 60
-        await received([listener], start + 60 - end)
-
-        notice = page.locator("#notice")
-        await expect(notice).to_be_visible()
-        await expect(notice).to_have_text(
-            f"{end - start} kills skipped: this server fell behind the live feed. Reload for the full list."
-        )
-        sent = [ujson.loads(f)["data"]["killmail_id"] for f in listener.frames]
-        await expect(page.locator("#feed li.kill")).to_have_count(len(sent))
-        assert sorted(await row_ids(page)) == sorted(sent)  # the live rows: all but the skipped kills
-
-        await notice.locator("a.reload").click()  # the writer renders its newest 50, skipped ones too
-        await expect(page.locator("#status")).to_have_attribute("data-state", "live")
-        await expect(notice).to_be_hidden()
-        async with aiohttp.ClientSession() as session, session.get(base + "/api/killmails?limit=50") as resp:
-            newest = [k["killmail_id"] for k in (await resp.json())["killmails"]]
-        assert sorted(await row_ids(page)) == sorted(newest)
-        assert set(newest) - set(sent)  # among them kills the edge never sent
-        assert watch.errors == [] and watch.dialogs == []
+        for i in range(5, 60, 5):
+            await post(main, killmails[i : i + 5])
+        await until(lambda: _stream_at(main, 60), 20)
     finally:
-        redis.stop()
+        behind.proc.send_signal(signal.SIGCONT)
+    await until(lambda: asyncio.sleep(0, any(m["action"] == "skipped" for m in listener.others)), 20)
+    skipped = next(m for m in listener.others if m["action"] == "skipped")
+    start, end = skipped["from"], skipped["to"]
+    assert 5 <= start < end < 60
+    await received([listener], start + 60 - end)
+
+    notice = page.locator("#notice")
+    await expect(notice).to_be_visible()
+    await expect(notice).to_have_text(
+        f"{end - start} kills skipped: this server fell behind the live feed. Reload for the full list."
+    )
+    sent = [ujson.loads(f)["data"]["killmail_id"] for f in listener.frames]
+    await expect(page.locator("#feed li.kill")).to_have_count(len(sent))
+    assert sorted(await row_ids(page)) == sorted(sent)  # the live rows: all but the skipped kills
+
+    await notice.locator("a.reload").click()  # the writer renders its newest 50, skipped ones too
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(notice).to_be_hidden()
+    async with aiohttp.ClientSession() as session, session.get(base + "/api/killmails?limit=50") as resp:
+        newest = [k["killmail_id"] for k in (await resp.json())["killmails"]]
+    assert sorted(await row_ids(page)) == sorted(newest)
+    assert set(newest) - set(sent)  # among them kills the edge never sent
+    assert watch.errors == [] and watch.dialogs == []
 
 
 async def _stream_at(proc: ServerProcess, seq: int) -> bool:
