@@ -99,3 +99,19 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """The next server frame: (opcode, payload)."""
     _, opcode, payload = await read_frame_rsv(reader)
     return opcode, payload
+
+
+def inflate_strictly(payload: bytes, bits: int) -> bytes:
+    """Inflate one permessage-deflate message (00 00 ff ff appended) as a client whose window is
+    `bits` must: one output byte a call, so every match is copied from the window. zlib checks a
+    match's distance against the window only when it reaches back before the current call's
+    output: one call for the whole message accepts matches up to the message's length back."""
+    inflater = zlib.decompressobj(-bits)
+    out = []
+    data = payload + b"\x00\x00\xff\xff"
+    while True:
+        chunk = inflater.decompress(data, 1)
+        data = inflater.unconsumed_tail
+        if not chunk and not data:  # no input left and nothing more to copy out
+            return b"".join(out)
+        out.append(chunk)

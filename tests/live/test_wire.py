@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,13 @@ import websockets
 from conftest import Client, settle
 from test_ws import post, subscribe
 
+from killboard.config import PROJECT_ROOT
+from killboard.kill.enrich import enrich
+from killboard.kill.frames import encode, kill_frame
 from killboard.kill.langs import covering
-from killboard.kill.staticdata import LANGUAGES
+from killboard.kill.prices import price_book
+from killboard.kill.staticdata import LANGUAGES, StaticData
+from killboard.kill.validate import parse_submission
 from killboard.live import wire
 from killboard.web.keys import hub_key
 
@@ -49,13 +57,91 @@ def test_negotiate_answers_no_context_takeover_and_honours_window() -> None:
 
 def test_deflate_once_inflates_with_the_window_asked_for(killmails: list[dict[str, Any]]) -> None:
     message = json.dumps(killmails[-1]).encode() * 3
-    for bits in (9, 12, 15):
-        payload = wire.deflate(message, 6, bits)
-        assert not payload.endswith(b"\x00\x00\xff\xff")
-        # A client that keeps context inflates each message with the same decompressor.
-        inflater = zlib.decompressobj(-bits)
-        for _ in range(2):
-            assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
+    for level in range(1, 10):  # every level a config may set, whichever library makes it
+        for bits in wire.WINDOWS:
+            payload = wire.deflate(message, level, bits)
+            assert not payload.endswith(b"\x00\x00\xff\xff")
+            # A client that keeps context inflates each message with the same decompressor.
+            inflater = zlib.decompressobj(-bits)
+            for _ in range(2):
+                assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
+
+
+def kill_frames(static: StaticData, killmails: list[dict[str, Any]]) -> list[bytes]:
+    """The real kills' frames as the hub deflates them: every language, and English only."""
+    prices = price_book(static)
+    bodies = [encode(enrich(parse_submission(km), static, {}, prices)) for km in killmails]
+    return [kill_frame(1, body) for body in bodies] + [kill_frame(1, wire.body_in(bodies[0], ("en",)))]
+
+
+def far_repeats() -> bytes:
+    """Random bytes repeated just past each window (512 B, 4 KiB, 32 KiB): a compressor that
+    ignores the window it was given matches them, and a client with that window cannot copy."""
+    rng = random.Random(7)
+    block = rng.randbytes(300)
+    filler = rng.randbytes(40_000)
+    return block + filler[:300] + block + filler[300:4_200] + block + filler[4_200:37_000] + block + block
+
+
+def test_frames_keep_inside_the_window_at_every_level(static: StaticData, killmails: list[dict[str, Any]]) -> None:
+    """A frame made for server_max_window_bits=N never reaches further back than 2**N bytes,
+    at every level (levels 1-3 and 9-bit windows go to isal, the rest to zlib-ng, where they are
+    installed): inflated one byte at a time, as a client with that window must."""
+    messages = [far_repeats(), *kill_frames(static, killmails[-3:])]
+    # The check itself catches a frame made with too large a window.
+    with pytest.raises(zlib.error, match="too far back"):
+        rawws.inflate_strictly(wire.deflate(messages[0], 6, 15), 9)
+    for level in range(1, 10):
+        for bits in (9, 12):
+            for message in messages:
+                assert rawws.inflate_strictly(wire.deflate(message, level, bits), bits) == message
+
+
+def test_burst_and_live_levels_take_the_faster_libraries(static: StaticData, killmails: list[dict[str, Any]]) -> None:
+    """isal for the burst's level 1 and for 9-bit windows, zlib-ng for the live feed's 6: each
+    no larger than stdlib zlib's where that was measured (bench/compress.py)."""
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+    assert type(wire._compressor(1, 15)) is type(isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15))
+    assert type(wire._compressor(6, 9)) is type(isal_zlib.compressobj(3, isal_zlib.DEFLATED, -9))
+    assert type(wire._compressor(6, 15)) is type(zlib_ng.compressobj(6, zlib_ng.DEFLATED, -15))
+
+    def stdlib(message: bytes, level: int, bits: int) -> bytes:
+        c = zlib.compressobj(level, zlib.DEFLATED, -bits)
+        return (c.compress(message) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    frames = kill_frames(static, killmails)
+    for level, bits, most in ((1, 15, 1.0), (6, 9, 0.95), (6, 15, 1.05)):
+        ours = sum(len(wire.deflate(f, level, bits)) for f in frames)
+        assert ours <= most * sum(len(stdlib(f, level, bits)) for f in frames), (level, bits)
+
+
+def test_without_the_faster_libraries_stdlib_zlib_makes_the_same_frames(killmails: list[dict[str, Any]]) -> None:
+    """zlib-ng and isal are optional: missing, stdlib zlib deflates every frame, byte for byte
+    what it made before them."""
+    code = """if True:
+        import json, sys, zlib
+        sys.modules["zlib_ng"] = None  # import fails as if not installed
+        sys.modules["isal"] = None
+        from killboard.live import wire
+        assert wire._zlib is zlib and wire._isal is None
+        message = sys.stdin.buffer.read()
+        for level in (1, 6):
+            for bits in wire.WINDOWS:
+                c = zlib.compressobj(level, zlib.DEFLATED, -bits)
+                want = (c.compress(message) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+                assert wire.deflate(message, level, bits) == want, (level, bits)
+        print("stdlib")
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(killmails[-1]).encode(),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout == b"stdlib\n"
 
 
 async def collect(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict[str, Any]]:
@@ -90,7 +176,8 @@ async def test_aiohttp_deflate_client_gets_what_a_plain_client_gets(
 
 async def test_raw_frames_are_deflated_once_with_rsv1(client: Client, killmails: list[dict[str, Any]]) -> None:
     """On the wire: kill frames carry RSV1, inflate with the window the client asked for (9
-    bits: a larger window would fail as 'invalid distance too far back'), acks are plain."""
+    bits: a larger window fails as 'invalid distance too far back' when inflated one byte at a
+    time, as a 9-bit client must), acks are plain."""
     host, port = client.server.host, client.server.port
     small, small_w = await rawws.connect(host, port, extensions="permessage-deflate; server_max_window_bits=9")
     full, full_w = await rawws.connect(host, port, extensions="permessage-deflate; client_max_window_bits")
@@ -123,6 +210,7 @@ async def test_raw_frames_are_deflated_once_with_rsv1(client: Client, killmails:
                 sizes[bits] = sizes.get(bits, 0) + len(payload)
                 text = inflater.decompress(payload + b"\x00\x00\xff\xff")
                 assert text == plain_kills[json.loads(text)["seq"]]
+                assert rawws.inflate_strictly(payload, bits) == text
     # A 512-byte window finds fewer repeats than 32 KiB: smaller still, not by as much.
     plain_total = sum(map(len, plain_kills.values()))
     assert sizes[15] * 3 < plain_total and sizes[9] * 1.2 < plain_total and sizes[15] < sizes[9]

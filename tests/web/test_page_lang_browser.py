@@ -24,11 +24,14 @@ async def browser() -> AsyncIterator[Browser]:
         yield b
 
 
-@pytest.mark.parametrize("deflate", [True, False], ids=["deflate", "plain"])
+# Level 6 deflates with zlib-ng, level 1 (a burst's) with isal, where installed (live/wire.py).
+@pytest.mark.parametrize(
+    ("deflate", "level"), [(True, 6), (True, 1), (False, 6)], ids=["deflate", "deflate-level-1", "plain"]
+)
 async def test_page_shows_names_in_the_readers_language(
-    make_client: Any, browser: Browser, killmails: list[dict[str, Any]], deflate: bool
+    make_client: Any, browser: Browser, killmails: list[dict[str, Any]], deflate: bool, level: int
 ) -> None:
-    client = await make_client(ws_deflate=deflate)
+    client = await make_client(ws_deflate=deflate, ws_deflate_level=level)
     context = await browser.new_context(locale="de-DE", viewport={"width": 1280, "height": 900})
     await context.route("https://images.evetech.net/**", lambda route: route.abort())
     page = await context.new_page()
