@@ -3,6 +3,7 @@
     python bench/pages.py                   # 30,000 kills, then 48 reads of 500 at once
     python bench/pages.py --kills 5000      # quicker
     python bench/pages.py --baseline /work/main --reads 0   # views: this tree and a baseline side by side
+    python bench/pages.py --kills 20000 --stalls --baseline /work/main --reads 0   # first views' loop stalls
 
 Stores copies of the 82 real kills under new ids (as tests/killgen.py does), starts the real
 app in this process and times `/`, filtered pages and /health by the process's CPU time (the
@@ -16,6 +17,12 @@ once per tree on the same database: CPU per view (first and kept), views per CPU
 core), in English and German, as a table with the ratio; for the feed's pages, and for the
 battle and entity pages and their JSON (battles and entity figures are rebuilt after the fill,
 as a server that stored the kills would have them).
+
+With `--stalls`, the real server (`app.py`, of this tree and of `--baseline`, one after the other
+on the same database) is asked each page's first view while another process pings it over a
+WebSocket every 5 ms (bench/bigkill.py's probe: aiohttp answers a ping on the loop itself): the
+longest ping -> pong during the view is the loop's stall. Then 8 concurrent first views of a page
+after a change, with the longest pong and how long the last of them took.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -178,6 +187,52 @@ def compare(baseline: Path, db: Path, paths: list[str], seconds: float) -> None:
             print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall, {cpu:.0f} ms CPU ({when})")
 
 
+async def first_views(tree: Path, db: Path, paths: list[str]) -> dict[str, tuple[float, float, float]]:
+    """path -> (first view ms wall, kept view ms wall, longest ping -> pong ms during the first)."""
+    from bench.bigkill import PING_PROBE, probe
+    from bench.server import Server
+
+    server = Server(db, root=tree)
+    await server.start()
+    out: dict[str, tuple[float, float, float]] = {}
+    try:
+        await asyncio.sleep(3)  # the keys and templates learned in the background at start
+        async with aiohttp.ClientSession() as session:
+            floor = asyncio.create_task(probe(server.url, 1.5, PING_PROBE))
+            out["(no view: the probe's floor)"] = (0.0, 0.0, (await floor)[0] * 1e3)
+            for path in paths:
+                pings = asyncio.create_task(probe(server.url, 1.5, PING_PROBE))
+                await asyncio.sleep(0.4)  # the probe is connected and pinging
+                walls = []
+                for _ in range(2):
+                    started = time.perf_counter()
+                    async with session.get(server.url + path) as resp:
+                        assert resp.status == 200, (path, resp.status)
+                        await resp.read()
+                    walls.append((time.perf_counter() - started) * 1e3)
+                out[path] = (walls[0], walls[1], (await pings)[0] * 1e3)
+    finally:
+        server.stop()
+    return out
+
+
+def stalls(baseline: Path | None, db: Path, paths: list[str]) -> None:
+    load = os.getloadavg()[0]
+    trees = ([("baseline", baseline)] if baseline else []) + [("this", ROOT)]
+    got = {}
+    for name, tree in trees:
+        # A copy of the database each: the first tree's start must not warm the second's pages.
+        copy = db.with_name(f"{name}.sqlite3")
+        shutil.copyfile(db, copy)
+        got[name] = asyncio.run(first_views(tree, copy, paths))
+    print(f"first views, load {load:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"{'path':46} {'tree':8} {'1st ms':>8} {'kept ms':>8} {'longest pong ms':>16}")
+    for path in got["this"]:
+        for name, _ in trees:
+            first, kept, pong = got[name][path]
+            print(f"{path:46} {name:8} {first:8.1f} {kept:8.1f} {pong:16.1f}")
+
+
 def others(ids: dict[str, int]) -> list[str]:
     """The battle and entity pages and their JSON."""
     character, battle = ids["character"], ids["battle"]
@@ -201,6 +256,7 @@ async def main() -> None:
     parser.add_argument("--reads", type=int, default=48)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare page views with")
     parser.add_argument("--seconds", type=float, default=3.0, help="views of one page repeated this long")
+    parser.add_argument("--stalls", action="store_true", help="the loop's longest stall during first views")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "kb.sqlite3"
@@ -208,6 +264,9 @@ async def main() -> None:
         ids = await fill(db, args.kills)
         print(f"stored {args.kills} kills in {time.perf_counter() - started:.1f} s")
         paths = ["/health", "/", "/?sec=lowsec&solo=1", f"/?system={ids['system']}", "/?class=titans"]
+        if args.stalls:
+            await asyncio.to_thread(stalls, args.baseline, db, [*others(ids), *paths[1:]])
+            return
         if args.baseline:
             compare(args.baseline, db, paths[1:] + others(ids), args.seconds)
             if not args.reads:

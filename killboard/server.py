@@ -46,6 +46,7 @@ from .web.keys import (
     prices_key,
     reads_key,
     recent_key,
+    rendering_key,
     replays_key,
     session_key,
     started_key,
@@ -58,7 +59,7 @@ from .web.keys import (
 from .web.proxy import forwarded_middleware
 from .web.reads import ReadLimits
 from .web.recent import RecentKeys
-from .web.viewcache import ViewCache
+from .web.viewcache import Rendering, ViewCache
 from .webhooks import config as webhooks_config
 from .webhooks.service import Webhooks
 
@@ -228,6 +229,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[viewcache_key] = ViewCache()
+    app[rendering_key] = Rendering()
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
     stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first; battles, bus, webhooks append

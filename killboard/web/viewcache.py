@@ -21,6 +21,7 @@ does so today).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import sys
@@ -179,3 +180,29 @@ class ViewCache:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+
+@dataclass
+class Rendering:
+    """Pages being rendered now, by (view key, version): a view that finds its page here waits for
+    that render instead of running the handler again (a link posted on a forum brings many
+    readers of one page at once, right after a kill changed it). Bounded by the requests in flight."""
+
+    _flights: dict[tuple[ViewKey, Version], asyncio.Future[Page | None]] = field(default_factory=dict)
+
+    def join(self, key: ViewKey, version: Version) -> asyncio.Future[Page | None] | None:
+        """The render under way for this page, if any."""
+        return self._flights.get((key, version))
+
+    def start(self, key: ViewKey, version: Version) -> asyncio.Future[Page | None]:
+        flight: asyncio.Future[Page | None] = asyncio.get_running_loop().create_future()
+        self._flights[(key, version)] = flight
+        return flight
+
+    def end(self, key: ViewKey, version: Version, page: Page | None) -> None:
+        flight = self._flights.pop((key, version))
+        if not flight.done():
+            flight.set_result(page)
+
+    def __len__(self) -> int:
+        return len(self._flights)

@@ -4,6 +4,7 @@ kill, a merge, a late name or a prune shows it."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -141,3 +142,20 @@ async def test_an_entitys_kills_and_figures_are_kept_until_one_of_its_own_kills(
     while await store.prune(older_than=time.time() + 10**6, batch=500):
         pass
     assert (await (await client.get(kills_path)).json())["kills"] == []
+
+
+async def test_concurrent_first_views_of_a_page_render_it_once(client: Client) -> None:
+    kills = sorted(fight("30001155"), key=when)
+    await post_all(client, kills)
+    [battle] = (await (await client.get("/api/battles")).json())["battles"]
+    renders = count_renders(client.server.app[store_key])
+    for path in (f"/battle/{battle['battle_id']}", f"/api/battles/{battle['battle_id']}"):
+        answers = await asyncio.gather(*(client.get(path) for _ in range(8)))
+        bodies = {await r.text() for r in answers}
+        assert [r.status for r in answers] == [200] * 8 and len(bodies) == 1, path
+        assert len({r.headers["ETag"] for r in answers}) == 1
+        # One render read each of the battle's kills once (the victims' items): not 8 times.
+        assert renders() == battle["kill_count"], path
+    # A view that is not kept (unknown battle) is answered by the handler each time, collapsed or not.
+    missing = await asyncio.gather(*(client.get("/battle/999999") for _ in range(3)))
+    assert [r.status for r in missing] == [404] * 3
