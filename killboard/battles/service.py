@@ -188,6 +188,10 @@ class Battles:
                 self._cache.popitem(last=False)
         return data
 
+    def forget(self) -> None:
+        """Drop the kept summaries: another process rewrote battles (`app.py battles rebuild`)."""
+        self._cache.clear()
+
     async def _items(self, killmail_ids: list[int]) -> dict[int, list[Any]]:
         """The victims' items (enriched: value and quantities), parsed in a thread."""
         out: dict[int, list[Any]] = {}

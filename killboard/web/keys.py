@@ -21,6 +21,7 @@ from ..metrics import Metrics
 from ..storage.damage import Damage
 from ..storage.store import Store
 from ..webhooks.service import Webhooks
+from .foreign import ForeignWrites
 from .reads import ReadLimits
 from .recent import RecentKeys
 from .viewcache import Rendering, ViewCache
@@ -40,6 +41,8 @@ recent_key = web.AppKey("recent", RecentKeys)
 viewcache_key = web.AppKey("viewcache", ViewCache)
 # Kept pages being rendered now: concurrent first views of one wait for one render (web/keptpages.py).
 rendering_key = web.AppKey("rendering", Rendering)
+# Polls the database for other processes' writes (web/foreign.py).
+foreign_key = web.AppKey("foreign", ForeignWrites)
 damage_key = web.AppKey("damage", Damage)
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)

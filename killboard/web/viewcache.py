@@ -15,8 +15,8 @@ One cache, one byte bound, least recently used first, for two kinds of entries:
 
 The feed (web/pages.py `index`) keeps both; battle and entity pages and their JSON keep pages
 only (web/keptpages.py). Kills stored by another process (an import beside the server) bump the
-last seq and so reach every page; a rewrite in another process does not notify this one (none
-does so today).
+last seq and so reach every page; whatever else another process writes (names, rewritten kills,
+rebuilt battles) empties the cache within a quarter second (web/foreign.py).
 """
 
 from __future__ import annotations
@@ -160,6 +160,16 @@ class ViewCache:
             self._drop(key)
         if len(self._nameless) > MAX_NAMELESS:
             self._nameless.clear()
+
+    def forget_all(self) -> None:
+        """Something changed that no hook named (another process wrote to the database: names,
+        rewritten kills, rebuilt battles; web/foreign.py): every row and page goes."""
+        self.generation += 1
+        self._entries.clear()
+        self._pages.clear()
+        self._row_kinds.clear()
+        self._nameless.clear()
+        self._bytes = 0
 
     def _drop(self, key: _Key) -> None:
         entry = self._entries.pop(key, None)
