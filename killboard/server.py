@@ -133,7 +133,11 @@ async def _battles(app: web.Application) -> AsyncIterator[None]:
     service = await Battles.start(app[store_key], app[static_key], app[hub_key], app[config_key].ws_replay_max)
     app[battles_key] = service
     app[stored_hooks_key].append(service.on_stored)
+    warming = asyncio.create_task(battles.warm(service), name="killboard-battles-warm")  # /battles' summaries
     yield
+    warming.cancel()
+    with suppress(asyncio.CancelledError):
+        await warming
     await service.stop()
 
 
