@@ -21,8 +21,8 @@ as a server that stored the kills would have them).
 With `--stalls`, the real server (`app.py`, of this tree and of `--baseline`, one after the other
 on the same database) is asked each page's first view while another process pings it over a
 WebSocket every 5 ms (bench/bigkill.py's probe: aiohttp answers a ping on the loop itself): the
-longest ping -> pong during the view is the loop's stall. Then 8 concurrent first views of a page
-after a change, with the longest pong and how long the last of them took.
+longest ping -> pong during the view is the loop's stall. Then 8 concurrent first views of a
+battle's JSON nobody asked for yet: the first and the last answer, and the longest pong.
 """
 
 from __future__ import annotations
@@ -187,8 +187,11 @@ def compare(baseline: Path, db: Path, paths: list[str], seconds: float) -> None:
             print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall, {cpu:.0f} ms CPU ({when})")
 
 
-async def first_views(tree: Path, db: Path, paths: list[str]) -> dict[str, tuple[float, float, float]]:
-    """path -> (first view ms wall, kept view ms wall, longest ping -> pong ms during the first)."""
+async def first_views(
+    tree: Path, db: Path, paths: list[str], crowd: str | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """path -> (first view ms wall, kept view ms wall, longest ping -> pong ms during the first);
+    with `crowd`, only 8 views at once of that page: (the first answer, the last, longest pong)."""
     from bench.bigkill import PING_PROBE, probe
     from bench.server import Server
 
@@ -211,9 +214,32 @@ async def first_views(tree: Path, db: Path, paths: list[str]) -> dict[str, tuple
                         await resp.read()
                     walls.append((time.perf_counter() - started) * 1e3)
                 out[path] = (walls[0], walls[1], (await pings)[0] * 1e3)
+            # A link on a forum: 8 readers at once on a page nobody viewed since the start.
+            if crowd is not None:
+                pings = asyncio.create_task(probe(server.url, 1.5, PING_PROBE))
+                await asyncio.sleep(0.4)
+                started = time.perf_counter()
+
+                async def view() -> float:
+                    async with session.get(server.url + crowd) as resp:
+                        assert resp.status == 200, (crowd, resp.status)
+                        await resp.read()
+                    return (time.perf_counter() - started) * 1e3
+
+                walls = sorted(await asyncio.gather(*(view() for _ in range(8))))
+                out[f"8 at once: {crowd}"] = (walls[0], walls[-1], (await pings)[0] * 1e3)
     finally:
         server.stop()
     return out
+
+
+def fresh(db: Path, name: str) -> Path:
+    """A copy of the filled database (without a WAL a former server left beside the copy)."""
+    copy = db.with_name(f"{name}.sqlite3")
+    for leftover in (copy.with_name(copy.name + "-wal"), copy.with_name(copy.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(db, copy)
+    return copy
 
 
 def stalls(baseline: Path | None, db: Path, paths: list[str]) -> None:
@@ -222,9 +248,9 @@ def stalls(baseline: Path | None, db: Path, paths: list[str]) -> None:
     got = {}
     for name, tree in trees:
         # A copy of the database each: the first tree's start must not warm the second's pages.
-        copy = db.with_name(f"{name}.sqlite3")
-        shutil.copyfile(db, copy)
-        got[name] = asyncio.run(first_views(tree, copy, paths))
+        got[name] = asyncio.run(first_views(tree, fresh(db, name), paths))
+        # A fresh start again: nobody viewed the crowd's page yet.
+        got[name].update(asyncio.run(first_views(tree, fresh(db, name), [], paths[1])))
     print(f"first views, load {load:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"{'path':46} {'tree':8} {'1st ms':>8} {'kept ms':>8} {'longest pong ms':>16}")
     for path in got["this"]:
