@@ -153,13 +153,6 @@ def _render_rows(
     return out
 
 
-async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
-    """Names in the reader's language (English where the static data has none in it)."""
-    if lang == "en":
-        return kills
-    return await asyncio.to_thread(lambda: [filter_names(kill, (lang,)) for kill in kills])
-
-
 async def index(request: web.Request) -> web.StreamResponse:
     # The spec serves the WebSocket at the root too: an upgrade request gets the socket.
     if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -275,20 +268,27 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
             {"message": f"No kill {killmail_id} is stored here (yet)."},
             status=404,
         )
-    kill = ujson.loads(stored.body)
-    kill["seq"] = stored.seq
     lang = reader_language(request.headers.get("Accept-Language", ""))
-    [kill] = await _in_language([kill], lang)
     static = request.app[static_key]
-    fit = fitting(kill, static.flags, static.types)
-    context = {
-        "lang": lang,
-        "fit": fit,
-        "eft": fit.eft(f"Kill {killmail_id}"),
-        "k": kill,
-        "attackers": display.attackers_in_order(kill.get("attackers") or ()),
-        "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),
-        "link": _linker(Filter()),
-        "battle_id": await battle_of(request.app[store_key], killmail_id),
-    }
+
+    def prepare() -> dict[str, Any]:
+        """Decoding, the reader's language, the fitting and the attackers' order: a fleet fight's
+        kill is megabytes, so all of it in a thread."""
+        kill = ujson.loads(stored.body)
+        kill["seq"] = stored.seq
+        if lang != "en":
+            kill = filter_names(kill, (lang,))
+        fit = fitting(kill, static.flags, static.types)
+        return {
+            "lang": lang,
+            "fit": fit,
+            "eft": fit.eft(f"Kill {killmail_id}"),
+            "k": kill,
+            "attackers": display.attackers_in_order(kill.get("attackers") or ()),
+            "groups": display.slot_groups(kill.get("items") or (), static.flags),
+        }
+
+    context = await asyncio.to_thread(prepare)
+    context["link"] = _linker(Filter())
+    context["battle_id"] = await battle_of(request.app[store_key], killmail_id)
     return await render_page("kill.html", request, context)
