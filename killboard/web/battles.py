@@ -193,8 +193,8 @@ async def warm(battles: Battles) -> None:
     try:
         for row in await tables.listing(battles.store, PAGE):
             await battles.summarize(row, now=now)
-    except (sqlite3.Error, ValueError):
-        log.warning("battles: working out the listing's summaries at start failed", exc_info=True)
+    except (sqlite3.Error, ValueError) as exc:
+        log.warning("battles: working out the listing's summaries at start failed (%s); the first view does", exc)
 
 
 async def battle_page(request: web.Request) -> web.StreamResponse:

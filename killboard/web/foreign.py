@@ -46,9 +46,13 @@ class ForeignWrites:
         return changed
 
     async def run(self, every: float = CHECK_SECONDS) -> None:
+        failing = False  # said once, not four times a second
         while True:
             try:
                 await self.check()
-            except sqlite3.Error:
-                log.warning("could not poll the database for other processes' writes", exc_info=True)
+                failing = False
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
+                if not failing:
+                    log.warning("could not poll the database for other processes' writes (%s)", exc)
+                failing = True
             await asyncio.sleep(every)
