@@ -3,6 +3,7 @@
     python bench/pages.py                   # 30,000 kills, then 48 reads of 500 at once
     python bench/pages.py --kills 5000      # quicker
     python bench/pages.py --baseline /work/main --reads 0   # views: this tree and a baseline side by side
+    python bench/pages.py --kills 20000 --stalls --baseline /work/main --reads 0   # first views' loop stalls
 
 Stores copies of the 82 real kills under new ids (as tests/killgen.py does), starts the real
 app in this process and times `/`, filtered pages and /health by the process's CPU time (the
@@ -16,6 +17,14 @@ once per tree on the same database: CPU per view (first and kept), views per CPU
 core), in English and German, as a table with the ratio; for the feed's pages, and for the
 battle and entity pages and their JSON (battles and entity figures are rebuilt after the fill,
 as a server that stored the kills would have them).
+
+With `--stalls`, the real server (`app.py`, of this tree and of `--baseline`, one after the other
+on the same database) is asked each page's first view while another process pings it over a
+WebSocket every 5 ms (bench/bigkill.py's probe: aiohttp answers a ping on the loop itself): the
+longest ping -> pong during the view is the loop's stall; then a kill joins the median battle
+and its page, its JSON and the lists are viewed again (the first view after a change). Then, on
+a fresh start, 8 views at once of the battle's page: the first and the last answer, and the
+longest pong.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,6 +84,11 @@ async def fill(db: Path, count: int) -> dict[str, int]:
             "SELECT battle_id FROM battles WHERE merged_into IS NULL ORDER BY kill_count, battle_id LIMIT 1"
             " OFFSET (SELECT count(*) / 2 FROM battles WHERE merged_into IS NULL)"
         )
+        [(battle_kill, battle_time)] = await store.query(
+            "SELECT min(k.killmail_id), min(k.kill_time) FROM battle_kills b JOIN kills k USING (seq)"
+            " WHERE b.battle_id = ?",
+            (battle,),
+        )
     finally:
         await store.close()
     # The oldest real kill's system: one kill in 82, so a page of 50 looks far back for it.
@@ -82,6 +98,8 @@ async def fill(db: Path, count: int) -> dict[str, int]:
         "battle": int(battle),  # the median battle by kills
         "character": int(victim["character_id"]),  # one kill in 82: ~240 of 20,000
         "ship": int(victim["ship_id"]),
+        "battle_kill": (int(battle_kill) - 10**10) % len(subs),  # a real kill that joins that battle again
+        "battle_time": int(battle_time),  # (the fill stored every copy at the time of the fill)
     }
 
 
@@ -178,6 +196,93 @@ def compare(baseline: Path, db: Path, paths: list[str], seconds: float) -> None:
             print(f"first filtered page, {lang}, {name}: {first:.0f} ms wall, {cpu:.0f} ms CPU ({when})")
 
 
+async def first_view(session: aiohttp.ClientSession, url: str, path: str) -> tuple[float, float, float]:
+    """(the view ms wall, the next view ms wall, the longest ping -> pong ms during them)."""
+    from bench.bigkill import PING_PROBE, probe
+
+    pings = asyncio.create_task(probe(url, 1.5, PING_PROBE))
+    await asyncio.sleep(0.4)  # the probe is connected and pinging
+    walls = []
+    for _ in range(2):
+        started = time.perf_counter()
+        async with session.get(url + path) as resp:
+            assert resp.status == 200, (path, resp.status)
+            await resp.read()
+        walls.append((time.perf_counter() - started) * 1e3)
+    return walls[0], walls[1], (await pings)[0] * 1e3
+
+
+async def first_views(
+    tree: Path, db: Path, paths: list[str], crowd: str | None = None, change: dict[str, Any] | None = None
+) -> dict[str, tuple[float, float, float]]:
+    """path -> (first view ms wall, kept view ms wall, longest ping -> pong ms during the first);
+    with `crowd`, only 8 views at once of that page: (the first answer, the last, longest pong);
+    with `change`, that kill posted after the views, then the first four paths viewed again."""
+    from bench.bigkill import PING_PROBE, probe
+    from bench.fanout import post_one
+    from bench.server import Server
+
+    server = Server(db, root=tree)
+    await server.start()
+    out: dict[str, tuple[float, float, float]] = {}
+    try:
+        await asyncio.sleep(3)  # the keys and templates learned in the background at start
+        async with aiohttp.ClientSession() as session:
+            floor = asyncio.create_task(probe(server.url, 1.5, PING_PROBE))
+            out["(no view: the probe's floor)"] = (0.0, 0.0, (await floor)[0] * 1e3)
+            for path in paths:
+                out[path] = await first_view(session, server.url, path)
+            if change is not None:
+                # A new kill joins the battle: its page, its JSON and the lists are rendered again.
+                await post_one(session, server.url, change)
+                await asyncio.sleep(1.0)  # stored, and in the battle
+                for path in paths[:4]:
+                    out[f"after a kill: {path}"] = await first_view(session, server.url, path)
+            # A link on a forum: 8 readers at once on a page nobody viewed since the start.
+            if crowd is not None:
+                pings = asyncio.create_task(probe(server.url, 1.5, PING_PROBE))
+                await asyncio.sleep(0.4)
+                started = time.perf_counter()
+
+                async def view() -> float:
+                    async with session.get(server.url + crowd) as resp:
+                        assert resp.status == 200, (crowd, resp.status)
+                        await resp.read()
+                    return (time.perf_counter() - started) * 1e3
+
+                walls = sorted(await asyncio.gather(*(view() for _ in range(8))))
+                out[f"8 at once: {crowd}"] = (walls[0], walls[-1], (await pings)[0] * 1e3)
+    finally:
+        server.stop()
+    return out
+
+
+def fresh(db: Path, name: str) -> Path:
+    """A copy of the filled database (without a WAL a former server left beside the copy)."""
+    copy = db.with_name(f"{name}.sqlite3")
+    for leftover in (copy.with_name(copy.name + "-wal"), copy.with_name(copy.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(db, copy)
+    return copy
+
+
+def stalls(baseline: Path | None, db: Path, paths: list[str], change: dict[str, Any]) -> None:
+    load = os.getloadavg()[0]
+    trees = ([("baseline", baseline)] if baseline else []) + [("this", ROOT)]
+    got = {}
+    for name, tree in trees:
+        # A copy of the database each: the first tree's start must not warm the second's pages.
+        got[name] = asyncio.run(first_views(tree, fresh(db, name), paths, change=change))
+        # A fresh start again: nobody viewed the crowd's page yet.
+        got[name].update(asyncio.run(first_views(tree, fresh(db, name), [], paths[1])))
+    print(f"first views, load {load:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(f"{'path':46} {'tree':8} {'1st ms':>8} {'kept ms':>8} {'longest pong ms':>16}")
+    for path in got["this"]:
+        for name, _ in trees:
+            first, kept, pong = got[name][path]
+            print(f"{path:46} {name:8} {first:8.1f} {kept:8.1f} {pong:16.1f}")
+
+
 def others(ids: dict[str, int]) -> list[str]:
     """The battle and entity pages and their JSON."""
     character, battle = ids["character"], ids["battle"]
@@ -201,6 +306,7 @@ async def main() -> None:
     parser.add_argument("--reads", type=int, default=48)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare page views with")
     parser.add_argument("--seconds", type=float, default=3.0, help="views of one page repeated this long")
+    parser.add_argument("--stalls", action="store_true", help="the loop's longest stall during first views")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "kb.sqlite3"
@@ -208,6 +314,13 @@ async def main() -> None:
         ids = await fill(db, args.kills)
         print(f"stored {args.kills} kills in {time.perf_counter() - started:.1f} s")
         paths = ["/health", "/", "/?sec=lowsec&solo=1", f"/?system={ids['system']}", "/?class=titans"]
+        if args.stalls:
+            from bench.data import real_killmails
+
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ids["battle_time"]))
+            change = {**real_killmails()[ids["battle_kill"]], "killmail_id": 10**10 + 10**8, "killmail_time": when}
+            await asyncio.to_thread(stalls, args.baseline, db, [*others(ids), *paths[1:]], change)
+            return
         if args.baseline:
             compare(args.baseline, db, paths[1:] + others(ids), args.seconds)
             if not args.reads:

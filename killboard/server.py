@@ -31,6 +31,7 @@ from .storage import damage
 from .storage.maintenance import maintain
 from .storage.store import Store
 from .web import api, assets, battles, keptpages, pages, ws
+from .web.foreign import ForeignWrites
 from .web.httpzip import compress_responses
 from .web.keys import (
     battles_key,
@@ -38,6 +39,7 @@ from .web.keys import (
     damage_key,
     esi_key,
     follower_key,
+    foreign_key,
     hub_key,
     log_key,
     metrics_key,
@@ -46,6 +48,7 @@ from .web.keys import (
     prices_key,
     reads_key,
     recent_key,
+    rendering_key,
     replays_key,
     session_key,
     started_key,
@@ -58,7 +61,7 @@ from .web.keys import (
 from .web.proxy import forwarded_middleware
 from .web.reads import ReadLimits
 from .web.recent import RecentKeys
-from .web.viewcache import ViewCache
+from .web.viewcache import Rendering, ViewCache
 from .webhooks import config as webhooks_config
 from .webhooks.service import Webhooks
 
@@ -130,8 +133,25 @@ async def _battles(app: web.Application) -> AsyncIterator[None]:
     service = await Battles.start(app[store_key], app[static_key], app[hub_key], app[config_key].ws_replay_max)
     app[battles_key] = service
     app[stored_hooks_key].append(service.on_stored)
+    warming = asyncio.create_task(battles.warm(service), name="killboard-battles-warm")  # /battles' summaries
     yield
+    warming.cancel()
+    with suppress(asyncio.CancelledError):
+        await warming
     await service.stop()
+
+
+async def _foreign_writes(app: web.Application) -> AsyncIterator[None]:
+    """Another process's writes to the database (names, rewrites, a battles rebuild) empty the
+    caches of rendered pages and battle summaries (web/foreign.py)."""
+    watch = ForeignWrites(app[store_key], [app[viewcache_key].forget_all, app[battles_key].forget])
+    app[foreign_key] = watch
+    await watch.check()  # the version at start: only later commits count
+    task = asyncio.create_task(watch.run(), name="killboard-foreign-writes")
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
@@ -228,6 +248,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app[prices_key] = price_book(app[static_key])
     app[recent_key] = RecentKeys(pages.FILTER_SCAN)
     app[viewcache_key] = ViewCache()
+    app[rendering_key] = Rendering()
     app[reads_key] = ReadLimits(streams=config.max_large_reads, deadline=config.read_deadline)
     app[hub_key] = ws.make_hub(config)
     stored_hooks: list[OnStored] = [app[hub_key].on_stored]  # the hub first; battles, bus, webhooks append
@@ -240,6 +261,7 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.cleanup_ctx.append(damage.check_ctx(found, config.db_path))  # pages damaged mid-file: /health says so
     app.cleanup_ctx.append(_battles)  # before the worker: it writes battles with every batch
     app.cleanup_ctx.append(_index_backlog)  # after every writer kept beside the kills
+    app.cleanup_ctx.append(_foreign_writes)  # after the battles: it empties their summaries too
     if config.redis_url:
         from .bus.writer import writer_ctx  # only then: the embedded default never imports redis
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..storage.store import NewKill, Store
 from . import summary, tables
 from .detect import Changes, Detector
 from .live import BattleChannels
+from .summary import Lost
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ PENDING_MAX = 100_000
 BIG_PILOTS = 1000  # a summary of more pilots than this (~2 ms) is worked out in a thread
 SUMMARY_THREADS = 2  # large summaries worked out at once (the rest wait their turn)
 SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
+READ_CHUNK = 8  # kills read at once for their items: the store renders them on the loop (~0.5 ms each)
+LOST_KEPT = 200_000  # kills whose items' sums are kept (~150 bytes each: ~30 MB at most)
 
 
 class Battles:
@@ -46,6 +49,7 @@ class Battles:
         self._merged: list[tuple[int, int]] = []
         self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
+        self._lost: OrderedDict[int, Lost] = OrderedDict()  # killmail id -> its items summed
         self._task: asyncio.Task[None] | None = None
         self._threads = asyncio.Semaphore(SUMMARY_THREADS)
 
@@ -58,12 +62,17 @@ class Battles:
             await tables.load(db, service.detector, static)
         store.writers.append(service.write)
         store.pruners.append(service.prune)
+        store.on_changed.append(service.rewritten)
         if service.channels is not None:
             service._task = asyncio.create_task(service.channels.run(), name="killboard-battles-live")
         return service
 
     async def stop(self) -> None:
-        for hooks, hook in ((self.store.writers, self.write), (self.store.pruners, self.prune)):
+        for hooks, hook in (
+            (self.store.writers, self.write),
+            (self.store.pruners, self.prune),
+            (self.store.on_changed, self.rewritten),
+        ):
             with suppress(ValueError):
                 hooks.remove(hook)  # type: ignore[arg-type]
         if self._task is not None:
@@ -168,14 +177,15 @@ class Battles:
             self._cache.move_to_end(key)
             return {**hit, "ongoing": row.ongoing(now)}
         kills = await tables.kills(self.store, row.battle_id)
-        items: dict[int, list[Any]] | None = None
+        items: dict[int, Lost] | None = None
         if detail:
             items = await self._items([k.killmail_id for k in kills])
 
         # Sides of a battle of thousands of pilots take tens of ms: never on the loop. In the
         # thread, the work lets go of the GIL every few kills, so the loop is not kept waiting
         # for Python's 5 ms switch interval again and again.
-        if sum(len(k.pilots) for k in kills) > BIG_PILOTS:
+        # The detail view (ships, classes, a timeline: ~10-40 ms for a few hundred kills) always.
+        if detail or sum(len(k.pilots) for k in kills) > BIG_PILOTS:
             async with self._threads:  # bounded: a few at a time, however many readers ask
                 data = await asyncio.to_thread(
                     summary.summarize, row, kills, moves, self._group_of, items, detail, now, _breathe
@@ -188,15 +198,39 @@ class Battles:
                 self._cache.popitem(last=False)
         return data
 
-    async def _items(self, killmail_ids: list[int]) -> dict[int, list[Any]]:
-        """The victims' items (enriched: value and quantities), parsed in a thread."""
-        out: dict[int, list[Any]] = {}
-        for i in range(0, len(killmail_ids), 64):
-            stored = await self.store.many(killmail_ids[i : i + 64])
+    def rewritten(self, killmail_ids: Collection[int]) -> None:
+        """Stored kills changed (a corrected body) or went: their items' sums go too."""
+        for killmail_id in killmail_ids:
+            self._lost.pop(killmail_id, None)
+
+    def forget(self) -> None:
+        """Drop the kept summaries and items' sums: another process rewrote battles (`app.py
+        battles rebuild`) or kills (its rewrites reach no hook here)."""
+        self._lost.clear()
+        self._cache.clear()
+
+    async def _items(self, killmail_ids: list[int]) -> dict[int, Lost]:
+        """What each victim's items came to. Kept by kill until it is rewritten or pruned
+        (`rewritten`), so a battle's page after a new kill reads that kill only; the others are read a
+        few at a time (the store renders each on the event loop, ~0.5 ms a kill) and parsed and
+        summed in a thread."""
+        out: dict[int, Lost] = {}
+        missing = []
+        for killmail_id in killmail_ids:
+            if (kept := self._lost.get(killmail_id)) is not None:
+                self._lost.move_to_end(killmail_id)
+                out[killmail_id] = kept
+            else:
+                missing.append(killmail_id)
+        for i in range(0, len(missing), READ_CHUNK):
+            stored = await self.store.many(missing[i : i + READ_CHUNK])
             bodies = [k.body for k in stored]
-            parsed = await asyncio.to_thread(lambda b=bodies: [ujson.loads(x) for x in b])  # type: ignore[misc]
-            for kill in parsed:
-                out[kill["killmail_id"]] = _flat(kill.get("items") or [])
+            out.update(await asyncio.to_thread(_lost_of, bodies))
+        for killmail_id in missing:
+            if killmail_id in out:
+                self._lost[killmail_id] = out[killmail_id]
+        while len(self._lost) > LOST_KEPT:
+            self._lost.popitem(last=False)
         return out
 
     def _group_of(self, type_id: int) -> int:
@@ -215,6 +249,14 @@ class Battles:
 
 def _breathe() -> None:
     time.sleep(0)  # releases the GIL: a waiting event loop runs now
+
+
+def _lost_of(bodies: list[bytes]) -> dict[int, Lost]:
+    out = {}
+    for body in bodies:
+        kill = ujson.loads(body)
+        out[kill["killmail_id"]] = summary.lost(_flat(kill.get("items") or []))
+    return out
 
 
 def _flat(items: list[Any]) -> list[Any]:

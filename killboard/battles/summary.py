@@ -10,11 +10,35 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import sides as sides_mod
 from .tables import BattleRow, KillRow
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A victim's items, summed: the pieces dropped and destroyed and their ISK."""
+
+    dropped: int = 0
+    dropped_isk: float = 0.0
+    destroyed: int = 0
+    destroyed_isk: float = 0.0
+
+
+def lost(items: Iterable[Mapping[str, Any]]) -> Lost:
+    """What a kill's items (enriched, flattened: type_id, qty_destroyed, qty_dropped, value) come to."""
+    dropped, dropped_isk, destroyed, destroyed_isk = 0, 0.0, 0, 0.0
+    for item in items:
+        value = float(item.get("value") or 0)
+        qd, qx = int(item.get("qty_dropped") or 0), int(item.get("qty_destroyed") or 0)
+        dropped += qd
+        dropped_isk += qd * value
+        destroyed += qx
+        destroyed_isk += qx * value
+    return Lost(dropped, dropped_isk, destroyed, destroyed_isk)
 
 
 def _kind(pilot: Sequence[int], entity: int) -> str:
@@ -30,14 +54,13 @@ def summarize(
     kills: Sequence[KillRow],
     moves: Mapping[int, int] | None = None,
     group_of: Callable[[int], int] | None = None,
-    items: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
+    items: Mapping[int, Lost] | None = None,
     detail: bool = False,
     now: float | None = None,
     breathe: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """`group_of`: ship type -> its group (the ship class); `items`: killmail id -> the victim's items
-    (enriched: type_id, qty_destroyed, qty_dropped, value). `detail` adds killmail ids, ships,
-    classes and items per side."""
+    """`group_of`: ship type -> its group (the ship class); `items`: killmail id -> what the victim's
+    items came to (`lost`). `detail` adds killmail ids, ships, classes and items per side."""
     found = sides_mod.assign((k.pilots for k in kills), breathe)
     if moves:
         found = sides_mod.moved(found, moves)
@@ -84,13 +107,11 @@ def summarize(
             losses[victim_side] += 1
             isk_lost[victim_side] += k.total_value
             ships_lost[victim_side][k.pilots[0][4]] += 1
-            for item in (items or {}).get(k.killmail_id, ()):
-                value = float(item.get("value") or 0)
-                qd, qx = int(item.get("qty_dropped") or 0), int(item.get("qty_destroyed") or 0)
-                dropped[victim_side][0] += qd
-                dropped[victim_side][1] += qd * value
-                destroyed[victim_side][0] += qx
-                destroyed[victim_side][1] += qx * value
+            if items is not None and (lost := items.get(k.killmail_id)) is not None:
+                dropped[victim_side][0] += lost.dropped
+                dropped[victim_side][1] += lost.dropped_isk
+                destroyed[victim_side][0] += lost.destroyed
+                destroyed[victim_side][1] += lost.destroyed_isk
         for s in shooters - {victim_side}:
             kills_n[s] += 1
             isk_destroyed[s] += k.total_value

@@ -363,6 +363,15 @@ class Store:
         async with self._reader.execute(sql, tuple(args)) as cur:
             return [tuple(row) for row in await cur.fetchall()]
 
+    async def foreign_version(self) -> int:
+        """SQLite's `PRAGMA data_version` on the write connection: it moves when ANOTHER connection
+        commits (an import, `battles rebuild`, a second server on this file), never for this
+        store's own writes (the reader never writes). A read, so it takes no lock; caches of
+        rendered pages poll it (killboard/web/foreign.py)."""
+        async with self._writer.execute("PRAGMA data_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def get(self, killmail_id: int) -> StoredKill | None:
         async with self._reader.execute(_SELECT + " WHERE killmail_id = ?", (killmail_id,)) as cur:
             row = await cur.fetchone()

@@ -18,6 +18,10 @@ handler. What each stamp holds, and why that is enough:
 - `/api/{kind}/{id}`, `/api/{kind}/{id}/kills`: the entity's newest kill (its figures and kills
   change only with one of its own kills) and the month.
 
+Concurrent first views of one page (the same key and version) render it once: the first runs
+the handler, the others wait for its body (`Rendering`). A handler that fails, or answers
+anything not kept, lets each waiter run the handler itself.
+
 Entity and battle pages are not kept while kills stored before the participant index or the
 figures existed are still being counted in (after an upgrade): those change figures and
 battles without a new kill.
@@ -39,8 +43,8 @@ from ..entities import entities_key
 from ..entities.service import KINDS
 from ..kill.langs import reader_language
 from .httpzip import MIN_BYTES, TYPES, choose
-from .keys import battles_key, store_key, viewcache_key
-from .viewcache import Page, Version, ViewCache, ViewKey
+from .keys import battles_key, rendering_key, store_key, viewcache_key
+from .viewcache import Page, Rendering, Version, ViewCache, ViewKey
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What a page depends on beside the generation; None: do not keep this one (the handler answers).
@@ -85,7 +89,8 @@ def view_key(request: web.Request) -> ViewKey:
 
 def kept(handler: Handler, stamp: Stamp) -> Handler:
     """`handler`, answered from the view cache while `stamp` and the generation are unchanged.
-    Only a 200 with a JSON or HTML body is kept; errors, redirects and 404s go through."""
+    Only a 200 with a JSON or HTML body is kept; errors, redirects and 404s go through.
+    Concurrent first views of one version run the handler once."""
 
     async def serve(request: web.Request) -> web.StreamResponse:
         cache = request.app[viewcache_key]
@@ -96,17 +101,38 @@ def kept(handler: Handler, stamp: Stamp) -> Handler:
         key, version = view_key(request), cache.version(*depends)
         page = cache.page(key, version)
         if page is None:
+            rendering = request.app[rendering_key]
+            if (flight := rendering.join(key, version)) is not None:
+                # shielded: this reader going away must not cancel the render the others wait for
+                page = await asyncio.shield(flight)
+            if page is None:
+                response, page = await render(request, rendering, key, version, generation)
+                if page is None:
+                    return response  # not kept (an error, a redirect, a 404): the handler's own answer
+        return respond(request, page)
+
+    async def render(
+        request: web.Request, rendering: Rendering, key: ViewKey, version: Version, generation: int
+    ) -> tuple[web.StreamResponse, Page | None]:
+        """Run the handler; a 200 HTML or JSON body is kept and given to every view waiting for it."""
+        if rendering.join(key, version) is not None:
+            return await handler(request), None  # a render that failed for its waiters: each on its own
+        rendering.start(key, version)
+        page: Page | None = None
+        try:
             response = await handler(request)
             if (
-                type(response) is not web.Response
-                or response.status != 200
-                or not isinstance(response.body, bytes)
-                or response.content_type not in TYPES
+                type(response) is web.Response
+                and response.status == 200
+                and isinstance(response.body, bytes)
+                and response.content_type in TYPES
             ):
-                return response
-            expires = response.get(EXPIRES)
-            page = await keep(cache, key, version, response.body, generation, response.content_type, expires)
-        return respond(request, page)
+                cache = request.app[viewcache_key]
+                expires = response.get(EXPIRES)
+                page = await keep(cache, key, version, response.body, generation, response.content_type, expires)
+        finally:
+            rendering.end(key, version, page)
+        return response, page
 
     return serve
 

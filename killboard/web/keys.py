@@ -21,9 +21,10 @@ from ..metrics import Metrics
 from ..storage.damage import Damage
 from ..storage.store import Store
 from ..webhooks.service import Webhooks
+from .foreign import ForeignWrites
 from .reads import ReadLimits
 from .recent import RecentKeys
-from .viewcache import ViewCache
+from .viewcache import Rendering, ViewCache
 
 config_key = web.AppKey("config", Config)
 static_key = web.AppKey("static", StaticData)
@@ -38,6 +39,10 @@ reads_key = web.AppKey("reads", ReadLimits)
 recent_key = web.AppKey("recent", RecentKeys)
 # Rendered feed rows and pages per view and language (web/viewcache.py).
 viewcache_key = web.AppKey("viewcache", ViewCache)
+# Kept pages being rendered now: concurrent first views of one wait for one render (web/keptpages.py).
+rendering_key = web.AppKey("rendering", Rendering)
+# Polls the database for other processes' writes (web/foreign.py).
+foreign_key = web.AppKey("foreign", ForeignWrites)
 damage_key = web.AppKey("damage", Damage)
 # Present only while upstream is on (KILLBOARD_UPSTREAM): the shared HTTP session and its users.
 session_key = web.AppKey("session", aiohttp.ClientSession)

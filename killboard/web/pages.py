@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -57,6 +57,9 @@ CSP = "; ".join(
 )
 
 
+READ_CHUNK = 16  # kills read at once for a page's rows (~0.3-0.5 ms each on the event loop)
+
+
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.setup(
         app,
@@ -81,6 +84,15 @@ def compile_templates(env: jinja2.Environment) -> None:
     reader of each page would otherwise wait for it."""
     for name in env.list_templates(extensions=["html"]):
         env.get_template(name)
+
+
+async def render_page(name: str, request: web.Request, context: Mapping[str, Any]) -> web.Response:
+    """A page's template rendered in a thread: a battle of hundreds of kills or a kill of
+    thousands of attackers is 10-100 ms of pure work (templates, filters and the context are
+    only read), which on the event loop would hold every socket up. The server's GIL switch
+    interval (1 ms, cli.py) gives the loop its turn meanwhile."""
+    text = await asyncio.to_thread(aiohttp_jinja2.render_string, name, request, context)
+    return web.Response(text=text, content_type="text/html", charset="utf-8")
 
 
 def _unix_utc(seconds: int) -> str:
@@ -141,13 +153,6 @@ def _render_rows(
     return out
 
 
-async def _in_language(kills: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
-    """Names in the reader's language (English where the static data has none in it)."""
-    if lang == "en":
-        return kills
-    return await asyncio.to_thread(lambda: [filter_names(kill, (lang,)) for kill in kills])
-
-
 async def index(request: web.Request) -> web.StreamResponse:
     # The spec serves the WebSocket at the root too: an upgrade request gets the socket.
     if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -188,7 +193,9 @@ async def _render_index(
     fresh: dict[int, tuple[dict[str, Any], str]] = {}
     missing = [i for i in ids if i not in kept]
     if missing:
-        page = await store.many(missing)
+        page = []
+        for i in range(0, len(missing), READ_CHUNK):  # the store decodes each on the loop: a few at a time
+            page += await store.many(missing[i : i + READ_CHUNK])
         if not wanted.empty and len(page) < len(missing):
             request.app[recent_key].forget(set(missing) - {k.killmail_id for k in page})  # pruned since
         env = aiohttp_jinja2.get_env(request.app)
@@ -225,7 +232,7 @@ async def _render_index(
         "entity_kinds": filters.ENTITY_KINDS,
         "entity_label": await _entity_label(request, wanted, [kill for kill, _ in fresh.values()]),
     }
-    body = aiohttp_jinja2.render_string("index.html", request, context)
+    body = await asyncio.to_thread(aiohttp_jinja2.render_string, "index.html", request, context)
     return await keep(cache, key, version, body.encode(), generation)
 
 
@@ -261,20 +268,27 @@ async def kill_detail(request: web.Request) -> web.StreamResponse:
             {"message": f"No kill {killmail_id} is stored here (yet)."},
             status=404,
         )
-    kill = ujson.loads(stored.body)
-    kill["seq"] = stored.seq
     lang = reader_language(request.headers.get("Accept-Language", ""))
-    [kill] = await _in_language([kill], lang)
     static = request.app[static_key]
-    fit = fitting(kill, static.flags, static.types)
-    context = {
-        "lang": lang,
-        "fit": fit,
-        "eft": fit.eft(f"Kill {killmail_id}"),
-        "k": kill,
-        "attackers": display.attackers_in_order(kill.get("attackers") or ()),
-        "groups": display.slot_groups(kill.get("items") or (), request.app[static_key].flags),
-        "link": _linker(Filter()),
-        "battle_id": await battle_of(request.app[store_key], killmail_id),
-    }
-    return aiohttp_jinja2.render_template("kill.html", request, context)
+
+    def prepare() -> dict[str, Any]:
+        """Decoding, the reader's language, the fitting and the attackers' order: a fleet fight's
+        kill is megabytes, so all of it in a thread."""
+        kill = ujson.loads(stored.body)
+        kill["seq"] = stored.seq
+        if lang != "en":
+            kill = filter_names(kill, (lang,))
+        fit = fitting(kill, static.flags, static.types)
+        return {
+            "lang": lang,
+            "fit": fit,
+            "eft": fit.eft(f"Kill {killmail_id}"),
+            "k": kill,
+            "attackers": display.attackers_in_order(kill.get("attackers") or ()),
+            "groups": display.slot_groups(kill.get("items") or (), static.flags),
+        }
+
+    context = await asyncio.to_thread(prepare)
+    context["link"] = _linker(Filter())
+    context["battle_id"] = await battle_of(request.app[store_key], killmail_id)
+    return await render_page("kill.html", request, context)

@@ -15,12 +15,13 @@ One cache, one byte bound, least recently used first, for two kinds of entries:
 
 The feed (web/pages.py `index`) keeps both; battle and entity pages and their JSON keep pages
 only (web/keptpages.py). Kills stored by another process (an import beside the server) bump the
-last seq and so reach every page; a rewrite in another process does not notify this one (none
-does so today).
+last seq and so reach every page; whatever else another process writes (names, rewritten kills,
+rebuilt battles) empties the cache within a quarter second (web/foreign.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import sys
@@ -160,6 +161,16 @@ class ViewCache:
         if len(self._nameless) > MAX_NAMELESS:
             self._nameless.clear()
 
+    def forget_all(self) -> None:
+        """Something changed that no hook named (another process wrote to the database: names,
+        rewritten kills, rebuilt battles; web/foreign.py): every row and page goes."""
+        self.generation += 1
+        self._entries.clear()
+        self._pages.clear()
+        self._row_kinds.clear()
+        self._nameless.clear()
+        self._bytes = 0
+
     def _drop(self, key: _Key) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
@@ -179,3 +190,29 @@ class ViewCache:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+
+@dataclass
+class Rendering:
+    """Pages being rendered now, by (view key, version): a view that finds its page here waits for
+    that render instead of running the handler again (a link posted on a forum brings many
+    readers of one page at once, right after a kill changed it). Bounded by the requests in flight."""
+
+    _flights: dict[tuple[ViewKey, Version], asyncio.Future[Page | None]] = field(default_factory=dict)
+
+    def join(self, key: ViewKey, version: Version) -> asyncio.Future[Page | None] | None:
+        """The render under way for this page, if any."""
+        return self._flights.get((key, version))
+
+    def start(self, key: ViewKey, version: Version) -> asyncio.Future[Page | None]:
+        flight: asyncio.Future[Page | None] = asyncio.get_running_loop().create_future()
+        self._flights[(key, version)] = flight
+        return flight
+
+    def end(self, key: ViewKey, version: Version, page: Page | None) -> None:
+        flight = self._flights.pop((key, version))
+        if not flight.done():
+            flight.set_result(page)
+
+    def __len__(self) -> int:
+        return len(self._flights)

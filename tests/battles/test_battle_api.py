@@ -154,3 +154,27 @@ async def test_kills_posted_long_after_join_from_the_database(client: Client, ki
     await post_all(client, [held, small[4]])
     found = {b["system_ids"][0]: b["kill_count"] for b in (await battles(client))["battles"]}
     assert found == {30002472: len(fight_kills), 30001155: 5}
+
+
+async def test_a_corrected_body_changes_the_battles_items_on_the_next_view(client: Client) -> None:
+    """What each victim's items came to is kept by kill (a page after a new kill reads that kill
+    only): a corrected body (store.rewrite) drops it, so the detail shows the new items."""
+    kills = sorted(fight("30001155"), key=when)
+    await post_all(client, kills)
+    [battle] = (await (await client.get("/api/battles")).json())["battles"]
+    path = f"/api/battles/{battle['battle_id']}"
+    before = await (await client.get(path)).json()
+    km = max(kills, key=lambda k: len(k["victim"].get("items") or ()))
+    assert km["victim"].get("items")
+    esi = {k: v for k, v in km.items() if k != "zkb"}
+    victim = {k: v for k, v in km["victim"].items() if k != "items"}
+    assert await client.server.app[store_key].rewrite(km["killmail_id"], {**esi, "victim": victim}, km.get("zkb"))
+    after = await (await client.get(path)).json()
+
+    def pieces(data: dict[str, Any]) -> int:
+        return sum(s["items_destroyed"]["count"] + s["items_dropped"]["count"] for s in data["sides"])
+
+    lost = sum(
+        int(i.get("quantity_destroyed") or 0) + int(i.get("quantity_dropped") or 0) for i in km["victim"]["items"]
+    )
+    assert lost > 0 and pieces(after) == pieces(before) - lost

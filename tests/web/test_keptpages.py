@@ -4,6 +4,7 @@ kill, a merge, a late name or a prune shows it."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import time
@@ -17,7 +18,7 @@ from test_recent import count_renders
 from test_viewcache import row_of
 
 from killboard.entities.service import Entities
-from killboard.web.keys import store_key
+from killboard.web.keys import battles_key, store_key
 
 
 async def kept_view(client: Client, path: str, renders: Callable[[], int]) -> tuple[str, str]:
@@ -141,3 +142,31 @@ async def test_an_entitys_kills_and_figures_are_kept_until_one_of_its_own_kills(
     while await store.prune(older_than=time.time() + 10**6, batch=500):
         pass
     assert (await (await client.get(kills_path)).json())["kills"] == []
+
+
+async def test_concurrent_first_views_of_a_page_render_it_once(client: Client) -> None:
+    kills = sorted(fight("30001155"), key=when)
+    await post_all(client, kills)
+    [battle] = (await (await client.get("/api/battles")).json())["battles"]
+    renders = count_renders(client.server.app[store_key])
+    service = client.server.app[battles_key]
+    real, details = service.summarize, [0]
+
+    async def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        details[0] += bool(kwargs.get("detail"))
+        return await real(*args, **kwargs)
+
+    service.summarize = counted  # type: ignore[method-assign]
+    for path in (f"/battle/{battle['battle_id']}", f"/api/battles/{battle['battle_id']}"):
+        answers = await asyncio.gather(*(client.get(path) for _ in range(8)))
+        bodies = {await r.text() for r in answers}
+        assert [r.status for r in answers] == [200] * 8 and len(bodies) == 1, path
+        assert len({r.headers["ETag"] for r in answers}) == 1
+        assert details == [1], path  # one render, seven views waited for it
+        details[0] = 0
+    # The page read each of the battle's kills once (the victims' items), and the JSON none:
+    # the items' sums are kept by kill.
+    assert renders() == battle["kill_count"]
+    # A view that is not kept (unknown battle) is answered by the handler each time.
+    missing = await asyncio.gather(*(client.get("/battle/999999") for _ in range(3)))
+    assert [r.status for r in missing] == [404] * 3
