@@ -21,8 +21,9 @@ import asyncio
 import logging
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -55,6 +56,30 @@ WHOLE_LATE_BYTES = 256 * 1024
 # More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
 # feed (~0.2 kills/s on average, a few a second at peaks).
 BURST = 8
+# Sockets given a kill frame in one step of the loop (publish, or a step of the delivery task):
+# ~1-2 us of Python each, so a step stays a few ms however many sockets subscribe (10,000 at
+# once held the loop ~15 ms per kill, and a stored batch hands over many kills in one step).
+SEND_SLICE = 2000
+# Sockets written in one step of the flush (a send() each, ~5-10 us of the kernel's work: 10,000
+# at once held the loop ~60-100 ms), and bytes written in one step at most.
+FLUSH_SLICE = 500
+FLUSH_BYTES = 4 * 1024 * 1024
+# Plain frames with every language: what a socket takes that asked for no lang and no deflate.
+PLAIN: tuple[Langs, int] = (None, 0)
+
+
+@dataclass(eq=False, slots=True)
+class Queued:
+    """A kill waiting for the delivery task (`Hub._make_late`): its variants (made in a thread
+    when large), its sockets by variant, and how far its delivery in slices has got."""
+
+    kill: KillVariants
+    groups: list[tuple[tuple[Langs, int], list[Subscriber]]]
+    facts: KillFacts
+    nbytes: int  # what it holds: its body, and a pointer per socket
+    plain: bool  # some of its sockets take the plain frame with every language
+    group: int = 0  # the group being delivered, and the next socket in it
+    pos: int = 0
 
 
 class Hub:
@@ -94,10 +119,21 @@ class Hub:
         # Frames made for live kills (each variant of each kill counts once): bounded per kill
         # by the canonical variants, whatever the clients ask for.
         self.variants_made = 0
-        # Kills waiting for their variants (made in a thread), in publish order: a
-        # socket gets its kills in seq order, so a small kill never overtakes a large one.
-        self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
+        # Kills waiting for the delivery task (their variants made in a thread, or more sockets
+        # than one step may write), in publish order: a socket gets its kills in seq order, so
+        # no kill overtakes one queued here. `_late_plain`: those of them with plain sockets.
+        self._late: deque[Queued] = deque()
         self._late_bytes = 0
+        self._late_plain = 0
+        # Every socket by the kind of frame it takes (Subscriber.variant): a kill's sockets are
+        # grouped with set intersections, not a Python step per socket.
+        self._by_variant: dict[tuple[Langs, int], set[Subscriber]] = {}
+        # Sockets per step (SEND_SLICE, FLUSH_SLICE); sockets given a frame by publish since the
+        # current step began (`_counting`: a callback that ends the count is scheduled).
+        self.send_slice = SEND_SLICE
+        self.flush_slice = FLUSH_SLICE
+        self._sent_now = 0
+        self._counting = False
         self._deflater: asyncio.Task[None] | None = None
         # Sockets with frames in `pending`, written by `_flush` (scheduled once per turn).
         self._due: list[Subscriber] = []
@@ -169,6 +205,7 @@ class Hub:
                 sub.sock = None
         self.sockets.add(ws)
         self._subscribers[ws] = sub
+        self._by_variant.setdefault(sub.variant, set()).add(sub)
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
         return sub
 
@@ -181,6 +218,11 @@ class Hub:
         sub.held, sub.held_bytes = None, 0
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
+        kind = self._by_variant.get(sub.variant)
+        if kind is not None:
+            kind.discard(sub)
+            if not kind:
+                del self._by_variant[sub.variant]
         if sub.writer is not None and not sub.writer.done():
             sub.writer.cancel()
             with suppress(asyncio.CancelledError):
@@ -288,15 +330,27 @@ class Hub:
         return wire
 
     def _flush(self) -> None:
-        """Write every due socket's pending frames to its transport: one call per socket per
-        turn, of bytes shared by all sockets (uvloop's writelines is a writev: no copy). A socket
-        that closed meanwhile gets nothing (no frame may follow a close frame)."""
-        due, self._due = self._due, []
+        """Write due sockets' pending frames to their transports: one call per socket per turn,
+        of bytes shared by all sockets (uvloop's writelines is a writev: no copy). At most
+        `flush_slice` sockets and FLUSH_BYTES a step: the rest in the next step, after whatever
+        else the loop has to do (10,000 sockets in one step held it ~100 ms). A socket that
+        closed meanwhile gets nothing (no frame may follow a close frame)."""
+        due = self._due
+        if len(due) > self.flush_slice:
+            due, self._due = due[: self.flush_slice], due[self.flush_slice :]
+            asyncio.get_running_loop().call_soon(self._flush)  # the rest, next step
+        else:
+            self._due = []
         self._framed = None
-        for sub in due:
+        written = writes = 0
+        for i, sub in enumerate(due):
             pending = sub.pending
-            if pending is None:  # dropped meanwhile
+            if pending is None:  # dropped, or written by its writer task meanwhile
                 continue
+            if written >= FLUSH_BYTES:  # large frames: the rest next step, in the same order
+                self._later(due[i:])
+                break
+            written += sub.pending_bytes
             sock, transport = sub.sock, sub.transport
             if (
                 sock is None
@@ -313,13 +367,19 @@ class Hub:
                 sent = sock.send(pending)
             except OSError:
                 sent = 0
-            self.transport_writes += 1
             if sent == len(pending):
                 sub.pending, sub.pending_bytes = None, 0
+                writes += 1
             else:  # the rest (or the error) through the transport, as _write_pending does
                 sub.pending = pending[sent:]
-                self.transport_writes -= 1
                 self._write_pending(sub)
+        self.transport_writes += writes
+
+    def _later(self, subs: list[Subscriber]) -> None:
+        """Sockets the flush leaves for its next step, ahead of those due since."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._due[:0] = subs
 
     def _write_pending(self, sub: Subscriber) -> None:
         pending = sub.pending
@@ -397,22 +457,15 @@ class Hub:
         # Each variant (languages x plain or a deflate window) is made once, for all its sockets;
         # sockets ask only for canonical variants (langs.covering), so a kill has a few at most.
         kill = KillVariants(seq, body, self._deflate_level, decoded)
-        groups: dict[tuple[Langs, int], list[Subscriber]] = {}
+        groups = self._group(targets)
+        size = len(kill.body())
         sent = 0
-        # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
-        # every kind of socket: in slices, so the loop is never held for all of them at once.
-        later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
-        plain: list[Subscriber] = []
-        for sub in targets:
-            if later or sub.deflate or sub.lang is not None:
-                # Not setdefault(key, []), which makes a list and a key per socket per kill.
-                group = groups.get(sub.variant)
-                if group is None:
-                    group = groups[sub.variant] = []
-                group.append(sub)
-            else:
-                plain.append(sub)
-        if plain:
+        # Plain sockets wanting every language need nothing made: they get the kill now, unless
+        # it is a fleet fight (sent in slices, from the delivery task), a kill queued there has
+        # plain sockets too (no overtaking), or this step has given out its frames already.
+        plain = groups.get(PLAIN)
+        if plain is not None and size < WHOLE_LATE_BYTES and not self._late_plain and self._room(len(plain)):
+            del groups[PLAIN]
             sent += self._send_all(plain, seq, kill.frame(None), facts)
         if groups:
             sent += self._publish_variants(kill, groups, facts)
@@ -421,72 +474,133 @@ class Hub:
         self.deliveries += sent
         return sent
 
+    def _group(self, targets: set[Subscriber]) -> dict[tuple[Langs, int], Collection[Subscriber]]:
+        """A kill's sockets by the kind of frame they take, with set intersections (C), not a
+        Python step per socket; when every socket takes the same kind, the set as it is."""
+        by_variant = self._by_variant
+        if len(by_variant) == 1:
+            return dict.fromkeys(by_variant, targets)
+        groups: dict[tuple[Langs, int], Collection[Subscriber]] = {}
+        for key, members in by_variant.items():
+            group = targets & members
+            if group:
+                groups[key] = group
+        return groups
+
+    def _room(self, sockets: int) -> bool:
+        """Whether publish may give `sockets` more sockets their frame in this step of the loop
+        (at most `send_slice` a step); else the kill goes to the delivery task, in slices."""
+        if not self._counting:
+            self._counting, self._sent_now = True, 0
+            asyncio.get_running_loop().call_soon(self._step_over)
+        if self._sent_now + sockets > self.send_slice:
+            return False
+        self._sent_now += sockets
+        return True
+
+    def _step_over(self) -> None:
+        self._counting = False
+
     def _publish_variants(
-        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
+        self, kill: KillVariants, groups: dict[tuple[Langs, int], Collection[Subscriber]], facts: KillFacts
     ) -> int:
-        """Make a small kill's other variants here and send them at once; a large one's (or any
-        kill's behind one still in the thread) wait their turn in `_late`, made in a thread: a
+        """Send a small kill's other variants at once, made here, when this step has room for
+        its sockets; else (or for a large one, or any kill behind one queued) the kill waits its
+        turn in `_late` for the delivery task: a large kill's variants are made in a thread (a
         language variant of a fleet fight is ~12 ms of decode, filter and encode, a deflate as
-        much, and nine of each would hold the loop for a quarter of a second. Returns the
-        sockets it is meant for."""
+        much, and nine of each would hold the loop for a quarter of a second), and its sockets
+        are given their frame in slices. Returns the sockets it is meant for."""
         size = len(kill.body())
+        count = sum(map(len, groups.values()))
         if not self._late and size < OFFLOAD_BYTES:
-            sent = self._deliver(kill, groups, facts)
-            self.variants_made += kill.made
-            return sent
-        self._late.append((kill, groups, facts))
-        self._late_bytes += size
+            if self._room(count):
+                sent = self._deliver(kill, groups, facts)
+                self.variants_made += kill.made
+                return sent
+            _make_all([(kill, key) for key in groups])  # small: made now, the slices follow
+        entry = Queued(
+            kill,
+            [(key, list(subs)) for key, subs in groups.items()],
+            facts,
+            size + 8 * count,
+            PLAIN in groups,
+        )
+        self._late.append(entry)
+        self._late_bytes += entry.nbytes
+        self._late_plain += entry.plain
         if self._late_bytes > LATE_MAX_BYTES and len(self._late) > 1:
-            # The thread is not keeping up: make this one on the loop (slowing the producer)
-            # instead of holding ever more kills.
-            _make_all([(kill, key) for key in groups])
+            # The task is not keeping up (the thread's deflate, or the sockets' writes): the
+            # oldest kills are delivered now (slowing the producer) instead of holding ever more.
+            while self._late_bytes > LATE_MAX_BYTES // 2 and len(self._late) > 1:
+                self._pump(self.send_slice, make=True)
         if self._deflater is None or self._deflater.done():
             self._deflater = asyncio.create_task(self._make_late(), name="hub-variants")
-        return sum(len(subs) for subs in groups.values())
+        return count
 
     async def _make_late(self) -> None:
-        """Make the waiting kills' variants in one thread hop (zlib releases the GIL; decode and
-        encode hold it, but the loop still gets its turn every switch interval), then send them
-        in publish order to the sockets that still want them. A kill stays first in `_late`
-        until every socket has it, so no kill published meanwhile overtakes it."""
+        """Deliver the queued kills in publish order: make their variants in one thread hop
+        (zlib releases the GIL; decode and encode hold it, but the loop still gets its turn
+        every switch interval), then give their sockets their frames `send_slice` sockets and
+        DELIVER_SLICE bytes a step, letting the loop run between steps. A kill stays first in
+        `_late` until every socket has it, so no kill published meanwhile overtakes it."""
         loop = asyncio.get_running_loop()
         while self._late:
             batch = list(self._late)
             if len(batch) > BURST:
                 # A backlog being caught up (an ingest burst) rather than the live feed: the CPU
                 # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
-                for kill, _, _ in batch:
-                    kill.level = 1
-            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has(*key)]
+                for entry in batch:
+                    if not entry.group and not entry.pos:
+                        entry.kill.level = 1
+            todo = [(e.kill, key) for e in batch for key, _ in e.groups if not e.kill.has(*key)]
             if todo:
                 await loop.run_in_executor(None, _make_all, todo)
-            for kill, groups, facts in batch:
-                await self._deliver_sliced(kill, groups, facts)
-                self._late.popleft()
-                self._late_bytes -= len(kill.body())
-                self.variants_made += kill.made
+            while self._late:
+                if not self._pump(self.send_slice):
+                    break  # a kill queued since needs its variants: the thread first
+                await asyncio.sleep(0)  # the loop's other work, and the flush, between steps
 
-    async def _deliver_sliced(
-        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
-    ) -> None:
-        """`_deliver` after the thread hop, letting the loop run after every DELIVER_SLICE bytes
-        written: 254 sockets of a 3,000-attacker kill are 300-700 MB of writes."""
-        # Who still matches, looked up once (not each socket's channels one by one); again
-        # after every pause, when sockets may have gone or unsubscribed.
-        wanted = self._index.match(facts)
-        for (langs, bits), subs in groups.items():
-            frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            step = max(1, DELIVER_SLICE // max(1, len(frame)))  # sockets a slice
-            for start in range(0, len(subs), step):
-                if start:
-                    await asyncio.sleep(0)
-                    wanted = self._index.match(facts)
-                self._send_all(subs[start : start + step] if step < len(subs) else subs, kill.seq, frame, facts, wanted)
+    def _pump(self, sockets: int, make: bool = False) -> bool:
+        """One step of the delivery task: the queued kills' frames to at most `sockets` sockets
+        and DELIVER_SLICE bytes, in order. Stops early at a kill whose variants are not made
+        (unless `make`: then made here). Returns whether it did anything (False: the task must
+        make variants first). Whether a socket still wants a kill is looked up once a step (the
+        index, not each socket's channels): it may have gone or unsubscribed since the kill
+        was published, or had the kill from a replay."""
+        late = self._late
+        room, space, did = sockets, DELIVER_SLICE, False
+        while late and room > 0 and space > 0:
+            entry = late[0]
+            kill = entry.kill
+            if not make and not all(kill.has(*key) for key, _ in entry.groups[entry.group :]):
+                return did
+            did = True
+            wanted = self._index.match(entry.facts)
+            while entry.group < len(entry.groups) and room > 0 and space > 0:
+                (langs, bits), subs = entry.groups[entry.group]
+                frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
+                take = min(room, len(subs) - entry.pos, max(1, space // max(1, len(frame))))
+                end = entry.pos + take
+                part = subs[entry.pos : end] if take < len(subs) else subs
+                self._send_all(part, kill.seq, frame, entry.facts, wanted)
+                room -= take
+                space -= take * len(frame)
+                if end < len(subs):
+                    entry.pos = end
+                else:
+                    entry.group, entry.pos = entry.group + 1, 0
+            if entry.group < len(entry.groups):
+                break
+            late.popleft()
+            self._late_bytes -= entry.nbytes
+            self._late_plain -= entry.plain
+            self.variants_made += kill.made
+        return did
 
     def _deliver(
         self,
         kill: KillVariants,
-        groups: dict[tuple[Langs, int], list[Subscriber]],
+        groups: dict[tuple[Langs, int], Collection[Subscriber]],
         facts: KillFacts,
     ) -> int:
         """A small kill's frames to its sockets, at once (made here if need be)."""
@@ -498,7 +612,7 @@ class Hub:
 
     def _send_all(
         self,
-        subs: list[Subscriber],
+        subs: Collection[Subscriber],
         seq: int,
         frame: bytes,
         facts: KillFacts,
@@ -617,6 +731,10 @@ class Hub:
         try:
             while True:
                 frame = await sub.outbox.get()
+                if sub.pending is not None:
+                    # Frames due for the flush came first: they go before this one (the flush
+                    # writes in slices, so it may reach this socket only steps later).
+                    self._write_pending(sub)
                 if frame is None:
                     break
                 sub.sending = True
