@@ -40,6 +40,7 @@ class _WS:
     """What the hub reads of a socket's WebSocketResponse on the fast path."""
 
     closed = False
+    _closed = False  # what the hub's flush reads on asyncio (the property's attribute)
 
 
 def _load(killmails: Path) -> list[tuple[bytes, Any]]:
