@@ -4,7 +4,7 @@ until every socket's frame is written, for N permessage-deflate sockets on loopb
 longest the loop is held meanwhile (the stall).
 
     python -m bench.hubsend [--sockets 1000] [--kills 200] [--rounds 2] [--baseline DIR]
-                            [--stall-kills 20] [--burst 10]
+                            [--stall-kills 20] [--burst 10] [--together 1]
 
 Each tree (this one, and `--baseline DIR`, e.g. /work/main) runs in a process of its own, the
 rounds alternating between them, so both see the same machine. The client ends of the sockets
@@ -60,7 +60,7 @@ def _load(killmails: Path) -> list[tuple[bytes, Any]]:
 
 
 async def _child(
-    sockets: int, kills: int, bodies: list[tuple[bytes, Any]], stall_kills: int, burst: int
+    sockets: int, kills: int, bodies: list[tuple[bytes, Any]], stall_kills: int, burst: int, together: int = 1
 ) -> dict[str, Any]:
     """Runs in the measured tree (on its sys.path): only killboard and the standard library."""
     from killboard.kill.topics import parse
@@ -111,37 +111,40 @@ async def _child(
                 await asyncio.sleep(0)  # the flush
 
     user = system = 0.0
-    received = 0
-    seq = 0
-    for seq in range(1, kills + 2):
-        body, facts = bodies[seq % len(bodies)]
+    received = seq = 0
+    for step in range(0, kills + together, together):
         before = resource.getrusage(resource.RUSAGE_THREAD)
-        hub.publish(seq, body, facts)
+        for _ in range(together):  # one kill, or a stored batch's kills handed over in one step
+            seq += 1
+            body, facts = bodies[seq % len(bodies)]
+            hub.publish(seq, body, facts)
         await delivered()
         after = resource.getrusage(resource.RUSAGE_THREAD)
-        if seq > 1:  # the first kill warms up (buffers, caches)
+        if step:  # the first warms up (buffers, caches)
             user += after.ru_utime - before.ru_utime
             system += after.ru_stime - before.ru_stime
         await asyncio.sleep(0.002)  # the kernel hands the bytes over
         got = await drain()
-        if seq > 1:
+        if step:
             received += got
-    deliveries = sockets * kills
+    deliveries = sockets * (seq - together)
 
-    async def stalled(count: int) -> float:
-        """The longest loop turn while `count` kills published in one step are delivered."""
+    async def stalled(count: int) -> tuple[float, float]:
+        """The longest loop turn while `count` kills published in one step are delivered, in ms:
+        wall time, and the loop thread's CPU time in it (on a loaded machine a turn's wall time
+        also counts the time the thread waited for a core)."""
         nonlocal seq
-        worst = 0.0
+        worst = worst_cpu = 0.0
         done = False
 
         async def probe() -> None:
-            nonlocal worst
-            last = time.perf_counter()
+            nonlocal worst, worst_cpu
+            last, last_cpu = time.perf_counter(), time.thread_time()
             while not done:
                 await asyncio.sleep(0)
-                now = time.perf_counter()
-                worst = max(worst, now - last)
-                last = now
+                now, cpu = time.perf_counter(), time.thread_time()
+                worst, worst_cpu = max(worst, now - last), max(worst_cpu, cpu - last_cpu)
+                last, last_cpu = now, cpu
 
         probing = asyncio.create_task(probe())
         await asyncio.sleep(0)
@@ -154,10 +157,11 @@ async def _child(
         await probing
         await asyncio.sleep(0.002)
         await drain()
-        return worst * 1000
+        return worst * 1000, worst_cpu * 1000
 
     stalls = [await stalled(1) for _ in range(stall_kills)]
     bursts = [await stalled(burst) for _ in range(3)] if burst else []
+    walls = sorted(wall for wall, _ in stalls)
     clients.stdin.write(b"q\n")
     await clients.wait()
     server.close()
@@ -167,9 +171,11 @@ async def _child(
         "user_us": user / deliveries * 1e6,
         "system_us": system / deliveries * 1e6,
         "written_direct": hub.direct_writes,
-        "stall_ms": max(stalls, default=0.0),
-        "stall_median_ms": sorted(stalls)[len(stalls) // 2] if stalls else 0.0,
-        "burst_stall_ms": max(bursts, default=0.0),
+        "stall_ms": max(walls, default=0.0),
+        "stall_median_ms": walls[len(walls) // 2] if walls else 0.0,
+        "stall_cpu_ms": max((cpu for _, cpu in stalls), default=0.0),
+        "burst_stall_ms": max((wall for wall, _ in bursts), default=0.0),
+        "burst_stall_cpu_ms": max((cpu for _, cpu in bursts), default=0.0),
     }
 
 
@@ -209,7 +215,9 @@ def _clients(port: int, sockets: int) -> None:
         client.close()
 
 
-def run_tree(root: Path, sockets: int, kills: int, stall_kills: int = 0, burst: int = 0) -> dict[str, Any]:
+def run_tree(
+    root: Path, sockets: int, kills: int, stall_kills: int = 0, burst: int = 0, together: int = 1
+) -> dict[str, Any]:
     """One measurement in a process running `root`'s killboard."""
     killmails = HERE.parent.parent / "tests" / "data" / "killmails"
     out = subprocess.run(
@@ -222,6 +230,7 @@ def run_tree(root: Path, sockets: int, kills: int, stall_kills: int = 0, burst: 
             str(killmails),
             str(stall_kills),
             str(burst),
+            str(together),
         ],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main) measured the same way")
     parser.add_argument("--stall-kills", type=int, default=20, help="kills published one at a time, probed")
     parser.add_argument("--burst", type=int, default=10, help="kills published in one step, probed (3 times)")
+    parser.add_argument("--together", type=int, default=1, help="kills published in one step, for the CPU figure")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     trees = [("this tree", HERE.parent.parent)]
@@ -254,22 +264,26 @@ def main(argv: list[str] | None = None) -> None:
             row = {
                 "name": name,
                 "round": round_ + 1,
-                **run_tree(root, args.sockets, args.kills, args.stall_kills, args.burst),
+                **run_tree(root, args.sockets, args.kills, args.stall_kills, args.burst, args.together),
             }
             row["seconds"] = time.monotonic() - started
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    print(f"{args.sockets:,} deflate sockets on loopback, {args.kills} real kills, load {os.getloadavg()}\n")
+    print(
+        f"{args.sockets:,} deflate sockets on loopback, {args.kills} real kills, {args.together} a step,"
+        f" load {os.getloadavg()}\n"
+    )
     print(
         "| tree | round | user µs a delivery | system µs a delivery | total"
-        f" | longest loop turn, one kill (median) ms | {args.burst} kills at once ms |"
+        f" | longest loop turn, one kill: wall (median) / CPU ms | {args.burst} kills at once: wall / CPU ms |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         total = r["user_us"] + r["system_us"]
         print(
             f"| {r['name']} | {r['round']} | {r['user_us']:.2f} | {r['system_us']:.2f} | {total:.2f}"
-            f" | {r['stall_ms']:.1f} ({r['stall_median_ms']:.1f}) | {r['burst_stall_ms']:.1f} |"
+            f" | {r['stall_ms']:.1f} ({r['stall_median_ms']:.1f}) / {r['stall_cpu_ms']:.1f}"
+            f" | {r['burst_stall_ms']:.1f} / {r['burst_stall_cpu_ms']:.1f} |"
         )
     if args.json is not None:
         args.json.write_text(json.dumps({"rows": rows, "load": os.getloadavg()}, indent=1))
@@ -281,7 +295,7 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--child":
         sys.path.insert(0, os.getcwd())
         loaded = _load(Path(sys.argv[4]))
-        counts = [int(a) for a in sys.argv[2:4] + sys.argv[5:7]]
-        print(json.dumps(asyncio.run(_child(counts[0], counts[1], loaded, counts[2], counts[3]))))
+        counts = [int(a) for a in sys.argv[2:4] + sys.argv[5:8]]
+        print(json.dumps(asyncio.run(_child(counts[0], counts[1], loaded, *counts[2:]))))
     else:
         main()
