@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType
-from conftest import AUTH, settle
+from conftest import AUTH, settle, until
 
 from killboard.web.keys import hub_key
 
@@ -85,3 +85,49 @@ async def test_a_writer_writes_what_is_due_for_the_flush_before_its_own_frames(m
     msg = await second.receive(timeout=5)
     assert msg.type is WSMsgType.CLOSE and msg.data == WSCloseCode.POLICY_VIOLATION, msg
     await first.close()
+
+
+async def test_a_socket_that_unsubscribes_during_a_sliced_delivery_gets_no_kill_after_the_ack(
+    make_client: Any, killmails: list[dict[str, Any]]
+) -> None:
+    """Kills queued for the delivery task were matched when published; a socket that
+    unsubscribes before the task reaches it gets none of them after its "unsubscribed" (the
+    task looks its sockets up again), while the others get every kill."""
+    client = await make_client(batch_size=50)
+    hub = client.server.app[hub_key]
+    hub.send_slice, hub.flush_slice = 2, 2
+    sockets = [await client.ws_connect("/ws") for _ in range(12)]
+    for ws in sockets:
+        await ws.send_str(SUB)
+        assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
+    subs = list(hub._subscribers.values())
+    leaving = subs[-1]
+    publish = hub.publish
+
+    def then_unsubscribe(*args: Any, **kwargs: Any) -> int:
+        sent = publish(*args, **kwargs)
+        if leaving.channels:  # in the same step as the first kill's publish, as ws.py would
+            [condition] = leaving.channels
+            hub.unsubscribe(leaving, condition)
+            hub.send_json(leaving, {"action": "unsubscribed", "channels": ["kills"]})
+        return sent
+
+    hub.publish = then_unsubscribe
+    batch = sorted(killmails, key=lambda km: len(json.dumps(km)))[:4]
+    resp = await client.post("/api/killmails", data=json.dumps(batch), headers=AUTH)
+    assert resp.status == 202
+    await settle(client)
+    for ws in sockets[:-1]:
+        kills = [(await ws.receive_json(timeout=10))["action"] for _ in batch]
+        assert kills == ["kill"] * len(batch)
+    gone = sockets[-1]
+    assert (await gone.receive_json(timeout=5))["action"] == "unsubscribed"
+
+    async def delivered() -> bool:
+        return not (hub._late or hub._due)
+
+    await until(delivered)
+    await hub.put(leaving, b'{"action":"marker"}')  # through its writer, after anything due
+    assert (await gone.receive_json(timeout=5)) == {"action": "marker"}, "a kill came after the ack"
+    for ws in sockets:
+        await ws.close()
