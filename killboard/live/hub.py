@@ -13,6 +13,13 @@ loop (`_flush`, one write or writelines per socket however many kills were due).
 encoded once and the same bytes go to every subscriber of a kind: each variant (names in the
 languages a socket asked for, plain or permessage-deflated: killboard/live/wire.py) is made once
 per kill, and its frame header is put in front of it once for all its sockets (`_wire`).
+
+However many sockets subscribe, no step of the loop does more than a slice of the work: publish
+gives at most SEND_SLICE sockets their frame in a step (the rest of a kill, and every kill behind
+it, wait in `_late` for the one delivery task, which goes on SEND_SLICE sockets a step), and the
+flush writes FLUSH_SLICE sockets (FLUSH_BYTES) a step. A socket's frames stay in order: a kill
+queued is delivered whole before the next, and a writer task writes its socket's pending frames
+before anything of its own.
 """
 
 from __future__ import annotations
