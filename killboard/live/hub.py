@@ -74,6 +74,12 @@ FLUSH_SLICE = 500
 FLUSH_BYTES = 1024 * 1024
 # Plain frames with every language: what a socket takes that asked for no lang and no deflate.
 PLAIN: tuple[Langs, int] = (None, 0)
+# What a queued kill whose sockets are not looked up yet counts toward LATE_MAX_BYTES: a body
+# and its variants, about.
+UNMATCHED_BYTES = 32 * 1024
+# Sockets' worth of lookups (match and group: set operations in C, ~50 ns a socket) the delivery
+# task does for queued kills in one step.
+MATCH_SLICE = 32 * SEND_SLICE
 
 
 @dataclass(eq=False, slots=True)
@@ -82,11 +88,12 @@ class Queued:
     when large), its sockets by variant, and how far its delivery in slices has got."""
 
     kill: KillVariants
-    groups: list[tuple[tuple[Langs, int], list[Subscriber]]]
+    # None: its sockets not looked up yet (queued behind others: the task does it, in steps).
+    groups: list[tuple[tuple[Langs, int], list[Subscriber]]] | None
     facts: KillFacts
-    nbytes: int  # what it holds: its body, and a pointer per socket
-    plain: bool  # some of its sockets take the plain frame with every language
-    stamp: int  # Hub.changes when it was published
+    nbytes: int  # what it holds: its body, and a pointer per socket (a guess until looked up)
+    plain: bool  # some of its sockets take the plain frame with every language (or not known)
+    stamp: int  # Hub.changes when its sockets were looked up (-1: look again, check Delivered)
     group: int = 0  # the group being delivered, and the next socket in it
     pos: int = 0
 
@@ -469,6 +476,12 @@ class Hub:
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)
+        if self._late and (self._late_plain or PLAIN not in self._by_variant):
+            # Behind a queued kill, whole (no socket of it could get it now): its sockets are
+            # looked up by the delivery task, so a stored batch of many kills handed over in one
+            # step does not hold the loop for a lookup of every socket per kill. Counted then.
+            self._queue(Queued(KillVariants(seq, body, self._deflate_level, decoded), None, facts, 0, True, -1))
+            return 0
         targets = self._index.match(facts)
         if not targets:
             return 0
@@ -536,14 +549,14 @@ class Hub:
                 self.variants_made += kill.made
                 return sent
             _make_all([(kill, key) for key in groups])  # small: made now, the slices follow
-        entry = Queued(
-            kill,
-            [(key, list(subs)) for key, subs in groups.items()],
-            facts,
-            size + 8 * count,
-            PLAIN in groups,
-            self.changes,
-        )
+        groups_list = [(key, list(subs)) for key, subs in groups.items()]
+        self._queue(Queued(kill, groups_list, facts, size + 8 * count, PLAIN in groups, self.changes))
+        return count
+
+    def _queue(self, entry: Queued) -> None:
+        """A kill to the delivery task's queue (started if need be)."""
+        if entry.groups is None:
+            entry.nbytes = UNMATCHED_BYTES
         self._late.append(entry)
         self._late_bytes += entry.nbytes
         self._late_plain += entry.plain
@@ -554,6 +567,22 @@ class Hub:
                 self._pump(self.send_slice, make=True)
         if self._deflater is None or self._deflater.done():
             self._deflater = asyncio.create_task(self._make_late(), name="hub-variants")
+
+    def _look_up(self, entry: Queued) -> int:
+        """A queued kill's sockets, looked up now (it was queued before they were); returns them.
+        Its stamp says to check each socket's Delivered: one that subscribed with `since` after
+        the kill was stored may have had it from its replay already."""
+        targets = self._index.match(entry.facts)
+        groups = self._group(targets) if targets else {}
+        entry.groups = [(key, list(subs)) for key, subs in groups.items()]
+        count = len(targets)
+        nbytes = (len(entry.kill.body()) if count else 0) + 8 * count
+        self._late_bytes += nbytes - entry.nbytes
+        entry.nbytes = nbytes
+        if PLAIN not in groups:
+            entry.plain = False
+            self._late_plain -= 1
+        self.deliveries += count
         return count
 
     async def _make_late(self) -> None:
@@ -564,6 +593,13 @@ class Hub:
         `_late` until every socket has it, so no kill published meanwhile overtakes it."""
         loop = asyncio.get_running_loop()
         while self._late:
+            looked = 0
+            for entry in list(self._late):
+                if entry.groups is None:
+                    looked += self._look_up(entry) + 1
+                    if looked >= MATCH_SLICE:
+                        await asyncio.sleep(0)  # a step's worth of lookups
+                        looked = 0
             batch = list(self._late)
             if len(batch) > BURST:
                 # A backlog being caught up (an ingest burst) rather than the live feed: the CPU
@@ -571,11 +607,13 @@ class Hub:
                 for entry in batch:
                     if not entry.group and not entry.pos:
                         entry.kill.level = 1
-            todo = [(e.kill, key) for e in batch for key, _ in e.groups if not e.kill.has(*key)]
+            todo = [(e.kill, key) for e in batch for key, _ in e.groups or () if not e.kill.has(*key)]
             if todo:
                 await loop.run_in_executor(None, _make_all, todo)
             while self._late:
-                if not self._pump(self.send_slice):
+                # Not more than a few flush steps ahead: frames piling up in `pending` faster
+                # than the flush writes them would end in writes of a socket's whole budget.
+                if len(self._due) <= 4 * self.flush_slice and not self._pump(self.send_slice):
                     break  # a kill queued since needs its variants: the thread first
                 await asyncio.sleep(0)  # the loop's other work, and the flush, between steps
 
@@ -592,12 +630,16 @@ class Hub:
         while late and room > 0 and space > 0:
             entry = late[0]
             kill = entry.kill
-            if not make and not all(kill.has(*key) for key, _ in entry.groups[entry.group :]):
+            if entry.groups is None:
+                room -= self._look_up(entry) // 32
+            groups = entry.groups
+            assert groups is not None
+            if not make and not all(kill.has(*key) for key, _ in groups[entry.group :]):
                 return did
             did = True
             wanted = None if entry.stamp == self.changes else self._index.match(entry.facts)
-            while entry.group < len(entry.groups) and room > 0 and space > 0:
-                (langs, bits), subs = entry.groups[entry.group]
+            while entry.group < len(groups) and room > 0 and space > 0:
+                (langs, bits), subs = groups[entry.group]
                 frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
                 take = min(room, len(subs) - entry.pos, max(1, space // max(1, len(frame))))
                 end = entry.pos + take
@@ -609,7 +651,7 @@ class Hub:
                     entry.pos = end
                 else:
                     entry.group, entry.pos = entry.group + 1, 0
-            if entry.group < len(entry.groups):
+            if entry.group < len(groups):
                 break
             late.popleft()
             self._late_bytes -= entry.nbytes
@@ -737,8 +779,10 @@ class Hub:
         if not keep_queued:
             sub.pending, sub.pending_bytes = None, 0  # a dropped client's frames are not sent
         sub.close_code, sub.close_message = code, message
-        while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
-            sub.outbox.get_nowait()
+        if not keep_queued:
+            sub.outbox.clear()  # at once: a full outbox taken one by one was ~350 us a socket
+        elif sub.outbox.full():
+            sub.outbox.get_nowait()  # room for the close request
         sub.outbox.put_nowait(None)  # (also wakes a replay waiting for room: it sees the drop)
         # A writer stuck sending to a peer that stopped reading never reaches the close request.
         asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub)

@@ -103,6 +103,12 @@ class Outbox:
         self._wake()
         return item
 
+    def clear(self) -> None:
+        """Drop every queued frame (a client being dropped): one step, not a pop per frame."""
+        self._items = []
+        self.nbytes = 0
+        self._wake()
+
     async def get(self) -> bytes | None:
         while not self._items:
             await self.changed()
