@@ -383,9 +383,13 @@ class Hub:
             # is_closing() returns, and `_closed` what the WebSocketResponse's `closed` does;
             # read as attributes, not two Python calls a socket (~15% of the flush's Python).
             if (
-                sock is None or type(pending) is not bytes or sub.unsent or sub.ws._closed or sub.transport._closing  # type: ignore[union-attr]
+                sock is None  # not asyncio's own transport: _write_pending uses its methods
+                or type(pending) is not bytes
+                or sub.unsent
+                or sub.ws._closed
+                or sub.transport._closing  # type: ignore[union-attr]
             ):
-                self._write_pending(sub)
+                self._write_pending(sub)  # (which writes nothing to a closing socket)
                 continue
             # _write_pending's common case written out: one frame, all taken by the kernel.
             try:
