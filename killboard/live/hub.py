@@ -30,7 +30,6 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from contextlib import suppress
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -40,6 +39,20 @@ from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
 from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
+from .slices import (
+    BURST,
+    DELIVER_SLICE,
+    FLUSH_BYTES,
+    FLUSH_SLICE,
+    LATE_MAX_BYTES,
+    MATCH_SLICE,
+    PLAIN,
+    SEND_SLICE,
+    UNMATCHED_BYTES,
+    WHOLE_LATE_BYTES,
+    Queued,
+    make_all,
+)
 from .subscriber import Delivered, Outbox, Subscriber, idle, pend, raw_socket, send_frames
 from .wire import (
     OFFLOAD_BYTES,
@@ -51,51 +64,6 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
-
-# Plain frames waiting for their deflated variants, at most; past it the loop deflates itself.
-LATE_MAX_BYTES = 16 * 1024 * 1024
-# A late kill's frames written to sockets between two turns of the loop.
-DELIVER_SLICE = 4 * 1024 * 1024
-# Kills this large (fleet fights: a 3,000-attacker kill is 2.8 MB) go late to plain sockets
-# wanting every language too, so their delivery is sliced; smaller ones are written to those
-# at once, as before (a thread hop would only add latency).
-WHOLE_LATE_BYTES = 256 * 1024
-# More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
-# feed (~0.2 kills/s on average, a few a second at peaks).
-BURST = 8
-# Sockets given a kill frame in one step of the loop (publish, or a step of the delivery task):
-# ~1-2 us of Python each, so a step stays a few ms however many sockets subscribe (10,000 at
-# once held the loop ~15 ms per kill, and a stored batch hands over many kills in one step).
-SEND_SLICE = 2000
-# Sockets written in one step of the flush (a send() each, ~5-10 us of the kernel's work: 10,000
-# at once held the loop ~60-100 ms), and bytes written in one step at most (a burst's 4 MB of
-# loopback sends took ~13 ms of the loop thread's CPU, 1 MB ~3.5 ms).
-FLUSH_SLICE = 500
-FLUSH_BYTES = 1024 * 1024
-# Plain frames with every language: what a socket takes that asked for no lang and no deflate.
-PLAIN: tuple[Langs, int] = (None, 0)
-# What a queued kill whose sockets are not looked up yet counts toward LATE_MAX_BYTES: a body
-# and its variants, about.
-UNMATCHED_BYTES = 32 * 1024
-# Sockets' worth of lookups (match and group: set operations in C, ~50 ns a socket) the delivery
-# task does for queued kills in one step.
-MATCH_SLICE = 32 * SEND_SLICE
-
-
-@dataclass(eq=False, slots=True)
-class Queued:
-    """A kill waiting for the delivery task (`Hub._make_late`): its variants (made in a thread
-    when large), its sockets by variant, and how far its delivery in slices has got."""
-
-    kill: KillVariants
-    # None: its sockets not looked up yet (queued behind others: the task does it, in steps).
-    groups: list[tuple[tuple[Langs, int], list[Subscriber]]] | None
-    facts: KillFacts
-    nbytes: int  # what it holds: its body, and a pointer per socket (a guess until looked up)
-    plain: bool  # some of its sockets take the plain frame with every language (or not known)
-    stamp: int  # Hub.changes when its sockets were looked up (-1: look again, check Delivered)
-    group: int = 0  # the group being delivered, and the next socket in it
-    pos: int = 0
 
 
 class Hub:
@@ -552,7 +520,7 @@ class Hub:
                 sent = self._deliver(kill, groups, facts)
                 self.variants_made += kill.made
                 return sent
-            _make_all([(kill, key) for key in groups])  # small: made now, the slices follow
+            make_all([(kill, key) for key in groups])  # small: made now, the slices follow
         groups_list = [(key, list(subs)) for key, subs in groups.items()]
         self._queue(Queued(kill, groups_list, facts, size + 8 * count, PLAIN in groups, self.changes))
         return count
@@ -613,7 +581,7 @@ class Hub:
                         entry.kill.level = 1
             todo = [(e.kill, key) for e in batch for key, _ in e.groups or () if not e.kill.has(*key)]
             if todo:
-                await loop.run_in_executor(None, _make_all, todo)
+                await loop.run_in_executor(None, make_all, todo)
             while self._late:
                 # Not more than a few flush steps ahead: frames piling up in `pending` faster
                 # than the flush writes them would end in writes of a socket's whole budget.
@@ -845,14 +813,6 @@ class Hub:
         if stuck:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
-
-
-def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
-    for kill, (langs, bits) in todo:
-        if bits:
-            kill.deflated(langs, bits)
-        else:
-            kill.frame(langs)
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:
