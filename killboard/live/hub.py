@@ -13,6 +13,13 @@ loop (`_flush`, one write or writelines per socket however many kills were due).
 encoded once and the same bytes go to every subscriber of a kind: each variant (names in the
 languages a socket asked for, plain or permessage-deflated: killboard/live/wire.py) is made once
 per kill, and its frame header is put in front of it once for all its sockets (`_wire`).
+
+However many sockets subscribe, no step of the loop does more than a slice of the work: publish
+gives at most SEND_SLICE sockets their frame in a step (the rest of a kill, and every kill behind
+it, wait in `_late` for the one delivery task, which goes on SEND_SLICE sockets a step), and the
+flush writes FLUSH_SLICE sockets (FLUSH_BYTES) a step. A socket's frames stay in order: a kill
+queued is delivered whole before the next, and a writer task writes its socket's pending frames
+before anything of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncio
 import logging
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from functools import partial
 from typing import Any
@@ -32,6 +39,20 @@ from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
 from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
+from .slices import (
+    BURST,
+    DELIVER_SLICE,
+    FLUSH_BYTES,
+    FLUSH_SLICE,
+    LATE_MAX_BYTES,
+    MATCH_SLICE,
+    PLAIN,
+    SEND_SLICE,
+    UNMATCHED_BYTES,
+    WHOLE_LATE_BYTES,
+    Queued,
+    make_all,
+)
 from .subscriber import Delivered, Outbox, Subscriber, idle, pend, raw_socket, send_frames
 from .wire import (
     OFFLOAD_BYTES,
@@ -43,18 +64,6 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
-
-# Plain frames waiting for their deflated variants, at most; past it the loop deflates itself.
-LATE_MAX_BYTES = 16 * 1024 * 1024
-# A late kill's frames written to sockets between two turns of the loop.
-DELIVER_SLICE = 4 * 1024 * 1024
-# Kills this large (fleet fights: a 3,000-attacker kill is 2.8 MB) go late to plain sockets
-# wanting every language too, so their delivery is sliced; smaller ones are written to those
-# at once, as before (a thread hop would only add latency).
-WHOLE_LATE_BYTES = 256 * 1024
-# More kills than this waiting for deflate at once is a burst (a backlog caught up), not a live
-# feed (~0.2 kills/s on average, a few a second at peaks).
-BURST = 8
 
 
 class Hub:
@@ -94,10 +103,24 @@ class Hub:
         # Frames made for live kills (each variant of each kill counts once): bounded per kill
         # by the canonical variants, whatever the clients ask for.
         self.variants_made = 0
-        # Kills waiting for their variants (made in a thread), in publish order: a
-        # socket gets its kills in seq order, so a small kill never overtakes a large one.
-        self._late: deque[tuple[KillVariants, dict[tuple[Langs, int], list[Subscriber]], KillFacts]] = deque()
+        # Kills waiting for the delivery task (their variants made in a thread, or more sockets
+        # than one step may write), in publish order: a socket gets its kills in seq order, so
+        # no kill overtakes one queued here. `_late_plain`: those of them with plain sockets.
+        self._late: deque[Queued] = deque()
         self._late_bytes = 0
+        self._late_plain = 0
+        # Every socket by the kind of frame it takes (Subscriber.variant): a kill's sockets are
+        # grouped with set intersections, not a Python step per socket.
+        self._by_variant: dict[tuple[Langs, int], set[Subscriber]] = {}
+        # Sockets per step (SEND_SLICE, FLUSH_SLICE); sockets given a frame by publish since the
+        # current step began (`_counting`: a callback that ends the count is scheduled).
+        self.send_slice = SEND_SLICE
+        self.flush_slice = FLUSH_SLICE
+        self._sent_now = 0
+        self._counting = False
+        # Bumped when a socket unsubscribes, goes, or begins or ends a replay: a queued kill
+        # published before that looks up again who still wants it (else its sockets as matched).
+        self.changes = 0
         self._deflater: asyncio.Task[None] | None = None
         # Sockets with frames in `pending`, written by `_flush` (scheduled once per turn).
         self._due: list[Subscriber] = []
@@ -169,11 +192,13 @@ class Hub:
                 sub.sock = None
         self.sockets.add(ws)
         self._subscribers[ws] = sub
+        self._by_variant.setdefault(sub.variant, set()).add(sub)
         sub.writer = asyncio.create_task(self._write(sub), name="ws-writer")
         return sub
 
     async def detach(self, sub: Subscriber) -> None:
         """Forget a socket whose handler is ending; stop its writer."""
+        self.changes += 1
         for condition in sub.channels:
             self._index.remove(condition, sub)
         sub.channels.clear()
@@ -181,6 +206,11 @@ class Hub:
         sub.held, sub.held_bytes = None, 0
         self._subscribers.pop(sub.ws, None)
         self.sockets.discard(sub.ws)
+        kind = self._by_variant.get(sub.variant)
+        if kind is not None:
+            kind.discard(sub)
+            if not kind:
+                del self._by_variant[sub.variant]
         if sub.writer is not None and not sub.writer.done():
             sub.writer.cancel()
             with suppress(asyncio.CancelledError):
@@ -213,6 +243,7 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber, condition: Condition) -> None:
         if condition in sub.channels:
+            self.changes += 1
             sub.channels.discard(condition)
             sub.sub_bytes -= MEMBERSHIP_BYTES + condition_bytes(condition)
             self._index.remove(condition, sub)
@@ -221,6 +252,12 @@ class Hub:
         """Keep this socket's live kills back (a replay is about to run) instead of sending them."""
         if sub.held is None:
             sub.held = deque()
+            self.changes += 1
+
+    def release(self, sub: Subscriber) -> None:
+        """A replay has handed over: live kills go to the socket again."""
+        sub.held, sub.held_bytes = None, 0
+        self.changes += 1
 
     def held_bytes(self, sub: Subscriber) -> int:
         """What one socket holds now: its outbox, its held live kills and its transport's unsent
@@ -288,38 +325,58 @@ class Hub:
         return wire
 
     def _flush(self) -> None:
-        """Write every due socket's pending frames to its transport: one call per socket per
-        turn, of bytes shared by all sockets (uvloop's writelines is a writev: no copy). A socket
-        that closed meanwhile gets nothing (no frame may follow a close frame)."""
-        due, self._due = self._due, []
+        """Write due sockets' pending frames to their transports: one call per socket per turn,
+        of bytes shared by all sockets (uvloop's writelines is a writev: no copy). At most
+        `flush_slice` sockets and FLUSH_BYTES a step: the rest in the next step, after whatever
+        else the loop has to do (10,000 sockets in one step held it ~100 ms). A socket that
+        closed meanwhile gets nothing (no frame may follow a close frame)."""
+        due = self._due
+        if len(due) > self.flush_slice:
+            due, self._due = due[: self.flush_slice], due[self.flush_slice :]
+            asyncio.get_running_loop().call_soon(self._flush)  # the rest, next step
+        else:
+            self._due = []
         self._framed = None
-        for sub in due:
+        written = writes = 0
+        for i, sub in enumerate(due):
             pending = sub.pending
-            if pending is None:  # dropped meanwhile
+            if pending is None:  # dropped, or written by its writer task meanwhile
                 continue
-            sock, transport = sub.sock, sub.transport
+            if written >= FLUSH_BYTES:  # large frames: the rest next step, in the same order
+                self._later(due[i:])
+                break
+            written += sub.pending_bytes
+            sock = sub.sock
+            # With a socket, the transport is asyncio's own (raw_socket): its `_closing` is what
+            # is_closing() returns, and `_closed` what the WebSocketResponse's `closed` does;
+            # read as attributes, not two Python calls a socket (~15% of the flush's Python).
             if (
-                sock is None
-                or transport is None
+                sock is None  # not asyncio's own transport: _write_pending uses its methods
                 or type(pending) is not bytes
                 or sub.unsent
-                or sub.ws.closed
-                or transport.is_closing()
+                or sub.ws._closed
+                or sub.transport._closing  # type: ignore[union-attr]
             ):
-                self._write_pending(sub)
+                self._write_pending(sub)  # (which writes nothing to a closing socket)
                 continue
             # _write_pending's common case written out: one frame, all taken by the kernel.
             try:
                 sent = sock.send(pending)
             except OSError:
                 sent = 0
-            self.transport_writes += 1
             if sent == len(pending):
                 sub.pending, sub.pending_bytes = None, 0
+                writes += 1
             else:  # the rest (or the error) through the transport, as _write_pending does
                 sub.pending = pending[sent:]
-                self.transport_writes -= 1
                 self._write_pending(sub)
+        self.transport_writes += writes
+
+    def _later(self, subs: list[Subscriber]) -> None:
+        """Sockets the flush leaves for its next step, ahead of those due since."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._due[:0] = subs
 
     def _write_pending(self, sub: Subscriber) -> None:
         pending = sub.pending
@@ -391,28 +448,27 @@ class Hub:
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)
+        if self._late and (self._late_plain or PLAIN not in self._by_variant):
+            # Behind a queued kill, whole (no socket of it could get it now): its sockets are
+            # looked up by the delivery task, so a stored batch of many kills handed over in one
+            # step does not hold the loop for a lookup of every socket per kill. Counted then.
+            self._queue(Queued(KillVariants(seq, body, self._deflate_level, decoded), None, facts, 0, True, -1))
+            return 0
         targets = self._index.match(facts)
         if not targets:
             return 0
         # Each variant (languages x plain or a deflate window) is made once, for all its sockets;
         # sockets ask only for canonical variants (langs.covering), so a kill has a few at most.
         kill = KillVariants(seq, body, self._deflate_level, decoded)
-        groups: dict[tuple[Langs, int], list[Subscriber]] = {}
+        groups = self._group(targets)
+        size = len(kill.body())
         sent = 0
-        # A fleet fight (or any kill behind one still waiting) goes out from `_make_late`, to
-        # every kind of socket: in slices, so the loop is never held for all of them at once.
-        later = len(kill.body()) >= WHOLE_LATE_BYTES or any((None, 0) in groups for _, groups, _ in self._late)
-        plain: list[Subscriber] = []
-        for sub in targets:
-            if later or sub.deflate or sub.lang is not None:
-                # Not setdefault(key, []), which makes a list and a key per socket per kill.
-                group = groups.get(sub.variant)
-                if group is None:
-                    group = groups[sub.variant] = []
-                group.append(sub)
-            else:
-                plain.append(sub)
-        if plain:
+        # Plain sockets wanting every language need nothing made: they get the kill now, unless
+        # it is a fleet fight (sent in slices, from the delivery task), a kill queued there has
+        # plain sockets too (no overtaking), or this step has given out its frames already.
+        plain = groups.get(PLAIN)
+        if plain is not None and size < WHOLE_LATE_BYTES and not self._late_plain and self._room(len(plain)):
+            del groups[PLAIN]
             sent += self._send_all(plain, seq, kill.frame(None), facts)
         if groups:
             sent += self._publish_variants(kill, groups, facts)
@@ -421,72 +477,164 @@ class Hub:
         self.deliveries += sent
         return sent
 
+    def _group(self, targets: set[Subscriber]) -> dict[tuple[Langs, int], Collection[Subscriber]]:
+        """A kill's sockets by the kind of frame they take, with set intersections (C), not a
+        Python step per socket; when every socket takes the same kind, the set as it is."""
+        by_variant = self._by_variant
+        if len(by_variant) == 1:
+            return dict.fromkeys(by_variant, targets)
+        groups: dict[tuple[Langs, int], Collection[Subscriber]] = {}
+        for key, members in by_variant.items():
+            group = targets & members
+            if group:
+                groups[key] = group
+        return groups
+
+    def _room(self, sockets: int) -> bool:
+        """Whether publish may give `sockets` more sockets their frame in this step of the loop
+        (at most `send_slice` a step); else the kill goes to the delivery task, in slices."""
+        if not self._counting:
+            self._counting, self._sent_now = True, 0
+            asyncio.get_running_loop().call_soon(self._step_over)
+        if self._sent_now + sockets > self.send_slice:
+            return False
+        self._sent_now += sockets
+        return True
+
+    def _step_over(self) -> None:
+        self._counting = False
+
     def _publish_variants(
-        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
+        self, kill: KillVariants, groups: dict[tuple[Langs, int], Collection[Subscriber]], facts: KillFacts
     ) -> int:
-        """Make a small kill's other variants here and send them at once; a large one's (or any
-        kill's behind one still in the thread) wait their turn in `_late`, made in a thread: a
+        """Send a small kill's other variants at once, made here, when this step has room for
+        its sockets; else (or for a large one, or any kill behind one queued) the kill waits its
+        turn in `_late` for the delivery task: a large kill's variants are made in a thread (a
         language variant of a fleet fight is ~12 ms of decode, filter and encode, a deflate as
-        much, and nine of each would hold the loop for a quarter of a second. Returns the
-        sockets it is meant for."""
+        much, and nine of each would hold the loop for a quarter of a second), and its sockets
+        are given their frame in slices. Returns the sockets it is meant for."""
         size = len(kill.body())
+        count = sum(map(len, groups.values()))
         if not self._late and size < OFFLOAD_BYTES:
-            sent = self._deliver(kill, groups, facts)
-            self.variants_made += kill.made
-            return sent
-        self._late.append((kill, groups, facts))
-        self._late_bytes += size
+            if self._room(count):
+                sent = self._deliver(kill, groups, facts)
+                self.variants_made += kill.made
+                return sent
+            make_all([(kill, key) for key in groups])  # small: made now, the slices follow
+        groups_list = [(key, list(subs)) for key, subs in groups.items()]
+        self._queue(Queued(kill, groups_list, facts, size + 8 * count, PLAIN in groups, self.changes))
+        return count
+
+    def _queue(self, entry: Queued) -> None:
+        """A kill to the delivery task's queue (started if need be)."""
+        if entry.groups is None:
+            entry.nbytes = UNMATCHED_BYTES
+        self._late.append(entry)
+        self._late_bytes += entry.nbytes
+        self._late_plain += entry.plain
         if self._late_bytes > LATE_MAX_BYTES and len(self._late) > 1:
-            # The thread is not keeping up: make this one on the loop (slowing the producer)
-            # instead of holding ever more kills.
-            _make_all([(kill, key) for key in groups])
+            # The task is not keeping up (the thread's deflate, or the sockets' writes): the
+            # oldest kills are delivered now (slowing the producer) instead of holding ever more.
+            while self._late_bytes > LATE_MAX_BYTES // 2 and len(self._late) > 1:
+                self._pump(self.send_slice, make=True)
         if self._deflater is None or self._deflater.done():
             self._deflater = asyncio.create_task(self._make_late(), name="hub-variants")
-        return sum(len(subs) for subs in groups.values())
+
+    def _look_up(self, entry: Queued) -> int:
+        """A queued kill's sockets, looked up now (it was queued before they were); returns them.
+        Its stamp says to check each socket's Delivered: one that subscribed with `since` after
+        the kill was stored may have had it from its replay already."""
+        targets = self._index.match(entry.facts)
+        groups = self._group(targets) if targets else {}
+        entry.groups = [(key, list(subs)) for key, subs in groups.items()]
+        count = len(targets)
+        nbytes = (len(entry.kill.body()) if count else 0) + 8 * count
+        self._late_bytes += nbytes - entry.nbytes
+        entry.nbytes = nbytes
+        if PLAIN not in groups:
+            entry.plain = False
+            self._late_plain -= 1
+        self.deliveries += count
+        return count
 
     async def _make_late(self) -> None:
-        """Make the waiting kills' variants in one thread hop (zlib releases the GIL; decode and
-        encode hold it, but the loop still gets its turn every switch interval), then send them
-        in publish order to the sockets that still want them. A kill stays first in `_late`
-        until every socket has it, so no kill published meanwhile overtakes it."""
+        """Deliver the queued kills in publish order: make their variants in one thread hop
+        (zlib releases the GIL; decode and encode hold it, but the loop still gets its turn
+        every switch interval), then give their sockets their frames `send_slice` sockets and
+        DELIVER_SLICE bytes a step, letting the loop run between steps. A kill stays first in
+        `_late` until every socket has it, so no kill published meanwhile overtakes it."""
         loop = asyncio.get_running_loop()
         while self._late:
+            looked = 0
+            for entry in list(self._late):
+                if entry.groups is None:
+                    looked += self._look_up(entry) + 1
+                    if looked >= MATCH_SLICE:
+                        await asyncio.sleep(0)  # a step's worth of lookups
+                        looked = 0
             batch = list(self._late)
             if len(batch) > BURST:
                 # A backlog being caught up (an ingest burst) rather than the live feed: the CPU
                 # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
-                for kill, _, _ in batch:
-                    kill.level = 1
-            todo = [(kill, key) for kill, groups, _ in batch for key in groups if not kill.has(*key)]
+                for entry in batch:
+                    if not entry.group and not entry.pos:
+                        entry.kill.level = 1
+            todo = [(e.kill, key) for e in batch for key, _ in e.groups or () if not e.kill.has(*key)]
             if todo:
-                await loop.run_in_executor(None, _make_all, todo)
-            for kill, groups, facts in batch:
-                await self._deliver_sliced(kill, groups, facts)
-                self._late.popleft()
-                self._late_bytes -= len(kill.body())
-                self.variants_made += kill.made
+                await loop.run_in_executor(None, make_all, todo)
+            while self._late:
+                # Not more than a few flush steps ahead: frames piling up in `pending` faster
+                # than the flush writes them would end in writes of a socket's whole budget.
+                if len(self._due) <= 4 * self.flush_slice and not self._pump(self.send_slice):
+                    break  # a kill queued since needs its variants: the thread first
+                await asyncio.sleep(0)  # the loop's other work, and the flush, between steps
 
-    async def _deliver_sliced(
-        self, kill: KillVariants, groups: dict[tuple[Langs, int], list[Subscriber]], facts: KillFacts
-    ) -> None:
-        """`_deliver` after the thread hop, letting the loop run after every DELIVER_SLICE bytes
-        written: 254 sockets of a 3,000-attacker kill are 300-700 MB of writes."""
-        # Who still matches, looked up once (not each socket's channels one by one); again
-        # after every pause, when sockets may have gone or unsubscribed.
-        wanted = self._index.match(facts)
-        for (langs, bits), subs in groups.items():
-            frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            step = max(1, DELIVER_SLICE // max(1, len(frame)))  # sockets a slice
-            for start in range(0, len(subs), step):
-                if start:
-                    await asyncio.sleep(0)
-                    wanted = self._index.match(facts)
-                self._send_all(subs[start : start + step] if step < len(subs) else subs, kill.seq, frame, facts, wanted)
+    def _pump(self, sockets: int, make: bool = False) -> bool:
+        """One step of the delivery task: the queued kills' frames to at most `sockets` sockets
+        and DELIVER_SLICE bytes, in order. Stops early at a kill whose variants are not made
+        (unless `make`: then made here). Returns whether it did anything (False: the task must
+        make variants first). Whether a socket still wants a kill is looked up once a step (the
+        index, not each socket's channels): it may have gone or unsubscribed since the kill
+        was published, or had the kill from a replay (only if some socket did any of that
+        since: `changes`)."""
+        late = self._late
+        room, space, did = sockets, DELIVER_SLICE, False
+        while late and room > 0 and space > 0:
+            entry = late[0]
+            kill = entry.kill
+            if entry.groups is None:
+                room -= self._look_up(entry) // 32
+            groups = entry.groups
+            assert groups is not None
+            if not make and not all(kill.has(*key) for key, _ in groups[entry.group :]):
+                return did
+            did = True
+            wanted = None if entry.stamp == self.changes else self._index.match(entry.facts)
+            while entry.group < len(groups) and room > 0 and space > 0:
+                (langs, bits), subs = groups[entry.group]
+                frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
+                take = min(room, len(subs) - entry.pos, max(1, space // max(1, len(frame))))
+                end = entry.pos + take
+                part = subs[entry.pos : end] if take < len(subs) else subs
+                self._send_all(part, kill.seq, frame, entry.facts, wanted)
+                room -= take
+                space -= take * len(frame)
+                if end < len(subs):
+                    entry.pos = end
+                else:
+                    entry.group, entry.pos = entry.group + 1, 0
+            if entry.group < len(groups):
+                break
+            late.popleft()
+            self._late_bytes -= entry.nbytes
+            self._late_plain -= entry.plain
+            self.variants_made += kill.made
+        return did
 
     def _deliver(
         self,
         kill: KillVariants,
-        groups: dict[tuple[Langs, int], list[Subscriber]],
+        groups: dict[tuple[Langs, int], Collection[Subscriber]],
         facts: KillFacts,
     ) -> int:
         """A small kill's frames to its sockets, at once (made here if need be)."""
@@ -498,7 +646,7 @@ class Hub:
 
     def _send_all(
         self,
-        subs: list[Subscriber],
+        subs: Collection[Subscriber],
         seq: int,
         frame: bytes,
         facts: KillFacts,
@@ -526,14 +674,12 @@ class Hub:
                 sent += self.send_kill(sub, seq, frame, facts)  # held for a replay, closing, or behind
                 continue
             if pending is None:
-                # idle(sub), with asyncio's buffer read directly (its method is a Python call).
-                transport, unsent = sub.transport, sub.unsent
-                if (
-                    transport is None
-                    or transport.is_closing()
-                    or (unsent if unsent is not None else transport.get_write_buffer_size())
-                    or sub.ws.closed
-                ):
+                # idle(sub). On asyncio's own transport its buffer is read directly (its method
+                # is a Python call), and a closing transport or socket is left to the flush,
+                # which checks both before it writes (so does every other write): two Python
+                # calls a socket less on every kill.
+                unsent = sub.unsent
+                if unsent or (unsent is None and not idle(sub)):
                     sent += self.send_kill(sub, seq, frame, facts)
                     continue
                 sub.pending, sub.pending_bytes = wire, size
@@ -605,8 +751,10 @@ class Hub:
         if not keep_queued:
             sub.pending, sub.pending_bytes = None, 0  # a dropped client's frames are not sent
         sub.close_code, sub.close_message = code, message
-        while not sub.outbox.empty() and not (keep_queued and not sub.outbox.full()):
-            sub.outbox.get_nowait()
+        if not keep_queued:
+            sub.outbox.clear()  # at once: a full outbox taken one by one was ~350 us a socket
+        elif sub.outbox.full():
+            sub.outbox.get_nowait()  # room for the close request
         sub.outbox.put_nowait(None)  # (also wakes a replay waiting for room: it sees the drop)
         # A writer stuck sending to a peer that stopped reading never reaches the close request.
         asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub)
@@ -617,6 +765,10 @@ class Hub:
         try:
             while True:
                 frame = await sub.outbox.get()
+                if sub.pending is not None:
+                    # Frames due for the flush came first: they go before this one (the flush
+                    # writes in slices, so it may reach this socket only steps later).
+                    self._write_pending(sub)
                 if frame is None:
                     break
                 sub.sending = True
@@ -661,14 +813,6 @@ class Hub:
         if stuck:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
-
-
-def _make_all(todo: list[tuple[KillVariants, tuple[Langs, int]]]) -> None:
-    for kill, (langs, bits) in todo:
-        if bits:
-            kill.deflated(langs, bits)
-        else:
-            kill.frame(langs)
 
 
 def _abort_if_stuck(sub: Subscriber) -> None:

@@ -280,7 +280,7 @@ async def replay(
             sub.delivered.add(seq)
         return sent
     finally:
-        sub.held, sub.held_bytes = None, 0  # no await since the loop found it empty: live delivery resumes
+        hub.release(sub)  # no await since the loop found it empty: live delivery resumes
 
 
 async def _frame_for(hub: Hub, sub: Subscriber, seq: int, entry: Cached, cache: FrameCache) -> bytes:

@@ -103,6 +103,12 @@ class Outbox:
         self._wake()
         return item
 
+    def clear(self) -> None:
+        """Drop every queued frame (a client being dropped): one step, not a pop per frame."""
+        self._items = []
+        self.nbytes = 0
+        self._wake()
+
     async def get(self) -> bytes | None:
         while not self._items:
             await self.changed()
@@ -140,7 +146,8 @@ class Subscriber:
     delivered: Delivered = field(default_factory=lambda: Delivered(0))
     writer: asyncio.Task[None] | None = None
     # Whole frames (header and payload, shared by every socket of a kind) due to be written
-    # straight to the transport at the end of this turn of the loop (Hub._flush), and their bytes.
+    # straight to the transport by Hub._flush (this turn of the loop, or a few steps later when
+    # many sockets are due; the writer task writes them first if it has to send), and their bytes.
     # One frame is kept as it is, several in a list: a list per socket per kill, alive until the
     # flush, made the garbage collector run every ~700 sockets of a broadcast.
     pending: bytes | list[bytes] | None = None

@@ -3,6 +3,7 @@ outbox's byte count and the per-socket byte budget."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from hypothesis import given
@@ -49,3 +50,18 @@ def test_outbox_counts_the_bytes_it_holds() -> None:
     assert box.get_nowait() == b"abc" and box.nbytes == 100
     box.get_nowait()
     assert box.nbytes == 0 and box.empty()
+
+
+async def test_outbox_clear_drops_everything_and_wakes_a_waiter() -> None:
+    """Dropping a client empties its outbox at once (a full one, 512 frames, taken one by one
+    cost ~350 us a socket), and a replay waiting for room sees it."""
+    box = Outbox(4)
+    for i in range(4):
+        box.put_nowait(b"x" * i, i)
+    waiting = asyncio.ensure_future(box.changed())
+    await asyncio.sleep(0)
+    box.clear()
+    await asyncio.wait_for(waiting, 1)
+    assert box.empty() and box.nbytes == 0 and not box.full()
+    box.put_nowait(None)
+    assert box.get_nowait() is None

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Client, settle
+from conftest import Client, settle, until
 from test_topics import drain
 from test_ws import post, with_id_offset
 
@@ -268,3 +268,53 @@ async def test_a_replay_waiting_on_a_renderer_that_went_away_renders_for_itself(
     assert [seq for seq, _ in page] == list(range(1, 11))
     assert [json.loads(entry.frame)["seq"] for _, entry in page] == list(range(1, 11))
     assert calls == [list(range(1, 11))] * 2
+
+
+async def test_a_kill_queued_before_a_replay_and_looked_up_after_it_arrives_once(
+    make_client: Any, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delivery in slices (many sockets): a kill published behind a queued one has its sockets
+    looked up only when the delivery task reaches it. A socket that subscribed with `since`
+    meanwhile, and whose replay already sent it that kill, must not get it again."""
+    client = await make_client()
+    await post(client, killmails[:10])
+    await settle(client)
+    app = client.server.app
+    store, hub = app[store_key], app[hub_key]
+    hub.send_slice = 2  # four sockets are "many"
+    others = [await client.ws_connect("/ws") for _ in range(4)]
+    for ws in others:
+        await sub(ws, "kills")
+    task_may_run = asyncio.Event()
+    real_task = hub._make_late
+
+    async def held_back() -> None:  # the delivery task, on a loop busy with other work
+        await task_may_run.wait()
+        await real_task()
+
+    monkeypatch.setattr(hub, "_make_late", held_back)
+    seqs = []
+    for km in killmails[10:12]:  # committed and published as the worker does: queued
+        submission = parse_submission(km)
+        kill = enrich(submission, app[static_key], {}, app[prices_key])
+        new = build_kill(submission, kill)
+        [(seq, _)] = await store.save_kills([new])
+        hub.publish(seq, new.body, kill_facts(kill))
+        seqs.append(seq)
+    assert [entry.groups is None for entry in hub._late] == [False, True]
+    late = await client.ws_connect("/ws")
+    replay = await sub(late, "kills", 10)
+    assert replay["to"] == seqs[-1]
+    replayed = []
+    while len(replayed) < 2:
+        replayed.append((await late.receive_json(timeout=5))["seq"])
+    assert replayed == seqs
+    task_may_run.set()
+
+    async def delivered() -> bool:
+        return not (hub._late or hub._due)
+
+    await until(delivered)
+    assert [f["seq"] for f in await drain(late)] == [], "a kill its replay sent came again live"
+    for ws in others:
+        assert [f["seq"] for f in await drain(ws)] == seqs
