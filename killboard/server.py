@@ -167,6 +167,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         metrics=app[metrics_key],
         on_stored=app[stored_hooks_key],  # the same list: hooks appended by later contexts count too
         facts_for_all=config.redis_url is not None,  # the bus stores match keys with every kill
+        store_alone=True,  # a kill posted alone skips the inbox (Pipeline._store_alone)
     )
     # Fleet fights go to a process of their own, started on the first one (ingest/offload.py).
     offload = pipeline.offload = Offload(config.data_dir)

@@ -150,6 +150,11 @@ class Pipeline:
     facts_for_all: bool = False
     # The worker process for fleet fights (server.py); None: they are done in threads here.
     offload: Offload | None = None
+    # A kill submitted alone while the worker is idle is stored by its submitter (server.py).
+    store_alone: bool = False
+    # Held around every commit and its hooks: by the worker's writer and by a kill stored alone,
+    # so seqs and the on_stored hooks keep the order in which kills were taken.
+    _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -160,6 +165,8 @@ class Pipeline:
         Raises QueueFull when the queue has had no room for `queue_full_wait` seconds, and
         StorageUnavailable when the database cannot take the write (nothing is acknowledged then).
         """
+        if state is None and self._alone(subs) and (alone := await self._store_alone(subs[0], source, live)):
+            return alone
         await self._reserve(len(subs))
         try:
             if sum(kill_size(s) for s in subs) > BIG_KILL:
@@ -181,6 +188,59 @@ class Pipeline:
         finally:
             self._reserved -= len(subs)
         return Admission(accepted, duplicates)
+
+    def _alone(self, subs: Sequence[Submission]) -> bool:
+        """One complete, typical kill while nothing is queued or being stored: it can be stored
+        now, in one transaction, instead of written to the inbox, read back and deleted."""
+        if not self.store_alone or len(subs) != 1 or self._in_flight or self._reserved or not self.queue.empty():
+            return False
+        sub = subs[0]
+        return (
+            self.store_error is None
+            and sub.esi is not None
+            and not isinstance(sub, Packed)
+            and kill_size(sub) <= BIG_KILL
+        )
+
+    async def _store_alone(self, sub: Submission, source: str, live: bool) -> Admission | None:
+        """Enrich and store one kill before answering: durable once its own transaction commits,
+        as an inbox row would be. What is spared is the inbox's transaction (~5 thread hops, the
+        payload written, then deleted by the worker's) and the queue's hand-off. None: it takes
+        the inbox after all (a name ESI would be asked for: the answer must not wait for ESI).
+        A database error acknowledges nothing (StorageUnavailable)."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            async with self._turn:  # free (the worker is idle), and taken before any later kill
+                try:
+                    if self.resolve_names is not None and await self._unnamed(sub):
+                        return None
+                    prepared = await self.prepare([Pending(sub, live)])
+                    stored = await self.commit(prepared)
+                except sqlite3.Error as exc:
+                    log.error("storing a kill from %s failed: %s", source, exc)
+                    raise StorageUnavailable(str(exc)) from exc
+                except Exception:
+                    # A bug, not the database: the worker's retries take it from the inbox (if it
+                    # was stored after all, the inbox answers that it is a duplicate).
+                    log.exception("kill %d could not be stored alone; it goes through the inbox", sub.killmail_id)
+                    return None
+        finally:
+            self._in_flight -= 1
+            if self.queue.empty() and not self._in_flight:
+                self._idle.set()
+        # Stored now, or dropped by enrichment (as the worker would have after an inbox write).
+        kill_id = sub.killmail_id
+        accepted = [kill_id] if stored or kill_id in prepared.rejected else []
+        if self.metrics is not None:
+            self.metrics.kills_ingested.labels(source).inc(len(accepted))
+            self.metrics.kills_duplicate.labels(source).inc(1 - len(accepted))
+        return Admission(accepted, [] if accepted else [kill_id])
+
+    async def _unnamed(self, sub: Submission) -> bool:
+        """Whether some player of the kill has no name stored yet (enrichment would ask ESI)."""
+        ids = players(sub)
+        return bool(ids - (await self.store.names(ids)).keys())
 
     async def _reserve(self, count: int) -> None:
         # The reservation keeps concurrent submitters from overfilling the queue while one of
@@ -250,7 +310,8 @@ class Pipeline:
 
     async def _write(self, batch: list[Pending], prepared: Prepared) -> None:
         try:
-            await self._until_done(self.commit, prepared)
+            async with self._turn:
+                await self._until_done(self.commit, prepared)
         finally:
             for _ in batch:
                 self.queue.task_done()

@@ -176,3 +176,32 @@ async def _at_least(client: Client, n: int) -> bool:
 async def _store_failing(client: Client) -> bool:
     state = await health(client)
     return state["store_error"] is not None or "full" in str(state["upstream"]["last_error"])
+
+
+async def test_a_kill_posted_alone_on_a_full_disk_answers_503_then_is_stored_once(
+    make_client: Any, small_fs: Path, killmails: list[dict[str, Any]]
+) -> None:
+    # Stored by its own request (no inbox, Pipeline._store_alone): the failed transaction
+    # acknowledges nothing, and the same kill posted again once there is room is stored once.
+    client: Client = await make_client(db_path=small_fs / "kb.sqlite3")
+    ballast = small_fs / "ballast"
+    fill(ballast, leave=0)
+    refused = None
+    for n, km in enumerate(renumbered(killmails, 10**10) * 3):
+        resp = await client.post(
+            "/api/killmails", data=json.dumps({**km, "killmail_id": km["killmail_id"] + n}), headers=AUTH
+        )
+        if resp.status == 503:
+            refused = {**km, "killmail_id": km["killmail_id"] + n}
+            body = await resp.json()
+            assert "storage unavailable" in body["error"] and resp.headers["Retry-After"], body
+            break
+        assert resp.status == 202, await resp.text()
+    assert refused is not None, "the file system never filled up"
+    assert (await health(client))["store_error"] is None  # the worker was never involved
+    ballast.unlink()
+    kills_before = (await health(client))["kills"]
+    resp = await client.post("/api/killmails", data=json.dumps(refused), headers=AUTH)
+    assert resp.status == 202 and (await resp.json())["accepted"] == [refused["killmail_id"]]
+    state = await health(client)
+    assert state["kills"] == kills_before + 1 and state["inbox"] == 0, state
