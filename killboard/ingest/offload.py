@@ -18,16 +18,17 @@ import marshal
 import multiprocessing
 import os
 from array import array
-from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import ujson
 
-from ..kill.codec import decode, kill_prices, player_ids, renderer, source_document
+from ..kill.codec import decode, kill_prices, load_dictionary, player_ids, renderer, source_document
+from ..kill.codec import pack as pack_source
 from ..kill.enrich import enrich
 from ..kill.frames import encode, encode_ascii
 from ..kill.prices import PriceBook
@@ -82,6 +83,7 @@ class Enriched:
     source: bytes  # codec.source_document
     participation: bytes  # marshal of (pilots, entities, packed pilots)
     facts: KillFacts | None
+    packed: bytes = b""  # `source` as Store.pack_source packs it (a batch's kills); empty: not made
 
     def rows(self) -> Participation:
         pilots, entities, packed = marshal.loads(self.participation)
@@ -172,6 +174,37 @@ def _enrich(payload: bytes, names: Mapping[int, str], prices: PriceBook | None, 
     return enriched(sub, _worker["static"], names, _worker["prices"], facts)
 
 
+def _prepare(
+    payloads: Sequence[bytes],
+    names: Mapping[int, str],
+    prices: PriceBook | None,
+    facts: Sequence[bool],
+) -> list[Enriched | str]:
+    """In the worker: a batch of ordinary kills (their inbox payloads) as `enriched` makes each,
+    with its stored document packed as Store.pack_source does (the store refuses to open with
+    any other dictionary than codec's); a kill that fails is the reason why, in its place."""
+    if prices is not None:
+        _worker["prices"] = prices
+    if "dictionary" not in _worker:
+        _worker["dictionary"] = load_dictionary()
+    done: list[Enriched | str] = []
+    for payload, wanted in zip(payloads, facts, strict=True):
+        try:
+            d = ujson.loads(payload)
+            sub = Submission(d["id"], d["hash"], d["esi"], d["zkb"])
+            made = enriched(sub, _worker["static"], names, _worker["prices"], wanted)
+            packed = pack_source(made.source, _worker["dictionary"])
+            done.append(replace(made, packed=packed))
+        except Exception as exc:  # one bad kill must not cost the batch; logged by the caller
+            done.append(f"{type(exc).__name__}: {exc}")
+    return done
+
+
+def _ready() -> bool:
+    """In the worker: nothing; answered once the worker has started (Offload.ready)."""
+    return True
+
+
 def _players_of(killmail_id: int, killmail_hash: str, document: bytes) -> bytes:
     """In the worker: the player ids of a stored source document, as array("q") bytes."""
     sub, _ = decode(killmail_id, killmail_hash, document)
@@ -207,10 +240,12 @@ def enriched(sub: Submission, static: StaticData, names: Mapping[int, str], pric
 
 
 def new_kill(
-    sub: Packed, done: Enriched, names: Mapping[int, str], pack: Callable[[bytes], bytes] | None = None
+    sub: Submission, done: Enriched, names: Mapping[int, str], pack: Callable[[bytes], bytes] | None = None
 ) -> NewKill:
     """The NewKill pipeline.build_kill makes, from the worker's bytes (no enriched object: a
     language variant decodes the body, as for a kill read back)."""
+    ids = sub.player_ids() if isinstance(sub, Packed) else player_ids(sub.esi or {})
+    packed = done.packed or (pack(done.source) if pack is not None else b"")
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
@@ -219,9 +254,9 @@ def new_kill(
         total_value=done.total_value,
         _body=done.body,
         source=done.source,
-        names={i: names[i] for i in sub.player_ids() if i in names} if names else {},
+        names={i: names[i] for i in ids if i in names} if names else {},
         participation=done.rows(),
-        packed=pack(done.source) if pack is not None else b"",
+        packed=packed,
     )
 
 
@@ -240,8 +275,10 @@ class Offload:
     data_dir: Path
     _pool: ProcessPoolExecutor | None = None
     _prices: object = None  # the PriceBook.market the worker has (a refresh replaces the dict)
+    _warming: Future[bool] | None = None  # Offload.ready's start-up call to the current worker
     started: int = 0  # workers started (tests)
     lost: int = 0  # workers found dead
+    batches: int = 0  # batches of ordinary kills the worker made (tests)
     closed: bool = False  # after close(): every call answers None (done in-process)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -249,6 +286,7 @@ class Offload:
             context = multiprocessing.get_context("spawn")  # fork is unsafe with aiosqlite's threads
             self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(self.data_dir,))
             self._prices = None
+            self._warming = None
             self.started += 1
         return self._pool
 
@@ -260,12 +298,42 @@ class Offload:
         try:
             return await asyncio.wrap_future(pool.submit(fn, *args))
         except BrokenProcessPool:
-            if self._pool is pool:  # once a death, however many calls were waiting on it
-                self._pool = None
-                self.lost += 1
-                log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._died(pool)
             return None
+
+    def _died(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:  # once a death, however many calls were waiting on it
+            self._pool = None
+            self.lost += 1
+            log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> bool:
+        """Whether the worker is up now; if not, it is started in the background (a batch does
+        not wait ~0.3 s for it: the pipeline prepares that one here)."""
+        if self.closed:
+            return False
+        pool = self._executor()
+        if self._warming is None:
+            self._warming = pool.submit(_ready)
+        if not self._warming.done():
+            return False
+        if self._warming.exception() is not None:
+            self._died(pool)
+            return False
+        return True
+
+    async def prepare(
+        self,
+        payloads: Sequence[bytes],
+        names: Mapping[int, str],
+        prices: PriceBook,
+        facts: Sequence[bool],
+    ) -> list[Enriched | str] | None:
+        """A batch of ordinary kills made in the worker (`_prepare`), or None if it died."""
+        made = await self.call(_prepare, payloads, names, self._prices_for(prices), facts)
+        self.batches += made is not None
+        return made
 
     async def parse(
         self, body: bytes, max_items: int, can_fetch: bool
