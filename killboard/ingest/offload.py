@@ -21,9 +21,9 @@ from array import array
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import ujson
 
@@ -269,6 +269,23 @@ def _size(sub: Submission) -> int:
 
 
 @dataclass(slots=True)
+class Call(Generic[T]):
+    """A call handed to the worker process, not yet answered."""
+
+    pool: ProcessPoolExecutor
+    future: Future[T]
+    waiter: asyncio.Future[T] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.waiter = asyncio.wrap_future(self.future)
+
+    def cancel(self) -> bool:
+        """Take the call back: True while the worker has not started it (the pool hands it a
+        call or two ahead), and then it never runs."""
+        return self.future.cancel()
+
+
+@dataclass(slots=True)
 class Offload:
     """The worker process, from the server's side: started on first use, replaced if it died."""
 
@@ -278,7 +295,6 @@ class Offload:
     _warming: Future[bool] | None = None  # Offload.ready's start-up call to the current worker
     started: int = 0  # workers started (tests)
     lost: int = 0  # workers found dead
-    batches: int = 0  # batches of ordinary kills the worker made (tests)
     closed: bool = False  # after close(): every call answers None (done in-process)
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -292,13 +308,29 @@ class Offload:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T | None:
         """`fn(*args)` in the worker, or None if the worker died (the caller does it here)."""
+        handed = self.submit(fn, *args)
+        if handed is None:
+            return None
+        answered: T | None = await self.answer(handed)
+        return answered
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Call[T] | None:
+        """`fn(*args)` handed to the worker (in order), or None if it is closed or found dead."""
         if self.closed:
             return None
         pool = self._executor()
         try:
-            return await asyncio.wrap_future(pool.submit(fn, *args))
+            return Call(pool, pool.submit(fn, *args))
         except BrokenProcessPool:
             self._died(pool)
+            return None
+
+    async def answer(self, handed: Call[T]) -> T | None:
+        """What the worker made of a submitted call, or None if it died (the caller does it here)."""
+        try:
+            return await handed.waiter
+        except BrokenProcessPool:
+            self._died(handed.pool)
             return None
 
     def _died(self, pool: ProcessPoolExecutor) -> None:
@@ -323,17 +355,16 @@ class Offload:
             return False
         return True
 
-    async def prepare(
+    def prepare(
         self,
         payloads: Sequence[bytes],
         names: Mapping[int, str],
         prices: PriceBook,
         facts: Sequence[bool],
-    ) -> list[Enriched | str] | None:
-        """A batch of ordinary kills made in the worker (`_prepare`), or None if it died."""
-        made = await self.call(_prepare, payloads, names, self._prices_for(prices), facts)
-        self.batches += made is not None
-        return made
+    ) -> Call[list[Enriched | str]] | None:
+        """Ordinary kills (their inbox payloads) handed to the worker (`_prepare`): await
+        `answer`, or `cancel` while the worker has not started on them; None if it died."""
+        return self.submit(_prepare, payloads, names, self._prices_for(prices), facts)
 
     async def parse(
         self, body: bytes, max_items: int, can_fetch: bool

@@ -4,10 +4,10 @@ this process, in order, and nothing lost when the worker dies with a batch."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import ujson
 
-from killboard.ingest import offload as offload_module
+from killboard.ingest import pipeline as pipeline_module
 from killboard.ingest.offload import Offload
 from killboard.ingest.pipeline import WORKER_BATCH, Pending, Pipeline
 from killboard.kill.codec import player_ids
@@ -63,8 +63,10 @@ async def test_a_batch_made_in_the_worker_is_the_one_made_here(
     pipeline.offload = None
     here = await pipeline.prepare(batch)
     pipeline.offload = offload
+    pipeline._in_flight = 2  # as in a catch-up, with a write in flight: the loop takes no kill back
     there = await pipeline.prepare(batch)
-    assert offload.batches == 1  # made there, not here
+    pipeline._in_flight = 0
+    assert pipeline.offloaded == len(killmails)  # made there, not here
 
     assert len(there.kills) == len(here.kills) == len(killmails)
     assert (there.live, there.unresolved, there.rejected) == (here.live, here.unresolved, here.rejected)
@@ -88,10 +90,10 @@ async def test_a_small_batch_and_a_lone_kill_stay_in_this_process(
 ) -> None:
     client = await make_client()
     pipeline = client.server.app[pipeline_key]
-    offload = await _worker_up(pipeline)
+    await _worker_up(pipeline)
     await pipeline.prepare([Pending(parse_submission(km), True) for km in killmails[: WORKER_BATCH - 1]])
     await pipeline.prepare([Pending(parse_submission(killmails[0]), True)])
-    assert offload.batches == 0
+    assert pipeline.offloaded == 0
 
 
 async def _post_batch(client: Client, kills: list[dict[str, Any]]) -> list[bytes]:
@@ -117,10 +119,11 @@ async def test_a_batch_through_the_worker_stores_and_sends_what_the_in_process_p
     worker = await make_client()
     here = await make_client(db_path=tmp_path / "here.sqlite3")
     here.server.app[pipeline_key].offload = None
-    offload = await _worker_up(worker.server.app[pipeline_key])
+    pipeline = worker.server.app[pipeline_key]
+    await _worker_up(pipeline)
 
     frames = await _post_batch(worker, killmails)
-    assert offload.batches == 1
+    assert pipeline.offloaded > 0
     assert frames == await _post_batch(here, killmails)
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
     assert await _stored(worker) == await _stored(here)
@@ -138,21 +141,20 @@ async def test_a_worker_killed_with_a_batch_loses_no_kill(
     offload = await _worker_up(pipeline)
     pid = offload.pid()
     assert pid is not None
-    call = Offload.call
+    prepare = Offload.prepare
     killed: list[int] = []
 
-    async def call_then_kill(self: Offload, fn: Callable[..., Any], *args: Any) -> Any:
-        """The batch is handed over, then the worker is killed before its answer is read."""
-        running = asyncio.ensure_future(call(self, fn, *args))
-        if fn is offload_module._prepare and not killed:
-            await asyncio.sleep(0)  # submitted
+    def prepare_then_kill(self: Offload, *args: Any) -> Any:
+        """The batch's first chunk is handed over, then the worker is killed before it answers."""
+        handed = prepare(self, *args)
+        if not killed:
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        return await running
+        return handed
 
-    monkeypatch.setattr(Offload, "call", call_then_kill)
+    monkeypatch.setattr(Offload, "prepare", prepare_then_kill)
     frames = await _post_batch(client, killmails)
-    assert killed == [pid] and offload.lost == 1 and offload.batches == 0  # made here instead
+    assert killed == [pid] and offload.lost == 1 and pipeline.offloaded == 0  # made here instead
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
     store = client.server.app[store_key]
     assert await store.inbox_count() == 0
@@ -160,3 +162,23 @@ async def test_a_worker_killed_with_a_batch_loses_no_kill(
     assert [r[0] for r in await store.query("SELECT killmail_id FROM kills ORDER BY seq")] == [
         k["killmail_id"] for k in killmails
     ]
+
+
+async def test_the_loop_takes_back_what_a_busy_worker_has_not_started(
+    make_client: MakeClient, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    batch = [Pending(parse_submission(km), True) for km in killmails]
+    here = await pipeline.prepare(batch)
+    offload = await _worker_up(pipeline)
+    monkeypatch.setattr(pipeline_module, "WORKER_CHUNK", 10)
+    busy = offload.submit(time.sleep, 1.0)  # the worker is behind (a busy machine, a POST's parse)
+    assert busy is not None
+    there = await pipeline.prepare(batch)  # no write in flight: the loop may help
+    # The worker made the chunks it had already been handed, the loop the rest, in batch order.
+    assert 0 < pipeline.offloaded < len(killmails)
+    assert [k.killmail_id for k in there.kills] == [k.killmail_id for k in here.kills]
+    assert [(k.body, k.packed, k.prepared) for k in there.kills] == [(k.body, k.packed, k.prepared) for k in here.kills]
+    assert there.facts == here.facts
+    assert await offload.answer(busy) is None
