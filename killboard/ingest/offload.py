@@ -1,13 +1,16 @@
-"""Fleet-fight kills parsed, validated, enriched and encoded in a worker process of their own.
+"""Fleet-fight kills, and a catch-up's batches of ordinary kills, made in a worker process of their own.
 
 In this process such a kill holds the GIL for tens of milliseconds at a time even from a
 thread: one `ujson.loads` of a 1.75 MB body, one `ujson.dumps` of its inbox row, ~80 ms of
 enrichment competing with the loop every switch interval. The worker does all of it and hands
 back only bytes and small objects (`Packed`, `Enriched`), so the loop never decodes a big kill.
 
-The worker (one `spawn` process) starts on the first big kill, is shut down by `close()` (the
-app's cleanup) and, if it dies, is replaced by the next call; the call that found it dead runs
-in this process instead (`None` from `call`), so no kill is lost.
+A catch-up's batches (pipeline.Pipeline._prepare_elsewhere) go the same way as inbox payload
+bytes, in chunks (`_prepare`), so their ~0.3 ms a kill of Python leave the event loop's GIL too.
+
+The worker (one `spawn` process) starts on the first big kill or catch-up, is shut down by
+`close()` (the app's cleanup) and, if it dies, is replaced by the next call; the call that found
+it dead runs in this process instead (`None` from `call`), so no kill is lost.
 """
 
 from __future__ import annotations
