@@ -155,6 +155,7 @@ async def test_a_worker_killed_with_a_batch_loses_no_kill(
     monkeypatch.setattr(Offload, "prepare", prepare_then_kill)
     frames = await _post_batch(client, killmails)
     assert killed == [pid] and offload.lost == 1 and pipeline.offloaded == 0  # made here instead
+    assert pipeline.failed == 0  # in the same attempt: no batch failed and was retried
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
     store = client.server.app[store_key]
     assert await store.inbox_count() == 0
