@@ -76,9 +76,6 @@ def preparer(static: StaticData) -> Callable[[NewKill], None]:
                 pilots, kill.kill_time, kill.system_id, kill.total_value, static
             )
 
-    # The ingest worker process makes the same preparer from its own static data (picklable by
-    # name) and runs it there for a catch-up's kills (ingest/pipeline.py, Pipeline._prepare_elsewhere).
-    prepare.remake = preparer  # type: ignore[attr-defined]
     return prepare
 
 

@@ -75,11 +75,6 @@ class Packed(Submission):
         return Submission(d["id"], d["hash"], d["esi"], d["zkb"])
 
 
-# How the worker makes a Store preparer again from its own static data: a module-level function
-# (pickled by name), the preparer's `remake` attribute (entities/backlog.py `preparer`).
-Remake = Callable[[StaticData], Callable[[NewKill], None]]
-
-
 @dataclass(frozen=True, slots=True)
 class Enriched:
     """What the worker makes of a Packed kill: everything `pipeline.build_kill` would, as bytes."""
@@ -92,7 +87,6 @@ class Enriched:
     participation: bytes  # marshal of (pilots, entities, packed pilots)
     facts: KillFacts | None
     packed: bytes = b""  # `source` as Store.pack_source packs it (a batch's kills); empty: not made
-    prepared: dict[str, Any] | None = None  # what the Store.preparers make of it; None: not made
 
     def rows(self) -> Participation:
         pilots, entities, packed = marshal.loads(self.participation)
@@ -188,7 +182,6 @@ def _prepare(
     names: Mapping[int, str],
     prices: PriceBook | None,
     facts: Sequence[bool],
-    remakes: Sequence[Remake] = (),
 ) -> list[Enriched | str]:
     """In the worker: a batch of ordinary kills (their inbox payloads) as `enriched` makes each,
     with its stored document packed as Store.pack_source does (the store refuses to open with
@@ -197,21 +190,14 @@ def _prepare(
         _worker["prices"] = prices
     if "dictionary" not in _worker:
         _worker["dictionary"] = load_dictionary()
-    made_by: dict[Remake, Callable[[NewKill], None]] = _worker.setdefault("preparers", {})
-    preparers = [made_by.get(r) or made_by.setdefault(r, r(_worker["static"])) for r in remakes]
     done: list[Enriched | str] = []
     for payload, wanted in zip(payloads, facts, strict=True):
         try:
             d = ujson.loads(payload)
             sub = Submission(d["id"], d["hash"], d["esi"], d["zkb"])
             made = enriched(sub, _worker["static"], names, _worker["prices"], wanted)
-            made = replace(made, packed=pack_source(made.source, _worker["dictionary"]))
-            if preparers:
-                kill = new_kill(sub, made, {})  # what a preparer reads: the columns and the pilots
-                for prepare in preparers:
-                    prepare(kill)
-                made = replace(made, prepared=kill.prepared)
-            done.append(made)
+            packed = pack_source(made.source, _worker["dictionary"])
+            done.append(replace(made, packed=packed))
         except Exception as exc:  # one bad kill must not cost the batch; logged by the caller
             done.append(f"{type(exc).__name__}: {exc}")
     return done
@@ -378,12 +364,10 @@ class Offload:
         names: Mapping[int, str],
         prices: PriceBook,
         facts: Sequence[bool],
-        remakes: Sequence[Remake] = (),
     ) -> Call[list[Enriched | str]] | None:
-        """Ordinary kills (their inbox payloads) handed to the worker (`_prepare`), with the
-        store's preparers to run there (`remakes`); await `answer`, or `cancel` while the worker
-        has not started on them; None if it died."""
-        return self.submit(_prepare, payloads, names, self._prices_for(prices), facts, remakes)
+        """Ordinary kills (their inbox payloads) handed to the worker (`_prepare`): await
+        `answer`, or `cancel` while the worker has not started on them; None if it died."""
+        return self.submit(_prepare, payloads, names, self._prices_for(prices), facts)
 
     async def parse(
         self, body: bytes, max_items: int, can_fetch: bool

@@ -360,15 +360,12 @@ class Pipeline:
         places = [i for i, p in enumerate(batch) if kill_size(p.submission) <= BIG_KILL]  # Packed ones are bigger
         if len(places) < WORKER_BATCH or not self.offload.ready():
             return {}
-        # The store's preparers run there too if each says how to make it again (else here).
-        remakes = [getattr(prepare, "remake", None) for prepare in self.store.preparers]
-        there = [r for r in remakes if r is not None] if None not in remakes else []
         todo: deque[tuple[list[int], Call[list[Enriched | str]]]] = deque()
         for start in range(0, len(places), WORKER_CHUNK):
             chunk = places[start : start + WORKER_CHUNK]
             payloads = [inbox_payload(batch[i].submission) for i in chunk]  # ~5 us a kill (orjson)
             wanted = [batch[i].live or self.facts_for_all for i in chunk]
-            handed = self.offload.prepare(payloads, names, self.prices, wanted, there)
+            handed = self.offload.prepare(payloads, names, self.prices, wanted)
             if handed is None:
                 break  # it died: the rest is made here (a new one starts for a later batch)
             todo.append((chunk, handed))
@@ -413,9 +410,6 @@ class Pipeline:
         """The worker's kill as _enrich makes it: its stored bytes packed, the preparers run
         (a thread: the entity figures' share of 10,000 pilots is tens of ms of Python)."""
         new = new_kill(sub, done, names, self.store.pack_source)
-        if done.prepared is not None:
-            new.prepared.update(done.prepared)  # the worker ran every preparer
-            return new
         for prepare in self.store.preparers:
             prepare(new)
         return new
