@@ -335,6 +335,11 @@ class Offload:
         except BrokenProcessPool:
             self._died(handed.pool)
             return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this task is being cancelled (a shutdown)
+            return None  # cancelled by `_died`'s shutdown of a dead worker's pool: made here
 
     def _died(self, pool: ProcessPoolExecutor) -> None:
         if self._pool is pool:  # once a death, however many calls were waiting on it
