@@ -1,13 +1,16 @@
-"""Fleet-fight kills parsed, validated, enriched and encoded in a worker process of their own.
+"""Fleet-fight kills, and a catch-up's batches of ordinary kills, made in a worker process of their own.
 
 In this process such a kill holds the GIL for tens of milliseconds at a time even from a
 thread: one `ujson.loads` of a 1.75 MB body, one `ujson.dumps` of its inbox row, ~80 ms of
 enrichment competing with the loop every switch interval. The worker does all of it and hands
 back only bytes and small objects (`Packed`, `Enriched`), so the loop never decodes a big kill.
 
-The worker (one `spawn` process) starts on the first big kill, is shut down by `close()` (the
-app's cleanup) and, if it dies, is replaced by the next call; the call that found it dead runs
-in this process instead (`None` from `call`), so no kill is lost.
+A catch-up's batches (pipeline.Pipeline._prepare_elsewhere) go the same way as inbox payload
+bytes, in chunks (`_prepare`), so their ~0.3 ms a kill of Python leave the event loop's GIL too.
+
+The worker (one `spawn` process) starts on the first big kill or catch-up, is shut down by
+`close()` (the app's cleanup) and, if it dies, is replaced by the next call; the call that found
+it dead runs in this process instead (`None` from `call`), so no kill is lost.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ import marshal
 import multiprocessing
 import os
 from array import array
-from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import ujson
 
-from ..kill.codec import decode, kill_prices, player_ids, renderer, source_document
+from ..kill.codec import decode, kill_prices, load_dictionary, player_ids, renderer, source_document
+from ..kill.codec import pack as pack_source
 from ..kill.enrich import enrich
 from ..kill.frames import encode, encode_ascii
 from ..kill.prices import PriceBook
@@ -82,6 +86,7 @@ class Enriched:
     source: bytes  # codec.source_document
     participation: bytes  # marshal of (pilots, entities, packed pilots)
     facts: KillFacts | None
+    packed: bytes = b""  # `source` as Store.pack_source packs it (a batch's kills); empty: not made
 
     def rows(self) -> Participation:
         pilots, entities, packed = marshal.loads(self.participation)
@@ -172,6 +177,37 @@ def _enrich(payload: bytes, names: Mapping[int, str], prices: PriceBook | None, 
     return enriched(sub, _worker["static"], names, _worker["prices"], facts)
 
 
+def _prepare(
+    payloads: Sequence[bytes],
+    names: Mapping[int, str],
+    prices: PriceBook | None,
+    facts: Sequence[bool],
+) -> list[Enriched | str]:
+    """In the worker: a batch of ordinary kills (their inbox payloads) as `enriched` makes each,
+    with its stored document packed as Store.pack_source does (the store refuses to open with
+    any other dictionary than codec's); a kill that fails is the reason why, in its place."""
+    if prices is not None:
+        _worker["prices"] = prices
+    if "dictionary" not in _worker:
+        _worker["dictionary"] = load_dictionary()
+    done: list[Enriched | str] = []
+    for payload, wanted in zip(payloads, facts, strict=True):
+        try:
+            d = ujson.loads(payload)
+            sub = Submission(d["id"], d["hash"], d["esi"], d["zkb"])
+            made = enriched(sub, _worker["static"], names, _worker["prices"], wanted)
+            packed = pack_source(made.source, _worker["dictionary"])
+            done.append(replace(made, packed=packed))
+        except Exception as exc:  # one bad kill must not cost the batch; logged by the caller
+            done.append(f"{type(exc).__name__}: {exc}")
+    return done
+
+
+def _ready() -> bool:
+    """In the worker: nothing; answered once the worker has started (Offload.ready)."""
+    return True
+
+
 def _players_of(killmail_id: int, killmail_hash: str, document: bytes) -> bytes:
     """In the worker: the player ids of a stored source document, as array("q") bytes."""
     sub, _ = decode(killmail_id, killmail_hash, document)
@@ -207,10 +243,12 @@ def enriched(sub: Submission, static: StaticData, names: Mapping[int, str], pric
 
 
 def new_kill(
-    sub: Packed, done: Enriched, names: Mapping[int, str], pack: Callable[[bytes], bytes] | None = None
+    sub: Submission, done: Enriched, names: Mapping[int, str], pack: Callable[[bytes], bytes] | None = None
 ) -> NewKill:
     """The NewKill pipeline.build_kill makes, from the worker's bytes (no enriched object: a
     language variant decodes the body, as for a kill read back)."""
+    ids = sub.player_ids() if isinstance(sub, Packed) else player_ids(sub.esi or {})
+    packed = done.packed or (pack(done.source) if pack is not None else b"")
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
@@ -219,9 +257,9 @@ def new_kill(
         total_value=done.total_value,
         _body=done.body,
         source=done.source,
-        names={i: names[i] for i in sub.player_ids() if i in names} if names else {},
+        names={i: names[i] for i in ids if i in names} if names else {},
         participation=done.rows(),
-        packed=pack(done.source) if pack is not None else b"",
+        packed=packed,
     )
 
 
@@ -234,12 +272,30 @@ def _size(sub: Submission) -> int:
 
 
 @dataclass(slots=True)
+class Call(Generic[T]):
+    """A call handed to the worker process, not yet answered."""
+
+    pool: ProcessPoolExecutor
+    future: Future[T]
+    waiter: asyncio.Future[T] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.waiter = asyncio.wrap_future(self.future)
+
+    def cancel(self) -> bool:
+        """Take the call back: True while the worker has not started it (the pool hands it a
+        call or two ahead), and then it never runs."""
+        return self.future.cancel()
+
+
+@dataclass(slots=True)
 class Offload:
     """The worker process, from the server's side: started on first use, replaced if it died."""
 
     data_dir: Path
     _pool: ProcessPoolExecutor | None = None
     _prices: object = None  # the PriceBook.market the worker has (a refresh replaces the dict)
+    _warming: Future[bool] | None = None  # Offload.ready's start-up call to the current worker
     started: int = 0  # workers started (tests)
     lost: int = 0  # workers found dead
     closed: bool = False  # after close(): every call answers None (done in-process)
@@ -249,23 +305,74 @@ class Offload:
             context = multiprocessing.get_context("spawn")  # fork is unsafe with aiosqlite's threads
             self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(self.data_dir,))
             self._prices = None
+            self._warming = None
             self.started += 1
         return self._pool
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T | None:
         """`fn(*args)` in the worker, or None if the worker died (the caller does it here)."""
+        handed = self.submit(fn, *args)
+        if handed is None:
+            return None
+        answered: T | None = await self.answer(handed)
+        return answered
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Call[T] | None:
+        """`fn(*args)` handed to the worker (in order), or None if it is closed or found dead."""
         if self.closed:
             return None
         pool = self._executor()
         try:
-            return await asyncio.wrap_future(pool.submit(fn, *args))
+            return Call(pool, pool.submit(fn, *args))
         except BrokenProcessPool:
-            if self._pool is pool:  # once a death, however many calls were waiting on it
-                self._pool = None
-                self.lost += 1
-                log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
-                pool.shutdown(wait=False, cancel_futures=True)
+            self._died(pool)
             return None
+
+    async def answer(self, handed: Call[T]) -> T | None:
+        """What the worker made of a submitted call, or None if it died (the caller does it here)."""
+        try:
+            return await handed.waiter
+        except BrokenProcessPool:
+            self._died(handed.pool)
+            return None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this task is being cancelled (a shutdown)
+            return None  # cancelled by `_died`'s shutdown of a dead worker's pool: made here
+
+    def _died(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:  # once a death, however many calls were waiting on it
+            self._pool = None
+            self.lost += 1
+            log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> bool:
+        """Whether the worker is up now; if not, it is started in the background (a batch does
+        not wait ~0.3 s for it: the pipeline prepares that one here)."""
+        if self.closed:
+            return False
+        pool = self._executor()
+        if self._warming is None:
+            self._warming = pool.submit(_ready)
+        if not self._warming.done():
+            return False
+        if self._warming.exception() is not None:
+            self._died(pool)
+            return False
+        return True
+
+    def prepare(
+        self,
+        payloads: Sequence[bytes],
+        names: Mapping[int, str],
+        prices: PriceBook,
+        facts: Sequence[bool],
+    ) -> Call[list[Enriched | str]] | None:
+        """Ordinary kills (their inbox payloads) handed to the worker (`_prepare`): await
+        `answer`, or `cancel` while the worker has not started on them; None if it died."""
+        return self.submit(_prepare, payloads, names, self._prices_for(prices), facts)
 
     async def parse(
         self, body: bytes, max_items: int, can_fetch: bool

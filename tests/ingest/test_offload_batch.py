@@ -1,0 +1,185 @@
+"""Batches of ordinary kills prepared in the worker process during a catch-up (ingest/offload.py
+`_prepare`, Pipeline._prepare_elsewhere): the same bytes, rows and frames as the kills made in
+this process, in order, and nothing lost when the worker dies with a batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import ujson
+
+from killboard.ingest import pipeline as pipeline_module
+from killboard.ingest.offload import Offload
+from killboard.ingest.pipeline import WORKER_BATCH, Pending, Pipeline
+from killboard.kill.codec import player_ids
+from killboard.kill.validate import parse_submission
+from killboard.web.keys import pipeline_key, store_key
+from tests.conftest import AUTH, Client, settle, until
+from tests.ingest.test_offload import _stored
+
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+async def _worker_up(pipeline: Pipeline) -> Offload:
+    offload = pipeline.offload
+    assert offload is not None
+
+    async def up() -> bool:
+        return offload.ready()
+
+    await until(up, 30)
+    return offload
+
+
+def _some_names(killmails: list[dict[str, Any]]) -> Callable[[set[int]], Awaitable[dict[int, str]]]:
+    """ESI's name lookup (a fake of their service): names for every third player, so both
+    enrichment's named and nameless paths and the unresolved set are exercised."""
+    known = {i for km in killmails for i in sorted(player_ids(km))[::3]}
+
+    async def resolve(ids: set[int]) -> dict[int, str]:
+        return {i: f"Pilot {i}" for i in ids if i in known}
+
+    return resolve
+
+
+async def test_a_batch_made_in_the_worker_is_the_one_made_here(
+    make_client: MakeClient, killmails: list[dict[str, Any]]
+) -> None:
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    pipeline.resolve_names = _some_names(killmails)
+    assert len(killmails) >= WORKER_BATCH
+    # Imports (not live) get no match keys unless facts_for_all: both kinds in one batch.
+    batch = [Pending(parse_submission(km), i % 5 != 0) for i, km in enumerate(killmails)]
+    offload = await _worker_up(pipeline)
+
+    pipeline.offload = None
+    here = await pipeline.prepare(batch)
+    pipeline.offload = offload
+    pipeline._in_flight = 2  # as in a catch-up, with a write in flight: the loop takes no kill back
+    there = await pipeline.prepare(batch)
+    pipeline._in_flight = 0
+    assert pipeline.offloaded == len(killmails)  # made there, not here
+
+    assert len(there.kills) == len(here.kills) == len(killmails)
+    assert (there.live, there.unresolved, there.rejected) == (here.live, here.unresolved, here.rejected)
+    assert there.unresolved
+    assert there.facts == here.facts and len(there.facts) < len(killmails)
+    columns = ("killmail_id", "killmail_hash", "kill_time", "system_id", "total_value", "source", "packed")
+    for a, b in zip(there.kills, here.kills, strict=True):
+        assert [getattr(a, c) for c in columns] == [getattr(b, c) for c in columns]
+        assert a.packed  # the stored bytes came made, as they do here
+        assert a.body == b.body
+        assert a.names == b.names
+        assert a.participation is not None and b.participation is not None
+        assert a.participation.pilots == b.participation.pilots
+        assert a.participation.entities == b.participation.entities
+        assert a.participation.packed == b.participation.packed
+        assert a.prepared == b.prepared and a.prepared  # the entity figures' share
+
+
+async def test_a_small_batch_and_a_lone_kill_stay_in_this_process(
+    make_client: MakeClient, killmails: list[dict[str, Any]]
+) -> None:
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    await _worker_up(pipeline)
+    await pipeline.prepare([Pending(parse_submission(km), True) for km in killmails[: WORKER_BATCH - 1]])
+    await pipeline.prepare([Pending(parse_submission(killmails[0]), True)])
+    assert pipeline.offloaded == 0
+
+
+async def _post_batch(client: Client, kills: list[dict[str, Any]]) -> list[bytes]:
+    """POST the kills as one array with a subscriber on `kills`; the frames it got."""
+    async with client.ws_connect("/ws", max_msg_size=64 << 20) as ws:
+        await ws.send_json({"action": "sub", "channel": "kills"})
+        await ws.receive(5)
+        resp = await client.post("/api/killmails", data=json.dumps(kills).encode(), headers=AUTH)
+        assert resp.status == 202, await resp.text()
+        frames = []
+        while len(frames) < len(kills):
+            msg = await ws.receive(30)
+            assert msg.type == aiohttp.WSMsgType.TEXT
+            if msg.data.startswith('{"action":"kill"'):
+                frames.append(msg.data.encode())
+    await settle(client)
+    return frames
+
+
+async def test_a_batch_through_the_worker_stores_and_sends_what_the_in_process_path_does(
+    make_client: MakeClient, killmails: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    worker = await make_client()
+    here = await make_client(db_path=tmp_path / "here.sqlite3")
+    here.server.app[pipeline_key].offload = None
+    pipeline = worker.server.app[pipeline_key]
+    await _worker_up(pipeline)
+
+    frames = await _post_batch(worker, killmails)
+    assert pipeline.offloaded > 0
+    assert frames == await _post_batch(here, killmails)
+    assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
+    assert await _stored(worker) == await _stored(here)
+    for km in killmails[:5]:
+        for query in ("", "?lang=de"):
+            url = f"/api/killmails/{km['killmail_id']}{query}"
+            assert await (await worker.get(url)).read() == await (await here.get(url)).read()
+
+
+async def test_a_worker_killed_with_a_batch_loses_no_kill(
+    make_client: MakeClient, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    offload = await _worker_up(pipeline)
+    pid = offload.pid()
+    assert pid is not None
+    prepare = Offload.prepare
+    killed: list[int] = []
+
+    def prepare_then_kill(self: Offload, *args: Any) -> Any:
+        """The batch's first chunk is handed over, then the worker is killed before it answers."""
+        handed = prepare(self, *args)
+        if not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        return handed
+
+    monkeypatch.setattr(Offload, "prepare", prepare_then_kill)
+    frames = await _post_batch(client, killmails)
+    assert killed == [pid] and offload.lost == 1 and pipeline.offloaded == 0  # made here instead
+    assert pipeline.failed == 0  # in the same attempt: no batch failed and was retried
+    assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
+    store = client.server.app[store_key]
+    assert await store.inbox_count() == 0
+    assert await store.count() == len(killmails)
+    assert [r[0] for r in await store.query("SELECT killmail_id FROM kills ORDER BY seq")] == [
+        k["killmail_id"] for k in killmails
+    ]
+
+
+async def test_the_loop_takes_back_what_a_busy_worker_has_not_started(
+    make_client: MakeClient, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    batch = [Pending(parse_submission(km), True) for km in killmails]
+    here = await pipeline.prepare(batch)
+    offload = await _worker_up(pipeline)
+    monkeypatch.setattr(pipeline_module, "WORKER_CHUNK", 10)
+    busy = offload.submit(time.sleep, 1.0)  # the worker is behind (a busy machine, a POST's parse)
+    assert busy is not None
+    there = await pipeline.prepare(batch)  # no write in flight: the loop may help
+    # The worker made the chunks it had already been handed, the loop the rest, in batch order.
+    assert 0 < pipeline.offloaded < len(killmails)
+    assert [k.killmail_id for k in there.kills] == [k.killmail_id for k in here.kills]
+    assert [(k.body, k.packed, k.prepared) for k in there.kills] == [(k.body, k.packed, k.prepared) for k in here.kills]
+    assert there.facts == here.facts
+    assert await offload.answer(busy) is None
