@@ -104,8 +104,15 @@ async def _child(
 
     async def delivered() -> None:
         """Until the hub has written every frame of what was published."""
-        while hub._late or hub._due:
-            deflater = hub._deflater
+        late = getattr(hub, "late", None)  # the delivery task (killboard/live/delivery.py)
+
+        def waiting() -> tuple[Any, asyncio.Task[None] | None]:
+            if late is None:  # a baseline from before delivery.py: the queue was the hub's own
+                return hub._late, hub._deflater  # type: ignore[attr-defined]
+            return late.entries, late.task
+
+        while waiting()[0] or hub._due:
+            deflater = waiting()[1]
             if deflater is not None and not deflater.done():
                 await deflater  # the deflate thread (no spinning on the loop meanwhile)
             else:

@@ -16,10 +16,10 @@ per kill, and its frame header is put in front of it once for all its sockets (`
 
 However many sockets subscribe, no step of the loop does more than a slice of the work: publish
 gives at most SEND_SLICE sockets their frame in a step (the rest of a kill, and every kill behind
-it, wait in `_late` for the one delivery task, which goes on SEND_SLICE sockets a step), and the
-flush writes FLUSH_SLICE sockets (FLUSH_BYTES) a step. A socket's frames stay in order: a kill
-queued is delivered whole before the next, and a writer task writes its socket's pending frames
-before anything of its own.
+it, wait for the one delivery task, killboard/live/delivery.py, which goes on SEND_SLICE sockets a
+step), and the flush writes FLUSH_SLICE sockets (FLUSH_BYTES) a step. A socket's frames stay in
+order: a kill queued is delivered whole before the next, and a writer task writes its socket's
+pending frames before anything of its own.
 """
 
 from __future__ import annotations
@@ -39,20 +39,8 @@ from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
 from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
-from .slices import (
-    BURST,
-    DELIVER_SLICE,
-    FLUSH_BYTES,
-    FLUSH_SLICE,
-    LATE_MAX_BYTES,
-    MATCH_SLICE,
-    PLAIN,
-    SEND_SLICE,
-    UNMATCHED_BYTES,
-    WHOLE_LATE_BYTES,
-    Queued,
-    make_all,
-)
+from .delivery import DeliveryTask
+from .slices import FLUSH_BYTES, FLUSH_SLICE, PLAIN, SEND_SLICE, WHOLE_LATE_BYTES, Queued
 from .subscriber import Delivered, Outbox, Subscriber, idle, pend, raw_socket, send_frames
 from .wire import (
     OFFLOAD_BYTES,
@@ -103,25 +91,17 @@ class Hub:
         # Frames made for live kills (each variant of each kill counts once): bounded per kill
         # by the canonical variants, whatever the clients ask for.
         self.variants_made = 0
-        # Kills waiting for the delivery task (their variants made in a thread, or more sockets
-        # than one step may write), in publish order: a socket gets its kills in seq order, so
-        # no kill overtakes one queued here. `_late_plain`: those of them with plain sockets.
-        self._late: deque[Queued] = deque()
-        self._late_bytes = 0
-        self._late_plain = 0
         # Every socket by the kind of frame it takes (Subscriber.variant): a kill's sockets are
         # grouped with set intersections, not a Python step per socket.
         self._by_variant: dict[tuple[Langs, int], set[Subscriber]] = {}
-        # Sockets per step (SEND_SLICE, FLUSH_SLICE); sockets given a frame by publish since the
-        # current step began (`_counting`: a callback that ends the count is scheduled).
+        # Sockets per step: given a frame by publish or the delivery task, written by the flush.
         self.send_slice = SEND_SLICE
         self.flush_slice = FLUSH_SLICE
-        self._sent_now = 0
-        self._counting = False
         # Bumped when a socket unsubscribes, goes, or begins or ends a replay: a queued kill
         # published before that looks up again who still wants it (else its sockets as matched).
         self.changes = 0
-        self._deflater: asyncio.Task[None] | None = None
+        # Kills waiting for the delivery task (killboard/live/delivery.py), and the task.
+        self.late = DeliveryTask(self)
         # Sockets with frames in `pending`, written by `_flush` (scheduled once per turn).
         self._due: list[Subscriber] = []
         # The last payload framed (`_wire`): a broadcast frames each variant once, not per socket.
@@ -448,11 +428,12 @@ class Hub:
         self.recent_facts[seq] = facts
         if len(self.recent_facts) > self._replay_window:
             self.recent_facts.popitem(last=False)
-        if self._late and (self._late_plain or PLAIN not in self._by_variant):
+        late = self.late
+        if late.entries and (late.plain or PLAIN not in self._by_variant):
             # Behind a queued kill, whole (no socket of it could get it now): its sockets are
             # looked up by the delivery task, so a stored batch of many kills handed over in one
             # step does not hold the loop for a lookup of every socket per kill. Counted then.
-            self._queue(Queued(KillVariants(seq, body, self._deflate_level, decoded), None, facts, 0, True, -1))
+            late.queue(Queued(KillVariants(seq, body, self._deflate_level, decoded), None, facts, 0, True, -1))
             return 0
         targets = self._index.match(facts)
         if not targets:
@@ -467,11 +448,11 @@ class Hub:
         # it is a fleet fight (sent in slices, from the delivery task), a kill queued there has
         # plain sockets too (no overtaking), or this step has given out its frames already.
         plain = groups.get(PLAIN)
-        if plain is not None and size < WHOLE_LATE_BYTES and not self._late_plain and self._room(len(plain)):
+        if plain is not None and size < WHOLE_LATE_BYTES and not late.plain and late.room(len(plain)):
             del groups[PLAIN]
             sent += self._send_all(plain, seq, kill.frame(None), facts)
         if groups:
-            sent += self._publish_variants(kill, groups, facts)
+            sent += late.publish_variants(kill, groups, facts)
         else:
             self.variants_made += kill.made
         self.deliveries += sent
@@ -489,160 +470,6 @@ class Hub:
             if group:
                 groups[key] = group
         return groups
-
-    def _room(self, sockets: int) -> bool:
-        """Whether publish may give `sockets` more sockets their frame in this step of the loop
-        (at most `send_slice` a step); else the kill goes to the delivery task, in slices."""
-        if not self._counting:
-            self._counting, self._sent_now = True, 0
-            asyncio.get_running_loop().call_soon(self._step_over)
-        if self._sent_now + sockets > self.send_slice:
-            return False
-        self._sent_now += sockets
-        return True
-
-    def _step_over(self) -> None:
-        self._counting = False
-
-    def _publish_variants(
-        self, kill: KillVariants, groups: dict[tuple[Langs, int], Collection[Subscriber]], facts: KillFacts
-    ) -> int:
-        """Send a small kill's other variants at once, made here, when this step has room for
-        its sockets; else (or for a large one, or any kill behind one queued) the kill waits its
-        turn in `_late` for the delivery task: a large kill's variants are made in a thread (a
-        language variant of a fleet fight is ~12 ms of decode, filter and encode, a deflate as
-        much, and nine of each would hold the loop for a quarter of a second), and its sockets
-        are given their frame in slices. Returns the sockets it is meant for."""
-        size = len(kill.body())
-        count = sum(map(len, groups.values()))
-        if not self._late and size < OFFLOAD_BYTES:
-            if self._room(count):
-                sent = self._deliver(kill, groups, facts)
-                self.variants_made += kill.made
-                return sent
-            make_all([(kill, key) for key in groups])  # small: made now, the slices follow
-        groups_list = [(key, list(subs)) for key, subs in groups.items()]
-        self._queue(Queued(kill, groups_list, facts, size + 8 * count, PLAIN in groups, self.changes))
-        return count
-
-    def _queue(self, entry: Queued) -> None:
-        """A kill to the delivery task's queue (started if need be)."""
-        if entry.groups is None:
-            entry.nbytes = UNMATCHED_BYTES
-        self._late.append(entry)
-        self._late_bytes += entry.nbytes
-        self._late_plain += entry.plain
-        if self._late_bytes > LATE_MAX_BYTES and len(self._late) > 1:
-            # The task is not keeping up (the thread's deflate, or the sockets' writes): the
-            # oldest kills are delivered now (slowing the producer) instead of holding ever more.
-            while self._late_bytes > LATE_MAX_BYTES // 2 and len(self._late) > 1:
-                self._pump(self.send_slice, make=True)
-        if self._deflater is None or self._deflater.done():
-            self._deflater = asyncio.create_task(self._make_late(), name="hub-variants")
-
-    def _look_up(self, entry: Queued) -> int:
-        """A queued kill's sockets, looked up now (it was queued before they were); returns them.
-        Its stamp says to check each socket's Delivered: one that subscribed with `since` after
-        the kill was stored may have had it from its replay already."""
-        targets = self._index.match(entry.facts)
-        groups = self._group(targets) if targets else {}
-        entry.groups = [(key, list(subs)) for key, subs in groups.items()]
-        count = len(targets)
-        nbytes = (len(entry.kill.body()) if count else 0) + 8 * count
-        self._late_bytes += nbytes - entry.nbytes
-        entry.nbytes = nbytes
-        if PLAIN not in groups:
-            entry.plain = False
-            self._late_plain -= 1
-        self.deliveries += count
-        return count
-
-    async def _make_late(self) -> None:
-        """Deliver the queued kills in publish order: make their variants in one thread hop
-        (zlib releases the GIL; decode and encode hold it, but the loop still gets its turn
-        every switch interval), then give their sockets their frames `send_slice` sockets and
-        DELIVER_SLICE bytes a step, letting the loop run between steps. A kill stays first in
-        `_late` until every socket has it, so no kill published meanwhile overtakes it."""
-        loop = asyncio.get_running_loop()
-        while self._late:
-            looked = 0
-            for entry in list(self._late):
-                if entry.groups is None:
-                    looked += self._look_up(entry) + 1
-                    if looked >= MATCH_SLICE:
-                        await asyncio.sleep(0)  # a step's worth of lookups
-                        looked = 0
-            batch = list(self._late)
-            if len(batch) > BURST:
-                # A backlog being caught up (an ingest burst) rather than the live feed: the CPU
-                # is the wall then, and level 1 takes half the time of 6 for ~16% more bytes.
-                for entry in batch:
-                    if not entry.group and not entry.pos:
-                        entry.kill.level = 1
-            todo = [(e.kill, key) for e in batch for key, _ in e.groups or () if not e.kill.has(*key)]
-            if todo:
-                await loop.run_in_executor(None, make_all, todo)
-            while self._late:
-                # Not more than a few flush steps ahead: frames piling up in `pending` faster
-                # than the flush writes them would end in writes of a socket's whole budget.
-                if len(self._due) <= 4 * self.flush_slice and not self._pump(self.send_slice):
-                    break  # a kill queued since needs its variants: the thread first
-                await asyncio.sleep(0)  # the loop's other work, and the flush, between steps
-
-    def _pump(self, sockets: int, make: bool = False) -> bool:
-        """One step of the delivery task: the queued kills' frames to at most `sockets` sockets
-        and DELIVER_SLICE bytes, in order. Stops early at a kill whose variants are not made
-        (unless `make`: then made here). Returns whether it did anything (False: the task must
-        make variants first). Whether a socket still wants a kill is looked up once a step (the
-        index, not each socket's channels): it may have gone or unsubscribed since the kill
-        was published, or had the kill from a replay (only if some socket did any of that
-        since: `changes`)."""
-        late = self._late
-        room, space, did = sockets, DELIVER_SLICE, False
-        while late and room > 0 and space > 0:
-            entry = late[0]
-            kill = entry.kill
-            if entry.groups is None:
-                room -= self._look_up(entry) // 32
-            groups = entry.groups
-            assert groups is not None
-            if not make and not all(kill.has(*key) for key, _ in groups[entry.group :]):
-                return did
-            did = True
-            wanted = None if entry.stamp == self.changes else self._index.match(entry.facts)
-            while entry.group < len(groups) and room > 0 and space > 0:
-                (langs, bits), subs = groups[entry.group]
-                frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-                take = min(room, len(subs) - entry.pos, max(1, space // max(1, len(frame))))
-                end = entry.pos + take
-                part = subs[entry.pos : end] if take < len(subs) else subs
-                self._send_all(part, kill.seq, frame, entry.facts, wanted)
-                room -= take
-                space -= take * len(frame)
-                if end < len(subs):
-                    entry.pos = end
-                else:
-                    entry.group, entry.pos = entry.group + 1, 0
-            if entry.group < len(groups):
-                break
-            late.popleft()
-            self._late_bytes -= entry.nbytes
-            self._late_plain -= entry.plain
-            self.variants_made += kill.made
-        return did
-
-    def _deliver(
-        self,
-        kill: KillVariants,
-        groups: dict[tuple[Langs, int], Collection[Subscriber]],
-        facts: KillFacts,
-    ) -> int:
-        """A small kill's frames to its sockets, at once (made here if need be)."""
-        sent = 0
-        for (langs, bits), subs in groups.items():
-            frame = kill.deflated(langs, bits) if bits else kill.frame(langs)
-            sent += self._send_all(subs, kill.seq, frame, facts)
-        return sent
 
     def _send_all(
         self,
@@ -794,8 +621,7 @@ class Hub:
 
     async def close_all(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server shutdown") -> None:
         """Close every socket at once, each with a time limit (close() waits on a stuck reader)."""
-        if self._deflater is not None:
-            self._deflater.cancel()  # kills still waiting for their variants are in the store: a since replays them
+        self.late.stop()  # kills still waiting for the delivery task are in the store: a since replays them
         subs = list(self._subscribers.values())
         for sub in subs:
             if not sub.dropped:

@@ -44,8 +44,9 @@ MATCH_SLICE = 32 * SEND_SLICE
 
 @dataclass(eq=False, slots=True)
 class Queued:
-    """A kill waiting for the delivery task (`Hub._make_late`): its variants (made in a thread
-    when large), its sockets by variant, and how far its delivery in slices has got."""
+    """A kill waiting for the delivery task (`DeliveryTask.run`, killboard/live/delivery.py): its
+    variants (made in a thread when large), its sockets by variant, and how far its delivery in
+    slices has got."""
 
     kill: KillVariants
     # None: its sockets not looked up yet (queued behind others: the task does it, in steps).

@@ -286,13 +286,13 @@ async def test_a_kill_queued_before_a_replay_and_looked_up_after_it_arrives_once
     for ws in others:
         await sub(ws, "kills")
     task_may_run = asyncio.Event()
-    real_task = hub._make_late
+    real_task = hub.late.run
 
     async def held_back() -> None:  # the delivery task, on a loop busy with other work
         await task_may_run.wait()
         await real_task()
 
-    monkeypatch.setattr(hub, "_make_late", held_back)
+    monkeypatch.setattr(hub.late, "run", held_back)
     seqs = []
     for km in killmails[10:12]:  # committed and published as the worker does: queued
         submission = parse_submission(km)
@@ -301,7 +301,7 @@ async def test_a_kill_queued_before_a_replay_and_looked_up_after_it_arrives_once
         [(seq, _)] = await store.save_kills([new])
         hub.publish(seq, new.body, kill_facts(kill))
         seqs.append(seq)
-    assert [entry.groups is None for entry in hub._late] == [False, True]
+    assert [entry.groups is None for entry in hub.late.entries] == [False, True]
     late = await client.ws_connect("/ws")
     replay = await sub(late, "kills", 10)
     assert replay["to"] == seqs[-1]
@@ -312,7 +312,7 @@ async def test_a_kill_queued_before_a_replay_and_looked_up_after_it_arrives_once
     task_may_run.set()
 
     async def delivered() -> bool:
-        return not (hub._late or hub._due)
+        return not (hub.late.entries or hub._due)
 
     await until(delivered)
     assert [f["seq"] for f in await drain(late)] == [], "a kill its replay sent came again live"

@@ -124,7 +124,7 @@ async def test_a_socket_that_unsubscribes_during_a_sliced_delivery_gets_no_kill_
     assert (await gone.receive_json(timeout=5))["action"] == "unsubscribed"
 
     async def delivered() -> bool:
-        return not (hub._late or hub._due)
+        return not (hub.late.entries or hub._due)
 
     await until(delivered)
     await hub.put(leaving, b'{"action":"marker"}')  # through its writer, after anything due
