@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from battlefights import fight
 
@@ -32,7 +32,7 @@ class FailingWriter:
     def __init__(self) -> None:
         self.failing = True
 
-    async def __call__(self, db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+    def __call__(self, db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
         if self.failing:
             raise OSError("disk full (a test)")
 
@@ -94,8 +94,8 @@ async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Pa
     service = await Battles.start(store, static)
     reads: list[str] = []
 
-    async def trace(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
-        await db.set_trace_callback(reads.append)  # before the battles' writer: sees its reads
+    def trace(db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        db.set_trace_callback(reads.append)  # before the battles' writer: sees its reads
 
     store.writers.insert(0, trace)
     try:

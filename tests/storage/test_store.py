@@ -220,10 +220,16 @@ async def test_insert_many_writes_what_executemany_writes(tmp_path: Path) -> Non
     for name in ("many", "insert_many"):
         store = await Store.open(tmp_path / f"{name}.sqlite3")
         try:
-            async with store.transaction() as db:
-                await db.execute("CREATE TABLE t (a INTEGER, b INTEGER, n INTEGER, PRIMARY KEY (a, b))")
+
+            def write(db: sqlite3.Connection, name: str = name) -> None:
+                db.execute("CREATE TABLE t (a INTEGER, b INTEGER, n INTEGER, PRIMARY KEY (a, b))")
                 for part in (rows[:10], rows[10:], []):
-                    await (db.executemany(sql, part) if name == "many" else insert_many(db, sql, part))
+                    if name == "many":
+                        db.executemany(sql, part)
+                    else:
+                        insert_many(db, sql, part)
+
+            await store.transact(write)
             tables.append(await store.query("SELECT a, b, n FROM t ORDER BY a, b"))
         finally:
             await store.close()
