@@ -79,8 +79,10 @@ async def _configure(conn: aiosqlite.Connection) -> None:
     await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
 
 
-# One statement holds at most this many parameters on any SQLite (3.32+ allows 32,766).
-MAX_PARAMETERS = 999
+# Parameters a statement of insert_many holds at most: SQLite's default limit since 3.32 (the
+# connection's own limit when lower, 999 on older builds). Each statement lets go of the GIL
+# once and takes it back, waiting for a busy event loop: fewer, larger statements wait less.
+MAX_PARAMETERS = 32_766
 _VALUES = re.compile(r"VALUES (\(\?(?:, \?)*\))")
 
 
@@ -95,7 +97,8 @@ def insert_many(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]])
     if match is None:
         raise ValueError(f"not an INSERT of one VALUES row: {sql[:80]!r}")
     group = match.group(1)
-    per = max(1, MAX_PARAMETERS // group.count("?"))
+    limit = min(MAX_PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    per = max(1, limit // group.count("?"))
     head, tail = sql[: match.start(1)], sql[match.end(1) :]
     whole = len(rows) - len(rows) % per
     if whole:

@@ -25,7 +25,7 @@ async def test_in_thread_runs_on_the_connection_in_its_own_thread(tmp_path: Path
     try:
         # The thread aiosqlite runs statements in, found through public calls only.
         await conn.create_function("thread_id", 0, threading.get_ident)
-        worker = list(await conn.execute_fetchall("SELECT thread_id()"))[0][0]
+        worker = next(iter(await conn.execute_fetchall("SELECT thread_id()")))[0]
         await conn.execute("CREATE TEMP TABLE t (x INTEGER)")  # per connection: seen only on the same one
         await conn.execute("INSERT INTO t VALUES (7)")
 
