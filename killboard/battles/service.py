@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
-import aiosqlite
 import ujson
 
 from ..ingest.pipeline import Stored
@@ -47,6 +47,8 @@ class Battles:
         self.channels = BattleChannels(hub, store, self.summary, replay_max) if hub is not None else None
         self._pending: OrderedDict[int, int] = OrderedDict()
         self._merged: list[tuple[int, int]] = []
+        # Battles the last transaction started with kills stored before it: changed, after the commit.
+        self._started: list[int] = []
         self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
         self._lost: OrderedDict[int, Lost] = OrderedDict()  # killmail id -> its items summed
@@ -58,8 +60,7 @@ class Battles:
         service = cls(store, static, hub, replay_max)
         if await store.get_state(REBUILD_NEEDED):
             log.warning("battles: kills stored before battles existed are in none; run `python app.py battles rebuild`")
-        async with store.transaction() as db:
-            await tables.load(db, service.detector, static)
+        await store.transact(lambda db: tables.load(db, service.detector, static))
         store.writers.append(service.write)
         store.pruners.append(service.prune)
         store.on_changed.append(service.rewritten)
@@ -82,7 +83,12 @@ class Battles:
 
     # -- in the kills' transaction ---------------------------------------------------------
 
-    async def write(self, db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+    def write(self, db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        """The store's writer: in the database thread, inside the kills' transaction (Store.transact).
+
+        Only this (and `prune`, under the same lock) touches the detector, so it may run in
+        that thread; what the event loop reads (`_pending`, `_merged`, `_started`) is read by
+        on_stored, which runs after the transaction returned."""
         if not new:
             return
         batch = {seq for seq, _ in new}
@@ -93,12 +99,16 @@ class Battles:
             last, self._unconfirmed = self._unconfirmed, None
             gone = last in batch
             if not gone:
-                async with db.execute("SELECT 1 FROM kills WHERE seq = ?", (last,)) as cur:
-                    gone = await cur.fetchone() is None
+                gone = db.execute("SELECT 1 FROM kills WHERE seq = ?", (last,)).fetchone() is None
             if gone:
                 log.warning("battles: the last batch was rolled back; reloading battle state")
                 self.detector = Detector()
-                await tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
+                # What the rolled-back batch left for on_stored never happened either.
+                self._merged.clear()
+                self._started.clear()
+                for seq in [s for s in self._pending if s >= min(batch)]:  # its seqs are given again
+                    del self._pending[seq]
+                tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
         self._unconfirmed = max(batch)  # checked at the next batch: did this one commit?
         changes = Changes()
         # Late kills (an import, a backlog out of time order) each read their system's battles
@@ -109,11 +119,11 @@ class Battles:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
             if not self.detector.knows(p.time) and (where := (p.constellation, p.system, p.time)) not in hydrated:
                 hydrated.add(where)
-                await tables.hydrate(db, self.detector, p, self.static, batch, changes)
+                tables.hydrate(db, self.detector, p, self.static, batch, changes)
             self.detector.add((p,), changes)
         if not changes:
             return
-        await tables.write(db, self.detector, changes)
+        tables.write(db, self.detector, changes)
         if self.channels is None:
             return  # an import: nobody follows battles in this process
         assigned = changes.resolved()
@@ -123,14 +133,15 @@ class Battles:
             self._pending.popitem(last=False)
         self._merged += changes.merged
         # Kills already stored (the first ones of a new battle) send no kill frame: only the
-        # battle's frame says it started.
+        # battle's frame says it started (on_stored marks it changed, after the commit).
         for seq, battle_id in assigned:
             if seq not in batch:
                 self._pending.pop(seq, None)
-                asyncio.get_running_loop().call_soon(self.channels.changed, battle_id)
+                self._started.append(battle_id)
 
-    async def prune(self, db: aiosqlite.Connection, seqs: Sequence[int]) -> None:
-        for battle_id in await tables.prune(db, seqs):
+    def prune(self, db: sqlite3.Connection, seqs: Sequence[int]) -> None:
+        """The store's pruner, in the database thread like `write`."""
+        for battle_id in tables.prune(db, seqs):
             self.detector.unload(battle_id)  # read again from the database if a late kill needs it
 
     # -- after the commit ------------------------------------------------------------------
@@ -143,6 +154,9 @@ class Battles:
         for gone, kept in self._merged:
             self.channels.merged(gone, kept)
         self._merged.clear()
+        for started in self._started:
+            self.channels.changed(started)
+        self._started.clear()
         if battle_id is not None and stored.live:
             kill = stored.kill
             self.channels.kill(stored.seq, battle_id, lambda: kill.body)
@@ -326,25 +340,27 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
         for s in seqs:
             if s in old and old[s] not in taken:
                 redirect.setdefault(old[s], rename[b])
-    async with store.transaction() as db:
-        await db.execute("DELETE FROM battle_kills")
-        await db.execute("DELETE FROM battles")
-        await db.executemany(
-            "INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in assigned]
-        )
-        await db.executemany(
+    battle_rows = [
+        tables.row_of(b, rename[b.battle_id])
+        for b in [*detector.closed, *detector.battles.values()]
+        if b.battle_id in members
+    ]
+
+    def replace(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM battle_kills")
+        db.execute("DELETE FROM battles")
+        db.executemany("INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in assigned])
+        db.executemany(
             "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
             " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                tables.row_of(b, rename[b.battle_id])
-                for b in [*detector.closed, *detector.battles.values()]
-                if b.battle_id in members
-            ],
+            battle_rows,
         )
-        await db.executemany(
+        db.executemany(
             "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
             " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, ?, '[]', 0, 0, 0, 0, 0, 0, 0)",
             sorted(redirect.items()),
         )
-        await db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
+        db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
+
+    await store.transact(replace)
     return len(members), len(assigned)

@@ -5,11 +5,11 @@ holds the schema)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import ujson
 
 from ..storage import participants
@@ -73,20 +73,17 @@ def row_of(b: Battle, battle_id: int | None = None) -> tuple[Any, ...]:
     )
 
 
-async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) -> None:
+def write(db: sqlite3.Connection, detector: Detector, changes: Changes) -> None:
     """Store what one batch changed: new and grown battles, each kill's battle, merges."""
     if changes.created:
-        async with db.execute("SELECT max(battle_id) FROM battles") as cur:
-            row = await cur.fetchone()
+        row = db.execute("SELECT max(battle_id) FROM battles").fetchone()
         if row and row[0] is not None and row[0] >= min(changes.created):
             detector.renumber(changes, int(row[0]))
     for gone, keep in changes.merged:
-        await db.execute("UPDATE battle_kills SET battle_id = ? WHERE battle_id = ?", (keep, gone))
-        await db.execute(
-            "UPDATE battles SET merged_into = ? WHERE battle_id = ? OR merged_into = ?", (keep, gone, gone)
-        )
+        db.execute("UPDATE battle_kills SET battle_id = ? WHERE battle_id = ?", (keep, gone))
+        db.execute("UPDATE battles SET merged_into = ? WHERE battle_id = ? OR merged_into = ?", (keep, gone, gone))
     if changes.assigned:
-        await db.executemany(
+        db.executemany(
             "INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)"
             " ON CONFLICT DO UPDATE SET battle_id = excluded.battle_id",
             changes.resolved(),
@@ -97,7 +94,7 @@ async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) 
         if b is not None:
             rows.append(row_of(b))
     if rows:
-        await db.executemany(
+        db.executemany(
             "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
             " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (battle_id) DO UPDATE SET system_ids = excluded.system_ids, start_time = excluded.start_time,"
@@ -107,27 +104,27 @@ async def write(db: aiosqlite.Connection, detector: Detector, changes: Changes) 
         )
 
 
-async def prune(db: aiosqlite.Connection, seqs: Sequence[int]) -> list[int]:
+def prune(db: sqlite3.Connection, seqs: Sequence[int]) -> list[int]:
     """Retention removes these kills: take them out of their battles (a battle left with no kill
     goes, with the ids that redirected to it). Returns the battles that changed."""
     changed: set[int] = set()
     for i in range(0, len(seqs), 500):
         chunk = list(seqs[i : i + 500])
         marks = ",".join("?" * len(chunk))
-        async with db.execute(f"SELECT DISTINCT battle_id FROM battle_kills WHERE seq IN ({marks})", chunk) as cur:
-            changed.update(row[0] for row in await cur.fetchall())
-        await db.execute(f"DELETE FROM battle_kills WHERE seq IN ({marks})", chunk)
+        changed.update(
+            row[0] for row in db.execute(f"SELECT DISTINCT battle_id FROM battle_kills WHERE seq IN ({marks})", chunk)
+        )
+        db.execute(f"DELETE FROM battle_kills WHERE seq IN ({marks})", chunk)
     for battle_id in sorted(changed):
-        async with db.execute(
+        row = db.execute(
             "SELECT count(*), min(k.kill_time), max(k.kill_time), coalesce(sum(k.total_value), 0), max(k.seq)"
             " FROM battle_kills b JOIN kills k USING (seq) WHERE b.battle_id = ?",  # the pruned rows are gone
             (battle_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
         if row is None or not row[0]:
-            await db.execute("DELETE FROM battles WHERE battle_id = ? OR merged_into = ?", (battle_id, battle_id))
+            db.execute("DELETE FROM battles WHERE battle_id = ? OR merged_into = ?", (battle_id, battle_id))
         else:
-            await db.execute(
+            db.execute(
                 "UPDATE battles SET kill_count = ?, start_time = ?, end_time = ?, isk_destroyed = ?, last_seq = ?"
                 " WHERE battle_id = ?",
                 (row[0], row[1], row[2], row[3], row[4], battle_id),
@@ -145,35 +142,33 @@ def point(
     return Point(seq, kill_time, system_id, system.constellation_id, system.region_id, value, None, pilots)
 
 
-async def _fetch(db: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-    # One hop to the database thread (execute, fetch and close there), not three: a hydrate is
-    # two of these per late kill, inside the kills' write transaction.
-    return [tuple(r) for r in await db.execute_fetchall(sql, tuple(args))]
+def _fetch(db: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    # In the database thread, inside the kills' write transaction (Store.transact): a hydrate is
+    # two of these per late kill, and no longer a hop to the event loop each.
+    return db.execute(sql, tuple(args)).fetchall()
 
 
-async def load(db: aiosqlite.Connection, detector: Detector, static: Any, skip: set[int] | None = None) -> None:
+def load(db: sqlite3.Connection, detector: Detector, static: Any, skip: set[int] | None = None) -> None:
     """Open battles and recent kills outside any battle, from the database, into memory
     (`skip`: kills of the batch being written, which the detector is about to be given)."""
-    newest = (await _fetch(db, "SELECT max(kill_time) FROM kills", ()))[0][0] or 0
+    newest = _fetch(db, "SELECT max(kill_time) FROM kills", ())[0][0] or 0
     since = newest - HORIZON - GAP
-    top = (await _fetch(db, "SELECT max(battle_id) FROM battles", ()))[0][0] or 0
+    top = _fetch(db, "SELECT max(battle_id) FROM battles", ())[0][0] or 0
     detector.next_id = max(detector.next_id, top + 1)
-    for row in await _fetch(
-        db, f"SELECT {_COLUMNS} FROM battles WHERE end_time >= ? AND merged_into IS NULL", (since,)
-    ):
+    for row in _fetch(db, f"SELECT {_COLUMNS} FROM battles WHERE end_time >= ? AND merged_into IS NULL", (since,)):
         detector.load_battle(_battle(BattleRow.of(row)))
-    await _pool(db, detector, static, "k.kill_time >= ?", (since,), skip or set())
+    _pool(db, detector, static, "k.kill_time >= ?", (since,), skip or set())
     detector.newest = max(detector.newest, newest)
 
 
-async def hydrate(
-    db: aiosqlite.Connection, detector: Detector, p: Point, static: Any, batch: set[int], changes: Changes
+def hydrate(
+    db: sqlite3.Connection, detector: Detector, p: Point, static: Any, batch: set[int], changes: Changes
 ) -> None:
     """A kill older than memory reaches: bring its system's battles and loose kills of that time
     back from the database first (an import of old kills, a kill posted days late). `changes`:
     what this batch did so far, which the database does not hold yet (it is written after the
     batch): kills it put in battles stay out of the loose pool, battles it merged away stay gone."""
-    rows = await _fetch(
+    rows = _fetch(
         db,
         f"SELECT {_COLUMNS} FROM battles WHERE end_time >= ? AND start_time <= ? AND merged_into IS NULL"
         " AND constellation_id = ?",
@@ -182,7 +177,7 @@ async def hydrate(
     for row in rows:
         if int(row[0]) not in detector.battles and int(row[0]) not in changes.redirect:
             detector.load_battle(_battle(BattleRow.of(row)))
-    await _pool(
+    _pool(
         db,
         detector,
         static,
@@ -192,10 +187,10 @@ async def hydrate(
     )
 
 
-async def _pool(
-    db: aiosqlite.Connection, detector: Detector, static: Any, where: str, args: Sequence[Any], skip: set[int]
+def _pool(
+    db: sqlite3.Connection, detector: Detector, static: Any, where: str, args: Sequence[Any], skip: set[int]
 ) -> None:
-    rows = await _fetch(
+    rows = _fetch(
         db,
         "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k"
         " JOIN participants p USING (seq) LEFT JOIN battle_kills b USING (seq)"

@@ -1,17 +1,17 @@
 """Keeping the figures right: the store's writer and pruner, the backlog after an upgrade, rebuild.
 
-Every path goes through `share_of`, which reads what it needs from the database in the caller's
-transaction (the kill's row and its participant row), so a kill stored, pruned, caught up or
-rebuilt always adds or takes back exactly the same share.
+Every path goes through `share_of` (or the share the pipeline worked out from the same pilots),
+which reads what it needs from the database in the caller's transaction (the kill's row and its
+participant row), so a kill stored, pruned, caught up or rebuilt always adds or takes back
+exactly the same share. All of it runs in the database thread, inside the one call that runs
+the transaction (Store.transact).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-
-import aiosqlite
 
 from ..kill.staticdata import StaticData
 from ..storage import participants
@@ -23,13 +23,13 @@ from . import figures
 log = logging.getLogger(__name__)
 
 BATCH = 200  # kills a backlog transaction counts in (~20 ms of the write lock)
-THREAD_PILOTS = 300  # past this many pilots in a batch (~3 ms of work), the share is worked out in a thread
 
 
-async def share_of(db: aiosqlite.Connection, static: StaticData, seqs: Sequence[int], sign: int) -> figures.Share:
-    """The share of the kills with these seqs that are in the participant index."""
+def share_of(db: sqlite3.Connection, static: StaticData, seqs: Sequence[int], sign: int) -> figures.Share:
+    """The share of the kills with these seqs that are in the participant index (in the
+    database thread: unpacking and counting a fleet fight's pilots keeps no loop waiting)."""
+    share = figures.Share()
     # One query for both: the kill's time, system and value, and its packed pilots.
-    rows: list[tuple[int, int, float, bytes]] = []
     for i in range(0, len(seqs), 500):
         chunk = list(seqs[i : i + 500])
         marks = ",".join("?" * len(chunk))
@@ -37,30 +37,21 @@ async def share_of(db: aiosqlite.Connection, static: StaticData, seqs: Sequence[
             "SELECT k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p USING (seq)"
             f" WHERE k.seq IN ({marks})"
         )
-        async with db.execute(sql, chunk) as cur:
-            rows += [tuple(row) for row in await cur.fetchall()]
-
-    def work() -> figures.Share:
-        share = figures.Share()
-        for kill_time, system_id, value, blob in rows:
+        for kill_time, system_id, value, blob in db.execute(sql, chunk).fetchall():
             figures.add_kill(share, participants.unpack(blob), kill_time, system_id, value, static, sign)
-        return share
-
-    # A packed pilot is ~14 bytes: past THREAD_PILOTS of them, unpack and count beside the loop.
-    return await asyncio.to_thread(work) if sum(len(r[3]) for r in rows) > 14 * THREAD_PILOTS else work()
+    return share
 
 
-async def _state(db: aiosqlite.Connection, key: str) -> int:
-    async with db.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
-        row = await cur.fetchone()
+def _state(db: sqlite3.Connection, key: str) -> int:
+    row = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
     return int(row[0]) if row else 0
 
 
-async def _uncounted(db: aiosqlite.Connection) -> tuple[int, int]:
+def _uncounted(db: sqlite3.Connection) -> tuple[int, int]:
     """(floor, through): indexed kills with floor < seq <= through are not in the figures yet
     (the backlog counts them in); kills at or below the floor wait for the participant index,
     whose backlog calls our writer."""
-    return await _state(db, INDEX_BACKLOG), await _state(db, FIGURES_BACKLOG)
+    return _state(db, INDEX_BACKLOG), _state(db, FIGURES_BACKLOG)
 
 
 PREPARED = "entities.share"  # the key of a kill's share in NewKill.prepared
@@ -91,7 +82,7 @@ def _shares(kills: Sequence[tuple[int, NewKill]], static: StaticData) -> figures
 
 
 def writer(static: StaticData) -> TxWriter:
-    async def write(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+    def write(db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
         if not new:
             return
         # The pilots the pipeline worked out are the ones just packed into the participant rows
@@ -99,25 +90,20 @@ def writer(static: StaticData) -> TxWriter:
         # them (tools, the participant backlog) are read back like retention reads them.
         known = [(seq, kill) for seq, kill in new if kill.participation is not None]
         unread = [seq for seq, kill in new if kill.participation is None]
-        # ~0.1 ms a kill of Python (a fleet fight's thousands of pilots: tens of ms): a batch of
-        # any size is worked out in a thread, so the loop keeps serving meanwhile.
-        pilots = sum(
-            len(kill.participation.pilots) for _, kill in known if kill.participation and PREPARED not in kill.prepared
-        )
-        share = await asyncio.to_thread(_shares, known, static) if pilots > THREAD_PILOTS else _shares(known, static)
+        share = _shares(known, static)
         if unread:
-            share.merge(await share_of(db, static, unread, 1))
-        await figures.apply(db, share)
+            share.merge(share_of(db, static, unread, 1))
+        figures.apply(db, share)
 
     return write
 
 
 def pruner(static: StaticData) -> TxPruner:
-    async def prune(db: aiosqlite.Connection, seqs: Sequence[int]) -> None:
-        floor, through = await _uncounted(db)
+    def prune(db: sqlite3.Connection, seqs: Sequence[int]) -> None:
+        floor, through = _uncounted(db)
         counted = [seq for seq in seqs if not floor < seq <= through]  # the rest were never added
         if counted:
-            await figures.apply(db, await share_of(db, static, counted, -1))
+            figures.apply(db, share_of(db, static, counted, -1))
 
     return prune
 
@@ -143,32 +129,42 @@ async def with_figures(store: Store, static: StaticData) -> Callable[[], Awaitab
 async def catch_up(store: Store, static: StaticData, batch: int = BATCH) -> int:
     """Count in the indexed kills the figures do not hold yet (after the upgrade that added them,
     or a rebuild), newest first, a batch a transaction; returns how many. Safe beside the server."""
-    done = 0
-    while True:
-        async with store.transaction() as db:
-            floor, through = await _uncounted(db)
-            if through <= floor:
-                await db.execute("DELETE FROM state WHERE key = ?", (FIGURES_BACKLOG,))
-                return done
-            async with db.execute(
+
+    def step(db: sqlite3.Connection) -> int | None:
+        """Count one batch in; None when nothing is left."""
+        floor, through = _uncounted(db)
+        if through <= floor:
+            db.execute("DELETE FROM state WHERE key = ?", (FIGURES_BACKLOG,))
+            return None
+        seqs = [
+            row[0]
+            for row in db.execute(
                 "SELECT seq FROM participants WHERE seq > ? AND seq <= ? ORDER BY seq DESC LIMIT ?",
                 (floor, through, batch),
-            ) as cur:
-                seqs = [row[0] for row in await cur.fetchall()]
-            await figures.apply(db, await share_of(db, static, seqs, 1))
-            left = seqs[-1] - 1 if len(seqs) == batch else floor
-            await db.execute("UPDATE state SET value = ? WHERE key = ?", (str(left), FIGURES_BACKLOG))
-            done += len(seqs)
+            )
+        ]
+        figures.apply(db, share_of(db, static, seqs, 1))
+        left = seqs[-1] - 1 if len(seqs) == batch else floor
+        db.execute("UPDATE state SET value = ? WHERE key = ?", (str(left), FIGURES_BACKLOG))
+        return len(seqs)
+
+    done = 0
+    while (counted := await store.transact(step)) is not None:
+        done += counted
+    return done
 
 
 async def rebuild(store: Store, static: StaticData, batch: int = BATCH) -> int:
     """Drop the figures and count every indexed kill in again (`python app.py entities rebuild`)."""
-    async with store.transaction() as db:
-        await db.execute("DELETE FROM entity_months")
-        await db.execute("DELETE FROM entity_tops")
-        await db.execute(
+
+    def drop(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM entity_months")
+        db.execute("DELETE FROM entity_tops")
+        db.execute(
             "INSERT INTO state (key, value) SELECT ?, CAST(coalesce(max(seq), 0) AS TEXT) FROM participants WHERE true"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (FIGURES_BACKLOG,),
         )
+
+    await store.transact(drop)
     return await catch_up(store, static, batch)

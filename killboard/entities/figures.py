@@ -15,12 +15,11 @@ both when it is stored and when it is pruned, so adding and taking back are exac
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import aiosqlite
 
 from ..kill.enrich import CATEGORY_SHIP, MAX_NPC_CHARACTER_ID, MAX_NPC_CORPORATION_ID, NEVER_SOLO_GROUPS
 from ..kill.staticdata import StaticData, TypeInfo
@@ -228,19 +227,20 @@ UPSERT_TOP = (
 )
 
 
-async def apply(db: aiosqlite.Connection, share: Share) -> None:
-    """Write a share in the caller's transaction; rows that fall to nothing are deleted."""
+def apply(db: sqlite3.Connection, share: Share) -> None:
+    """Write a share in the caller's transaction (in the database thread); rows that fall to
+    nothing are deleted."""
     months = [(*key, *row) for key, row in share.months.items() if any(row)]
     tops = [(*key, n) for key, n in share.tops.items() if n]
-    await insert_many(db, UPSERT_MONTH, months)  # a few statements of many rows: see insert_many
-    await insert_many(db, UPSERT_TOP, tops)
+    insert_many(db, UPSERT_MONTH, months)  # a few statements of many rows: see insert_many
+    insert_many(db, UPSERT_TOP, tops)
     if any(row[3] < 0 or row[4] < 0 for row in months):
-        await db.executemany(
+        db.executemany(
             "DELETE FROM entity_months WHERE kind = ? AND id = ? AND month = ? AND kills <= 0 AND losses <= 0",
             [row[:3] for row in months if row[3] < 0 or row[4] < 0],
         )
     if any(n < 0 for *_, n in tops):
-        await db.executemany(
+        db.executemany(
             "DELETE FROM entity_tops WHERE kind = ? AND id = ? AND what = ? AND other = ? AND n <= 0",
             [row[:4] for row in tops if row[4] < 0],
         )

@@ -22,6 +22,7 @@ A kill counts once for each entity however many of its pilots shared it (issue 2
 
 from __future__ import annotations
 
+import sqlite3
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -246,7 +247,7 @@ def rows(blocks: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int, int, int]]
             yield kind, entity, seq, role
 
 
-async def remove(db: aiosqlite.Connection, kills: Sequence[tuple[int, Participation]]) -> None:
+def remove(db: sqlite3.Connection, kills: Sequence[tuple[int, Participation]]) -> None:
     """Take kills out of their entities' blocks (retention), in the caller's transaction."""
     gone: dict[BlockKey, set[int]] = {}
     for seq, part in kills:
@@ -259,20 +260,19 @@ async def remove(db: aiosqlite.Connection, kills: Sequence[tuple[int, Participat
         chunk = keys[i : i + 300]
         marks = ",".join("(?, ?, ?)" for _ in chunk)
         sql = f"SELECT kind, id, block, seqs FROM entity_kills WHERE (kind, id, block) IN (VALUES {marks})"
-        async with db.execute(sql, [v for key in chunk for v in key]) as cur:
-            for kind, entity, block, data in await cur.fetchall():
-                drop = gone[(kind, entity, block)]
-                kept = [(s, r) for s, r in entries(kind, block, data) if s not in drop]
-                if kept:
-                    out = bytearray()
-                    mask = (1 << SHIFT[kind]) - 1
-                    for s, r in kept:
-                        _varint((s & mask) << 3 | r, out)
-                    updates.append((bytes(out), kind, entity, block))
-                else:
-                    deletes.append((kind, entity, block))
-    await db.executemany("UPDATE entity_kills SET seqs = ? WHERE kind = ? AND id = ? AND block = ?", updates)
-    await db.executemany("DELETE FROM entity_kills WHERE kind = ? AND id = ? AND block = ?", deletes)
+        for kind, entity, block, data in db.execute(sql, [v for key in chunk for v in key]).fetchall():
+            drop = gone[(kind, entity, block)]
+            kept = [(s, r) for s, r in entries(kind, block, data) if s not in drop]
+            if kept:
+                out = bytearray()
+                mask = (1 << SHIFT[kind]) - 1
+                for s, r in kept:
+                    _varint((s & mask) << 3 | r, out)
+                updates.append((bytes(out), kind, entity, block))
+            else:
+                deletes.append((kind, entity, block))
+    db.executemany("UPDATE entity_kills SET seqs = ? WHERE kind = ? AND id = ? AND block = ?", updates)
+    db.executemany("DELETE FROM entity_kills WHERE kind = ? AND id = ? AND block = ?", deletes)
 
 
 async def pilots(db: aiosqlite.Connection, seqs: Sequence[int]) -> dict[int, list[PilotRow]]:

@@ -1,19 +1,21 @@
 """SQLite plumbing under the store: opening a database file as the server needs it (one-line
-errors an operator can act on), multi-row inserts, and reads of many ids in one hop each."""
+errors an operator can act on), a function run in a connection's own thread, multi-row inserts."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
 # The WAL is reset after every complete checkpoint; this caps the file size it is cut back to.
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 class StoreUnusable(Exception):
@@ -77,14 +79,16 @@ async def _configure(conn: aiosqlite.Connection) -> None:
     await conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
 
 
-# One statement holds at most this many parameters on any SQLite (3.32+ allows 32,766).
-MAX_PARAMETERS = 999
+# Parameters a statement of insert_many holds at most: SQLite's default limit since 3.32 (the
+# connection's own limit when lower, 999 on older builds). Each statement lets go of the GIL
+# once and takes it back, waiting for a busy event loop: fewer, larger statements wait less.
+MAX_PARAMETERS = 32_766
 _VALUES = re.compile(r"VALUES (\(\?(?:, \?)*\))")
 
 
-async def insert_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+def insert_many(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
     """`db.executemany(sql, rows)` for an INSERT (an upsert too) of one `VALUES (?, …)` row,
-    sent as statements of many rows each: the same rows, in the same order, in two hops.
+    sent as statements of many rows each: the same rows, in the same order.
 
     executemany steps SQLite once a row, and each step lets go of the GIL: with the event loop
     busy (preparing the next batch, parsing POSTs) the thread then waited to get it back, and
@@ -93,15 +97,16 @@ async def insert_many(db: aiosqlite.Connection, sql: str, rows: Sequence[Sequenc
     if match is None:
         raise ValueError(f"not an INSERT of one VALUES row: {sql[:80]!r}")
     group = match.group(1)
-    per = max(1, MAX_PARAMETERS // group.count("?"))
+    limit = min(MAX_PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    per = max(1, limit // group.count("?"))
     head, tail = sql[: match.start(1)], sql[match.end(1) :]
     whole = len(rows) - len(rows) % per
     if whole:
         chunks = [[v for row in rows[i : i + per] for v in row] for i in range(0, whole, per)]
-        await db.executemany(head + ",".join([group] * per) + tail, chunks)
+        db.executemany(head + ",".join([group] * per) + tail, chunks)
     if whole < len(rows):
         rest = rows[whole:]
-        await db.execute(head + ",".join([group] * len(rest)) + tail, [v for row in rest for v in row])
+        db.execute(head + ",".join([group] * len(rest)) + tail, [v for row in rest for v in row])
 
 
 def chunks(items: list[int], size: int) -> Iterable[list[int]]:
@@ -109,28 +114,36 @@ def chunks(items: list[int], size: int) -> Iterable[list[int]]:
         yield items[i : i + size]
 
 
-async def existing(db: aiosqlite.Connection, table: str, ids: list[int]) -> set[int]:
+def existing(db: sqlite3.Connection, table: str, ids: list[int]) -> set[int]:
     found: set[int] = set()
     for chunk in chunks(list(set(ids)), 900):
         marks = ",".join("?" * len(chunk))
-        # execute_fetchall: one hop to the database thread instead of three (execute, fetch, close).
-        found.update(
-            r[0]
-            for r in await db.execute_fetchall(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk)
-        )
+        found.update(r[0] for r in db.execute(f"SELECT killmail_id FROM {table} WHERE killmail_id IN ({marks})", chunk))
     return found
 
 
-async def seqs_of(db: aiosqlite.Connection, ids: list[int]) -> dict[int, int]:
+def seqs_of(db: sqlite3.Connection, ids: list[int]) -> dict[int, int]:
     out: dict[int, int] = {}
     for chunk in chunks(ids, 900):
         marks = ",".join("?" * len(chunk))
-        out.update(
-            {
-                r[0]: r[1]
-                for r in await db.execute_fetchall(
-                    f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk
-                )
-            }
-        )
+        out.update(db.execute(f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk).fetchall())
     return out
+
+
+def in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
+    """Run `fn` on the plain sqlite3 connection under `conn`, in `conn`'s own thread: one hop,
+    however many statements `fn` runs (the store's write transactions, issue 21).
+
+    aiosqlite 0.22 has no public call for this. Its worker thread takes (future, function)
+    pairs from a queue and sets the future from the result; `Connection._execute(fn, *args)`
+    queues one and `Connection._conn` is the sqlite3 connection (usable only in that thread:
+    check_same_thread). Both are private, so they are used here and nowhere else, and
+    tests/storage/test_sqlite.py fails if either changes. The other ways were worse: a second
+    thread on the same connection (check_same_thread=False) would share it between two threads
+    outside aiosqlite's queue; a write connection of our own would drop aiosqlite from the
+    write path the design keeps it on."""
+
+    def run() -> T:
+        return fn(conn._conn)
+
+    return conn._execute(run)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import ujson
@@ -26,7 +26,7 @@ from ..kill.frames import encode
 from ..kill.validate import Submission
 from . import participants
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
-from .sqlite import chunks, connect, existing, insert_many, seqs_of, unusable
+from .sqlite import chunks, connect, existing, in_thread, insert_many, seqs_of, unusable
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,11 @@ log = logging.getLogger(__name__)
 Render = codec.Render
 # An index kept beside the kills, written in their transaction: given the new (seq, kill) pairs in
 # seq order after they are inserted, and the seqs of kills about to be deleted by retention.
-TxWriter = Callable[[aiosqlite.Connection, Sequence[tuple[int, "NewKill"]]], Awaitable[None]]
-TxPruner = Callable[[aiosqlite.Connection, Sequence[int]], Awaitable[None]]
+# Plain functions on the sqlite3 connection, called in the database thread inside the one call
+# that runs the whole transaction (Store.transact): no await, no hop back to the event loop.
+TxWriter = Callable[[sqlite3.Connection, Sequence[tuple[int, "NewKill"]]], None]
+TxPruner = Callable[[sqlite3.Connection, Sequence[int]], None]
+T = TypeVar("T")
 
 # A stored document larger than this (a kill of some 300 attackers or more; a typical one is
 # ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
@@ -221,6 +224,17 @@ class Store:
                         await self._writer.execute("ROLLBACK")
                 raise
 
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` as one write transaction (BEGIN IMMEDIATE, `fn`, COMMIT; ROLLBACK when it
+        raises) in the database thread, on the plain sqlite3 connection; returns what `fn` does.
+
+        One hop to the thread and back, however many statements: a batch's transaction as ~15
+        awaits waited for an event loop busy with POSTs and the next batch at every step, and the
+        thread let go of the GIL and waited to get it back each time (issue 21). `fn` must not
+        touch what the event loop uses meanwhile; it runs with the write lock held."""
+        async with self._lock:
+            return await in_thread(self._writer, lambda conn: _in_transaction(conn, fn))
+
     # -- inbox: durable before acknowledgement --------------------------------------------
 
     async def add_to_inbox(
@@ -237,19 +251,23 @@ class Store:
             return [], []
         ids = [r.killmail_id for r in rows]
         now = time.time()
-        async with self.transaction() as db:
-            known = await existing(db, "kills", ids) | await existing(db, "inbox", ids)
+
+        def write(db: sqlite3.Connection) -> dict[int, InboxRow]:
+            known = existing(db, "kills", ids) | existing(db, "inbox", ids)
             fresh: dict[int, InboxRow] = {}
             for row in rows:
                 if row.killmail_id not in known:
                     fresh.setdefault(row.killmail_id, row)
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO inbox (killmail_id, payload, source, live, received_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 [(r.killmail_id, r.payload, r.source, int(r.live), now) for r in fresh.values()],
             )
             if state:
-                await _put_state(db, state)
+                _put_state(db, state)
+            return fresh
+
+        fresh = await self.transact(write)
         accepted = list(fresh)
         fresh_set = set(accepted)
         duplicates = [i for i in dict.fromkeys(ids) if i not in fresh_set]
@@ -292,46 +310,54 @@ class Store:
         Returns (seq, kill) for the kills that were new; duplicates are skipped, never re-sent.
         """
         done_ids = list(done)
+        pending = list(names_pending)
         now = time.time()
-        async with self.transaction() as db:
-            ids = [k.killmail_id for k in kills]
-            known = await existing(db, "kills", ids)
-            fresh: dict[int, NewKill] = {}
-            for k in kills:
-                if k.killmail_id not in known:
-                    fresh.setdefault(k.killmail_id, k)
-            names: dict[int, str] = {}
-            for k in fresh.values():
-                names.update((i, n) for i, n in k.names.items() if n)
-            await db.executemany(
-                "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body,"
-                " codec) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                # A generator, not a list: aiosqlite iterates it in its own thread, so compression
-                # (zlib lets go of the GIL) runs beside the event loop instead of blocking it for
-                # the whole batch (200 kills were ~80 ms of the loop's time at level 6).
-                (self._row(k, now) for k in fresh.values()),
+        return await self.transact(lambda db: self._save(db, kills, done_ids, state, pending, now))
+
+    def _save(
+        self,
+        db: sqlite3.Connection,
+        kills: Sequence[NewKill],
+        done_ids: list[int],
+        state: dict[str, str] | None,
+        names_pending: list[int],
+        now: float,
+    ) -> list[tuple[int, NewKill]]:
+        """save_kills' transaction, in the database thread (Store.transact)."""
+        known = existing(db, "kills", [k.killmail_id for k in kills])
+        fresh: dict[int, NewKill] = {}
+        for k in kills:
+            if k.killmail_id not in known:
+                fresh.setdefault(k.killmail_id, k)
+        names: dict[int, str] = {}
+        for k in fresh.values():
+            names.update((i, n) for i, n in k.names.items() if n)
+        db.executemany(
+            "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body,"
+            " codec) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [self._row(k, now) for k in fresh.values()],
+        )
+        if names:
+            # Names we enriched with are kept, so a read renders what was broadcast; a name
+            # the resolver already stored (perhaps newer) is left alone.
+            db.executemany(
+                "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
+                [(i, n, now) for i, n in names.items()],
             )
-            if names:
-                # Names we enriched with are kept, so a read renders what was broadcast; a name
-                # the resolver already stored (perhaps newer) is left alone.
-                await db.executemany(
-                    "INSERT INTO names (id, name, category, updated_at) VALUES (?, ?, '', ?) ON CONFLICT DO NOTHING",
-                    [(i, n, now) for i, n in names.items()],
-                )
-            seqs = await seqs_of(db, list(fresh))
-            new = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
-            await _index(db, [(seq, self._participation(k)) for seq, k in new])
-            for write in self.writers:
-                await write(db, new)
-            pending = [(i, now) for i in names_pending if i in fresh]
-            if pending:
-                await db.executemany(
-                    "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", pending
-                )
-            if done_ids:
-                await db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
-            if state:
-                await _put_state(db, state)
+        seqs = seqs_of(db, list(fresh))
+        new = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
+        _index(db, [(seq, self._participation(k)) for seq, k in new])
+        for write in self.writers:
+            write(db, new)
+        pending = [(i, now) for i in names_pending if i in fresh]
+        if pending:
+            db.executemany(
+                "INSERT INTO names_pending (killmail_id, since) VALUES (?, ?) ON CONFLICT DO NOTHING", pending
+            )
+        if done_ids:
+            db.executemany("DELETE FROM inbox WHERE killmail_id = ?", [(i,) for i in done_ids])
+        if state:
+            _put_state(db, state)
         return new
 
     async def rewrite(
@@ -519,14 +545,17 @@ class Store:
         # Their index rows go with them: what each kill indexed is worked out again from the kill.
         gone = [(row[0], self._participation(kill)) for row, kill in zip(rows, await self._decoded(rows), strict=True)]
         seqs = [seq for seq, _ in gone]
-        async with self.transaction() as db:
+        pruned_seq = max(self.pruned_through_seq, *seqs)
+        pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
+
+        def delete(db: sqlite3.Connection) -> None:
             for prune in self.pruners:
-                await prune(db, seqs)
-            await _unindex(db, gone)
-            await db.executemany("DELETE FROM kills WHERE seq = ?", [(seq,) for seq in seqs])
-            pruned_seq = max(self.pruned_through_seq, *seqs)
-            pruned_id = max(self.pruned_max_killmail_id, *(r[1] for r in rows))
-            await _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
+                prune(db, seqs)
+            _unindex(db, gone)
+            db.executemany("DELETE FROM kills WHERE seq = ?", [(seq,) for seq in seqs])
+            _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
+
+        await self.transact(delete)
         self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
         self._changed([row[1] for row in rows])
         if self._count is not None:
@@ -568,11 +597,14 @@ class Store:
                 rows = list(await cur.fetchall())
             kills = sorted(zip((r[0] for r in rows), await self._decoded(rows), strict=True), key=lambda p: p[0])
             left = rows[-1][0] - 1 if len(rows) == batch else 0
-            async with self.transaction() as db:
-                await _index(db, [(seq, self._participation(k)) for seq, k in kills])
+
+            def index(db: sqlite3.Connection, kills: list[tuple[int, NewKill]] = kills, left: int = left) -> None:
+                _index(db, [(seq, self._participation(k)) for seq, k in kills])
                 for write in self.writers:
-                    await write(db, kills)
-                await _put_state(db, {INDEX_BACKLOG: str(left)})
+                    write(db, kills)
+                _put_state(db, {INDEX_BACKLOG: str(left)})
+
+            await self.transact(index)
             self.index_backlog_through = left
             done += len(rows)
         return done
@@ -678,8 +710,7 @@ class Store:
         return out, (max(r[3] for r in rows) if rows else None)
 
     async def set_state(self, state: dict[str, str]) -> None:
-        async with self.transaction() as db:
-            await _put_state(db, state)
+        await self.transact(lambda db: _put_state(db, state))
 
     async def get_state(self, key: str) -> str | None:
         async with self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
@@ -690,20 +721,36 @@ class Store:
 _SELECT = "SELECT seq, killmail_id, killmail_hash, kill_time, body, codec FROM kills"
 
 
-async def _put_state(db: aiosqlite.Connection, state: dict[str, str]) -> None:
-    await db.executemany(
+def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` between BEGIN IMMEDIATE and COMMIT, in the database thread (Store.transact)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db)
+        db.execute("COMMIT")
+    except BaseException:
+        # SQLite may already have rolled back by itself (a full disk does that, and so can a
+        # failed COMMIT): a second ROLLBACK would raise and hide the real error.
+        if db.in_transaction:
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:
+    db.executemany(
         "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         list(state.items()),
     )
 
 
-async def _index(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
+def _index(db: sqlite3.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
     """Write the participant index rows of newly stored kills (in their transaction)."""
     pilots = [(seq, part.packed or participants.pack(part.pilots)) for seq, part in kills]
-    await insert_many(db, participants.INSERT_PILOTS, pilots)
-    await insert_many(db, participants.INSERT_ENTITIES, participants.postings(kills))
+    insert_many(db, participants.INSERT_PILOTS, pilots)
+    insert_many(db, participants.INSERT_ENTITIES, participants.postings(kills))
 
 
-async def _unindex(db: aiosqlite.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
-    await db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
-    await participants.remove(db, kills)
+def _unindex(db: sqlite3.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
+    db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
+    participants.remove(db, kills)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from battlefights import fight
 
 from killboard.battles.service import Battles
-from killboard.ingest.pipeline import build_kill
+from killboard.ingest.pipeline import Stored, build_kill
 from killboard.kill.enrich import enrich
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
+from killboard.live.hub import Hub
 from killboard.storage.store import NewKill, Store
 
 
@@ -32,7 +33,7 @@ class FailingWriter:
     def __init__(self) -> None:
         self.failing = True
 
-    async def __call__(self, db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+    def __call__(self, db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
         if self.failing:
             raise OSError("disk full (a test)")
 
@@ -79,6 +80,33 @@ async def test_a_rolled_back_batch_of_loose_kills_is_forgotten(tmp_path: Path, s
         assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 8)]
 
 
+async def test_a_rolled_back_batch_leaves_no_battle_news_behind(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]]
+) -> None:
+    """The battles' writer runs in the database thread and leaves what the live channels must
+    hear for on_stored, after the commit. A batch that rolled back leaves nothing there: the next
+    kills to take its seqs (two loose ones, no battle) must not come out as kills of its battle."""
+    fought = new_kills(sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:10], static)
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static, Hub(16, 1.0))  # with the live channels
+    fails = FailingWriter()
+    store.writers.append(fails)
+    try:
+        with pytest.raises(OSError):
+            await store.save_kills(fought)  # the battles' writer put all ten in a battle, then rolled back
+        fails.failing = False
+        stored = await store.save_kills(new_kills(killmails[:2], static))
+        assert [seq for seq, _ in stored] == [1, 2]  # the rolled-back batch's first seqs
+        assert service.channels is not None
+        for seq, kill in stored:
+            service.on_stored(Stored(seq, kill, None, True))
+        assert service.channels.dirty == {}
+        assert await store.query("SELECT count(*) FROM battles") == [(0,)]
+    finally:
+        await service.stop()
+        await store.close()
+
+
 async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Path, static: StaticData) -> None:
     """An import of old kills (or a backlog out of time order) brings each system's battles back
     from the database before detection; kills of one system at one time share that read, and
@@ -94,8 +122,8 @@ async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Pa
     service = await Battles.start(store, static)
     reads: list[str] = []
 
-    async def trace(db: aiosqlite.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
-        await db.set_trace_callback(reads.append)  # before the battles' writer: sees its reads
+    def trace(db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
+        db.set_trace_callback(reads.append)  # before the battles' writer: sees its reads
 
     store.writers.insert(0, trace)
     try:

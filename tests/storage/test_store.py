@@ -213,17 +213,23 @@ async def test_kills_packed_before_the_write_store_the_same_rows(
 
 async def test_insert_many_writes_what_executemany_writes(tmp_path: Path) -> None:
     """Rows sent as statements of many rows (an upsert adding to rows of the same statement and
-    of earlier ones, chunks of 199 and a remainder): the table executemany leaves."""
+    of earlier ones, a whole statement of 10,922 rows and a remainder): the table executemany leaves."""
     sql = "INSERT INTO t (a, b, n) VALUES (?, ?, ?) ON CONFLICT (a, b) DO UPDATE SET n = n + excluded.n"
-    rows = [(i % 37, i % 11, i) for i in range(1000)]
+    rows = [(i % 37, i % 11, i) for i in range(12_000)]
     tables = []
     for name in ("many", "insert_many"):
         store = await Store.open(tmp_path / f"{name}.sqlite3")
         try:
-            async with store.transaction() as db:
-                await db.execute("CREATE TABLE t (a INTEGER, b INTEGER, n INTEGER, PRIMARY KEY (a, b))")
+
+            def write(db: sqlite3.Connection, name: str = name) -> None:
+                db.execute("CREATE TABLE t (a INTEGER, b INTEGER, n INTEGER, PRIMARY KEY (a, b))")
                 for part in (rows[:10], rows[10:], []):
-                    await (db.executemany(sql, part) if name == "many" else insert_many(db, sql, part))
+                    if name == "many":
+                        db.executemany(sql, part)
+                    else:
+                        insert_many(db, sql, part)
+
+            await store.transact(write)
             tables.append(await store.query("SELECT a, b, n FROM t ORDER BY a, b"))
         finally:
             await store.close()
