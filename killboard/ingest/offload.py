@@ -278,6 +278,8 @@ class Call(Generic[T]):
     pool: ProcessPoolExecutor
     future: Future[T]
     waiter: asyncio.Future[T] = field(init=False)
+    # Called if the call is taken back: it carried the prices, which the worker then never got.
+    on_cancel: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.waiter = asyncio.wrap_future(self.future)
@@ -285,7 +287,11 @@ class Call(Generic[T]):
     def cancel(self) -> bool:
         """Take the call back: True while the worker has not started it (the pool hands it a
         call or two ahead), and then it never runs."""
-        return self.future.cancel()
+        if not self.future.cancel():
+            return False
+        if self.on_cancel is not None:
+            self.on_cancel()
+        return True
 
 
 @dataclass(slots=True)
@@ -372,7 +378,15 @@ class Offload:
     ) -> Call[list[Enriched | str]] | None:
         """Ordinary kills (their inbox payloads) handed to the worker (`_prepare`): await
         `answer`, or `cancel` while the worker has not started on them; None if it died."""
-        return self.submit(_prepare, payloads, names, self._prices_for(prices), facts)
+        sent = self._prices_for(prices)
+        handed = self.submit(_prepare, payloads, names, sent, facts)
+        if handed is not None and sent is not None:
+            # Taken back before it ran, the prices never reached the worker: the next call sends them.
+            handed.on_cancel = self._forget_prices
+        return handed
+
+    def _forget_prices(self) -> None:
+        self._prices = None
 
     async def parse(
         self, body: bytes, max_items: int, can_fetch: bool

@@ -183,3 +183,26 @@ async def test_the_loop_takes_back_what_a_busy_worker_has_not_started(
     assert [(k.body, k.packed, k.prepared) for k in there.kills] == [(k.body, k.packed, k.prepared) for k in here.kills]
     assert there.facts == here.facts
     assert await offload.answer(busy) is None
+
+
+async def test_a_call_taken_back_with_the_prices_leaves_them_for_the_next(
+    make_client: MakeClient, killmails: list[dict[str, Any]]
+) -> None:
+    """The first call to a worker carries the prices, the ones behind it not. Taken back before
+    it ran (the loop made that chunk itself), the next call must carry them: else every later
+    kill made there failed with KeyError 'prices' and was dropped (seen in a full test run)."""
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    offload = await _worker_up(pipeline)
+    busy = [offload.submit(time.sleep, 0.5) for _ in range(3)]  # the pool hands a call or two ahead
+    payloads = [pipeline_module.inbox_payload(parse_submission(km)) for km in killmails[:3]]
+    first = offload.prepare(payloads, {}, pipeline.prices, [True] * 3)
+    assert first is not None and first.cancel()  # not started: taken back
+    second = offload.prepare(payloads, {}, pipeline.prices, [True] * 3)
+    assert second is not None
+    made = await offload.answer(second)
+    assert made is not None
+    assert not [m for m in made if isinstance(m, str)], made  # no "KeyError: 'prices'"
+    for call in busy:
+        assert call is not None
+        await offload.answer(call)
