@@ -10,6 +10,7 @@ import asyncio
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,9 @@ class FakeR2Z2:
     current: int = 0  # what sequence.json says
     # Scripted answers: sequence -> statuses answered (in order) before the real one.
     script: dict[int, list[int]] = field(default_factory=dict)
-    # Retry-After sent with a scripted status (seconds or an HTTP-date), as R2Z2 does with its 429s.
-    retry_after: dict[int, str] = field(default_factory=lambda: {429: "1"})
+    # Retry-After sent with a scripted status (seconds or an HTTP-date), as R2Z2 does with its 429s;
+    # a function makes it when answering (an HTTP-date counted from the answer, as a server does).
+    retry_after: dict[int, str | Callable[[], str]] = field(default_factory=lambda: {429: "1"})
     requests: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)  # time.monotonic() of each request
     user_agents: set[str] = field(default_factory=set)
@@ -97,7 +99,8 @@ class FakeR2Z2:
         scripted = self.script.get(seq)
         if scripted:
             status = scripted.pop(0)
-            headers = {"Retry-After": self.retry_after[status]} if status in self.retry_after else None
+            value = self.retry_after.get(status)
+            headers = {"Retry-After": value() if callable(value) else value} if value is not None else None
             return web.json_response({"error": "scripted"}, status=status, headers=headers)
         if seq not in self.objects:
             return web.Response(status=404, text="Not Found")
