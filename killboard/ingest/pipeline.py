@@ -380,7 +380,7 @@ class Pipeline:
                 wanted = pending.live or self.facts_for_all
                 done = made.get(i)
                 if isinstance(done, Exception):
-                    raise done  # the worker's message for it, or what it raised here
+                    raise done  # what it raised when made here while the worker was behind
                 if isinstance(done, Enriched):
                     new, fact = self._finish(sub, done, names), done.facts
                 elif done is not None:
@@ -442,7 +442,13 @@ class Pipeline:
             todo.popleft()
             if (got := await self.offload.answer(handed)) is not None:
                 self.offloaded += len(chunk)
-                made.update((i, ValueError(g) if isinstance(g, str) else g) for i, g in zip(chunk, got, strict=True))
+                for i, g in zip(chunk, got, strict=True):
+                    if isinstance(g, str):
+                        # What failed there is made here (left out): an acknowledged kill is
+                        # dropped only if it fails here too, not for a fault of the worker's.
+                        log.warning("kill %d: the worker failed (%s); made here", batch[i].submission.killmail_id, g)
+                    else:
+                        made[i] = g
         return made
 
     async def _make_here(

@@ -206,3 +206,20 @@ async def test_a_call_taken_back_with_the_prices_leaves_them_for_the_next(
     for call in busy:
         assert call is not None
         await offload.answer(call)
+
+
+async def test_kills_the_worker_fails_on_are_made_here_not_dropped(
+    make_client: MakeClient, killmails: list[dict[str, Any]]
+) -> None:
+    """A fault of the worker's (here: it never got the prices, as when the call carrying them was
+    taken back) must not drop acknowledged kills: each kill it fails on is made in this process."""
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    offload = await _worker_up(pipeline)
+    offload._prices = pipeline.prices.market  # the server believes the worker has them: it has not
+    batch = [Pending(parse_submission(km), True) for km in killmails]
+    pipeline._in_flight = 2  # a write in flight: the loop takes no chunk back, the worker makes all
+    prepared = await pipeline.prepare(batch)
+    pipeline._in_flight = 0
+    assert prepared.rejected == []
+    assert [k.killmail_id for k in prepared.kills] == [km["killmail_id"] for km in killmails]
