@@ -103,13 +103,14 @@ async def _stored(client: Client) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-async def _post_and_watch(client: Client, kills: list[dict[str, Any]]) -> list[bytes]:
-    """POST each kill on its own, in order, with a subscriber on `kills`; the frames it got."""
+async def _post_and_watch(client: Client, kills: list[dict[str, Any]], as_one: bool = False) -> list[bytes]:
+    """POST each kill on its own, in order (`as_one`: all in one array), with a subscriber on
+    `kills`; the frames it got."""
     async with client.ws_connect("/ws", max_msg_size=64 << 20) as ws:
         await ws.send_json({"action": "sub", "channel": "kills"})
         await ws.receive(5)
-        for km in kills:
-            resp = await client.post("/api/killmails", data=json.dumps(km).encode(), headers=AUTH)
+        for body in [kills] if as_one else kills:
+            resp = await client.post("/api/killmails", data=json.dumps(body).encode(), headers=AUTH)
             assert resp.status == 202, await resp.text()
         frames = []
         while len(frames) < len(kills):

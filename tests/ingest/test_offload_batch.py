@@ -4,7 +4,6 @@ this process, in order, and nothing lost when the worker dies with a batch."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -12,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import ujson
 
 from killboard.ingest import pipeline as pipeline_module
@@ -21,8 +19,8 @@ from killboard.ingest.pipeline import WORKER_BATCH, Pending, Pipeline
 from killboard.kill.codec import player_ids
 from killboard.kill.validate import parse_submission
 from killboard.web.keys import pipeline_key, store_key
-from tests.conftest import AUTH, Client, settle, until
-from tests.ingest.test_offload import _stored
+from tests.conftest import Client, until
+from tests.ingest.test_offload import _post_and_watch, _stored
 
 MakeClient = Callable[..., Awaitable[Client]]
 
@@ -96,23 +94,6 @@ async def test_a_small_batch_and_a_lone_kill_stay_in_this_process(
     assert pipeline.offloaded == 0
 
 
-async def _post_batch(client: Client, kills: list[dict[str, Any]]) -> list[bytes]:
-    """POST the kills as one array with a subscriber on `kills`; the frames it got."""
-    async with client.ws_connect("/ws", max_msg_size=64 << 20) as ws:
-        await ws.send_json({"action": "sub", "channel": "kills"})
-        await ws.receive(5)
-        resp = await client.post("/api/killmails", data=json.dumps(kills).encode(), headers=AUTH)
-        assert resp.status == 202, await resp.text()
-        frames = []
-        while len(frames) < len(kills):
-            msg = await ws.receive(30)
-            assert msg.type == aiohttp.WSMsgType.TEXT
-            if msg.data.startswith('{"action":"kill"'):
-                frames.append(msg.data.encode())
-    await settle(client)
-    return frames
-
-
 async def test_a_batch_through_the_worker_stores_and_sends_what_the_in_process_path_does(
     make_client: MakeClient, killmails: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -122,9 +103,9 @@ async def test_a_batch_through_the_worker_stores_and_sends_what_the_in_process_p
     pipeline = worker.server.app[pipeline_key]
     await _worker_up(pipeline)
 
-    frames = await _post_batch(worker, killmails)
+    frames = await _post_and_watch(worker, killmails, as_one=True)
     assert pipeline.offloaded > 0
-    assert frames == await _post_batch(here, killmails)
+    assert frames == await _post_and_watch(here, killmails, as_one=True)
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
     assert await _stored(worker) == await _stored(here)
     for km in killmails[:5]:
@@ -153,7 +134,7 @@ async def test_a_worker_killed_with_a_batch_loses_no_kill(
         return handed
 
     monkeypatch.setattr(Offload, "prepare", prepare_then_kill)
-    frames = await _post_batch(client, killmails)
+    frames = await _post_and_watch(client, killmails, as_one=True)
     assert killed == [pid] and offload.lost == 1 and pipeline.offloaded == 0  # made here instead
     assert pipeline.failed == 0  # in the same attempt: no batch failed and was retried
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
