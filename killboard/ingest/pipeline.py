@@ -223,9 +223,12 @@ class Pipeline:
         try:
             async with self._turn:  # free (the worker is idle), and taken before any later kill
                 try:
-                    if self.resolve_names is not None and await self._unnamed(sub):
-                        return None
-                    prepared = await self.prepare([Pending(sub, live)])
+                    known = None
+                    if self.resolve_names is not None:
+                        known = await self._named(sub)
+                        if known is None:
+                            return None
+                    prepared = await self.prepare([Pending(sub, live)], known)
                     stored = await self.commit(prepared)
                 except sqlite3.Error as exc:
                     log.error("storing a kill from %s failed: %s", source, exc)
@@ -247,10 +250,12 @@ class Pipeline:
             self.metrics.kills_duplicate.labels(source).inc(1 - len(accepted))
         return Admission(accepted, [] if accepted else [kill_id])
 
-    async def _unnamed(self, sub: Submission) -> bool:
-        """Whether some player of the kill has no name stored yet (enrichment would ask ESI)."""
+    async def _named(self, sub: Submission) -> dict[int, str] | None:
+        """The names of every player of the kill, or None if some have none stored yet
+        (enrichment would ask ESI); what prepare then uses instead of looking them up again."""
         ids = players(sub)
-        return bool(ids - (await self.store.names(ids)).keys())
+        names = await self.store.names(ids)
+        return names if len(names) == len(ids) else None
 
     async def _reserve(self, count: int) -> None:
         # The reservation keeps concurrent submitters from overfilling the queue while one of
@@ -363,10 +368,11 @@ class Pipeline:
         """Enrich and store a batch in one transaction, then broadcast the new live kills."""
         return await self.commit(await self.prepare(batch))
 
-    async def prepare(self, batch: list[Pending]) -> Prepared:
-        """Complete, name and enrich a batch: everything before the write."""
+    async def prepare(self, batch: list[Pending], names: dict[int, str] | None = None) -> Prepared:
+        """Complete, name and enrich a batch: everything before the write. `names`: every name
+        the batch's complete kills need, already looked up (a kill stored alone)."""
         batch, dropped = await self._complete(batch)
-        names, unresolved = await self._names(batch)
+        names, unresolved = (names, set()) if names is not None else await self._names(batch)
         kills: list[NewKill] = []
         live: dict[int, bool] = {}
         # What channels match on, taken from the enriched kill before it becomes JSON.
