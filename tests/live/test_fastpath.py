@@ -22,6 +22,18 @@ LOOPS = ("asyncio", "uvloop")  # tests/conftest.py runs each test here on both
 SUB = json.dumps({"action": "sub", "channel": "kills"})
 
 
+async def kill_seqs(ws: Any, count: int) -> list[int]:
+    """The seqs of the next `count` frames on a client socket, each checked to be a kill."""
+    seqs = []
+    while len(seqs) < count:
+        msg = await ws.receive(timeout=10)
+        assert msg.type is WSMsgType.TEXT
+        frame = json.loads(msg.data)
+        assert frame["action"] == "kill"
+        seqs.append(frame["seq"])
+    return seqs
+
+
 async def test_idle_sockets_get_a_turns_kills_in_one_write_each(
     make_client: Any, killmails: list[dict[str, Any]]
 ) -> None:
@@ -41,13 +53,7 @@ async def test_idle_sockets_get_a_turns_kills_in_one_write_each(
     assert resp.status == 202
     await settle(client)
     for ws in plain + deflate:
-        seqs = []
-        while len(seqs) < len(batch):
-            msg = await ws.receive(timeout=10)
-            assert msg.type is WSMsgType.TEXT
-            frame = json.loads(msg.data)
-            assert frame["action"] == "kill"
-            seqs.append(frame["seq"])
+        seqs = await kill_seqs(ws, len(batch))
         assert seqs == sorted(seqs) and len(set(seqs)) == len(batch)
     assert hub.queued_writes == 0, "an idle socket's frame went through its writer task"
     frames = len(batch) * 6

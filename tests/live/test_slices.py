@@ -15,6 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType
 from conftest import AUTH, settle, until
 
 from killboard.web.keys import hub_key
+from tests.live.test_fastpath import kill_seqs
 
 SUB = json.dumps({"action": "sub", "channel": "kills"})
 
@@ -47,13 +48,7 @@ async def test_a_delivery_to_many_sockets_lets_the_loop_run_between_slices(
     assert resp.status == 202
     await settle(client)
     for ws in sockets:
-        seqs = []
-        while len(seqs) < len(batch):
-            msg = await ws.receive(timeout=10)
-            assert msg.type is WSMsgType.TEXT
-            frame = json.loads(msg.data)
-            assert frame["action"] == "kill"
-            seqs.append(frame["seq"])
+        seqs = await kill_seqs(ws, len(batch))
         assert seqs == sorted(seqs) and len(set(seqs)) == len(batch), seqs
     probing = False
     given, written = hub.direct_writes - given0, hub.transport_writes - written0
