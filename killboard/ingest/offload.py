@@ -107,11 +107,12 @@ def wants(body: bytes) -> bool:
 _worker: dict[str, Any] = {}
 
 
-def _start(data_dir: Path) -> None:
+def _start(data_dir: Path, parent: int) -> None:
+    """The worker's start. `parent`: the server's pid, given by the server itself: a server killed
+    while this process was still starting up is already gone, and getppid() here would be 1."""
     # Below the server: on a busy machine the event loop gets the CPU first, and the worker's
     # own start (imports, static data: ~0.5 s of CPU) does not stall the kill's neighbours.
     os.nice(NICE)
-    parent = os.getppid()
     threading.Thread(target=_exit_with, args=(parent,), name="killboard-parent-watch", daemon=True).start()
     static = load_static(data_dir)
     _worker["static"] = static
@@ -324,7 +325,9 @@ class Offload:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # fork is unsafe with aiosqlite's threads
-            self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(self.data_dir,))
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=context, initializer=_start, initargs=(self.data_dir, os.getpid())
+            )
             self._prices = None
             self._warming = None
             self.started += 1

@@ -3,6 +3,7 @@ kill made in this process, and nothing lost when the worker dies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -253,9 +254,14 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
-async def test_the_worker_ends_when_the_server_is_killed(tmp_path: Path, killmails: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("after", [0.0, 0.15, 0.3, 1.5])
+async def test_the_worker_ends_when_the_server_is_killed(
+    tmp_path: Path, killmails: list[dict[str, Any]], after: float
+) -> None:
     """A server killed with SIGKILL cannot shut its worker down; the worker must not outlive it
-    (115 orphans of ~80 MB each were found after a few test runs)."""
+    (115 orphans of ~80 MB each were found after a few test runs), whether the server dies while
+    the worker is still starting (`after` its process appeared; it is ~0.5 s importing) or once it
+    is up."""
     server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_INGEST_TOKEN": TOKEN})
     try:
         await server.start()
@@ -273,6 +279,7 @@ async def test_the_worker_ends_when_the_server_is_killed(tmp_path: Path, killmai
 
         await until(started, 30)
         workers = _children(pid)
+        await asyncio.sleep(after)
         server.kill()
 
         async def gone() -> bool:
