@@ -4,6 +4,7 @@ acknowledged lost, and ingest and the worker recover by themselves once space re
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import subprocess
@@ -47,7 +48,13 @@ def fill(path: Path, leave: int) -> None:
     with path.open("wb") as f:
         chunk = b"\0" * (1 << 20)
         while size > 0:
-            size -= f.write(chunk[: min(size, len(chunk))])
+            try:
+                size -= f.write(chunk[: min(size, len(chunk))])
+            except OSError as exc:
+                # The server wrote meanwhile (a follower keeps storing): the disk is full already.
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
 
 
 async def health(client: Client) -> dict[str, Any]:
