@@ -59,6 +59,12 @@ PARENT_CHECK = 1.0  # seconds between the worker's looks at whether the server t
 BIG_KILL = 500
 
 
+def from_payload(payload: bytes) -> Submission:
+    """A submission from its inbox payload (the bytes `pipeline.inbox_payload` and `pack` make)."""
+    d = ujson.loads(payload)
+    return Submission(d["id"], d["hash"], d["esi"], d["zkb"])
+
+
 @dataclass(frozen=True, slots=True)
 class Packed(Submission):
     """A big submission as the worker validated it: its inbox payload (`pipeline.inbox_payload`,
@@ -74,8 +80,7 @@ class Packed(Submission):
 
     def unpacked(self) -> Submission:
         """The plain submission (decodes the payload: in a thread, a fleet fight is ~10 ms)."""
-        d = ujson.loads(self.payload)
-        return Submission(d["id"], d["hash"], d["esi"], d["zkb"])
+        return from_payload(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,19 +183,22 @@ def _parse(body: bytes, max_items: int, can_fetch: bool) -> tuple[int, list[Subm
     return count, [pack(s) if _size(s) > BIG_KILL else s for s in subs], rejected
 
 
+def _keep_prices(prices: PriceBook | None) -> None:
+    """In the worker: the prices a call carries (the first after a start or a refresh; None: the
+    ones it has, Offload._prices_for)."""
+    if prices is not None:
+        _worker["prices"] = prices
+
+
 def _repack(payload: bytes) -> Packed:
     """In the worker: an inbox row's payload (recovery) as a Packed submission."""
-    d = ujson.loads(payload)
-    return pack(Submission(d["id"], d["hash"], d["esi"], d["zkb"]))
+    return pack(from_payload(payload))
 
 
 def _enrich(payload: bytes, names: Mapping[int, str], prices: PriceBook | None, facts: bool) -> Enriched:
     """In the worker: what pipeline._enrich and build_kill make of the kill, as bytes."""
-    if prices is not None:
-        _worker["prices"] = prices
-    d = ujson.loads(payload)
-    sub = Submission(d["id"], d["hash"], d["esi"], d["zkb"])
-    return enriched(sub, _worker["static"], names, _worker["prices"], facts)
+    _keep_prices(prices)
+    return enriched(from_payload(payload), _worker["static"], names, _worker["prices"], facts)
 
 
 def _prepare(
@@ -202,16 +210,13 @@ def _prepare(
     """In the worker: a batch of ordinary kills (their inbox payloads) as `enriched` makes each,
     with its stored document packed as Store.pack_source does (the store refuses to open with
     any other dictionary than codec's); a kill that fails is the reason why, in its place."""
-    if prices is not None:
-        _worker["prices"] = prices
+    _keep_prices(prices)
     if "dictionary" not in _worker:
         _worker["dictionary"] = load_dictionary()
     done: list[Enriched | str] = []
     for payload, wanted in zip(payloads, facts, strict=True):
         try:
-            d = ujson.loads(payload)
-            sub = Submission(d["id"], d["hash"], d["esi"], d["zkb"])
-            made = enriched(sub, _worker["static"], names, _worker["prices"], wanted)
+            made = enriched(from_payload(payload), _worker["static"], names, _worker["prices"], wanted)
             packed = pack_source(made.source, _worker["dictionary"])
             done.append(replace(made, packed=packed))
         except Exception as exc:  # one bad kill must not cost the batch; logged by the caller
@@ -234,8 +239,7 @@ def _render(
     killmail_id: int, killmail_hash: str, document: bytes, names: Mapping[int, str], prices: PriceBook | None
 ) -> bytes:
     """In the worker: a stored source document as the kill's JSON (what Store.render gives)."""
-    if prices is not None:
-        _worker["prices"] = prices
+    _keep_prices(prices)
     sub, frozen = decode(killmail_id, killmail_hash, document)
     return renderer(_worker["static"], _worker["prices"])(sub, names, frozen)
 

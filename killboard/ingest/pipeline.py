@@ -18,8 +18,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import ujson
-
 from ..kill.codec import kill_prices, player_ids, source_document
 from ..kill.enrich import enrich
 from ..kill.frames import encode_ascii
@@ -31,7 +29,7 @@ from ..metrics import Metrics
 from ..storage.participants import participation
 from ..storage.store import InboxRow, NewKill, Store
 from .esi import KillmailGone
-from .offload import BIG_KILL, Call, Enriched, Offload, Packed, new_kill
+from .offload import BIG_KILL, Call, Enriched, Offload, Packed, from_payload, new_kill
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +110,7 @@ def inbox_rows(subs: Sequence[Submission], source: str, live: bool) -> list[Inbo
 
 
 def from_inbox(row: InboxRow) -> Pending:
-    d = ujson.loads(row.payload)
-    return Pending(Submission(d["id"], d["hash"], d["esi"], d["zkb"]), row.live)
+    return Pending(from_payload(row.payload), row.live)
 
 
 @dataclass(slots=True)
