@@ -75,7 +75,7 @@ def size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -91,6 +91,7 @@ async def bench_fanout(
     workdir: Path, plan: Plan, killmails: list[dict[str, Any]], big: bool, out: dict[str, Any]
 ) -> str:
     rows = []
+    scenarios: list[tuple[int, float, float, int, dict[str, Any] | None]]
     if big:
         km, frame = fleet_fight_of_size(killmails, plan.big_bytes)
         scenarios = [(n, rate, secs, frame, km) for n, rate, secs in plan.big]
@@ -211,7 +212,7 @@ async def bench_memory(workdir: Path, plan: Plan, out: dict[str, Any]) -> str:
 
 async def bench_startup(workdir: Path, plan: Plan, out: dict[str, Any]) -> str:
     rows = []
-    cases = [("new database", None)]
+    cases: list[tuple[str, Path | None]] = [("new database", None)]
     if out.get("ingest_db"):
         cases.append((f"{out['ingest']['kills']:,} kills stored", Path(out["ingest_db"])))
     out["startup"] = {}

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +77,22 @@ async def detection(workdir: Path, kills: list[NewKill], static: StaticData) -> 
     try:
         detector = Detector()
         spent = cpu = 0.0
-        seq = 0
+
+        def detect(db: sqlite3.Connection, batch: Sequence[NewKill], first: int) -> None:
+            # As the battles writer runs: in the kills' write transaction, in the database thread.
+            changes = Changes()
+            for seq, kill in enumerate(batch, first):
+                pilots = kill.participation.pilots if kill.participation else ()
+                p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, pilots, static)
+                detector.add((p,), changes)
+            if changes:
+                tables.write(db, detector, changes)
+
         for i in range(0, len(kills), BATCH):
-            async with store.transaction() as db:
-                start, cpu0 = time.perf_counter(), time.process_time()
-                changes = Changes()
-                for kill in kills[i : i + BATCH]:
-                    seq += 1
-                    pilots = kill.participation.pilots if kill.participation else ()
-                    p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, pilots, static)
-                    detector.add((p,), changes)
-                if changes:
-                    await tables.write(db, detector, changes)
-                spent += time.perf_counter() - start
-                cpu += time.process_time() - cpu0
+            start, cpu0 = time.perf_counter(), time.process_time()
+            await store.transact(partial(detect, batch=kills[i : i + BATCH], first=i + 1))
+            spent += time.perf_counter() - start
+            cpu += time.process_time() - cpu0
         return spent, cpu
     finally:
         await store.close()
@@ -96,7 +100,7 @@ async def detection(workdir: Path, kills: list[NewKill], static: StaticData) -> 
 
 def spread(kms: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
     """`count` kills of one fight: its kills again under fresh ids, over its own time span."""
-    out = []
+    out: list[dict[str, Any]] = []
     n = 0
     while len(out) < count:
         for km in kms:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 import aiohttp  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from killgen import make_kills  # noqa: E402
-from procstat import cpu_seconds  # noqa: E402
 from serverproc import ServerProcess  # noqa: E402
 
+from bench.procstat import cpu_seconds  # noqa: E402
 from killboard.config import Config  # noqa: E402
 from killboard.entities import backlog, entities_key  # noqa: E402
 from killboard.kill.staticdata import load_static  # noqa: E402
@@ -130,16 +131,16 @@ async def main() -> None:
             print("| entity | kills+losses | figures | 50 kills | GET /api/{kind}/{id} | GET /{kind}/{id} |")
             print("|---|---:|---:|---:|---:|---:|")
             for kind, (entity, count) in busiest.items():
-                figures = await cpu(lambda k=kind, e=entity: service.figures(k, e), args.runs)
-                kills = await cpu(lambda k=kind, e=entity: service.kills(k, e, None, None, 50, None), args.runs)
+                figures = await cpu(partial(service.figures, kind, entity), args.runs)
+                kills = await cpu(partial(service.kills, kind, entity, None, None, 50, None), args.runs)
 
                 async def get(path: str) -> None:
                     resp = await client.get(path)
                     await resp.read()
                     assert resp.status == 200, path
 
-                api = await cpu(lambda k=kind, e=entity: get(f"/api/{k}/{e}"), args.runs)
-                page = await cpu(lambda k=kind, e=entity: get(f"/{k}/{e}"), args.runs)
+                api = await cpu(partial(get, f"/api/{kind}/{entity}"), args.runs)
+                page = await cpu(partial(get, f"/{kind}/{entity}"), args.runs)
                 print(
                     f"| {kind} {entity} | {count} | {figures * 1e3:.2f} | {kills * 1e3:.2f} | {api * 1e3:.2f}"
                     f" | {page * 1e3:.2f} |"
@@ -152,6 +153,7 @@ async def server_cpu(db: Path, busiest: dict[str, tuple[int, int]], runs: int) -
     server = ServerProcess(db, env={"KILLBOARD_UPSTREAM": "off"})
     await server.start(60)
     assert server.proc is not None
+    pid = server.proc.pid
     try:
         print(f"the server in its own process, CPU ms a request (mean of {runs * 10} after a warm-up):")
         print("| entity | GET /api/{kind}/{id} | GET /{kind}/{id} | the page, not gzipped | GET /api/search?q= |")
@@ -162,12 +164,12 @@ async def server_cpu(db: Path, busiest: dict[str, tuple[int, int]], runs: int) -
                 async with session.get(server.url + path, headers=headers) as resp:
                     await resp.read()
                 # /proc counts in clock ticks (10 ms): the mean of many requests, not a median of each.
-                start = cpu_seconds(server.proc.pid)  # type: ignore[union-attr]
+                start = cpu_seconds(pid)
                 for _ in range(runs * 10):
                     async with session.get(server.url + path, headers=headers) as resp:
                         await resp.read()
                         assert resp.status == 200, path
-                return (cpu_seconds(server.proc.pid) - start) / (runs * 10)  # type: ignore[union-attr]
+                return (cpu_seconds(pid) - start) / (runs * 10)
 
             for kind, (entity, _) in busiest.items():
                 api = await per_request(f"/api/{kind}/{entity}")

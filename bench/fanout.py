@@ -261,7 +261,7 @@ async def run_fanout(
         count = max(1, round(rate * seconds))
         warm = next(source)
         kills = take(source, count)
-        post = post_one
+        post: Poster = post_one
         if node:
             post = node_poster({km["killmail_id"]: node_frame(km) for km in [warm, *kills]})
         async with aiohttp.ClientSession() as session:
@@ -354,7 +354,7 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
         scenarios.append((f"this tree, deflate, {loop}", {"deflate": True, "env": {"KILLBOARD_LOOP": loop}}))
     if args.baseline is not None:
         scenarios.append((f"baseline {args.baseline}, deflate", {"deflate": True, "root": args.baseline}))
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         # What a kill costs this tree with nobody subscribed (HTTP, validation, enrichment,
         # storage): Node's server does none of it, so the delivery part is shown without it too.
@@ -410,13 +410,14 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
         " | less the kill's own cost: µs | ÷ Node | user µs | ÷ Node | p50 ms | p99 ms | first p50 ms | first p99 ms |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+    for row in rows:
         print(
-            f"| {r['name']} | {r['delivered']:,}/{r['expected']:,} | {r['us']:.1f} | {r['us'] / ref['us']:.2f}x"
-            f" | {r['user_us']:.1f} | {r['user_us'] / ref['user_us']:.2f}x | {r['sys_us']:.1f}"
-            f" | {r['send_us']:.1f} | {r['send_us'] / ref['us']:.2f}x"
-            f" | {r['send_user_us']:.1f} | {r['send_user_us'] / ref['user_us']:.2f}x"
-            f" | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['first_p50_ms']:.1f} | {r['first_p99_ms']:.1f} |"
+            f"| {row['name']} | {row['delivered']:,}/{row['expected']:,}"
+            f" | {row['us']:.1f} | {row['us'] / ref['us']:.2f}x"
+            f" | {row['user_us']:.1f} | {row['user_us'] / ref['user_us']:.2f}x | {row['sys_us']:.1f}"
+            f" | {row['send_us']:.1f} | {row['send_us'] / ref['us']:.2f}x"
+            f" | {row['send_user_us']:.1f} | {row['send_user_us'] / ref['user_us']:.2f}x"
+            f" | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['first_p50_ms']:.1f} | {row['first_p99_ms']:.1f} |"
         )
     return {"rows": rows, "per_kill": per_kill, "load": load_average()}
 

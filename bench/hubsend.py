@@ -88,7 +88,8 @@ async def _child(
         stdout=asyncio.subprocess.PIPE,
     )
     assert clients.stdin is not None and clients.stdout is not None
-    ready = await clients.stdout.readline()  # the loop accepts meanwhile
+    stdin, stdout = clients.stdin, clients.stdout  # not None, also in drain() below
+    ready = await stdout.readline()  # the loop accepts meanwhile
     if ready.strip() != b"ready":
         raise RuntimeError(f"the client process did not connect its sockets: {ready!r}")
     while len(accepted) < sockets:
@@ -99,8 +100,8 @@ async def _child(
         hub.subscribe(hub.attach(_WS(), transport, deflate=15), channel)  # type: ignore[arg-type]
 
     async def drain() -> int:
-        clients.stdin.write(b"d\n")  # type: ignore[union-attr]
-        return int(await clients.stdout.readline())  # type: ignore[union-attr]
+        stdin.write(b"d\n")
+        return int(await stdout.readline())
 
     async def delivered() -> None:
         """Until the hub has written every frame of what was published."""

@@ -37,7 +37,7 @@ async def measure(db: Path, paths: list[str], rounds: int, seconds: float, heade
     async with TestClient(TestServer(create_app(config)), auto_decompress=False) as client:
         # A reader arriving once the start is over: the keys of the newest kills are learned in
         # the background where the tree does that (within 6 s here, else never: the baseline).
-        recent = client.server.app[recent_key]
+        recent = client.app[recent_key]
         started = time.perf_counter()
         while not len(recent) and time.perf_counter() - started < 6:
             await asyncio.sleep(0.05)

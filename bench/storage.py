@@ -173,7 +173,7 @@ async def main() -> None:
             )
 
         # The synthetic month, held-out dictionary.
-        codec.load_dictionary = lambda path=codec.DICTIONARY_PATH: held_dict  # type: ignore[assignment]
+        codec.load_dictionary = lambda path=codec.DICTIONARY_PATH: held_dict
         base = [(s, k) for s, k in zip(subs, enriched, strict=True)][1::2]
         total = args.days * args.per_day
         start = int(time.time()) - args.days * DAY

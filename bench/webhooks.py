@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -69,11 +70,11 @@ def _delivered(fake: FakeDiscord | FakeReceiver) -> int:
 async def main(discord_kills: int, json_kills: int) -> None:
     before = load_average()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        results = {
+        results: dict[str, Any] = {
             "discord": await drain(Path(tmp), "discord", discord_kills),
             "json": await drain(Path(tmp), "json", json_kills),
         }
-    results["load_average"] = {"before": before, "after": load_average()[0]}  # type: ignore[assignment]
+    results["load_average"] = {"before": before, "after": load_average()[0]}
     print(json.dumps(results, indent=2))
 
 

@@ -150,8 +150,8 @@ async def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {"load_before": load_average()}
     sections = []
     if "levels" in only:
-        rows = levels(killmails)
-        out["levels"] = rows
+        measured = levels(killmails)
+        out["levels"] = measured
         sections.append(
             "### zlib level on the 82 real kills (one deflate per kill)\n\n"
             + table(
@@ -163,7 +163,7 @@ async def main(argv: list[str] | None = None) -> None:
                         f"{r['bytes']:,.0f}",
                         f"{r['us']:.0f}" if r["level"] else "",
                     ]
-                    for r in rows
+                    for r in measured
                 ],
             )
         )
@@ -173,7 +173,7 @@ async def main(argv: list[str] | None = None) -> None:
             if args.baseline is not None:
                 scenarios.append(("plain, before (baseline)", POPULATIONS["plain"], args.baseline))
             scenarios += [(name, pop, PROJECT_ROOT) for name, pop in POPULATIONS.items()]
-            rows = []
+            rows: list[list[str]] = []
             out["populations"] = []
             for name, pop, root in scenarios:
                 runs = []

@@ -38,6 +38,11 @@ def masked(payload: bytes, opcode: int) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
+def _given(protocol: Subscriber) -> Callable[[], Subscriber]:
+    """A protocol factory for create_connection that hands over a protocol made already."""
+    return lambda: protocol
+
+
 class Subscriber(asyncio.Protocol):
     """One socket: handshake, subscribe, then record (kill id, arrival time) of each kill frame."""
 
@@ -170,7 +175,7 @@ class Worker:
                         sock = socket.socket()
                         sock.setblocking(False)
                         await loop.sock_connect(sock, (host, port))
-                        await loop.create_connection(lambda s=sub: s, sock=sock)
+                        await loop.create_connection(_given(sub), sock=sock)
                         await asyncio.wait_for(sub.ready, 30)
                         self.subs.append(sub)
                         return

@@ -66,7 +66,7 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 
 async def settle(client: Client) -> None:
     """Until the worker has stored everything queued so far."""
-    await asyncio.wait_for(client.server.app[pipeline_key].wait_idle(), 10)
+    await asyncio.wait_for(client.app[pipeline_key].wait_idle(), 10)
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
