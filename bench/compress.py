@@ -1,7 +1,9 @@
 """Deflate libraries on the real kills, as ratios to stdlib zlib in the same run: the kill frames
 (all languages and `lang=en`, raw deflate with a sync flush as permessage-deflate sends them, per
 window size) and the stored source documents (raw deflate with the preset dictionary, a primed
-compressor copied per kill). Every output is checked to inflate with stdlib zlib.
+compressor copied per kill), and the participant index's pilot rows (`participants.pack` against
+the stdlib zlib 9 it used before, on the real kills and a 10,000-attacker fleet fight). Every
+output is checked to inflate with stdlib zlib.
 
     python -m bench.compress [--reps 7] [--levels]
 
@@ -16,10 +18,10 @@ import argparse
 import importlib
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import ujson
 
@@ -32,9 +34,10 @@ from killboard.kill.prices import price_book
 from killboard.kill.staticdata import load_static
 from killboard.kill.validate import parse_submission
 from killboard.live import wire
+from killboard.storage import participants
 
 from .__main__ import table
-from .data import real_killmails
+from .data import fleet_fight, real_killmails
 from .procstat import load_average
 
 LIBRARIES = {"zlib": "zlib", "zlib-ng": "zlib_ng.zlib_ng", "isal": "isal.isal_zlib"}
@@ -42,6 +45,7 @@ LIBRARIES = {"zlib": "zlib", "zlib-ng": "zlib_ng.zlib_ng", "isal": "isal.isal_zl
 SHORT = {"zlib": (1, 6), "zlib-ng": (1, 2, 4, 6, 7, 9), "isal": (1, 2, 3)}
 FULL = {"zlib": range(1, 10), "zlib-ng": range(1, 10), "isal": range(4)}
 TRAILER = b"\x00\x00\xff\xff"
+T = TypeVar("T")
 
 
 def libraries() -> dict[str, ModuleType]:
@@ -54,7 +58,7 @@ def libraries() -> dict[str, ModuleType]:
     return out
 
 
-def per_item_us(fn: Callable[[bytes], Any], items: Sequence[bytes], reps: int) -> float:
+def per_item_us(fn: Callable[[T], Any], items: Sequence[T], reps: int) -> float:
     """The best of `reps` passes over the items, in µs an item (the least disturbed pass)."""
     best = float("inf")
     for _ in range(reps):
@@ -98,7 +102,7 @@ def inflates(outputs: list[bytes], inputs: Sequence[bytes], wbits: int, dictiona
 
 def rows_for(
     libs: dict[str, ModuleType],
-    levels: dict[str, Sequence[int]],
+    levels: Mapping[str, Sequence[int]],
     make: Callable[[ModuleType, int], Callable[[bytes], bytes]],
     items: Sequence[bytes],
     reps: int,
@@ -130,8 +134,9 @@ def rows_for(
     return rows
 
 
-def real_inputs() -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """The 82 real kills' frames (all languages, `lang=en`) and stored source documents."""
+def real_inputs() -> tuple[list[bytes], list[bytes], list[bytes], list[list[participants.PilotRow]]]:
+    """The 82 real kills' frames (all languages, `lang=en`), stored source documents and pilot
+    rows (and, last, those of a 10,000-attacker fleet fight)."""
     static = load_static(PROJECT_ROOT / "data")
     prices = price_book(static)
     subs = [parse_submission(km) for km in real_killmails()]
@@ -141,7 +146,36 @@ def real_inputs() -> tuple[list[bytes], list[bytes], list[bytes]]:
     documents = [
         codec.source_document(s.esi or {}, s.zkb, codec.kill_prices(k)) for s, k in zip(subs, enriched, strict=True)
     ]
-    return frames, english, documents
+    pilots = [list(participants.participation(k).pilots) for k in enriched]
+    fight = enrich(parse_submission(fleet_fight(real_killmails(), 10_000)), static, {}, prices)
+    pilots.append(list(participants.participation(fight).pilots))
+    return frames, english, documents, pilots
+
+
+def zlib9_pack(pilots: Sequence[participants.PilotRow]) -> bytes:
+    """participants.pack as it was before isal: the same varints through stdlib zlib 9."""
+    out = bytearray()
+    for field in range(len(pilots[0]) if pilots else 0):
+        for pilot in pilots:
+            participants._varint(pilot[field], out)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(bytes(out)) + packer.flush()
+
+
+def pilot_rows(pilots: list[list[participants.PilotRow]], reps: int) -> list[list[str]]:
+    """participants.pack against zlib9_pack, each timed whole (varints and deflate)."""
+    out = []
+    for label, items in (("82 real kills", pilots[:-1]), ("10,000 attackers", pilots[-1:])):
+        for row in items:
+            if participants.unpack(participants.pack(row)) != row or participants.unpack(zlib9_pack(row)) != row:
+                raise SystemExit("pilot rows do not round-trip")
+        us, base_us = per_item_us(participants.pack, items, reps), per_item_us(zlib9_pack, items, reps)
+        size = sum(len(participants.pack(r)) for r in items) / len(items)
+        base_size = sum(len(zlib9_pack(r)) for r in items) / len(items)
+        out.append(
+            [label, f"{us:.1f}", f"{base_us:.1f}", f"{us / base_us:.2f}x", f"{size:,.0f}", f"{size / base_size:.3f}x"]
+        )
+    return out
 
 
 def main() -> None:
@@ -151,7 +185,7 @@ def main() -> None:
     args = ap.parse_args()
     libs = libraries()
     levels = {name: (FULL if args.levels else SHORT)[name] for name in libs}
-    frames, english, documents = real_inputs()
+    frames, english, documents, pilots = real_inputs()
     print(f"load average {load_average()}; 82 real kills")
 
     head = ["library", "level", "µs a kill", "bytes"]
@@ -163,10 +197,10 @@ def main() -> None:
             rows = rows_for(
                 libs,
                 levels,
-                lambda lib, level, bits=bits: frame_deflater(lib, level, bits),
+                partial(frame_deflater, wbits=bits),
                 items,
                 args.reps,
-                lambda outs, items=items, bits=bits: inflates(outs, items, bits),
+                partial(inflates, inputs=items, wbits=bits),
                 (6, 1),
             )
             print(table(head, rows))
@@ -205,6 +239,10 @@ def main() -> None:
         base_size = sum(len(base(i)) for i in items) / len(items)
         chosen.append([label, f"{us:.1f}", f"{base_us:.1f}", f"{us / base_us:.2f}x", f"{size / base_size:.3f}x"])
     print(table(["call", "µs a kill", "zlib µs", "CPU ratio", "bytes ratio"], chosen))
+
+    print(f"\nparticipants.pack (level {participants.PACK_LEVEL} of {participants._deflate.__name__}) ÷ stdlib zlib 9")
+    head = ["pilot rows", "µs a kill", "zlib 9 µs", "CPU ratio", "bytes", "bytes ratio"]
+    print(table(head, pilot_rows(pilots, args.reps)))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,23 @@ def test_pack_round_trips_big_ids_and_none() -> None:
     pilots = [(2_123_456_789, 98_000_001, 99_000_002, 0, 670, 0, 0), (0, 1_000_125, 0, 500_001, 2**40, 123_456, 1)]
     assert participants.unpack(participants.pack(pilots)) == pilots
     assert participants.unpack(participants.pack([])) == []
+
+
+def test_packed_rows_are_plain_raw_deflate_both_ways() -> None:
+    """Rows packed by an older release (stdlib zlib 9) read back, and new rows (isal when
+    installed) are raw deflate that stdlib zlib inflates: a database moves freely between them."""
+    pilots = [
+        (2_100_000_000 + i, 98_000_000 + i % 7, 99_000_000 + i % 2, 0, 587 + i % 3, i * 10, int(i == 4))
+        for i in range(40)
+    ]
+    blob = participants.pack(pilots)
+    old = zlib.compressobj(9, zlib.DEFLATED, -15)
+    old_blob = old.compress(zlib.decompress(blob, -15)) + old.flush()
+    assert participants.unpack(old_blob) == pilots
+    assert zlib.decompressobj(-15).decompress(blob) == zlib.decompress(old_blob, -15)
+    assert len(blob) < len(zlib.decompress(blob, -15)) // 2  # it does compress
+    if importlib.util.find_spec("isal") is not None:  # installed where requirements.txt says
+        assert participants._deflate is not zlib and blob != old_blob
 
 
 def test_posting_blocks_round_trip_every_role_and_block_edge() -> None:
