@@ -102,6 +102,24 @@ class StoredKill:
     body: bytes  # uncompressed JSON
 
 
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The store's figures in /health, read together (Store.counts)."""
+
+    inbox: int  # accepted submissions not yet stored
+    kills: int  # kills stored (as count())
+    last_seq: int  # 0 when none
+    names_pending: int  # kills stored before all their player names were known
+
+
+# /health's four figures in one statement, one hop to the reader's thread: a hop each waited for
+# the GIL twice, behind a fleet fight's threads (bench/bigkill.py).
+COUNTS = (
+    "SELECT (SELECT count(*) FROM inbox), (SELECT count(*) FROM kills WHERE seq > ?),"
+    " (SELECT max(seq) FROM kills), (SELECT count(*) FROM names_pending)"
+)
+
+
 # (killmail id, hash, source document, names lookup) -> the kill's JSON, or None: render it here.
 BigRender = Callable[[int, str, bytes, Callable[[set[int]], Awaitable[dict[int, str]]]], Awaitable[bytes | None]]
 
@@ -520,6 +538,23 @@ class Store:
             if last is not None:
                 self._count_seq = int(last)
             return self._count
+
+    async def counts(self) -> Counts:
+        """/health's figures in one read on the reader connection, which no write transaction
+        holds up (WAL). The kept count plus the rows stored since, without count()'s lock: a
+        prune holds it while it waits for the writer (behind a fleet fight's transaction)."""
+        if self._count is None and not self._count_lock.locked():
+            await self.count()  # the first count walks an index whole, once
+        # With no kept count (a prune held the lock from the start), since is 0: a whole count.
+        idle = not self._count_lock.locked()
+        base, since = self._count or 0, self._count_seq
+        rows = await self._reader.execute_fetchall(COUNTS, (since,))
+        inbox, added, last, pending = next(iter(rows))
+        # Kept for later counts only if no prune was under way at either end or changed the count
+        # meanwhile (one that starts after the snapshot reads on this thread after this read).
+        if added and idle and not self._count_lock.locked() and (self._count, self._count_seq) == (base, since):
+            self._count, self._count_seq = base + added, int(last)
+        return Counts(int(inbox), base + int(added), int(last or 0), int(pending))
 
     async def inbox_count(self) -> int:
         return await self._number("SELECT count(*) FROM inbox")

@@ -335,14 +335,15 @@ async def health(request: web.Request) -> web.Response:
     follower = app.get(follower_key)
     damaged = app[damage_key].problem
     bus = app.get(bus_status_key)
+    counts = await store.counts()
     return web.json_response(
         {
             "status": "ok" if pipeline.store_error is None and damaged is None else "degraded",
             "uptime": round(time.monotonic() - app[started_key], 3),
             "queue": pipeline.queue.qsize(),
-            "inbox": await store.inbox_count(),
-            "kills": await store.count(),
-            "last_seq": await store.last_seq(),
+            "inbox": counts.inbox,
+            "kills": counts.kills,
+            "last_seq": counts.last_seq,
             "processed": pipeline.processed,
             "clients": len(hub),
             "subscribed": hub.subscribed_count(),
@@ -351,7 +352,7 @@ async def health(request: web.Request) -> web.Response:
             "deliveries": hub.deliveries,
             "slow_drops": hub.slow_drops,
             "upstream": follower.state.as_json() if follower is not None else None,
-            "names_pending": await store.names_pending_count(),
+            "names_pending": counts.names_pending,
             # Leak checks (tests, operators): live asyncio tasks and open file descriptors.
             "tasks": len(asyncio.all_tasks()),
             "fds": open_fds(),

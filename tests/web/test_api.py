@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
 
-from conftest import AUTH, Client, settle
+from conftest import AUTH, Client, settle, until
 
 from killboard.config import Config
+from killboard.web.keys import store_key
 
 
 async def post(client: Client, body: Any, headers: dict[str, str] = AUTH) -> tuple[int, dict[str, Any]]:
@@ -165,3 +167,35 @@ async def test_health(client: Client, killmails: list[dict[str, Any]]) -> None:
     assert health["status"] == "ok"
     assert health["kills"] == 3 and health["queue"] == 0 and health["inbox"] == 0
     assert health["clients"] == 0
+
+
+async def test_health_answers_behind_an_open_write_transaction(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """/health reads its counts on the reader connection (WAL readers do not wait for the writer)
+    and not behind count()'s lock, which a prune holds while it waits for the write connection:
+    with a long write transaction open and a prune queued behind it, /health still answers, with
+    the committed counts."""
+    await post(client, killmails[:3])
+    await settle(client)
+    store = client.app[store_key]
+    before = await (await client.get("/health")).json()
+    assert (before["kills"], before["inbox"], before["names_pending"]) == (3, 0, 0)
+    async with store.transaction() as db:  # the write connection held, as a fleet fight's write holds it
+        await db.execute(
+            "INSERT INTO inbox (killmail_id, payload, source, live, received_at) VALUES (1, x'7b7d', 'test', 1, 0)"
+        )
+        await db.execute("INSERT INTO names_pending (killmail_id, since) VALUES (1, 0)")
+        prune = asyncio.create_task(store.prune(older_than=2**40, batch=1))
+
+        async def waiting() -> bool:
+            return store._count_lock.locked()  # the prune holds the count's lock, waiting for the writer
+
+        await until(waiting, 5)
+        health = await (await asyncio.wait_for(client.get("/health"), 2)).json()
+        # Nothing uncommitted shows.
+        assert (health["kills"], health["inbox"], health["names_pending"]) == (3, 0, 0)
+        assert health["last_seq"] == before["last_seq"]
+        assert not prune.done()
+    assert await prune == 1
+    after = await (await client.get("/health")).json()
+    assert (after["kills"], after["inbox"], after["names_pending"]) == (2, 1, 1)
+    assert after["last_seq"] == await store.last_seq() and after["kills"] == await store.count()
