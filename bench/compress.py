@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import ujson
 
+from killboard.bus import writer as bus_writer
 from killboard.config import PROJECT_ROOT
 from killboard.kill import codec
 from killboard.kill.enrich import enrich
@@ -227,6 +228,8 @@ def main() -> None:
     for label, fn, base, items in (
         ("wire.deflate, live (6)", lambda m: wire.deflate(m, 6), frame_deflater(zlib, 6, 15), frames),
         ("wire.deflate, burst (1)", lambda m: wire.deflate(m, 1), frame_deflater(zlib, 1, 15), frames),
+        # The bus writer's entry bodies: zlib format (header and checksum), level 1.
+        ("bus writer (1)", lambda m: bus_writer._deflate.compress(m, 1), lambda m: zlib.compress(m, 1), frames),
         (
             f"codec.pack ({codec.PACK_LEVEL})",
             partial(codec.pack, dictionary=dictionary),

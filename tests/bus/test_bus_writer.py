@@ -3,6 +3,7 @@ the stream lost what the writer appended. Also: without KILLBOARD_REDIS_URL noth
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from conftest import AUTH, Client, settle, until
 from redis.asyncio import Redis
 from redisproc import RedisServer
 
-from killboard.bus import stream
+from killboard.bus import stream, writer
 from killboard.config import PROJECT_ROOT
 from killboard.kill.frames import kill_frame
 from killboard.kill.topics import kill_facts
@@ -148,3 +149,20 @@ def test_bad_bus_settings_are_one_line_and_exit_1(env: dict[str, str], message: 
     assert done.stderr.decode().strip().splitlines() == [done.stderr.decode().strip()]
     assert message in done.stderr.decode()
     assert "secret" not in done.stderr.decode()
+
+
+def test_entry_bodies_read_back_whichever_zlib_compressed_them(killmails: list[dict[str, Any]]) -> None:
+    """The writer compresses with isal when installed: a plain zlib stream (header, checksum), so
+    an edge of any version reads new entries, and entries an older writer made with stdlib zlib
+    read back as before."""
+    body = ujson.dumps(killmails[0]).encode()
+    entry = stream.Entry(seq=7, prev=6, body=body, facts=kill_facts(killmails[0]), live=True)
+    (new,) = writer._compress_all([entry])
+    old = zlib.compress(body, 1)
+    for blob in (new, old):
+        values = stream.fields(entry, blob, 1.0)
+        raw = stream.decode(b"7-0", dict(zip(values[::2], values[1::2], strict=True)))
+        assert raw.body() == body and (raw.seq, raw.prev) == (7, 6)
+    assert len(new) < len(body) // 2
+    if importlib.util.find_spec("isal") is not None:  # installed where requirements.txt says
+        assert writer._deflate is not zlib and new != old
