@@ -199,7 +199,10 @@ def unpack(blob: bytes) -> list[PilotRow]:
     """The pilots of pack(), the victim first."""
     values = _varints(zlib.decompress(blob, -15))
     count = len(values) // _FIELDS
-    return [tuple(values[f * count + i] for f in range(_FIELDS)) for i in range(count)]  # type: ignore[misc]
+    # A pilot from each field's column: zip makes the tuples in C (0.73x the time of a tuple per
+    # pilot built from a generator; battles unpack every kill's pilots as kills arrive).
+    columns = [values[f * count : (f + 1) * count] for f in range(_FIELDS)]
+    return list(zip(*columns, strict=True))
 
 
 INSERT_PILOTS = "INSERT INTO participants (seq, pilots) VALUES (?, ?) ON CONFLICT DO NOTHING"
