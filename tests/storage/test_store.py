@@ -274,3 +274,32 @@ async def test_reads_decode_and_render_off_the_event_loop_in_one_hop_a_page(
             assert kill.body == render(sub, {}, frozen)
     finally:
         await store.close()
+
+
+async def test_fleet_fights_go_to_render_big_and_come_back_here_without_an_answer(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    """A document over BIG_DOCUMENT goes to `render_big` (the worker process); when it has no
+    answer (None: the worker died), the kill is decoded and rendered here, in the page's order."""
+    from killboard.storage import store as store_module
+
+    render = codec.renderer(static, price_book(static))
+    store = await Store.open(tmp_path / "kb.sqlite3", render=render)
+    asked: list[int] = []
+
+    async def render_big(killmail_id: int, killmail_hash: str, document: bytes, names: Any) -> bytes | None:
+        asked.append(killmail_id)
+        return b'{"from":"worker"}' if killmail_id % 2 == 0 else None
+
+    try:
+        await save_all(store, make_kills(static, killmails, 6, 500_000_000, 1_700_000_000))
+        plain = {k.killmail_id: k.body for k in await store.latest(6)}
+        monkeypatch.setattr(store_module, "BIG_DOCUMENT", 0)  # every kill a "fleet fight"
+        store.render_big = render_big
+        page = await store.latest(6)
+    finally:
+        await store.close()
+    assert sorted(asked) == sorted(plain) and [k.killmail_id for k in page] == sorted(plain, reverse=True)
+    for kill in page:
+        expected = b'{"from":"worker"}' if kill.killmail_id % 2 == 0 else plain[kill.killmail_id]
+        assert kill.body == expected
