@@ -50,7 +50,9 @@ class Battles:
         self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
         self._lost: OrderedDict[int, Lost] = OrderedDict()  # killmail id -> its items summed
-        self._lost_generation = 0  # moves when kept sums go: a read begun before keeps nothing
+        # Kills rewritten or pruned while `_items` reads, one set per read in progress (None in
+        # a set: everything went): what such a read got for them may be stale, so it keeps none.
+        self._reading: list[set[int | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._threads = asyncio.Semaphore(SUMMARY_THREADS)
 
@@ -213,14 +215,16 @@ class Battles:
 
     def rewritten(self, killmail_ids: Collection[int]) -> None:
         """Stored kills changed (a corrected body) or went: their items' sums go too."""
-        self._lost_generation += 1
+        for changed in self._reading:
+            changed.update(killmail_ids)
         for killmail_id in killmail_ids:
             self._lost.pop(killmail_id, None)
 
     def forget(self) -> None:
         """Drop the kept summaries and items' sums: another process rewrote battles (`app.py
         battles rebuild`) or kills (its rewrites reach no hook here)."""
-        self._lost_generation += 1
+        for changed in self._reading:
+            changed.add(None)
         self._lost.clear()
         self._cache.clear()
 
@@ -237,22 +241,25 @@ class Battles:
                 out[killmail_id] = kept
             else:
                 missing.append(killmail_id)
-        generation = self._lost_generation
-        for i in range(0, len(missing), READ_CHUNK):
-            chunk = missing[i : i + READ_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = await self.store.query(
-                f"SELECT killmail_id, codec, body FROM kills WHERE killmail_id IN ({marks})", chunk
-            )
-            found, unpriced = await asyncio.to_thread(items.lost_of_rows, rows, self.store.unpack)
-            out.update(found)
-            if unpriced:
-                bodies = [k.body for k in await self.store.many(unpriced)]
-                out.update(await asyncio.to_thread(items.lost_of_bodies, bodies))
-        # A kill rewritten or pruned while it was read: what was read may be stale, keep none of it.
-        if generation == self._lost_generation:
+        changed: set[int | None] = set()
+        self._reading.append(changed)
+        try:
+            for i in range(0, len(missing), READ_CHUNK):
+                chunk = missing[i : i + READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = await self.store.query(
+                    f"SELECT killmail_id, codec, body FROM kills WHERE killmail_id IN ({marks})", chunk
+                )
+                found, unpriced = await asyncio.to_thread(items.lost_of_rows, rows, self.store.unpack)
+                out.update(found)
+                if unpriced:
+                    bodies = [k.body for k in await self.store.many(unpriced)]
+                    out.update(await asyncio.to_thread(items.lost_of_bodies, bodies))
+        finally:
+            self._reading = [c for c in self._reading if c is not changed]  # not remove(): sets compare equal
+        if None not in changed:
             for killmail_id in missing:
-                if killmail_id in out:
+                if killmail_id in out and killmail_id not in changed:
                     self._lost[killmail_id] = out[killmail_id]
         while len(self._lost) > LOST_KEPT:
             self._lost.popitem(last=False)

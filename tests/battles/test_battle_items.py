@@ -74,8 +74,11 @@ async def test_a_battles_detail_is_the_same_as_with_every_kill_rendered(
     assert fast == slow and b"isk" in fast.lower()
 
 
-async def test_a_kill_rewritten_while_the_items_are_read_is_read_again(client: Client) -> None:
-    """The sums read before a rewrite are not kept: the next view reads the new items."""
+async def test_a_kill_rewritten_while_the_items_are_read_is_read_again(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sum read before a rewrite is not kept: the next view reads that kill's new items (and
+    only that kill's: the others' sums were kept)."""
     kills = sorted(fight("30001155"), key=when)
     await post_all(client, kills)
     [battle] = (await (await client.get("/api/battles")).json())["battles"]
@@ -96,7 +99,15 @@ async def test_a_kill_rewritten_while_the_items_are_read_is_read_again(client: C
     store.query = read_then_rewrite  # type: ignore[method-assign]
     before = await (await client.get(path)).json()
     assert store.query == query  # the rewrite happened during that view's read
+    summed, lost_of_rows = [], items.lost_of_rows
+
+    def counted(rows: Any, unpack: Any) -> Any:
+        summed.extend(row[0] for row in rows)
+        return lost_of_rows(rows, unpack)
+
+    monkeypatch.setattr(items, "lost_of_rows", counted)
     after = await (await client.get(path)).json()
+    assert summed == [km["killmail_id"]]
 
     def pieces(data: dict[str, Any]) -> int:
         return sum(s["items_destroyed"]["count"] + s["items_dropped"]["count"] for s in data["sides"])
