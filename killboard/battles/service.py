@@ -12,15 +12,13 @@ from collections.abc import Collection, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
-import ujson
-
 from ..ingest.pipeline import Stored
 from ..kill.staticdata import StaticData
 from ..live.hub import Hub
 from ..storage import participants
 from ..storage.battle_tables import REBUILD_NEEDED
 from ..storage.store import NewKill, Store
-from . import summary, tables
+from . import items, summary, tables
 from .detect import Changes, Detector
 from .live import BattleChannels
 from .summary import Lost
@@ -32,7 +30,7 @@ PENDING_MAX = 100_000
 BIG_PILOTS = 1000  # a summary of more pilots than this (~2 ms) is worked out in a thread
 SUMMARY_THREADS = 2  # large summaries worked out at once (the rest wait their turn)
 SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
-READ_CHUNK = 8  # kills read at once for their items: the store renders them on the loop (~0.5 ms each)
+READ_CHUNK = 500  # kills whose items are read at once (one query, one thread hop: ~0.05 ms a kill)
 LOST_KEPT = 200_000  # kills whose items' sums are kept (~150 bytes each: ~30 MB at most)
 
 
@@ -52,6 +50,9 @@ class Battles:
         self._unconfirmed: int | None = None  # the last seq of the batch the writer saw last
         self._cache: OrderedDict[tuple[int, int, int], dict[str, Any]] = OrderedDict()
         self._lost: OrderedDict[int, Lost] = OrderedDict()  # killmail id -> its items summed
+        # Kills rewritten or pruned while `_items` reads, one set per read in progress (None in
+        # a set: everything went): what such a read got for them may be stale, so it keeps none.
+        self._reading: list[set[int | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._threads = asyncio.Semaphore(SUMMARY_THREADS)
 
@@ -214,20 +215,24 @@ class Battles:
 
     def rewritten(self, killmail_ids: Collection[int]) -> None:
         """Stored kills changed (a corrected body) or went: their items' sums go too."""
+        for changed in self._reading:
+            changed.update(killmail_ids)
         for killmail_id in killmail_ids:
             self._lost.pop(killmail_id, None)
 
     def forget(self) -> None:
         """Drop the kept summaries and items' sums: another process rewrote battles (`app.py
         battles rebuild`) or kills (its rewrites reach no hook here)."""
+        for changed in self._reading:
+            changed.add(None)
         self._lost.clear()
         self._cache.clear()
 
     async def _items(self, killmail_ids: list[int]) -> dict[int, Lost]:
         """What each victim's items came to. Kept by kill until it is rewritten or pruned
-        (`rewritten`), so a battle's page after a new kill reads that kill only; the others are read a
-        few at a time (the store renders each on the event loop, ~0.5 ms a kill) and parsed and
-        summed in a thread."""
+        (`rewritten`), so a battle's page after a new kill reads that kill only. The others are
+        worked out from their stored rows in a thread (battles/items.py: no render); a kill
+        stored before its prices were kept is rendered by the store (off the loop) instead."""
         out: dict[int, Lost] = {}
         missing = []
         for killmail_id in killmail_ids:
@@ -236,13 +241,26 @@ class Battles:
                 out[killmail_id] = kept
             else:
                 missing.append(killmail_id)
-        for i in range(0, len(missing), READ_CHUNK):
-            stored = await self.store.many(missing[i : i + READ_CHUNK])
-            bodies = [k.body for k in stored]
-            out.update(await asyncio.to_thread(_lost_of, bodies))
-        for killmail_id in missing:
-            if killmail_id in out:
-                self._lost[killmail_id] = out[killmail_id]
+        changed: set[int | None] = set()
+        self._reading.append(changed)
+        try:
+            for i in range(0, len(missing), READ_CHUNK):
+                chunk = missing[i : i + READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = await self.store.query(
+                    f"SELECT killmail_id, codec, body FROM kills WHERE killmail_id IN ({marks})", chunk
+                )
+                found, unpriced = await asyncio.to_thread(items.lost_of_rows, rows, self.store.unpack)
+                out.update(found)
+                if unpriced:
+                    bodies = [k.body for k in await self.store.many(unpriced)]
+                    out.update(await asyncio.to_thread(items.lost_of_bodies, bodies))
+        finally:
+            self._reading = [c for c in self._reading if c is not changed]  # not remove(): sets compare equal
+        if None not in changed:
+            for killmail_id in missing:
+                if killmail_id in out and killmail_id not in changed:
+                    self._lost[killmail_id] = out[killmail_id]
         while len(self._lost) > LOST_KEPT:
             self._lost.popitem(last=False)
         return out
@@ -263,23 +281,6 @@ class Battles:
 
 def _breathe() -> None:
     time.sleep(0)  # releases the GIL: a waiting event loop runs now
-
-
-def _lost_of(bodies: list[bytes]) -> dict[int, Lost]:
-    out = {}
-    for body in bodies:
-        kill = ujson.loads(body)
-        out[kill["killmail_id"]] = summary.lost(_flat(kill.get("items") or []))
-    return out
-
-
-def _flat(items: list[Any]) -> list[Any]:
-    out = []
-    for item in items:
-        out.append(item)
-        if item.get("items"):
-            out += _flat(item["items"])
-    return out
 
 
 def _pilots(kill: NewKill) -> Sequence[Sequence[int]]:

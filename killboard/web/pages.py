@@ -57,9 +57,6 @@ CSP = "; ".join(
 )
 
 
-READ_CHUNK = 16  # kills read at once for a page's rows (~0.3-0.5 ms each on the event loop)
-
-
 def setup_templates(app: web.Application) -> None:
     env = aiohttp_jinja2.setup(
         app,
@@ -193,9 +190,7 @@ async def _render_index(
     fresh: dict[int, tuple[dict[str, Any], str]] = {}
     missing = [i for i in ids if i not in kept]
     if missing:
-        page = []
-        for i in range(0, len(missing), READ_CHUNK):  # the store decodes each on the loop: a few at a time
-            page += await store.many(missing[i : i + READ_CHUNK])
+        page = await store.many(missing)  # decoded and rendered off the loop, in one hop for the page
         if not wanted.empty and len(page) < len(missing):
             request.app[recent_key].forget(set(missing) - {k.killmail_id for k in page})  # pruned since
         env = aiohttp_jinja2.get_env(request.app)

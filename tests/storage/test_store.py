@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,70 @@ async def test_insert_many_writes_what_executemany_writes(tmp_path: Path) -> Non
             await store.close()
     assert len(tables[0]) == 37 * 11
     assert tables[0] == tables[1]
+
+
+async def test_reads_decode_and_render_off_the_event_loop_in_one_hop_a_page(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    """A page's stored kills are decoded in one thread and rendered in one thread (possibly the
+    same pool thread), never on the event loop: a battle page's 244 kills held it ~120 ms."""
+    render = codec.renderer(static, price_book(static))
+    decoded_in: list[int] = []
+    rendered_in: list[int] = []
+    decode = codec.decode
+
+    def decode_here(*args: Any) -> Any:
+        decoded_in.append(threading.get_ident())
+        return decode(*args)
+
+    def render_here(*args: Any) -> bytes:
+        rendered_in.append(threading.get_ident())
+        return render(*args)
+
+    store = await Store.open(tmp_path / "kb.sqlite3", render=render_here)
+    try:
+        await save_all(store, make_kills(static, killmails, 40, 500_000_000, 1_700_000_000))
+        monkeypatch.setattr(codec, "decode", decode_here)
+        loop_thread = threading.get_ident()
+        page = await store.latest(40)
+        assert len(page) == 40 and len(decoded_in) == 40 and len(rendered_in) == 40
+        assert loop_thread not in decoded_in and loop_thread not in rendered_in
+        assert len(set(decoded_in)) == 1 and len(set(rendered_in)) == 1  # one hop each for the page
+        # The same JSON the renderer gives on the caller's thread, newest first.
+        made = {k.killmail_id: k for k in make_kills(static, killmails, 40, 500_000_000, 1_700_000_000)}
+        assert [k.killmail_id for k in page] == sorted(made, reverse=True)
+        for kill in page:
+            source = made[kill.killmail_id]
+            sub, frozen = decode(kill.killmail_id, source.killmail_hash, source.source)
+            assert kill.body == render(sub, {}, frozen)
+    finally:
+        await store.close()
+
+
+async def test_fleet_fights_go_to_render_big_and_come_back_here_without_an_answer(
+    tmp_path: Path, static: StaticData, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    """A document over BIG_DOCUMENT goes to `render_big` (the worker process); when it has no
+    answer (None: the worker died), the kill is decoded and rendered here, in the page's order."""
+    from killboard.storage import store as store_module
+
+    render = codec.renderer(static, price_book(static))
+    store = await Store.open(tmp_path / "kb.sqlite3", render=render)
+    asked: list[int] = []
+
+    async def render_big(killmail_id: int, killmail_hash: str, document: bytes, names: Any) -> bytes | None:
+        asked.append(killmail_id)
+        return b'{"from":"worker"}' if killmail_id % 2 == 0 else None
+
+    try:
+        await save_all(store, make_kills(static, killmails, 6, 500_000_000, 1_700_000_000))
+        plain = {k.killmail_id: k.body for k in await store.latest(6)}
+        monkeypatch.setattr(store_module, "BIG_DOCUMENT", 0)  # every kill a "fleet fight"
+        store.render_big = render_big
+        page = await store.latest(6)
+    finally:
+        await store.close()
+    assert sorted(asked) == sorted(plain) and [k.killmail_id for k in page] == sorted(plain, reverse=True)
+    for kill in page:
+        expected = b'{"from":"worker"}' if kill.killmail_id % 2 == 0 else plain[kill.killmail_id]
+        assert kill.body == expected
