@@ -214,45 +214,81 @@ class Pipeline:
         as an inbox row would be. What is spared is the inbox's transaction (~5 thread hops, the
         payload written, then deleted by the worker's) and the queue's hand-off. None: it takes
         the inbox after all (a name ESI would be asked for: the answer must not wait for ESI).
-        A database error acknowledges nothing (StorageUnavailable)."""
+        A database error acknowledges nothing (StorageUnavailable).
+
+        The look-ups, the enrichment and the write are one call in the database thread
+        (Store.save_alone): a typical kill's enrichment is ~1 ms of Python, and the loop is idle
+        meanwhile (nothing else is queued), where a second hop for its names cost a thread's and
+        the loop's wake-ups. A kill stored already is answered as a duplicate unenriched."""
+        kill_id = sub.killmail_id
+        ids = players(sub)
+        wanted = live or self.facts_for_all
+        made: list[tuple[NewKill, KillFacts | None] | None] = []  # what `make` did: the kill, or None (dropped)
+
+        def make(names: dict[int, str]) -> NewKill | None:  # in the database thread
+            if self.resolve_names is not None and len(names) < len(ids):
+                return None  # enrichment would ask ESI for a name: the inbox, so the answer need not wait
+            try:
+                done = self._enrich(sub, names, wanted)
+            except Exception:
+                log.exception("kill %d could not be enriched; dropped", kill_id)
+                made.append(None)
+                return None
+            made.append(done)
+            return done[0]
+
         self._in_flight += 1
         self._idle.clear()
         try:
             async with self._turn:  # free (the worker is idle), and taken before any later kill
+                started = time.perf_counter()
                 try:
-                    known = None
-                    if self.resolve_names is not None:
-                        known = await self._named(sub)
-                        if known is None:
-                            return None
-                    prepared = await self.prepare([Pending(sub, live)], known)
-                    stored = await self.commit(prepared)
+                    stored = await self.store.save_alone(kill_id, ids, make)
                 except sqlite3.Error as exc:
                     log.error("storing a kill from %s failed: %s", source, exc)
                     raise StorageUnavailable(str(exc)) from exc
                 except Exception:
                     # A bug, not the database: the worker's retries take it from the inbox (if it
                     # was stored after all, the inbox answers that it is a duplicate).
-                    log.exception("kill %d could not be stored alone; it goes through the inbox", sub.killmail_id)
+                    log.exception("kill %d could not be stored alone; it goes through the inbox", kill_id)
                     return None
+                if stored is None and not made:
+                    return None  # a name to ask ESI for
+                self._announce_alone(stored or [], made, live, started)
         finally:
             self._in_flight -= 1
             if self.queue.empty() and not self._in_flight:
                 self._idle.set()
         # Stored now, or dropped by enrichment (as the worker would have after an inbox write).
-        kill_id = sub.killmail_id
-        accepted = [kill_id] if stored or kill_id in prepared.rejected else []
+        accepted = [kill_id] if stored or made == [None] else []
         if self.metrics is not None:
             self.metrics.kills_ingested.labels(source).inc(len(accepted))
             self.metrics.kills_duplicate.labels(source).inc(1 - len(accepted))
         return Admission(accepted, [] if accepted else [kill_id])
 
-    async def _named(self, sub: Submission) -> dict[int, str] | None:
-        """The names of every player of the kill, or None if some have none stored yet
-        (enrichment would ask ESI); what prepare then uses instead of looking them up again."""
-        ids = players(sub)
-        names = await self.store.names(ids)
-        return names if len(names) == len(ids) else None
+    def _announce_alone(
+        self,
+        stored: list[tuple[int, NewKill]],
+        made: list[tuple[NewKill, KillFacts | None] | None],
+        live: bool,
+        started: float,
+    ) -> None:
+        """What commit does after a batch's write, for a kill stored alone: counters, then the
+        on_stored hooks (the caller holds `_turn`)."""
+        if made and made[0] is not None:
+            self.processed += 1  # as in commit: the kills enriched
+        if self.metrics is not None:
+            if made:
+                self.metrics.batch_commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.kills_stored.inc(len(stored))
+            if made == [None]:
+                self.metrics.kills_rejected.labels("enrich_failed").inc()
+        cutoff = time.time() - self.live_max_age if self.live_max_age else None
+        facts = made[0][1] if made and made[0] is not None else None
+        for seq, kill in stored:
+            event = Stored(seq, kill, facts, self._is_live(kill, {kill.killmail_id: live}, cutoff))
+            for hook in self.on_stored:
+                hook(event)
 
     async def _reserve(self, count: int) -> None:
         # The reservation keeps concurrent submitters from overfilling the queue while one of

@@ -314,6 +314,34 @@ class Store:
         now = time.time()
         return await self.transact(lambda db: self._save(db, kills, done_ids, state, pending, now))
 
+    async def save_alone(
+        self, killmail_id: int, players: Collection[int], make: Callable[[dict[int, str]], NewKill | None]
+    ) -> list[tuple[int, NewKill]] | None:
+        """One kill looked up, made and stored in ONE hop to the database thread (a kill posted
+        alone): whether `killmail_id` is stored already, the stored names of its `players`, then
+        `make(names)` (its enrichment: ~1 ms of Python for a typical kill) and its transaction.
+
+        Returns [(seq, kill)] when stored; [] when it was stored already (`make` is not called:
+        a duplicate costs no enrichment); None when `make` made nothing (nothing is written).
+        Before, such a kill went to the threads twice (its names on the reader, then the write):
+        each hop is a put that wakes a thread and a self-pipe write that wakes the loop back. The
+        names `make` is given were read from the table just now, so the write does not insert
+        them again. As with the worker's batches, an inbox row of the same id is removed."""
+        wanted = list(set(players))
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> list[tuple[int, NewKill]] | None:
+            if existing(db, "kills", [killmail_id]):
+                return []
+            kill = make(_names_in(db, wanted))
+            if kill is None:
+                return None
+            done = [killmail_id]
+            return _in_transaction(db, lambda db: self._save(db, [kill], done, None, [], now, names_known=True))
+
+        async with self._lock:
+            return await in_thread(self._writer, run)
+
     def _save(
         self,
         db: sqlite3.Connection,
@@ -322,15 +350,17 @@ class Store:
         state: dict[str, str] | None,
         names_pending: list[int],
         now: float,
+        names_known: bool = False,
     ) -> list[tuple[int, NewKill]]:
-        """save_kills' transaction, in the database thread (Store.transact)."""
+        """save_kills' transaction, in the database thread (Store.transact). `names_known`: the
+        kills' names were all read from the names table in this thread just before (save_alone)."""
         known = existing(db, "kills", [k.killmail_id for k in kills])
         fresh: dict[int, NewKill] = {}
         for k in kills:
             if k.killmail_id not in known:
                 fresh.setdefault(k.killmail_id, k)
         names: dict[int, str] = {}
-        for k in fresh.values():
+        for k in () if names_known else fresh.values():
             names.update((i, n) for i, n in k.names.items() if n)
         db.executemany(
             "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body,"
@@ -735,6 +765,15 @@ def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T
                 db.execute("ROLLBACK")
         raise
     return result
+
+
+def _names_in(db: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
+    """Store.names on the plain connection, in the database thread."""
+    out: dict[int, str] = {}
+    for chunk in chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        out.update(db.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk).fetchall())
+    return out
 
 
 def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:
