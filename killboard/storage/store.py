@@ -424,8 +424,10 @@ class Store:
         commits (an import, `battles rebuild`, a second server on this file), never for this
         store's own writes (the reader never writes). A read, so it takes no lock; caches of
         rendered pages poll it (killboard/web/foreign.py)."""
-        async with self._writer.execute("PRAGMA data_version") as cur:
-            row = await cur.fetchone()
+        # execute_fetchall: one hop to the writer's thread, not three (execute, fetch, close). The
+        # poll runs four times a second, and each hop wakes that thread and then the loop.
+        rows = await self._writer.execute_fetchall("PRAGMA data_version")
+        row = next(iter(rows), None)
         return int(row[0]) if row else 0
 
     async def get(self, killmail_id: int) -> StoredKill | None:
