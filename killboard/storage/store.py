@@ -314,33 +314,26 @@ class Store:
         now = time.time()
         return await self.transact(lambda db: self._save(db, kills, done_ids, state, pending, now))
 
-    async def save_alone(
-        self, killmail_id: int, players: Collection[int], make: Callable[[dict[int, str]], NewKill | None]
-    ) -> list[tuple[int, NewKill]] | None:
-        """One kill looked up, made and stored in ONE hop to the database thread (a kill posted
-        alone): whether `killmail_id` is stored already, the stored names of its `players`, then
-        `make(names)` (its enrichment: ~1 ms of Python for a typical kill) and its transaction.
-
-        Returns [(seq, kill)] when stored; [] when it was stored already (`make` is not called:
-        a duplicate costs no enrichment); None when `make` made nothing (nothing is written).
-        Before, such a kill went to the threads twice (its names on the reader, then the write):
-        each hop is a put that wakes a thread and a self-pipe write that wakes the loop back. The
-        names `make` is given were read from the table just now, so the write does not insert
-        them again. As with the worker's batches, an inbox row of the same id is removed."""
+    async def alone(self, killmail_id: int, players: Collection[int]) -> tuple[bool, dict[int, str]]:
+        """For a kill posted alone, in one hop to the reader's thread: whether `killmail_id` is
+        stored already (then no names: a duplicate needs no enrichment), and the stored names of
+        its `players` (Store.names)."""
         wanted = list(set(players))
-        now = time.time()
 
-        def run(db: sqlite3.Connection) -> list[tuple[int, NewKill]] | None:
+        def run(db: sqlite3.Connection) -> tuple[bool, dict[int, str]]:
             if existing(db, "kills", [killmail_id]):
-                return []
-            kill = make(_names_in(db, wanted))
-            if kill is None:
-                return None
-            done = [killmail_id]
-            return _in_transaction(db, lambda db: self._save(db, [kill], done, None, [], now, names_known=True))
+                return True, {}
+            return False, _names_in(db, wanted)
 
-        async with self._lock:
-            return await in_thread(self._writer, run)
+        return await in_thread(self._reader, run)
+
+    async def save_alone(self, kill: NewKill) -> list[tuple[int, NewKill]]:
+        """save_kills for one kill enriched with names all read from the table (Store.alone): the
+        write does not insert them again. As with the worker's batches, an inbox row of the same
+        id is removed."""
+        now = time.time()
+        done = [kill.killmail_id]
+        return await self.transact(lambda db: self._save(db, [kill], done, None, [], now, names_known=True))
 
     def _save(
         self,
@@ -353,7 +346,7 @@ class Store:
         names_known: bool = False,
     ) -> list[tuple[int, NewKill]]:
         """save_kills' transaction, in the database thread (Store.transact). `names_known`: the
-        kills' names were all read from the names table in this thread just before (save_alone)."""
+        kills' names were all read from the names table just before (save_alone)."""
         known = existing(db, "kills", [k.killmail_id for k in kills])
         fresh: dict[int, NewKill] = {}
         for k in kills:

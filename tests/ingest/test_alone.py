@@ -105,11 +105,11 @@ def count_hops(monkeypatch: Any, conn: Any) -> list[int]:
     return hops
 
 
-async def test_a_kill_stored_alone_takes_one_hop_to_the_database_thread(
+async def test_a_kill_stored_alone_takes_one_hop_to_each_database_thread(
     client: Client, killmails: list[dict[str, Any]], monkeypatch: Any
 ) -> None:
-    # Its names, its enrichment and its write in one call on the writer's thread: none on the
-    # reader's (on main: a names look-up there, then the write).
+    # Whether it is stored and its names in one call on the reader's thread, then its write:
+    # the duplicate check added no hop.
     pipeline = client.server.app[pipeline_key]
     store = client.server.app[store_key]
     await pipeline.submit([parse_submission(killmails[0])], source="http")  # names stored now
@@ -125,7 +125,7 @@ async def test_a_kill_stored_alone_takes_one_hop_to_the_database_thread(
     admission = await pipeline.submit([sub], source="http")
 
     assert admission.accepted == [sub.killmail_id]
-    assert (writer[0], reader[0]) == (1, 0)
+    assert (writer[0], reader[0]) == (1, 1)
     assert (await store.get(sub.killmail_id)) is not None
 
 
