@@ -343,6 +343,27 @@ class Store:
         now = time.time()
         return await self.transact(lambda db: self._save(db, kills, done_ids, state, pending, now))
 
+    async def alone(self, killmail_id: int, players: Collection[int]) -> tuple[bool, dict[int, str]]:
+        """For a kill posted alone, in one hop to the reader's thread: whether `killmail_id` is
+        stored already (then no names: a duplicate needs no enrichment), and the stored names of
+        its `players` (Store.names)."""
+        wanted = list(set(players))
+
+        def run(db: sqlite3.Connection) -> tuple[bool, dict[int, str]]:
+            if existing(db, "kills", [killmail_id]):
+                return True, {}
+            return False, _names_in(db, wanted)
+
+        return await in_thread(self._reader, run)
+
+    async def save_alone(self, kill: NewKill) -> list[tuple[int, NewKill]]:
+        """save_kills for one kill enriched with names all read from the table (Store.alone): the
+        write does not insert them again. As with the worker's batches, an inbox row of the same
+        id is removed."""
+        now = time.time()
+        done = [kill.killmail_id]
+        return await self.transact(lambda db: self._save(db, [kill], done, None, [], now, names_known=True))
+
     def _save(
         self,
         db: sqlite3.Connection,
@@ -351,15 +372,17 @@ class Store:
         state: dict[str, str] | None,
         names_pending: list[int],
         now: float,
+        names_known: bool = False,
     ) -> list[tuple[int, NewKill]]:
-        """save_kills' transaction, in the database thread (Store.transact)."""
+        """save_kills' transaction, in the database thread (Store.transact). `names_known`: the
+        kills' names were all read from the names table just before (save_alone)."""
         known = existing(db, "kills", [k.killmail_id for k in kills])
         fresh: dict[int, NewKill] = {}
         for k in kills:
             if k.killmail_id not in known:
                 fresh.setdefault(k.killmail_id, k)
         names: dict[int, str] = {}
-        for k in fresh.values():
+        for k in () if names_known else fresh.values():
             names.update((i, n) for i, n in k.names.items() if n)
         db.executemany(
             "INSERT INTO kills (killmail_id, killmail_hash, kill_time, system_id, total_value, stored_at, body,"
@@ -423,8 +446,10 @@ class Store:
         commits (an import, `battles rebuild`, a second server on this file), never for this
         store's own writes (the reader never writes). A read, so it takes no lock; caches of
         rendered pages poll it (killboard/web/foreign.py)."""
-        async with self._writer.execute("PRAGMA data_version") as cur:
-            row = await cur.fetchone()
+        # execute_fetchall: one hop to the writer's thread, not three (execute, fetch, close). The
+        # poll runs four times a second, and each hop wakes that thread and then the loop.
+        rows = await self._writer.execute_fetchall("PRAGMA data_version")
+        row = next(iter(rows), None)
         return int(row[0]) if row else 0
 
     async def get(self, killmail_id: int) -> StoredKill | None:
@@ -804,6 +829,15 @@ def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T
                 db.execute("ROLLBACK")
         raise
     return result
+
+
+def _names_in(db: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
+    """Store.names on the plain connection, in the database thread."""
+    out: dict[int, str] = {}
+    for chunk in chunks(ids, 900):
+        marks = ",".join("?" * len(chunk))
+        out.update(db.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk).fetchall())
+    return out
 
 
 def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:

@@ -137,7 +137,8 @@ async def post_killmails(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = "5"
         return response
     result = {"accepted": admitted.accepted, "duplicates": admitted.duplicates, "rejected": rejected}
-    return web.json_response(result, status=202, dumps=lambda o: encode(o).decode())
+    # The bytes as they are (json_response would decode them to a str and encode that again).
+    return web.Response(body=encode(result), status=202, content_type="application/json", charset="utf-8")
 
 
 async def _read_body(request: web.Request, timeout: float) -> bytes | web.StreamResponse:
@@ -148,6 +149,10 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Stream
     the client's mistake, not a 500.
     """
     try:
+        if request.content.is_eof():
+            # All of it came with the headers (a kill's POST, most often): nothing to wait for,
+            # so no timer is set and cancelled.
+            return await request.read()
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:

@@ -10,9 +10,9 @@ from typing import Any
 
 from conftest import AUTH, Client, settle
 
-from killboard.ingest.pipeline import Stored
+from killboard.ingest.pipeline import Pipeline, Stored
 from killboard.kill.validate import parse_submission
-from killboard.web.keys import pipeline_key, store_key, stored_hooks_key
+from killboard.web.keys import foreign_key, pipeline_key, store_key, stored_hooks_key
 
 
 def renumbered(km: dict[str, Any], offset: int) -> dict[str, Any]:
@@ -90,3 +90,81 @@ async def test_a_kill_whose_pilots_esi_would_name_is_answered_without_waiting_fo
     answer.set()
     await settle(client)
     assert asked and await store.count() == 1 and await store.inbox_count() == 0
+
+
+def count_hops(monkeypatch: Any, conn: Any) -> list[int]:
+    """Calls queued to an aiosqlite connection's thread (one hop each), counted in a one-item list."""
+    hops = [0]
+    execute = conn._execute
+
+    def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops[0] += 1
+        return execute(fn, *args, **kwargs)
+
+    monkeypatch.setattr(conn, "_execute", counted)
+    return hops
+
+
+async def test_a_kill_stored_alone_takes_one_hop_to_each_database_thread(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    # Whether it is stored and its names in one call on the reader's thread, then its write:
+    # the duplicate check added no hop.
+    pipeline = client.server.app[pipeline_key]
+    store = client.server.app[store_key]
+    await pipeline.submit([parse_submission(killmails[0])], source="http")  # names stored now
+    foreign = client.server.app[foreign_key]
+
+    async def idle() -> bool:
+        return False
+
+    monkeypatch.setattr(foreign, "check", idle)  # the foreign poll's hops are its own
+    writer, reader = count_hops(monkeypatch, store._writer), count_hops(monkeypatch, store._reader)
+    sub = parse_submission(killmails[1])
+
+    admission = await pipeline.submit([sub], source="http")
+
+    assert admission.accepted == [sub.killmail_id]
+    assert (writer[0], reader[0]) == (1, 1)
+    assert (await store.get(sub.killmail_id)) is not None
+
+
+async def test_a_kill_posted_again_alone_is_answered_as_a_duplicate_without_enrichment(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    pipeline = client.server.app[pipeline_key]
+    sub = parse_submission(killmails[2])
+    assert (await pipeline.submit([sub], source="http")).accepted == [sub.killmail_id]
+    enriched: list[int] = []
+    enrich = Pipeline._enrich
+
+    def counted(self: Pipeline, sub: Any, names: Any, facts: bool) -> Any:
+        enriched.append(sub.killmail_id)
+        return enrich(self, sub, names, facts)
+
+    monkeypatch.setattr(Pipeline, "_enrich", counted)
+    again = await pipeline.submit([sub], source="http")
+    assert again.accepted == [] and again.duplicates == [sub.killmail_id]
+    assert enriched == []  # on main the kill was enriched, then found stored by the write
+    assert pipeline.processed == 1
+    other = parse_submission(killmails[3])
+    assert (await pipeline.submit([other], source="http")).accepted == [other.killmail_id]
+    assert enriched == [other.killmail_id]
+
+
+async def test_a_kill_that_fails_enrichment_alone_is_acknowledged_dropped_and_counted(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    # As the worker does with an inbox row it cannot enrich: logged, dropped, never retried.
+    pipeline = client.server.app[pipeline_key]
+    store = client.server.app[store_key]
+
+    def broken(self: Pipeline, sub: Any, names: Any, facts: bool) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Pipeline, "_enrich", broken)
+    sub = parse_submission(killmails[4])
+    admission = await pipeline.submit([sub], source="http")
+    assert admission.accepted == [sub.killmail_id]
+    assert await store.count() == 0 and await store.inbox_count() == 0
+    assert pipeline.processed == 0

@@ -21,7 +21,7 @@ from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
 from killboard.storage.schema import MIGRATIONS
-from killboard.storage.sqlite import insert_many
+from killboard.storage.sqlite import SHAPES, insert_many
 from killboard.storage.store import COUNTS, Store
 from killboard.web.keys import pipeline_key, prices_key, store_key
 
@@ -221,6 +221,48 @@ async def test_kills_packed_before_the_write_store_the_same_rows(
             db.close()
     assert len(rows[0]) == len(killmails)
     assert rows[0] == rows[1]
+
+
+def test_insert_many_sends_statements_of_a_few_shapes_only(tmp_path: Path) -> None:
+    """Every row count from 1 to 700 sent with the same few statement texts: each is prepared
+    once and then found in the connection's statement cache (on main, a text for each count)."""
+    sql = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO UPDATE SET b = b + excluded.b"
+    db = sqlite3.connect(tmp_path / "shapes.sqlite3", isolation_level=None)
+    try:
+        db.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b INTEGER)")
+        rows_a_statement: set[int] = set()  # the trace shows each statement with its values bound
+        db.set_trace_callback(lambda text: rows_a_statement.add(text.split(" ON ")[0].count("(") - 1))
+        for count in range(1, 701):
+            insert_many(db, sql, [(i, 1) for i in range(count)])
+        db.set_trace_callback(None)
+        assert rows_a_statement <= set(SHAPES)
+        assert db.execute("SELECT count(*), min(b), max(b) FROM t").fetchone() == (700, 1, 700)
+    finally:
+        db.close()
+
+
+async def test_foreign_version_is_one_hop_to_the_writer_thread(tmp_path: Path) -> None:
+    """The poll runs four times a second: one call queued to the thread (on main three: execute,
+    fetch, close), each waking that thread and then the loop."""
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    try:
+        hops = [0]
+        execute = store._writer._execute
+
+        def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            hops[0] += 1
+            return execute(fn, *args, **kwargs)
+
+        store._writer._execute = counted  # type: ignore[method-assign]
+        first = await store.foreign_version()
+        assert hops == [1]
+        other = sqlite3.connect(store.path)
+        other.execute("INSERT INTO state (key, value) VALUES ('x', 'y')")
+        other.commit()
+        other.close()
+        assert await store.foreign_version() > first and hops == [2]
+    finally:
+        await store.close()
 
 
 async def test_insert_many_writes_what_executemany_writes(tmp_path: Path) -> None:
