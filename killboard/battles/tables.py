@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -198,13 +197,9 @@ def _pool(
         f" WHERE b.seq IS NULL AND {where} ORDER BY k.kill_time LIMIT 20000",
         args,
     )
-    for i, (seq, t, system, value, blob) in enumerate(rows):
+    for seq, t, system, value, blob in rows:
         if seq not in skip:
             detector.load_pooled(point(seq, t, system, value, participants.unpack(blob), static))
-        if i % 32 == 31:
-            # ~0.2 ms of Python a kill, up to 20,000 of them (a reload after a rebuild, beside a
-            # running server): the event loop gets the GIL back every few ms, not every interval.
-            time.sleep(0)
 
 
 # -- reads (the reader connection, through Store.query) -------------------------------------
