@@ -231,9 +231,9 @@ async def run_import(
             queue=asyncio.Queue(1),
             batch_size=BATCH,
         )
-        # The server's worker process: a batch's kills are made there and here at once (the loop
-        # takes back the chunks it has not started, Pipeline._prepare_elsewhere), so an import
-        # uses two cores. It watches this process and ends with it, even after a kill -9.
+        # The server's worker process makes a batch's ordinary kills, in chunks, while this one
+        # writes the batch before (with no write in flight, the loop takes back the chunks it has
+        # not started: Pipeline._prepare_elsewhere). It ends with this process, even a kill -9.
         if worker is not False:
             offload = pipeline.offload = Offload(config.data_dir) if worker is True else worker
             stack.push_async_callback(offload.close)
