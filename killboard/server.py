@@ -144,7 +144,7 @@ async def _battles(app: web.Application) -> AsyncIterator[None]:
 async def _foreign_writes(app: web.Application) -> AsyncIterator[None]:
     """Another process's writes to the database (names, rewrites, a battles rebuild) empty the
     caches of rendered pages and battle summaries (web/foreign.py)."""
-    watch = ForeignWrites(app[store_key], [app[viewcache_key].forget_all, app[battles_key].forget])
+    watch = ForeignWrites(app[store_key], [app[viewcache_key].forget_all, app[battles_key].elsewhere])
     app[foreign_key] = watch
     await watch.check()  # the version at start: only later commits count
     task = asyncio.create_task(watch.run(), name="killboard-foreign-writes")

@@ -32,6 +32,10 @@ SUMMARY_THREADS = 2  # large summaries worked out at once (the rest wait their t
 SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
 READ_CHUNK = 500  # kills whose items are read at once (one query, one thread hop: ~0.05 ms a kill)
 LOST_KEPT = 200_000  # kills whose items' sums are kept (~150 bytes each: ~30 MB at most)
+# A state key `battles rebuild` bumps in its own transaction: a server on the same database
+# tells a rebuild from any other process's write (an import adds kills to battles the way the
+# server would; a rebuild replaces them all, ids included) and reloads its detector.
+REBUILT = "battles.rebuilt"
 
 
 class Battles:
@@ -55,13 +59,17 @@ class Battles:
         self._reading: list[set[int | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._threads = asyncio.Semaphore(SUMMARY_THREADS)
+        self._rebuilt: str | None = None  # REBUILT when the detector was loaded
+        self._reloading: asyncio.Task[None] | None = None
+        self._look_again = False  # another process wrote while a look for a rebuild ran
+        self.reloads = 0  # detectors loaded again after a rebuild by another process (tests)
 
     @classmethod
     async def start(cls, store: Store, static: StaticData, hub: Hub | None = None, replay_max: int = 1000) -> Battles:
         service = cls(store, static, hub, replay_max)
         if await store.get_state(REBUILD_NEEDED):
             log.warning("battles: kills stored before battles existed are in none; run `python app.py battles rebuild`")
-        await store.transact(lambda db: tables.load(db, service.detector, static))
+        await store.transact(service._load)
         store.writers.append(service.write)
         store.pruners.append(service.prune)
         store.on_changed.append(service.rewritten)
@@ -77,10 +85,52 @@ class Battles:
         ):
             with suppress(ValueError):
                 hooks.remove(hook)  # type: ignore[arg-type]
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._reloading):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+
+    def _load(self, db: sqlite3.Connection, skip: set[int] | None = None) -> bool:
+        """In the database thread, with the write lock: the open battles and loose kills from the
+        database into a new detector, at the start and when a rebuild replaced the battles since
+        (REBUILT moved); whether it loaded. `skip`: the kills of the batch being written."""
+        row = db.execute("SELECT value FROM state WHERE key = ?", (REBUILT,)).fetchone()
+        rebuilt = str(row[0]) if row else ""
+        if rebuilt == self._rebuilt:
+            return False
+        detector = Detector()
+        tables.load(db, detector, self.static, skip=skip)
+        if self._rebuilt is not None:
+            self.reloads += 1
+            log.info("battles: rebuilt by another process; open battles loaded again")
+        self.detector, self._rebuilt = detector, rebuilt
+        self._unconfirmed = None  # memory is what the database holds now
+        return True
+
+    def elsewhere(self) -> None:
+        """Another process committed (web/foreign.py): the kept summaries go (`forget`), and if it
+        was `battles rebuild`, the detector is loaded again now, so that the next live kill joins
+        the rebuilt battles, not the ones memory held before (renumbered, merged or gone), and its
+        write does not wait for the load (`write` looks too, so none can slip in between)."""
+        self.forget()
+        if self._reloading is not None and not self._reloading.done():
+            self._look_again = True  # the running look may have read the state before this write
+            return
+        self._reloading = asyncio.create_task(self._reload_if_rebuilt(), name="killboard-battles-reload")
+
+    async def _reload_if_rebuilt(self) -> None:
+        """One read of REBUILT on the reader (no lock) per foreign write; only a changed value takes
+        the write lock, and the load runs in the database thread, off the event loop."""
+        while True:
+            self._look_again = False
+            try:
+                if (await self.store.get_state(REBUILT) or "") != self._rebuilt:
+                    await self.store.transact(self._load)
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
+                log.warning("battles: could not look for a rebuild by another process (%s)", exc)
+            if not self._look_again:
+                return
 
     # -- in the kills' transaction ---------------------------------------------------------
 
@@ -93,7 +143,9 @@ class Battles:
         if not new:
             return
         batch = {seq for seq, _ in new}
-        if self._unconfirmed is not None:
+        # A rebuild by another process committed since the last load: the detector is loaded
+        # again first (one primary-key read a batch when none did).
+        if not self._load(db, batch) and self._unconfirmed is not None:
             # The last batch's transaction may have rolled back after this ran (a full disk):
             # then memory holds kills and battles the database does not (and the seqs may be
             # given again, to other kills), and is read again.
@@ -362,6 +414,12 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
             sorted(redirect.items()),
         )
         db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
+        # Servers on this database load their open battles again (Battles.elsewhere).
+        db.execute(
+            "INSERT INTO state (key, value) VALUES (?, '1')"
+            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (REBUILT,),
+        )
 
     await store.transact(replace)
     return len(members), len(assigned)

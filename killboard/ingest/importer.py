@@ -13,7 +13,7 @@ import logging
 import sys
 import tarfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -27,7 +27,8 @@ from ..kill.staticdata import StaticData, load_static
 from ..kill.validate import Invalid, Submission, check_esi, parse_submission
 from ..storage.store import InboxRow, Store
 from .esi import EsiClient, NameService
-from .pipeline import Pending, Pipeline, from_inbox, inbox_payload
+from .offload import Offload
+from .pipeline import Pending, Pipeline, Prepared, from_inbox, inbox_payload
 from .upstream import new_session
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Summary:
     # Accepted but not stored now: ESI could not complete it yet (left in the inbox for the server
     # to finish) or it failed enrichment (logged).
     incomplete: int = 0
+    offloaded: int = 0  # kills made in the worker process (the rest were made in this one)
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -199,10 +201,13 @@ async def run_import(
     err: IO[str] = sys.stderr,
     tty: bool | None = None,
     prepare: Sequence[Prepare] = (),
+    worker: bool | Offload = True,
 ) -> Summary:
     """Import every item of `paths` into `config.db_path`; returns what happened. Each of `prepare`
     is given the opened store first, and returns its cleanup (cli.py: the battles' writer and the
-    entity figures, so imported kills form battles and count as the server's own do)."""
+    entity figures, so imported kills form battles and count as the server's own do). `worker`:
+    make kills in a worker process too (False: all here; an Offload: that one, e.g. started
+    beforehand by a test), stopped when the import ends."""
     summary = Summary()
     files = expand(paths)
     missing = [p for p in files if not p.exists()]
@@ -226,6 +231,13 @@ async def run_import(
             queue=asyncio.Queue(1),
             batch_size=BATCH,
         )
+        # The server's worker process makes a batch's ordinary kills, in chunks, while this one
+        # writes the batch before (with no write in flight, the loop takes back the chunks it has
+        # not started: Pipeline._prepare_elsewhere). It ends with this process, even a kill -9.
+        if worker is not False:
+            offload = pipeline.offload = Offload(config.data_dir) if worker is True else worker
+            stack.push_async_callback(offload.close)
+            offload.ready()  # started now: its ~0.5 s start-up overlaps the inbox and the first reads
         if config.upstream:
             session = new_session(config.user_agent)
             stack.push_async_callback(session.close)
@@ -235,6 +247,8 @@ async def run_import(
             pipeline.resolve_names = names.resolve
             pipeline.fetch_killmail = esi.killmail
         await _finish_inbox(pipeline, summary, progress)
+        writer = Writer(pipeline, summary, progress)
+        stack.push_async_callback(writer.close)  # an import that fails or is stopped leaves no task behind
         batch: list[Submission] = []
         for path in files:
             try:
@@ -244,11 +258,13 @@ async def run_import(
                     except Invalid as exc:
                         _reject(summary, progress, f"{item.where}: {'; '.join(exc.errors[:3])}")
                     if len(batch) >= BATCH:
-                        await _flush(pipeline, batch, summary, progress)
+                        await writer.flush(batch)
                         batch = []
             except BadInput as exc:
                 _reject(summary, progress, f"{path}: {exc}")
-        await _flush(pipeline, batch, summary, progress)
+        await writer.flush(batch)
+        await writer.wait()
+        summary.offloaded = pipeline.offloaded
     progress.close()
     out.write(summary.line() + "\n")
     return summary
@@ -282,23 +298,66 @@ def _reject(summary: Summary, progress: Progress, problem: str) -> None:
     progress.report(problem)
 
 
-async def _flush(pipeline: Pipeline, batch: list[Submission], summary: Summary, progress: Progress) -> None:
-    if not batch:
-        return
-    by_id: dict[int, Submission] = {}
-    for sub in batch:
-        if sub.killmail_id in by_id:
-            summary.duplicates += 1  # the same kill twice in the input
-        else:
-            by_id[sub.killmail_id] = sub
-    rows = [InboxRow(s.killmail_id, inbox_payload(s), SOURCE, False) for s in by_id.values()]
-    # Through the inbox: an import killed half-way leaves its kills for the server to finish.
-    accepted, duplicates = await pipeline.store.add_to_inbox(rows)
-    summary.duplicates += len(duplicates)
-    stored = await pipeline.process([Pending(by_id[i], live=False) for i in accepted])
-    summary.imported += len(stored)
-    summary.incomplete += len(accepted) - len(stored)
-    progress.count(len(stored))
+@dataclass(slots=True)
+class Writer:
+    """The import's batches, each read and prepared while the one before it is written (as
+    Pipeline.run does for the server): the write (SQLite, the stored documents' zlib, the
+    battles' and figures' writers) runs in aiosqlite's thread while the next batch's kills are
+    made in the worker process, so the two overlap instead of taking turns."""
+
+    pipeline: Pipeline
+    summary: Summary
+    progress: Progress
+    _writing: asyncio.Task[None] | None = None
+
+    async def flush(self, batch: list[Submission]) -> None:
+        """Put a batch in the inbox and prepare it, then write it once the one before is written."""
+        if not batch:
+            return
+        by_id: dict[int, Submission] = {}
+        for sub in batch:
+            if sub.killmail_id in by_id:
+                self.summary.duplicates += 1  # the same kill twice in the input
+            else:
+                by_id[sub.killmail_id] = sub
+        rows = [InboxRow(s.killmail_id, inbox_payload(s), SOURCE, False) for s in by_id.values()]
+        # Through the inbox: an import killed half-way leaves its kills for the server to finish.
+        accepted, duplicates = await self.pipeline.store.add_to_inbox(rows)
+        self.summary.duplicates += len(duplicates)
+        # Counted as the server's worker counts a batch taken and not yet written: with a write in
+        # flight the loop leaves the worker's chunks to it (Pipeline._prepare_elsewhere).
+        self.pipeline._in_flight += 1
+        try:
+            prepared = await self.pipeline.prepare([Pending(by_id[i], live=False) for i in accepted])
+            await self.wait()  # batches are written one at a time, in order
+        except BaseException:
+            self.pipeline._in_flight -= 1
+            raise
+        self._writing = asyncio.create_task(self._write(prepared, len(accepted)), name="killboard-import-writer")
+
+    async def _write(self, prepared: Prepared, accepted: int) -> None:
+        try:
+            stored = await self.pipeline.commit(prepared)
+        finally:
+            self.pipeline._in_flight -= 1
+        self.summary.imported += len(stored)
+        self.summary.incomplete += accepted - len(stored)
+        self.progress.count(len(stored))
+
+    async def wait(self) -> None:
+        """Until the last batch handed over is written; raises what its write raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def close(self) -> None:
+        """Stop a write still running (the import failed or was cancelled before `wait`)."""
+        writing, self._writing = self._writing, None
+        if writing is not None and not writing.done():
+            writing.cancel()
+        if writing is not None:
+            with suppress(asyncio.CancelledError, Exception):
+                await writing
 
 
 def main_sync(config: Config, paths: list[Path], prepare: Sequence[Prepare] = ()) -> int:
