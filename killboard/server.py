@@ -32,7 +32,7 @@ from .storage.maintenance import maintain
 from .storage.store import Store
 from .web import api, assets, battles, keptpages, pages, ws
 from .web.foreign import ForeignWrites
-from .web.httpzip import compress_responses
+from .web.httpzip import compress_responses, use_fast_zlib
 from .web.keys import (
     battles_key,
     config_key,
@@ -237,6 +237,7 @@ def _webhooks(hooks: list[webhooks_config.Webhook]) -> Callable[[web.Application
 
 def create_app(config: Config, static: StaticData | None = None) -> web.Application:
     """Build the application. `static` may be passed in to share one loaded copy (tests)."""
+    use_fast_zlib()
     found = damage.Damage()
     middlewares: list[Middleware] = [compress_responses, api.json_errors, damage.middleware(found)]
     if config.trusted_proxies:
