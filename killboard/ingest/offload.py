@@ -312,8 +312,8 @@ def new_kill(
 ) -> NewKill:
     """The NewKill pipeline.build_kill makes, from the worker's bytes (no enriched object: a
     language variant decodes the body, as for a kill read back)."""
-    ids = sub.player_ids() if isinstance(sub, Packed) else player_ids(sub.esi or {})
     packed = done.packed or (pack(done.source) if pack is not None else b"")
+    ids = (sub.player_ids() if isinstance(sub, Packed) else player_ids(sub.esi or {})) if names else ()
     return NewKill(
         killmail_id=sub.killmail_id,
         killmail_hash=sub.killmail_hash,
