@@ -17,7 +17,7 @@ from ..kill.staticdata import StaticData
 from ..storage import participants
 from ..storage.figures_schema import FIGURES_BACKLOG
 from ..storage.schema import INDEX_BACKLOG
-from ..storage.store import NewKill, RemotePreparer, Store, TxPruner, TxWriter
+from ..storage.store import NewKill, Store, TxPruner, TxWriter
 from . import figures
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def preparer(static: StaticData) -> Callable[[NewKill], None]:
     """Work a new kill's share out while the pipeline prepares it: the write only adds it up."""
 
     def prepare(kill: NewKill) -> None:
-        if kill.participation is not None and PREPARED not in kill.prepared:  # made by the worker: done
+        if kill.participation is not None:
             pilots = kill.participation.pilots
             kill.prepared[PREPARED] = figures.kill_share(
                 pilots, kill.kill_time, kill.system_id, kill.total_value, static
@@ -113,8 +113,6 @@ def attach(store: Store, static: StaticData) -> None:
     store.writers.append(writer(static))
     store.pruners.append(pruner(static))
     store.preparers.append(preparer(static))
-    # A catch-up's kills made in the worker process come with their share worked out there.
-    store.remote_preparers.append(RemotePreparer(PREPARED, figures.kill_share))
 
 
 async def with_figures(store: Store, static: StaticData) -> Callable[[], Awaitable[None]]:

@@ -142,8 +142,7 @@ def kill_share(
     pipeline works it out while preparing the kill (backlog.preparer), before the write.
 
     Written out by hand (no dict per pilot, no call per row): it was ~150 us a kill, 10% of a
-    broadcast kill's CPU (issue 21). Plain ints, tuples and lists: during a catch-up the worker
-    process works it out (backlog.attach) and marshal carries it back."""
+    broadcast kill's CPU (issue 21)."""
     if not pilots:
         return [], []
     types = static.types
@@ -165,7 +164,7 @@ def kill_share(
         if final is None and pilot[6]:
             final = entities
         ship = pilot[4]
-        for pilot_kind, entity in zip(_PILOT_KINDS, entities, strict=True):
+        for pilot_kind, entity in zip(PILOT_KINDS, entities, strict=True):
             if entity:
                 ships = killed.get((pilot_kind, entity))
                 if ships is None:
@@ -174,7 +173,7 @@ def kill_share(
                     ships.add(ship)
     if final is None:
         final = first  # no final blow recorded: the first attacker stands in (none: zeros)
-    lost: set[EntityKey] = {(k, entity) for k, entity in zip(_PILOT_KINDS, victim, strict=True) if entity}
+    lost: set[EntityKey] = {(k, entity) for k, entity in zip(PILOT_KINDS, victim, strict=True) if entity}
 
     month_rows: list[tuple[tuple[int, int, int], Month]] = []
     counted: list[tuple[int, int, int, int]] = []
@@ -201,7 +200,7 @@ def kill_share(
             if final[slot]:
                 top((kind, entity, OPPONENT, final[slot]))
     system = static.systems.get(system_id)
-    places = [(_SYSTEM, system_id)] + ([(_REGION, system.region_id)] if system else [])
+    places = [(Kind.SYSTEM, system_id)] + ([(Kind.REGION, system.region_id)] if system else [])
     for kind, place in places:
         month_rows.append(((kind, place, month), (1, 0, solo, isk, 0)))
         if victim_ship:
@@ -212,10 +211,6 @@ def kill_share(
 
 
 _SHIP = int(Kind.SHIP)  # an int: an enum member's lookup on its class costs more than the compare
-# Plain ints, not Kind members, in a share's keys: marshal (the worker process's answer,
-# ingest/offload.py) takes no IntEnum; the rows and sums are the same.
-_PILOT_KINDS = tuple(int(kind) for kind in PILOT_KINDS)
-_SYSTEM, _REGION = int(Kind.SYSTEM), int(Kind.REGION)
 # Where a kind's id sits in _pilot_entities' tuple.
 _SLOT: dict[int, int] = {kind: i for i, kind in enumerate(PILOT_KINDS)}
 

@@ -42,7 +42,7 @@ from ..kill.topics import KillFacts, kill_facts
 from ..kill.validate import Invalid, Submission, parse_submission, parse_time
 from ..storage.participants import Participation, participation
 from ..storage.participants import pack as pack_pilots
-from ..storage.store import NewKill, RemotePreparer
+from ..storage.store import NewKill
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,6 @@ class Enriched:
     participation: bytes  # marshal of (pilots, entities, packed pilots)
     facts: KillFacts | None
     packed: bytes = b""  # `source` as Store.pack_source packs it (a batch's kills); empty: not made
-    # What Store.remote_preparers made of the kill there (NewKill.prepared), by key.
-    prepared: dict[str, Any] = field(default_factory=dict)
 
     def rows(self) -> Participation:
         pilots, entities, packed = marshal.loads(self.participation)
@@ -114,7 +112,6 @@ class Enriched:
             self.participation,
             facts,
             self.packed,
-            self.prepared,
         )
 
 
@@ -126,9 +123,9 @@ def kills_of(answer: bytes) -> list[Enriched | str]:
         if isinstance(one, str):
             out.append(one)
             continue
-        kill_time, system_id, total_value, body, source, rows, facts, packed, prepared = one
+        kill_time, system_id, total_value, body, source, rows, facts, packed = one
         keys = KillFacts(facts) if facts is not None else None
-        out.append(Enriched(kill_time, system_id, total_value, body, source, rows, keys, packed, prepared))
+        out.append(Enriched(kill_time, system_id, total_value, body, source, rows, keys, packed))
     return out
 
 
@@ -241,19 +238,18 @@ def _prepare(
     names: Mapping[int, str],
     prices: PriceBook | None,
     facts: Sequence[bool],
-    remote: Sequence[RemotePreparer] = (),
 ) -> bytes:
     """In the worker: a batch of ordinary kills (their inbox payloads) as `enriched` makes each,
     with its stored document packed as Store.pack_source does (the store refuses to open with
-    any other dictionary than codec's) and the store's remote preparers run; a kill that fails
-    is the reason why, in its place. One marshal blob (`kills_of` reads it)."""
+    any other dictionary than codec's); a kill that fails is the reason why, in its place. One
+    marshal blob (`kills_of` reads it)."""
     _keep_prices(prices)
     if "dictionary" not in _worker:
         _worker["dictionary"] = load_dictionary()
     done: list[tuple[Any, ...] | str] = []
     for payload, wanted in zip(payloads, facts, strict=True):
         try:
-            kill = enriched(from_payload(payload), _worker["static"], names, _worker["prices"], wanted, remote)
+            kill = enriched(from_payload(payload), _worker["static"], names, _worker["prices"], wanted)
             done.append(replace(kill, packed=pack_source(kill.source, _worker["dictionary"])).plain())
         except Exception as exc:  # one bad kill must not cost the batch; logged by the caller
             done.append(f"{type(exc).__name__}: {exc}")
@@ -286,7 +282,6 @@ def enriched(
     names: Mapping[int, str],
     prices: PriceBook,
     facts: bool,
-    remote: Sequence[RemotePreparer] = (),
 ) -> Enriched:
     kill = enrich(sub, static, names, prices)
     when = parse_time(kill["kill_time"])
@@ -294,16 +289,14 @@ def enriched(
     rows = participation(kill)
     # Plain ints: marshal takes no IntEnum (Kind), and it loads ~3x faster than pickle.
     entities = tuple((int(kind), i, code) for kind, i, code in rows.entities)
-    kill_time, system_id, value = int(when.timestamp()), kill["system_id"], kill["total_value"]
     return Enriched(
-        kill_time=kill_time,
-        system_id=system_id,
-        total_value=value,
+        kill_time=int(when.timestamp()),
+        system_id=kill["system_id"],
+        total_value=kill["total_value"],
         body=encode(kill),
         source=source_document(sub.esi or {}, sub.zkb, kill_prices(kill)),
         participation=marshal.dumps((rows.pilots, entities, pack_pilots(rows.pilots))),
         facts=kill_facts(kill) if facts else None,
-        prepared={r.key: r.fn(rows.pilots, kill_time, system_id, value, static) for r in remote},
     )
 
 
@@ -325,7 +318,6 @@ def new_kill(
         names={i: names[i] for i in ids if i in names} if names else {},
         participation=done.rows(),
         packed=packed,
-        prepared=dict(done.prepared),  # a copy: NewKill.prepared is the kill's own
     )
 
 
@@ -443,13 +435,12 @@ class Offload:
         names: Mapping[int, str],
         prices: PriceBook,
         facts: Sequence[bool],
-        remote: Sequence[RemotePreparer] = (),
     ) -> Call[bytes] | None:
         """Ordinary kills (their inbox payloads) handed to the worker (`_prepare`): await
         `answer` (and read it with `kills_of`), or `cancel` while the worker has not started on
-        them; None if it died. `remote`: the store's preparers to run there."""
+        them; None if it died."""
         sent = self._prices_for(prices)
-        handed = self.submit(_prepare, payloads, names, sent, facts, tuple(remote))
+        handed = self.submit(_prepare, payloads, names, sent, facts)
         if handed is not None and sent is not None:
             # Taken back before it ran, the prices never reached the worker: the next call sends them.
             handed.on_cancel = self._forget_prices

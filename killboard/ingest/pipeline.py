@@ -431,7 +431,7 @@ class Pipeline:
             chunk = places[start : start + WORKER_CHUNK]
             payloads = [inbox_payload(batch[i].submission) for i in chunk]  # ~5 us a kill (orjson)
             wanted = [batch[i].live or self.facts_for_all for i in chunk]
-            handed = self.offload.prepare(payloads, names, self.prices, wanted, self.store.remote_preparers)
+            handed = self.offload.prepare(payloads, names, self.prices, wanted)
             if handed is None:
                 break  # it died: the rest is made here (a new one starts for a later batch)
             todo.append((chunk, handed))

@@ -23,7 +23,6 @@ import ujson
 
 from ..kill import codec
 from ..kill.frames import encode
-from ..kill.staticdata import StaticData
 from ..kill.validate import Submission
 from . import participants
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
@@ -40,19 +39,6 @@ Render = codec.Render
 TxWriter = Callable[[sqlite3.Connection, Sequence[tuple[int, "NewKill"]]], None]
 TxPruner = Callable[[sqlite3.Connection, Sequence[int]], None]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class RemotePreparer:
-    """A preparer the worker process runs in the pipeline's stead for the kills it makes
-    (ingest/offload.py): `fn` is a module-level function (it crosses to the worker by name) of
-    the kill's pilots, time, system, value and static data; its result, plain ints, tuples and
-    lists (marshal carries it back), goes in `NewKill.prepared[key]`, and the preparer that
-    works the same out here skips a kill that has it."""
-
-    key: str
-    fn: Callable[[Sequence[participants.PilotRow], int, int, float, StaticData], Any]
-
 
 # A stored document larger than this (a kill of some 300 attackers or more; a typical one is
 # ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
@@ -153,8 +139,6 @@ class Store:
         # Called by the pipeline with each new kill while it is prepared, before the write (a
         # thread for a big kill): what a writer needs of the kill alone goes in `kill.prepared`.
         self.preparers: list[Callable[[NewKill], None]] = []
-        # The same, for the kills the worker process makes (a catch-up's batches): run there.
-        self.remote_preparers: list[RemotePreparer] = []
         # Told the ids of stored kills that changed after their commit (rewritten, names filled
         # in, pruned): caches of rendered kills (web/viewcache.py) forget them. Called in order.
         self.on_changed: list[Callable[[Collection[int]], None]] = []

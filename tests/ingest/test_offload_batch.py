@@ -62,11 +62,7 @@ async def test_a_batch_made_in_the_worker_is_the_one_made_here(
     here = await pipeline.prepare(batch)
     pipeline.offload = offload
     pipeline._in_flight = 2  # as in a catch-up, with a write in flight: the loop takes no kill back
-    # The store's own preparers off: what the worker's kills carry, the worker made (its share of
-    # the entity figures, Store.remote_preparers).
-    preparers, pipeline.store.preparers = pipeline.store.preparers, []
     there = await pipeline.prepare(batch)
-    pipeline.store.preparers = preparers
     pipeline._in_flight = 0
     assert pipeline.offloaded == len(killmails)  # made there, not here
 
