@@ -452,8 +452,13 @@ class Pipeline:
                         # What failed there is made here (left out): an acknowledged kill is
                         # dropped only if it fails here too, not for a fault of the worker's.
                         log.warning("kill %d: the worker failed (%s); made here", batch[i].submission.killmail_id, g)
-                    else:
-                        made[i] = g
+                        continue
+                    # Finished as its chunk comes back, while the worker makes the next: after the
+                    # last chunk only its own kills are left to finish before the next batch's go.
+                    try:
+                        made[i] = self._finish(batch[i].submission, g, names), g.facts
+                    except Exception as exc:  # raised again, and logged, where the kill is put in the batch
+                        made[i] = exc
         return made
 
     async def _make_here(
