@@ -276,13 +276,7 @@ def _render(
     return renderer(_worker["static"], _worker["prices"])(sub, names, frozen)
 
 
-def enriched(
-    sub: Submission,
-    static: StaticData,
-    names: Mapping[int, str],
-    prices: PriceBook,
-    facts: bool,
-) -> Enriched:
+def enriched(sub: Submission, static: StaticData, names: Mapping[int, str], prices: PriceBook, facts: bool) -> Enriched:
     kill = enrich(sub, static, names, prices)
     when = parse_time(kill["kill_time"])
     assert when is not None
