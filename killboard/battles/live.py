@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -148,6 +149,17 @@ class BattleChannels:
     async def send(self, battle_id: int) -> None:
         """The battle's current summary to `battles` and `battle:<id>` followers."""
         targets = self.followers.get(0, set()) | self.followers.get(battle_id, set())
+        if not targets:
+            # Nobody follows it: only whether it still goes on matters (the end check), which its
+            # row says. Its summary (its kills read back and summed up: ~6% of the event loop in a
+            # catch-up, once per growing battle every THROTTLE) is not worked out for nobody.
+            row = await tables.get(self.store, battle_id)
+            self.checking.discard(battle_id)
+            if row is not None and row.merged_into is None and row.ongoing(time.time()):
+                self.ongoing.add(battle_id)
+            else:
+                self.ongoing.discard(battle_id)
+            return
         data = await self.summarize(battle_id)
         if data is None:
             self.ongoing.discard(battle_id)

@@ -29,7 +29,7 @@ from ..metrics import Metrics
 from ..storage.participants import participation
 from ..storage.store import InboxRow, NewKill, Store
 from .esi import KillmailGone
-from .offload import BIG_KILL, Call, Enriched, Offload, Packed, from_payload, new_kill
+from .offload import BIG_KILL, Call, Enriched, Offload, Packed, from_payload, kills_of, new_kill
 
 log = logging.getLogger(__name__)
 
@@ -425,8 +425,10 @@ class Pipeline:
                     new, fact = self._finish(sub, done, names), done.facts
                 elif done is not None:
                     new, fact = done  # made here while the worker was behind
-                elif isinstance(sub, Packed):
+                elif isinstance(sub, Packed) and sub.size > BIG_KILL:
                     new, fact = await self._enrich_packed(sub, names, wanted)
+                elif isinstance(sub, Packed):  # a catch-up's kill the worker did not make: here
+                    new, fact = self._enrich(sub.unpacked(), names, wanted)
                 elif kill_size(sub) > BIG_KILL:
                     new, fact = await asyncio.to_thread(self._enrich, sub, names, wanted)
                 else:
@@ -461,7 +463,7 @@ class Pipeline:
         places = [i for i, p in enumerate(batch) if kill_size(p.submission) <= BIG_KILL]  # Packed ones are bigger
         if len(places) < WORKER_BATCH or not self.offload.ready():
             return {}
-        todo: deque[tuple[list[int], Call[list[Enriched | str]]]] = deque()
+        todo: deque[tuple[list[int], Call[bytes]]] = deque()
         for start in range(0, len(places), WORKER_CHUNK):
             chunk = places[start : start + WORKER_CHUNK]
             payloads = [inbox_payload(batch[i].submission) for i in chunk]  # ~5 us a kill (orjson)
@@ -480,24 +482,30 @@ class Pipeline:
                     await asyncio.wait([handed.waiter], timeout=STEAL_POLL)
                 continue
             todo.popleft()
-            if (got := await self.offload.answer(handed)) is not None:
+            if (answer := await self.offload.answer(handed)) is not None:
                 self.offloaded += len(chunk)
-                for i, g in zip(chunk, got, strict=True):
+                for i, g in zip(chunk, kills_of(answer), strict=True):
                     if isinstance(g, str):
                         # What failed there is made here (left out): an acknowledged kill is
                         # dropped only if it fails here too, not for a fault of the worker's.
                         log.warning("kill %d: the worker failed (%s); made here", batch[i].submission.killmail_id, g)
-                    else:
-                        made[i] = g
+                        continue
+                    # Finished as its chunk comes back, while the worker makes the next: after the
+                    # last chunk only its own kills are left to finish before the next batch's go.
+                    try:
+                        made[i] = self._finish(batch[i].submission, g, names), g.facts
+                    except Exception as exc:  # raised again, and logged, where the kill is put in the batch
+                        made[i] = exc
         return made
 
     async def _make_here(
         self, batch: list[Pending], chunk: list[int], names: Mapping[int, str], made: dict[int, Made]
     ) -> None:
         for n, i in enumerate(chunk):
-            pending = batch[i]
+            pending, sub = batch[i], batch[i].submission
             try:
-                made[i] = self._enrich(pending.submission, names, pending.live or self.facts_for_all)
+                plain = sub.unpacked() if isinstance(sub, Packed) else sub  # a POST's kill parsed there
+                made[i] = self._enrich(plain, names, pending.live or self.facts_for_all)
             except Exception as exc:  # raised again, and logged, where the kill is put in the batch
                 made[i] = exc
             if n % 16 == 15:

@@ -26,7 +26,7 @@ from ..kill.frames import encode
 from ..kill.validate import Submission
 from . import participants
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
-from .sqlite import chunks, connect, existing, in_thread, insert_many, seqs_of, unusable
+from .sqlite import MAX_PARAMETERS, chunks, connect, existing, in_thread, insert_many, seqs_of, unusable
 
 log = logging.getLogger(__name__)
 
@@ -732,13 +732,21 @@ class Store:
     # -- names and state ---------------------------------------------------------------------
 
     async def names(self, ids: Iterable[int]) -> dict[int, str]:
+        """The stored names of these players. One hop to the reader's thread however many: a
+        batch of 200 kills asks for ~2,500, which were three hops of 900 ids, each waiting for a
+        busy event loop while the worker process waited for the batch."""
         wanted = list(set(ids))
-        out: dict[int, str] = {}
-        for chunk in chunks(wanted, 900):
-            marks = ",".join("?" * len(chunk))
-            rows = await self._reader.execute_fetchall(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk)
-            out.update({r[0]: r[1] for r in rows})
-        return out
+        if not wanted:
+            return {}
+
+        def read(db: sqlite3.Connection) -> dict[int, str]:
+            out: dict[int, str] = {}
+            for chunk in chunks(wanted, min(MAX_PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))):
+                marks = ",".join("?" * len(chunk))
+                out.update(db.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk).fetchall())
+            return out
+
+        return await in_thread(self._reader, read)
 
     async def save_names(self, names: dict[int, tuple[str, str]]) -> None:
         """Cache player names from ESI: id -> (name, category)."""

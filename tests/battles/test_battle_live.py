@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientWebSocketResponse
 from battlefights import fight
-from conftest import AUTH, Client, settle
+from conftest import AUTH, Client, settle, until
 
 from killboard.battles.live import THROTTLE
 
@@ -119,4 +119,38 @@ async def test_an_ongoing_battle_without_news_sends_no_frames(client: Client) ->
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(1.0):  # ten end checks
             await ws.receive_json()
+    await ws.close()
+
+
+async def test_a_battle_nobody_follows_is_tracked_without_its_summary(client: Client) -> None:
+    """Without followers only whether a battle goes on is kept (for its end check), from its row:
+    its summary is not worked out for nobody. A follower later gets it as usual."""
+    from killboard.web.keys import battles_key
+
+    channels = client.server.app[battles_key].channels
+    summarize, asked = channels.summarize, []
+
+    async def counted(battle_id: int) -> Any:
+        asked.append(battle_id)
+        return await summarize(battle_id)
+
+    channels.summarize = counted
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    kills = [dict(k, killmail_time=stamp) for k in fight("30002472")[:6]]
+    await post(client, kills[:5])
+
+    async def tracked() -> bool:
+        return bool(channels.ongoing)
+
+    await until(tracked)
+    assert not channels.dirty and asked == []
+    [battle_id] = channels.ongoing
+
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"action": "sub", "channel": "battles"})
+    assert (await ws.receive_json())["action"] == "subscribed"
+    await post(client, kills[5:])
+    got = await frames_until(ws, lambda f: f["action"] == "battle", timeout=THROTTLE + 10)
+    assert got[-1]["data"]["battle_id"] == battle_id and got[-1]["data"]["kill_count"] == 6
+    assert got[-1]["data"]["ongoing"] is True and asked == [battle_id]
     await ws.close()

@@ -18,7 +18,7 @@ import ujson
 
 from bench.data import fleet_fight
 from killboard.config import PROJECT_ROOT
-from killboard.ingest.offload import BIG_BODY, Offload, Packed, new_kill
+from killboard.ingest.offload import BIG_BODY, BIG_KILL, Offload, Packed, new_kill
 from killboard.ingest.pipeline import build_kill, inbox_payload, kill_size
 from killboard.kill.codec import decode, player_ids, renderer
 from killboard.kill.enrich import enrich
@@ -57,8 +57,15 @@ async def test_a_fleet_fight_made_in_the_worker_is_the_one_made_here(
         count, subs, rejected = parsed
         assert (count, rejected) == (2, [])
         packed, small = subs
-        assert isinstance(packed, Packed) and not isinstance(small, Packed)  # a small kill comes back whole
-        assert small == parse_submission(killmails[0])
+        # Several kills come back as their inbox payloads, a small one too (the server would only
+        # encode it again); one small kill alone comes back whole (it may be stored alone).
+        assert isinstance(packed, Packed) and isinstance(small, Packed)
+        assert small.unpacked() == parse_submission(killmails[0])
+        assert small.payload == inbox_payload(parse_submission(killmails[0]))
+        assert small.size == kill_size(parse_submission(killmails[0])) <= BIG_KILL
+        alone = await offload.parse(ujson.dumps(killmails[0]).encode(), 10, False)
+        assert alone is not None and not isinstance(alone, str)
+        assert alone[1] == [parse_submission(killmails[0])] and not isinstance(alone[1][0], Packed)
         assert packed.payload == inbox_payload(sub)
         assert packed.size == kill_size(sub) == 3000 + len(km["victim"].get("items", []))
         assert packed.player_ids() == player_ids(km)

@@ -14,7 +14,7 @@ from typing import Any
 import ujson
 
 from killboard.ingest import pipeline as pipeline_module
-from killboard.ingest.offload import Offload
+from killboard.ingest.offload import Offload, kills_of, pack
 from killboard.ingest.pipeline import WORKER_BATCH, Pending, Pipeline
 from killboard.kill.codec import player_ids
 from killboard.kill.validate import parse_submission
@@ -151,7 +151,8 @@ async def test_the_loop_takes_back_what_a_busy_worker_has_not_started(
 ) -> None:
     client = await make_client()
     pipeline = client.server.app[pipeline_key]
-    batch = [Pending(parse_submission(km), True) for km in killmails]
+    # As a POST of many kills leaves them: their payloads, parsed in the worker (offload.pack).
+    batch = [Pending(pack(parse_submission(km)), True) for km in killmails]
     here = await pipeline.prepare(batch)
     offload = await _worker_up(pipeline)
     monkeypatch.setattr(pipeline_module, "WORKER_CHUNK", 10)
@@ -181,8 +182,9 @@ async def test_a_call_taken_back_with_the_prices_leaves_them_for_the_next(
     assert first is not None and first.cancel()  # not started: taken back
     second = offload.prepare(payloads, {}, pipeline.prices, [True] * 3)
     assert second is not None
-    made = await offload.answer(second)
-    assert made is not None
+    answer = await offload.answer(second)
+    assert answer is not None
+    made = kills_of(answer)
     assert not [m for m in made if isinstance(m, str)], made  # no "KeyError: 'prices'"
     for call in busy:
         assert call is not None

@@ -356,3 +356,18 @@ async def test_fleet_fights_go_to_render_big_and_come_back_here_without_an_answe
     for kill in page:
         expected = b'{"from":"worker"}' if kill.killmail_id % 2 == 0 else plain[kill.killmail_id]
         assert kill.body == expected
+
+
+async def test_names_of_many_players_are_read_whole(tmp_path: Path) -> None:
+    """A batch asks for the names of thousands of players at once (read in one hop now, in
+    statements as big as the connection allows): every stored one comes back, nothing else."""
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    try:
+        stored = {90_000_000 + i: (f"Pilot {i}", "character") for i in range(0, 6_000, 2)}
+        await store.save_names(stored)
+        asked = range(90_000_000, 90_006_000)  # half of them have a name
+        assert await store.names(asked) == {i: name for i, (name, _) in stored.items()}
+        assert await store.names([]) == {}
+        assert await store.names([1, 2, 90_000_000, 90_000_000]) == {90_000_000: "Pilot 0"}
+    finally:
+        await store.close()
