@@ -33,7 +33,8 @@ from killboard.kill.enrich import enrich
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData, load_static
 from killboard.kill.validate import parse_submission
-from killboard.storage.store import NewKill, Store
+from killboard.storage.rows import NewKill
+from killboard.storage.store import Store
 
 from .data import STRIDE, real_killmails, stream, take
 from .ingest import POST_BATCH, run_floor

@@ -37,7 +37,8 @@ from killboard.kill.prices import price_book  # noqa: E402
 from killboard.kill.staticdata import load_static  # noqa: E402
 from killboard.kill.validate import Submission, parse_submission  # noqa: E402
 from killboard.server import create_app  # noqa: E402
-from killboard.storage.store import NewKill, Store  # noqa: E402
+from killboard.storage.rows import NewKill  # noqa: E402
+from killboard.storage.store import Store  # noqa: E402
 
 DAY = 86_400
 

@@ -12,7 +12,8 @@ from killboard.kill.enrich import enrich
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import Submission, parse_submission
-from killboard.storage.store import NewKill, Store
+from killboard.storage.rows import NewKill
+from killboard.storage.store import Store
 
 
 def make_kills(

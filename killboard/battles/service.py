@@ -17,7 +17,8 @@ from ..kill.staticdata import StaticData
 from ..live.hub import Hub
 from ..storage import participants
 from ..storage.battle_tables import REBUILD_NEEDED
-from ..storage.store import NewKill, Store
+from ..storage.rows import NewKill
+from ..storage.store import Store
 from . import items, summary, tables
 from .detect import Changes, Detector
 from .live import BattleChannels

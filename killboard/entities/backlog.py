@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from ..kill.staticdata import StaticData
 from ..storage import participants
 from ..storage.figures_schema import FIGURES_BACKLOG
+from ..storage.rows import NewKill
 from ..storage.schema import INDEX_BACKLOG
-from ..storage.store import NewKill, Store, TxPruner, TxWriter
+from ..storage.store import Store, TxPruner, TxWriter
 from . import figures
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from ..config import Config
 from ..kill.prices import price_book
 from ..kill.staticdata import StaticData, load_static
 from ..kill.validate import Invalid, Submission, check_esi, parse_submission
-from ..storage.store import InboxRow, Store
+from ..storage.rows import InboxRow
+from ..storage.store import Store
 from .esi import EsiClient, NameService
 from .offload import Offload
 from .pipeline import Pending, Pipeline, Prepared, from_inbox, inbox_payload

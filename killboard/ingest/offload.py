@@ -42,7 +42,7 @@ from ..kill.topics import KillFacts, kill_facts
 from ..kill.validate import Invalid, Submission, parse_submission, parse_time
 from ..storage.participants import Participation, participation
 from ..storage.participants import pack as pack_pilots
-from ..storage.store import NewKill
+from ..storage.rows import NewKill
 
 log = logging.getLogger(__name__)
 

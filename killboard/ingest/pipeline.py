@@ -27,7 +27,8 @@ from ..kill.topics import KillFacts, kill_facts
 from ..kill.validate import Submission, check_esi, parse_time
 from ..metrics import Metrics
 from ..storage.participants import participation
-from ..storage.store import InboxRow, NewKill, Store
+from ..storage.rows import InboxRow, NewKill
+from ..storage.store import Store
 from .esi import KillmailGone
 from .offload import BIG_KILL, Call, Enriched, Offload, Packed, from_payload, kills_of, new_kill
 

@@ -12,9 +12,8 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,9 +21,9 @@ import aiosqlite
 import ujson
 
 from ..kill import codec
-from ..kill.frames import encode
-from ..kill.validate import Submission
 from . import participants
+from .rendering import Big, BigRender, decode_rows, render_decoded
+from .rows import Counts, InboxRow, NewKill, StoredKill
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
 from .sqlite import MAX_PARAMETERS, chunks, connect, existing, in_thread, insert_many, seqs_of, unusable
 
@@ -40,76 +39,11 @@ TxWriter = Callable[[sqlite3.Connection, Sequence[tuple[int, "NewKill"]]], None]
 TxPruner = Callable[[sqlite3.Connection, Sequence[int]], None]
 T = TypeVar("T")
 
-# A stored document larger than this (a kill of some 300 attackers or more; a typical one is
-# ~4 KB) is rendered in a thread: a fleet fight's kill is tens of ms of enrich and encode.
-BIG_DOCUMENT = 64 * 1024
-
 
 def compress(body: bytes) -> bytes:
     # Level 1: 165 µs for an average 29 KB kill against 408 µs at level 6, for files ~15%
     # larger (4.5x smaller than the JSON instead of 5.2x); any level decompresses the same.
     return zlib.compress(body, 1)
-
-
-@dataclass(frozen=True, slots=True)
-class InboxRow:
-    killmail_id: int
-    payload: bytes
-    source: str
-    live: bool
-
-
-@dataclass(frozen=True, slots=True)
-class NewKill:
-    """An enriched kill ready to store; `body` is its JSON, encoded once for store and broadcast."""
-
-    killmail_id: int
-    killmail_hash: str
-    kill_time: int
-    system_id: int
-    total_value: float
-    # The kill's JSON, or b"" with `enriched` given: then `body` encodes it on first use. Only a
-    # kill that is broadcast needs the JSON (~28 KB, ~150 us of ujson); what is stored is
-    # `source`, so an import or a kill nobody subscribed to never pays for it.
-    _body: bytes
-    # codec.source_document of the kill: what is stored. Empty: store `body` itself (codec 0).
-    source: bytes = b""
-    # Player names the body was enriched with; kept in `names` so reads render the same names.
-    names: Mapping[int, str] = field(default_factory=dict)
-    enriched: Mapping[str, Any] | None = None
-    # Who took part (storage/participants.py), written with the kill; None: work it out from `enriched`.
-    participation: participants.Participation | None = None
-    # `source` deflated with the store's dictionary (Store.pack_source), made before the write; empty:
-    # the write makes it. In the write, zlib let go of the GIL once a kill and the thread then
-    # waited for the busy event loop to give it back: ~0.5 ms a kill on the write's critical path.
-    packed: bytes = b""
-    # What Store.preparers worked out of the kill before its write, by preparer (the entity
-    # figures' share): the write only adds it up.
-    prepared: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def body(self) -> bytes:
-        if not self._body and self.enriched is not None:
-            object.__setattr__(self, "_body", encode(self.enriched))  # frozen: a cache, not a change
-        return self._body
-
-
-@dataclass(frozen=True, slots=True)
-class StoredKill:
-    seq: int
-    killmail_id: int
-    kill_time: int
-    body: bytes  # uncompressed JSON
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    """The store's figures in /health, read together (Store.counts)."""
-
-    inbox: int  # accepted submissions not yet stored
-    kills: int  # kills stored (as count())
-    last_seq: int  # 0 when none
-    names_pending: int  # kills stored before all their player names were known
 
 
 # /health's four figures in one statement, one hop to the reader's thread: a hop each waited for
@@ -118,21 +52,6 @@ COUNTS = (
     "SELECT (SELECT count(*) FROM inbox), (SELECT count(*) FROM kills WHERE seq > ?),"
     " (SELECT max(seq) FROM kills), (SELECT count(*) FROM names_pending)"
 )
-
-
-# (killmail id, hash, source document, names lookup) -> the kill's JSON, or None: render it here.
-BigRender = Callable[[int, str, bytes, Callable[[set[int]], Awaitable[dict[int, str]]]], Awaitable[bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Big:
-    """A fleet fight's source document, left for Store.render_big."""
-
-    document: bytes
-
-
-# A stored row on its way to JSON: the JSON itself, a decoded source document, or a _Big.
-_Decoded = bytes | tuple[Submission, dict[int, float] | None] | _Big
 
 
 class Store:
@@ -510,63 +429,26 @@ class Store:
     async def _render(self, fetched: Iterable[aiosqlite.Row | tuple[Any, ...]]) -> list[StoredKill]:
         """Rows to full killmail JSON, off the event loop: the documents are unpacked and decoded
         in one thread hop for the whole page, its player names read in one query, and its kills
-        enriched and encoded in one more hop (~0.5 ms a kill: a battle page's 244 kills held
+        enriched and encoded in one more hop (storage/rendering.py; ~0.5 ms a kill: a battle page's 244 kills held
         the loop ~120 ms when this ran on it). A fleet fight goes to `render_big` if set."""
         rows = [tuple(row) for row in fetched]
         if not rows:
             return []
-        decoded, player_ids = await asyncio.to_thread(self._decode_rows, rows, self.render_big is not None)
+        decoded, player_ids = await asyncio.to_thread(decode_rows, rows, self.unpack, self.render_big is not None)
         for i, item in enumerate(decoded):
-            if isinstance(item, _Big) and self.render_big is not None:
+            if isinstance(item, Big) and self.render_big is not None:
                 _, killmail_id, killmail_hash, *_ = rows[i]
                 body = await self.render_big(killmail_id, killmail_hash, item.document, self.names)
                 if body is not None:
                     decoded[i] = body
-        if any(isinstance(item, _Big) for item in decoded):  # render_big had no answer: here, then
-            decoded, more = await asyncio.to_thread(self._decode_rows, rows, False, decoded)
+        if any(isinstance(item, Big) for item in decoded):  # render_big had no answer: here, then
+            decoded, more = await asyncio.to_thread(decode_rows, rows, self.unpack, False, decoded)
             player_ids |= more
         names = await self.names(player_ids) if player_ids else {}
-        bodies = await asyncio.to_thread(self._render_decoded, decoded, names)
-        return [StoredKill(row[0], row[1], row[3], body) for row, body in zip(rows, bodies, strict=True)]
-
-    def _decode_rows(
-        self, rows: Sequence[tuple[Any, ...]], defer_big: bool, done: Sequence[_Decoded] | None = None
-    ) -> tuple[list[_Decoded], set[int]]:
-        """In a thread: each row's stored document, as its JSON (a whole enriched kill, codec 0),
-        decoded (Submission, frozen prices), or, with `defer_big`, a fleet fight left for
-        `render_big`; and the player ids the decoded ones name. With `done`, only the rows still
-        a `_Big` there are decoded."""
-        out: list[_Decoded] = []
-        player_ids: set[int] = set()
-        for i, row in enumerate(rows):
-            if done is not None and not isinstance(done[i], _Big):
-                out.append(done[i])
-                continue
-            _, killmail_id, killmail_hash, _, blob, codec_id = row
-            document = self.unpack(codec_id, blob)
-            if codec_id == codec.CODEC_ENRICHED_ZLIB:
-                out.append(document)
-            elif defer_big and len(document) > BIG_DOCUMENT:
-                out.append(_Big(document))
-            else:
-                sub, prices = codec.decode(killmail_id, killmail_hash, document)
-                player_ids |= codec.player_ids(sub.esi or {})
-                out.append((sub, prices))
-        return out, player_ids
-
-    def _render_decoded(self, decoded: Sequence[_Decoded], names: Mapping[int, str]) -> list[bytes]:
-        """In a thread: the decoded kills enriched with `names` and encoded."""
         if self.render is None:
             self.render = codec.default_renderer()
-        render = self.render
-        out = []
-        for item in decoded:
-            if isinstance(item, tuple):
-                out.append(render(item[0], names, item[1]))
-            else:
-                assert isinstance(item, bytes)  # _decode_rows decoded every _Big left
-                out.append(item)
-        return out
+        bodies = await asyncio.to_thread(render_decoded, decoded, names, self.render)
+        return [StoredKill(row[0], row[1], row[3], body) for row, body in zip(rows, bodies, strict=True)]
 
     async def kills_of(
         self, kind: participants.Kind, entity: int, before_seq: int | None = None, limit: int = 50

@@ -21,7 +21,7 @@ from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Submission
 from ..live.wire import body_in
-from ..storage.store import StoredKill
+from ..storage.rows import StoredKill
 from . import reads
 from .keys import (
     bus_status_key,

@@ -27,7 +27,7 @@ from ..kill import display
 from ..kill.fitting import fitting
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
-from ..storage.store import StoredKill
+from ..storage.rows import StoredKill
 from . import filters
 from .filters import Filter
 from .keptpages import keep, respond

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 
-from ..storage.store import StoredKill
+from ..storage.rows import StoredKill
 from .httpzip import choose
 
 log = logging.getLogger(__name__)

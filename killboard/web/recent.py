@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import ujson
 
 from ..kill.topics import Condition, Key, kill_facts
-from ..storage.store import Store, StoredKill
+from ..storage.rows import StoredKill
+from ..storage.store import Store
 
 # Only what a page filter can name is kept (topics, places, the three player entities), so a
 # 1,000-pilot fight costs its pilots' ids, not its ship types and factions as well.

@@ -28,7 +28,8 @@ from yarl import URL
 
 from ..kill.frames import encode
 from ..kill.topics import ALL, kill_facts
-from ..storage.store import Store, StoredKill
+from ..storage.rows import StoredKill
+from ..storage.store import Store
 from . import cursor, discord, signed
 from .config import Webhook
 

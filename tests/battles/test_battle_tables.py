@@ -19,7 +19,8 @@ from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
 from killboard.live.hub import Hub
-from killboard.storage.store import NewKill, Store
+from killboard.storage.rows import NewKill
+from killboard.storage.store import Store
 
 
 def new_kills(kms: list[dict[str, Any]], static: StaticData) -> list[NewKill]:

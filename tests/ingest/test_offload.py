@@ -28,7 +28,8 @@ from killboard.kill.staticdata import StaticData
 from killboard.kill.topics import kill_facts
 from killboard.kill.validate import parse_submission
 from killboard.storage.participants import pack
-from killboard.storage.store import InboxRow, Store
+from killboard.storage.rows import InboxRow
+from killboard.storage.store import Store
 from killboard.web.keys import pipeline_key, store_key
 from tests.conftest import AUTH, TOKEN, Client, settle, until
 from tests.serverproc import ServerProcess

@@ -23,7 +23,8 @@ from killboard.ingest.pipeline import Pending, Pipeline, from_inbox, inbox_paylo
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import MAX_INT, Invalid, parse_submission
-from killboard.storage.store import InboxRow, Store
+from killboard.storage.rows import InboxRow
+from killboard.storage.store import Store
 
 REAL = load_killmails()
 ATTACKERS = [a for k in REAL for a in k["attackers"]]

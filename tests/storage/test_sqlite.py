@@ -14,8 +14,9 @@ import pytest
 from killgen import make_kills
 
 from killboard.kill.staticdata import StaticData
+from killboard.storage.rows import InboxRow
 from killboard.storage.sqlite import connect, in_thread
-from killboard.storage.store import InboxRow, Store
+from killboard.storage.store import Store
 
 
 async def test_in_thread_runs_on_the_connection_in_its_own_thread(tmp_path: Path) -> None:

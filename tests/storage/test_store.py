@@ -334,7 +334,7 @@ async def test_fleet_fights_go_to_render_big_and_come_back_here_without_an_answe
 ) -> None:
     """A document over BIG_DOCUMENT goes to `render_big` (the worker process); when it has no
     answer (None: the worker died), the kill is decoded and rendered here, in the page's order."""
-    from killboard.storage import store as store_module
+    from killboard.storage import rendering
 
     render = codec.renderer(static, price_book(static))
     store = await Store.open(tmp_path / "kb.sqlite3", render=render)
@@ -347,7 +347,7 @@ async def test_fleet_fights_go_to_render_big_and_come_back_here_without_an_answe
     try:
         await save_all(store, make_kills(static, killmails, 6, 500_000_000, 1_700_000_000))
         plain = {k.killmail_id: k.body for k in await store.latest(6)}
-        monkeypatch.setattr(store_module, "BIG_DOCUMENT", 0)  # every kill a "fleet fight"
+        monkeypatch.setattr(rendering, "BIG_DOCUMENT", 0)  # every kill a "fleet fight"
         store.render_big = render_big
         page = await store.latest(6)
     finally:
