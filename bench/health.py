@@ -21,12 +21,10 @@ from pathlib import Path
 
 import aiohttp
 
-from killboard.config import PROJECT_ROOT
-
 from .data import real_killmails
 from .fanout import post_one
 from .procstat import load_average
-from .server import Server
+from .server import Server, trees
 from .solokill import threads
 
 
@@ -59,15 +57,13 @@ async def measure(root: Path, requests: int, workdir: Path) -> tuple[float, floa
 
 
 async def compare(args: argparse.Namespace) -> None:
-    trees = [("this tree", PROJECT_ROOT)]
-    if args.baseline is not None:
-        trees.append((f"baseline {args.baseline}", Path(args.baseline)))
+    compared = trees(args.baseline)
     print(f"load before: {' '.join(f'{x:.1f}' for x in load_average())}; {args.requests} requests a run")
     print("\n| tree (round) | voluntary switches a request | CPU-ms a request | median ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):
-            for name, root in trees:
+            for name, root in compared:
                 switches, cpu, median, p99 = await measure(root, args.requests, Path(tmp))
                 print(f"| {name} ({n + 1}) | {switches:.1f} | {cpu:.3f} | {median:.2f} | {p99:.2f} |", flush=True)
     print(f"\nload after: {' '.join(f'{x:.1f}' for x in load_average())}")

@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
-import subprocess
-import sys
 import tempfile
-import time
-from contextlib import closing
 from pathlib import Path
 
 import ujson
@@ -25,29 +20,13 @@ import ujson
 from killboard.config import PROJECT_ROOT
 
 from .data import real_killmails, stream, take
+from .ingest import run_import
 
 
 def write_backlog(path: Path, kills: int) -> None:
     with path.open("wb") as f:
         for km in take(stream(real_killmails()), kills):
             f.write(ujson.dumps(km).encode() + b"\n")
-
-
-def run(tree: Path, backlog: Path, workdir: Path) -> tuple[float, float, int]:
-    """(seconds, CPU seconds, kills stored) of one import from `tree`."""
-    db = workdir / f"import-{time.monotonic_ns()}.sqlite3"
-    command = [sys.executable, "app.py", "import", "--db", str(db), "--no-upstream", str(backlog)]
-    start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    errors = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.monotonic() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{tree}: app.py import failed: {errors.decode()[-2000:]}")
-    with closing(sqlite3.connect(db)) as conn:
-        stored = conn.execute("SELECT count(*) FROM kills").fetchone()[0]
-    return seconds, usage.ru_utime + usage.ru_stime, stored
 
 
 def main() -> None:
@@ -64,7 +43,8 @@ def main() -> None:
         print(f"{args.kills} kills, {backlog.stat().st_size / 1e6:.1f} MB of JSON lines, {os.cpu_count()} cores")
         for n in range(args.rounds):
             for name, tree in trees:
-                seconds, cpu, stored = run(tree, backlog, workdir)
+                done = run_import(workdir, backlog, args.kills, tree)
+                seconds, cpu, stored = done.seconds, done.cpu, done.stored
                 load = os.getloadavg()[0]
                 print(
                     f"round {n + 1} {name:8s} {args.kills / seconds:7.0f} kills/s  {seconds:6.2f} s  "

@@ -119,19 +119,20 @@ def write_jsonl(workdir: Path, payloads: list[bytes]) -> Path:
     return path
 
 
-def run_import(workdir: Path, source: Path, count: int) -> ImportRun:
-    """`python app.py import --no-upstream FILE` into a new database, as a user would run it."""
+def run_import(workdir: Path, source: Path, count: int, tree: Path = PROJECT_ROOT) -> ImportRun:
+    """`python app.py import --no-upstream FILE` of checkout `tree` into a new database, as a user
+    would run it. CPU: the import's and its worker process's (wait4 counts the children it waited for)."""
     db = workdir / f"import-{time.monotonic_ns()}.sqlite3"
     command = [sys.executable, "app.py", "import", "--db", str(db), "--no-upstream", str(source)]
     start = time.monotonic()
-    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=tree, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     errors = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time, nobody else's
+    _pid, status, usage = os.wait4(proc.pid, 0)  # this child's CPU and its waited-for children's
     seconds = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"app.py import exited {proc.returncode}: {errors.decode()[-2000:]}")
+        raise RuntimeError(f"{tree}: app.py import exited {proc.returncode}: {errors.decode()[-2000:]}")
     with closing(sqlite3.connect(db)) as conn:
         stored = conn.execute("SELECT count(*) FROM kills").fetchone()[0]
     return ImportRun(count, seconds, usage.ru_utime + usage.ru_stime, stored)

@@ -20,6 +20,12 @@ from .procstat import raise_fd_limit
 TOKEN = "bench-token"
 
 
+def trees(baseline: str | Path | None) -> list[tuple[str, Path]]:
+    """This checkout, and `baseline` (another checkout, run alternately with it) if given."""
+    mine = [("this tree", PROJECT_ROOT)]
+    return [*mine, (f"baseline {baseline}", Path(baseline))] if baseline is not None else mine
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,12 +24,10 @@ from pathlib import Path
 
 import aiohttp
 
-from killboard.config import PROJECT_ROOT
-
 from .data import real_killmails, stream, take
 from .fanout import post_one, post_steadily
 from .procstat import CLOCK_TICKS, load_average
-from .server import Server
+from .server import Server, trees
 
 
 @dataclass(frozen=True)
@@ -101,9 +99,7 @@ def row(name: str, t: Threads, kills: int) -> str:
 
 
 async def compare(args: argparse.Namespace) -> dict[str, object]:
-    trees = [("this tree", PROJECT_ROOT)]
-    if args.baseline is not None:
-        trees.append((f"baseline {args.baseline}", Path(args.baseline)))
+    compared = trees(args.baseline)
     print(f"load before: {' '.join(f'{x:.1f}' for x in load_average())}; {args.kills} kills at {args.rate}/s")
     print("\n| tree (round) | CPU-ms a kill | user | system | loop thread | other threads | voluntary switches |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -111,7 +107,7 @@ async def compare(args: argparse.Namespace) -> dict[str, object]:
     rows: list[dict[str, float | int | str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):
-            for name, root in trees:
+            for name, root in compared:
                 t = await measure(root, args.kills, args.rate, args.warm, Path(tmp))
                 print(row(f"{name} ({n + 1})", t, args.kills), flush=True)
                 rows.append(

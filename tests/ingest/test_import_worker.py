@@ -22,6 +22,7 @@ from test_offload import _children, _running
 from killboard.battles.commands import with_battles
 from killboard.config import PROJECT_ROOT, Config
 from killboard.entities.backlog import with_figures
+from killboard.ingest import importer
 from killboard.ingest.importer import run_import
 from killboard.ingest.offload import Offload
 
@@ -75,6 +76,29 @@ async def test_the_worker_stores_what_the_import_alone_stores(
     assert len(expected["battles"]) >= 3 and expected["entity_months"] and not expected["inbox"]
     for table in TABLES:
         assert got[table] == expected[table], table
+
+
+async def test_a_small_import_starts_no_worker(
+    tmp_path: Path, config: Config, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under WORKER_MIN_BYTES of files the import is done about when a worker would be ready: none
+    is started. Over it, one is (and stopped at the end)."""
+    started: list[Offload] = []
+
+    class Counted(Offload):
+        def __init__(self, data_dir: Path) -> None:
+            super().__init__(data_dir)
+            started.append(self)
+
+    monkeypatch.setattr(importer, "Offload", Counted)
+    source = tmp_path / "bundled.json"
+    source.write_text(json.dumps(killmails))
+    assert source.stat().st_size < importer.WORKER_MIN_BYTES
+    small = await run_import(config.with_overrides(db_path=tmp_path / "small.sqlite3"), [source])
+    assert small.imported == len(killmails) and small.offloaded == 0 and not started
+    monkeypatch.setattr(importer, "WORKER_MIN_BYTES", source.stat().st_size)
+    await run_import(config.with_overrides(db_path=tmp_path / "big.sqlite3"), [source])
+    assert len(started) == 1 and started[0].closed
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
