@@ -333,12 +333,12 @@ class Writer:
         self.summary.duplicates += len(duplicates)
         # Counted as the server's worker counts a batch taken and not yet written: with a write in
         # flight the loop leaves the worker's chunks to it (Pipeline._prepare_elsewhere).
-        self.pipeline._in_flight += 1
+        self.pipeline.in_flight += 1
         try:
             prepared = await self.pipeline.prepare([Pending(by_id[i], live=False) for i in accepted])
             await self.wait()  # batches are written one at a time, in order
         except BaseException:
-            self.pipeline._in_flight -= 1
+            self.pipeline.in_flight -= 1
             raise
         self._writing = asyncio.create_task(self._write(prepared, len(accepted)), name="killboard-import-writer")
 
@@ -346,7 +346,7 @@ class Writer:
         try:
             stored = await self.pipeline.commit(prepared)
         finally:
-            self.pipeline._in_flight -= 1
+            self.pipeline.in_flight -= 1
         self.summary.imported += len(stored)
         self.summary.incomplete += accepted - len(stored)
         self.progress.count(len(stored))

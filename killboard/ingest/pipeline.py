@@ -148,7 +148,9 @@ class Pipeline:
     store_error: str | None = None
     _reserved: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
-    _in_flight: int = 0  # batches taken from the queue and not yet written
+    # Batches taken and not yet written: run()'s own, a lone kill's, and those of a writer of its
+    # own (the importer's Writer counts its batches here too, so the loop leaves the worker's chunks to it).
+    in_flight: int = 0
     _attempts: dict[int, int] = field(default_factory=dict)
     metrics: Metrics | None = None
     # Called for every committed kill, in seq order; a list the app's parts append to (server.py).
@@ -200,7 +202,7 @@ class Pipeline:
     def _alone(self, subs: Sequence[Submission]) -> bool:
         """One complete, typical kill while nothing is queued or being stored: it can be stored
         now, in one transaction, instead of written to the inbox, read back and deleted."""
-        if not self.store_alone or len(subs) != 1 or self._in_flight or self._reserved or not self.queue.empty():
+        if not self.store_alone or len(subs) != 1 or self.in_flight or self._reserved or not self.queue.empty():
             return False
         sub = subs[0]
         return (
@@ -226,7 +228,7 @@ class Pipeline:
         made: tuple[NewKill, KillFacts | None] | None = None  # the kill enriched (None: dropped)
         duplicate = False
         stored: list[tuple[int, NewKill]] = []
-        self._in_flight += 1
+        self.in_flight += 1
         self._idle.clear()
         try:
             async with self._turn:  # free (the worker is idle), and taken before any later kill
@@ -251,8 +253,8 @@ class Pipeline:
                     facts = {kill_id: made[1]} if made is not None else {}
                     self._announce(stored, int(made is not None), int(made is None), facts, {kill_id: live}, started)
         finally:
-            self._in_flight -= 1
-            if self.queue.empty() and not self._in_flight:
+            self.in_flight -= 1
+            if self.queue.empty() and not self.in_flight:
                 self._idle.set()
         # Stored now, or dropped by enrichment (as the worker would have after an inbox write).
         accepted = [kill_id] if stored or (not duplicate and made is None) else []
@@ -316,19 +318,19 @@ class Pipeline:
         writing: asyncio.Task[None] | None = None
         try:
             while True:
-                if self.queue.empty() and not self._in_flight:
+                if self.queue.empty() and not self.in_flight:
                     self._idle.set()
                 batch = [await self.queue.get()]
                 while len(batch) < self.batch_size and not self.queue.empty():
                     batch.append(self.queue.get_nowait())
                 # Taken but not yet written: idle only once this is back to 0 with the queue empty.
-                self._in_flight += 1
+                self.in_flight += 1
                 try:
                     prepared = await self._until_done(self.prepare, batch)
                     if writing is not None:
                         await writing  # the batch before this one is stored and broadcast
                 except BaseException:
-                    self._in_flight -= 1
+                    self.in_flight -= 1
                     raise
                 writing = asyncio.create_task(self._write(batch, prepared), name="killboard-writer")
         finally:
@@ -344,8 +346,8 @@ class Pipeline:
         finally:
             for _ in batch:
                 self.queue.task_done()
-            self._in_flight -= 1
-            if self.queue.empty() and not self._in_flight:
+            self.in_flight -= 1
+            if self.queue.empty() and not self.in_flight:
                 self._idle.set()
 
     async def _until_done(self, step: Callable[[Any], Awaitable[T]], arg: Any) -> T:
@@ -456,7 +458,7 @@ class Pipeline:
         while todo:
             chunk, handed = todo[0]
             if not handed.future.done():
-                if self._in_flight <= 1 and todo[-1][1].cancel():
+                if self.in_flight <= 1 and todo[-1][1].cancel():
                     await self._make_here(batch, todo.pop()[0], names, made)
                 else:
                     await asyncio.wait([handed.waiter], timeout=STEAL_POLL)

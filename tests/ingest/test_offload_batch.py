@@ -61,9 +61,9 @@ async def test_a_batch_made_in_the_worker_is_the_one_made_here(
     pipeline.offload = None
     here = await pipeline.prepare(batch)
     pipeline.offload = offload
-    pipeline._in_flight = 2  # as in a catch-up, with a write in flight: the loop takes no kill back
+    pipeline.in_flight = 2  # as in a catch-up, with a write in flight: the loop takes no kill back
     there = await pipeline.prepare(batch)
-    pipeline._in_flight = 0
+    pipeline.in_flight = 0
     assert pipeline.offloaded == len(killmails)  # made there, not here
 
     assert len(there.kills) == len(here.kills) == len(killmails)
@@ -201,8 +201,8 @@ async def test_kills_the_worker_fails_on_are_made_here_not_dropped(
     offload = await _worker_up(pipeline)
     offload._prices = pipeline.prices.market  # the server believes the worker has them: it has not
     batch = [Pending(parse_submission(km), True) for km in killmails]
-    pipeline._in_flight = 2  # a write in flight: the loop takes no chunk back, the worker makes all
+    pipeline.in_flight = 2  # a write in flight: the loop takes no chunk back, the worker makes all
     prepared = await pipeline.prepare(batch)
-    pipeline._in_flight = 0
+    pipeline.in_flight = 0
     assert prepared.rejected == []
     assert [k.killmail_id for k in prepared.kills] == [km["killmail_id"] for km in killmails]
