@@ -134,12 +134,17 @@ def existing(db: sqlite3.Connection, table: str, ids: list[int]) -> set[int]:
     return found
 
 
-def seqs_of(db: sqlite3.Connection, ids: list[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
+def pairs_in(db: sqlite3.Connection, select: str, ids: list[int]) -> dict[int, Any]:
+    """The (key, value) rows of `select`, whose `IN ({})` is filled with `ids` 900 at a time
+    (under the oldest builds' limit of 999 parameters), as a dict."""
+    out: dict[int, Any] = {}
     for chunk in chunks(ids, 900):
-        marks = ",".join("?" * len(chunk))
-        out.update(db.execute(f"SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({marks})", chunk).fetchall())
+        out.update(db.execute(select.format(",".join("?" * len(chunk))), chunk).fetchall())
     return out
+
+
+def seqs_of(db: sqlite3.Connection, ids: list[int]) -> dict[int, int]:
+    return pairs_in(db, "SELECT killmail_id, seq FROM kills WHERE killmail_id IN ({})", ids)
 
 
 def in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:

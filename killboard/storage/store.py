@@ -25,7 +25,7 @@ from . import participants
 from .rendering import Big, BigRender, decode_rows, render_decoded
 from .rows import Counts, InboxRow, NewKill, StoredKill
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
-from .sqlite import MAX_PARAMETERS, chunks, connect, existing, in_thread, insert_many, seqs_of, unusable
+from .sqlite import MAX_PARAMETERS, chunks, connect, existing, in_thread, insert_many, pairs_in, seqs_of, unusable
 
 log = logging.getLogger(__name__)
 
@@ -723,11 +723,7 @@ def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T
 
 def _names_in(db: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
     """Store.names on the plain connection, in the database thread."""
-    out: dict[int, str] = {}
-    for chunk in chunks(ids, 900):
-        marks = ",".join("?" * len(chunk))
-        out.update(db.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk).fetchall())
-    return out
+    return pairs_in(db, "SELECT id, name FROM names WHERE id IN ({})", ids)
 
 
 def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:

@@ -21,8 +21,14 @@ ws.on("message", (data, isBinary) => {
     if (++kills === count) ws.close(1000);
   }
 });
-ws.on("close", () => process.exit(kills === count ? 0 : 2));
+// exitCode, not process.exit(): exit() drops what stdout still holds for a full pipe (a slow
+// reader under load got a last line cut short); Node exits once the socket is gone and stdout
+// is written out. ws emits "close" after "error".
+let failed = false;
+ws.on("close", () => {
+  process.exitCode = failed ? 3 : kills === count ? 0 : 2;
+});
 ws.on("error", (err) => {
+  failed = true;
   process.stderr.write(String(err) + "\n");
-  process.exit(3);
 });
