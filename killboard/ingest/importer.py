@@ -367,6 +367,15 @@ class Writer:
                 await writing
 
 
-def main_sync(config: Config, paths: list[Path], prepare: Sequence[Prepare] = ()) -> int:
-    summary = asyncio.run(run_import(config, paths, prepare=prepare))
+def main_sync(config: Config, paths: list[Path], prepare: Sequence[Prepare] = (), err: IO[str] = sys.stderr) -> int:
+    try:
+        summary = asyncio.run(run_import(config, paths, prepare=prepare))
+    except KeyboardInterrupt:
+        # Ctrl-C: asyncio.run has cancelled the import and closed the store and the worker by now.
+        # One line, not a traceback; the exit status a shell gives a command stopped by SIGINT.
+        err.write(
+            "import interrupted: the kills stored so far stay; those already in the inbox are"
+            " stored by the server's next start (or the next import)\n"
+        )
+        return 130
     return 1 if summary.rejected else 0

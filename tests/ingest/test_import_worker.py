@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -102,6 +103,43 @@ async def test_a_small_import_starts_no_worker(
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+async def test_ctrl_c_stops_an_import_with_one_line_and_keeps_what_it_stored(
+    tmp_path: Path, killmails: list[dict[str, Any]]
+) -> None:
+    """SIGINT (Ctrl-C) to `app.py import` at work: exit status 130, one line on stderr and no
+    traceback, no worker left, and the kills it stored or put in the inbox are all still there."""
+    source = tmp_path / "kills.jsonl"
+    with source.open("w") as f:
+        for n in range(8000):
+            f.write(json.dumps({**killmails[n % len(killmails)], "killmail_id": 10**9 + n}) + "\n")
+    db = tmp_path / "kb.sqlite3"
+    command = [sys.executable, "app.py", "import", "--no-upstream", "--db", str(db), str(source)]
+    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+
+        async def working() -> bool:
+            return bool(_children(proc.pid)) and count(db, "kills") >= 1000
+
+        await until(working, 60)
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("import interrupted:"), err
+    assert not any(_running(worker) for worker in workers)
+    kept = count(db, "kills") + count(db, "inbox")
+    assert 1000 <= kept < 8000
+
+    # What the inbox held is stored by the next import of the same file, and nothing twice.
+    again = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert count(db, "kills") == 8000 and count(db, "inbox") == 0
+
+
 async def test_a_killed_import_leaves_no_worker(tmp_path: Path, killmails: list[dict[str, Any]]) -> None:
     """kill -9 of `app.py import` while its worker makes kills: the worker (and multiprocessing's
     resource tracker) end by themselves within seconds."""
