@@ -103,7 +103,7 @@ def insert_many(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]])
     if match is None:
         raise ValueError(f"not an INSERT of one VALUES row: {sql[:80]!r}")
     group = match.group(1)
-    limit = min(MAX_PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    limit = parameter_limit(db)
     width = group.count("?")
     head, tail = sql[: match.start(1)], sql[match.end(1) :]
     start = 0
@@ -134,11 +134,16 @@ def existing(db: sqlite3.Connection, table: str, ids: list[int]) -> set[int]:
     return found
 
 
-def pairs_in(db: sqlite3.Connection, select: str, ids: list[int]) -> dict[int, Any]:
-    """The (key, value) rows of `select`, whose `IN ({})` is filled with `ids` 900 at a time
-    (under the oldest builds' limit of 999 parameters), as a dict."""
+def parameter_limit(db: sqlite3.Connection) -> int:
+    """The parameters one statement of `db` may hold (MAX_PARAMETERS at most)."""
+    return min(MAX_PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+
+
+def pairs_in(db: sqlite3.Connection, select: str, ids: list[int], size: int = 900) -> dict[int, Any]:
+    """The (key, value) rows of `select`, whose `IN ({})` is filled with `ids` `size` at a time
+    (900: under the oldest builds' limit of 999 parameters), as a dict."""
     out: dict[int, Any] = {}
-    for chunk in chunks(ids, 900):
+    for chunk in chunks(ids, size):
         out.update(db.execute(select.format(",".join("?" * len(chunk))), chunk).fetchall())
     return out
 

@@ -25,7 +25,17 @@ from . import participants
 from .rendering import Big, BigRender, decode_rows, render_decoded
 from .rows import Counts, InboxRow, NewKill, StoredKill
 from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
-from .sqlite import MAX_PARAMETERS, chunks, connect, existing, in_thread, insert_many, pairs_in, seqs_of, unusable
+from .sqlite import (
+    chunks,
+    connect,
+    existing,
+    in_thread,
+    insert_many,
+    pairs_in,
+    parameter_limit,
+    seqs_of,
+    unusable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -620,15 +630,7 @@ class Store:
         wanted = list(set(ids))
         if not wanted:
             return {}
-
-        def read(db: sqlite3.Connection) -> dict[int, str]:
-            out: dict[int, str] = {}
-            for chunk in chunks(wanted, min(MAX_PARAMETERS, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))):
-                marks = ",".join("?" * len(chunk))
-                out.update(db.execute(f"SELECT id, name FROM names WHERE id IN ({marks})", chunk).fetchall())
-            return out
-
-        return await in_thread(self._reader, read)
+        return await in_thread(self._reader, lambda db: _names_in(db, wanted))
 
     async def save_names(self, names: dict[int, tuple[str, str]]) -> None:
         """Cache player names from ESI: id -> (name, category)."""
@@ -722,8 +724,9 @@ def _in_transaction(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T
 
 
 def _names_in(db: sqlite3.Connection, ids: list[int]) -> dict[int, str]:
-    """Store.names on the plain connection, in the database thread."""
-    return pairs_in(db, "SELECT id, name FROM names WHERE id IN ({})", ids)
+    """Store.names on the plain connection, in the database thread: statements as big as the
+    connection allows (a batch asks for ~2,500 ids)."""
+    return pairs_in(db, "SELECT id, name FROM names WHERE id IN ({})", ids, parameter_limit(db))
 
 
 def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:
