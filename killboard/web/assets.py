@@ -7,7 +7,6 @@ each view of a page cost its assets a thread hop each."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import mimetypes
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 
-from .httpzip import MIN_BYTES, choose
+from .httpzip import MIN_BYTES, choose, gzip_body
 
 # The folder holds a few small files (~60 KB in all); anything this big is not an asset of ours.
 MAX_ASSET = 1024 * 1024
@@ -42,7 +41,7 @@ def load(folder: Path) -> dict[str, Asset]:
             raise ValueError(f"{path}: {len(body):,} bytes is not a page asset (at most {MAX_ASSET:,})")
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         text = content_type.startswith("text/") or content_type in ("application/javascript", "image/svg+xml")
-        gzipped = gzip.compress(body, 9, mtime=0) if text and len(body) >= MIN_BYTES else None
+        gzipped = gzip_body(body, 9) if text and len(body) >= MIN_BYTES else None
         etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
         assets[path.name] = Asset(body, gzipped, content_type + ("; charset=utf-8" if text else ""), etag)
     return assets

@@ -16,9 +16,13 @@ from aiohttp import hdrs, web
 from aiohttp.web_response import ContentCoding
 
 _zlib_ng: ModuleType | None
-try:  # zlib-ng's zlib-compatible module (requirements.txt; missing on some platforms)
+_gzip: ModuleType
+try:  # zlib-ng's zlib- and gzip-compatible modules (requirements.txt; missing on some platforms)
+    from zlib_ng import gzip_ng as _gzip
     from zlib_ng import zlib_ng as _zlib_ng
 except ImportError:  # stdlib zlib then
+    import gzip as _gzip
+
     _zlib_ng = None
 
 # Below this a compressed body saves less than the headers and the work cost.
@@ -33,6 +37,13 @@ def use_fast_zlib() -> None:
     aiohttp keeps the backend process-wide, so setting it again is harmless."""
     if _zlib_ng is not None:
         aiohttp.set_zlib_backend(_zlib_ng)
+
+
+def gzip_body(body: bytes, level: int = 6) -> bytes:
+    """A whole body gzipped once to be kept (pages, static files): zlib-ng where installed, the
+    same format as gzip.compress at 0.4-0.6x its CPU; no timestamp, so a body's gzip is always the
+    same bytes."""
+    return bytes(_gzip.compress(body, level, mtime=0))
 
 
 @web.middleware

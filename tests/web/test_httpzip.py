@@ -12,6 +12,8 @@ from test_ws import post
 
 from killboard.ingest.esi import EsiClient
 from killboard.ingest.upstream import new_session
+from killboard.web.httpzip import gzip_body
+from killboard.web.keptpages import INLINE_GZIP
 
 
 async def test_json_and_html_are_gzipped_for_clients_that_accept_it(
@@ -31,6 +33,24 @@ async def test_json_and_html_are_gzipped_for_clients_that_accept_it(
     # Small bodies are not worth it.
     resp = await client.get("/api/killmails/1", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
     assert resp.status == 404 and "Content-Encoding" not in resp.headers
+
+
+async def test_a_kept_page_is_gzipped_once_with_zlib_ng(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """A kept page's gzip is zlib-ng's, level 6, with no timestamp (the same bytes every time),
+    made on the loop for a small page and in a thread for a big one."""
+    from zlib_ng import gzip_ng
+
+    await post(client, killmails)
+    await settle(client)
+    ship = killmails[0]["victim"]["ship_type_id"]
+    sizes = []
+    for path in ("/", f"/ship/{ship}"):
+        raw = await (await client.get(path, headers={"Accept-Encoding": "identity"})).read()
+        zipped = await client.get(path, headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+        assert zipped.headers["Content-Encoding"] == "gzip"
+        assert await zipped.read() == gzip_body(raw) == gzip_ng.compress(raw, 6, mtime=0)
+        sizes.append(len(raw))
+    assert sizes[0] > INLINE_GZIP >= sizes[1]  # both ways taken
 
 
 def test_aiohttp_deflates_with_zlib_ng_once_the_app_is_made(client: Client) -> None:
