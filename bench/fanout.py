@@ -1,7 +1,7 @@
 """Fan-out: N subscribers on the full feed while kills are POSTed at a steady rate.
 
     python -m bench.fanout [--subscribers 1000] [--rate 5] [--seconds 10] [--baseline DIR]
-                           [--burst N] [--clients node|python]
+                           [--burst N] [--clients node|python] [--floor]
 
 compares, in one run on the same real kills: Node's `ws` sending the plain frame
 (bench/fanout_node.js, the reference of issue 21), then this tree with permessage-deflate
@@ -9,7 +9,9 @@ subscribers of every language on asyncio and on uvloop, and `--baseline DIR` (an
 checkout, e.g. main) the same way. The subscribers are Node processes (bench/fanout_clients.js)
 unless `--clients python`: cheap enough that the latency measured is the server's. Server CPU
 is split into user and system time (the kernel's send() is the system part; what the server's
-own code adds per socket is the user part).
+own code adds per socket is the user part). `--floor` adds bench/floor_server.py: a Python server
+that only deflates each frame once and writes it to every socket, what no server in Python can go
+under.
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ class NodeServer(Process):
         env = {**os.environ, "NODE_PATH": str(PROJECT_ROOT / "tests" / "node" / "node_modules")}
         script = Path(__file__).with_name("fanout_node.js")
         return subprocess.Popen(["node", str(script), str(self.port)], env=env, preexec_fn=raise_fd_limit)
+
+
+class FloorServer(Process):
+    """bench/floor_server.py on a free port: the deflated frame written to every socket, nothing else."""
+
+    name = "floor"
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bench.floor_server", str(self.port)], cwd=PROJECT_ROOT, preexec_fn=raise_fd_limit
+        )
 
 
 class NodeClients:
@@ -240,17 +253,21 @@ async def run_fanout(
     env: dict[str, str] | None = None,
     root: Path = PROJECT_ROOT,
     node: bool = False,
+    floor: bool = False,
     per_post: int = 1,
     clients: str = "python",
 ) -> FanoutRun:
     """One run on a fresh server and database. `big`: post copies of this kill instead.
     `deflate`: the subscribers offer permessage-deflate; `env`: the server's extra settings;
-    `root`: the checkout that serves; `node`: bench/fanout_node.js serves instead; `per_post`:
+    `root`: the checkout that serves; `node`: bench/fanout_node.js serves instead (`floor`:
+    bench/floor_server.py, which takes the same POSTs of frames); `per_post`:
     kills per POST (a burst: the worker stores them in one batch and they are due at once);
     `clients`: the subscribers in Python (bench/wsclient.py) or Node (bench/fanout_clients.js)."""
-    server: Server | NodeServer
+    server: Server | NodeServer | FloorServer
     if node:
         server = NodeServer()
+    elif floor:
+        server = FloorServer()
     else:
         server = Server(workdir / f"fanout-{subscribers}-{time.monotonic_ns()}.sqlite3", root=root, env=env)
     pool: Pool | NodeClients = NodeClients(processes) if clients == "node" else Pool(processes)
@@ -262,7 +279,7 @@ async def run_fanout(
         warm = next(source)
         kills = take(source, count)
         post: Poster = post_one
-        if node:
+        if node or floor:
             post = node_poster({km["killmail_id"]: node_frame(km) for km in [warm, *kills]})
         async with aiohttp.ClientSession() as session:
             # Warm-up: one kill to everyone (first-use costs: caches, buffers, page faults).
@@ -354,6 +371,8 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
         scenarios.append((f"this tree, deflate, {loop}", {"deflate": True, "env": {"KILLBOARD_LOOP": loop}}))
     if args.baseline is not None:
         scenarios.append((f"baseline {args.baseline}, deflate", {"deflate": True, "root": args.baseline}))
+    if args.floor:
+        scenarios.append(("floor: the deflated frame written, nothing else", {"deflate": True, "floor": True}))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         # What a kill costs this tree with nobody subscribed (HTTP, validation, enrichment,
@@ -385,7 +404,7 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
                 **kw,
             )
             lat = r.latencies
-            fixed = (0.0, 0.0) if kw.get("node") else per_kill
+            fixed = (0.0, 0.0) if kw.get("node") or kw.get("floor") else per_kill
             row = {
                 "name": name,
                 "delivered": r.deliveries,
@@ -437,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         default="node",
         help="the subscribers: Node (cheap: the latency is the server's) or Python (bench/wsclient.py)",
     )
+    parser.add_argument("--floor", action="store_true", help="also run bench/floor_server.py (see above)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     raise_fd_limit()

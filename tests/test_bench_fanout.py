@@ -1,6 +1,6 @@
-"""`python -m bench.fanout` runs end to end: Node's `ws` reference and this tree's server, every
-subscriber getting every kill, in one run (quick sizes), with Node's subscribers (the default) and
-with Python's."""
+"""`python -m bench.fanout` runs end to end: Node's `ws` reference, this tree's server and the floor
+(bench/floor_server.py), every subscriber getting every kill, in one run (quick sizes), with Node's
+subscribers (the default) and with Python's."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ from killboard.config import PROJECT_ROOT
 def test_fanout_compares_with_node_and_delivers_everything(tmp_path: Path) -> None:
     if not (PROJECT_ROOT / "tests" / "node" / "node_modules" / "ws").is_dir():
         pytest.skip("npm ci --prefix tests/node first")
-    args = ["--subscribers", "20", "--rate", "10", "--seconds", "1", "--loops", "asyncio,uvloop", "--burst", "2"]
+    args = ["--subscribers", "20", "--rate", "10", "--seconds", "1", "--loops", "asyncio,uvloop", "--burst", "2", "--floor"]
     stdout, figures = run_bench("bench.fanout", args, tmp_path / "fanout.json", timeout=240)
     names = [row["name"] for row in figures["rows"]]
-    assert names == ["Node ws, plain frame (reference)", "this tree, deflate, asyncio", "this tree, deflate, uvloop"]
+    assert names == [
+        "Node ws, plain frame (reference)",
+        "this tree, deflate, asyncio",
+        "this tree, deflate, uvloop",
+        "floor: the deflated frame written, nothing else",  # its frames inflate to the kills posted
+    ]
     for row in figures["rows"]:
         assert row["delivered"] == row["expected"] == 20 * 10, row
         assert row["us"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
