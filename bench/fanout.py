@@ -10,8 +10,8 @@ checkout, e.g. main) the same way. The subscribers are Node processes (bench/fan
 unless `--clients python`: cheap enough that the latency measured is the server's. Server CPU
 is split into user and system time (the kernel's send() is the system part; what the server's
 own code adds per socket is the user part). `--floor` adds bench/floor_server.py: a Python server
-that only deflates each frame once and writes it to every socket, what no server in Python can go
-under.
+that only deflates each frame once and writes it to every socket: the kernel's send, which any
+server pays, and asyncio's write.
 """
 
 from __future__ import annotations

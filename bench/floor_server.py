@@ -7,9 +7,9 @@ the hub's own `live.wire.deflate`, level 6 and a 15-bit window, then written to 
 socket, each write one `transport.write` of one bytes object), and the WebSocket upgrade of
 `/ws` with the hub's own permessage-deflate answer (`live.wire.negotiate`); a socket's first
 message is answered `{"action":"subscribed"}`. No HTTP framework, no storage, no enrichment, no
-byte budgets: what is left of a delivery is the kernel's send and asyncio's write, which no
-server in Python can go under, so its CPU per delivery beside Node's says how much of a 0.5x
-budget there is at all.
+byte budgets: what is left of a delivery is the kernel's send (which any server pays, in any
+language) and asyncio's write, so its CPU per delivery beside Node's says how much of a 0.5x
+budget is left for everything a killboard does with a kill.
 
     python -m bench.floor_server PORT
 """
