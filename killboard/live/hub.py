@@ -249,7 +249,7 @@ class Hub:
         transport = sub.transport
         # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
         unsent = transport.get_write_buffer_size() if transport is not None else 0
-        return sub.outbox.nbytes + sub.held_bytes + sub.pending_bytes + unsent
+        return sub.outbox.nbytes + sub.held_bytes + sub.pending_bytes + sub.answers + unsent
 
     def fits(self, sub: Subscriber, size: int) -> bool:
         """Whether `size` more bytes keep the socket within its budget. A socket that holds
@@ -409,6 +409,22 @@ class Hub:
 
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
+
+    def send_behind_kills(self, sub: Subscriber, message: object) -> bool:
+        """A control answer that must not overtake a kill published before it (a pong: a client
+        may use ping as a barrier). Frames queued for the socket come first anyway (`send`);
+        kills still waiting for the delivery task (a fleet fight, a burst, more sockets than a
+        step takes) are not the socket's yet: the answer waits for them, in its byte budget."""
+        frame = encode(message)
+        if not self.late.entries:
+            return self.send(sub, frame)
+        if sub.dropped:
+            return False
+        if not self.fits(sub, len(frame)):
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send buffer full: client reads too slowly")
+            return False
+        self.late.hold_answer(sub, frame)
+        return True
 
     def on_stored(self, stored: Stored) -> None:
         """The pipeline's hook: a stored live kill goes to its subscribers. NewKill's JSON is lazy:

@@ -213,7 +213,7 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
         return
     action = message.get("action")
     if action == "ping":
-        hub.send_json(sub, {"action": "pong", "time": round(time.time(), 3)})
+        hub.send_behind_kills(sub, {"action": "pong", "time": round(time.time(), 3)})
         return
     if action not in ("sub", "unsub"):
         error(hub, sub, f"unknown action {str(action)[:64]!r}: expected 'sub', 'unsub' or 'ping'")
