@@ -212,7 +212,8 @@ class Pipeline:
 
         `state` is committed in the same transaction as the inbox rows (a feed's cursor).
         Raises QueueFull when the queue has had no room (kills or bytes) for `queue_full_wait`
-        seconds, TooBig when their payloads exceed the queue's whole bound in bytes, and
+        seconds, TooBig when their payloads exceed the queue's whole bound in bytes (not for a
+        feed's kill, with `state`: that one waits until nothing else is held), and
         StorageUnavailable when the database cannot take the write (nothing is acknowledged then).
         """
         if state is None and self._alone(subs) and (alone := await self._store_alone(subs[0], source, live)):
@@ -224,7 +225,7 @@ class Pipeline:
             rows = inbox_rows(subs, source, live)
         sizes = {row.killmail_id: len(row.payload) for row in rows}
         nbytes = sum(sizes.values())
-        await self._reserve(len(subs), nbytes, self.queue_full_wait)
+        await self._reserve(len(subs), nbytes, self.queue_full_wait, oversized=state is not None)
         try:
             try:
                 accepted, duplicates = await self.store.add_to_inbox(rows, state)
@@ -317,14 +318,15 @@ class Pipeline:
             log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
             return None
 
-    async def _reserve(self, count: int, nbytes: int, wait: float | None) -> None:
+    async def _reserve(self, count: int, nbytes: int, wait: float | None, oversized: bool = False) -> None:
         """Room for `count` kills of `nbytes` payload bytes, waiting up to `wait` seconds (None:
-        as long as it takes, and a kill bigger than the whole bound goes in once nothing else
-        is held: recovery's, acknowledged already)."""
+        as long as it takes). More than the whole bound in bytes is TooBig, unless `oversized`:
+        then it goes in once nothing else is held (recovery's kills, acknowledged already, and
+        a feed's, which holds its cursor until its kill is in: never refused for their size)."""
         # The reservation keeps concurrent submitters from overfilling the queue while one of
         # them awaits its inbox write; polling is fine here, it only runs when the queue is full.
         queue = self.queue
-        if isinstance(queue, KillQueue) and nbytes > queue.max_bytes and wait is not None:
+        if isinstance(queue, KillQueue) and nbytes > queue.max_bytes and not oversized:
             kills = "1 kill" if count == 1 else f"{count} kills"
             raise TooBig(f"{kills} of {nbytes:,} bytes; the queue holds at most {queue.max_bytes:,} bytes")
         deadline = time.monotonic() + wait if wait is not None else None
@@ -358,7 +360,7 @@ class Pipeline:
             for row in rows:
                 self._idle.clear()
                 # Waits for room, in kills and bytes: the worker is already running.
-                await self._reserve(1, len(row.payload), None)
+                await self._reserve(1, len(row.payload), None, oversized=True)
                 try:
                     pending = await self._from_inbox(row)
                     self.queue.put_nowait(pending)

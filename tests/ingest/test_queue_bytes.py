@@ -13,6 +13,7 @@ from typing import Any
 
 from battlefights import fight
 from conftest import AUTH, Client, settle, until
+from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 
 from killboard.ingest.pipeline import KillQueue, Pipeline, inbox_rows
 from killboard.kill.validate import parse_submission
@@ -124,3 +125,29 @@ async def test_recovery_waits_for_room_in_bytes(make_client: Any, config: Any, t
 
 async def _empty(pipeline: Pipeline) -> bool:
     return await pipeline.store.inbox_count() == 0 and pipeline.queue.empty() and not pipeline.in_flight
+
+
+async def test_a_feed_kill_bigger_than_the_bound_waits_its_turn_and_is_stored(make_client: Any) -> None:
+    """The R2Z2 follower holds its cursor until its kill is in: one bigger than the whole bound
+    is not refused (nothing would ever take it), it goes in once nothing else is held."""
+    kills = sorted(fight("30004049"), key=lambda k: len(json.dumps(k)))[-6:]  # 60-100 KB each
+    feed, esi = FakeR2Z2(), FakeEsi(names=player_names(kills))
+    url, esi_url = await feed.start(), await esi.start()
+    try:
+        for i, km in enumerate(kills):
+            feed.objects[100 + i] = r2z2_object(km, 100 + i)
+        feed.current = 100
+        fast = {"r2z2_wait": 0.05, "r2z2_rate": 1000.0, "backoff_min": 0.05, "backoff_max": 0.2}
+        client = await make_client(upstream=True, r2z2_url=url, esi_url=esi_url, queue_bytes=20_000, **fast)
+        ids = [k["killmail_id"] for k in kills]
+
+        async def all_stored() -> bool:
+            return await stored(client, ids) == ids
+
+        await until(all_stored, timeout=30)
+        pipeline: Pipeline = client.app[pipeline_key]
+        await settle(client)
+        assert pipeline.queue.nbytes == 0  # type: ignore[attr-defined]
+    finally:
+        await feed.close()
+        await esi.close()
