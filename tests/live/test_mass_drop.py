@@ -54,7 +54,8 @@ async def test_a_mass_drop_logs_a_few_lines_and_an_exact_summary(
     alone = [m for m in lines if m.startswith("closing slow websocket client")]
     summaries = [SUMMARY.match(m) for m in lines if m.startswith("closed ")]
     assert len(lines) == len(alone) + len(summaries), lines
-    assert len(alone) == 5 and 1 <= len(summaries) <= 2, lines
+    # Five at once, then one per 10 s, and a summary a second: a few lines however slow the machine.
+    assert 5 <= len(alone) <= 6 and 1 <= len(summaries) <= 4, lines
     # Every drop is told: one at a time, or counted in a summary, by its reason.
     by_reason: dict[str, int] = {}
     for line in alone:
