@@ -60,6 +60,10 @@ class Config:
     # Work waiting for the worker; POSTs wait briefly, then get 503, once it is full.
     queue_size: int = 10_000
     queue_full_wait: float = 2.0
+    # ... and in bytes: the inbox payloads of kills acknowledged and not yet stored (queued or in
+    # the worker's batches); a typical kill is ~10 KB, a fleet fight MBs. Twice the largest body,
+    # so a full POST fits while another waits; a POST bigger than all of it gets 413.
+    queue_bytes: int = 64 * 1024 * 1024
     # Kills the worker enriches and commits in one transaction.
     batch_size: int = 200
     # Largest POST body: 1,000 big fleet-fight killmails fit comfortably.
@@ -176,6 +180,7 @@ LIMITS: dict[str, Limit] = {
     "port": Limit(1, 65_535, "KILLBOARD_PORT"),
     "queue_size": Limit(1, 10_000_000),
     "queue_full_wait": Limit(0, 3600, unit="s"),
+    "queue_bytes": Limit(1024 * 1024, 2**40, "KILLBOARD_QUEUE_BYTES", "bytes"),
     "batch_size": Limit(1, 100_000),
     "max_body_bytes": Limit(1, 2**31, unit="bytes"),
     "max_batch_items": Limit(1, 1_000_000),
@@ -232,6 +237,10 @@ def problems(config: Config, flags: Mapping[str, str] | None = None) -> list[str
             out.append(f"{name} must be between {_show(limit.low)} and {_show(limit.high)}{unit}, got {value!r}")
     if not out and config.backoff_max < config.backoff_min:
         out.append(f"backoff_max ({config.backoff_max:g}) must not be below backoff_min ({config.backoff_min:g})")
+    if not out and config.queue_bytes < config.max_body_bytes:
+        # Below it, one kill the largest body may hold could never be queued (R2Z2's included).
+        largest = f"{config.max_body_bytes:,} bytes"
+        out.append(f"KILLBOARD_QUEUE_BYTES must not be below the largest body ({largest}), got {config.queue_bytes:,}")
     return out
 
 
@@ -285,6 +294,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         db_path=Path(env["KILLBOARD_DB"]) if env.get("KILLBOARD_DB") else default_db_path(env),
         ingest_token=env.get("KILLBOARD_INGEST_TOKEN") or None,
         live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
+        queue_bytes=_env_int(env, "KILLBOARD_QUEUE_BYTES", base.queue_bytes),
         upstream=_env_flag(env, "KILLBOARD_UPSTREAM", base.upstream),
         r2z2_url=(env.get("KILLBOARD_R2Z2_URL") or base.r2z2_url).rstrip("/"),
         esi_url=(env.get("KILLBOARD_ESI_URL") or base.esi_url).rstrip("/"),

@@ -1,8 +1,10 @@
 """Log setup: plain lines for people, or JSON lines (KILLBOARD_LOG_FORMAT=json) for log shippers;
-requests that cannot be parsed get a short line, rate-limited per client, not a stack trace."""
+requests that cannot be parsed get a short line, rate-limited per client, not a stack trace; lines
+a crowd sets off at once (sockets closed together) are summed up (Throttled)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -39,10 +41,22 @@ MAX_REASON = 160
 
 
 @dataclass(slots=True)
-class _Peer:
+class LineBucket:
+    """A token bucket for log lines: `burst` at once, then `rate` a second; what it refused is
+    counted in `suppressed` (the caller reports and resets it)."""
+
     tokens: float
     stamp: float
     suppressed: int = 0
+
+    def take(self, now: float, rate: float, burst: int) -> bool:
+        self.tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < 1:
+            self.suppressed += 1
+            return False
+        self.tokens -= 1
+        return True
 
 
 class BadRequestFilter(logging.Filter):
@@ -66,7 +80,7 @@ class BadRequestFilter(logging.Filter):
         self.burst = burst
         self.peers = peers
         self._clock = clock
-        self._table: OrderedDict[str, _Peer] = OrderedDict()
+        self._table: OrderedDict[str, LineBucket] = OrderedDict()
         self._forgotten = 0  # lines suppressed from addresses no longer tracked
 
     def __len__(self) -> int:
@@ -80,18 +94,14 @@ class BadRequestFilter(logging.Filter):
         now = self._clock()
         state = self._table.get(peer)
         if state is None:
-            state = self._table[peer] = _Peer(float(self.burst), now)
+            state = self._table[peer] = LineBucket(float(self.burst), now)
             while len(self._table) > self.peers:
                 _, old = self._table.popitem(last=False)
                 self._forgotten += old.suppressed
         else:
             self._table.move_to_end(peer)
-            state.tokens = min(float(self.burst), state.tokens + (now - state.stamp) * self.rate)
-            state.stamp = now
-        if state.tokens < 1:
-            state.suppressed += 1
+        if not state.take(now, self.rate, self.burst):
             return False
-        state.tokens -= 1
         message = f"bad HTTP request from {peer} (answered {exc.code}): {_one_line(exc.message)}"
         if state.suppressed:
             message += f"; suppressed {state.suppressed} lines from {peer} before this one"
@@ -103,6 +113,70 @@ class BadRequestFilter(logging.Filter):
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
+
+
+class Throttled:
+    """One kind of line that a crowd sets off at once (1,000 slow clients dropped in one step, a
+    flood refused at the socket limit): BadRequestFilter's bucket for the kind as a whole, so the
+    first `burst` lines are logged as they come and then `rate` a second; the others are counted
+    by reason and summed up in one line `interval` seconds after the first one left out
+    ("closed 995 more websocket clients (1013 send buffer full: 990, 1008 too many messages: 5)
+    in the last 1 s"), at the highest level among them. At most `reasons` reasons are told
+    apart (the rest count as "other"), so neither the lines nor this object grow with the crowd.
+    Uses the running loop's timer: log from the loop."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        verb: str,
+        noun: str,
+        burst: int = 5,
+        rate: float = 0.1,
+        interval: float = 1.0,
+        reasons: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.verb, self.noun = verb, noun  # "closed", "websocket clients"
+        self.burst = burst
+        self.rate = rate
+        self.interval = interval
+        self.reasons = reasons
+        self._clock = clock
+        self._bucket = LineBucket(float(burst), clock())
+        self._counts: dict[str, int] = {}
+        self._level = logging.NOTSET
+        self._timer: asyncio.TimerHandle | None = None
+
+    def log(self, level: int, reason: str, msg: str, *args: object) -> None:
+        """`msg % args` now, or counted under `reason` for the next summary."""
+        if not self.logger.isEnabledFor(level):
+            return
+        if self._bucket.take(self._clock(), self.rate, self.burst):
+            self.logger.log(level, msg, *args)
+            return
+        counts = self._counts
+        if reason not in counts and len(counts) >= self.reasons:
+            reason = "other"
+        counts[reason] = counts.get(reason, 0) + 1
+        self._level = max(self._level, level)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+
+    def flush(self) -> None:
+        """The summary of what was left out, now (the timer's, or at shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        counts, self._counts = self._counts, {}
+        if not counts:
+            return
+        detail = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        total = sum(counts.values())
+        summary = "%s %d more %s (%s) in the last %g s"
+        self.logger.log(self._level, summary, self.verb, total, self.noun, detail, self.interval)
+        self._bucket.suppressed = 0
+        self._level = logging.NOTSET
 
 
 def _one_line(text: object) -> str:

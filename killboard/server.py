@@ -19,7 +19,7 @@ from . import entities
 from .battles.service import Battles
 from .config import Config, resource_dir
 from .ingest.offload import Offload
-from .ingest.pipeline import OnStored, Pipeline
+from .ingest.pipeline import KillQueue, OnStored, Pipeline
 from .ingest.upstream import Upstream
 from .kill.codec import renderer
 from .kill.prices import price_book
@@ -160,7 +160,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         store=app[store_key],
         static=app[static_key],
         prices=app[prices_key],
-        queue=asyncio.Queue(config.queue_size),
+        queue=KillQueue(config.queue_size, config.queue_bytes),
         batch_size=config.batch_size,
         queue_full_wait=config.queue_full_wait,
         live_max_age=config.live_max_age,

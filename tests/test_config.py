@@ -49,3 +49,11 @@ def test_a_flag_is_named_as_given() -> None:
     with pytest.raises(SystemExit, match=r"^--port must be between 1 and 65,535, got 99999$"):
         from_args(parser.parse_args(["--port", "99999"]), {})
     assert from_args(parser.parse_args(["--port", "8081"]), {"KILLBOARD_PORT": "99999"}).port == 8081
+
+
+def test_the_queue_bound_in_bytes_takes_the_largest_body() -> None:
+    assert from_env({"KILLBOARD_QUEUE_BYTES": str(64 << 20)}).queue_bytes == 64 << 20
+    assert problems(Config(queue_bytes=16 << 20)) == [
+        "KILLBOARD_QUEUE_BYTES must not be below the largest body (33,554,432 bytes), got 16,777,216"
+    ]
+    assert problems(Config(queue_bytes=16 << 20, max_body_bytes=16 << 20)) == []

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 from serverproc import ServerProcess
 
-from killboard.logs import BadRequestFilter, JsonFormatter
+from killboard.logs import BadRequestFilter, JsonFormatter, Throttled
 
 TOKEN = "log-token"
 
@@ -153,3 +154,35 @@ def test_bad_request_lines_are_rate_limited_per_client_and_real_errors_keep_thei
         real = [record("1.2.3.4", exc) for _ in range(20)]
     assert all(quiet.filter(r) for r in real)
     assert real[-1].levelno == logging.ERROR and real[-1].exc_info is not None
+
+
+async def test_throttled_lines_a_few_then_one_exact_summary(caplog: pytest.LogCaptureFixture) -> None:
+    """Throttled (the hub's closings): `burst` lines, then counted by reason (at most `reasons`
+    told apart, then "other"), summed up `interval` after the first left out, at the highest
+    level among them; the bucket refills at `rate`; flush() says what is left at once."""
+    import logging
+
+    now = [0.0]
+    logger = logging.getLogger("test.throttled")
+    throttled = Throttled(
+        logger, "closed", "clients", burst=2, rate=0.5, interval=0.05, reasons=2, clock=lambda: now[0]
+    )
+    caplog.set_level(logging.INFO, logger="test.throttled")
+    for i in range(10):
+        throttled.log(logging.WARNING if i == 9 else logging.INFO, f"r{i % 3}", "client %d closed", i)
+    assert [r.getMessage() for r in caplog.records] == ["client 0 closed", "client 1 closed"]
+    await asyncio.sleep(0.1)
+    summary = caplog.records[-1]
+    assert summary.getMessage() == "closed 8 more clients (r2: 3, r0: 3, other: 2) in the last 0.05 s"
+    assert summary.levelno == logging.WARNING
+    caplog.clear()
+    now[0] = 2.0  # one token back
+    throttled.log(logging.INFO, "r0", "client %d closed", 10)
+    throttled.log(logging.INFO, "r0", "client %d closed", 11)
+    throttled.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "client 10 closed",
+        "closed 1 more clients (r0: 1) in the last 0.05 s",
+    ]
+    await asyncio.sleep(0.1)
+    assert len(caplog.records) == 2  # the timer was cancelled: nothing twice

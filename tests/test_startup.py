@@ -226,6 +226,9 @@ def test_a_privileged_port_without_privilege(open_dir: Path, server_copy: Path |
         ("KILLBOARD_WS_CONTROL_RATE", "inf", "KILLBOARD_WS_CONTROL_RATE must be a finite number"),
         ("KILLBOARD_WS_REPLAY_MAX", "lots", "KILLBOARD_WS_REPLAY_MAX must be an integer"),
         ("KILLBOARD_PORT", "70000", "KILLBOARD_PORT must be between 1 and 65,535"),
+        ("KILLBOARD_QUEUE_BYTES", "64MB", "KILLBOARD_QUEUE_BYTES must be an integer"),
+        ("KILLBOARD_QUEUE_BYTES", "1000", "KILLBOARD_QUEUE_BYTES must be between 1,048,576 and"),
+        ("KILLBOARD_QUEUE_BYTES", "2000000", "KILLBOARD_QUEUE_BYTES must not be below the largest body"),
     ],
 )
 def test_bad_numeric_settings(tmp_path: Path, name: str, value: str, expected: str) -> None:

@@ -77,6 +77,39 @@ Made = Enriched | tuple[NewKill, KillFacts | None] | Exception
 class Pending:
     submission: Submission
     live: bool
+    # Its inbox payload's length: what it counts against the queue's bound in bytes (KillQueue).
+    size: int = 0
+
+
+class KillQueue(asyncio.Queue[Pending]):
+    """The worker's queue, bounded in kills (`maxsize`) and in bytes (`max_bytes`, checked by
+    Pipeline's admission). `nbytes` counts each kill's inbox payload from its put until the
+    worker's task_done for it, so what the worker has taken and not yet stored (its batches)
+    counts too: a queued kill is ~10 KB, a fleet fight 10+ MB, and a count alone let N kills
+    hold N fleet fights. A parsed kill takes a few times its payload in memory; a fleet fight
+    from a POST stays packed bytes (offload.Packed), about its payload."""
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        # Sizes of the kills taken, in the order taken: the worker marks them done in that
+        # order (its batches are committed one after another).
+        self._taken: deque[int] = deque()
+
+    def _put(self, item: Pending) -> None:
+        super()._put(item)
+        self.nbytes += item.size
+
+    def _get(self) -> Pending:
+        item = super()._get()
+        self._taken.append(item.size)
+        return item
+
+    def task_done(self) -> None:
+        super().task_done()
+        if self._taken:
+            self.nbytes -= self._taken.popleft()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +120,11 @@ class Admission:
 
 class QueueFull(Exception):
     """The worker is too far behind; the client should retry later."""
+
+
+class TooBig(Exception):
+    """Submissions whose payloads together exceed the queue's whole bound in bytes: they could
+    never be queued, so waiting would not help (HTTP 413)."""
 
 
 class StorageUnavailable(Exception):
@@ -111,7 +149,7 @@ def inbox_rows(subs: Sequence[Submission], source: str, live: bool) -> list[Inbo
 
 
 def from_inbox(row: InboxRow) -> Pending:
-    return Pending(from_payload(row.payload), row.live)
+    return Pending(from_payload(row.payload), row.live, len(row.payload))
 
 
 @dataclass(slots=True)
@@ -147,6 +185,7 @@ class Pipeline:
     # The database error that is holding the worker back, None while writes succeed (/health).
     store_error: str | None = None
     _reserved: int = 0
+    _reserved_bytes: int = 0  # payload bytes of _reserved
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     # Batches taken and not yet written: run()'s own, a lone kill's, and those of a writer of its
     # own (the importer's Writer counts its batches here too, so the loop leaves the worker's chunks to it).
@@ -172,17 +211,22 @@ class Pipeline:
         """Record submissions durably and queue them; returns once they survive a crash.
 
         `state` is committed in the same transaction as the inbox rows (a feed's cursor).
-        Raises QueueFull when the queue has had no room for `queue_full_wait` seconds, and
+        Raises QueueFull when the queue has had no room (kills or bytes) for `queue_full_wait`
+        seconds, TooBig when their payloads exceed the queue's whole bound in bytes (not for a
+        feed's kill, with `state`: that one waits until nothing else is held), and
         StorageUnavailable when the database cannot take the write (nothing is acknowledged then).
         """
         if state is None and self._alone(subs) and (alone := await self._store_alone(subs[0], source, live)):
             return alone
-        await self._reserve(len(subs))
+        # The payloads are made before the reservation: their length is what the bound counts.
+        if sum(kill_size(s) for s in subs) > BIG_KILL:
+            rows = await asyncio.to_thread(inbox_rows, subs, source, live)  # a fleet fight: ~10 ms a MB
+        else:
+            rows = inbox_rows(subs, source, live)
+        sizes = {row.killmail_id: len(row.payload) for row in rows}
+        nbytes = sum(sizes.values())
+        await self._reserve(len(subs), nbytes, self.queue_full_wait, oversized=state is not None)
         try:
-            if sum(kill_size(s) for s in subs) > BIG_KILL:
-                rows = await asyncio.to_thread(inbox_rows, subs, source, live)  # a fleet fight: ~10 ms a MB
-            else:
-                rows = inbox_rows(subs, source, live)
             try:
                 accepted, duplicates = await self.store.add_to_inbox(rows, state)
             except sqlite3.Error as exc:
@@ -194,9 +238,10 @@ class Pipeline:
             by_id = {s.killmail_id: s for s in subs}
             for kill_id in accepted:
                 self._idle.clear()
-                self.queue.put_nowait(Pending(by_id[kill_id], live))
+                self.queue.put_nowait(Pending(by_id[kill_id], live, sizes[kill_id]))
         finally:
             self._reserved -= len(subs)
+            self._reserved_bytes -= nbytes
         return Admission(accepted, duplicates)
 
     def _alone(self, subs: Sequence[Submission]) -> bool:
@@ -273,15 +318,40 @@ class Pipeline:
             log.exception("kill %d could not be enriched; dropped", sub.killmail_id)
             return None
 
-    async def _reserve(self, count: int) -> None:
+    async def _reserve(self, count: int, nbytes: int, wait: float | None, oversized: bool = False) -> None:
+        """Room for `count` kills of `nbytes` payload bytes, waiting up to `wait` seconds (None:
+        as long as it takes). More than the whole bound in bytes is TooBig, unless `oversized`:
+        then it goes in once nothing else is held (recovery's kills, acknowledged already, and
+        a feed's, which holds its cursor until its kill is in: never refused for their size)."""
         # The reservation keeps concurrent submitters from overfilling the queue while one of
         # them awaits its inbox write; polling is fine here, it only runs when the queue is full.
-        deadline = time.monotonic() + self.queue_full_wait
-        while self.queue.maxsize - self.queue.qsize() - self._reserved < count:
-            if count > self.queue.maxsize or time.monotonic() >= deadline:
-                raise QueueFull(f"queue full ({self.queue.qsize()} waiting)")
+        queue = self.queue
+        if isinstance(queue, KillQueue) and nbytes > queue.max_bytes and not oversized:
+            kills = "1 kill" if count == 1 else f"{count} kills"
+            raise TooBig(f"{kills} of {nbytes:,} bytes; the queue holds at most {queue.max_bytes:,} bytes")
+        deadline = time.monotonic() + wait if wait is not None else None
+        while not self._room(count, nbytes):
+            if count > queue.maxsize or (deadline is not None and time.monotonic() >= deadline):
+                raise QueueFull(self._fullness())
             await asyncio.sleep(0.05)
         self._reserved += count
+        self._reserved_bytes += nbytes
+
+    def _fullness(self) -> str:
+        queue = self.queue
+        if isinstance(queue, KillQueue):
+            held = queue.nbytes + self._reserved_bytes
+            return f"queue full ({queue.qsize()} waiting, {held:,} of {queue.max_bytes:,} bytes held)"
+        return f"queue full ({queue.qsize()} waiting)"
+
+    def _room(self, count: int, nbytes: int) -> bool:
+        queue = self.queue
+        if queue.maxsize - queue.qsize() - self._reserved < count:
+            return False
+        if not isinstance(queue, KillQueue):
+            return True  # a plain queue (the importer's): bounded by count only
+        held = queue.nbytes + self._reserved_bytes
+        return held + nbytes <= queue.max_bytes or held == 0
 
     async def recover(self) -> int:
         """Queue what was acknowledged but not processed before the last stop or crash."""
@@ -289,8 +359,14 @@ class Pipeline:
         while rows := await self.store.inbox(after, 1000):
             for row in rows:
                 self._idle.clear()
-                pending = await self._from_inbox(row)
-                await self.queue.put(pending)  # waits for room: the worker is already running
+                # Waits for room, in kills and bytes: the worker is already running.
+                await self._reserve(1, len(row.payload), None, oversized=True)
+                try:
+                    pending = await self._from_inbox(row)
+                    self.queue.put_nowait(pending)
+                finally:
+                    self._reserved -= 1
+                    self._reserved_bytes -= len(row.payload)
             after = rows[-1].killmail_id
             total += len(rows)
         if total:
@@ -302,7 +378,7 @@ class Pipeline:
             return from_inbox(row)
         packed = await self.offload.repack(row.payload) if self.offload is not None else None
         if packed is not None and packed.size > BIG_KILL:
-            return Pending(packed, row.live)
+            return Pending(packed, row.live, len(row.payload))
         return await asyncio.to_thread(from_inbox, row)
 
     async def run(self) -> None:

@@ -37,6 +37,8 @@ class Fanout(Protocol):
 
     def _group(self, targets: set[Subscriber]) -> dict[tuple[Langs, int], Collection[Subscriber]]: ...
 
+    def send(self, sub: Subscriber, frame: bytes, size: int | None = None) -> bool: ...
+
     def _send_all(
         self,
         subs: Collection[Subscriber],
@@ -65,6 +67,12 @@ class DeliveryTask:
         # callback that ends the count is scheduled).
         self._sent_now = 0
         self._counting = False
+        # Answers held until the kills queued before them are delivered (hold_answer): (entries
+        # queued by then, socket, frame); `queued` and `done` count the entries ever queued and
+        # ever delivered whole (entries leave in the order they came).
+        self.answers: deque[tuple[int, Subscriber, bytes]] = deque()
+        self.queued = 0
+        self.done = 0
 
     def stop(self) -> None:
         """Cancel the task (at shutdown): the kills it had not delivered are in the store, and a
@@ -112,6 +120,7 @@ class DeliveryTask:
         if entry.groups is None:
             entry.nbytes = UNMATCHED_BYTES
         self.entries.append(entry)
+        self.queued += 1
         self.nbytes += entry.nbytes
         self.plain += entry.plain
         if self.nbytes > LATE_MAX_BYTES and len(self.entries) > 1:
@@ -214,7 +223,24 @@ class DeliveryTask:
             self.nbytes -= entry.nbytes
             self.plain -= entry.plain
             hub.variants_made += kill.made
+            self.done += 1
+            if self.answers:
+                self._answer()
         return did
+
+    def hold_answer(self, sub: Subscriber, frame: bytes) -> None:
+        """Send `frame` (a pong) to `sub` once every kill queued here by now is delivered, so it
+        does not overtake one that was published before it: a client may use ping as a barrier.
+        Its bytes count in the socket's budget until then (Subscriber.answers)."""
+        self.answers.append((self.queued, sub, frame))
+        sub.answers += len(frame)
+
+    def _answer(self) -> None:
+        answers, send = self.answers, self.hub.send
+        while answers and answers[0][0] <= self.done:
+            _, sub, frame = answers.popleft()
+            sub.answers -= len(frame)
+            send(sub, frame)  # behind the kills' frames, which the socket has now (pending or outbox)
 
     def _deliver(
         self,

@@ -39,6 +39,7 @@ from ..ingest.pipeline import Stored
 from ..kill.frames import encode
 from ..kill.langs import Langs, covering
 from ..kill.topics import MEMBERSHIP_BYTES, Condition, Index, KillFacts, condition_bytes
+from ..logs import Throttled
 from .delivery import DeliveryTask
 from .slices import FLUSH_BYTES, FLUSH_SLICE, PLAIN, SEND_SLICE, WHOLE_LATE_BYTES, Queued
 from .subscriber import Delivered, Outbox, Subscriber, idle, pend, raw_socket, send_frames
@@ -87,6 +88,9 @@ class Hub:
         self.slow_drops = 0
         self.sub_refused = 0  # subscriptions refused because all sockets' subscriptions were full
         self.sub_full_logged = False
+        # Lines about sockets closed or refused (here and in web/ws.py): a few as they come,
+        # then a summary a second, so 1,000 clients dropped at once are not 1,000 lines.
+        self.closings = Throttled(log, "closed", "websocket clients")
         self._deflate_level = deflate_level
         # Frames made for live kills (each variant of each kill counts once): bounded per kill
         # by the canonical variants, whatever the clients ask for.
@@ -245,7 +249,7 @@ class Hub:
         transport = sub.transport
         # Duck-typed: uvloop's transports are not asyncio.WriteTransport subclasses.
         unsent = transport.get_write_buffer_size() if transport is not None else 0
-        return sub.outbox.nbytes + sub.held_bytes + sub.pending_bytes + unsent
+        return sub.outbox.nbytes + sub.held_bytes + sub.pending_bytes + sub.answers + unsent
 
     def fits(self, sub: Subscriber, size: int) -> bool:
         """Whether `size` more bytes keep the socket within its budget. A socket that holds
@@ -406,6 +410,22 @@ class Hub:
     def send_json(self, sub: Subscriber, message: object) -> bool:
         return self.send(sub, encode(message))
 
+    def send_behind_kills(self, sub: Subscriber, message: object) -> bool:
+        """A control answer that must not overtake a kill published before it (a pong: a client
+        may use ping as a barrier). Frames queued for the socket come first anyway (`send`);
+        kills still waiting for the delivery task (a fleet fight, a burst, more sockets than a
+        step takes) are not the socket's yet: the answer waits for them, in its byte budget."""
+        frame = encode(message)
+        if not self.late.entries:
+            return self.send(sub, frame)
+        if sub.dropped:
+            return False
+        if not self.fits(sub, len(frame)):
+            self.drop(sub, WSCloseCode.TRY_AGAIN_LATER, b"send buffer full: client reads too slowly")
+            return False
+        self.late.hold_answer(sub, frame)
+        return True
+
     def on_stored(self, stored: Stored) -> None:
         """The pipeline's hook: a stored live kill goes to its subscribers. NewKill's JSON is lazy:
         encoded only if some socket matches; the enriched object spares a decode for a socket that
@@ -560,7 +580,8 @@ class Hub:
         """Close one client on purpose (a policy violation): its writer sends what is queued
         (the error frame that explains why), then the close frame."""
         if not sub.dropped:
-            log.info("closing websocket client: %d %s", code, message.decode())
+            text = message.decode()
+            self.closings.log(logging.INFO, f"{code} {text}", "closing websocket client: %d %s", code, text)
             self._close(sub, code, message, keep_queued=True)
 
     def drop(self, sub: Subscriber, code: int, message: bytes) -> None:
@@ -568,7 +589,8 @@ class Hub:
         if sub.dropped:
             return
         self.slow_drops += 1
-        log.warning("closing slow websocket client (%s)", message.decode())
+        text = message.decode()
+        self.closings.log(logging.WARNING, f"{code} {text}", "closing slow websocket client (%s)", text)
         self._close(sub, code, message)
 
     def _close(self, sub: Subscriber, code: int, message: bytes, keep_queued: bool = False) -> None:
@@ -584,7 +606,7 @@ class Hub:
             sub.outbox.get_nowait()  # room for the close request
         sub.outbox.put_nowait(None)  # (also wakes a replay waiting for room: it sees the drop)
         # A writer stuck sending to a peer that stopped reading never reaches the close request.
-        asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub)
+        asyncio.get_running_loop().call_later(self._close_timeout * 2, _abort_if_stuck, sub, self.closings)
 
     async def _write(self, sub: Subscriber) -> None:
         """The only task that sends on this socket: one back-pressure gate, one writer."""
@@ -628,6 +650,7 @@ class Hub:
                 self._close(sub, code, message)
         writers = [s.writer for s in subs if s.writer is not None]
         if not writers:
+            self.closings.flush()
             return
         # A stop has 5 s in all and the queue still has to drain after this: a client that
         # cannot take its close frame within close_timeout is cut now, not after 2x that
@@ -639,9 +662,11 @@ class Hub:
         if stuck:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
+        self.closings.flush()
 
 
-def _abort_if_stuck(sub: Subscriber) -> None:
+def _abort_if_stuck(sub: Subscriber, closings: Throttled) -> None:
     if sub.writer is not None and not sub.writer.done() and sub.transport is not None:
-        log.warning("websocket client did not take its close frame in time: connection aborted")
+        message = "websocket client did not take its close frame in time: connection aborted"
+        closings.log(logging.WARNING, "close frame not taken: aborted", message)
         sub.transport.abort()

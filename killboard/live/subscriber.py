@@ -164,6 +164,9 @@ class Subscriber:
     close_message: bytes = b""
     dropped: bool = False
     client_errors: int = 0  # error frames sent for bad client messages (ws.py logs the first few)
+    # Bytes of answers (a pong) held until the kills queued before them are delivered
+    # (DeliveryTask.hold_answer): they count in the socket's budget.
+    answers: int = 0
     # What this socket's kill frames look like (killboard/live/wire.py): names in these languages
     # (None: all), deflated for this window (0: plain).
     lang: Langs = None

@@ -16,7 +16,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..auth import bearer_matches
 from ..ingest.offload import parse_items, wants
-from ..ingest.pipeline import QueueFull, StorageUnavailable
+from ..ingest.pipeline import QueueFull, StorageUnavailable, TooBig
 from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Submission
@@ -132,6 +132,11 @@ async def post_killmails(request: web.Request) -> web.StreamResponse:
         response = json_error(503, f"server busy: {exc}; retry later")
         response.headers["Retry-After"] = "5"
         return response
+    except TooBig as exc:
+        # Larger than the whole queue (KILLBOARD_QUEUE_BYTES): waiting would never make room.
+        request.app[metrics_key].kills_rejected.labels("queue_full").inc(len(subs))
+        log.warning("POST /api/killmails: %s; answered 413", exc)
+        return json_error(413, f"too large to queue: {exc}; send fewer kills a request")
     except StorageUnavailable as exc:
         response = json_error(503, f"storage unavailable: {exc}; nothing was accepted, retry later")
         response.headers["Retry-After"] = "5"

@@ -123,7 +123,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     if len(hub) >= config.ws_max_clients:
-        log.warning("websocket refused: %d sockets open, the limit is %d", len(hub), config.ws_max_clients)
+        hub.closings.log(
+            logging.WARNING,
+            "1013 too many connections",
+            "websocket refused: %d sockets open, the limit is %d",
+            len(hub),
+            config.ws_max_clients,
+        )
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"try again later: too many connections")
         hub.linger(request.protocol)
         return ws
@@ -133,7 +139,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 if msg.type is WSMsgType.ERROR:
-                    log.info("websocket closed on a protocol error: %s", ws.exception())
+                    problem = ws.exception()
+                    hub.closings.log(
+                        logging.INFO, "protocol error", "websocket closed on a protocol error: %s", problem
+                    )
                 continue
             if sub.dropped:
                 continue  # closing: its writer is sending the close frame
@@ -163,13 +172,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             battles.channels.detach(sub)
         await hub.detach(sub)
         if sub.client_errors > LOGGED_CLIENT_ERRORS:
-            log.info(
+            hub.closings.log(
+                logging.INFO,
+                "closed after client errors",
                 "websocket client closed after %d errors (%d not logged)",
                 sub.client_errors,
                 sub.client_errors - LOGGED_CLIENT_ERRORS,
             )
     if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
-        log.info("websocket closed: a client message exceeded %d bytes", config.ws_max_message)
+        biggest = config.ws_max_message
+        hub.closings.log(
+            logging.INFO, "1009 message too big", "websocket closed: a client message exceeded %d bytes", biggest
+        )
     return ws
 
 
@@ -199,7 +213,7 @@ async def handle_text(app: web.Application, hub: Hub, sub: Subscriber, text: str
         return
     action = message.get("action")
     if action == "ping":
-        hub.send_json(sub, {"action": "pong", "time": round(time.time(), 3)})
+        hub.send_behind_kills(sub, {"action": "pong", "time": round(time.time(), 3)})
         return
     if action not in ("sub", "unsub"):
         error(hub, sub, f"unknown action {str(action)[:64]!r}: expected 'sub', 'unsub' or 'ping'")

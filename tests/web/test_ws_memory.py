@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,10 @@ async def test_sockets_that_never_read_a_replay_are_bounded_in_bytes_and_dropped
     finally:
         server.stop()
     log = server.log.read_text()
-    assert log.count("replay stalled") >= SOCKETS, log[-2000:]
+    # A few lines as they came, the rest counted in the closings' summaries (logs.Throttled).
+    alone = sum("closing slow websocket client (replay stalled" in line for line in log.splitlines())
+    summed = sum(int(n) for n in re.findall(r"1013 replay stalled: client reads too slowly: (\d+)", log))
+    assert alone <= 5 and alone + summed >= SOCKETS, log[-2000:]
 
 
 SUB_SOCKETS = 300
