@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -407,37 +407,49 @@ class Rebuilt:
     late: int  # kills stored while the rebuild read (by a server beside it), detected in its write
 
 
+_POINTS = "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p USING (seq)"
+REDETECT = 3  # detections from scratch (off the write lock) when kills older than memory came meanwhile
+
+
 async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> Rebuilt:
     """Recompute every battle from the stored kills (`python app.py battles rebuild`). Old ids
-    are kept where a rebuilt battle holds their kills, and redirect where they merged. The
-    detection runs in a thread, a chunk at a time, over the kills stored when it began; those
-    stored since (a server beside it) are detected in the final write transaction, after the
-    others, in kill-time order, so no kill is left in no battle by the rebuild."""
-    [(watermark,)] = await store.query("SELECT coalesce(max(seq), 0) FROM kills")
-    detector = Detector()
-    detector.closed = []
-    changes = Changes()
-    last = -1
-    last_seq = 0
-    while True:
-        page = await store.query(
-            "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p"
-            " USING (seq) WHERE (k.kill_time, k.seq) > (?, ?) AND k.seq <= ? ORDER BY k.kill_time, k.seq LIMIT ?",
-            (last, last_seq, watermark, chunk),
-        )
-        if not page:
+    are kept where a rebuilt battle holds their kills, and redirect where they merged.
+
+    The detection runs in a thread, a chunk at a time, over the kills stored when it began.
+    Those stored since (a server or an import beside it) are detected in the final write
+    transaction, after the others, in kill-time order, so the rebuild leaves none in no battle.
+    A kill among them older than the detector's memory reaches (6 h before the newest: an
+    import of yesterday's kills) would be detected apart from its fight: then the detection
+    starts over, and in the final transaction (under the write lock) only if it must."""
+    for _ in range(REDETECT):
+        [(watermark,)] = await store.query("SELECT coalesce(max(seq), 0) FROM kills")
+        detector, changes = Detector(), Changes()
+        detector.closed = []
+        last, last_seq = -1, 0
+        while True:
+            page = await store.query(
+                f"{_POINTS} WHERE (k.kill_time, k.seq) > (?, ?) AND k.seq <= ? ORDER BY k.kill_time, k.seq LIMIT ?",
+                (last, last_seq, watermark, chunk),
+            )
+            if not page:
+                break
+            last, last_seq = page[-1][1], page[-1][0]
+            await asyncio.to_thread(_detect, detector, changes, page, static)
+        [(oldest,)] = await store.query("SELECT min(kill_time) FROM kills WHERE seq > ?", (watermark,))
+        if oldest is None or detector.knows(oldest):
             break
-        last, last_seq = page[-1][1], page[-1][0]
-        await asyncio.to_thread(_detect, detector, changes, page, static)
 
     def replace(db: sqlite3.Connection) -> Rebuilt:
+        nonlocal detector, changes
         # Under the write lock: nothing is stored between this read and the commit.
-        late = db.execute(
-            "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p"
-            " USING (seq) WHERE k.seq > ? ORDER BY k.kill_time, k.seq",
-            (watermark,),
-        ).fetchall()
-        _detect(detector, changes, late, static)
+        late = db.execute(f"{_POINTS} WHERE k.seq > ? ORDER BY k.kill_time, k.seq", (watermark,)).fetchall()
+        if late and not detector.knows(late[0][1]):
+            detector, changes = Detector(), Changes()
+            detector.closed = []
+            for page in _pages(db.execute(f"{_POINTS} ORDER BY k.kill_time, k.seq"), chunk):
+                _detect(detector, changes, page, static)
+        else:
+            _detect(detector, changes, late, static)
         # The ids kills are in now (a server beside the rebuild may have made or merged some).
         old = dict(db.execute("SELECT seq, battle_id FROM battle_kills").fetchall())
         assigned, rename, redirect = _renumber(changes, old)
@@ -469,6 +481,11 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> Rebuil
         return Rebuilt(len(rename), len(assigned), len(late))
 
     return await store.transact(replace)
+
+
+def _pages(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while page := cursor.fetchmany(size):
+        yield page
 
 
 def _detect(detector: Detector, changes: Changes, rows: Sequence[tuple[Any, ...]], static: StaticData) -> None:
