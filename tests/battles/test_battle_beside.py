@@ -125,6 +125,40 @@ async def test_an_import_beside_the_server_and_live_kills_make_the_battles_of_on
         server.stop()
 
 
+async def test_an_import_and_live_kills_at_the_same_time(tmp_path: Path) -> None:
+    """The largest real fight, every other kill imported by another process while the others are
+    posted live at the same time: each process folds the other's commits into its detector before
+    its own batch, so the fight is one battle, as a rebuild afterwards gives it."""
+    kills = in_time_order(fight("30004049"))
+    imported, live = kills[0::2], kills[1::2]
+    db = tmp_path / "kb.sqlite3"
+    server = ServerProcess(db, env={"KILLBOARD_INGEST_TOKEN": TOKEN})
+    try:
+        await server.start()
+        async with aiohttp.ClientSession() as session:
+
+            async def post() -> None:
+                for i in range(0, len(live), 5):
+                    body = io.BytesIO(json.dumps(live[i : i + 5]).encode())
+                    async with session.post(server.url + "/api/killmails", data=body, headers=AUTH) as resp:
+                        assert resp.status in (200, 202), await resp.text()
+                    await asyncio.sleep(0.02)
+
+            await asyncio.gather(import_kills(imported, db, tmp_path), post())
+
+            async def stored() -> bool:
+                with closing(sqlite3.connect(db)) as conn:
+                    return bool(conn.execute("SELECT count(*) FROM kills").fetchone()[0] == len(kills))
+
+            await until(stored, 30)
+        server.terminate()
+        here = battles_in(db)
+        assert [len(k) for k, *_ in here.values()] == [len(kills)]
+        assert here == await rebuilt_after(db, tmp_path)
+    finally:
+        server.stop()
+
+
 async def test_a_batch_written_before_the_poll_joins_the_imported_battles(client: Client, tmp_path: Path) -> None:
     """The server's write sees the import's kills even when the poll has not noticed them yet
     (here: it never does): live kills join the battle the import made, including the server's
