@@ -35,12 +35,13 @@ SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
 READ_CHUNK = 500  # kills whose items are read at once (one query, one thread hop: ~0.05 ms a kill)
 LOST_KEPT = 200_000  # kills whose items' sums are kept (~150 bytes each: ~30 MB at most)
 # A state key `battles rebuild` bumps in its own transaction: a server on the same database
-# tells a rebuild from any other process's write (an import adds kills to battles the way the
-# server would; a rebuild replaces them all, ids included) and reloads its detector.
+# tells a rebuild from any other process's write (an import's kills are folded into memory,
+# catchup.py; a rebuild replaces all battles, ids included) and reloads its detector.
 REBUILT = "battles.rebuilt"
 # Kills of other processes folded into memory per write transaction when a foreign commit is
-# noticed (~50 us each in the database thread): the write lock is held a few tens of ms at most.
-CATCH_UP = 1000
+# noticed (~60 us each in the database thread, mostly unpacking their pilots): the write lock,
+# which this server's own next batch waits for too, is held some 30-60 ms at most.
+CATCH_UP = 500
 
 
 class Battles:
@@ -209,7 +210,7 @@ class Battles:
         # memory before this batch is detected, as one process would have seen them. One
         # primary-key range read a batch when there are none.
         if self._seq < min(batch):
-            caught = catchup.fold(db, self.detector, self.static, self._seq, before=min(batch))
+            caught = catchup.fold(db, self.detector, self.static, self._seq, before=min(batch), breathe=_breathe)
             self.caught += caught.count
             if self.channels is not None:
                 self._merged += caught.merged
