@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 from killboard.battles import tables
 from killboard.battles.detect import Detector
 from killboard.battles.service import Battles
+from killboard.cli import GC_THRESHOLDS, SWITCH_INTERVAL
 from killboard.config import PROJECT_ROOT
 from killboard.kill.staticdata import load_static
 from killboard.storage.store import Store
@@ -69,6 +71,12 @@ async def measure(tree: Path) -> dict[str, Any]:
         source.write_text(json.dumps(kills()))
         store = await Store.open(db)
         battles = await Battles.start(store, static)
+        # As the server runs (cli.serve): its switch interval and collector thresholds, and what
+        # the start made frozen out of the collector's scans.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        gc.set_threshold(*GC_THRESHOLDS)
+        gc.collect()
+        gc.freeze()
         folds: list[float] = []
         spans: list[tuple[float, float]] = []
         if hasattr(battles, "_catch_up"):
