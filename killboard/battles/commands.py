@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import config as settings
 from ..kill.staticdata import StaticData, load_static
 from ..storage.store import Store
-from .service import Battles, rebuild
+from .service import Battles, Rebuilt, rebuild
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,7 +28,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _rebuild(args: argparse.Namespace) -> int:
     config = settings.from_args(args)
 
-    async def go() -> tuple[int, int]:
+    async def go() -> Rebuilt:
         store = await Store.open(config.db_path)
         try:
             return await rebuild(store, load_static(config.data_dir))
@@ -36,8 +36,11 @@ def _rebuild(args: argparse.Namespace) -> int:
             await store.close()
 
     started = time.monotonic()
-    battles, kills = asyncio.run(go())
-    print(f"battles rebuilt: {battles} battles of {kills} kills in {time.monotonic() - started:.1f} s")
+    done = asyncio.run(go())
+    took = time.monotonic() - started
+    print(f"battles rebuilt: {done.battles} battles of {done.kills} kills in {took:.1f} s")
+    if done.late:
+        print(f"{done.late} kills stored while it ran were detected in its write")
     return 0
 
 

@@ -137,9 +137,46 @@ class Detector:
 
     def load_pooled(self, p: Point) -> None:
         pool = self._pool[p.system]
-        if not any(q.seq == p.seq for _, _, q in pool):
-            bisect.insort(pool, (p.time, p.seq, p))
+        i = bisect.bisect_left(pool, (p.time, p.seq))  # a kill's time never changes: one place to look
+        if i == len(pool) or pool[i][1] != p.seq:
+            pool.insert(i, (p.time, p.seq, p))
             self._pooled += 1
+
+    def pooled(self, systems: Iterable[int], start: int, end: int) -> list[int]:
+        """The seqs of the loose kills in memory in these systems from `start` to `end`."""
+        out = []
+        for system in systems:
+            pool = self._pool.get(system)
+            if pool:
+                i, j = bisect.bisect_left(pool, (start,)), bisect.bisect_right(pool, (end, _LAST))
+                out += [seq for _, seq, _ in pool[i:j]]
+        return out
+
+    def unpool(self, systems: Iterable[int], seqs: Iterable[int]) -> None:
+        """Take these kills (of these systems) out of the loose pool: another process put them
+        in a battle."""
+        gone = set(seqs)
+        for system in set(systems):
+            pool = self._pool.get(system)
+            if not pool:
+                continue
+            kept = [entry for entry in pool if entry[1] not in gone]
+            if len(kept) != len(pool):
+                self._pooled -= len(pool) - len(kept)
+                if kept:
+                    self._pool[system] = kept
+                else:
+                    del self._pool[system]
+
+    def near(self, constellation: int) -> list[int]:
+        """The battles in memory in this constellation (where a kill there may merge them)."""
+        return sorted(self._by_constellation.get(constellation, ()))
+
+    def trim(self) -> None:
+        """Keep memory's bounds after kills were loaded rather than added (catchup.fold)."""
+        if self._pooled > POOL_MAX or self.newest - self._forgot_at > GAP:
+            self._forgot_at = self.newest
+            self._forget()
 
     def knows(self, t: int) -> bool:
         """Whether memory reaches back to kill time `t` (else the database must be asked)."""

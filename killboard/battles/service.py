@@ -8,8 +8,9 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from ..ingest.pipeline import Stored
@@ -19,7 +20,7 @@ from ..storage import participants
 from ..storage.battle_tables import REBUILD_NEEDED
 from ..storage.rows import NewKill
 from ..storage.store import Store
-from . import items, summary, tables
+from . import catchup, items, summary, tables
 from .detect import Changes, Detector
 from .live import BattleChannels
 from .summary import Lost
@@ -34,9 +35,13 @@ SUMMARY_CACHE = 256  # summaries kept, keyed by battle and its last kill
 READ_CHUNK = 500  # kills whose items are read at once (one query, one thread hop: ~0.05 ms a kill)
 LOST_KEPT = 200_000  # kills whose items' sums are kept (~150 bytes each: ~30 MB at most)
 # A state key `battles rebuild` bumps in its own transaction: a server on the same database
-# tells a rebuild from any other process's write (an import adds kills to battles the way the
-# server would; a rebuild replaces them all, ids included) and reloads its detector.
+# tells a rebuild from any other process's write (an import's kills are folded into memory,
+# catchup.py; a rebuild replaces all battles, ids included) and reloads its detector.
 REBUILT = "battles.rebuilt"
+# Kills of other processes folded into memory per write transaction when a foreign commit is
+# noticed (~60 us each in the database thread, mostly unpacking their pilots): the write lock,
+# which this server's own next batch waits for too, is held some 30-60 ms at most.
+CATCH_UP = 500
 
 
 class Battles:
@@ -61,9 +66,13 @@ class Battles:
         self._task: asyncio.Task[None] | None = None
         self._threads = asyncio.Semaphore(SUMMARY_THREADS)
         self._rebuilt: str | None = None  # REBUILT when the detector was loaded
+        # The highest seq the detector has seen (loaded, written, or folded in from another
+        # process's commits): kills above it that this process did not write are another's.
+        self._seq = 0
         self._reloading: asyncio.Task[None] | None = None
         self._look_again = False  # another process wrote while a look for a rebuild ran
         self.reloads = 0  # detectors loaded again after a rebuild by another process (tests)
+        self.caught = 0  # kills other processes stored, folded into the detector (tests)
 
     @classmethod
     async def start(cls, store: Store, static: StaticData, hub: Hub | None = None, replay_max: int = 1000) -> Battles:
@@ -107,31 +116,63 @@ class Battles:
             log.info("battles: rebuilt by another process; open battles loaded again")
         self.detector, self._rebuilt = detector, rebuilt
         self._unconfirmed = None  # memory is what the database holds now
+        self._seq = _top(db)  # the batch being written (`skip`) is detected next
         return True
 
     def elsewhere(self) -> None:
-        """Another process committed (web/foreign.py): the kept summaries go (`forget`), and if it
+        """Another process committed (web/foreign.py): the kept summaries go (`forget`); if it
         was `battles rebuild`, the detector is loaded again now, so that the next live kill joins
-        the rebuilt battles, not the ones memory held before (renumbered, merged or gone), and its
-        write does not wait for the load (`write` looks too, so none can slip in between)."""
+        the rebuilt battles, not the ones memory held before (renumbered, merged or gone); if it
+        stored kills (an import, a second server), they are folded into the detector, so a live
+        kill joins the battles they made. Neither makes the next write wait (`write` looks too,
+        so none can slip in between)."""
         self.forget()
         if self._reloading is not None and not self._reloading.done():
             self._look_again = True  # the running look may have read the state before this write
             return
-        self._reloading = asyncio.create_task(self._reload_if_rebuilt(), name="killboard-battles-reload")
+        self._reloading = asyncio.create_task(self._look(), name="killboard-battles-reload")
 
-    async def _reload_if_rebuilt(self) -> None:
-        """One read of REBUILT on the reader (no lock) per foreign write; only a changed value takes
-        the write lock, and the load runs in the database thread, off the event loop."""
+    async def _look(self) -> None:
+        """Per foreign write, two reads on the reader (no lock): REBUILT, and the highest seq. Only
+        a change takes the write lock: a reload, or the new kills CATCH_UP at a time (incremental,
+        however long the import), each in the database thread, off the event loop."""
         while True:
             self._look_again = False
             try:
                 if (await self.store.get_state(REBUILT) or "") != self._rebuilt:
                     await self.store.transact(self._load)
+                [(top,)] = await self.store.query("SELECT max(seq) FROM kills")
+                while (top or 0) > self._seq:
+                    caught = await self.store.transact(self._catch_up)
+                    if caught is None:
+                        break
+                    self._tell(caught.touched, caught.merged)  # on the loop, after the commit
+                    if caught.count < CATCH_UP:
+                        break
             except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite's closed connection
-                log.warning("battles: could not look for a rebuild by another process (%s)", exc)
+                log.warning("battles: could not look for other processes' battles (%s)", exc)
             if not self._look_again:
                 return
+
+    def _catch_up(self, db: sqlite3.Connection) -> catchup.Caught | None:
+        """In the database thread, under the write lock: the next kills other processes stored,
+        into the detector (None: a rebuild had replaced the battles, and they were loaded)."""
+        if self._load(db):
+            return None
+        caught = catchup.fold(db, self.detector, self.static, self._seq, limit=CATCH_UP, breathe=_breathe)
+        self._seq = max(self._seq, caught.last)
+        self.caught += caught.count
+        return caught
+
+    def _tell(self, touched: Collection[int], merged: Sequence[tuple[int, int]]) -> None:
+        """The followers of battles another process changed get their frames (the battle's
+        latest state; no kill frames: the kills did not pass through this process's hub)."""
+        if self.channels is None:
+            return
+        for gone, kept in merged:
+            self.channels.merged(gone, kept)
+        for battle_id in sorted(touched):
+            self.channels.changed(battle_id)
 
     # -- in the kills' transaction ---------------------------------------------------------
 
@@ -163,6 +204,18 @@ class Battles:
                 for seq in [s for s in self._pending if s >= min(batch)]:  # its seqs are given again
                     del self._pending[seq]
                 tables.load(db, self.detector, self.static, skip=batch)  # this batch comes next
+                self._seq = _top(db)
+        # Kills another process stored since the detector last looked (an import beside the
+        # server; the poll folds them in within 0.25 s, but this batch may come first): into
+        # memory before this batch is detected, as one process would have seen them. One
+        # primary-key range read a batch when there are none.
+        if self._seq < min(batch):
+            caught = catchup.fold(db, self.detector, self.static, self._seq, before=min(batch), breathe=_breathe)
+            self.caught += caught.count
+            if self.channels is not None:
+                self._merged += caught.merged
+                self._started += sorted(caught.touched)
+        self._seq = max(self._seq, max(batch))
         self._unconfirmed = max(batch)  # checked at the next batch: did this one commit?
         changes = Changes()
         # Late kills (an import, a backlog out of time order) each read their system's battles
@@ -332,6 +385,10 @@ class Battles:
         return row, None
 
 
+def _top(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT max(seq) FROM kills").fetchone()[0] or 0)
+
+
 def _breathe() -> None:
     time.sleep(0)  # releases the GIL: a waiting event loop runs now
 
@@ -344,35 +401,105 @@ def _pilots(kill: NewKill) -> Sequence[Sequence[int]]:
     return ()
 
 
-async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[int, int]:
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    battles: int
+    kills: int  # kills in battles
+    late: int  # kills stored while the rebuild read (by a server beside it), detected in its write
+
+
+_POINTS = "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p USING (seq)"
+REDETECT = 3  # detections from scratch (off the write lock) when kills older than memory came meanwhile
+
+
+async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> Rebuilt:
     """Recompute every battle from the stored kills (`python app.py battles rebuild`). Old ids
-    are kept where a rebuilt battle holds their kills, and redirect where they merged. The
-    detection runs in a thread, a chunk at a time; returns (battles, kills in battles)."""
-    rows = await store.query("SELECT seq, battle_id FROM battle_kills")
-    old = {seq: b for seq, b in rows}
-    detector = Detector()
-    detector.closed = []
-    changes = Changes()
-    last = -1
-    last_seq = 0
-    while True:
-        page = await store.query(
-            "SELECT k.seq, k.kill_time, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p"
-            " USING (seq) WHERE (k.kill_time, k.seq) > (?, ?) ORDER BY k.kill_time, k.seq LIMIT ?",
-            (last, last_seq, chunk),
-        )
-        if not page:
+    are kept where a rebuilt battle holds their kills, and redirect where they merged.
+
+    The detection runs in a thread, a chunk at a time, over the kills stored when it began.
+    Those stored since (a server or an import beside it) are detected in the final write
+    transaction, after the others, in kill-time order, so the rebuild leaves none in no battle.
+    A kill among them older than the detector's memory reaches (6 h before the newest: an
+    import of yesterday's kills) would be detected apart from its fight: then the detection
+    starts over, and in the final transaction (under the write lock) only if it must."""
+    for _ in range(REDETECT):
+        [(watermark,)] = await store.query("SELECT coalesce(max(seq), 0) FROM kills")
+        detector, changes = Detector(), Changes()
+        detector.closed = []
+        last, last_seq = -1, 0
+        while True:
+            page = await store.query(
+                f"{_POINTS} WHERE (k.kill_time, k.seq) > (?, ?) AND k.seq <= ? ORDER BY k.kill_time, k.seq LIMIT ?",
+                (last, last_seq, watermark, chunk),
+            )
+            if not page:
+                break
+            last, last_seq = page[-1][1], page[-1][0]
+            await asyncio.to_thread(_detect, detector, changes, page, static)
+        [(oldest,)] = await store.query("SELECT min(kill_time) FROM kills WHERE seq > ?", (watermark,))
+        if oldest is None or detector.knows(oldest):
             break
-        last, last_seq = page[-1][1], page[-1][0]
 
-        def detect(page: list[tuple[Any, ...]] = page) -> None:
-            for i, (s, t, sy, v, b) in enumerate(page):
-                detector.add((tables.point(s, t, sy, v, participants.unpack(b), static),), changes)
-                if i % 32 == 31:
-                    _breathe()  # a rebuild beside a running server: the loop gets the GIL
+    def replace(db: sqlite3.Connection) -> Rebuilt:
+        nonlocal detector, changes
+        # Under the write lock: nothing is stored between this read and the commit.
+        late = db.execute(f"{_POINTS} WHERE k.seq > ? ORDER BY k.kill_time, k.seq", (watermark,)).fetchall()
+        if late and not detector.knows(late[0][1]):
+            detector, changes = Detector(), Changes()
+            detector.closed = []
+            for page in _pages(db.execute(f"{_POINTS} ORDER BY k.kill_time, k.seq"), chunk):
+                _detect(detector, changes, page, static)
+        else:
+            _detect(detector, changes, late, static)
+        # The ids kills are in now (a server beside the rebuild may have made or merged some).
+        old = dict(db.execute("SELECT seq, battle_id FROM battle_kills").fetchall())
+        assigned, rename, redirect = _renumber(changes, old)
+        battle_rows = [
+            tables.row_of(b, rename[b.battle_id])
+            for b in [*(detector.closed or ()), *detector.battles.values()]
+            if b.battle_id in rename
+        ]
+        db.execute("DELETE FROM battle_kills")
+        db.execute("DELETE FROM battles")
+        db.executemany("INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in assigned])
+        db.executemany(
+            "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
+            " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+            battle_rows,
+        )
+        db.executemany(
+            "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
+            " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, ?, '[]', 0, 0, 0, 0, 0, 0, 0)",
+            sorted(redirect.items()),
+        )
+        db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
+        # Servers on this database load their open battles again (Battles.elsewhere).
+        db.execute(
+            "INSERT INTO state (key, value) VALUES (?, '1')"
+            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (REBUILT,),
+        )
+        return Rebuilt(len(rename), len(assigned), len(late))
 
-        await asyncio.to_thread(detect)
-    # Renumber: a rebuilt battle takes the smallest old id among its kills that is still free.
+    return await store.transact(replace)
+
+
+def _pages(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while page := cursor.fetchmany(size):
+        yield page
+
+
+def _detect(detector: Detector, changes: Changes, rows: Sequence[tuple[Any, ...]], static: StaticData) -> None:
+    """A rebuild's detection of stored kills in kill-time order (in a thread, or the database's)."""
+    for i, (s, t, sy, v, b) in enumerate(rows):
+        detector.add((tables.point(s, t, sy, v, participants.unpack(b), static),), changes)
+        if i % 32 == 31:
+            _breathe()  # a rebuild beside a running server: the loop gets the GIL
+
+
+def _renumber(changes: Changes, old: Mapping[int, int]) -> tuple[list[tuple[int, int]], dict[int, int], dict[int, int]]:
+    """(each kill's battle, the rebuilt battles' ids, old ids -> where they redirect): a rebuilt
+    battle takes the smallest old id among its kills that is still free."""
     assigned = changes.resolved()
     members: dict[int, list[int]] = {}
     for seq, b in assigned:
@@ -394,33 +521,4 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> tuple[
         for s in seqs:
             if s in old and old[s] not in taken:
                 redirect.setdefault(old[s], rename[b])
-    battle_rows = [
-        tables.row_of(b, rename[b.battle_id])
-        for b in [*detector.closed, *detector.battles.values()]
-        if b.battle_id in members
-    ]
-
-    def replace(db: sqlite3.Connection) -> None:
-        db.execute("DELETE FROM battle_kills")
-        db.execute("DELETE FROM battles")
-        db.executemany("INSERT INTO battle_kills (seq, battle_id) VALUES (?, ?)", [(s, rename[b]) for s, b in assigned])
-        db.executemany(
-            "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
-            " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
-            battle_rows,
-        )
-        db.executemany(
-            "INSERT INTO battles (battle_id, merged_into, system_ids, constellation_id, region_id, start_time,"
-            " end_time, kill_count, isk_destroyed, last_seq) VALUES (?, ?, '[]', 0, 0, 0, 0, 0, 0, 0)",
-            sorted(redirect.items()),
-        )
-        db.execute("DELETE FROM state WHERE key = ?", (REBUILD_NEEDED,))
-        # Servers on this database load their open battles again (Battles.elsewhere).
-        db.execute(
-            "INSERT INTO state (key, value) VALUES (?, '1')"
-            " ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            (REBUILT,),
-        )
-
-    await store.transact(replace)
-    return len(members), len(assigned)
+    return assigned, rename, redirect

@@ -88,8 +88,9 @@ async def test_a_live_kill_joins_the_battle_a_rebuild_made(tmp_path: Path) -> No
 
 
 async def test_only_a_rebuild_reloads_the_detector(client: Client, tmp_path: Path) -> None:
-    """An import by another process (kills joining battles as the server's would) leaves the
-    detector alone; a rebuild reloads it as soon as it is noticed, before any new kill."""
+    """An import by another process (kills joining battles as the server's would) is folded
+    into the same detector, not reloaded; a rebuild reloads it as soon as it is noticed, before
+    any new kill."""
     app = client.server.app
     await post_all(client, fight("30001155"))
     battles, foreign = app[battles_key], app[foreign_key]
@@ -102,6 +103,11 @@ async def test_only_a_rebuild_reloads_the_detector(client: Client, tmp_path: Pat
         return foreign.noticed >= 1
 
     await until(noticed)
+
+    async def folded() -> bool:
+        return battles.caught == len(fight("30002472"))
+
+    await until(folded)
     assert battles.reloads == 0 and battles.detector is detector
     await run("battles", "rebuild", "--db", db)
 
