@@ -1,8 +1,17 @@
 """Ingest: a backlog of kills (15,000 is about a day of EVE) pushed through the server, against a
-floor that only parses the same JSON and inserts it raw with sqlite3."""
+floor that only parses the same JSON and inserts it raw with sqlite3.
+
+    python -m bench.ingest [--kills 6000] [--pairs 3] [--baseline DIR]
+
+prints issue 21's ingest figure: with one live subscriber offering permessage-deflate (every
+language, as Chrome does), the rate at which the backlog reaches it, as a ratio to the floor
+measured in the same run, and the server's CPU per 1,000 kills with its worker process counted.
+With `--baseline` (another checkout, e.g. main) the two trees run alternately, `--pairs` times.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -10,6 +19,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -21,9 +31,9 @@ import ujson
 
 from killboard.config import PROJECT_ROOT
 
-from .data import stream, take
+from .data import real_killmails, stream, take
 from .fanout import AUTH
-from .procstat import cpu_seconds
+from .procstat import load_average, tree_cpu_seconds
 from .server import Server
 from .wsclient import Pool
 
@@ -60,17 +70,20 @@ async def health(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
         return await resp.json()
 
 
-async def run_http(workdir: Path, payloads: list[bytes], count: int, deflate: bool = False) -> IngestRun:
+async def run_http(
+    workdir: Path, payloads: list[bytes], count: int, deflate: bool = False, root: Path = PROJECT_ROOT
+) -> IngestRun:
     """POST the backlog as fast as the server acknowledges it, with one live subscriber (with
-    `deflate`: permessage-deflate as Chrome offers it, every language: issue 21's case)."""
-    server = Server(workdir / f"ingest-{time.monotonic_ns()}.sqlite3")
+    `deflate`: permessage-deflate as Chrome offers it, every language: issue 21's case). `root`:
+    the checkout that serves. The CPU is the server's and its worker process's."""
+    server = Server(workdir / f"ingest-{time.monotonic_ns()}.sqlite3", root=root)
     pool = Pool(1)
     retries = 0
     try:
         await server.start()
         await pool.connect("127.0.0.1", server.port, 1, deflate=deflate)
         async with aiohttp.ClientSession() as session:
-            cpu0 = cpu_seconds(server.pid)
+            cpu0 = tree_cpu_seconds(server.pid)
             start = time.monotonic()
             for body in payloads:
                 while True:
@@ -88,7 +101,7 @@ async def run_http(workdir: Path, payloads: list[bytes], count: int, deflate: bo
             while await pool.received() < count:
                 await asyncio.sleep(0.02)
             broadcast = max(await pool.last_arrival() - start, stored)
-            cpu = cpu_seconds(server.pid) - cpu0
+            cpu = tree_cpu_seconds(server.pid) - cpu0
         return IngestRun(count, acked, stored, broadcast, cpu, retries, server.db)
     finally:
         try:
@@ -157,3 +170,56 @@ def run_floor(workdir: Path, payloads: list[bytes]) -> tuple[int, float]:
                 db.execute("COMMIT")
                 count += len(rows)
         return count, time.perf_counter() - start
+
+
+async def compare(kills: int, pairs: int, baseline: Path | None) -> list[dict[str, Any]]:
+    payloads = bodies(real_killmails(), kills)
+    trees = [("this tree", PROJECT_ROOT)] + ([("baseline", baseline)] if baseline is not None else [])
+    print(f"{kills:,} kills, {len(payloads)} POSTs, one live all-languages deflate subscriber; load {load_average()}")
+    print("| tree | broadcast kills/s | floor kills/s | ÷ floor | CPU-s per 1,000 kills (worker counted) |")
+    print("|---|---:|---:|---:|---:|")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(pairs):
+            for name, root in trees:
+                run = await run_http(Path(tmp), payloads, kills, deflate=True, root=root)
+                count, seconds = run_floor(Path(tmp), payloads)
+                floor = count / seconds
+                rows.append(
+                    {
+                        "name": name,
+                        "broadcast_rate": run.broadcast_rate,
+                        "floor_rate": floor,
+                        "ratio": run.broadcast_rate / floor,
+                        "cpu_per_1000": run.server_cpu / kills * 1000,
+                        "stored": count_stored(run.db),
+                    }
+                )
+                print(
+                    f"| {name} | {run.broadcast_rate:,.0f} | {floor:,.0f} | {run.broadcast_rate / floor:.3f}x"
+                    f" | {run.server_cpu / kills * 1000:.2f} |",
+                    flush=True,
+                )
+    print(f"load after: {load_average()}")
+    return rows
+
+
+def count_stored(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM kills").fetchone()[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=6000)
+    parser.add_argument("--pairs", type=int, default=1, help="runs of each tree, alternating")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. main) to run the same way")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    rows = asyncio.run(compare(args.kills, args.pairs, args.baseline))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -18,6 +19,28 @@ def cpu_seconds(pid: int) -> float:
         # The command name (field 2) may hold spaces: split after its closing parenthesis.
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """A process's live children (the server's worker process, multiprocessing's tracker)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:  # gone meanwhile
+        pass
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of a process and its live children: a server's work done in its worker
+    process counts as the server's."""
+    total = cpu_seconds(pid)
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(child)
+    return total
 
 
 def rss_bytes(pid: int) -> int:

@@ -185,7 +185,7 @@ class _AppCollector(Collector):
         esi = self._esi()
         if esi is not None:
             errors = CounterMetricFamily("killboard_esi_errors", "Failed ESI calls, by kind", labels=["kind"])
-            for kind in ("network", "rate_limited", "http_5xx"):
+            for kind in ("network", "rate_limited", "http_5xx", "oversized"):
                 errors.add_metric([kind], esi.errors.get(kind, 0))
             yield errors
             if esi.errors_remain is not None:

@@ -18,7 +18,19 @@ from killboard.config import PROJECT_ROOT
 def test_fanout_compares_with_node_and_delivers_everything(tmp_path: Path) -> None:
     if not (PROJECT_ROOT / "tests" / "node" / "node_modules" / "ws").is_dir():
         pytest.skip("npm ci --prefix tests/node first")
-    args = ["--subscribers", "20", "--rate", "10", "--seconds", "1", "--loops", "asyncio,uvloop", "--burst", "2", "--floor"]
+    args = [
+        "--subscribers",
+        "20",
+        "--rate",
+        "10",
+        "--seconds",
+        "1",
+        "--loops",
+        "asyncio,uvloop",
+        "--burst",
+        "2",
+        "--floor",
+    ]
     stdout, figures = run_bench("bench.fanout", args, tmp_path / "fanout.json", timeout=240)
     names = [row["name"] for row in figures["rows"]]
     assert names == [

@@ -21,6 +21,7 @@ import ujson
 from ..kill.frames import encode
 from ..kill.prices import PriceBook
 from ..storage.store import Store
+from .bounded import read_bounded
 from .retry_after import retry_after
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,17 @@ class KillmailGone(Exception):
 class EsiClient:
     """Calls to ESI over the app's shared session, within ESI's error budget."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, concurrency: int = 8) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, concurrency: int = 8, max_bytes: int = 32 * 1024 * 1024
+    ) -> None:
         self.session = session
+        self.max_bytes = max_bytes  # the largest answer read (Config.max_body_bytes, as for a POST)
         self.base_url = base_url.rstrip("/")
         self._paused_until = 0.0
         self._slots = asyncio.Semaphore(concurrency)
         self.errors_remain: int | None = None
         self.unknown_ids: set[int] = set()
-        # Failed calls by kind (network, rate_limited, http_5xx), read by GET /metrics.
+        # Failed calls by kind (network, rate_limited, http_5xx, oversized), read by GET /metrics.
         self.errors: collections.Counter[str] = collections.Counter()
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -70,7 +74,7 @@ class EsiClient:
             try:
                 async with self.session.request(method, self.base_url + path, data=data, headers=headers) as resp:
                     self._note_error_limit(resp.headers)
-                    raw = await resp.read()
+                    raw = await read_bounded(resp, self.max_bytes)
                     status = resp.status
                     asked = retry_after(resp.headers.get("Retry-After"))  # seconds or an HTTP-date
                     if status >= 500:
@@ -85,6 +89,9 @@ class EsiClient:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.errors["network"] += 1
                 raise EsiError(f"{method} {path}: {type(exc).__name__} {exc}".strip()) from None
+        if raw is None:
+            self.errors["oversized"] += 1
+            raise EsiError(f"{method} {path}: answer over {self.max_bytes} bytes")
         try:
             return status, ujson.loads(raw) if raw else None
         except ValueError:

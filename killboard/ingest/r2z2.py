@@ -21,6 +21,7 @@ import ujson
 
 from ..kill.validate import Invalid, parse_submission
 from ..storage.store import Store
+from .bounded import read_bounded
 from .pipeline import Pipeline, QueueFull, StorageUnavailable
 from .retry_after import retry_after
 
@@ -32,6 +33,7 @@ CURSOR_KEY = "r2z2.sequence"  # the last sequence whose kill is in the inbox (or
 # sequence.json may run a little ahead of what is fetchable: a 404 with the feed only slightly
 # past us is asked again this many times before we call it missing; far past us, it has expired.
 MISSING_AFTER = 3
+OVERSIZED = 413  # _get's status for an answer over max_bytes (no kill is that big)
 EXPIRED_MARGIN = 100
 
 
@@ -90,8 +92,10 @@ class Follower:
         rate: float = 10.0,
         backoff_min: float = 1.0,
         backoff_max: float = 120.0,
+        max_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         self.session = session
+        self.max_bytes = max_bytes  # the largest answer read (Config.max_body_bytes, as for a POST)
         self.base_url = base_url.rstrip("/")
         self.store = store
         self.pipeline = pipeline
@@ -105,7 +109,7 @@ class Follower:
         self._misses = 0  # 404s in a row for the current sequence while the feed is past it
 
     async def _get(self, path: str) -> tuple[int, Any]:
-        """(status, JSON body or None) for 200 and 404; Backoff for anything else."""
+        """(status, JSON body or None) for 200, 404 and OVERSIZED; Backoff for anything else."""
         pause = self._last_request + self.min_interval - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
@@ -116,9 +120,11 @@ class Follower:
                     return 404, None
                 if resp.status != 200:
                     raise Backoff(f"GET {path} answered {resp.status}", retry_after(resp.headers.get("Retry-After")))
-                raw = await resp.read()
+                raw = await read_bounded(resp, self.max_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Backoff(f"GET {path}: {type(exc).__name__} {exc}".strip()) from None
+        if raw is None:
+            return OVERSIZED, None
         try:
             if len(raw) < BIG_PAGE:
                 return 200, ujson.loads(raw)
@@ -177,6 +183,14 @@ class Follower:
             await self._take(seq, body)
             self.state.sequence = seq + 1
             self._misses = 0
+            return
+        if status == OVERSIZED:
+            # Not a kill (the biggest real fleet fight is a few MB): retrying would hold the feed
+            # behind it for good. Skipped like an invalid one, the cursor past it.
+            log.warning("R2Z2: sequence %d is over %d bytes, skipped", seq, self.max_bytes)
+            self.state.skipped += 1
+            await self.store.set_state({CURSOR_KEY: str(seq)})
+            self.state.sequence = seq + 1
             return
         # 404: not published yet, or expired when the feed is already past it.
         current = await self.current_sequence()

@@ -52,7 +52,7 @@ class Upstream:
     @classmethod
     def start(cls, config: Config, store: Store, pipeline: Pipeline, prices: PriceBook) -> Upstream:
         session = new_session(config.user_agent)
-        esi = EsiClient(session, config.esi_url)
+        esi = EsiClient(session, config.esi_url, max_bytes=config.max_body_bytes)
         names = NameService(esi, store, config.names_wait)
         follower = Follower(
             session,
@@ -63,6 +63,7 @@ class Upstream:
             rate=config.r2z2_rate,
             backoff_min=config.backoff_min,
             backoff_max=config.backoff_max,
+            max_bytes=config.max_body_bytes,
         )
         pipeline.resolve_names = names.resolve
         pipeline.fetch_killmail = esi.killmail

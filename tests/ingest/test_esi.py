@@ -13,7 +13,7 @@ import pytest
 from conftest import AUTH, Client, settle, until
 from fakes import FakeEsi
 
-from killboard.ingest.esi import EsiClient
+from killboard.ingest.esi import EsiClient, EsiError
 from killboard.storage.store import Store
 from killboard.web.keys import names_key, prices_key, store_key
 
@@ -63,6 +63,19 @@ async def test_names_split_a_batch_on_404_and_cache_what_esi_knows(esi: tuple[Fa
     assert max(len(c) for c in calls) == 1000  # never more than ESI's limit per call
     assert {i for c in calls for i in c} == {*known, *unknown}
     assert [7] in calls and [8] in calls  # split down to the bad ids alone
+
+
+async def test_an_answer_over_the_bound_fails_the_call_and_is_counted(esi: tuple[FakeEsi, str]) -> None:
+    """ESI's answers are read up to max_bytes, inflated (the fake gzips them as ESI does): past
+    it the call fails (EsiError, as a network failure would) and is counted as `oversized`."""
+    fake, url = esi
+    some = sorted(fake.names)[:200]  # ~10 KB of names, ~1 KB gzipped
+    async with aiohttp.ClientSession() as session:
+        assert len(await EsiClient(session, url, max_bytes=64 * 1024).names(some)) == 200
+        client = EsiClient(session, url, max_bytes=4096)
+        with pytest.raises(EsiError, match="answer over 4096 bytes"):
+            await client.names(some)
+    assert client.errors["oversized"] == 1
 
 
 async def test_error_limit_headers_pause_further_calls(esi: tuple[FakeEsi, str]) -> None:

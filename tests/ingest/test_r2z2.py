@@ -272,3 +272,33 @@ def test_backoff_doubles_up_to_the_maximum_and_survives_a_long_outage() -> None:
     assert [backoff_delay(n, 1.0, 120.0) for n in (1, 2, 3, 7, 8)] == [1.0, 2.0, 4.0, 64.0, 120.0]
     # Two days of failures at 120 s each: 2**1440 would not fit a float.
     assert backoff_delay(1440, 1.0, 120.0) == 120.0
+
+
+async def test_an_object_over_the_body_bound_is_skipped_not_retried_for_ever(
+    make_client: Callable[..., Awaitable[Client]],
+    feed: tuple[FakeR2Z2, str],
+    killmails: list[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The follower reads an answer up to max_body_bytes (inflated: the fake gzips as R2Z2 does);
+    an object past it is skipped with one warning and the cursor moves past it, and the kills
+    around it are stored."""
+    fake, url = feed
+    by_size = sorted(killmails, key=lambda km: len(json.dumps(r2z2_object(km, 0))))
+    small, big = by_size[:2], by_size[-1]
+    bound = len(json.dumps(r2z2_object(small[-1], 0))) + 100
+    assert len(json.dumps(r2z2_object(big, 0))) > bound + 1000
+    for i, km in enumerate([small[0], big, small[1]]):
+        fake.publish(700 + i, r2z2_object(km, 700 + i))
+    fake.current = 700  # where a new follower starts
+    caplog.set_level(logging.WARNING, logger="killboard.ingest.r2z2")
+    client = await make_client(upstream=True, r2z2_url=url, esi_url=url, max_body_bytes=bound, **FAST)
+    await until(lambda: _count(client, 2))
+    await until(lambda: asyncio.sleep(0, fake.asked(703) >= 1))  # past it
+    assert sorted(await stored_ids(client)) == sorted(km["killmail_id"] for km in small)
+    assert fake.asked(701) == 1  # not asked again
+    skipped = [r.message for r in caplog.records if "sequence 701" in r.message]
+    assert skipped == [f"R2Z2: sequence 701 is over {bound} bytes, skipped"]
+    health = await (await client.get("/health")).json()
+    assert health["upstream"]["skipped_sequences"] == 1
+    assert await client.server.app[store_key].get_state(CURSOR_KEY) == "702"
