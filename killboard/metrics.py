@@ -75,6 +75,9 @@ class QueueView(Protocol):
     @property
     def maxsize(self) -> int: ...
 
+    nbytes: int  # the inbox payloads of the kills it holds (ingest/pipeline.py KillQueue)
+    max_bytes: int
+
     def qsize(self) -> int: ...
 
 
@@ -145,6 +148,12 @@ class _AppCollector(Collector):
         if pipeline is not None:
             yield GaugeMetricFamily("killboard_queue_depth", "Kills waiting for the worker", pipeline.queue.qsize())
             yield GaugeMetricFamily("killboard_queue_capacity", "Size of the worker queue", pipeline.queue.maxsize)
+            yield GaugeMetricFamily(
+                "killboard_queue_bytes", "Payload bytes of the kills the worker holds", pipeline.queue.nbytes
+            )
+            yield GaugeMetricFamily(
+                "killboard_queue_bytes_capacity", "Bound of the worker queue in bytes", pipeline.queue.max_bytes
+            )
         hub = self._hub
         yield GaugeMetricFamily("killboard_websocket_connected", "Open WebSocket connections", len(hub))
         yield GaugeMetricFamily(

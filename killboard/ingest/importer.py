@@ -29,7 +29,7 @@ from ..storage.rows import InboxRow
 from ..storage.store import Store
 from .esi import EsiClient, NameService
 from .offload import Offload
-from .pipeline import Pending, Pipeline, Prepared, from_inbox, inbox_payload
+from .pipeline import KillQueue, Pending, Pipeline, Prepared, from_inbox, inbox_payload
 from .upstream import new_session
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ async def run_import(
             store=store,
             static=static,
             prices=prices,
-            queue=asyncio.Queue(1),
+            queue=KillQueue(1, config.queue_bytes),
             batch_size=BATCH,
         )
         # The server's worker process makes a batch's ordinary kills, in chunks, while this one

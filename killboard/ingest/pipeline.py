@@ -172,7 +172,7 @@ class Pipeline:
     store: Store
     static: StaticData
     prices: PriceBook
-    queue: asyncio.Queue[Pending]
+    queue: KillQueue
     batch_size: int = 200
     queue_full_wait: float = 2.0
     live_max_age: int = 86_400
@@ -326,7 +326,7 @@ class Pipeline:
         # The reservation keeps concurrent submitters from overfilling the queue while one of
         # them awaits its inbox write; polling is fine here, it only runs when the queue is full.
         queue = self.queue
-        if isinstance(queue, KillQueue) and nbytes > queue.max_bytes and not oversized:
+        if nbytes > queue.max_bytes and not oversized:
             kills = "1 kill" if count == 1 else f"{count} kills"
             raise TooBig(f"{kills} of {nbytes:,} bytes; the queue holds at most {queue.max_bytes:,} bytes")
         deadline = time.monotonic() + wait if wait is not None else None
@@ -339,17 +339,13 @@ class Pipeline:
 
     def _fullness(self) -> str:
         queue = self.queue
-        if isinstance(queue, KillQueue):
-            held = queue.nbytes + self._reserved_bytes
-            return f"queue full ({queue.qsize()} waiting, {held:,} of {queue.max_bytes:,} bytes held)"
-        return f"queue full ({queue.qsize()} waiting)"
+        held = queue.nbytes + self._reserved_bytes
+        return f"queue full ({queue.qsize()} waiting, {held:,} of {queue.max_bytes:,} bytes held)"
 
     def _room(self, count: int, nbytes: int) -> bool:
         queue = self.queue
         if queue.maxsize - queue.qsize() - self._reserved < count:
             return False
-        if not isinstance(queue, KillQueue):
-            return True  # a plain queue (the importer's): bounded by count only
         held = queue.nbytes + self._reserved_bytes
         return held + nbytes <= queue.max_bytes or held == 0
 

@@ -351,6 +351,7 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok" if pipeline.store_error is None and damaged is None else "degraded",
             "uptime": round(time.monotonic() - app[started_key], 3),
             "queue": pipeline.queue.qsize(),
+            "queue_bytes": pipeline.queue.nbytes,
             "inbox": counts.inbox,
             "kills": counts.kills,
             "last_seq": counts.last_seq,

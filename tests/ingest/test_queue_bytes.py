@@ -77,6 +77,12 @@ async def test_big_kills_fill_the_byte_bound_before_the_count(make_client: Any) 
         rows = await pipeline.store.inbox(0, 10_000)
         assert sorted(r.killmail_id for r in rows) == sorted(accepted)
         assert queue.nbytes == sum(len(r.payload) for r in rows) <= BOUND
+        # /health and /metrics say so too.
+        health = await (await client.get("/health")).json()
+        assert health["queue_bytes"] == queue.nbytes and health["queue"] == queue.qsize()
+        metrics = await (await client.get("/metrics")).text()
+        assert f"killboard_queue_bytes {float(queue.nbytes)}" in metrics
+        assert f"killboard_queue_bytes_capacity {float(BOUND)}" in metrics
         await asyncio.sleep(0.3)  # held: nothing more goes in
         assert most[0] <= BOUND
     await settle(client)

@@ -19,7 +19,7 @@ from conftest import load_killmails
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from killboard.ingest.pipeline import Pending, Pipeline, from_inbox, inbox_payload
+from killboard.ingest.pipeline import KillQueue, Pending, Pipeline, from_inbox, inbox_payload
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import MAX_INT, Invalid, parse_submission
@@ -182,7 +182,7 @@ def world(tmp_path: Path, static: StaticData) -> Iterator[tuple[asyncio.Runner, 
     """One real store and pipeline for every example (a fresh one each would be 100x slower)."""
     with asyncio.Runner() as runner:
         store = runner.run(Store.open(tmp_path / "kb.sqlite3"))
-        pipeline = Pipeline(store, static, price_book(static), asyncio.Queue(1))
+        pipeline = Pipeline(store, static, price_book(static), KillQueue(1, 2**20))
         try:
             yield runner, pipeline
         finally:
