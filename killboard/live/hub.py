@@ -91,6 +91,9 @@ class Hub:
         # Lines about sockets closed or refused (here and in web/ws.py): a few as they come,
         # then a summary a second, so 1,000 clients dropped at once are not 1,000 lines.
         self.closings = Throttled(log, "closed", "websocket clients")
+        # Clients' protocol errors (web/ws.py: a few lines a socket), summed up the same way: a
+        # crowd of broken clients makes a few lines a second, not lines per client.
+        self.client_errors = Throttled(log, "had", "websocket client errors")
         self._deflate_level = deflate_level
         # Frames made for live kills (each variant of each kill counts once): bounded per kill
         # by the canonical variants, whatever the clients ask for.
@@ -651,6 +654,7 @@ class Hub:
         writers = [s.writer for s in subs if s.writer is not None]
         if not writers:
             self.closings.flush()
+            self.client_errors.flush()
             return
         # A stop has 5 s in all and the queue still has to drain after this: a client that
         # cannot take its close frame within close_timeout is cut now, not after 2x that
@@ -663,6 +667,7 @@ class Hub:
             log.warning("%d websocket clients did not take their close frame: connections aborted", len(stuck))
             await asyncio.wait(stuck, timeout=0.5)
         self.closings.flush()
+        self.client_errors.flush()
 
 
 def _abort_if_stuck(sub: Subscriber, closings: Throttled) -> None:

@@ -106,7 +106,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     config = request.app[config_key]
     hub = request.app[hub_key]
     if not origin_allowed(request, config.ws_allowed_origins):
-        log.info("websocket refused: origin %r is not allowed", request.headers.get("Origin", "")[:200])
+        hub.closings.log(
+            logging.INFO,
+            "403 origin not allowed",
+            "websocket refused: origin %r is not allowed",
+            request.headers.get("Origin", "")[:200],
+        )
         return json_error(403, "origin not allowed: this server only accepts sockets from its allowed origins")
     try:
         lang = parse_langs(request.query.get("lang"))
@@ -187,13 +192,22 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def _kind(message: str) -> str:
+    """What a summary counts an error under: its message up to the first colon or quote (the
+    part that names the mistake, not what the client sent)."""
+    return message.split(":", 1)[0].split("'", 1)[0].split('"', 1)[0].strip()[:60] or "error"
+
+
 def error(hub: Hub, sub: Subscriber, message: str, **extra: Any) -> None:
     """Tell the client what was wrong; log it, unless this socket has had its share of lines."""
     sub.client_errors += 1
+    kind = _kind(message)
     if sub.client_errors < LOGGED_CLIENT_ERRORS:
-        log.info("websocket client error: %s", message)
+        hub.client_errors.log(logging.INFO, kind, "websocket client error: %s", message)
     elif sub.client_errors == LOGGED_CLIENT_ERRORS:
-        log.info("websocket client error: %s (further errors of this client are not logged)", message)
+        hub.client_errors.log(
+            logging.INFO, kind, "websocket client error: %s (further errors of this client are not logged)", message
+        )
     hub.send_json(sub, {"action": "error", "message": message, **extra})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -230,3 +231,46 @@ async def test_subscriptions_past_the_servers_total_get_an_error_frame(make_clie
         await ws.close()
     await settle(client)
     assert hub.sub_bytes == 0
+
+
+CROWD = 200
+ERRORS = re.compile(r"^had (\d+) more websocket client errors \((.*)\) in the last 1 s$")
+
+
+async def test_a_crowd_of_broken_clients_logs_a_few_lines_and_an_exact_summary(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 clients each sending two bad messages: not 400 lines (a few per socket is the cap of one
+    client, not of a crowd), but five and a summary a second counting every error by its kind."""
+    client = await make_client()
+    # A session of their own: the test client's pools 100 connections per host.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    sockets = [await session.ws_connect(client.make_url("/ws")) for _ in range(CROWD)]
+    with caplog.at_level("INFO"):
+        caplog.clear()
+        for ws in sockets:
+            await ws.send_str('{"action":"dance"}')
+            await ws.send_str("[1, 2]")
+        for ws in sockets:
+            for _ in range(2):
+                assert (await ws.receive_json(timeout=5))["action"] == "error"
+        await asyncio.sleep(1.5)  # the summary comes a second after the first line left out
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("killboard")]
+    alone = [m for m in lines if m.startswith("websocket client error: ")]
+    summaries = [ERRORS.match(m) for m in lines if m.startswith("had ")]
+    assert len(lines) == len(alone) + len(summaries), lines
+    assert 5 <= len(alone) <= 6 and 1 <= len(summaries) <= 3, lines
+    by_kind: dict[str, int] = {}
+    for line in alone:
+        kind = "unknown action" if "unknown action" in line else "expected a JSON object, got list"
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    for match in summaries:
+        assert match is not None
+        counts = {kind: int(n) for kind, n in re.findall(r"(.+?): (\d+)(?:, |$)", match[2])}
+        assert sum(counts.values()) == int(match[1])
+        for kind, n in counts.items():
+            by_kind[kind] = by_kind.get(kind, 0) + n
+    assert by_kind == {"unknown action": CROWD, "expected a JSON object, got list": CROWD}
+    for ws in sockets:
+        await ws.close()
+    await session.close()
