@@ -5,7 +5,7 @@ thread: one `ujson.loads` of a 1.75 MB body, one `ujson.dumps` of its inbox row,
 enrichment competing with the loop every switch interval. The worker does all of it and hands
 back only bytes and small objects (`Packed`, `Enriched`), so the loop never decodes a big kill.
 
-A catch-up's batches (pipeline.Pipeline._prepare_elsewhere) go the same way as inbox payload
+A catch-up's batches (pipeline.Pipeline._collect) go the same way as inbox payload
 bytes, in chunks (`_prepare`), so their ~0.3 ms a kill of Python leave the event loop's GIL too.
 
 The worker (one `spawn` process) starts on the first big kill or catch-up, is shut down by
