@@ -534,9 +534,10 @@ class Pipeline:
 
         The kills go in chunks. While the write before this batch is done (the loop has nothing
         better to do) and the worker is behind (a busy machine, where it runs at a lower
-        priority), the loop takes the last chunk the worker has not started back and makes it
-        itself, so the worker never makes a catch-up slower than the loop alone. A batch taken
-        ahead (run) waits behind this one in the worker and does not count as a write.
+        priority), the loop takes the last chunk the worker has not started back (offload.Claims:
+        any of them, not only those the pool has not yet passed on) and makes it itself, so the
+        worker never makes a catch-up slower than the loop alone. A batch taken ahead (run)
+        waits behind this one in the worker and does not count as a write.
         """
         made: dict[int, Made] = {}
         offload = self.offload
@@ -551,7 +552,8 @@ class Pipeline:
                     await asyncio.wait([handed.waiter], timeout=STEAL_POLL)
                 continue
             todo.popleft()
-            if (answer := await offload.answer(handed)) is not None:
+            # None: the worker died; empty: it did not claim the chunk (Claims). Made here, as usual.
+            if answer := await offload.answer(handed):
                 self.offloaded += len(chunk)
                 for i, g in zip(chunk, kills_of(answer), strict=True):
                     if isinstance(g, str):
