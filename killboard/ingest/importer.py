@@ -240,7 +240,7 @@ async def run_import(
         )
         # The server's worker process makes a batch's ordinary kills, in chunks, while this one
         # writes the batch before (with no write in flight, the loop takes back the chunks it has
-        # not started: Pipeline._prepare_elsewhere). It ends with this process, even a kill -9.
+        # not started: Pipeline._collect). It ends with this process, even a kill -9.
         if worker is not False and (worker is not True or progress.total >= WORKER_MIN_BYTES):
             offload = pipeline.offload = Offload(config.data_dir) if worker is True else worker
             stack.push_async_callback(offload.close)
@@ -332,7 +332,7 @@ class Writer:
         accepted, duplicates = await self.pipeline.store.add_to_inbox(rows)
         self.summary.duplicates += len(duplicates)
         # Counted as the server's worker counts a batch taken and not yet written: with a write in
-        # flight the loop leaves the worker's chunks to it (Pipeline._prepare_elsewhere).
+        # flight the loop leaves the worker's chunks to it (Pipeline._collect).
         self.pipeline.in_flight += 1
         try:
             prepared = await self.pipeline.prepare([Pending(by_id[i], live=False) for i in accepted])

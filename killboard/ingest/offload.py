@@ -5,7 +5,7 @@ thread: one `ujson.loads` of a 1.75 MB body, one `ujson.dumps` of its inbox row,
 enrichment competing with the loop every switch interval. The worker does all of it and hands
 back only bytes and small objects (`Packed`, `Enriched`), so the loop never decodes a big kill.
 
-A catch-up's batches (pipeline.Pipeline._prepare_elsewhere) go the same way as inbox payload
+A catch-up's batches (pipeline.Pipeline._collect) go the same way as inbox payload
 bytes, in chunks (`_prepare`), so their ~0.3 ms a kill of Python leave the event loop's GIL too.
 
 The worker (one `spawn` process) starts on the first big kill or catch-up, is shut down by
@@ -57,6 +57,9 @@ PARENT_CHECK = 1.0  # seconds between the worker's looks at whether the server t
 # A kill with more attackers and items than this stays bytes in this process, and the pipeline
 # has it enriched in the worker (or in a thread).
 BIG_KILL = 500
+# Slots of the claims a catch-up's chunks are taken with (`Claims`): far more than the chunks ever
+# handed over and not yet answered (a batch and the one taken ahead: 8 of 50 kills).
+CLAIM_SLOTS = 256
 
 
 def from_payload(payload: bytes) -> Submission:
@@ -129,6 +132,35 @@ def kills_of(answer: bytes) -> list[Enriched | str]:
     return out
 
 
+class Claims:
+    """Who makes a chunk handed to the worker: whichever of the worker and the loop claims its
+    ticket first (a slot a ticket in memory both processes share, under its lock). A chunk the
+    loop took back still reaches the worker, which keeps the prices it carries and skips it.
+
+    Why not `Future.cancel()`: it takes back only what the pool has not yet put in the worker's
+    call queue (two calls are always there), and on Python 3.11 a call cancelled while its worker
+    dies makes the pool's manager thread fail (`InvalidStateError` setting the dead worker's
+    error on the cancelled future) and every call behind it hang."""
+
+    def __init__(self, context: Any) -> None:
+        self.slots = context.Array("q", CLAIM_SLOTS)  # zeros; tickets start at 1
+
+    def claim(self, ticket: int, block: bool = True) -> bool:
+        """Whether this side gets to make the chunk (once: the other side then gets False).
+        Without `block` (the event loop), False too while the other side holds the lock."""
+        lock = self.slots.get_lock()
+        if not lock.acquire(block):
+            return False
+        try:
+            slot = ticket % CLAIM_SLOTS
+            if self.slots[slot] >= ticket:
+                return False
+            self.slots[slot] = ticket
+            return True
+        finally:
+            lock.release()
+
+
 def wants(body: bytes) -> bool:
     """Whether a POST body goes to the worker: it may hold a fleet fight."""
     return len(body) > BIG_BODY or (len(body) > BIG_ONE and body[:64].lstrip()[:1] == b"{")
@@ -140,15 +172,17 @@ def wants(body: bytes) -> bool:
 _worker: dict[str, Any] = {}
 
 
-def _start(data_dir: Path, parent: int) -> None:
+def _start(data_dir: Path, parent: int, claims: Claims | None = None) -> None:
     """The worker's start. `parent`: the server's pid, given by the server itself: a server killed
-    while this process was still starting up is already gone, and getppid() here would be 1."""
+    while this process was still starting up is already gone, and getppid() here would be 1.
+    `claims`: shared with the server, for the chunks it may take back (`_prepare`)."""
     # Below the server: on a busy machine the event loop gets the CPU first, and the worker's
     # own start (imports, static data: ~0.5 s of CPU) does not stall the kill's neighbours.
     os.nice(NICE)
     threading.Thread(target=_exit_with, args=(parent,), name="killboard-parent-watch", daemon=True).start()
     static = load_static(data_dir)
     _worker["static"] = static
+    _worker["claims"] = claims
 
 
 def _exit_with(parent: int, every: float = PARENT_CHECK) -> None:
@@ -238,12 +272,16 @@ def _prepare(
     names: Mapping[int, str],
     prices: PriceBook | None,
     facts: Sequence[bool],
+    ticket: int = 0,
 ) -> bytes:
     """In the worker: a batch of ordinary kills (their inbox payloads) as `enriched` makes each,
     with its stored document packed as Store.pack_source does (the store refuses to open with
     any other dictionary than codec's); a kill that fails is the reason why, in its place. One
-    marshal blob (`kills_of` reads it)."""
-    _keep_prices(prices)
+    marshal blob (`kills_of` reads it); empty if the server took the chunk back (`Claims`)."""
+    _keep_prices(prices)  # first: a chunk taken back still brings the prices the calls behind it lack
+    claims: Claims | None = _worker.get("claims")
+    if ticket and claims is not None and not claims.claim(ticket):
+        return b""
     if "dictionary" not in _worker:
         _worker["dictionary"] = load_dictionary()
     done: list[tuple[Any, ...] | str] = []
@@ -330,20 +368,26 @@ class Call(Generic[T]):
     pool: ProcessPoolExecutor
     future: Future[T]
     waiter: asyncio.Future[T] = field(init=False)
-    # Called if the call is taken back: it carried the prices, which the worker then never got.
-    on_cancel: Callable[[], None] | None = None
+    # A chunk's (Offload.prepare): its ticket and the claims it can be taken back with.
+    claims: Claims | None = None
+    ticket: int = 0
 
     def __post_init__(self) -> None:
         self.waiter = asyncio.wrap_future(self.future)
 
     def cancel(self) -> bool:
-        """Take the call back: True while the worker has not started it (the pool hands it a
-        call or two ahead), and then it never runs."""
-        if not self.future.cancel():
+        """Take a chunk back: True while the worker has not started it, and then it makes
+        nothing of it (it still gets the call: `_prepare`). Never blocks the loop."""
+        if self.claims is None or not self.claims.claim(self.ticket, block=False):
             return False
-        if self.on_cancel is not None:
-            self.on_cancel()
+        # Nobody awaits it now: what it ends with (b"", or a dead worker's error) is not news.
+        self.waiter.add_done_callback(_ignored)
         return True
+
+
+def _ignored(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.cancelled():
+        waiter.exception()
 
 
 @dataclass(slots=True)
@@ -354,6 +398,8 @@ class Offload:
     _pool: ProcessPoolExecutor | None = None
     _prices: object = None  # the PriceBook.market the worker has (a refresh replaces the dict)
     _warming: Future[bool] | None = None  # Offload.ready's start-up call to the current worker
+    _claims: Claims | None = None  # shared with the current worker (its chunks' tickets)
+    _tickets: int = 0  # chunks handed over so far, to any worker
     started: int = 0  # workers started (tests)
     lost: int = 0  # workers found dead
     closed: bool = False  # after close(): every call answers None (done in-process)
@@ -361,8 +407,9 @@ class Offload:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # fork is unsafe with aiosqlite's threads
+            self._claims = Claims(context)  # a new worker's own: a dead one may have held the lock
             self._pool = ProcessPoolExecutor(
-                1, mp_context=context, initializer=_start, initargs=(self.data_dir, os.getpid())
+                1, mp_context=context, initializer=_start, initargs=(self.data_dir, os.getpid(), self._claims)
             )
             self._prices = None
             self._warming = None
@@ -434,14 +481,11 @@ class Offload:
         `answer` (and read it with `kills_of`), or `cancel` while the worker has not started on
         them; None if it died."""
         sent = self._prices_for(prices)
-        handed = self.submit(_prepare, payloads, names, sent, facts)
-        if handed is not None and sent is not None:
-            # Taken back before it ran, the prices never reached the worker: the next call sends them.
-            handed.on_cancel = self._forget_prices
+        self._tickets += 1
+        handed = self.submit(_prepare, payloads, names, sent, facts, self._tickets)
+        if handed is not None:
+            handed.claims, handed.ticket = self._claims, self._tickets
         return handed
-
-    def _forget_prices(self) -> None:
-        self._prices = None
 
     async def parse(
         self, body: bytes, max_items: int, can_fetch: bool

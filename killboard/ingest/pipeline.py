@@ -166,6 +166,19 @@ class Prepared:
 
 
 @dataclass(slots=True)
+class Started:
+    """A batch completed, named and, in a catch-up, handed to the worker process: the first half
+    of prepare (`Pipeline.start`); `Pipeline.finish` makes the rest."""
+
+    batch: list[Pending]
+    dropped: list[int]
+    names: Mapping[int, str]
+    unresolved: set[int]
+    todo: deque[tuple[list[int], Call[bytes]]]  # chunks handed to the worker, in order
+    finishing: bool = False  # finish has begun: its chunks' answers are being taken
+
+
+@dataclass(slots=True)
 class Pipeline:
     """Admission into the queue, and the worker loop behind it."""
 
@@ -204,6 +217,10 @@ class Pipeline:
     # so seqs and the on_stored hooks keep the order in which kills were taken.
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     offloaded: int = 0  # ordinary kills the worker process made (tests)
+    # Batches run() took ahead (counted in in_flight too): handed to the worker while the one
+    # before them is finished, so the worker has the next chunks when it is done with this one.
+    _ahead: int = 0
+    looked_ahead: int = 0  # batches taken ahead so far (tests)
 
     async def submit(
         self, subs: Sequence[Submission], source: str, live: bool = True, state: dict[str, str] | None = None
@@ -388,17 +405,33 @@ class Pipeline:
         broadcast follow the queue's order.
         """
         writing: asyncio.Task[None] | None = None
+        ahead: tuple[list[Pending], asyncio.Task[Started]] | None = None
         try:
             while True:
-                if self.queue.empty() and not self.in_flight:
-                    self._idle.set()
-                batch = [await self.queue.get()]
-                while len(batch) < self.batch_size and not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-                # Taken but not yet written: idle only once this is back to 0 with the queue empty.
-                self.in_flight += 1
+                if ahead is None:
+                    if self.queue.empty() and not self.in_flight:
+                        self._idle.set()
+                    batch = [await self.queue.get()]
+                    self._take(batch)
+                    # Taken but not yet written: idle only once this is back to 0 with the queue empty.
+                    self.in_flight += 1
+                    starting: asyncio.Task[Started] | None = None
+                else:
+                    (batch, starting), ahead = ahead, None
+                    self._ahead -= 1
                 try:
-                    prepared = await self._until_done(self.prepare, batch)
+                    started = await self._started(batch, starting)
+                    if started.todo and not self.queue.empty():
+                        # A catch-up: the next batch is named and handed to the worker now, behind
+                        # this one's chunks, instead of once this one is finished and its write
+                        # begun (the worker sat idle for that, ~45 ms of a ~190 ms batch).
+                        following: list[Pending] = []
+                        self._take(following)
+                        self.in_flight += 1
+                        self._ahead += 1
+                        self.looked_ahead += 1
+                        ahead = following, asyncio.create_task(self.start(following), name="killboard-ahead")
+                    prepared = await self._until_done(self._finish_started, started)
                     if writing is not None:
                         await writing  # the batch before this one is stored and broadcast
                 except BaseException:
@@ -406,10 +439,41 @@ class Pipeline:
                     raise
                 writing = asyncio.create_task(self._write(batch, prepared), name="killboard-writer")
         finally:
+            if ahead is not None:  # a shutdown: its kills stay in the inbox for the next start
+                self.in_flight -= 1
+                self._ahead -= 1
+                ahead[1].cancel()
+                with suppress(BaseException):
+                    await ahead[1]
             if writing is not None and not writing.done():
                 writing.cancel()
                 with suppress(asyncio.CancelledError):
                     await writing
+
+    def _take(self, batch: list[Pending]) -> None:
+        """Fill `batch` up to a batch's size with what is waiting in the queue."""
+        while len(batch) < self.batch_size and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+
+    async def _started(self, batch: list[Pending], starting: asyncio.Task[Started] | None) -> Started:
+        """The batch's first half: the one begun ahead, or (none, or it failed) begun now and
+        retried as every step is."""
+        if starting is not None:
+            try:
+                return await starting
+            except Exception:
+                log.exception("a batch taken ahead failed to start; started again")
+        return await self._until_done(self.start, batch)
+
+    async def _finish_started(self, started: Started) -> Prepared:
+        """finish, once; a retry after it failed part-way (its chunks' answers are gone) makes
+        the batch again from the start, keeping the ids the first start dropped."""
+        if not started.finishing:
+            started.finishing = True
+            return await self.finish(started)
+        prepared = await self.prepare(started.batch)
+        prepared.dropped[:0] = started.dropped
+        return prepared
 
     async def _write(self, batch: list[Pending], prepared: Prepared) -> None:
         try:
@@ -459,14 +523,24 @@ class Pipeline:
     async def prepare(self, batch: list[Pending], names: dict[int, str] | None = None) -> Prepared:
         """Complete, name and enrich a batch: everything before the write. `names`: every name
         the batch's complete kills need, already looked up (a kill stored alone)."""
+        return await self.finish(await self.start(batch, names))
+
+    async def start(self, batch: list[Pending], names: Mapping[int, str] | None = None) -> Started:
+        """prepare's first half: the batch completed (ESI bodies) and named, and in a catch-up
+        its ordinary kills handed to the worker process (`_hand`)."""
         batch, dropped = await self._complete(batch)
         names, unresolved = (names, set()) if names is not None else await self._names(batch)
+        return Started(batch, dropped, names, unresolved, self._hand(batch, names))
+
+    async def finish(self, started: Started) -> Prepared:
+        """prepare's second half: every kill of a started batch made (by the worker, or here)."""
+        batch, dropped, names, unresolved = started.batch, started.dropped, started.names, started.unresolved
         kills: list[NewKill] = []
         live: dict[int, bool] = {}
         # What channels match on, taken from the enriched kill before it becomes JSON.
         facts: dict[int, KillFacts] = {}
         rejected: list[int] = []
-        made = await self._prepare_elsewhere(batch, names)
+        made = await self._collect(batch, names, started.todo)
         for i, pending in enumerate(batch):
             sub = pending.submission
             try:
@@ -498,26 +572,16 @@ class Pipeline:
                 await asyncio.sleep(0)  # enrichment is CPU work: let sockets breathe in big batches
         return Prepared(batch, dropped, kills, live, unresolved, rejected, facts)
 
-    async def _prepare_elsewhere(self, batch: list[Pending], names: Mapping[int, str]) -> dict[int, Made]:
-        """The ordinary kills of a big batch (a catch-up) made in the worker process, by their
-        place in the batch; none for a small batch or before the worker is up, and a chunk the
-        worker did not make (it died) is left out: prepare makes those here, as usual.
-
-        Each kill is ~0.3 ms of Python on the loop here (enrichment, JSON, the stored document's
-        zlib, the participant rows); from the worker the loop only unpacks bytes (~25 us a kill
-        plus the preparers) and serves HTTP and commits meanwhile. A lone kill (the live feed)
-        stays here: the hop's milliseconds would be its latency.
-
-        The kills go in chunks. While the write before this batch is done (the loop has nothing
-        better to do) and the worker is behind (a busy machine, where it runs at a lower
-        priority), the loop takes the last chunk the worker has not started back and makes it
-        itself, so the worker never makes a catch-up slower than the loop alone."""
+    def _hand(self, batch: list[Pending], names: Mapping[int, str]) -> deque[tuple[list[int], Call[bytes]]]:
+        """The ordinary kills of a big batch (a catch-up) handed to the worker process in chunks,
+        each with its places in the batch; none for a small batch or before the worker is up.
+        `_collect` takes the answers."""
+        todo: deque[tuple[list[int], Call[bytes]]] = deque()
         if self.offload is None or len(batch) < WORKER_BATCH:
-            return {}
+            return todo
         places = [i for i, p in enumerate(batch) if kill_size(p.submission) <= BIG_KILL]  # Packed ones are bigger
         if len(places) < WORKER_BATCH or not self.offload.ready():
-            return {}
-        todo: deque[tuple[list[int], Call[bytes]]] = deque()
+            return todo
         for start in range(0, len(places), WORKER_CHUNK):
             chunk = places[start : start + WORKER_CHUNK]
             payloads = [inbox_payload(batch[i].submission) for i in chunk]  # ~5 us a kill (orjson)
@@ -526,17 +590,42 @@ class Pipeline:
             if handed is None:
                 break  # it died: the rest is made here (a new one starts for a later batch)
             todo.append((chunk, handed))
+        return todo
+
+    async def _collect(
+        self, batch: list[Pending], names: Mapping[int, str], todo: deque[tuple[list[int], Call[bytes]]]
+    ) -> dict[int, Made]:
+        """The kills `_hand` gave the worker process, by their place in the batch, as each chunk
+        comes back; a chunk the worker did not make (it died) is left out: finish makes those
+        here, as usual.
+
+        Each kill is ~0.3 ms of Python on the loop here (enrichment, JSON, the stored document's
+        zlib, the participant rows); from the worker the loop only unpacks bytes (~25 us a kill
+        plus the preparers) and serves HTTP and commits meanwhile. A lone kill (the live feed)
+        stays here: the hop's milliseconds would be its latency.
+
+        The kills go in chunks. While the write before this batch is done (the loop has nothing
+        better to do) and the worker is behind (a busy machine, where it runs at a lower
+        priority), the loop takes the last chunk the worker has not started back (offload.Claims:
+        any of them, not only those the pool has not yet passed on) and makes it itself, so the
+        worker never makes a catch-up slower than the loop alone. A batch taken ahead (run)
+        waits behind this one in the worker and does not count as a write.
+        """
         made: dict[int, Made] = {}
+        offload = self.offload
+        if offload is None or not todo:
+            return made
         while todo:
             chunk, handed = todo[0]
             if not handed.future.done():
-                if self.in_flight <= 1 and todo[-1][1].cancel():
+                if self.in_flight - self._ahead <= 1 and todo[-1][1].cancel():
                     await self._make_here(batch, todo.pop()[0], names, made)
                 else:
                     await asyncio.wait([handed.waiter], timeout=STEAL_POLL)
                 continue
             todo.popleft()
-            if (answer := await self.offload.answer(handed)) is not None:
+            # None: the worker died; empty: it did not claim the chunk (Claims). Made here, as usual.
+            if answer := await offload.answer(handed):
                 self.offloaded += len(chunk)
                 for i, g in zip(chunk, kills_of(answer), strict=True):
                     if isinstance(g, str):

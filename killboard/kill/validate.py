@@ -78,6 +78,32 @@ def _item_ok(item: object) -> bool:
     )
 
 
+def _positive(value: object) -> bool:
+    """An optional positive id: absent (None) or an int in 1..MAX_INT."""
+    return value is None or (type(value) is int and 0 < value <= MAX_INT)
+
+
+def _attacker_ok(attacker: object) -> bool:
+    """True when an attacker passes every check of check_esi's attacker loop: a quick yes for
+    the ~11 attackers of a typical kill (path strings and seven int_field calls each were a
+    third of the validation time). Anything else takes the full check, which says what is wrong."""
+    if type(attacker) is not dict:
+        return False
+    get = attacker.get
+    security = get("security_status", 0)
+    return (
+        _is_int(get("damage_done"))
+        and _positive(get("character_id"))
+        and _positive(get("corporation_id"))
+        and _positive(get("alliance_id"))
+        and _positive(get("faction_id"))
+        and _positive(get("ship_type_id"))
+        and _positive(get("weapon_type_id"))
+        and type(get("final_blow")) is bool
+        and _is_number(security)
+    )
+
+
 class _Checker:
     def __init__(self) -> None:
         self.errors: list[str] = []
@@ -180,6 +206,8 @@ def check_esi(esi: object, path: str = "") -> list[str]:
         c.fail(path + "attackers", f"{len(attackers):,} attackers; at most {MAX_ATTACKERS:,} (more than EVE produces)")
     else:
         for i, attacker in enumerate(attackers):
+            if _attacker_ok(attacker):  # the common case, without building the attacker's path
+                continue
             ap = f"{path}attackers[{i}]."
             if not isinstance(attacker, dict):
                 c.fail(ap.rstrip("."), "must be an object")

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ujson
 
 from killboard.ingest import pipeline as pipeline_module
@@ -18,6 +19,7 @@ from killboard.ingest.offload import Offload, kills_of, pack
 from killboard.ingest.pipeline import WORKER_BATCH, Pending, Pipeline
 from killboard.kill.codec import player_ids
 from killboard.kill.validate import parse_submission
+from killboard.storage.store import Store
 from killboard.web.keys import pipeline_key, store_key
 from tests.conftest import Client, until
 from tests.ingest.test_offload import _post_and_watch, _stored
@@ -114,11 +116,24 @@ async def test_a_batch_through_the_worker_stores_and_sends_what_the_in_process_p
             assert await (await worker.get(url)).read() == await (await here.get(url)).read()
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "chunk"),
+    [
+        (200, pipeline_module.WORKER_CHUNK),  # one batch
+        (WORKER_BATCH + 8, pipeline_module.WORKER_CHUNK),  # two the worker gets, one taken ahead
+        # 16 chunks handed over, taken back while the worker dies: with Future.cancel the pool's
+        # manager thread failed (InvalidStateError) and the batch hung, every other run.
+        (WORKER_BATCH + 8, 5),
+        (WORKER_BATCH + 8, 5),
+    ],
+)
 async def test_a_worker_killed_with_a_batch_loses_no_kill(
-    make_client: MakeClient, killmails: list[dict[str, Any]], monkeypatch: Any
+    make_client: MakeClient, killmails: list[dict[str, Any]], monkeypatch: Any, batch_size: int, chunk: int
 ) -> None:
     client = await make_client()
     pipeline = client.server.app[pipeline_key]
+    pipeline.batch_size = batch_size
+    monkeypatch.setattr(pipeline_module, "WORKER_CHUNK", chunk)
     offload = await _worker_up(pipeline)
     pid = offload.pid()
     assert pid is not None
@@ -159,8 +174,9 @@ async def test_the_loop_takes_back_what_a_busy_worker_has_not_started(
     busy = offload.submit(time.sleep, 1.0)  # the worker is behind (a busy machine, a POST's parse)
     assert busy is not None
     there = await pipeline.prepare(batch)  # no write in flight: the loop may help
-    # The worker made the chunks it had already been handed, the loop the rest, in batch order.
-    assert 0 < pipeline.offloaded < len(killmails)
+    # The loop took every chunk back, the two the pool had already passed to the worker's call
+    # queue too (offload.Claims: Future.cancel could not take those, and the worker made them).
+    assert pipeline.offloaded == 0
     assert [k.killmail_id for k in there.kills] == [k.killmail_id for k in here.kills]
     assert [(k.body, k.packed, k.prepared) for k in there.kills] == [(k.body, k.packed, k.prepared) for k in here.kills]
     assert there.facts == here.facts
@@ -206,3 +222,39 @@ async def test_kills_the_worker_fails_on_are_made_here_not_dropped(
     pipeline.in_flight = 0
     assert prepared.rejected == []
     assert [k.killmail_id for k in prepared.kills] == [km["killmail_id"] for km in killmails]
+
+
+async def test_the_next_batch_goes_to_the_worker_before_this_one_is_written(
+    make_client: MakeClient, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    """In a catch-up the worker gets the next batch's chunks behind this one's, not once this
+    batch is finished and its write begun (it sat idle for that); batches are still written one
+    at a time, in order, every kill once."""
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    pipeline.batch_size = WORKER_BATCH + 8  # 82 kills: two batches the worker makes, then 2 here
+    await _worker_up(pipeline)
+    events: list[tuple[str, int]] = []
+    prepare, save_kills = Offload.prepare, Store.save_kills
+
+    def logged_prepare(self: Offload, payloads: Any, *args: Any) -> Any:
+        events.append(("hand", ujson.loads(payloads[0])["id"]))
+        return prepare(self, payloads, *args)
+
+    async def logged_save(self: Store, kills: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append(("write", kills[0].killmail_id))
+        return await save_kills(self, kills, *args, **kwargs)
+
+    monkeypatch.setattr(Offload, "prepare", logged_prepare)
+    monkeypatch.setattr(Store, "save_kills", logged_save)
+    frames = await _post_and_watch(client, killmails, as_one=True)
+
+    ids = [k["killmail_id"] for k in killmails]
+    second = ids[pipeline.batch_size]
+    assert events.index(("hand", second)) < events.index(("write", ids[0]))
+    assert pipeline.looked_ahead >= 1 and pipeline.offloaded > 0
+    assert [e for e in events if e[0] == "write"] == [("write", i) for i in ids[:: pipeline.batch_size]]
+    assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == ids
+    store = client.server.app[store_key]
+    assert [r[0] for r in await store.query("SELECT killmail_id FROM kills ORDER BY seq")] == ids
+    assert await store.inbox_count() == 0 and pipeline.in_flight == 0

@@ -57,6 +57,33 @@ def test_id_and_hash_only_forms_have_no_body() -> None:
         (lambda k: k["attackers"].append("x"), "attackers[1]: must be an object"),
         (lambda k: k["attackers"][0].pop("final_blow"), "attackers[0].final_blow: required boolean"),
         (lambda k: k["attackers"][0].update(security_status="5"), "attackers[0].security_status: must be a number"),
+        # Every check the attackers' quick path (_attacker_ok) stands in for still says what is wrong.
+        (lambda k: k["attackers"][0].pop("damage_done"), "attackers[0].damage_done: required integer"),
+        (lambda k: k["attackers"][0].update(damage_done=1.5), "attackers[0].damage_done: must be an integer"),
+        (lambda k: k["attackers"][0].update(character_id=0), "attackers[0].character_id: must be a positive integer"),
+        (
+            lambda k: k["attackers"][0].update(corporation_id="1"),
+            "attackers[0].corporation_id: must be an integer when present",
+        ),
+        (
+            lambda k: k["attackers"][0].update(alliance_id=2**63),
+            "attackers[0].alliance_id: must be an integer when present",
+        ),
+        (lambda k: k["attackers"][0].update(faction_id=-5), "attackers[0].faction_id: must be a positive integer"),
+        (
+            lambda k: k["attackers"][0].update(ship_type_id=True),
+            "attackers[0].ship_type_id: must be an integer when present",
+        ),
+        (
+            lambda k: k["attackers"][0].update(weapon_type_id=0),
+            "attackers[0].weapon_type_id: must be a positive integer",
+        ),
+        (lambda k: k["attackers"][0].update(final_blow=1), "attackers[0].final_blow: required boolean"),
+        (lambda k: k["attackers"][0].update(security_status=None), "attackers[0].security_status: must be a number"),
+        (
+            lambda k: k["attackers"][0].update(security_status=float("inf")),
+            "attackers[0].security_status: must be a number",
+        ),
         (lambda k: k["victim"].update(items=[{"flag": 5}]), "victim.items[0].item_type_id: required integer"),
         (lambda k: k["victim"].update(position={"x": 1, "y": 2}), "victim.position.z: required number"),
         (lambda k: k.update(killmail_hash="ABC"), "killmail_hash: must be 40 lowercase hex digits"),
