@@ -2,7 +2,7 @@
 
 import sys
 
-from killboard.cli import main
+from killboard.__main__ import run  # light: the command line is imported when it runs
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python app.py"))
+    sys.exit(run(prog="python app.py"))

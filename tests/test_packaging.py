@@ -4,6 +4,7 @@ per-user data directory (a real `pipx install`, a real server subprocess)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -58,6 +59,18 @@ def test_python_m_killboard_and_version() -> None:
     )
     assert usage.returncode == 2
     assert usage.stderr.startswith("usage: python app.py")
+
+
+@pytest.mark.parametrize("main", ["runpy.run_path('app.py', run_name='__mp_main__')", "import killboard.__main__"])
+def test_the_main_module_run_again_in_a_worker_does_not_load_the_server(main: str) -> None:
+    """multiprocessing's spawn runs the parent's main module again in the worker process
+    (`app.py`, or `killboard.__main__` for `python -m killboard` and the console script): it
+    must not import the server there, only what the worker needs."""
+    code = f"import json, runpy, sys; {main}; print(json.dumps(sorted(m for m in sys.modules if 'killboard.' in m)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert loaded == ["killboard.__main__"], loaded
 
 
 def _copy_sources(dest: Path) -> Path:

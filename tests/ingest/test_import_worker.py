@@ -77,7 +77,9 @@ async def test_the_worker_stores_what_the_import_alone_stores(
 
     assert done.rejected == plain.rejected == 0
     assert done.imported == plain.imported > 500
-    assert done.offloaded > done.imported // 2  # made there, the rest taken back by the loop
+    # Made there, the rest taken back by the loop (how much each makes depends on the CPU each
+    # gets: under load the loop takes back most of a batch, since the worker runs at nice +5).
+    assert 0 < done.offloaded <= done.imported
     assert plain.offloaded == 0
     expected, got = dump(tmp_path / "alone.sqlite3"), dump(tmp_path / "worker.sqlite3")
     assert len(expected["battles"]) >= 3 and expected["entity_months"] and not expected["inbox"]
