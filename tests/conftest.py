@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,26 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 async def settle(client: Client) -> None:
     """Until the worker has stored everything queued so far."""
     await asyncio.wait_for(client.app[pipeline_key].wait_idle(), 10)
+
+
+def told(
+    lines: list[str], alone: str, summary: re.Pattern[str], reason_of: Callable[[str], str]
+) -> tuple[int, int, dict[str, int]]:
+    """What a logs.Throttled wrote, read back: (lines as they came, starting `alone`; summaries,
+    matching `summary` with groups total and detail; every event counted by its reason). Fails
+    on any other line and on a summary whose counts do not add up to its total."""
+    ones = [line for line in lines if line.startswith(alone)]
+    matches = [m for m in map(summary.match, lines) if m is not None]
+    assert len(lines) == len(ones) + len(matches), lines
+    by_reason: dict[str, int] = {}
+    for line in ones:
+        by_reason[reason_of(line)] = by_reason.get(reason_of(line), 0) + 1
+    for match in matches:
+        counts = {reason: int(n) for reason, n in re.findall(r"(.+?): (\d+)(?:, |$)", match[2])}
+        assert sum(counts.values()) == int(match[1]), match[0]
+        for reason, n in counts.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    return len(ones), len(matches), by_reason
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import rawws
 from battlefights import fight
-from conftest import AUTH, until
+from conftest import AUTH, told, until
 
 from killboard.web.keys import hub_key
 
@@ -51,23 +51,14 @@ async def test_a_mass_drop_logs_a_few_lines_and_an_exact_summary(
     await until(dropped, timeout=30)
     await asyncio.sleep(1.5)  # the summary comes a second after the first line left out
     lines = [r.getMessage() for r in caplog.records if r.name == "killboard.live.hub"]
-    alone = [m for m in lines if m.startswith("closing slow websocket client")]
-    summaries = [SUMMARY.match(m) for m in lines if m.startswith("closed ")]
-    assert len(lines) == len(alone) + len(summaries), lines
-    # Five at once, then one per 10 s, and a summary a second: a few lines however slow the machine.
-    assert 5 <= len(alone) <= 6 and 1 <= len(summaries) <= 4, lines
+
+    def reason(line: str) -> str:
+        return "1013 " + line.removeprefix("closing slow websocket client (").removesuffix(")")
+
     # Every drop is told: one at a time, or counted in a summary, by its reason.
-    by_reason: dict[str, int] = {}
-    for line in alone:
-        reason = "1013 " + line.removeprefix("closing slow websocket client (").removesuffix(")")
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-    for match in summaries:
-        assert match is not None
-        total, detail = int(match[1]), match[2]
-        counts = {reason: int(n) for reason, n in (part.rsplit(": ", 1) for part in detail.split(", "))}
-        assert sum(counts.values()) == total
-        for reason, n in counts.items():
-            by_reason[reason] = by_reason.get(reason, 0) + n
+    alone, summaries, by_reason = told(lines, "closing slow websocket client", SUMMARY, reason)
+    # Five at once, then one per 10 s, and a summary a second: a few lines however slow the machine.
+    assert 5 <= alone <= 6 and 1 <= summaries <= 4, lines
     assert by_reason == {"1013 send buffer full: client reads too slowly": sockets}
     for _reader, writer in clients:
         writer.close()

@@ -10,41 +10,24 @@ from typing import Any
 
 import pytest
 from conftest import Client
+from test_replay import hold_delivery, store_and_publish
 
-from killboard.ingest.pipeline import build_kill
-from killboard.kill.enrich import enrich
-from killboard.kill.topics import kill_facts
-from killboard.kill.validate import parse_submission
-from killboard.web.keys import hub_key, prices_key, static_key, store_key
+from killboard.web.keys import hub_key
 
 
 async def test_a_pong_waits_for_the_kills_queued_before_its_ping(
     client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = client.server.app
-    store, hub = app[store_key], app[hub_key]
+    hub = app[hub_key]
     ws = await client.ws_connect("/ws", compress=15)  # deflated kills: a variant, made late when big
     await ws.send_str(json.dumps({"action": "sub", "channel": "kills"}))
     assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
-    task_may_run = asyncio.Event()
-    real_task = hub.late.run
-
-    async def held_back() -> None:  # the delivery task, on a loop busy with other work
-        await task_may_run.wait()
-        await real_task()
-
-    monkeypatch.setattr(hub.late, "run", held_back)
+    task_may_run = hold_delivery(hub, monkeypatch)
     # The biggest real kills (their deflated variant is made in a thread: queued for the task),
     # committed and published as the worker does.
     biggest = sorted(killmails, key=lambda k: len(json.dumps(k)))[-2:]
-    seqs = []
-    for km in biggest:
-        submission = parse_submission(km)
-        kill = enrich(submission, app[static_key], {}, app[prices_key])
-        new = build_kill(submission, kill)
-        [(seq, _)] = await store.save_kills([new])
-        hub.publish(seq, new.body, kill_facts(kill))
-        seqs.append(seq)
+    seqs = [await store_and_publish(app, km) for km in biggest]
     assert len(hub.late.entries) == 2
     await ws.send_str('{"action":"ping"}')
     with pytest.raises(TimeoutError):
@@ -66,17 +49,12 @@ async def test_held_pongs_count_in_the_sockets_budget(
 ) -> None:
     client = await make_client(ws_send_buffer=100)
     app = client.server.app
-    store, hub = app[store_key], app[hub_key]
+    hub = app[hub_key]
     ws = await client.ws_connect("/ws", compress=15)
     await ws.send_str(json.dumps({"action": "sub", "channel": "kills"}))
     assert (await ws.receive_json(timeout=5))["action"] == "subscribed"
     monkeypatch.setattr(hub.late, "run", asyncio.Event().wait)  # the delivery task never gets its turn
-    km = max(killmails, key=lambda k: len(json.dumps(k)))
-    submission = parse_submission(km)
-    kill = enrich(submission, app[static_key], {}, app[prices_key])
-    new = build_kill(submission, kill)
-    [(seq, _)] = await store.save_kills([new])
-    hub.publish(seq, new.body, kill_facts(kill))
+    await store_and_publish(app, max(killmails, key=lambda k: len(json.dumps(k))))
     for _ in range(5):
         await ws.send_str('{"action":"ping"}')
     closed = await ws.receive(timeout=5)  # two pongs of ~40 bytes fit in 100, the third does not

@@ -270,6 +270,30 @@ async def test_a_replay_waiting_on_a_renderer_that_went_away_renders_for_itself(
     assert calls == [list(range(1, 11))] * 2
 
 
+def hold_delivery(hub: Any, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The hub's delivery task held back until the event returned is set (a loop busy with
+    other work): what a big kill's variants or a slice of many sockets queue for it waits."""
+    may_run = asyncio.Event()
+    real_task = hub.late.run
+
+    async def held_back() -> None:
+        await may_run.wait()
+        await real_task()
+
+    monkeypatch.setattr(hub.late, "run", held_back)
+    return may_run
+
+
+async def store_and_publish(app: Any, km: dict[str, Any]) -> int:
+    """A real killmail enriched, committed and published as the worker does; its seq."""
+    submission = parse_submission(km)
+    kill = enrich(submission, app[static_key], {}, app[prices_key])
+    new = build_kill(submission, kill)
+    [(seq, _)] = await app[store_key].save_kills([new])
+    app[hub_key].publish(seq, new.body, kill_facts(kill))
+    return int(seq)
+
+
 async def test_a_kill_queued_before_a_replay_and_looked_up_after_it_arrives_once(
     make_client: Any, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -280,27 +304,14 @@ async def test_a_kill_queued_before_a_replay_and_looked_up_after_it_arrives_once
     await post(client, killmails[:10])
     await settle(client)
     app = client.server.app
-    store, hub = app[store_key], app[hub_key]
+    hub = app[hub_key]
     hub.send_slice = 2  # four sockets are "many"
     others = [await client.ws_connect("/ws") for _ in range(4)]
     for ws in others:
         await sub(ws, "kills")
-    task_may_run = asyncio.Event()
-    real_task = hub.late.run
-
-    async def held_back() -> None:  # the delivery task, on a loop busy with other work
-        await task_may_run.wait()
-        await real_task()
-
-    monkeypatch.setattr(hub.late, "run", held_back)
-    seqs = []
-    for km in killmails[10:12]:  # committed and published as the worker does: queued
-        submission = parse_submission(km)
-        kill = enrich(submission, app[static_key], {}, app[prices_key])
-        new = build_kill(submission, kill)
-        [(seq, _)] = await store.save_kills([new])
-        hub.publish(seq, new.body, kill_facts(kill))
-        seqs.append(seq)
+    task_may_run = hold_delivery(hub, monkeypatch)
+    # Committed and published as the worker does: queued.
+    seqs = [await store_and_publish(app, km) for km in killmails[10:12]]
     assert [entry.groups is None for entry in hub.late.entries] == [False, True]
     late = await client.ws_connect("/ws")
     replay = await sub(late, "kills", 10)

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import settle
+from conftest import settle, told
 from test_ws import subscribe
 
 from killboard.config import from_env
@@ -256,20 +256,12 @@ async def test_a_crowd_of_broken_clients_logs_a_few_lines_and_an_exact_summary(
                 assert (await ws.receive_json(timeout=5))["action"] == "error"
         await asyncio.sleep(1.5)  # the summary comes a second after the first line left out
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("killboard")]
-    alone = [m for m in lines if m.startswith("websocket client error: ")]
-    summaries = [ERRORS.match(m) for m in lines if m.startswith("had ")]
-    assert len(lines) == len(alone) + len(summaries), lines
-    assert 5 <= len(alone) <= 6 and 1 <= len(summaries) <= 3, lines
-    by_kind: dict[str, int] = {}
-    for line in alone:
-        kind = "unknown action" if "unknown action" in line else "expected a JSON object, got list"
-        by_kind[kind] = by_kind.get(kind, 0) + 1
-    for match in summaries:
-        assert match is not None
-        counts = {kind: int(n) for kind, n in re.findall(r"(.+?): (\d+)(?:, |$)", match[2])}
-        assert sum(counts.values()) == int(match[1])
-        for kind, n in counts.items():
-            by_kind[kind] = by_kind.get(kind, 0) + n
+
+    def kind(line: str) -> str:
+        return "unknown action" if "unknown action" in line else "expected a JSON object, got list"
+
+    alone, summaries, by_kind = told(lines, "websocket client error: ", ERRORS, kind)
+    assert 5 <= alone <= 6 and 1 <= summaries <= 3, lines
     assert by_kind == {"unknown action": CROWD, "expected a JSON object, got list": CROWD}
     for ws in sockets:
         await ws.close()
