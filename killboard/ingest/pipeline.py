@@ -220,6 +220,9 @@ class Pipeline:
     # Batches run() took ahead (counted in in_flight too): handed to the worker while the one
     # before them is finished, so the worker has the next chunks when it is done with this one.
     _ahead: int = 0
+    # Whether the loop takes back a catch-up's chunks the worker has not started (_collect); off,
+    # the worker makes every chunk it was handed (tests that compare its kills with the loop's).
+    take_back: bool = True
     looked_ahead: int = 0  # batches taken ahead so far (tests)
 
     async def submit(
@@ -618,7 +621,7 @@ class Pipeline:
         while todo:
             chunk, handed = todo[0]
             if not handed.future.done():
-                if self.in_flight - self._ahead <= 1 and todo[-1][1].cancel():
+                if self.take_back and self.in_flight - self._ahead <= 1 and todo[-1][1].cancel():
                     await self._make_here(batch, todo.pop()[0], names, made)
                 else:
                     await asyncio.wait([handed.waiter], timeout=STEAL_POLL)
