@@ -371,6 +371,8 @@ class Call(Generic[T]):
     # A chunk's (Offload.prepare): its ticket and the claims it can be taken back with.
     claims: Claims | None = None
     ticket: int = 0
+    # Told of the pool's death when nobody awaits the answer (Offload._died).
+    died: Callable[[ProcessPoolExecutor], None] | None = None
 
     def __post_init__(self) -> None:
         self.waiter = asyncio.wrap_future(self.future)
@@ -380,14 +382,16 @@ class Call(Generic[T]):
         nothing of it (it still gets the call: `_prepare`). Never blocks the loop."""
         if self.claims is None or not self.claims.claim(self.ticket, block=False):
             return False
-        # Nobody awaits it now: what it ends with (b"", or a dead worker's error) is not news.
-        self.waiter.add_done_callback(_ignored)
+        # Nobody awaits it now: what it ends with (b"") is not news, but a dead worker is: when
+        # every chunk of a batch was taken back, this is how its death is found before the next.
+        self.waiter.add_done_callback(self._ended)
         return True
 
-
-def _ignored(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.cancelled():
-        waiter.exception()
+    def _ended(self, waiter: asyncio.Future[T]) -> None:
+        if waiter.cancelled():
+            return
+        if isinstance(waiter.exception(), BrokenProcessPool) and self.died is not None:
+            self.died(self.pool)
 
 
 @dataclass(slots=True)
@@ -430,7 +434,7 @@ class Offload:
             return None
         pool = self._executor()
         try:
-            return Call(pool, pool.submit(fn, *args))
+            return Call(pool, pool.submit(fn, *args), died=self._died)
         except BrokenProcessPool:
             self._died(pool)
             return None

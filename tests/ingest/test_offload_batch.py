@@ -4,6 +4,7 @@ this process, in order, and nothing lost when the worker dies with a batch."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -117,6 +118,31 @@ async def test_a_batch_through_the_worker_stores_and_sends_what_the_in_process_p
             assert await (await worker.get(url)).read() == await (await here.get(url)).read()
 
 
+async def test_a_worker_that_dies_after_every_chunk_was_taken_back_is_found_dead(
+    make_client: MakeClient, killmails: list[dict[str, Any]]
+) -> None:
+    """A stopped worker claims nothing, so the loop takes every chunk of a batch back and makes
+    it; when the worker then dies, nobody awaits its calls, and the death is still found at once
+    (not at the next batch's hand-over)."""
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    offload = await _worker_up(pipeline)
+    pid = offload.pid()
+    assert pid is not None
+    batch = [Pending(parse_submission(km), True) for km in killmails]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        prepared = await asyncio.wait_for(pipeline.prepare(batch), 30)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert len(prepared.kills) == len(killmails) and pipeline.offloaded == 0 and offload.lost == 0
+
+    async def found_dead() -> bool:
+        return offload.lost == 1 and offload.pid() is None
+
+    await until(found_dead)
+
+
 @pytest.mark.parametrize(
     ("batch_size", "chunk"),
     [
@@ -151,7 +177,12 @@ async def test_a_worker_killed_with_a_batch_loses_no_kill(
 
     monkeypatch.setattr(Offload, "prepare", prepare_then_kill)
     frames = await _post_and_watch(client, killmails, as_one=True)
-    assert killed == [pid] and offload.lost == 1 and pipeline.offloaded == 0  # made here instead
+    assert killed == [pid] and pipeline.offloaded == 0  # made here instead
+
+    async def found_dead() -> bool:  # also when the loop took every chunk back (a busy machine)
+        return offload.lost == 1
+
+    await until(found_dead)
     assert pipeline.failed == 0  # in the same attempt: no batch failed and was retried
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [k["killmail_id"] for k in killmails]
     store = client.server.app[store_key]
