@@ -19,7 +19,8 @@ from . import entities
 from .battles.service import Battles
 from .config import Config, resource_dir
 from .ingest.offload import Offload
-from .ingest.pipeline import KillQueue, OnStored, Pipeline
+from .ingest.pipeline import OnStored, Pipeline
+from .ingest.queue import KillQueue
 from .ingest.upstream import Upstream
 from .kill.codec import renderer
 from .kill.prices import price_book

@@ -29,7 +29,8 @@ from ..storage.rows import InboxRow
 from ..storage.store import Store
 from .esi import EsiClient, NameService
 from .offload import Offload
-from .pipeline import KillQueue, Pending, Pipeline, Prepared, from_inbox, inbox_payload
+from .pipeline import Pipeline, Prepared
+from .queue import KillQueue, Pending, from_inbox, inbox_payload
 from .upstream import new_session
 
 log = logging.getLogger(__name__)

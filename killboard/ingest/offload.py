@@ -63,14 +63,14 @@ CLAIM_SLOTS = 256
 
 
 def from_payload(payload: bytes) -> Submission:
-    """A submission from its inbox payload (the bytes `pipeline.inbox_payload` and `pack` make)."""
+    """A submission from its inbox payload (the bytes `queue.inbox_payload` and `pack` make)."""
     d = ujson.loads(payload)
     return Submission(d["id"], d["hash"], d["esi"], d["zkb"])
 
 
 @dataclass(frozen=True, slots=True)
 class Packed(Submission):
-    """A big submission as the worker validated it: its inbox payload (`pipeline.inbox_payload`,
+    """A big submission as the worker validated it: its inbox payload (`queue.inbox_payload`,
     the same bytes) instead of the decoded ESI body, which stays `{}` here (never None: that
     means "id and hash only")."""
 

@@ -19,7 +19,8 @@ import ujson
 from bench.data import fleet_fight
 from killboard.config import PROJECT_ROOT
 from killboard.ingest.offload import BIG_BODY, BIG_KILL, Offload, Packed, new_kill
-from killboard.ingest.pipeline import build_kill, inbox_payload, kill_size
+from killboard.ingest.pipeline import build_kill, kill_size
+from killboard.ingest.queue import inbox_payload
 from killboard.kill.codec import decode, player_ids, renderer
 from killboard.kill.enrich import enrich
 from killboard.kill.frames import encode

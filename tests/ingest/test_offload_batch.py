@@ -17,7 +17,8 @@ import ujson
 
 from killboard.ingest import pipeline as pipeline_module
 from killboard.ingest.offload import Offload, kills_of, pack
-from killboard.ingest.pipeline import WORKER_BATCH, Pending, Pipeline
+from killboard.ingest.pipeline import WORKER_BATCH, Pipeline
+from killboard.ingest.queue import Pending
 from killboard.kill.codec import player_ids
 from killboard.kill.validate import parse_submission
 from killboard.storage.store import Store

@@ -15,7 +15,8 @@ from battlefights import fight
 from conftest import AUTH, Client, settle, until
 from fakes import FakeEsi, FakeR2Z2, player_names, r2z2_object
 
-from killboard.ingest.pipeline import KillQueue, Pipeline, inbox_rows
+from killboard.ingest.pipeline import Pipeline
+from killboard.ingest.queue import KillQueue, inbox_rows
 from killboard.kill.validate import parse_submission
 from killboard.storage.store import Store
 from killboard.web.keys import pipeline_key

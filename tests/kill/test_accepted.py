@@ -19,7 +19,8 @@ from conftest import load_killmails
 from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
-from killboard.ingest.pipeline import KillQueue, Pending, Pipeline, from_inbox, inbox_payload
+from killboard.ingest.pipeline import Pipeline
+from killboard.ingest.queue import KillQueue, Pending, from_inbox, inbox_payload
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import MAX_INT, Invalid, parse_submission
