@@ -33,8 +33,8 @@ CURSOR_KEY = "r2z2.sequence"  # the last sequence whose kill is in the inbox (or
 # sequence.json may run a little ahead of what is fetchable: a 404 with the feed only slightly
 # past us is asked again this many times before we call it missing; far past us, it has expired.
 MISSING_AFTER = 3
-OVERSIZED = 413  # _get's status for an answer over max_bytes (no kill is that big)
 EXPIRED_MARGIN = 100
+OVERSIZED = 413  # _get's status for an answer over max_bytes (no kill is that big)
 
 
 class Backoff(Exception):
