@@ -432,13 +432,19 @@ async def compare(args: argparse.Namespace) -> dict[str, Any]:
     for row in rows:
         print(
             f"| {row['name']} | {row['delivered']:,}/{row['expected']:,}"
-            f" | {row['us']:.1f} | {row['us'] / ref['us']:.2f}x"
-            f" | {row['user_us']:.1f} | {row['user_us'] / ref['user_us']:.2f}x | {row['sys_us']:.1f}"
-            f" | {row['send_us']:.1f} | {row['send_us'] / ref['us']:.2f}x"
-            f" | {row['send_user_us']:.1f} | {row['send_user_us'] / ref['user_us']:.2f}x"
+            f" | {row['us']:.1f} | {_ratio(row['us'], ref['us'])}"
+            f" | {row['user_us']:.1f} | {_ratio(row['user_us'], ref['user_us'])} | {row['sys_us']:.1f}"
+            f" | {row['send_us']:.1f} | {_ratio(row['send_us'], ref['us'])}"
+            f" | {row['send_user_us']:.1f} | {_ratio(row['send_user_us'], ref['user_us'])}"
             f" | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['first_p50_ms']:.1f} | {row['first_p99_ms']:.1f} |"
         )
     return {"rows": rows, "per_kill": per_kill, "load": load_average()}
+
+
+def _ratio(value: Any, reference: Any) -> str:
+    """value ÷ reference, or n/a where the reference took no CPU tick (/proc counts 10 ms ticks:
+    a quick run's Node can cost none)."""
+    return f"{value / reference:.2f}x" if reference > 0 else "n/a"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,8 +41,8 @@ def test_fanout_compares_with_node_and_delivers_everything(tmp_path: Path) -> No
     ]
     for row in figures["rows"]:
         assert row["delivered"] == row["expected"] == 20 * 10, row
-        # CPU comes in /proc's 10 ms ticks: the floor's 200 sends may cost less than one.
-        assert row["us"] >= 0 if row["name"].startswith("floor") else row["us"] > 0, row
+        # CPU comes in /proc's 10 ms ticks: Node's or the floor's 200 sends may cost less than one.
+        assert row["us"] > 0 if row["name"].startswith("this tree") else row["us"] >= 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"]
         # Node's clients also give each kill's first receipt: no later than its last.
         assert 0 < row["first_p50_ms"] <= row["first_p99_ms"] <= row["p99_ms"] + 1e-6, row
