@@ -18,8 +18,9 @@ import pytest
 from battlefights import FIGHTS, fight
 from conftest import until
 from test_importer import count
-from test_offload import _children, _running
+from test_offload import _running
 
+from bench.procstat import children
 from killboard.battles.commands import with_battles
 from killboard.config import PROJECT_ROOT, Config
 from killboard.entities.backlog import with_figures
@@ -126,10 +127,10 @@ async def test_ctrl_c_stops_an_import_with_one_line_and_keeps_what_it_stored(
     try:
 
         async def working() -> bool:
-            return bool(_children(proc.pid)) and count(db, "kills") >= 1000
+            return bool(children(proc.pid)) and count(db, "kills") >= 1000
 
         await until(working, 60)
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         tracker = [pid for pid in workers if _is_tracker(pid)]
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -169,10 +170,10 @@ async def test_a_killed_import_leaves_no_worker(tmp_path: Path, killmails: list[
     try:
 
         async def working() -> bool:
-            return bool(_children(proc.pid)) and count(db, "kills") >= 1000
+            return bool(children(proc.pid)) and count(db, "kills") >= 1000
 
         await until(working, 60)
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert proc.poll() is None, "the import ended before it could be killed"
     finally:
         proc.kill()

@@ -17,6 +17,7 @@ import pytest
 import ujson
 
 from bench.data import fleet_fight
+from bench.procstat import children
 from killboard.config import PROJECT_ROOT
 from killboard.ingest.offload import BIG_BODY, BIG_KILL, Offload, Packed, new_kill
 from killboard.ingest.pipeline import build_kill, kill_size
@@ -245,14 +246,6 @@ async def test_a_big_kill_with_a_bad_field_is_rejected_with_its_path(
     assert offload is not None and offload.started == 1  # refused by the worker, as it would be here
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [int(c) for c in f.read().split()]
-    return out
-
-
 def _running(pid: int) -> bool:
     """Whether the process exists and is not a zombie (one its new parent has not reaped yet)."""
     try:
@@ -284,10 +277,10 @@ async def test_the_worker_ends_when_the_server_is_killed(
             assert resp.status == 202, await resp.text()
 
         async def started() -> bool:
-            return bool(_children(pid))
+            return bool(children(pid))
 
         await until(started, 30)
-        workers = _children(pid)
+        workers = children(pid)
         await asyncio.sleep(after)
         server.kill()
 
