@@ -195,7 +195,7 @@ class Detector:
             self.newest = p.time
             if self.newest - self._forgot_at > GAP:  # now and then, not on every kill
                 self._forgot_at = self.newest
-                self._forget()
+                self._forget(self._unwritten(changes))
         here = self._by_system.get(p.system)
         found = sorted(b for b in here if self.battles[b].covers(p.time)) if here else []
         if not found and self._by_constellation.get(p.constellation):
@@ -213,7 +213,7 @@ class Detector:
         if run is not None:
             self._create(p, pool, run, changes)
         elif self._pooled > POOL_MAX:
-            self._forget()
+            self._forget(self._unwritten(changes))
 
     def _neighbour(self, p: Point) -> list[int]:
         if not p.entities:
@@ -291,9 +291,18 @@ class Detector:
         changes.created.add(battle.battle_id)
         changes.touched.add(battle.battle_id)
 
-    def _forget(self) -> None:
+    def _unwritten(self, changes: Changes) -> set[int]:
+        """The battles this call changed, which the database holds as they were before it until
+        the batch is written: memory must keep them (a batch of a fight and of one hours later,
+        two streams posted at once), or the store would not write them, and a late kill of their
+        fight in the batch would read their rows back without the batch's kills. A rebuild keeps
+        every battle it drops (`closed`), so it need not."""
+        return changes.touched if self.closed is None else set()
+
+    def _forget(self, keep: set[int] | frozenset[int] = frozenset()) -> None:
         """Drop pooled kills and closed battles older than the horizon (a late kill past it is
-        matched from the database), and the oldest pooled kills past POOL_MAX."""
+        matched from the database), and the oldest pooled kills past POOL_MAX. `keep`: battles
+        not to drop yet (the ones this batch changed)."""
         cut = self.newest - HORIZON - GAP
         for system in list(self._pool):
             pool = self._pool[system]
@@ -309,7 +318,7 @@ class Detector:
             self._pooled -= 1
             if not self._pool[system]:
                 del self._pool[system]
-        for battle_id in [b for b, battle in self.battles.items() if battle.end < cut]:
+        for battle_id in [b for b, battle in self.battles.items() if battle.end < cut and b not in keep]:
             self.unload(battle_id)
 
     def renumber(self, changes: Changes, floor: int) -> None:

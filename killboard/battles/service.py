@@ -222,11 +222,13 @@ class Battles:
         # back (two queries inside the write transaction); kills of one system at the same second
         # (a fleet fight's, a replayed backlog) read the same rows: once per batch is enough.
         hydrated: set[tuple[int, int, int]] = set()
+        ahead = set(batch)  # the batch's kills not detected yet: a hydrate must not pool them first
         for seq, kill in new:
             p = tables.point(seq, kill.kill_time, kill.system_id, kill.total_value, _pilots(kill), self.static)
             if not self.detector.knows(p.time) and (where := (p.constellation, p.system, p.time)) not in hydrated:
                 hydrated.add(where)
-                tables.hydrate(db, self.detector, p, self.static, batch, changes)
+                tables.hydrate(db, self.detector, p, self.static, ahead, changes)
+            ahead.discard(seq)
             self.detector.add((p,), changes)
         if not changes:
             return

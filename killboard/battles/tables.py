@@ -162,10 +162,12 @@ def load(db: sqlite3.Connection, detector: Detector, static: Any, skip: set[int]
 
 
 def hydrate(
-    db: sqlite3.Connection, detector: Detector, p: Point, static: Any, batch: set[int], changes: Changes
+    db: sqlite3.Connection, detector: Detector, p: Point, static: Any, ahead: set[int], changes: Changes
 ) -> None:
     """A kill older than memory reaches: bring its system's battles and loose kills of that time
-    back from the database first (an import of old kills, a kill posted days late). `changes`:
+    back from the database first (an import of old kills, a kill posted days late). `ahead`: the
+    batch's kills not detected yet (stored, but the detector is about to be given them; those it
+    was given are read back as any stored kill, should memory have moved past them). `changes`:
     what this batch did so far, which the database does not hold yet (it is written after the
     batch): kills it put in battles stay out of the loose pool, battles it merged away stay gone."""
     rows = _fetch(
@@ -183,7 +185,7 @@ def hydrate(
         static,
         "k.system_id = ? AND k.kill_time BETWEEN ? AND ?",
         (p.system, p.time - 2 * GAP, p.time + 2 * GAP),
-        batch.union(seq for seq, _ in changes.assigned) if changes.assigned else batch,
+        ahead.union(seq for seq, _ in changes.assigned) if changes.assigned else ahead,
     )
 
 

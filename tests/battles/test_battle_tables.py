@@ -182,3 +182,47 @@ async def test_a_late_batch_that_places_kills_reads_its_place_again_without_undo
     finally:
         await service.stop()
         await store.close()
+
+
+async def test_a_battle_a_batch_grew_is_written_when_a_newer_kill_of_the_batch_moves_memory_past_it(
+    tmp_path: Path, static: StaticData
+) -> None:
+    """Two streams of kills far apart in time in one batch (a fight posted live beside a later
+    one): a kill of the later stream moves memory's horizon past the battle the batch's earlier
+    kills joined. That battle must still be written as the batch left it, and a later kill of
+    its fight in the batch must not read its row back from before the batch (and count one
+    kill of the batch, not both)."""
+    fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])
+    later = shifted(fought[-1:], 7 * 24 * 60, 10**9)  # a week later
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    try:
+        await store.save_kills(new_kills(fought[:10], static))  # one battle
+        await store.save_kills(new_kills([fought[10], *later, *fought[11:14]], static))
+        rows = await store.query(
+            "SELECT b.battle_id, b.kill_count, (SELECT count(*) FROM battle_kills k WHERE k.battle_id = b.battle_id)"
+            " FROM battles b WHERE merged_into IS NULL"
+        )
+        assert rows == [(1, 14, 14)]
+    finally:
+        await service.stop()
+        await store.close()
+
+
+async def test_loose_kills_a_batch_detected_before_a_newer_kill_count_for_its_later_kills(
+    tmp_path: Path, static: StaticData
+) -> None:
+    """A batch's first kills of a fight are loose, a kill hours later moves memory past them,
+    then the fight's next kills come: read back from the database, the first ones make the
+    battle with them, as they would have in a batch of their own."""
+    fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:5]  # within one SEGMENT
+    later = shifted(fought[-1:], 7 * 24 * 60, 10**9)
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    try:
+        await store.save_kills(new_kills([*fought[:2], *later, *fought[2:]], static))
+        assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 5)]
+        assert await store.query("SELECT count(*) FROM battle_kills") == [(5,)]
+    finally:
+        await service.stop()
+        await store.close()
