@@ -453,9 +453,13 @@ async def rebuild(store: Store, static: StaticData, chunk: int = 2000) -> Rebuil
                 _detect(detector, changes, page, static)
         else:
             _detect(detector, changes, late, static)
-        # The ids kills are in now (a server beside the rebuild may have made or merged some).
+        # The ids kills are in now (a server beside the rebuild may have made or merged some),
+        # the ids that redirect (battles merged before), and the highest id ever given.
         old = dict(db.execute("SELECT seq, battle_id FROM battle_kills").fetchall())
-        assigned, rename, redirect = _renumber(changes, old)
+        merged = dict(db.execute("SELECT battle_id, merged_into FROM battles WHERE merged_into IS NOT NULL"))
+        [(top,)] = db.execute("SELECT coalesce(max(battle_id), 0) FROM battles").fetchall()
+        assigned, rename, redirect = _renumber(changes, old, top)
+        _keep_redirects(redirect, merged, set(rename.values()))
         battle_rows = [
             tables.row_of(b, rename[b.battle_id])
             for b in [*(detector.closed or ()), *detector.battles.values()]
@@ -491,6 +495,18 @@ def _pages(cursor: sqlite3.Cursor, size: int) -> Iterator[list[tuple[Any, ...]]]
         yield page
 
 
+def _keep_redirects(redirect: dict[int, int], merged: Mapping[int, int], live: Collection[int]) -> None:
+    """Ids that redirected before the rebuild (battles merged into others) go on redirecting, to
+    where the battle they pointed at is now: a link shared once never shows another fight. An id
+    whose battle is in none now (its kills were pruned, or make no battle) goes."""
+    for gone, into in merged.items():
+        if gone in live or gone in redirect:
+            continue  # cannot happen (a merged id holds no kill), but a rebuilt battle wins
+        target = into if into in live else redirect.get(into)
+        if target is not None and target != gone:
+            redirect[gone] = target
+
+
 def _detect(detector: Detector, changes: Changes, rows: Sequence[tuple[Any, ...]], static: StaticData) -> None:
     """A rebuild's detection of stored kills in kill-time order (in a thread, or the database's)."""
     for i, (s, t, sy, v, b) in enumerate(rows):
@@ -499,9 +515,12 @@ def _detect(detector: Detector, changes: Changes, rows: Sequence[tuple[Any, ...]
             _breathe()  # a rebuild beside a running server: the loop gets the GIL
 
 
-def _renumber(changes: Changes, old: Mapping[int, int]) -> tuple[list[tuple[int, int]], dict[int, int], dict[int, int]]:
+def _renumber(
+    changes: Changes, old: Mapping[int, int], top: int = 0
+) -> tuple[list[tuple[int, int]], dict[int, int], dict[int, int]]:
     """(each kill's battle, the rebuilt battles' ids, old ids -> where they redirect): a rebuilt
-    battle takes the smallest old id among its kills that is still free."""
+    battle takes the smallest old id among its kills that is still free; a new one an id above
+    `top` (the highest ever given: an id that redirects is never given to another battle)."""
     assigned = changes.resolved()
     members: dict[int, list[int]] = {}
     for seq, b in assigned:
@@ -513,7 +532,7 @@ def _renumber(changes: Changes, old: Mapping[int, int]) -> tuple[list[tuple[int,
         if olds:
             rename[b] = olds[0]
             taken.add(olds[0])
-    top = max([*old.values(), *rename.values(), 0])
+    top = max([*old.values(), *rename.values(), top])
     for b in sorted(members):
         if b not in rename:
             top += 1

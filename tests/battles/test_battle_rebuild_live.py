@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from battlefights import fight, post_all
+from battlefights import fight, merging_halves, post_all
 from conftest import AUTH, TOKEN, Client, until
 from serverproc import ServerProcess
 
@@ -117,3 +117,34 @@ async def test_only_a_rebuild_reloads_the_detector(client: Client, tmp_path: Pat
     await until(reloaded)
     assert battles.detector is not detector
     assert sorted(battles.detector.battles) == sorted(b for b, _ in open_battles(Path(db)))
+
+
+async def test_a_rebuild_keeps_the_redirects_of_merged_battles_and_never_gives_their_ids_again(
+    client: Client, tmp_path: Path
+) -> None:
+    """Two battles of one fight that merged leave an id that redirects (a link someone shared).
+    `battles rebuild` keeps that redirect, and a battle after it never takes the id: the link
+    never shows another fight."""
+    app = client.server.app
+    db = str(app[config_key].db_path)
+    early, middle, late = merging_halves()
+    await post_all(client, early)
+    await post_all(client, late)
+    await post_all(client, middle)
+    [(kept, _)] = open_battles(Path(db))
+    with closing(sqlite3.connect(db)) as conn:
+        [(gone,)] = conn.execute("SELECT battle_id FROM battles WHERE merged_into = ?", (kept,)).fetchall()
+    assert gone > kept
+    await run("battles", "rebuild", "--db", db)
+
+    async def reloaded() -> bool:
+        return app[battles_key].reloads == 1
+
+    await until(reloaded)
+    resp = await client.get(f"/api/battles/{gone}", allow_redirects=False)
+    assert resp.status == 308 and resp.headers["Location"] == f"/api/battles/{kept}"
+    await post_all(client, fight("30001155"))  # another fight: a new battle
+    new = {b for b, _ in open_battles(Path(db))} - {kept}
+    assert len(new) == 1 and new.isdisjoint({kept, gone}), new
+    resp = await client.get(f"/api/battles/{gone}", allow_redirects=False)
+    assert resp.status == 308 and resp.headers["Location"] == f"/api/battles/{kept}"
