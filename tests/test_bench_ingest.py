@@ -20,4 +20,5 @@ def test_ingest_compares_both_trees_against_the_floor(tmp_path: Path) -> None:
         assert row["stored"] == 600
         assert row["ratio"] == pytest.approx(row["broadcast_rate"] / row["floor_rate"])
         assert 0 < row["ratio"] < 1 and row["cpu_per_1000"] > 0
+        assert 0 < row["own_cpu_per_1000"] <= row["cpu_per_1000"]
     assert "| this tree |" in stdout and "| baseline |" in stdout
