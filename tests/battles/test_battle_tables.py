@@ -40,6 +40,18 @@ class FailingWriter:
 
 
 @asynccontextmanager
+async def battles_store(tmp_path: Path, static: StaticData) -> AsyncIterator[tuple[Store, Battles]]:
+    """A store with battles attached (as an import has them: no live channels)."""
+    store = await Store.open(tmp_path / "kb.sqlite3")
+    service = await Battles.start(store, static)
+    try:
+        yield store, service
+    finally:
+        await service.stop()
+        await store.close()
+
+
+@asynccontextmanager
 async def failing_store(tmp_path: Path, static: StaticData) -> AsyncIterator[tuple[Store, FailingWriter]]:
     """A store with battles attached and a FailingWriter after them (failing until told not to)."""
     store = await Store.open(tmp_path / "kb.sqlite3")
@@ -119,15 +131,13 @@ async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Pa
     # The fight's kills twice (the second time under fresh ids): 24 late kills, 12 places and times.
     late = fought + [{**km, "killmail_id": km["killmail_id"] + 2 * 10**9} for km in fought]
     times = {km["killmail_time"] for km in fought}
-    store = await Store.open(tmp_path / "kb.sqlite3")
-    service = await Battles.start(store, static)
     reads: list[str] = []
 
     def trace(db: sqlite3.Connection, new: Sequence[tuple[int, NewKill]]) -> None:
         db.set_trace_callback(reads.append)  # before the battles' writer: sees its reads
 
-    store.writers.insert(0, trace)
-    try:
+    async with battles_store(tmp_path, static) as (store, _):
+        store.writers.insert(0, trace)
         await store.save_kills(new_kills([newer], static))
         reads.clear()
         await store.save_kills(new_kills(late, static))
@@ -135,9 +145,6 @@ async def test_a_batch_of_late_kills_reads_each_place_and_time_once(tmp_path: Pa
         assert len(hydrations) == len(times) < len(late)
         assert await store.query("SELECT count(*), count(DISTINCT seq) FROM battle_kills") == [(24, 24)]
         assert await store.query("SELECT sum(kill_count) FROM battles WHERE merged_into IS NULL") == [(24,)]
-    finally:
-        await service.stop()
-        await store.close()
 
 
 def shifted(kms: list[dict[str, Any]], minutes: int, id_offset: int) -> list[dict[str, Any]]:
@@ -157,9 +164,7 @@ async def test_a_late_batch_that_places_kills_reads_its_place_again_without_undo
     the loose pool, nor a battle it merged away come back (and merge, counted twice, again)."""
     fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])
     first = fought[:10]  # 35 s of the fight: one battle
-    store = await Store.open(tmp_path / "kb.sqlite3")
-    service = await Battles.start(store, static)
-    try:
+    async with battles_store(tmp_path, static) as (store, service):
         # A kill a week later first: every kill after it is late, and is read back from the database.
         await store.save_kills(new_kills(shifted(fought[-1:], 7 * 24 * 60, 10**9), static))
         await store.save_kills(new_kills(fought[:4], static))  # four loose kills
@@ -179,9 +184,6 @@ async def test_a_late_batch_that_places_kills_reads_its_place_again_without_undo
             (1, len(fought)),
             (2, 30),
         ]
-    finally:
-        await service.stop()
-        await store.close()
 
 
 async def test_a_battle_a_batch_grew_is_written_when_a_newer_kill_of_the_batch_moves_memory_past_it(
@@ -194,9 +196,7 @@ async def test_a_battle_a_batch_grew_is_written_when_a_newer_kill_of_the_batch_m
     kill of the batch, not both)."""
     fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])
     later = shifted(fought[-1:], 7 * 24 * 60, 10**9)  # a week later
-    store = await Store.open(tmp_path / "kb.sqlite3")
-    service = await Battles.start(store, static)
-    try:
+    async with battles_store(tmp_path, static) as (store, _):
         await store.save_kills(new_kills(fought[:10], static))  # one battle
         await store.save_kills(new_kills([fought[10], *later, *fought[11:14]], static))
         rows = await store.query(
@@ -204,9 +204,6 @@ async def test_a_battle_a_batch_grew_is_written_when_a_newer_kill_of_the_batch_m
             " FROM battles b WHERE merged_into IS NULL"
         )
         assert rows == [(1, 14, 14)]
-    finally:
-        await service.stop()
-        await store.close()
 
 
 async def test_loose_kills_a_batch_detected_before_a_newer_kill_count_for_its_later_kills(
@@ -217,12 +214,7 @@ async def test_loose_kills_a_batch_detected_before_a_newer_kill_count_for_its_la
     battle with them, as they would have in a batch of their own."""
     fought = sorted(fight("30001155"), key=lambda k: k["killmail_time"])[:5]  # within one SEGMENT
     later = shifted(fought[-1:], 7 * 24 * 60, 10**9)
-    store = await Store.open(tmp_path / "kb.sqlite3")
-    service = await Battles.start(store, static)
-    try:
+    async with battles_store(tmp_path, static) as (store, _):
         await store.save_kills(new_kills([*fought[:2], *later, *fought[2:]], static))
         assert await store.query("SELECT battle_id, kill_count FROM battles") == [(1, 5)]
         assert await store.query("SELECT count(*) FROM battle_kills") == [(5,)]
-    finally:
-        await service.stop()
-        await store.close()
