@@ -73,6 +73,7 @@ def timed(fn: Callable[[T], U], items: Sequence[T]) -> tuple[list[U], float]:
 
 
 async def timed_async(fn: Callable[[Any], Any], batches: Sequence[Any]) -> float:
+    """Process CPU seconds of awaiting fn of each batch in turn (the store's thread included)."""
     start = time.process_time()
     for batch in batches:
         await fn(batch)
@@ -124,8 +125,8 @@ async def measure(kills: int, workdir: Path) -> tuple[dict[str, float], float]:
             return kill_share(kill.participation.pilots, kill.kill_time, kill.system_id, kill.total_value, static)
 
         shares, cpu["figures share"] = timed(share, new)
-        for kill, share in zip(new, shares, strict=True):
-            kill.prepared[backlog.PREPARED] = share  # as the pipeline's preparer leaves it
+        for kill, made in zip(new, shares, strict=True):
+            kill.prepared[backlog.PREPARED] = made  # as the pipeline's preparer leaves it
         done = [[k.killmail_id for k in new[i : i + BATCH]] for i in range(0, len(new), BATCH)]
         batches = [(new[i : i + BATCH], done[i // BATCH]) for i in range(0, len(new), BATCH)]
         cpu["write"] = await timed_async(lambda b: store.save_kills(b[0], done=b[1]), batches)
