@@ -200,59 +200,62 @@ async def test_sockets_the_heartbeat_gave_up_on_are_aborted_and_count_until_gone
     cap = 4
     # A large byte budget, so the hub's 1013 for slow readers stays out of it: the heartbeat decides.
     # The heartbeat must not give up before the kills are stored and stuck in the transports: on a
-    # loaded machine (4 test workers on 2 cores) storing them took longer than 0.5 s.
-    client: Client = await make_client(ws_heartbeat=1.5, ws_max_clients=cap, ws_send_buffer=64 * 2**20, batch_size=20)
+    # loaded machine (4 test workers on 2 cores) storing them took longer than 0.5 s, and with
+    # two suites at once (load 6.5) longer than 1.5 s.
+    client: Client = await make_client(ws_heartbeat=3.0, ws_max_clients=cap, ws_send_buffer=64 * 2**20, batch_size=20)
     hub = client.server.app[hub_key]
     host, port = client.server.host, client.server.port
     stalled = []
-    for _ in range(cap):
-        reader, writer = await rawws.connect(host, port, rcvbuf=4096)
-        await rawws.send_text(writer, SUB)
-        stalled.append((reader, writer))
-    for _ in range(200):
-        if hub.subscribed_count() == cap:
-            break
-        await asyncio.sleep(0.01)
-    assert hub.subscribed_count() == cap
-    subs = list(hub._subscribers.values())
-    # ~9 MB to each: more than the kernel buffers take, so frames wait in the server's transports.
-    for n in range(4):
-        resp = await client.post(
-            "/api/killmails", data=json.dumps(renumbered(killmails, (n + 1) * 10**11)), headers=AUTH
-        )
-        assert resp.status == 202
-    await asyncio.wait_for(client.server.app[pipeline_key].wait_idle(), 30)
+    try:
+        for _ in range(cap):
+            reader, writer = await rawws.connect(host, port, rcvbuf=4096)
+            await rawws.send_text(writer, SUB)
+            stalled.append((reader, writer))
+        for _ in range(200):
+            if hub.subscribed_count() == cap:
+                break
+            await asyncio.sleep(0.01)
+        assert hub.subscribed_count() == cap
+        subs = list(hub._subscribers.values())
+        # ~9 MB to each: more than the kernel buffers take, so frames wait in the server's transports.
+        for n in range(4):
+            resp = await client.post(
+                "/api/killmails", data=json.dumps(renumbered(killmails, (n + 1) * 10**11)), headers=AUTH
+            )
+            assert resp.status == 202
+        await asyncio.wait_for(client.server.app[pipeline_key].wait_idle(), 30)
 
-    async def stuck() -> bool:
-        return all(s.transport is not None and s.transport.get_write_buffer_size() for s in subs)
+        async def stuck() -> bool:
+            return all(s.transport is not None and s.transport.get_write_buffer_size() for s in subs)
 
-    # Stored is not yet written: the hub gives a batch's frames out in slices after the commit.
-    with contextlib.suppress(TimeoutError):
-        await until(stuck, 5)
-    assert await stuck(), "nothing stuck"
-    # The heartbeat gives up (~1 s); the handlers end. Until the connections are really gone
-    # they still count: a new socket is refused.
-    for _ in range(800):
-        if not hub._subscribers:
-            break
-        await asyncio.sleep(0.01)
-    assert not hub._subscribers, "the heartbeat did not give up on the silent clients"
-    assert len(hub) == cap, "closing sockets no longer count toward the cap"
-    extra = await client.ws_connect("/ws")
-    msg = await extra.receive(timeout=5)
-    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
+        # Stored is not yet written: the hub gives a batch's frames out in slices after the commit.
+        with contextlib.suppress(TimeoutError):
+            await until(stuck, 5)
+        assert await stuck(), "nothing stuck"
+        # The heartbeat gives up (~1.5x its period); the handlers end. Until the connections are
+        # really gone they still count: a new socket is refused.
+        for _ in range(1200):
+            if not hub._subscribers:
+                break
+            await asyncio.sleep(0.01)
+        assert not hub._subscribers, "the heartbeat did not give up on the silent clients"
+        assert len(hub) == cap, "closing sockets no longer count toward the cap"
+        extra = await client.ws_connect("/ws")
+        msg = await extra.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.TRY_AGAIN_LATER
 
-    # Within close_timeout (2 s) more, their transports are aborted though the clients still
-    # read nothing: the server's descriptors are closed and the places are free again.
-    sockets = [s.transport.get_extra_info("socket") for s in subs if s.transport is not None]
-    for _ in range(250):
-        if len(hub) == 0 and all(sock.fileno() == -1 for sock in sockets):
-            break
-        await asyncio.sleep(0.02)
-    assert [sock.fileno() for sock in sockets] == [-1] * cap, "a connection nobody reads is still open"
-    assert len(hub) == 0
-    ws = await client.ws_connect("/ws")
-    await ws.send_str(json.dumps({"action": "ping"}))
-    assert (await ws.receive_json(timeout=5))["action"] == "pong"
-    for _, writer in stalled:
-        writer.close()
+        # Within close_timeout (2 s) more, their transports are aborted though the clients still
+        # read nothing: the server's descriptors are closed and the places are free again.
+        sockets = [s.transport.get_extra_info("socket") for s in subs if s.transport is not None]
+        for _ in range(250):
+            if len(hub) == 0 and all(sock.fileno() == -1 for sock in sockets):
+                break
+            await asyncio.sleep(0.02)
+        assert [sock.fileno() for sock in sockets] == [-1] * cap, "a connection nobody reads is still open"
+        assert len(hub) == 0
+        ws = await client.ws_connect("/ws")
+        await ws.send_str(json.dumps({"action": "ping"}))
+        assert (await ws.receive_json(timeout=5))["action"] == "pong"
+    finally:
+        for _, writer in stalled:  # also when it failed: their sockets must not outlive the test
+            writer.close()
