@@ -147,12 +147,14 @@ async def _foreign_writes(app: web.Application) -> AsyncIterator[None]:
     caches of rendered pages and battle summaries (web/foreign.py)."""
     watch = ForeignWrites(app[store_key], [app[viewcache_key].forget_all, app[battles_key].elsewhere])
     app[foreign_key] = watch
+    watch.open()
     await watch.check()  # the version at start: only later commits count
     task = asyncio.create_task(watch.run(), name="killboard-foreign-writes")
     yield
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
+    watch.close()
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:

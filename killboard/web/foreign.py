@@ -7,6 +7,13 @@ connection moves only when another connection commits (Store.foreign_version), s
 `CHECK_SECONDS` (one thread hop, ~70 us) tells, and the caches start over: the view cache
 (every row and page) and the battles' summaries. Kills another process stores already move the
 last seq every page depends on; this is for what they change beside the kills.
+
+Before that hop, a glance: `PRAGMA data_version` on a connection of the event loop's own that
+never writes, so it moves on every commit, this process's too (~10 us on the loop, no thread
+woken). Only when it moved does the exact check hop to the writer's thread. An idle server no
+longer wakes that thread four times a second: from idle, each hop cost ~0.35 ms of CPU (the
+threads' wake-ups) against ~18 us back to back. The poll's own wake-ups of the loop (~2 CPU-ms a
+second on this machine) are what is left of an idle server's CPU.
 """
 
 from __future__ import annotations
@@ -32,10 +39,42 @@ class ForeignWrites:
     store: Store
     listeners: list[Callable[[], None]] = field(default_factory=list)
     noticed: int = 0  # how many polls found another process's commits
+    exact: int = 0  # how many polls asked the writer's connection (a glance saw a commit)
     _seen: int | None = None
+    _glance: sqlite3.Connection | None = None
+    _glanced: int | None = None
+
+    def open(self) -> None:
+        """The glancing connection (the loop's own; closed by `close`). Without it, every
+        check is exact."""
+        # isolation_level None: no implicit transaction; busy_timeout 0: a glance never waits
+        # (busy means "look exactly").
+        self._glance = sqlite3.connect(self.store.path, isolation_level=None)
+        self._glance.execute("PRAGMA busy_timeout=0")
+
+    def close(self) -> None:
+        if self._glance is not None:
+            self._glance.close()
+            self._glance = None
+
+    def _committed(self) -> bool:
+        """Whether any connection, this process's writer included, committed since the last
+        glance (True when it cannot tell)."""
+        if self._glance is None:
+            return True
+        try:
+            version = int(self._glance.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error:
+            return True
+        moved = version != self._glanced
+        self._glanced = version
+        return moved
 
     async def check(self) -> bool:
         """True, and the listeners told, when another process committed since the last check."""
+        if not self._committed() and self._seen is not None:
+            return False
+        self.exact += 1
         version = await self.store.foreign_version()
         changed = self._seen is not None and version != self._seen
         self._seen = version

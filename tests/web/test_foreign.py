@@ -106,3 +106,23 @@ async def test_battles_deleted_and_rebuilt_by_other_processes_show_on_the_kept_p
     rebuilt = (await listed())[0]["battle_id"]
     assert json.loads(await (await client.get(f"/api/battles/{rebuilt}")).text())["kill_count"] == len(kills)
     assert f"/battle/{rebuilt}" in await (await client.get("/battles")).text()
+
+
+async def test_an_idle_server_glances_without_waking_the_writers_thread(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    """The poll's glance (a connection of the loop's own) sees no commit on an idle server, so
+    the writer's thread is not asked; the server's own commit makes it ask once, and it is
+    still not another process's."""
+    foreign = client.server.app[foreign_key]
+    await asyncio.sleep(0.3)
+    before = foreign.exact
+    await asyncio.sleep(1.1)  # four polls or more, nothing committed
+    assert foreign.exact == before
+    await post(client, killmails[5])
+
+    async def looked() -> bool:
+        return foreign.exact > before
+
+    await until(looked, timeout=2)
+    assert foreign.noticed == 0
