@@ -148,13 +148,15 @@ async def _foreign_writes(app: web.Application) -> AsyncIterator[None]:
     watch = ForeignWrites(app[store_key], [app[viewcache_key].forget_all, app[battles_key].elsewhere])
     app[foreign_key] = watch
     watch.open()
-    await watch.check()  # the version at start: only later commits count
-    task = asyncio.create_task(watch.run(), name="killboard-foreign-writes")
-    yield
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
-    watch.close()
+    try:
+        await watch.check()  # the version at start: only later commits count
+        task = asyncio.create_task(watch.run(), name="killboard-foreign-writes")
+        yield
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+    finally:
+        watch.close()
 
 
 async def _worker(app: web.Application) -> AsyncIterator[None]:
