@@ -20,12 +20,14 @@ import logging
 import marshal
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -60,6 +62,10 @@ BIG_KILL = 500
 # Slots of the claims a catch-up's chunks are taken with (`Claims`): far more than the chunks ever
 # handed over and not yet answered (a batch and the one taken ahead: 8 of 50 kills).
 CLAIM_SLOTS = 256
+# Seconds a call waits for its answer before the worker is taken for stuck (stopped, deadlocked):
+# it is killed, a new one starts, and what it held is done in this process. Its longest calls (a
+# 10,000-attacker kill, a few chunks queued before a call) take a second or two on a busy machine.
+STUCK = 30.0
 
 
 def from_payload(payload: bytes) -> Submission:
@@ -373,6 +379,7 @@ class Call(Generic[T]):
     ticket: int = 0
     # Told of the pool's death when nobody awaits the answer (Offload._died).
     died: Callable[[ProcessPoolExecutor], None] | None = None
+    at: float = field(default_factory=time.monotonic)  # when it was handed over
 
     def __post_init__(self) -> None:
         self.waiter = asyncio.wrap_future(self.future)
@@ -406,7 +413,9 @@ class Offload:
     _tickets: int = 0  # chunks handed over so far, to any worker
     started: int = 0  # workers started (tests)
     lost: int = 0  # workers found dead
+    stuck: int = 0  # workers killed for not answering within `stuck_after`
     closed: bool = False  # after close(): every call answers None (done in-process)
+    stuck_after: float = STUCK
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -440,8 +449,13 @@ class Offload:
             return None
 
     async def answer(self, handed: Call[T]) -> T | None:
-        """What the worker made of a submitted call, or None if it died (the caller does it here)."""
+        """What the worker made of a submitted call, or None if it died (the caller does it here).
+        A worker that has not answered within `stuck_after` is killed (then it died)."""
         try:
+            left = self.stuck_after - (time.monotonic() - handed.at)
+            done, _ = await asyncio.wait({handed.waiter}, timeout=max(0.0, left))
+            if not done:
+                self.overdue(handed)
             return await handed.waiter
         except BrokenProcessPool:
             self._died(handed.pool)
@@ -451,6 +465,22 @@ class Offload:
             if task is None or task.cancelling():
                 raise  # this task is being cancelled (a shutdown)
             return None  # cancelled by `_died`'s shutdown of a dead worker's pool: made here
+
+    def overdue(self, handed: Call[Any]) -> None:
+        """Kill the worker if `handed` has waited `stuck_after` for it. A worker that does not
+        answer (stopped, deadlocked) holds its calls forever, and a POST or a batch waiting on
+        one with them: killed, its pool breaks, and every call waiting on it is done here
+        (`_died`), as when it crashes."""
+        pool = handed.pool
+        if time.monotonic() - handed.at < self.stuck_after or self._pool is not pool or handed.future.done():
+            return  # not yet; or already found dead and replaced (its breaking answers the call)
+        processes = getattr(pool, "_processes", None) or {}
+        for pid in list(processes):
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.stuck += 1
+        log.warning("the big-kill worker process did not answer in %.0f s: killed", self.stuck_after)
+        self._died(pool)  # now, not when its pool's manager thread notices: once, however many wait
 
     def _died(self, pool: ProcessPoolExecutor) -> None:
         if self._pool is pool:  # once a death, however many calls were waiting on it

@@ -571,6 +571,7 @@ class Pipeline:
                     await self._make_here(batch, todo.pop()[0], names, made)
                 else:
                     await asyncio.wait([handed.waiter], timeout=STEAL_POLL)
+                    offload.overdue(handed)  # a stuck worker is killed: its chunks are made here
                 continue
             todo.popleft()
             # None: the worker died; empty: it did not claim the chunk (Claims). Made here, as usual.

@@ -4,6 +4,7 @@ kill made in this process, and nothing lost when the worker dies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import ujson
 from bench.data import fleet_fight
 from bench.procstat import children
 from killboard.config import PROJECT_ROOT
-from killboard.ingest.offload import BIG_BODY, BIG_KILL, Offload, Packed, new_kill
+from killboard.ingest.offload import BIG_BODY, BIG_KILL, STUCK, Offload, Packed, new_kill
 from killboard.ingest.pipeline import build_kill, kill_size
 from killboard.ingest.queue import inbox_payload
 from killboard.kill.codec import decode, player_ids, renderer
@@ -196,6 +197,45 @@ async def test_a_killed_worker_is_replaced_and_loses_no_kill(
     resp = await client.get(f"/api/killmails/{kills[3]['killmail_id']}")
     assert resp.status == 200 and (await resp.json())["attacker_count"] == 3000
     assert await client.server.app[store_key].inbox_count() == 0
+
+
+async def test_a_stopped_worker_is_killed_and_what_it_held_is_done_here(
+    make_client: MakeClient, killmails: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that stops answering (here SIGSTOP: a deadlock looks the same from outside)
+    held a POST's parse forever: it is killed once a call has waited `stuck_after`, the POST is
+    answered from this process, its kill stored, and the next big kill gets a new worker."""
+    client = await make_client()
+    offload = client.server.app[pipeline_key].offload
+    assert offload is not None
+    kills = [fleet_fight(killmails, 3000) | {"killmail_id": 10 + i} for i in range(3)]
+    await _post_and_watch(client, kills[:1])
+    pid = offload.pid()
+    assert pid is not None and offload.started == 1
+    offload.stuck_after = 1.0
+    caplog.set_level(logging.WARNING, "killboard.ingest.offload")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frames = await asyncio.wait_for(_post_and_watch(client, kills[1:2]), 30)
+    finally:
+        offload.stuck_after = STUCK  # a new worker's start may take longer than 1 s on a busy machine
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert (offload.stuck, offload.lost) == (1, 1)
+    assert [r.message for r in caplog.records if r.name == "killboard.ingest.offload"][:2] == [
+        "the big-kill worker process did not answer in 1 s: killed",
+        "the big-kill worker process died: its kills are done in this process, a new one starts",
+    ]
+
+    async def gone() -> bool:
+        return pid not in children(os.getpid())
+
+    await until(gone, 10)
+    frames += await _post_and_watch(client, kills[2:])
+    assert offload.pid() not in (None, pid) and offload.stuck == 1
+    assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [11, 12]
+    resp = await client.get("/api/killmails/11")
+    assert resp.status == 200 and (await resp.json())["attacker_count"] == 3000
 
 
 async def test_a_fleet_fight_left_in_the_inbox_is_stored_through_the_worker(

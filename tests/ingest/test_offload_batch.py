@@ -5,6 +5,7 @@ this process, in order, and nothing lost when the worker dies with a batch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -16,7 +17,7 @@ import pytest
 import ujson
 
 from killboard.ingest import pipeline as pipeline_module
-from killboard.ingest.offload import Offload, kills_of, pack
+from killboard.ingest.offload import STUCK, Offload, kills_of, pack
 from killboard.ingest.pipeline import WORKER_BATCH, Pipeline
 from killboard.ingest.queue import Pending
 from killboard.kill.codec import player_ids
@@ -292,3 +293,32 @@ async def test_the_next_batch_goes_to_the_worker_before_this_one_is_written(
     store = client.server.app[store_key]
     assert [r[0] for r in await store.query("SELECT killmail_id FROM kills ORDER BY seq")] == ids
     assert await store.inbox_count() == 0 and pipeline.in_flight == 0
+
+
+async def test_a_worker_stopped_with_a_batch_is_killed_and_the_batch_made_here(
+    make_client: MakeClient, killmails: list[dict[str, Any]]
+) -> None:
+    """The chunks a stopped worker holds (claimed or not: the loop may not take them back here)
+    wait `stuck_after`, then it is killed and they are made in this process, the same kills."""
+    client = await make_client()
+    pipeline = client.server.app[pipeline_key]
+    batch = [Pending(parse_submission(km), True) for km in killmails]
+    offload = await _worker_up(pipeline)
+    pipeline.offload = None
+    here = await pipeline.prepare(batch)
+    pipeline.offload = offload
+    pid = offload.pid()
+    assert pid is not None
+    offload.stuck_after = 1.0
+    pipeline.take_back = False
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        there = await asyncio.wait_for(pipeline.prepare(batch), 30)
+    finally:
+        offload.stuck_after = STUCK
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert (offload.stuck, offload.lost, pipeline.offloaded) == (1, 1, 0)
+    assert [(k.killmail_id, k.body, k.packed) for k in there.kills] == [
+        (k.killmail_id, k.body, k.packed) for k in here.kills
+    ]
