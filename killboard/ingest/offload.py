@@ -401,6 +401,11 @@ class Call(Generic[T]):
             self.died(self.pool)
 
 
+def _pids(pool: ProcessPoolExecutor | None) -> list[int]:
+    """The process ids of a pool's workers (its `_processes`, keyed by pid; no public API)."""
+    return list(getattr(pool, "_processes", None) or {})
+
+
 @dataclass(slots=True)
 class Offload:
     """The worker process, from the server's side: started on first use, replaced if it died."""
@@ -474,8 +479,7 @@ class Offload:
         pool = handed.pool
         if time.monotonic() - handed.at < self.stuck_after or self._pool is not pool or handed.future.done():
             return  # not yet; or already found dead and replaced (its breaking answers the call)
-        processes = getattr(pool, "_processes", None) or {}
-        for pid in list(processes):
+        for pid in _pids(pool):
             with suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         self.stuck += 1
@@ -560,8 +564,7 @@ class Offload:
 
     def pid(self) -> int | None:
         """The worker's process id, if it runs (tests)."""
-        processes = getattr(self._pool, "_processes", None) or {}
-        return next(iter(processes), None)
+        return next(iter(_pids(self._pool)), None)
 
     async def close(self) -> None:
         self.closed = True
