@@ -66,6 +66,9 @@ CLAIM_SLOTS = 256
 # it is killed, a new one starts, and what it held is done in this process. Its longest calls (a
 # 10,000-attacker kill, a few chunks queued before a call) take a second or two on a busy machine.
 STUCK = 30.0
+# Seconds close() waits for the worker to end (its call in progress; the rest are cancelled) before
+# it kills it: a stopped one never ends, and the server would never exit.
+CLOSE_WAIT = 2.0
 
 
 def from_payload(payload: bytes) -> Submission:
@@ -569,5 +572,13 @@ class Offload:
     async def close(self) -> None:
         self.closed = True
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        if pool is None:
+            return
+        pids = _pids(pool)
+        ending = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, True, cancel_futures=True))
+        if not (await asyncio.wait({ending}, timeout=CLOSE_WAIT))[0]:
+            log.warning("the big-kill worker process did not end in %.0f s: killed", CLOSE_WAIT)
+            for pid in pids:  # what it held stays in the inbox for the next start
+                with suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        await ending

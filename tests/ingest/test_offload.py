@@ -295,6 +295,43 @@ def _running(pid: int) -> bool:
         return False
 
 
+async def test_a_server_with_a_stopped_worker_still_stops(tmp_path: Path, killmails: list[dict[str, Any]]) -> None:
+    """SIGTERM while the worker is stopped (SIGSTOP: it can neither end nor see its parent go):
+    the server kills it after CLOSE_WAIT and exits 0 instead of waiting for it forever, and no
+    stopped worker is left behind."""
+    server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_INGEST_TOKEN": TOKEN})
+    try:
+        await server.start()
+        assert server.proc is not None
+        pid = server.proc.pid
+        body = json.dumps(killmails).encode()  # more than WORKER_BATCH ordinary kills: the worker starts
+        async with (
+            aiohttp.ClientSession(headers=AUTH) as session,
+            session.post(server.url + "/api/killmails", data=body) as resp,
+        ):
+            assert resp.status == 202, await resp.text()
+
+        def workers() -> list[int]:  # not multiprocessing's resource tracker
+            return [c for c in children(pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+        async def started() -> bool:
+            return bool(workers())
+
+        await until(started, 30)
+        stopped = workers()
+        for worker in stopped:
+            os.kill(worker, signal.SIGSTOP)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.proc.wait, 20) == 0
+
+        async def gone() -> bool:
+            return not any(_running(worker) for worker in stopped)
+
+        await until(gone, 10)
+    finally:
+        server.stop()
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
 @pytest.mark.parametrize("after", [0.0, 0.15, 0.3, 1.5])
 async def test_the_worker_ends_when_the_server_is_killed(
