@@ -295,30 +295,38 @@ def _running(pid: int) -> bool:
         return False
 
 
+async def _start_with_worker(server: ServerProcess, killmails: list[dict[str, Any]]) -> int:
+    """Start `server`, then POST more than WORKER_BATCH ordinary kills so that its worker starts;
+    returns the server's pid once its worker process is there."""
+    await server.start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as session,
+        session.post(server.url + "/api/killmails", data=json.dumps(killmails).encode()) as resp,
+    ):
+        assert resp.status == 202, await resp.text()
+
+    async def started() -> bool:
+        return bool(_workers(pid))
+
+    await until(started, 30)
+    return pid
+
+
+def _workers(pid: int) -> list[int]:
+    """The server's worker processes: its children but multiprocessing's resource tracker."""
+    return [c for c in children(pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
 async def test_a_server_with_a_stopped_worker_still_stops(tmp_path: Path, killmails: list[dict[str, Any]]) -> None:
     """SIGTERM while the worker is stopped (SIGSTOP: it can neither end nor see its parent go):
     the server kills it after CLOSE_WAIT and exits 0 instead of waiting for it forever, and no
     stopped worker is left behind."""
     server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_INGEST_TOKEN": TOKEN})
     try:
-        await server.start()
-        assert server.proc is not None
-        pid = server.proc.pid
-        body = json.dumps(killmails).encode()  # more than WORKER_BATCH ordinary kills: the worker starts
-        async with (
-            aiohttp.ClientSession(headers=AUTH) as session,
-            session.post(server.url + "/api/killmails", data=body) as resp,
-        ):
-            assert resp.status == 202, await resp.text()
-
-        def workers() -> list[int]:  # not multiprocessing's resource tracker
-            return [c for c in children(pid) if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-        async def started() -> bool:
-            return bool(workers())
-
-        await until(started, 30)
-        stopped = workers()
+        pid = await _start_with_worker(server, killmails)
+        stopped = _workers(pid)
         for worker in stopped:
             os.kill(worker, signal.SIGSTOP)
         server.proc.send_signal(signal.SIGTERM)
@@ -343,20 +351,7 @@ async def test_the_worker_ends_when_the_server_is_killed(
     is up."""
     server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_INGEST_TOKEN": TOKEN})
     try:
-        await server.start()
-        assert server.proc is not None
-        pid = server.proc.pid
-        body = json.dumps(killmails).encode()  # more than WORKER_BATCH ordinary kills: the worker starts
-        async with (
-            aiohttp.ClientSession(headers=AUTH) as session,
-            session.post(server.url + "/api/killmails", data=body) as resp,
-        ):
-            assert resp.status == 202, await resp.text()
-
-        async def started() -> bool:
-            return bool(children(pid))
-
-        await until(started, 30)
+        pid = await _start_with_worker(server, killmails)
         workers = children(pid)
         await asyncio.sleep(after)
         server.kill()
