@@ -3,7 +3,8 @@
 A kill moves through the stages in this order, and each stage imports only from the stages
 before it (tests/test_layers.py holds the code to this):
 
-- `config`, `logs`, `metrics`, `auth`: settings and observability every stage uses;
+- `config`, `logs`, `metrics`, `auth`, `numbers`: settings, observability, and the reading of
+  clients' integers, which every stage uses;
 - `kill/`: what a kill is: validation, static data, prices, enrichment, its match keys and frames;
 - `storage/`: SQLite: the kills, the inbox, names, maintenance, backups;
 - `ingest/`: what comes in: zKillboard's feed, ESI, imports, and the worker that stores kills;
@@ -19,7 +20,7 @@ __version__ = "0.3.0"
 
 # "killboard" is this file: it imports nothing, so the base stage may read __version__ from it.
 STAGES: tuple[frozenset[str], ...] = (
-    frozenset({"killboard", "config", "logs", "metrics", "auth"}),
+    frozenset({"killboard", "config", "logs", "metrics", "auth", "numbers"}),
     frozenset({"kill"}),
     frozenset({"storage"}),
     frozenset({"ingest"}),

@@ -17,6 +17,7 @@ from ..kill import topics
 from ..kill.display import nameless
 from ..kill.frames import encode
 from ..kill.langs import reader_language
+from ..numbers import bounded_int
 from ..storage.participants import KIND_NAMES
 from . import figures, rows
 from .service import Entities
@@ -42,9 +43,10 @@ def _error(status: int, message: str) -> web.Response:
 def _entity(request: web.Request) -> tuple[str, int] | str:
     """(kind, id) of the route, or the message of a 400."""
     kind, raw = request.match_info["kind"], request.match_info["id"]
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 0 < int(raw) <= MAX_ID:
+    entity_id = bounded_int(raw, 1, MAX_ID)
+    if entity_id is None:
         return f"{kind} id must be an integer from 1 to {MAX_ID}, got {raw[:40]!r}"
-    return kind, int(raw)
+    return kind, entity_id
 
 
 def _condition(request: web.Request) -> topics.Condition | str | None:
@@ -115,9 +117,10 @@ def _bounded(request: web.Request, name: str, default: int | None, high: int) ->
     raw = request.query.get(name, "")
     if not raw:
         return default
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= high:
+    value = bounded_int(raw, 1, high)
+    if value is None:
         return f"{name}: must be an integer from 1 to {high}, got {raw[:40]!r}"
-    return int(raw)
+    return value
 
 
 async def api_search(request: web.Request) -> web.Response:

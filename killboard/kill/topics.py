@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from ..numbers import bounded_int
+
 # The same regions enrich's security_class names: one definition of where w-space is.
 from .enrich import ABYSSAL_REGIONS, POCHVEN_REGION, WSPACE_REGIONS
 
@@ -110,9 +112,10 @@ def _parse_part(part: str, shown: str) -> Key:
     for sep, prefixes in ((".", DOT_PREFIXES), (":", COLON_PREFIXES | COLON_PREFIXES_SAME_AS_DOT)):
         prefix, found, rest = part.partition(sep)
         if found and prefix in prefixes:
-            if not rest.isascii() or not rest.isdigit() or not 0 < int(rest) <= MAX_ID:
+            entity_id = bounded_int(rest, 1, MAX_ID)
+            if entity_id is None:
                 raise BadChannel(f"channel {shown!r}: {prefix}{sep} needs a positive integer id, got {rest[:40]!r}")
-            return (prefix, int(rest))
+            return (prefix, entity_id)
     if not part:
         raise BadChannel(f"channel {shown!r} has an empty condition")
     raise BadChannel(

@@ -26,6 +26,7 @@ from aiohttp.web_request import BaseRequest
 
 from ..kill.frames import encode, kill_frame
 from ..kill.langs import Langs, filter_names
+from ..numbers import bounded_int
 from .wsmask import MaskCheck, MaskedWebSocketResponse
 
 # Faster deflates of the same format, each optional: stdlib zlib does all of it without them.
@@ -150,11 +151,13 @@ def _accept(params: list[str]) -> int:
             if value:
                 return 0
         elif key == "server_max_window_bits":
-            if not (value.isdigit() and 9 <= int(value) <= 15):
+            # A "²" or 5,000 digits here made int() raise in the handshake: a 500.
+            wanted = bounded_int(value, 9, 15)
+            if wanted is None:
                 return 0
-            bits = max(w for w in WINDOWS if w <= int(value))
+            bits = max(w for w in WINDOWS if w <= wanted)
         elif key == "client_max_window_bits":
-            if value and not (value.isdigit() and 8 <= int(value) <= 15):
+            if value and bounded_int(value, 8, 15) is None:
                 return 0
         else:
             return 0

@@ -21,6 +21,7 @@ from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Submission
 from ..live.wire import body_in
+from ..numbers import parse_int
 from ..storage.rows import StoredKill
 from . import reads
 from .keys import (
@@ -212,16 +213,6 @@ def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None
     no_esi = sum(1 for r in rejected if r["errors"][0].startswith("killmail: only id and hash"))
     counter.labels("no_esi_body").inc(no_esi)
     counter.labels("invalid").inc(len(rejected) - no_esi)
-
-
-def parse_int(raw: str) -> int | None:
-    """A decimal integer as a client may write it, or None. ASCII digits only: int() also takes
-    other scripts' digits ("٣"), "1_000" and spaces, and raises past 4,300 digits."""
-    digits = raw[1:] if raw[:1] in ("-", "+") else raw
-    if not digits.isascii() or not digits.isdigit():
-        return None
-    # Past 30 digits the value is out of every range here; int() would refuse it past 4,300.
-    return int(raw) if len(digits) <= 30 else (-(10**30) if raw[0] == "-" else 10**30)
 
 
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int = MAX_ID) -> int | None:

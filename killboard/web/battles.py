@@ -15,6 +15,7 @@ from ..battles import tables
 from ..battles.detect import GAP
 from ..battles.service import Battles
 from ..kill.langs import reader_language
+from ..numbers import bounded_int
 from .api import json_error
 from .keptpages import EXPIRES
 from .keys import battles_key, static_key, store_key
@@ -35,18 +36,21 @@ def _int(query: Any, name: str, low: int = 1, high: int = MAX_ID) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+    value = bounded_int(raw, low, high)
+    if value is None:
         raise BadQuery(f"{name}: expected an integer from {low} to {high}, got {raw[:40]!r}")
-    return int(raw)
+    return value
 
 
 def _cursor(raw: str | None) -> tuple[int, int] | None:
     if not raw:
         return None
     start, _, battle_id = raw.partition("_")
-    if not (start.isascii() and start.isdigit() and battle_id.isascii() and battle_id.isdigit()):
+    # Both fit SQLite's integers: a bigger one raised OverflowError in the query (a 500).
+    when, number = bounded_int(start, 0, MAX_ID), bounded_int(battle_id, 0, MAX_ID)
+    if when is None or number is None:
         raise BadQuery(f"cursor: expected the 'next' value of a previous page, got {raw[:40]!r}")
-    return int(start), int(battle_id)
+    return when, number
 
 
 def _moves(query: Any) -> dict[int, int]:
@@ -58,11 +62,12 @@ def _moves(query: Any) -> dict[int, int]:
         if len(moves) >= MAX_MOVES:
             raise BadQuery(f"side.<id>: at most {MAX_MOVES} moves")
         entity = key[5:]
-        if not entity.isascii() or not entity.isdigit() or not 0 < int(entity) <= MAX_ID:
+        entity_id, side = bounded_int(entity, 1, MAX_ID), bounded_int(value, 1, 64)
+        if entity_id is None:
             raise BadQuery(f"{key[:60]!r}: expected side.<entity id>=<side number>")
-        if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 64:
+        if side is None:
             raise BadQuery(f"{key[:60]}: expected a side number from 1 to 64, got {value[:20]!r}")
-        moves[int(entity)] = int(value)
+        moves[entity_id] = side
     return moves
 
 
@@ -107,19 +112,20 @@ def _ends(rows: list[tables.BattleRow], now: float) -> float | None:
 async def get_battle(request: web.Request) -> web.StreamResponse:
     battles = request.app[battles_key]
     raw = request.match_info["battle_id"]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_ID:
+    battle_id = bounded_int(raw, 1, MAX_ID)
+    if battle_id is None:
         return json_error(400, f"battle id: expected a positive integer, got {raw[:40]!r}")
     try:
         moves = _moves(request.query)
     except BadQuery as exc:
         log.info("GET /api/battles/%s: %s", raw, exc)
         return json_error(400, str(exc))
-    row, merged_into = await battles.resolve(int(raw))
+    row, merged_into = await battles.resolve(battle_id)
     if merged_into is not None:
         target = f"/api/battles/{merged_into}" + (f"?{request.query_string}" if request.query_string else "")
         raise web.HTTPPermanentRedirect(target)
     if row is None:
-        return json_error(404, f"no battle {raw}: unknown, or its kills are past retention")
+        return json_error(404, f"no battle {battle_id}: unknown, or its kills are past retention")
     data = await battles.summarize(row, moves, detail=True)
     data["names"] = await _names(request, data)
     return web.json_response(data)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..kill import topics
+from ..numbers import bounded_int
 
 # Value floors, security and ship classes: topics the server has channels for.
 VALUE_FLOORS: tuple[str, ...] = ("5b", "10b")
@@ -88,9 +89,8 @@ def from_query(query: Mapping[str, str]) -> Filter:
     pairs = [(candidate, query.get(candidate, "")) for candidate in ENTITY_KINDS]
     pairs.append((query.get("kind", ""), query.get("id", "").strip()))
     for candidate, raw in pairs:
-        # isascii: "²" passes isdigit() and then int() raises (a 500 before).
-        if candidate in ENTITY_KINDS and raw.isascii() and raw.isdigit() and len(raw) < 20 and 0 < int(raw) < 2**63:
-            kind, entity_id = candidate, int(raw)
+        if candidate in ENTITY_KINDS and (value := bounded_int(raw, 1, 2**63 - 1)) is not None:
+            kind, entity_id = candidate, value
             break
     return Filter(
         min_value=min_value if min_value in VALUE_FLOORS else None,

@@ -41,6 +41,7 @@ from ..battles import tables
 from ..entities import entities_key
 from ..entities.service import KINDS
 from ..kill.langs import reader_language
+from ..numbers import bounded_int
 from .httpzip import MIN_BYTES, TYPES, choose, gzip_body
 from .keys import battles_key, rendering_key, store_key, viewcache_key
 from .viewcache import Page, Rendering, Version, ViewCache, ViewKey
@@ -156,10 +157,10 @@ def _month() -> int:
 
 
 async def battle_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
-    raw = request.match_info["battle_id"]
-    if not raw.isascii() or not raw.isdigit() or not 0 < int(raw) <= MAX_ID or _backlog(request):
+    battle_id = bounded_int(request.match_info["battle_id"], 1, MAX_ID)
+    if battle_id is None or _backlog(request):
         return None
-    row = await tables.get(request.app[battles_key].store, int(raw))
+    row = await tables.get(request.app[battles_key].store, battle_id)
     if row is None or row.merged_into is not None:
         return None  # unknown (404) or merged (a redirect): the handler answers
     return (row.last_seq, row.kill_count, row.end_time, row.ongoing(time.time()))
@@ -178,12 +179,10 @@ async def entity_page_stamp(request: web.Request) -> tuple[Hashable, ...] | None
 
 
 async def entity_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
-    kind, raw = request.match_info["kind"], request.match_info["id"]
-    if kind not in KINDS or not raw.isascii() or not raw.isdigit() or len(raw) > 19 or _backlog(request):
+    kind, entity_id = request.match_info["kind"], bounded_int(request.match_info["id"], 1, MAX_ID)
+    if kind not in KINDS or entity_id is None or _backlog(request):
         return None
-    if not 0 < int(raw) <= MAX_ID:
-        return None
-    newest = await request.app[store_key].kills_of(KINDS[kind], int(raw), None, 1)
+    newest = await request.app[store_key].kills_of(KINDS[kind], entity_id, None, 1)
     return (newest[0][0] if newest else 0, _month())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from battlefights import fight, merging_halves, post_all, when
 from conftest import Client
 
@@ -86,6 +87,38 @@ async def test_bad_queries_are_precise_400s(client: Client) -> None:
     assert resp.status == 404 and "no battle 99" in (await resp.json())["error"]
     resp = await client.get("/api/battles/1?side.abc=2")
     assert resp.status == 400 and "side" in (await resp.json())["error"]
+
+
+HUGE = "9" * 5000  # int() refuses a string past 4,300 digits; SQLite an integer past 64 bits
+
+
+@pytest.mark.parametrize(
+    ("query", "word"),
+    [
+        ("/api/battles/" + HUGE, "battle id"),
+        ("/api/battles/" + "0" * 5000 + "1x", "battle id"),
+        ("/api/battles?system=" + HUGE, "system"),
+        ("/api/battles?region=%C2%B2", "region"),
+        ("/api/battles?min_kills=" + HUGE, "min_kills"),
+        ("/api/battles?limit=" + HUGE, "limit"),
+        ("/api/battles?cursor=99999999999999999999999_1", "cursor"),
+        ("/api/battles?cursor=1_99999999999999999999999", "cursor"),
+        ("/api/battles/1?side.1=" + HUGE, "side number"),
+        ("/api/battles/1?side." + "9" * 3000 + "=1", "side"),
+    ],
+)
+async def test_numbers_no_parser_takes_are_400s_not_500s(client: Client, query: str, word: str) -> None:
+    resp = await client.get(query)
+    assert resp.status == 400, query[:60]
+    assert word in (await resp.json())["error"]
+
+
+async def test_a_battle_id_with_leading_zeros_is_that_battle(client: Client) -> None:
+    await post_all(client, sorted(fight("30001155"), key=when)[:5])
+    [battle] = (await battles(client))["battles"]
+    resp = await client.get("/api/battles/" + "0" * 5000 + str(battle["battle_id"]))
+    assert resp.status == 200
+    assert (await resp.json())["battle_id"] == battle["battle_id"]
 
 
 async def test_isk_is_the_sum_of_the_kills_values(client: Client, killmails: list[dict[str, Any]]) -> None:

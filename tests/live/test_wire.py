@@ -53,6 +53,10 @@ def test_negotiate_answers_no_context_takeover_and_honours_window() -> None:
     assert wire.negotiate("permessage-deflate; mystery=1") == (0, None)
     assert wire.negotiate("permessage-deflate; server_no_context_takeover; server_no_context_takeover") == (0, None)
     assert wire.negotiate("permessage-deflate; server_max_window_bits=20, permessage-deflate")[0] == 15
+    # Digits int() takes but the RFC's 1*DIGIT does not, and numbers past int()'s 4,300 digits.
+    for value in ("²", "١٠", "1_0", "+9", "9" * 5000):
+        assert wire.negotiate(f"permessage-deflate; server_max_window_bits={value}") == (0, None), value
+        assert wire.negotiate(f"permessage-deflate; client_max_window_bits={value}") == (0, None), value
 
 
 def test_deflate_once_inflates_with_the_window_asked_for(killmails: list[dict[str, Any]]) -> None:
@@ -420,6 +424,20 @@ async def test_replays_send_each_socket_its_own_variant(client: Client, killmail
     assert got[1] == got[2]
     for full, cut in zip(got[0], got[1], strict=True):
         _same_but_names(full, cut, ("en",))
+
+
+async def test_an_offer_with_a_number_int_refuses_is_declined_not_a_500(client: Client) -> None:
+    """A "²" or 5,000 digits as a window made the handshake a 500; the offer is declined now,
+    and the socket works without deflate."""
+    host, port = client.server.host, client.server.port
+    for value in ("\u00b2", "9" * 5000):
+        offer = f"permessage-deflate; server_max_window_bits={value}"
+        reader, writer = await rawws.connect(host, port, extensions=offer)  # sent as UTF-8
+        assert writer.extensions is None  # type: ignore[attr-defined]
+        writer.write(rawws.masked_frame(json.dumps({"action": "ping"}).encode()))
+        _, opcode, pong = await asyncio.wait_for(rawws.read_frame_rsv(reader), 5)
+        assert opcode == 0x1 and json.loads(pong)["action"] == "pong"
+        writer.close()
 
 
 async def test_the_4_kib_limit_is_exact_on_a_deflate_socket_too(client: Client) -> None:
