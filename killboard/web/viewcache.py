@@ -35,6 +35,10 @@ MAX_NAMELESS = 50_000
 # What an entry costs beyond its bytes (the key, the dict slot, the object): counted, so the
 # bound holds for many small rows too.
 OVERHEAD = 200
+# An entry larger than this share of the bound is not kept: one big answer (200 fleet fights of
+# /api/group/25/kills in every language: ~21 MB) pushed every other page out, so a client
+# repeating it with a new query each time had every page rendered again for everyone.
+MAX_ENTRY_SHARE = 4
 
 ViewKey = tuple[str, str]  # (canonical view, language)
 Version = tuple[Hashable, ...]  # what the page depends on, then the generation
@@ -127,7 +131,7 @@ class ViewCache:
     def _put(self, key: _Key, entry: Page | str) -> None:
         self._drop(key)
         size = _size(entry)
-        if size > self.max_bytes:
+        if size > self.max_bytes // MAX_ENTRY_SHARE:
             return
         self._entries[key] = entry
         self._bytes += size

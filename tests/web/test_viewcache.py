@@ -16,7 +16,7 @@ from fakes import FakeEsi
 from test_recent import count_renders, row_ids
 
 from killboard.web.keys import names_key, store_key
-from killboard.web.viewcache import OVERHEAD, ViewCache
+from killboard.web.viewcache import MAX_ENTRY_SHARE, OVERHEAD, ViewCache
 
 
 async def post(client: Client, body: Any) -> None:
@@ -138,6 +138,23 @@ def test_the_cache_is_bounded_in_bytes_and_drops_rows_of_changed_kills() -> None
     cache.put_row("en", 1, "old", stale)
     cache.put_page(("/?v=1", "en"), (2, stale), b"page", stale)
     assert cache.row("en", 1) is None and len(cache) == 0
+
+
+def test_one_big_answer_pushes_no_page_out() -> None:
+    """A page past a quarter of the bound is served but not kept: it would push the others out."""
+    cache = ViewCache(max_bytes=100_000)
+    for view in range(8):
+        cache.put_page((f"/?v={view}", "en"), cache.version(1), b"y" * 5_000, cache.generation)
+    kept = cache.bytes
+    big = cache.put_page(("/api/group/25/kills?limit=200", "en"), cache.version(1), b"z" * 30_000, cache.generation)
+    assert big.body == b"z" * 30_000  # the caller still answers with it
+    assert cache.page(("/api/group/25/kills?limit=200", "en"), cache.version(1)) is None
+    assert cache.bytes == kept and all(
+        cache.page((f"/?v={view}", "en"), cache.version(1)) is not None for view in range(8)
+    )
+    near = 100_000 // MAX_ENTRY_SHARE - OVERHEAD - 100  # just inside the share
+    cache.put_page(("/battle/1", "en"), cache.version(1), b"b" * near, cache.generation)
+    assert cache.page(("/battle/1", "en"), cache.version(1)) is not None
 
 
 def test_a_page_kept_until_a_time_is_stale_after_it() -> None:
