@@ -177,8 +177,9 @@ def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "import",
         help="load killmail files into the database (works beside a running server)",
         description="Load killmails: .json (one, an array, an R2Z2 object or a RedisQ package), .jsonl, "
-        "directories of those, or EVE Ref daily archives (killmails-YYYY-MM-DD.tar.bz2). Duplicates are "
-        "skipped; imported kills are stored, not broadcast live. Exit status 1 if anything was rejected.",
+        "either gzipped or bzip2ed (.json.gz, .jsonl.bz2), directories of those, or EVE Ref daily archives "
+        "(killmails-YYYY-MM-DD.tar.bz2). Duplicates are skipped; imported kills are stored, not broadcast live. "
+        "Exit status 1 if anything was rejected.",
     )
     sub.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     # SUPPRESS: an unset subcommand flag must not overwrite the same flag given before `import`.

@@ -9,9 +9,13 @@ skipped; a bad file or item is reported with its path and reason, and the import
 from __future__ import annotations
 
 import asyncio
+import bz2
+import gzip
+import io
 import logging
 import sys
 import tarfile
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
@@ -35,7 +39,10 @@ from .upstream import new_session
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".json", ".jsonl", ".tar.bz2")
+SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".json.bz2", ".jsonl.bz2", ".tar.bz2")
+# A compressed .json or .jsonl is read whole, as a plain one is: past this it is refused rather
+# than left to fill the memory (a few MB of gzip can hold GBs of zeros).
+MAX_INFLATED = 2**30
 BATCH = 200
 # Called with the opened store and static data before importing; returns what to await at the end.
 Prepare = Callable[[Store, StaticData], Awaitable[Callable[[], Awaitable[None]]]]
@@ -73,7 +80,8 @@ class BadInput(Exception):
 
 
 def expand(paths: list[Path]) -> list[Path]:
-    """Files to read: the paths given, directories searched for .json, .jsonl and .tar.bz2."""
+    """Files to read: the paths given, directories searched for .json and .jsonl (plain,
+    .gz or .bz2) and .tar.bz2."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -94,6 +102,9 @@ def read(path: Path, progress: Progress) -> Iterator[Item]:
     except OSError as exc:
         raise BadInput(exc.strerror or str(exc)) from None
     size = len(raw)
+    if name.endswith((".gz", ".bz2")):
+        raw = _inflate(raw, name)
+        name = name.rpartition(".")[0]
     if name.endswith(".jsonl"):
         lines = raw.splitlines()
         for number, line in enumerate(lines, start=1):
@@ -112,6 +123,20 @@ def read(path: Path, progress: Progress) -> Iterator[Item]:
     for index, item in enumerate(items):
         progress.advance(size / max(1, len(items)))
         yield Item(f"{path}[{index}]" if isinstance(data, list) else str(path), item)
+
+
+def _inflate(raw: bytes, name: str) -> bytes:
+    """A .gz or .bz2 file's content (every member or stream of it), at most MAX_INFLATED bytes."""
+    kind = "gzip" if name.endswith(".gz") else "bzip2"
+    try:
+        inflating = gzip.GzipFile(fileobj=io.BytesIO(raw)) if kind == "gzip" else bz2.BZ2File(io.BytesIO(raw))
+        with inflating:
+            out = inflating.read(MAX_INFLATED + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise BadInput(f"not a readable {kind} file: {exc}") from None
+    if len(out) > MAX_INFLATED:
+        raise BadInput(f"decompresses to more than {MAX_INFLATED:,} bytes")
+    return out
 
 
 def _read_archive(path: Path, progress: Progress) -> Iterator[Item]:

@@ -4,6 +4,8 @@ runs beside a live server on the same database without its kills being broadcast
 from __future__ import annotations
 
 import asyncio
+import bz2
+import gzip
 import io
 import json
 import sqlite3
@@ -20,6 +22,7 @@ from fakes import DATA, r2z2_object
 from serverproc import ServerProcess
 
 from killboard.config import PROJECT_ROOT, Config
+from killboard.ingest import importer
 from killboard.ingest.importer import run_import
 from killboard.storage.store import Store
 
@@ -209,3 +212,33 @@ def count(db: Path, table: str) -> int:
             return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
         except sqlite3.OperationalError:  # not created yet
             return 0
+
+
+async def test_gzip_and_bzip2_files_import_like_plain_ones(
+    tmp_path: Path, config: Config, killmails: list[dict[str, Any]], monkeypatch: Any
+) -> None:
+    """A real fight as its archive keeps it (.json.gz), killmails as .jsonl.bz2 and as two gzip
+    members one after the other; a truncated file, a file that is not gzip and one that
+    decompresses past the bound are each rejected with the reason, and the rest imported."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    fight = PROJECT_ROOT / "tests" / "data" / "battles" / "everef-2021-11-27-sys30001155" / "killmails.json.gz"
+    (inputs / "fight.json.gz").write_bytes(fight.read_bytes())
+    fight_ids = {km["killmail_id"] for km in json.loads(gzip.decompress(fight.read_bytes()))}
+    (inputs / "lines.jsonl.bz2").write_bytes(bz2.compress("\n".join(json.dumps(k) for k in killmails[:5]).encode()))
+    members = b"".join(gzip.compress(json.dumps(k).encode() + b"\n") for k in killmails[5:8])
+    (inputs / "members.jsonl.gz").write_bytes(members)
+    (inputs / "truncated.json.gz").write_bytes(gzip.compress(json.dumps(killmails[8]).encode())[:-20])
+    (inputs / "plain.json.gz").write_text(json.dumps(killmails[9]))
+    (inputs / "bomb.json.gz").write_bytes(gzip.compress(b"[" + b" " * 3_000_000 + b"]"))
+    monkeypatch.setattr(importer, "MAX_INFLATED", 2_000_000)  # the fight is ~0.9 MB
+
+    summary = await run_import(config, [inputs], out=io.StringIO(), err=io.StringIO(), tty=False)
+
+    expected = fight_ids | {k["killmail_id"] for k in killmails[:8]}
+    assert set(await stored_ids(config.db_path)) == expected
+    assert summary.imported == len(expected) and summary.rejected == 3
+    problems = "\n".join(summary.problems)
+    assert f"{inputs / 'truncated.json.gz'}: not a readable gzip file" in problems
+    assert f"{inputs / 'plain.json.gz'}: not a readable gzip file" in problems
+    assert f"{inputs / 'bomb.json.gz'}: decompresses to more than 2,000,000 bytes" in problems
