@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import config as settings
 from ..kill.staticdata import StaticData, load_static
+from ..storage.dbtools import EXIT_USAGE, missing
 from ..storage.store import Store
 from .service import Battles, Rebuilt, rebuild
 
@@ -27,6 +28,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _rebuild(args: argparse.Namespace) -> int:
     config = settings.from_args(args)
+    if missing(config.db_path, "battles rebuild"):
+        return EXIT_USAGE
 
     async def go() -> Rebuilt:
         store = await Store.open(config.db_path)

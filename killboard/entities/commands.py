@@ -11,6 +11,7 @@ from typing import TextIO
 
 from .. import config as settings
 from ..kill.staticdata import load_static
+from ..storage.dbtools import EXIT_USAGE, missing
 from ..storage.store import Store
 from . import backlog
 
@@ -31,6 +32,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 async def _rebuild(args: argparse.Namespace, out: TextIO) -> int:
     config = settings.from_args(args)
+    if missing(config.db_path, "entities rebuild"):
+        return EXIT_USAGE
     static = await asyncio.to_thread(load_static, config.data_dir)
     store = await Store.open(config.db_path)
     try:

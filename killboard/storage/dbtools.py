@@ -36,6 +36,16 @@ class ToolError(Exception):
     """An expected failure (missing file, not a database): one clear line, no stack trace."""
 
 
+def missing(path: Path, command: str) -> bool:
+    """For a command that works on the database there is (a rebuild, a test post): whether
+    there is none at `path`, said in one line on stderr. Opening it would make an empty one, so
+    a mistyped --db reported success on a new, empty file."""
+    if path.is_file():
+        return False
+    print(f"{command}: no database at {path}", file=sys.stderr)
+    return True
+
+
 @contextmanager
 def _open(path: Path) -> Iterator[sqlite3.Connection]:
     if not path.is_file():

@@ -12,6 +12,7 @@ import aiohttp
 
 from .. import config as settings
 from ..kill.topics import parse
+from ..storage.dbtools import EXIT_USAGE, missing
 from ..storage.store import Store
 from .config import Webhook, WebhookConfigError, load
 from .deliver import RateLimit, build_request, post_once, select
@@ -65,6 +66,8 @@ def _test(args: argparse.Namespace) -> int:
 
 
 async def _post_test(config: settings.Config, hook: Webhook) -> int:
+    if missing(config.db_path, "webhooks test"):
+        return EXIT_USAGE
     store = await Store.open(config.db_path)
     try:
         rows = await store.latest(TEST_SEARCH)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from killgen import filled
 from serverproc import ServerProcess, import_real_kills
 
@@ -137,6 +138,19 @@ async def test_check_on_something_that_is_not_a_database(tmp_path: Path) -> None
     assert "Traceback" not in done.stderr
     missing = await run_app_py("check", "--db", str(tmp_path / "nowhere.sqlite3"))
     assert missing.returncode == 2 and "no database at" in missing.stderr
+
+
+@pytest.mark.parametrize("command", [["battles", "rebuild"], ["entities", "rebuild"], ["webhooks", "test", "ops"]])
+def test_maintenance_on_a_mistyped_db_makes_no_empty_database(tmp_path: Path, command: list[str]) -> None:
+    """They reported success on an empty database they had just made at the mistyped path."""
+    hooks = tmp_path / "webhooks.toml"
+    hooks.write_text('[[webhook]]\nname = "ops"\nurl = "https://discord.com/api/webhooks/1/x"\nchannel = "kills"\n')
+    nowhere = tmp_path / "nowhere.sqlite3"
+    file = ["--file", str(hooks)] if command[0] == "webhooks" else []
+    done = app_py(*command, "--db", str(nowhere), *file)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"{' '.join(command[:2])}: no database at {nowhere}"
+    assert list(tmp_path.iterdir()) == [hooks]
 
 
 def test_backup_draws_a_bar_on_a_terminal(tmp_path: Path) -> None:
