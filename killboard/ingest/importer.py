@@ -79,16 +79,20 @@ class BadInput(Exception):
 # -- reading --------------------------------------------------------------------------------
 
 
-def expand(paths: list[Path]) -> list[Path]:
-    """Files to read: the paths given, directories searched for .json and .jsonl (plain,
-    .gz or .bz2) and .tar.bz2."""
+def expand(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(files to read: the paths given, directories searched for .json and .jsonl (plain,
+    .gz or .bz2) and .tar.bz2; the directories where none was found)."""
     out: list[Path] = []
+    empty: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            out.extend(found)
+            if not found:
+                empty.append(path)
         else:
             out.append(path)
-    return out
+    return out, empty
 
 
 def read(path: Path, progress: Progress) -> Iterator[Item]:
@@ -242,12 +246,14 @@ async def run_import(
     here; an Offload: that one, whatever the size, e.g. started beforehand by a test), stopped
     when the import ends."""
     summary = Summary()
-    files = expand(paths)
+    files, empty = expand(paths)
     missing = [p for p in files if not p.exists()]
     files = [p for p in files if p.exists()]
     progress = Progress(sum(p.stat().st_size for p in files), err, err.isatty() if tty is None else tty)
     for path in missing:
         _reject(summary, progress, f"{path}: no such file or directory")
+    for path in empty:  # a wrong folder: said, not an import of nothing that ends "imported 0"
+        _reject(summary, progress, f"{path}: no {', '.join(SUFFIXES)} file in it")
     static = load_static(config.data_dir)
     async with AsyncExitStack() as stack:
         store = await Store.open(config.db_path)

@@ -214,7 +214,7 @@ def count(db: Path, table: str) -> int:
             return 0
 
 
-async def test_gzip_and_bzip2_files_import_like_plain_ones(
+async def test_gzip_and_bzip2_files_import_like_plain_ones_and_a_wrong_folder_is_said(
     tmp_path: Path, config: Config, killmails: list[dict[str, Any]], monkeypatch: Any
 ) -> None:
     """A real fight as its archive keeps it (.json.gz), killmails as .jsonl.bz2 and as two gzip
@@ -233,12 +233,17 @@ async def test_gzip_and_bzip2_files_import_like_plain_ones(
     (inputs / "bomb.json.gz").write_bytes(gzip.compress(b"[" + b" " * 3_000_000 + b"]"))
     monkeypatch.setattr(importer, "MAX_INFLATED", 2_000_000)  # the fight is ~0.9 MB
 
-    summary = await run_import(config, [inputs], out=io.StringIO(), err=io.StringIO(), tty=False)
+    other = tmp_path / "notes"  # a folder with no killmail file in it
+    other.mkdir()
+    (other / "readme.txt").write_text("not a killmail")
+
+    summary = await run_import(config, [inputs, other], out=io.StringIO(), err=io.StringIO(), tty=False)
 
     expected = fight_ids | {k["killmail_id"] for k in killmails[:8]}
     assert set(await stored_ids(config.db_path)) == expected
-    assert summary.imported == len(expected) and summary.rejected == 3
+    assert summary.imported == len(expected) and summary.rejected == 4
     problems = "\n".join(summary.problems)
     assert f"{inputs / 'truncated.json.gz'}: not a readable gzip file" in problems
     assert f"{inputs / 'plain.json.gz'}: not a readable gzip file" in problems
     assert f"{inputs / 'bomb.json.gz'}: decompresses to more than 2,000,000 bytes" in problems
+    assert f"{other}: no .json, .jsonl, .json.gz, .jsonl.gz, .json.bz2, .jsonl.bz2, .tar.bz2 file in it" in problems
