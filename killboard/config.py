@@ -9,8 +9,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from killboard import __version__
+from killboard.numbers import parse_int
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
@@ -260,10 +262,10 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    value = parse_int(raw.strip())  # past 30 digits: 10**30, which the Limit then refuses
+    if value is None:
+        raise SystemExit(f"{name} must be an integer, got {raw[:40]!r}")
+    return value
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -273,9 +275,9 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+        raise SystemExit(f"{name} must be a number, got {raw[:40]!r}") from None
     if not math.isfinite(value):  # float() takes "nan" and "inf"; no limit means either
-        raise SystemExit(f"{name} must be a finite number, got {raw!r}")
+        raise SystemExit(f"{name} must be a finite number, got {raw[:40]!r}")
     return value
 
 
@@ -296,9 +298,9 @@ def _from_env(env: Mapping[str, str]) -> Config:
         live_max_age=_env_int(env, "KILLBOARD_LIVE_MAX_AGE", base.live_max_age),
         queue_bytes=_env_int(env, "KILLBOARD_QUEUE_BYTES", base.queue_bytes),
         upstream=_env_flag(env, "KILLBOARD_UPSTREAM", base.upstream),
-        r2z2_url=(env.get("KILLBOARD_R2Z2_URL") or base.r2z2_url).rstrip("/"),
-        esi_url=(env.get("KILLBOARD_ESI_URL") or base.esi_url).rstrip("/"),
-        user_agent=env.get("KILLBOARD_USER_AGENT") or base.user_agent,
+        r2z2_url=_env_http_url(env, "KILLBOARD_R2Z2_URL") or base.r2z2_url,
+        esi_url=_env_http_url(env, "KILLBOARD_ESI_URL") or base.esi_url,
+        user_agent=_env_header(env, "KILLBOARD_USER_AGENT") or base.user_agent,
         retention_days=_env_int(env, "KILLBOARD_RETENTION_DAYS", base.retention_days),
         body_timeout=_env_float(env, "KILLBOARD_BODY_TIMEOUT", base.body_timeout),
         max_large_reads=_env_int(env, "KILLBOARD_MAX_LARGE_READS", base.max_large_reads),
@@ -315,7 +317,7 @@ def _from_env(env: Mapping[str, str]) -> Config:
         ws_control_burst=_env_int(env, "KILLBOARD_WS_CONTROL_BURST", base.ws_control_burst),
         ws_replay_max=_env_int(env, "KILLBOARD_WS_REPLAY_MAX", base.ws_replay_max),
         webhooks_path=Path(env["KILLBOARD_WEBHOOKS"]) if env.get("KILLBOARD_WEBHOOKS") else None,
-        public_url=_env_public_url(env, "KILLBOARD_PUBLIC_URL"),
+        public_url=_env_http_url(env, "KILLBOARD_PUBLIC_URL"),
         ws_send_buffer=_env_int(env, "KILLBOARD_WS_SEND_BUFFER", base.ws_send_buffer),
         ws_replay_concurrency=_env_int(env, "KILLBOARD_WS_REPLAY_CONCURRENCY", base.ws_replay_concurrency),
         redis_url=_env_redis_url(env, "KILLBOARD_REDIS_URL"),
@@ -348,11 +350,32 @@ def _env_networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return entries
 
 
-def _env_public_url(env: Mapping[str, str], name: str) -> str | None:
+def _env_http_url(env: Mapping[str, str], name: str) -> str | None:
+    """An http(s) address with a host, without its trailing slash; None when unset. Checked at
+    start: a bad one was only found by the first request (R2Z2's retried for ever)."""
     raw = (env.get(name) or "").strip().rstrip("/")
-    if raw and not raw.startswith(("http://", "https://")):
-        raise SystemExit(f"{name} must start with http:// or https://, got {raw[:80]!r}")
+    if not raw:
+        return None
+    try:
+        host = urlsplit(raw).hostname
+    except ValueError:  # a bad port or IPv6 literal
+        host = None
+    if not raw.startswith(("http://", "https://")) or not host or _unprintable(raw):
+        raise SystemExit(f"{name} must be an http:// or https:// address with a host, got {raw[:80]!r}")
+    return raw
+
+
+def _env_header(env: Mapping[str, str], name: str) -> str | None:
+    """A value sent as an HTTP header: no control characters (a CR or LF would end it; aiohttp
+    refused every request with one, after the server had started)."""
+    raw = (env.get(name) or "").strip()
+    if _unprintable(raw):
+        raise SystemExit(f"{name} must not hold control characters (it is sent as an HTTP header), got {raw[:80]!r}")
     return raw or None
+
+
+def _unprintable(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -39,6 +39,39 @@ def test_each_environment_variable_is_checked() -> None:
             from_env({limit.env: raw})
 
 
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("KILLBOARD_R2Z2_URL", "ftp://feed.example", "must be an http:// or https:// address with a host"),
+        ("KILLBOARD_ESI_URL", "esi.evetech.net", "must be an http:// or https:// address with a host"),
+        ("KILLBOARD_ESI_URL", "https://", "must be an http:// or https:// address with a host"),
+        ("KILLBOARD_ESI_URL", "http://[::1", "must be an http:// or https:// address with a host"),
+        ("KILLBOARD_PUBLIC_URL", "https://kills.example.com/\nx", "must be an http:// or https:// address"),
+        ("KILLBOARD_USER_AGENT", "kb (me@example.com)\r\nX-Injected: 1", "must not hold control characters"),
+        ("KILLBOARD_PORT", "9" * 5000, "must be between 1 and 65,535"),  # int() raised past 4,300 digits
+        ("KILLBOARD_PORT", "²", "must be an integer, got '²'"),
+    ],
+)
+def test_addresses_headers_and_numbers_are_checked_at_start(name: str, raw: str, message: str) -> None:
+    with pytest.raises(SystemExit) as refused:
+        from_env({name: raw})
+    line = str(refused.value)
+    assert line.startswith(f"{name} {message}") and "\n" not in line and len(line) < 200, line
+
+
+def test_good_addresses_and_a_unicode_contact_pass() -> None:
+    config = from_env(
+        {
+            "KILLBOARD_R2Z2_URL": "http://127.0.0.1:8081/feed/",
+            "KILLBOARD_ESI_URL": "https://esi.example/latest",
+            "KILLBOARD_USER_AGENT": " killboard (José, jose@example.com) ",
+            "KILLBOARD_PORT": " +8081",
+        }
+    )
+    assert (config.r2z2_url, config.esi_url) == ("http://127.0.0.1:8081/feed", "https://esi.example/latest")
+    assert (config.user_agent, config.port) == ("killboard (José, jose@example.com)", 8081)
+
+
 def test_backoff_max_below_min() -> None:
     assert problems(Config(backoff_min=10, backoff_max=5)) == ["backoff_max (5) must not be below backoff_min (10)"]
 

@@ -107,5 +107,5 @@ def test_webhooks_check(tmp_path: Path) -> None:
 def test_public_url_must_be_http() -> None:
     assert from_env({"KILLBOARD_PUBLIC_URL": "https://kills.example.com/"}).public_url == "https://kills.example.com"
     assert from_env({}).public_url is None
-    with pytest.raises(SystemExit, match="KILLBOARD_PUBLIC_URL must start with http"):
+    with pytest.raises(SystemExit, match="KILLBOARD_PUBLIC_URL must be an http:// or https:// address"):
         from_env({"KILLBOARD_PUBLIC_URL": "kills.example.com"})
