@@ -1,6 +1,7 @@
 """Log setup: plain lines for people, or JSON lines (KILLBOARD_LOG_FORMAT=json) for log shippers;
-requests that cannot be parsed get a short line, rate-limited per client, not a stack trace; lines
-a crowd sets off at once (sockets closed together) are summed up (Throttled)."""
+requests that cannot be parsed get a short line, rate-limited per client, not a stack trace; so do
+the lines a client's own bad input sets off (ClientLines); lines a crowd sets off at once (sockets
+closed together) are summed up (Throttled)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,43 @@ class LineBucket:
         return True
 
 
+class _Peers:
+    """A token bucket per client address for the lines it sets off: `burst` at once, then one per
+    1/`rate` seconds. At most `peers` addresses are tracked (the oldest forgotten first; what
+    they had suppressed is told with the next line of anyone), so neither one client nor many
+    can fill the disk."""
+
+    def __init__(self, rate: float, burst: int, peers: int, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.peers, self._clock = rate, burst, peers, clock
+        self._table: OrderedDict[str, LineBucket] = OrderedDict()
+        self._forgotten = 0  # lines suppressed from addresses no longer tracked
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def let(self, peer: str) -> str | None:
+        """None: leave this line out. Else what to add to it: how many were left out before."""
+        now = self._clock()
+        state = self._table.get(peer)
+        if state is None:
+            state = self._table[peer] = LineBucket(float(self.burst), now)
+            while len(self._table) > self.peers:
+                _, old = self._table.popitem(last=False)
+                self._forgotten += old.suppressed
+        else:
+            self._table.move_to_end(peer)
+        if not state.take(now, self.rate, self.burst):
+            return None
+        note = ""
+        if state.suppressed:
+            note += f"; suppressed {state.suppressed} lines from {peer} before this one"
+            state.suppressed = 0
+        if self._forgotten:
+            note += f"; suppressed {self._forgotten} lines from other clients"
+            self._forgotten = 0
+        return note
+
+
 class BadRequestFilter(logging.Filter):
     """Turns aiohttp's line for a request it could not parse (bad request line, headers or URL:
     the client's fault, already answered 400) into one INFO line without a stack trace, and
@@ -76,42 +114,63 @@ class BadRequestFilter(logging.Filter):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
-        self.rate = rate
-        self.burst = burst
-        self.peers = peers
-        self._clock = clock
-        self._table: OrderedDict[str, LineBucket] = OrderedDict()
-        self._forgotten = 0  # lines suppressed from addresses no longer tracked
+        self._peers = _Peers(rate, burst, peers, clock)
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self._peers)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if record.msg != BAD_REQUEST_MESSAGE or not isinstance(exc, HttpProcessingError):
             return True
         peer = str(record.args[0] if isinstance(record.args, tuple) and record.args else "unknown")[:64]
-        now = self._clock()
-        state = self._table.get(peer)
-        if state is None:
-            state = self._table[peer] = LineBucket(float(self.burst), now)
-            while len(self._table) > self.peers:
-                _, old = self._table.popitem(last=False)
-                self._forgotten += old.suppressed
-        else:
-            self._table.move_to_end(peer)
-        if not state.take(now, self.rate, self.burst):
+        note = self._peers.let(peer)
+        if note is None:
             return False
-        message = f"bad HTTP request from {peer} (answered {exc.code}): {_one_line(exc.message)}"
-        if state.suppressed:
-            message += f"; suppressed {state.suppressed} lines from {peer} before this one"
-            state.suppressed = 0
-        if self._forgotten:
-            message += f"; suppressed {self._forgotten} lines from other clients"
-            self._forgotten = 0
+        message = f"bad HTTP request from {peer} (answered {exc.code}): {_one_line(exc.message)}{note}"
         record.msg, record.args = "%s", (message,)
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+CLIENT = "client"  # a record's attribute (logging's `extra`): the address whose input set it off
+MAX_CLIENT_LINE = 300
+
+
+def client(remote: str | None) -> dict[str, str]:
+    """`extra` for a line a client's own input sets off (a 400, a wrong token, a body never
+    sent): ClientLines limits those per address."""
+    return {CLIENT: remote or "unknown"}
+
+
+class ClientLines(logging.Filter):
+    """On the log handler: the lines marked with `client(address)` get BadRequestFilter's bucket
+    per address (`burst` lines, then one per 1/`rate` seconds; the next one let through says how
+    many were left out), each cut to one line of at most MAX_CLIENT_LINE characters (they quote
+    the client's path and values). A 400 answered to every request of a flood, with 5,000
+    characters of path each, was a line each. Every other record passes untouched."""
+
+    def __init__(
+        self, rate: float = 0.1, burst: int = 5, peers: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._peers = _Peers(rate, burst, peers, clock)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        peer = getattr(record, CLIENT, None)
+        if peer is None:
+            return True
+        note = self._peers.let(str(peer)[:64])
+        if note is None:
+            return False
+        message = " ".join(record.getMessage().split())
+        if len(message) > MAX_CLIENT_LINE:
+            message = message[: MAX_CLIENT_LINE - 1] + "…"
+        record.msg, record.args = "%s", (message + note,)
         return True
 
 
@@ -195,6 +254,7 @@ def setup(env: Mapping[str, str]) -> None:
         raise SystemExit(f"KILLBOARD_LOG_FORMAT must be plain or json, got {fmt!r}")
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(ClientLines())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     server = logging.getLogger(BAD_REQUEST_LOGGER)
     for old in [f for f in server.filters if isinstance(f, BadRequestFilter)]:

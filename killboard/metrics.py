@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .auth import bearer_matches
+from .logs import client
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def endpoint(metrics: Metrics, token: str | None) -> Callable[[web.Request], Awa
 
     async def handler(request: web.Request) -> web.Response:
         if token is not None and not bearer_matches(request.headers.get("Authorization", ""), token):
-            log.info("GET /metrics from %s: missing or wrong token", request.remote)
+            log.info("GET /metrics from %s: missing or wrong token", request.remote, extra=client(request.remote))
             return web.json_response(
                 {"error": "missing or wrong token: send 'Authorization: Bearer <KILLBOARD_METRICS_TOKEN>'"},
                 status=401,

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from serverproc import ServerProcess
 
-from killboard.logs import BadRequestFilter, JsonFormatter, Throttled
+from killboard.logs import MAX_CLIENT_LINE, BadRequestFilter, ClientLines, JsonFormatter, Throttled, client
 
 TOKEN = "log-token"
 
@@ -154,6 +154,60 @@ def test_bad_request_lines_are_rate_limited_per_client_and_real_errors_keep_thei
         real = [record("1.2.3.4", exc) for _ in range(20)]
     assert all(quiet.filter(r) for r in real)
     assert real[-1].levelno == logging.ERROR and real[-1].exc_info is not None
+
+
+async def test_a_flood_of_bad_queries_logs_a_few_short_lines(tmp_path: Path) -> None:
+    """Each of 200 requests with a 5,000-character bad id is a 400, and was a 5,000-character
+    line: now a few lines of at most MAX_CLIENT_LINE characters, then one saying how many were
+    left out. Another client's line still gets through."""
+    server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_LOG_LEVEL": "INFO"})
+    try:
+        await server.start()
+        before = len(server.log.read_text().splitlines())
+        async with aiohttp.ClientSession() as session:
+            for i in range(200):
+                path = ("/api/character/", "/api/battles/", "/api/killmails/")[i % 3] + "x" * 5000
+                async with session.get(server.url + path) as resp:
+                    assert resp.status == 400
+            await asyncio.sleep(0.2)
+            async with session.get(server.url + "/health") as resp:
+                assert resp.status == 200
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    lines = server.log.read_text().splitlines()[before:]
+    about = [line for line in lines if "xxxx" in line]
+    print(f"{len(lines)} lines for 200 bad requests:", *lines, sep="\n")
+    assert 1 <= len(about) <= 10
+    assert all(len(line) < MAX_CLIENT_LINE + 150 for line in lines)  # + the time, level and logger
+
+
+def test_client_lines_are_limited_per_address_and_cut_short() -> None:
+    import logging
+
+    now = [0.0]
+    lines = ClientLines(rate=0.1, burst=3, peers=2, clock=lambda: now[0])
+
+    def record(message: str, remote: str | None) -> logging.LogRecord:
+        made = logging.LogRecord("killboard.web.api", logging.INFO, __file__, 1, "GET %s -> 400", (message,), None)
+        if remote is not None:
+            made.__dict__.update(client(remote))
+        return made
+
+    passed = [r for r in (record("/x" + "y\n" * 4000, "1.2.3.4") for _ in range(20)) if lines.filter(r)]
+    assert len(passed) == 3
+    text = passed[0].getMessage()
+    assert "\n" not in text and len(text) == MAX_CLIENT_LINE and text.endswith("…")
+    assert lines.filter(record("/other", "5.6.7.8"))  # another client is not silenced
+    now[0] += 60
+    later = record("/again", "1.2.3.4")
+    assert lines.filter(later)
+    assert later.getMessage() == "GET /again -> 400; suppressed 17 lines from 1.2.3.4 before this one"
+    # A line no client set off passes untouched, however many.
+    assert all(lines.filter(record("server", None)) for _ in range(100))
+    for i in range(100):
+        lines.filter(record("x", f"10.0.0.{i}"))
+    assert len(lines) <= 2
 
 
 async def test_throttled_lines_a_few_then_one_exact_summary(caplog: pytest.LogCaptureFixture) -> None:

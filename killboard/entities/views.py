@@ -17,6 +17,7 @@ from ..kill import topics
 from ..kill.display import nameless
 from ..kill.frames import encode
 from ..kill.langs import reader_language
+from ..logs import client
 from ..numbers import bounded_int
 from ..storage.participants import KIND_NAMES
 from . import figures, rows
@@ -81,7 +82,7 @@ async def api_figures(request: web.Request) -> web.Response:
     """GET /api/{kind}/{id}: kills, losses, ISK, efficiency, solo, months, top lists."""
     entity = _entity(request)
     if isinstance(entity, str):
-        log.info("GET %s -> 400 %s", request.path, entity)
+        log.info("GET %s -> 400 %s", request.path[:120], entity, extra=client(request.remote))
         return _error(400, entity)
     found = await request.app[entities_key].figures(*entity, _lang(request))
     if found is None:
@@ -103,7 +104,7 @@ async def api_kills(request: web.Request) -> web.Response:
         if problem is None and isinstance(value, str):
             problem = value
     if problem is not None:
-        log.info("GET %s -> 400 %s", request.path, problem)
+        log.info("GET %s -> 400 %s", request.path[:120], problem, extra=client(request.remote))
         return _error(400, problem)
     assert not isinstance(entity, str) and not isinstance(condition, str)
     assert isinstance(limit, int) and not isinstance(cursor, str)

@@ -21,6 +21,7 @@ from ..kill.frames import encode, with_seq
 from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Submission
 from ..live.wire import body_in
+from ..logs import client
 from ..numbers import parse_int
 from ..storage.rows import StoredKill
 from . import reads
@@ -65,7 +66,9 @@ async def json_errors(
         if exc.status == 413:
             limit = request.app[config_key].max_body_bytes
             message = f"request body too large: the limit is {limit} bytes"
-        log.info("%s %s -> %d %s", request.method, request.path, exc.status, message)
+        log.info(
+            "%s %s -> %d %s", request.method, request.path[:120], exc.status, message, extra=client(request.remote)
+        )
         response = json_error(exc.status, message)
         for header in ("Allow", "Retry-After"):
             if header in exc.headers:
@@ -87,7 +90,7 @@ def _authorize(request: web.Request) -> web.Response | None:
     if token is None:
         return json_error(403, "ingest is disabled: start the server with KILLBOARD_INGEST_TOKEN set")
     if not bearer_matches(request.headers.get("Authorization", ""), token):
-        log.info("POST /api/killmails from %s: missing or wrong token", request.remote)
+        log.info("POST /api/killmails from %s: missing or wrong token", request.remote, extra=client(request.remote))
         return json_error(401, "missing or wrong token: send 'Authorization: Bearer <KILLBOARD_INGEST_TOKEN>'")
     return None
 
@@ -121,7 +124,13 @@ async def post_killmails(request: web.Request) -> web.StreamResponse:
     count, subs, rejected = parsed
     if rejected:
         count_rejected(request, rejected)
-        log.info("POST /api/killmails: rejected %d of %d items: %s", len(rejected), count, rejected[:3])
+        log.info(
+            "POST /api/killmails: rejected %d of %d items: %s",
+            len(rejected),
+            count,
+            rejected[:3],
+            extra=client(request.remote),
+        )
     if not subs:
         return json_error(422, "no valid killmail in the request", rejected=rejected)
 
@@ -162,7 +171,14 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Stream
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
-        log.info("%s %s from %s: body not received within %g s", request.method, request.path, request.remote, timeout)
+        log.info(
+            "%s %s from %s: body not received within %g s",
+            request.method,
+            request.path,
+            request.remote,
+            timeout,
+            extra=client(request.remote),
+        )
         return await _answer_and_close(
             request, json_error(408, f"request body not received within {timeout:g} seconds")
         )
@@ -172,7 +188,14 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Stream
             raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=None) from None  # type: ignore[arg-type]
         detail = cause.message if cause is not None else str(exc)
         encoding = request.headers.get("Content-Encoding", "")
-        log.info("%s %s from %s: unreadable body (%s)", request.method, request.path, request.remote, detail)
+        log.info(
+            "%s %s from %s: unreadable body (%s)",
+            request.method,
+            request.path,
+            request.remote,
+            detail,
+            extra=client(request.remote),
+        )
         if encoding:
             message = f"body is not valid {encoding[:40]!r} data, as its Content-Encoding header says: {detail}"
         else:

@@ -15,6 +15,7 @@ from ..battles import tables
 from ..battles.detect import GAP
 from ..battles.service import Battles
 from ..kill.langs import reader_language
+from ..logs import client
 from ..numbers import bounded_int
 from .api import json_error
 from .keptpages import EXPIRES
@@ -84,7 +85,7 @@ async def list_battles(request: web.Request) -> web.StreamResponse:
             raise BadQuery(f"ongoing: expected 1 or 0, got {ongoing[:20]!r}")
         before = _cursor(query.get("cursor"))
     except BadQuery as exc:
-        log.info("GET /api/battles: %s", exc)
+        log.info("GET /api/battles: %s", exc, extra=client(request.remote))
         return json_error(400, str(exc))
     now = time.time()
     rows = await tables.listing(
@@ -118,7 +119,7 @@ async def get_battle(request: web.Request) -> web.StreamResponse:
     try:
         moves = _moves(request.query)
     except BadQuery as exc:
-        log.info("GET /api/battles/%s: %s", raw, exc)
+        log.info("GET /api/battles/%s: %s", raw[:40], exc, extra=client(request.remote))
         return json_error(400, str(exc))
     row, merged_into = await battles.resolve(battle_id)
     if merged_into is not None:

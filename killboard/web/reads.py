@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 
+from ..logs import client
 from ..storage.rows import StoredKill
 from .httpzip import choose
 
@@ -121,6 +122,7 @@ async def stream_kills(
                 request.path_qs[:200],
                 request.remote,
                 limits.deadline,
+                extra=client(request.remote),
             )
             _abort(request)
         except ConnectionResetError:
