@@ -174,6 +174,23 @@ class ClientLines(logging.Filter):
         return True
 
 
+# aiohttp warns of every handshake offering sub-protocols we do not speak, quoting the offer whole
+# (aiohttp 3.14 web_ws.py `_handshake`): a client's doing, as a 400 is.
+WS_PROTOCOLS_LOGGER = "aiohttp.websocket"
+WS_PROTOCOLS_MESSAGE = "%s: Client protocols %r don’t overlap server-known ones %r"
+
+
+class ClientsProtocols(logging.Filter):
+    """On aiohttp's websocket logger: its line about a client's sub-protocols becomes a client
+    line (ClientLines limits and cuts it), at INFO. Its other lines pass untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == WS_PROTOCOLS_MESSAGE and isinstance(record.args, tuple) and record.args:
+            record.__dict__.update(client(str(record.args[0])))
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class Throttled:
     """One kind of line that a crowd sets off at once (1,000 slow clients dropped in one step, a
     flood refused at the socket limit): BadRequestFilter's bucket for the kind as a whole, so the
@@ -256,7 +273,8 @@ def setup(env: Mapping[str, str]) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(PLAIN_FORMAT))
     handler.addFilter(ClientLines())
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    server = logging.getLogger(BAD_REQUEST_LOGGER)
-    for old in [f for f in server.filters if isinstance(f, BadRequestFilter)]:
-        server.removeFilter(old)
-    server.addFilter(BadRequestFilter())
+    for name, kind in ((BAD_REQUEST_LOGGER, BadRequestFilter), (WS_PROTOCOLS_LOGGER, ClientsProtocols)):
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, kind)]:  # setup may run again (tests)
+            logger.removeFilter(old)
+        logger.addFilter(kind())

@@ -182,6 +182,29 @@ async def test_a_flood_of_bad_queries_logs_a_few_short_lines(tmp_path: Path) -> 
     assert all(len(line) < MAX_CLIENT_LINE + 150 for line in lines)  # + the time, level and logger
 
 
+async def test_handshakes_offering_unknown_sub_protocols_log_a_few_short_lines(tmp_path: Path) -> None:
+    """aiohttp warned of each, quoting the offer whole: 100 handshakes offering 5,000 characters
+    of sub-protocols were 100 lines of 5,000 characters. Each socket still works."""
+    server = ServerProcess(tmp_path / "kb.sqlite3", env={"KILLBOARD_LOG_LEVEL": "INFO"})
+    try:
+        await server.start()
+        before = len(server.log.read_text().splitlines())
+        async with aiohttp.ClientSession() as session:
+            for i in range(100):
+                offer = {"Sec-WebSocket-Protocol": f"p{i}-" + "z" * 5000}
+                async with session.ws_connect(server.url + "/ws", headers=offer) as ws:
+                    await ws.send_json({"action": "ping"})
+                    assert (await ws.receive_json(timeout=5))["action"] == "pong"
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    lines = server.log.read_text().splitlines()[before:]
+    about = [line for line in lines if "Client protocols" in line]
+    print(f"{len(lines)} lines for 100 handshakes:", *lines, sep="\n")
+    assert 1 <= len(about) <= 10
+    assert all(len(line) < MAX_CLIENT_LINE + 150 and " INFO " in line for line in about)
+
+
 def test_client_lines_are_limited_per_address_and_cut_short() -> None:
     import logging
 
