@@ -165,6 +165,9 @@ async def _names(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
     for faction_id, faction in static.factions.items():
         if faction_id in ids:
             out[str(faction_id)] = faction.names.get("en", "")
+    for entity_id in ids:  # NPC corporations (Serpentis, CONCORD …): ESI is never asked for them
+        if (npc := static.npc_corporations.get(entity_id)) is not None:
+            out[str(entity_id)] = npc.name
     known = await request.app[store_key].names(ids)
     out.update((str(i), n) for i, n in known.items())
     return out

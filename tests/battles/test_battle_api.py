@@ -9,7 +9,7 @@ import pytest
 from battlefights import fight, merging_halves, post_all, when
 from conftest import Client
 
-from killboard.web.keys import store_key
+from killboard.web.keys import static_key, store_key
 
 
 async def battles(client: Client, query: str = "") -> dict[str, Any]:
@@ -172,6 +172,12 @@ async def test_the_82_real_kills_in_one_place_structures_npcs_pods_awox(
     assert len(battle["killmail_ids"]) == len(set(battle["killmail_ids"])) == len(killmails)
     page = await client.get(f"/battle/{summary['battle_id']}")
     assert page.status == 200
+    # NPC corporations on a side are named from the static data (ESI is never asked for them).
+    static = client.server.app[static_key]
+    npcs = {e["id"] for s in battle["sides"] for e in s["entities"] if e["id"] in static.npc_corporations}
+    assert npcs
+    assert {battle["names"].get(str(i)) for i in npcs} == {static.npc_corporations[i].name for i in npcs}
+    assert static.npc_corporations[min(npcs)].name in await page.text()
 
 
 async def test_kills_posted_long_after_join_from_the_database(client: Client, killmails: list[dict[str, Any]]) -> None:
