@@ -116,7 +116,8 @@ def _better(entry: Entry, have: Entry, key: str, lang: str) -> bool:
 
 
 def static_entries(static: StaticData) -> Iterator[Entry]:
-    """Ships (types of the ship category), ship groups, systems, constellations, regions."""
+    """Ships (types of the ship category), ship groups, systems, constellations, regions, NPC
+    corporations."""
     for info in static.types.values():
         if info.category_id == CATEGORY_SHIP:
             for lang, name in static.type_names(info.type_id).items():
@@ -132,6 +133,8 @@ def static_entries(static: StaticData) -> Iterator[Entry]:
     for region in static.regions.values():
         for lang, name in region.names.items():
             yield Entry(name.casefold(), KIND_RANK["region"], region.region_id, "region", name, lang)
+    for npc in static.npc_corporations.values():  # ESI is never asked for their names
+        yield Entry(npc.name.casefold(), KIND_RANK["corporation"], npc.corporation_id, "corporation", npc.name, "")
 
 
 def player_kind(entity_id: int, category: str) -> str | None:

@@ -135,6 +135,9 @@ class Entities:
         if kind == "region":
             region = s.regions.get(entity_id)
             return en(region.names) if region else None
+        if kind == "corporation":  # an NPC corporation (Serpentis, CONCORD …): ESI is never asked
+            npc = s.npc_corporations.get(entity_id)
+            return npc.name if npc else None
         return None
 
     async def names(self, pairs: set[tuple[str, int]], lang: str = "en") -> dict[tuple[str, int], str]:
@@ -142,14 +145,18 @@ class Entities:
         out: dict[tuple[str, int], str] = {}
         players: list[int] = []
         for kind, entity_id in pairs:
-            if kind in search.PLAYER_KINDS:
-                players.append(entity_id)
-            elif (name := self.static_name(kind, entity_id, lang)) is not None:
+            if (name := self.static_name(kind, entity_id, lang)) is not None:
                 out[(kind, entity_id)] = name
+            elif kind in search.PLAYER_KINDS:
+                players.append(entity_id)
         if players:
             assert self.store is not None
             known = await self.store.names(players)
-            out.update(((kind, i), known[i]) for kind, i in pairs if kind in search.PLAYER_KINDS and i in known)
+            out.update(
+                ((kind, i), known[i])
+                for kind, i in pairs
+                if kind in search.PLAYER_KINDS and (kind, i) not in out and i in known
+            )
         return out
 
     async def figures(self, kind: str, entity_id: int, lang: str = "en") -> dict[str, Any] | None:

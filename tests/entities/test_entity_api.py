@@ -19,7 +19,7 @@ from test_entity_figures import busiest, tables
 from killboard.config import PROJECT_ROOT, Config
 from killboard.entities import backlog, entities_key
 from killboard.ingest.importer import run_import
-from killboard.web.keys import store_key
+from killboard.web.keys import static_key, store_key
 
 
 async def post_all(client: Client, killmails: list[dict[str, Any]]) -> None:
@@ -167,6 +167,25 @@ async def test_entity_page_renders_figures_kills_and_links(client: Client, killm
     # The feed links names to their pages.
     feed = await (await client.get("/")).text()
     assert 'href="/character/' in feed and 'href="/system/' in feed and "/?character=" not in feed
+
+
+async def test_an_npc_corporation_is_named_from_the_static_data(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    """ESI is never asked for an NPC corporation's name, so the names table never has it."""
+    await post_all(client, killmails)
+    static = client.server.app[static_key]
+    npc = min(
+        a["corporation_id"]
+        for k in killmails
+        for a in k["attackers"]
+        if a.get("corporation_id") in static.npc_corporations
+    )
+    name = static.npc_corporations[npc].name
+    assert (await (await client.get(f"/api/corporation/{npc}")).json())["name"] == name
+    assert f"<title>{name} · killboard</title>" in await (await client.get(f"/corporation/{npc}")).text()
+    found = (await (await client.get("/api/search", params={"q": name})).json())["results"]
+    assert {"kind": "corporation", "id": npc, "name": name, "url": f"/corporation/{npc}"} in found
 
 
 async def test_rebuild_command_and_import_count_like_the_server(
