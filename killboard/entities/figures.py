@@ -265,9 +265,18 @@ class Figures:
         return round(100 * self.isk_destroyed / total, 1) if total else None
 
 
-def figures(months: Iterable[Sequence[int]], tops: Iterable[Sequence[int]], now: float, top_n: int = 10) -> Figures:
+def figures(
+    months: Iterable[Sequence[int]],
+    tops: Iterable[Sequence[int]],
+    now: float,
+    top_n: int = 10,
+    itself: int | None = None,
+) -> Figures:
     """Figures from an entity's rows: (month, kills, losses, solo, isk_destroyed, isk_lost) and
-    (what, other, n); `months` lists the last 12 calendar months up to `now`, empty ones too."""
+    (what, other, n); `months` lists the last 12 calendar months up to `now`, empty ones too.
+    `itself`: a pilot, corporation or alliance, left out of its own opponents (the rows count
+    its friendly fire: its own pilots killed by its own, on kills and on losses alike); a ship
+    type fighting its own type stays its opponent."""
     totals = [0, 0, 0, 0, 0]
     by_month: dict[int, Sequence[int]] = {}
     for row in months:
@@ -289,6 +298,8 @@ def figures(months: Iterable[Sequence[int]], tops: Iterable[Sequence[int]], now:
         )
     ranked: dict[int, list[tuple[int, int]]] = {what: [] for what in TOP_NAMES}
     for what, other, n in tops:
+        if what == OPPONENT and other == itself:
+            continue
         ranked.setdefault(what, []).append((other, n))
     top_lists = {
         TOP_NAMES[what]: sorted(rows, key=lambda r: (-r[1], r[0]))[:top_n]

@@ -170,7 +170,7 @@ class Entities:
         tops = await self.store.query(
             "SELECT what, other, n FROM entity_tops WHERE kind = ? AND id = ?", (code, entity_id)
         )
-        numbers = figures.figures(months, tops, time.time())
+        numbers = figures.figures(months, tops, time.time(), itself=entity_id if kind in search.PLAYER_KINDS else None)
         wanted = {(kind, entity_id)} | {
             (figures.top_kind(KINDS[kind], what), other)
             for what, name in figures.TOP_NAMES.items()

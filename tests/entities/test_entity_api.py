@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from battlefights import FIGHTS, fight
+from battlefights import post_all as post_fight
 from conftest import AUTH, Client, settle
 from test_entity_figures import busiest, tables
 
 from killboard.config import PROJECT_ROOT, Config
-from killboard.entities import backlog, entities_key
+from killboard.entities import backlog, entities_key, figures
+from killboard.entities.service import KINDS
 from killboard.ingest.importer import run_import
 from killboard.web.keys import static_key, store_key
 
@@ -186,6 +189,40 @@ async def test_an_npc_corporation_is_named_from_the_static_data(
     assert f"<title>{name} · killboard</title>" in await (await client.get(f"/corporation/{npc}")).text()
     found = (await (await client.get("/api/search", params={"q": name})).json())["results"]
     assert {"kind": "corporation", "id": npc, "name": name, "url": f"/corporation/{npc}"} in found
+
+
+async def test_friendly_fire_is_no_alliance_its_own_opponent(client: Client) -> None:
+    """In the three real fights, alliance 1354830081 killed its own pilots and lost ships to its
+    own final blows: the rows count that, the top list of opponents does not (a Muninn killing
+    a Muninn still makes Muninns a Muninn's opponent)."""
+    kills = [k for system in FIGHTS for k in fight(system)]
+    for system in FIGHTS:
+        await post_fight(client, fight(system))
+    alliance = 1354830081
+
+    def final_blow(k: dict[str, Any]) -> dict[str, Any]:
+        return next(a for a in k["attackers"] if a["final_blow"])
+
+    own_victims = sum(
+        1
+        for k in kills
+        if k["victim"].get("alliance_id") == alliance and any(a.get("alliance_id") == alliance for a in k["attackers"])
+    )
+    own_blows = sum(
+        1 for k in kills if k["victim"].get("alliance_id") == alliance and final_blow(k).get("alliance_id") == alliance
+    )
+    [(own,)] = await client.server.app[store_key].query(
+        "SELECT n FROM entity_tops WHERE kind = ? AND id = ? AND what = ? AND other = ?",
+        (int(KINDS["alliance"]), alliance, figures.OPPONENT, alliance),
+    )
+    assert own == own_victims + own_blows > 0
+    opponents = [
+        row["id"] for row in (await (await client.get(f"/api/alliance/{alliance}")).json())["top"]["opponents"]
+    ]
+    assert opponents and alliance not in opponents
+    muninn = 12015
+    ship = (await (await client.get(f"/api/ship/{muninn}")).json())["top"]["opponents"]
+    assert muninn in [row["id"] for row in ship]
 
 
 async def test_rebuild_command_and_import_count_like_the_server(
