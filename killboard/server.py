@@ -297,11 +297,11 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     pages.setup_templates(app)
     app.on_response_prepare.append(pages.security_headers)
     app.router.add_get("/", pages.index)
-    app.router.add_get(r"/kill/{killmail_id:\d{1,18}}", pages.kill_detail)
+    app.router.add_get("/kill/{killmail_id:[0-9]{1,18}}", pages.kill_detail)
     app.router.add_get("/ws", ws.websocket)
     # Battle pages and JSON answered from the view cache while unchanged (web/keptpages.py).
     app.router.add_get("/battles", keptpages.kept(battles.list_page, keptpages.battles_stamp))
-    app.router.add_get(r"/battle/{battle_id:\d{1,18}}", keptpages.kept(battles.battle_page, keptpages.battle_stamp))
+    app.router.add_get("/battle/{battle_id:[0-9]{1,18}}", keptpages.kept(battles.battle_page, keptpages.battle_stamp))
     app.router.add_get("/api/battles", keptpages.kept(battles.list_battles, keptpages.battles_stamp))
     app.router.add_get("/api/battles/{battle_id}", keptpages.kept(battles.get_battle, keptpages.battle_stamp))
     app.router.add_post("/api/killmails", api.post_killmails)

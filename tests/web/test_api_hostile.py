@@ -78,6 +78,20 @@ async def test_superscript_digits_in_the_page_filter(client: Client, caplog: pyt
     no_tracebacks(caplog)
 
 
+async def test_a_page_id_in_other_digits_is_no_page(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """int() reads "٣" as 3, and the routes' \\d took any script's digits: /kill/<the id in
+    Arabic-Indic digits> was the kill's page under a second address."""
+    km = killmails[0]
+    resp = await client.post("/api/killmails", json=km, headers=AUTH)
+    assert resp.status == 202
+    await settle(client)
+    kill_id = km["killmail_id"]
+    assert (await client.get(f"/kill/{kill_id}")).status == 200
+    arabic = str(kill_id).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    assert (await client.get(f"/kill/{arabic}")).status == 404
+    assert (await client.get("/battle/٣")).status == 404
+
+
 @pytest.mark.parametrize("path", ["/api/killmails", "/metrics"])
 async def test_non_utf8_token_is_401(make_client: Any, caplog: pytest.LogCaptureFixture, path: str) -> None:
     client = await make_client(metrics_token="metrics-token")
