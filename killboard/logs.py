@@ -97,7 +97,20 @@ class _Peers:
         return note
 
 
-class BadRequestFilter(logging.Filter):
+class _PerPeerFilter(logging.Filter):
+    """A log filter with a _Peers table: `burst` lines per address, then `rate` a second."""
+
+    def __init__(
+        self, rate: float = 0.1, burst: int = 5, peers: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._peers = _Peers(rate, burst, peers, clock)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+
+class BadRequestFilter(_PerPeerFilter):
     """Turns aiohttp's line for a request it could not parse (bad request line, headers or URL:
     the client's fault, already answered 400) into one INFO line without a stack trace, and
     rate-limits those lines per client address with a token bucket (`burst` lines, then one per
@@ -105,19 +118,6 @@ class BadRequestFilter(logging.Filter):
     addresses are tracked (the oldest forgotten first; what they had suppressed is reported with
     the next line of anyone), so neither one client nor many can fill the disk. Every other
     record, a real error with its stack trace included, passes untouched."""
-
-    def __init__(
-        self,
-        rate: float = 0.1,
-        burst: int = 5,
-        peers: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__()
-        self._peers = _Peers(rate, burst, peers, clock)
-
-    def __len__(self) -> int:
-        return len(self._peers)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -144,21 +144,12 @@ def client(remote: str | None) -> dict[str, str]:
     return {CLIENT: remote or "unknown"}
 
 
-class ClientLines(logging.Filter):
+class ClientLines(_PerPeerFilter):
     """On the log handler: the lines marked with `client(address)` get BadRequestFilter's bucket
     per address (`burst` lines, then one per 1/`rate` seconds; the next one let through says how
     many were left out), each cut to one line of at most MAX_CLIENT_LINE characters (they quote
     the client's path and values). A 400 answered to every request of a flood, with 5,000
     characters of path each, was a line each. Every other record passes untouched."""
-
-    def __init__(
-        self, rate: float = 0.1, burst: int = 5, peers: int = 1024, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        super().__init__()
-        self._peers = _Peers(rate, burst, peers, clock)
-
-    def __len__(self) -> int:
-        return len(self._peers)
 
     def filter(self, record: logging.LogRecord) -> bool:
         peer = getattr(record, CLIENT, None)
