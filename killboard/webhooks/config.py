@@ -80,6 +80,8 @@ def loads(text: str, source: str = "webhooks file") -> list[Webhook]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
         raise WebhookConfigError(f"{source}: not valid TOML: {exc}") from None
+    except ValueError as exc:  # tomllib lets int()'s own out: an integer past 4,300 digits
+        raise WebhookConfigError(f"{source}: not valid TOML: {str(exc)[:80]}") from None
     lines = _Lines(text)
     unknown = set(document) - {"webhook"}
     if unknown:

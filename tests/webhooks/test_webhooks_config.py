@@ -54,6 +54,7 @@ def test_a_good_file_loads() -> None:
         (('name = "bot"', 'name = "no spaces"'), ":12: webhook 2: name: 1-64 letters"),
         (('channel = "region.10000002&10b"\n', ""), ":11: webhook 2 (bot): channel: required"),
         (("max_age = 3600", "max_age = 3600\nmax_age = 5"), "not valid TOML: Cannot overwrite a value (at line 10"),
+        (("max_age = 3600", "max_age = " + "9" * 5000), "not valid TOML: Exceeds the limit (4300 digits)"),
     ],
 )
 def test_a_bad_entry_names_its_line_entry_and_field(change: tuple[str, str], expected: str) -> None:
