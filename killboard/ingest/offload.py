@@ -409,6 +409,26 @@ def _pids(pool: ProcessPoolExecutor | None) -> list[int]:
     return list(getattr(pool, "_processes", None) or {})
 
 
+def _sentinels(pool: ProcessPoolExecutor) -> list[int]:
+    """The fds that become readable when a pool's workers end (Process.sentinel)."""
+    return [proc.sentinel for proc in (getattr(pool, "_processes", None) or {}).values()]
+
+
+def _unstick(pool: ProcessPoolExecutor) -> None:
+    """Close this process's copy of the pipe a dead pool's worker answered through.
+
+    Python 3.11's pool reads each answer whole in its manager thread: a worker killed halfway
+    through writing one (a big answer, the OOM killer) left that thread waiting for the rest for
+    ever, since this process holds the pipe's other end too. The pool then never found its worker
+    dead, its calls waited for `STUCK`, and `close()` (its shutdown joins that thread) never
+    ended. With this end closed the read ends (EOFError), and the pool breaks as for any death.
+    Only workers write to it, so this is for a pool whose worker is gone."""
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if writer is not None:
+        with suppress(OSError):
+            writer.close()
+
+
 @dataclass(slots=True)
 class Offload:
     """The worker process, from the server's side: started on first use, replaced if it died."""
@@ -424,6 +444,9 @@ class Offload:
     stuck: int = 0  # workers killed for not answering within `stuck_after`
     closed: bool = False  # after close(): every call answers None (done in-process)
     stuck_after: float = STUCK
+    # The current worker's sentinels, watched on the loop (`_watch`), and the loop watching them.
+    _watched: list[int] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -451,10 +474,39 @@ class Offload:
             return None
         pool = self._executor()
         try:
-            return Call(pool, pool.submit(fn, *args), died=self._died)
+            handed = Call(pool, pool.submit(fn, *args), died=self._died)
         except BrokenProcessPool:
             self._died(pool)
             return None
+        self._watch(pool)
+        return handed
+
+    def _watch(self, pool: ProcessPoolExecutor) -> None:
+        """Once the pool's worker runs (its first call starts it): be told on the loop when it
+        ends, whatever ends it (`_worker_ended`). No thread: a reader on its sentinel."""
+        if self._watched:
+            return
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop: the pool's own manager thread finds deaths
+            return
+        for fd in _sentinels(pool):
+            self._loop.add_reader(fd, self._worker_ended, pool)
+            self._watched.append(fd)
+
+    def _unwatch(self) -> None:
+        watched, self._watched = self._watched, []
+        if self._loop is not None and not self._loop.is_closed():
+            for fd in watched:
+                self._loop.remove_reader(fd)
+
+    def _worker_ended(self, pool: ProcessPoolExecutor) -> None:
+        """The current worker ended (killed, crashed, out of memory): its pool is made to
+        notice even if the worker died halfway through an answer (`_unstick`); its calls then
+        break and are done here (`_died`, through them or the next call)."""
+        self._unwatch()
+        if pool is self._pool:
+            _unstick(pool)
 
     async def answer(self, handed: Call[T]) -> T | None:
         """What the worker made of a submitted call, or None if it died (the caller does it here).
@@ -494,6 +546,8 @@ class Offload:
             self._pool = None
             self.lost += 1
             log.warning("the big-kill worker process died: its kills are done in this process, a new one starts")
+            self._unwatch()
+            _unstick(pool)  # dead (or killed by `overdue`): its manager thread must not wait on it
             pool.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> bool:
@@ -572,6 +626,7 @@ class Offload:
     async def close(self) -> None:
         self.closed = True
         pool, self._pool = self._pool, None
+        self._unwatch()
         if pool is None:
             return
         pids = _pids(pool)

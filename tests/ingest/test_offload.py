@@ -9,6 +9,9 @@ import json
 import logging
 import os
 import signal
+import struct
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -236,6 +239,34 @@ async def test_a_stopped_worker_is_killed_and_what_it_held_is_done_here(
     assert [ujson.loads(f)["data"]["killmail_id"] for f in frames] == [11, 12]
     resp = await client.get("/api/killmails/11")
     assert resp.status == 200 and (await resp.json())["attacker_count"] == 3000
+
+
+def _die_halfway_through_an_answer() -> bytes:
+    """In the worker: the start of a 1 MB answer written to the pool's answer pipe, then death,
+    as when the OOM killer takes a worker that is sending a fleet fight back."""
+    frame = sys._getframe()
+    while frame is not None and "result_queue" not in frame.f_locals:  # the pool's worker loop
+        frame = frame.f_back
+    assert frame is not None
+    writer = frame.f_locals["result_queue"]._writer
+    os.write(writer.fileno(), struct.pack("!i", 1_000_000) + b"the first bytes")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return b"never"
+
+
+async def test_a_worker_killed_halfway_through_an_answer_is_found_dead_at_once() -> None:
+    """Python 3.11's pool waited for the rest of that answer for ever: the call waited
+    `stuck_after`, and close() (which joins the pool's thread) never ended."""
+    offload = Offload(PROJECT_ROOT / "data")
+    try:
+        assert await offload.call(os.getpid) is not None  # a worker up, and watched
+        started = time.monotonic()
+        assert await offload.call(_die_halfway_through_an_answer) is None  # to be done here
+        assert time.monotonic() - started < 10 < STUCK
+        assert (offload.lost, offload.stuck) == (1, 0)
+        assert await offload.call(os.getpid) not in (None, os.getpid())  # a new worker
+    finally:
+        await asyncio.wait_for(offload.close(), 10)
 
 
 async def test_a_fleet_fight_left_in_the_inbox_is_stored_through_the_worker(
