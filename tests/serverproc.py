@@ -4,6 +4,7 @@ benchmarks (`python -m bench...`) that start it themselves."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,26 @@ def import_real_kills(db: Path) -> Path:
     return db
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on `port` (Linux: its fds' socket inodes
+    against the kernel's TCP tables)."""
+    inodes: set[str] = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:  # 0A: LISTEN
+                    return True
+    return False
+
+
 class ServerProcess:
     def __init__(self, db: Path, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
         self.db = db
@@ -70,7 +91,21 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 15) -> None:
+        """Start it and wait for its /health. The free port is free only when it is picked:
+        another test's server (another worker, a second suite) may take it first. Then this one
+        exits "address already in use" while the other answers /health, and the test talked to
+        the wrong server. So the answer counts only once this process holds the listening
+        socket, and a port taken meanwhile is traded for another."""
+        for _ in range(5):
+            if await self._start(timeout):
+                return
+            self.port = free_port()
+        raise RuntimeError(f"no free port held after 5 tries: {self.log.read_text()[-2000:]}")
+
+    async def _start(self, timeout: float) -> bool:
+        """Whether it started; False if its port was taken before it could bind it."""
         with self.log.open("ab") as log:
+            start = log.tell()
             self.proc = subprocess.Popen(
                 [sys.executable, "app.py", "--port", str(self.port), "--db", str(self.db), *self.args],
                 cwd=PROJECT_ROOT,
@@ -82,11 +117,14 @@ class ServerProcess:
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+                    said = self.log.read_bytes()[start:].decode(errors="replace")
+                    if f"cannot listen on 127.0.0.1:{self.port}: address already in use" in said:
+                        return False
+                    raise RuntimeError(f"server exited with {self.proc.returncode}: {said[-2000:]}")
                 try:
                     async with session.get(self.url + "/health") as resp:
-                        if resp.status == 200:
-                            return
+                        if resp.status == 200 and listens(self.proc.pid, self.port):
+                            return True
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import free_port, import_real_kills
+from serverproc import ServerProcess, free_port, import_real_kills, listens
 
 from killboard.config import PROJECT_ROOT
 
@@ -234,3 +234,22 @@ def test_a_privileged_port_without_privilege(open_dir: Path, server_copy: Path |
 def test_bad_numeric_settings(tmp_path: Path, name: str, value: str, expected: str) -> None:
     status, stderr = start(["--db", str(tmp_path / "kb.sqlite3")], env={name: value})
     assert_one_line(status, stderr, expected)
+
+
+async def test_a_test_server_whose_port_was_taken_moves_to_another(tmp_path: Path) -> None:
+    """tests/serverproc.py: its free port was taken by another server before it bound it (two
+    suites at once): that server answered /health, and a fuzz test posted to it. Now the answer
+    counts only from the process that holds the port, and a taken port is traded for another."""
+    other = ServerProcess(tmp_path / "other.sqlite3")
+    ours = ServerProcess(tmp_path / "ours.sqlite3")
+    try:
+        await other.start()
+        ours.port = other.port  # as if the other had taken it in between
+        await ours.start()
+        assert ours.port != other.port
+        assert ours.proc is not None and listens(ours.proc.pid, ours.port)
+        assert other.proc is not None and not listens(other.proc.pid, ours.port)
+        assert "address already in use" in ours.log.read_text()
+    finally:
+        ours.stop()
+        other.stop()
