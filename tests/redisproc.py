@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serverproc import free_port
+from serverproc import free_port, listens
 
 REDIS = shutil.which("redis-server") or next((p for p in ("/usr/bin/redis-server",) if Path(p).exists()), None)
 
@@ -32,6 +32,15 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> None:
+        """Start it and wait for its answer, from this process (`serverproc.listens`): a port
+        another suite's redis-server took meanwhile is traded for another (ServerProcess.start)."""
+        for _ in range(5):
+            if self._start(timeout):
+                return
+            self.port = free_port()
+        raise RuntimeError(f"redis-server: no free port held after 5 tries ({self.folder / 'redis.log'})")
+
+    def _start(self, timeout: float) -> bool:
         assert REDIS is not None
         ports = ["--dir", str(self.folder), "--port", str(self.port)]
         if self.tls is not None:
@@ -54,15 +63,20 @@ class RedisServer:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False  # it could not bind the port (redis.log says why): another one
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    if self.tls is not None:
-                        return  # it accepts connections; the handshake is the client's test
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64)[:1] in (b"+", b"-"):  # PONG, or NOAUTH with an ACL: it answers
-                        return
+                    if self.tls is None:
+                        s.sendall(b"PING\r\n")
+                        if s.recv(64)[:1] not in (b"+", b"-"):  # PONG, or NOAUTH with an ACL: it answers
+                            continue
+                    # With TLS: it accepts connections; the handshake is the client's test.
+                    if listens(self.proc.pid, self.port):
+                        return True
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:
