@@ -9,7 +9,8 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from yarl import URL
 
 from killboard import __version__
 from killboard.numbers import parse_int
@@ -356,13 +357,18 @@ def _env_http_url(env: Mapping[str, str], name: str) -> str | None:
     raw = (env.get(name) or "").strip().rstrip("/")
     if not raw:
         return None
-    try:
-        host = urlsplit(raw).hostname
-    except ValueError:  # a bad port or IPv6 literal
-        host = None
-    if not raw.startswith(("http://", "https://")) or not host or _unprintable(raw):
+    if not is_http_url(raw) or _unprintable(raw):
         raise SystemExit(f"{name} must be an http:// or https:// address with a host, got {raw[:80]!r}")
     return raw
+
+
+def is_http_url(text: str) -> bool:
+    """An absolute http:// or https:// address with a host (the settings' and the webhooks')."""
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):  # a bad port or IPv6 literal
+        return False
+    return url.scheme in ("http", "https") and bool(url.host) and url.is_absolute()
 
 
 def _env_header(env: Mapping[str, str], name: str) -> str | None:

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yarl import URL
-
+from ..config import is_http_url
 from ..kill.topics import BadChannel, Condition, parse
 
 FORMATS = ("discord", "json")
@@ -120,7 +119,7 @@ def _entry(entry: dict[str, Any], number: int, source: str, lines: _Lines) -> We
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise fail("name", "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     url = entry["url"]
-    if not isinstance(url, str) or not _is_http_url(url):
+    if not isinstance(url, str) or not is_http_url(url):
         raise fail("url", "must be an http:// or https:// URL with a host")  # never echo it: it is a secret
     channel = entry["channel"]
     if not isinstance(channel, str):
@@ -174,14 +173,6 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != value:
         raise fail(key, "must be a number >= 0")
     return float(value)
-
-
-def _is_http_url(text: str) -> bool:
-    try:
-        url = URL(text)
-    except (ValueError, TypeError):
-        return False
-    return url.scheme in ("http", "https") and bool(url.host) and url.is_absolute()
 
 
 class _Lines:
