@@ -404,14 +404,24 @@ class Call(Generic[T]):
             self.died(self.pool)
 
 
+def _processes(pool: ProcessPoolExecutor | None) -> dict[int, Any]:
+    """A pool's worker processes by pid (its `_processes`: no public API)."""
+    return getattr(pool, "_processes", None) or {}
+
+
 def _pids(pool: ProcessPoolExecutor | None) -> list[int]:
-    """The process ids of a pool's workers (its `_processes`, keyed by pid; no public API)."""
-    return list(getattr(pool, "_processes", None) or {})
+    return list(_processes(pool))
 
 
 def _sentinels(pool: ProcessPoolExecutor) -> list[int]:
     """The fds that become readable when a pool's workers end (Process.sentinel)."""
-    return [proc.sentinel for proc in (getattr(pool, "_processes", None) or {}).values()]
+    return [proc.sentinel for proc in _processes(pool).values()]
+
+
+def _kill(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with suppress(OSError):  # gone already
+            os.kill(pid, signal.SIGKILL)
 
 
 def _unstick(pool: ProcessPoolExecutor) -> None:
@@ -534,9 +544,7 @@ class Offload:
         pool = handed.pool
         if time.monotonic() - handed.at < self.stuck_after or self._pool is not pool or handed.future.done():
             return  # not yet; or already found dead and replaced (its breaking answers the call)
-        for pid in _pids(pool):
-            with suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _kill(_pids(pool))
         self.stuck += 1
         log.warning("the big-kill worker process did not answer in %.0f s: killed", self.stuck_after)
         self._died(pool)  # now, not when its pool's manager thread notices: once, however many wait
@@ -633,7 +641,5 @@ class Offload:
         ending = asyncio.ensure_future(asyncio.to_thread(pool.shutdown, True, cancel_futures=True))
         if not (await asyncio.wait({ending}, timeout=CLOSE_WAIT))[0]:
             log.warning("the big-kill worker process did not end in %.0f s: killed", CLOSE_WAIT)
-            for pid in pids:  # what it held stays in the inbox for the next start
-                with suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            _kill(pids)  # what it held stays in the inbox for the next start
         await ending
