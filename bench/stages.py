@@ -36,7 +36,8 @@ import gc
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,20 +88,29 @@ class Collections:
 COLLECTIONS = Collections()
 
 
+def _mark() -> tuple[float, float]:
+    return time.process_time(), COLLECTIONS.seconds
+
+
+def _since(mark: tuple[float, float]) -> float:
+    """Process CPU seconds since `mark`, the collector's passes left out."""
+    start, collected = mark
+    return time.process_time() - start - (COLLECTIONS.seconds - collected)
+
+
 def timed(fn: Callable[[T], U], items: Sequence[T]) -> tuple[list[U], float]:
     """(fn of each item, process CPU seconds it took, the collector's passes left out)."""
-    start, collected = time.process_time(), COLLECTIONS.seconds
+    mark = _mark()
     out = [fn(item) for item in items]
-    return out, time.process_time() - start - (COLLECTIONS.seconds - collected)
+    return out, _since(mark)
 
 
-async def timed_async(fn: Callable[[Any], Any], batches: Sequence[Any]) -> float:
-    """Process CPU seconds of awaiting fn of each batch in turn (the store's thread included),
-    the collector's passes left out."""
-    start, collected = time.process_time(), COLLECTIONS.seconds
-    for batch in batches:
-        await fn(batch)
-    return time.process_time() - start - (COLLECTIONS.seconds - collected)
+async def timed_async(work: Callable[[], Awaitable[Any]]) -> float:
+    """Process CPU seconds of awaiting `work()` (the store's thread included), the collector's
+    passes left out."""
+    mark = _mark()
+    await work()
+    return _since(mark)
 
 
 async def measure(kills: int, workdir: Path) -> tuple[dict[str, float], float]:
@@ -111,7 +121,7 @@ async def measure(kills: int, workdir: Path) -> tuple[dict[str, float], float]:
     # As the server's start ends (cli.serve): what it loaded is kept out of the collector's passes.
     gc.collect()
     gc.freeze()
-    cpu: dict[str, float] = {}
+    cpu: defaultdict[str, float] = defaultdict(float)
 
     start = time.process_time()
     count, _ = run_floor(workdir, payloads)
@@ -130,9 +140,9 @@ async def measure(kills: int, workdir: Path) -> tuple[dict[str, float], float]:
         collected = COLLECTIONS.seconds
         for body in payloads:
             [items], seconds = timed(ujson.loads, [body])
-            cpu["parse"] = cpu.get("parse", 0.0) + seconds
+            cpu["parse"] += seconds
             subs, seconds = timed(parse_submission, items)
-            cpu["validate"] = cpu.get("validate", 0.0) + seconds
+            cpu["validate"] += seconds
             for i in range(0, len(subs), BATCH):
                 await _batch(subs[i : i + BATCH], store, static, prices, cpu)
         cpu["garbage collector"] = COLLECTIONS.seconds - collected
@@ -147,37 +157,33 @@ async def measure(kills: int, workdir: Path) -> tuple[dict[str, float], float]:
     return cpu, floor
 
 
-async def _batch(subs: list[Any], store: Store, static: Any, prices: Any, cpu: dict[str, float]) -> None:
+async def _batch(subs: list[Any], store: Store, static: Any, prices: Any, cpu: defaultdict[str, float]) -> None:
     """Each stage over one batch, its CPU added to `cpu`."""
-
-    def add(stage: str, seconds: float) -> None:
-        cpu[stage] = cpu.get(stage, 0.0) + seconds
-
-    add("inbox", await timed_async(lambda batch: store.add_to_inbox(inbox_rows(batch, "http", True)), [subs]))
+    cpu["inbox"] += await timed_async(lambda: store.add_to_inbox(inbox_rows(subs, "http", True)))
     enriched, seconds = timed(lambda sub: enrich(sub, static, {}, prices), subs)
-    add("enrich", seconds)
+    cpu["enrich"] += seconds
     frames, seconds = timed(encode, enriched)
-    add("frame", seconds)
+    cpu["frame"] += seconds
     pairs = list(zip(subs, enriched, strict=True))
     # build_kill makes the stored document, packs it, and the participant rows: split below.
     new, both = timed(lambda p: build_kill(p[0], p[1], None, store.pack_source), pairs)
     _, participants = timed(lambda k: participation(k, packed=True), enriched)
-    add("participants", participants)
-    add("stored document", max(0.0, both - participants))
-    add("channel facts", timed(kill_facts, enriched)[1])
+    cpu["participants"] += participants
+    cpu["stored document"] += max(0.0, both - participants)
+    cpu["channel facts"] += timed(kill_facts, enriched)[1]
 
     def share(kill: NewKill) -> Any:
         assert kill.participation is not None  # build_kill made it
         return kill_share(kill.participation.pilots, kill.kill_time, kill.system_id, kill.total_value, static)
 
     shares, seconds = timed(share, new)
-    add("figures share", seconds)
+    cpu["figures share"] += seconds
     for kill, made in zip(new, shares, strict=True):
         kill.prepared[backlog.PREPARED] = made  # as the pipeline's preparer leaves it
     done = [k.killmail_id for k in new]
-    add("write", await timed_async(lambda b: store.save_kills(b, done=done), [new]))
-    add("deflate, burst (1)", timed(lambda f: deflate(f, 1), frames)[1])
-    add("deflate, live (6)", timed(lambda f: deflate(f, 6), frames)[1])
+    cpu["write"] += await timed_async(lambda: store.save_kills(new, done=done))
+    cpu["deflate, burst (1)"] += timed(lambda f: deflate(f, 1), frames)[1]
+    cpu["deflate, live (6)"] += timed(lambda f: deflate(f, 6), frames)[1]
 
 
 COUNTED = (
