@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 CATEGORY_SHIP = 6
 CATEGORY_STRUCTURE = 65
+# Categories whose types are a hull of their own: ships, NPCs (Entity), deployables, starbases,
+# sovereignty structures, orbitals (customs offices), structures. When ESI gives an attacker no
+# ship, a weapon of one of these stands in for it (an NPC or a tower shooting with itself). A
+# player whose ship ESI left out has a module, a charge or a drone there, and that is no ship:
+# the real fights have 480 such pilots, and battle pages listed "250mm Railgun II" among the
+# ships flown.
+HULL_CATEGORIES = frozenset({CATEGORY_SHIP, 11, 22, 23, 40, 46, CATEGORY_STRUCTURE})
 GROUP_CAPSULE = 29
 # zKillboard never calls the loss of a capsule, shuttle or rookie ship solo.
 NEVER_SOLO_GROUPS = frozenset({GROUP_CAPSULE, 31, 237})
@@ -175,11 +182,17 @@ def enrich(sub: Submission, static: StaticData, names: Mapping[int, str], prices
     attackers_src: list[dict[str, Any]] = esi["attackers"]
     attackers = []
     for a in attackers_src:
-        # NPCs and structures may have no ship: their weapon stands in for it.
-        a_ship = a.get("ship_type_id") or a.get("weapon_type_id")
-        a_ship_name, a_group_id, a_group_name, _ = e.type_fields(a_ship)
+        a_ship = a.get("ship_type_id")
         weapon_id = a.get("weapon_type_id")
-        weapon_name = e.type_fields(weapon_id)[0] if weapon_id else EMPTY_NAMES
+        weapon = e.type_fields(weapon_id) if weapon_id else None
+        weapon_name = weapon[0] if weapon else EMPTY_NAMES
+        if a_ship:
+            a_ship_name, a_group_id, a_group_name, _ = e.type_fields(a_ship)
+        elif weapon is not None and weapon[3] in HULL_CATEGORIES:
+            a_ship = weapon_id  # no ship from ESI: a weapon that is a hull stands in for it
+            a_ship_name, a_group_id, a_group_name, _ = weapon
+        else:
+            a_ship, a_ship_name, a_group_id, a_group_name = None, EMPTY_NAMES, None, EMPTY_NAMES
         attackers.append(
             {
                 "ship_id": a_ship,

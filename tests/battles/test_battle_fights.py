@@ -10,6 +10,9 @@ import pytest
 from battlefights import fight
 from conftest import AUTH, Client, settle
 
+from killboard.kill.enrich import HULL_CATEGORIES
+from killboard.kill.staticdata import StaticData
+
 
 async def post_all(client: Client, kills: list[dict[str, Any]]) -> None:
     for i in range(0, len(kills), 50):
@@ -41,7 +44,7 @@ def side_of(battle: dict[str, Any], entity: int) -> int:
     ],
 )
 async def test_each_fight_is_one_battle_with_its_sides(
-    client: Client, system: str, enemies: list[tuple[int, int]], friends: list[tuple[int, int]]
+    client: Client, static: StaticData, system: str, enemies: list[tuple[int, int]], friends: list[tuple[int, int]]
 ) -> None:
     kills = fight(system)
     await post_all(client, kills)
@@ -66,6 +69,15 @@ async def test_each_fight_is_one_battle_with_its_sides(
         for s in battle["sides"]
         if s["ships"]
     )
+    # A pilot ESI gave no ship (480 in these fights, most shooting a 250mm Railgun II) is in no
+    # ship's row, rather than in a "ship" that is their gun; a weapon that is a hull stands in.
+    fielded = {ship["type_id"] for s in battle["sides"] for ship in s["ships"]}
+    flown = {k["victim"]["ship_type_id"] for k in kills} | {
+        a["ship_type_id"] for k in kills for a in k["attackers"] if "ship_type_id" in a
+    }
+    weapons = {a["weapon_type_id"] for k in kills for a in k["attackers"] if "ship_type_id" not in a}
+    guns = {t for t in weapons if static.types[t].category_id not in HULL_CATEGORIES} - flown
+    assert guns and fielded <= flown | weapons - guns and not fielded & guns, fielded & guns
     assert battle["names"][str(system)]  # the system's name, for pages
 
 

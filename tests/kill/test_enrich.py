@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import pytest
+from battlefights import fight
 from conftest import DATA
 
 from killboard.kill.enrich import display_security, enrich, security_class
@@ -168,3 +169,20 @@ def test_unknown_ids_keep_the_kill_and_are_logged(
     assert kill["system_name"] == "" and kill["security_class"] == "unknown"
     assert kill["victim"]["ship_name"] == {"en": ""}
     assert "system 39999999" in caplog.text and "type 999999999" in caplog.text
+
+
+def test_an_attacker_without_a_ship_flies_its_weapon_only_when_that_is_a_hull(static: StaticData) -> None:
+    # A real fleet fight: ESI left out the ship of some pilots, whose weapon is then a gun (a
+    # module: no ship known) or the ship type itself (ESI's weapon when damage was the hull's).
+    [km] = [k for k in fight("30004049") if k["killmail_id"] == 97001694]
+    kill = run(km, static)
+    shipless = [a for a in km["attackers"] if "ship_type_id" not in a]
+    by_pilot = {a["character_id"]: a for a in kill["attackers"]}
+    weapons = {a["weapon_type_id"] for a in shipless}
+    assert {3082, 12011} <= weapons  # 250mm Railgun II, Eagle
+    for a in shipless:
+        shown = by_pilot[a["character_id"]]
+        hull = static.types[a["weapon_type_id"]].category_id == 6
+        assert shown["ship_id"] == (a["weapon_type_id"] if hull else None), a
+        assert shown["ship_name"]["en"] == (static.types[a["weapon_type_id"]].name if hull else "")
+        assert shown["weapon_type_name"]["en"] == static.types[a["weapon_type_id"]].name

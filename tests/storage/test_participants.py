@@ -12,6 +12,7 @@ from typing import Any
 from conftest import AUTH, Client, settle
 from killgen import as_schema_5, make_kills, save_all
 
+from killboard.kill.enrich import HULL_CATEGORIES
 from killboard.kill.staticdata import StaticData
 from killboard.storage import participants
 from killboard.storage.participants import Kind
@@ -28,8 +29,12 @@ def expected_pilots(esi: dict[str, Any], static: StaticData) -> list[tuple[int, 
         npc = static.npc_corporations.get(ids[1])
         if not ids[3] and npc is not None:
             ids[3] = npc.faction_id or 0  # an NPC corporation fights for its faction
-        # As the kill page shows it: an NPC or structure with no ship is shown by its weapon.
-        ship = who.get("ship_type_id") or who.get("weapon_type_id") or 0
+        # As the kill page shows it: with no ship, a weapon that is a hull (an NPC, a structure)
+        # stands in; a module (a pilot whose ship ESI left out) does not.
+        ship = who.get("ship_type_id") or 0
+        weapon = static.types.get(who.get("weapon_type_id") or 0)
+        if not ship and weapon is not None and weapon.category_id in HULL_CATEGORIES:
+            ship = who["weapon_type_id"]
         return (*ids, ship, damage, int(final))
 
     victim = esi["victim"]
