@@ -162,11 +162,19 @@ async def _names(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
         system = static.systems.get(system_id)
         if system is not None:
             out[str(system_id)] = system.name
-    for faction_id, faction in static.factions.items():
-        if faction_id in ids:
-            out[str(faction_id)] = faction.names.get("en", "")
-    for entity_id in ids:  # NPC corporations (Serpentis, CONCORD …): ESI is never asked for them
-        if (npc := static.npc_corporations.get(entity_id)) is not None:
+    out.update(await _entity_names(request, ids))
+    return out
+
+
+async def _entity_names(request: web.Request, ids: set[int]) -> dict[str, str]:
+    """Names of alliances, corporations and factions: factions and NPC corporations (Serpentis,
+    CONCORD …: ESI is never asked for them) from the static data, the rest as stored."""
+    static = request.app[static_key]
+    out: dict[str, str] = {}
+    for entity_id in ids:
+        if (faction := static.factions.get(entity_id)) is not None:
+            out[str(entity_id)] = faction.names.get("en", "")
+        elif (npc := static.npc_corporations.get(entity_id)) is not None:
             out[str(entity_id)] = npc.name
     known = await request.app[store_key].names(ids)
     out.update((str(i), n) for i, n in known.items())
@@ -178,14 +186,20 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     now = time.time()
     rows = await tables.listing(battles.store, PAGE)
     static = request.app[static_key]
-    items = []
+    items: list[dict[str, Any]] = []
+    leading: set[int] = set()
     for row in rows:
         summary = await battles.summarize(row, now=now)
         system = static.systems.get(row.system_ids[0]) if row.system_ids else None
-        items.append({"s": summary, "system": system.name if system else str(row.system_ids)})
+        # Each side by the alliance or corporation that brought the most pilots to it.
+        leads = [side["entities"][0] for side in summary["sides"] if side["entities"]]
+        leading.update(lead["id"] for lead in leads)
+        items.append({"s": summary, "system": system.name if system else str(row.system_ids), "leads": leads})
+    names = await _entity_names(request, leading)
     context = {
         "lang": reader_language(request.headers.get("Accept-Language", "")),
         "battles": items,
+        "names": names,
         "last_seq": await battles.store.last_seq(),
     }
     response = await render_page("battles.html", request, context)

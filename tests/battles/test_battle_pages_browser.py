@@ -44,6 +44,22 @@ async def test_pages_without_a_browser(client: Client) -> None:
     await post(client, kills)
     page = await (await client.get(f"/kill/{kills[0]['killmail_id']}")).text()
     assert 'href="/battle/1"' in page
+    # The listing names each side by its biggest alliance or corporation, and links it and the
+    # system to their pages; the battle's page links its entities, ships and system too.
+    [summary] = (await (await client.get("/api/battles")).json())["battles"]
+    detail = await (await client.get("/api/battles/1")).json()
+    listing = await (await client.get("/battles")).text()
+    leads = [side["entities"][0] for side in summary["sides"]]
+    assert len(leads) >= 2 and 'href="/system/30001155"' in listing
+    assert all(f'href="/{e["kind"]}/{e["id"]}"' in listing for e in leads), leads
+    battle = await (await client.get("/battle/1")).text()
+    assert 'href="/system/30001155"' in battle
+    entities = [e for side in detail["sides"] for e in side["entities"]]
+    assert all(f'href="/{e["kind"]}/{e["id"]}"' in battle for e in entities if e["kind"] != "faction")
+    assert all(f'href="/ship/{ship["type_id"]}"' in battle for side in detail["sides"] for ship in side["ships"])
+    for e in entities:
+        counted = f"{e['pilots']} pilot{'' if e['pilots'] == 1 else 's'}" if e["pilots"] else "NPCs"
+        assert f"{e['kind']} · {counted}</span>" in battle, e
     # Ships in the reader's language (the Muninn, type 12015, flew in this fight).
     japanese = await (await client.get("/battle/1", headers={"Accept-Language": "ja,en;q=0.5"})).text()
     assert "ムニン" in japanese and '<html lang="ja">' in japanese
@@ -73,6 +89,8 @@ async def test_a_battle_grows_while_its_page_is_open(client: Client, browser: Br
     listing = await browser.new_page()
     await listing.goto(str(client.make_url("/battles")))
     await expect(listing.locator("tr.battle")).to_have_count(1)
+    await expect(listing.locator(".leads", has_text=HOSTILE)).to_be_visible()  # as text, as on the battle
+    assert await listing.locator("img[src=x]").count() == 0
     await post(client, in_order("30002472")[:60])
     await expect(listing.locator("tr.battle")).to_have_count(2)
     # Phone width: nothing wider than the screen.
