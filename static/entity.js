@@ -25,6 +25,7 @@
       const key = dd.dataset.figure;
       if (key in figures && FORMAT[key]) dd.textContent = FORMAT[key](figures[key]);
     }
+    months(figures.months || []);
     for (const m of figures.months || []) {
       const row = page.querySelector('tr[data-month="' + m.month + '"]');
       if (!row) continue;
@@ -34,6 +35,42 @@
       cells[cells.length - 1].textContent = window.KB.isk(m.isk_destroyed);
     }
     page.dataset.updated = String(Date.now());
+  }
+
+  // The months shown moved (a quiet entity's first kill in a year, a new month): rows for the
+  // new ones, newest first as the server renders them, and the heading by the server's rule.
+  function months(list) {
+    const body = page.querySelector("#months tbody");
+    if (!body || !list.length) return;
+    const wanted = list.map(function (m) { return m.month; }).reverse();
+    const shown = Array.prototype.map.call(body.querySelectorAll("tr[data-month]"), function (r) { return r.dataset.month; });
+    if (shown.join() === wanted.join()) return;
+    const columns = page.querySelectorAll("#months thead th").length;
+    body.replaceChildren();
+    for (const month of wanted) {
+      const tr = document.createElement("tr");
+      tr.dataset.month = month;
+      const label = document.createElement("td");
+      label.textContent = month;
+      tr.appendChild(label);
+      for (let i = 1; i < columns; i++) {
+        const td = document.createElement("td");
+        td.className = "num";
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    const heading = document.getElementById("months-h");
+    const last = wanted[0];
+    if (last === new Date().toISOString().slice(0, 7)) {
+      heading.textContent = "Last 12 months";
+    } else {
+      heading.textContent = "12 months to " + last + " ";
+      const since = document.createElement("span");
+      since.className = "sub";
+      since.textContent = "nothing since";
+      heading.appendChild(since);
+    }
   }
 
   function refresh() {

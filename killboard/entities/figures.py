@@ -273,7 +273,8 @@ def figures(
     itself: int | None = None,
 ) -> Figures:
     """Figures from an entity's rows: (month, kills, losses, solo, isk_destroyed, isk_lost) and
-    (what, other, n); `months` lists the last 12 calendar months up to `now`, empty ones too.
+    (what, other, n); `months` lists the last 12 calendar months up to `now`, empty ones too, or,
+    for an entity with nothing in them, the 12 up to its last month with anything.
     `itself`: a pilot, corporation or alliance, left out of its own opponents (the rows count
     its friendly fire: its own pilots killed by its own, on kills and on losses alike); a ship
     type fighting its own type stays its opponent."""
@@ -284,8 +285,13 @@ def figures(
         for i in range(5):
             totals[i] += row[i + 1]
     current = month_of(int(now))
+    # An entity quiet for a year (or known only from kills imported from an archive) shows the
+    # year up to its last active month: twelve rows of zeros would tell nothing.
+    end = max((m for m in by_month if m <= current), default=current)
+    if end > current - 12:
+        end = current
     last12: list[dict[str, int | str]] = []
-    for m in range(current - 11, current + 1):
+    for m in range(end - 11, end + 1):
         row = by_month.get(m, (m, 0, 0, 0, 0, 0))
         last12.append(
             {

@@ -212,6 +212,7 @@ async def page(request: web.Request) -> web.StreamResponse:
             "opponents": "Top opponents" if entity[0] not in ("system", "region") else "Top attacking alliances",
         },
         "now": time.time(),
+        "this_month": time.strftime("%Y-%m", time.gmtime()),
         "quote": quote,
         "figures_url": f"/api/{entity[0]}/{entity[1]}",
         "TOP_NAMES": figures.TOP_NAMES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,60 @@ async def test_shares_worked_out_before_the_write_count_like_the_write_itself(
         kept.append(tables(tmp_path / f"{name}.sqlite3"))
     assert kept[0][0] and kept[0][1]
     assert kept[0] == kept[1]
+
+
+def month_row(year: int, month: int, kills: int) -> tuple[int, int, int, int, int, int]:
+    return (year * 12 + month - 1, kills, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "first", "last"),
+    [
+        ([], "2025-01", "2025-12"),  # nothing at all: the last 12 months
+        ([month_row(2025, 3, 2), month_row(2021, 11, 5)], "2025-01", "2025-12"),  # active this year
+        ([month_row(2021, 11, 5), month_row(2021, 2, 1)], "2020-12", "2021-11"),  # quiet since 2021-11
+        ([month_row(2024, 1, 4)], "2023-02", "2024-01"),  # 23 months ago: its year up to then
+        ([month_row(2026, 6, 1)], "2025-01", "2025-12"),  # a kill dated ahead of the clock: not an end
+    ],
+)
+def test_the_months_shown_end_now_or_at_the_last_active_month(rows: list[Any], first: str, last: str) -> None:
+    now = 1_765_000_000  # 2025-12-06 UTC
+    got = figures.figures(rows, [], now)
+    assert [got.months[0]["month"], got.months[-1]["month"]] == [first, last]
+    assert len(got.months) == 12
+    shown = {m["month"]: m["kills"] for m in got.months}
+    for m, kills, *_ in rows:  # every row inside the window is shown as it is
+        label = f"{m // 12:04d}-{m % 12 + 1:02d}"
+        if first <= label <= last:
+            assert shown[label] == kills
+    assert got.kills == sum(r[1] for r in rows)  # the totals are all-time whatever is shown
+
+
+async def test_a_page_of_an_entity_quiet_for_a_year_shows_its_last_active_year(
+    client: Client, killmails: list[dict[str, Any]]
+) -> None:
+    await post_all(client, killmails)
+    # The alliance in most of the bundled kills among those with none in the last 13 months.
+    year_ago = time.strftime("%Y-%m", time.gmtime(time.time() - 400 * 86400))
+    months: dict[int, set[str]] = {}
+    for k in killmails:
+        for a in [k["victim"], *k["attackers"]]:
+            if a.get("alliance_id"):
+                months.setdefault(a["alliance_id"], set()).add(k["killmail_time"][:7])
+    quiet = [a for a, seen in months.items() if max(seen) < year_ago]
+    entity = max(
+        quiet, key=lambda a: sum(a in {x.get("alliance_id") for x in [k["victim"], *k["attackers"]]} for k in killmails)
+    )
+    killed = Counter(
+        k["killmail_time"][:7] for k in killmails if any(a.get("alliance_id") == entity for a in k["attackers"])
+    )
+    lost = Counter(k["killmail_time"][:7] for k in killmails if k["victim"].get("alliance_id") == entity)
+    last = max(killed | lost)
+    assert sum(killed.values()) + sum(lost.values()) >= 2
+    got = await (await client.get(f"/api/alliance/{entity}")).json()
+    assert got["months"][-1]["month"] == last
+    assert [(m["kills"], m["losses"]) for m in got["months"]] == [
+        (killed[m["month"]], lost[m["month"]]) for m in got["months"]
+    ]
+    page = await (await client.get(f"/alliance/{entity}")).text()
+    assert f"12 months to {last}" in page and "Last 12 months" not in page

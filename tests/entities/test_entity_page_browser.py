@@ -62,6 +62,47 @@ async def test_entity_page_takes_new_kills_and_figures_live(
     assert watch.errors == [] and watch.dialogs == []
 
 
+async def test_a_quiet_entitys_months_follow_a_later_kill_live(
+    make_client: MakeClient, browser: Browser, killmails: list[dict[str, Any]]
+) -> None:
+    # A corporation whose real kills are more than a year apart, all long ago: its page shows the
+    # year up to its older kill, and moves to the newer kill's year when that kill arrives.
+    def months_of(corporation: int) -> list[dict[str, Any]]:
+        return [
+            k for k in killmails if corporation in {p.get("corporation_id") for p in (k["victim"], *k["attackers"])}
+        ]
+
+    def span(kills: list[dict[str, Any]]) -> int:
+        first, last = min(k["killmail_time"] for k in kills), max(k["killmail_time"] for k in kills)
+        return (int(last[:4]) - int(first[:4])) * 12 + int(last[5:7]) - int(first[5:7])
+
+    corporations = {
+        p["corporation_id"] for k in killmails for p in (k["victim"], *k["attackers"]) if p.get("corporation_id")
+    }
+    corporation = next(
+        c
+        for c in sorted(corporations)
+        if len(mine := months_of(c)) == 2 and span(mine) >= 12 and max(k["killmail_time"] for k in mine) < "2025"
+    )
+    older, newer = sorted(months_of(corporation), key=lambda k: k["killmail_time"])
+    client = await make_client()
+    await post(client, older)
+    _, page, watch = await new_page(browser)
+    await page.goto(str(client.make_url(f"/corporation/{corporation}")))
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    heading = page.locator("#months-h")
+    await expect(heading).to_have_text(f"12 months to {older['killmail_time'][:7]} nothing since")
+    await post(client, newer)
+    await expect(heading).to_have_text(f"12 months to {newer['killmail_time'][:7]} nothing since")
+    rows = page.locator("#months tbody tr")
+    await expect(rows).to_have_count(12)
+    await expect(rows.first).to_have_attribute("data-month", newer["killmail_time"][:7])
+    await expect(rows.first.locator("td.num").first).not_to_be_empty()
+    month, kills, losses, _ = await rows.first.locator("td").all_text_contents()
+    assert month == newer["killmail_time"][:7] and "1" in (kills, losses)
+    assert watch.errors == [] and watch.dialogs == []
+
+
 async def test_search_box_completes_with_the_keyboard(make_client: MakeClient, browser: Browser) -> None:
     client = await make_client()
     _, page, watch = await new_page(browser)
