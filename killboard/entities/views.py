@@ -145,17 +145,31 @@ def _url(kind: str, entity_id: int) -> str:
     return f"/?constellation={entity_id}" if kind == "constellation" else f"/{kind}/{entity_id}"
 
 
+SEARCH_PAGE_ROWS = 50
+
+
 async def search_page(request: web.Request) -> web.StreamResponse:
-    """GET /search?q=: the search box without JavaScript: straight to the best match."""
+    """GET /search?q=: the search box without a pick (Enter on what was typed, or no JavaScript).
+    One match, or one name that is exactly what was typed, opens its page; several list them all
+    ("serp": a system and two NPC corporations), rather than opening the first."""
     q = request.query.get("q", "")[:100]
-    found = request.app[entities_key].index.search(q, _lang(request), 1) if q.strip() else []
-    if found:
-        raise web.HTTPFound(_url(found[0].kind, found[0].id))
+    lang = _lang(request)
+    found = request.app[entities_key].index.search(q, lang, SEARCH_PAGE_ROWS) if q.strip() else []
+    if not found:
+        return aiohttp_jinja2.render_template(
+            "notfound.html",
+            request,
+            {"message": f"No name starts with {q!r}." if q else "Type a name to search."},
+            status=404,
+        )
+    key = " ".join(q.split()).casefold()
+    exact = [e for e in found if e.key == key]
+    if len(found) == 1 or len(exact) == 1:
+        best = exact[0] if exact else found[0]
+        raise web.HTTPFound(_url(best.kind, best.id))
+    results = [{"kind": e.kind, "name": e.name, "url": _url(e.kind, e.id)} for e in found]
     return aiohttp_jinja2.render_template(
-        "notfound.html",
-        request,
-        {"message": f"No name starts with {q!r}." if q else "Type a name to search."},
-        status=404,
+        "search.html", request, {"q": q, "results": results, "more": len(found) == SEARCH_PAGE_ROWS, "lang": lang}
     )
 
 

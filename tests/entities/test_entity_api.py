@@ -150,10 +150,20 @@ async def test_search_learns_names_as_they_arrive(client: Client, killmails: lis
     assert [r["name"] for r in body["results"]] == ["Zyxwv Renamed"]
 
 
-async def test_search_form_without_javascript_opens_the_best_match(client: Client) -> None:
-    resp = await client.get("/search?q=jita", allow_redirects=False)
+async def test_search_form_without_javascript_opens_the_match_or_lists_them(client: Client) -> None:
+    resp = await client.get("/search?q=jita", allow_redirects=False)  # exactly one name is "Jita"
     assert resp.status == 302 and resp.headers["Location"] == "/system/30000142"
     assert (await client.get("/search?q=qqqqqqqq")).status == 404
+    # "serp": a system and two NPC corporations, none named just that: all of them, listed.
+    found = (await (await client.get("/api/search?q=serp")).json())["results"]
+    assert len(found) >= 3 and {r["kind"] for r in found} >= {"system", "corporation"}
+    resp = await client.get("/search?q=serp", allow_redirects=False)
+    assert resp.status == 200
+    page = await resp.text()
+    assert all(f'<a href="{r["url"]}">{r["name"]}</a>' in page for r in found), page
+    # What was typed is shown as text.
+    hostile = await (await client.get("/search", params={"q": "<b>serp"})).text()
+    assert "<b>serp" not in hostile and "&lt;b&gt;serp" in hostile
 
 
 async def test_entity_page_renders_figures_kills_and_links(client: Client, killmails: list[dict[str, Any]]) -> None:
