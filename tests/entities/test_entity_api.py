@@ -161,9 +161,13 @@ async def test_search_form_without_javascript_opens_the_match_or_lists_them(clie
     assert resp.status == 200
     page = await resp.text()
     assert all(f'<a href="{r["url"]}">{r["name"]}</a>' in page for r in found), page
-    # What was typed is shown as text.
-    hostile = await (await client.get("/search", params={"q": "<b>serp"})).text()
-    assert "<b>serp" not in hostile and "&lt;b&gt;serp" in hostile
+    # Names from outside, and what was typed, are shown as text.
+    store, entities = client.server.app[store_key], client.server.app[entities_key]
+    await store.save_names({2112345678: ("<b>Serp</b>", "character"), 2112345679: ("<b>Serpent", "character")})
+    await entities.refresh_names()
+    page = await (await client.get("/search", params={"q": "<b>serp"})).text()
+    assert "<b>" not in page and "&lt;b&gt;Serp&lt;/b&gt;" in page and "&lt;b&gt;Serpent" in page
+    assert "&lt;b&gt;serp" in page  # the heading
 
 
 async def test_entity_page_renders_figures_kills_and_links(client: Client, killmails: list[dict[str, Any]]) -> None:
