@@ -345,12 +345,18 @@
     retryTimer = setTimeout(connect, delay);
   }
 
+  // An older page of an entity's kills (data-live="off") is history: not followed.
+  const live = feed.dataset.live !== "off";
   window.addEventListener("online", function () {
-    if (!socket) connect();
+    if (live && !socket) connect();
   });
 
-  setStatus("connecting", "connecting");
-  connect();
+  if (live) {
+    setStatus("connecting", "connecting");
+    connect();
+  } else if (pauseButton) {
+    pauseButton.hidden = true;
+  }
 
   // Relative times: the server sends absolute ones (its rendered rows are kept, so they would go
   // stale); they are made relative here at once and age while the tab is open.

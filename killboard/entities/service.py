@@ -206,10 +206,11 @@ class Entities:
             "channel": f"{kind}:{entity_id}",
         }
 
-    async def newest(self, kind: str, entity_id: int, limit: int) -> list[tuple[int, int]]:
-        """(seq, role code) of an entity's newest kills and losses (participants.kills_of)."""
+    async def newest(self, kind: str, entity_id: int, limit: int, before: int | None = None) -> list[tuple[int, int]]:
+        """(seq, role code) of an entity's newest kills and losses (participants.kills_of), or of
+        those before seq `before`."""
         assert self.store is not None
-        return await self.store.kills_of(KINDS[kind], entity_id, None, limit)
+        return await self.store.kills_of(KINDS[kind], entity_id, before, limit)
 
     async def kills(
         self,

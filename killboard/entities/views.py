@@ -179,10 +179,15 @@ def link(kind: str, entity_id: Any) -> str:
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    """GET /{kind}/{id}: the figures, the newest kills and losses, live over the entity's channel."""
+    """GET /{kind}/{id}: the figures, the newest kills and losses, live over the entity's channel;
+    `?before=SEQ`: the page of older ones before that kill, not followed live."""
     entity = _entity(request)
     service = request.app[entities_key]
     lang = reader_language(request.headers.get("Accept-Language", ""))
+    before = _bounded(request, "before", None, MAX_ID)
+    if isinstance(before, str):
+        log.info("GET %s -> 400 %s", request.path[:120], before, extra=client(request.remote))
+        return aiohttp_jinja2.render_template("notfound.html", request, {"message": before}, status=400)
     found = None if isinstance(entity, str) else await service.figures(*entity, lang)
     if found is None or isinstance(entity, str):
         message = entity if isinstance(entity, str) else f"Nothing is known here of {entity[0]} {entity[1]} (yet)."
@@ -191,7 +196,10 @@ async def page(request: web.Request) -> web.StreamResponse:
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
     kept = service.html
     generation = kept.generation  # before the rows are read: a row read while a kill changed is not kept
-    seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS)]
+    # One more than shown: whether there is an older page to link to.
+    seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS + 1, before)]
+    older = seqs[PAGE_ROWS - 1] if len(seqs) > PAGE_ROWS else None
+    seqs = seqs[:PAGE_ROWS]
     kills = await rows.rows(service.store, service.static, seqs, lang, service.pilots)
     env = aiohttp_jinja2.get_env(request.app)
     known = {k["killmail_id"]: html for k in kills if (html := kept.row(lang, k["killmail_id"], "entity")) is not None}
@@ -216,6 +224,8 @@ async def page(request: web.Request) -> web.StreamResponse:
         "kind": entity[0],
         "label": found["name"] or f"{entity[0].capitalize()} #{entity[1]}",
         "rows": rendered,
+        "older": older,
+        "paged": before is not None,
         "last_seq": last_seq,
         "max_rows": PAGE_ROWS * 4,
         "link": link,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -184,6 +185,32 @@ async def test_entity_page_renders_figures_kills_and_links(client: Client, killm
     # The feed links names to their pages.
     feed = await (await client.get("/")).text()
     assert 'href="/character/' in feed and 'href="/system/' in feed and "/?character=" not in feed
+
+
+async def test_an_entity_pages_back_through_all_its_kills(client: Client) -> None:
+    """A real fight's alliance (in more than a page of kills): "Older →" walks back a page at a
+    time, every kill of it once, newest first; older pages are history, not followed live."""
+    kills = fight("30001155")
+    await post_fight(client, kills)
+    alliance = 1354830081
+    mine = {
+        k["killmail_id"] for k in kills if alliance in {p.get("alliance_id") for p in (k["victim"], *k["attackers"])}
+    }
+    assert len(mine) > 2 * 50
+    url, pages, seen = f"/alliance/{alliance}", 0, []
+    while url:
+        html = await (await client.get(url)).text()
+        rows = re.findall(r'<li class="kill[^"]*" data-id="(\d+)" data-seq="(\d+)"', html)
+        assert 0 < len(rows) <= 50
+        seqs = [int(seq) for _, seq in rows]
+        assert seqs == sorted(seqs, reverse=True)  # newest first
+        seen += [int(i) for i, _ in rows]
+        assert ('data-live="off"' in html) == (pages > 0) and ("← Newest" in html) == (pages > 0)
+        older = re.search(r'<a href="(/alliance/\d+\?before=\d+)" rel="next">', html)
+        url, pages = older.group(1) if older else "", pages + 1
+    assert len(seen) == len(set(seen)) and set(seen) == mine and pages == -(-len(mine) // 50)
+    resp = await client.get(f"/alliance/{alliance}?before=x")
+    assert resp.status == 400 and "before: must be an integer" in await resp.text()
 
 
 async def test_an_npc_corporation_is_named_from_the_static_data(

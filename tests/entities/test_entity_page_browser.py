@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from battlefights import fight
 from browser import launch, new_page
 from conftest import AUTH, Client, settle
 from playwright.async_api import Browser, expect
@@ -101,6 +102,28 @@ async def test_a_quiet_entitys_months_follow_a_later_kill_live(
     month, kills, losses, _ = await rows.first.locator("td").all_text_contents()
     assert month == newer["killmail_time"][:7] and "1" in (kills, losses)
     assert watch.errors == [] and watch.dialogs == []
+
+
+async def test_an_older_page_is_history_not_followed(make_client: MakeClient, browser: Browser) -> None:
+    client = await make_client()
+    kills = fight("30001155")
+    await post(client, kills)
+    _, page, watch = await new_page(browser)
+    await page.goto(str(client.make_url("/alliance/1354830081")))
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    opened: list[str] = []
+    page.on("websocket", lambda socket: opened.append(socket.url))
+    await page.locator('.pager a[rel="next"]').click()
+    await expect(page).to_have_url(re.compile(r"/alliance/1354830081\?before=\d+$"))
+    await expect(page.locator("#feed li.kill")).to_have_count(50)
+    await expect(page.locator("#feed li.kill time").first).to_have_text(re.compile(r"\d+ y ago"))
+    await post(client, kills[:1])  # nothing new reaches an older page, and no socket is opened
+    await page.wait_for_timeout(1500)
+    assert await page.locator("#status").get_attribute("data-state") == "static"
+    assert await page.locator("#pause").is_hidden()
+    assert opened == [] and watch.errors == [] and watch.dialogs == []
+    await page.locator(".pager a", has_text="Newest").click()
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
 
 
 async def test_search_box_completes_with_the_keyboard(make_client: MakeClient, browser: Browser) -> None:
