@@ -182,9 +182,17 @@ async def _entity_names(request: web.Request, ids: set[int]) -> dict[str, str]:
 
 
 async def list_page(request: web.Request) -> web.StreamResponse:
+    """/battles: the newest PAGE battles, live; `?cursor=` (the API's `next`) the ones before."""
     battles = request.app[battles_key]
+    try:
+        before = _cursor(request.query.get("cursor"))
+    except BadQuery as exc:
+        log.info("GET /battles: %s", exc, extra=client(request.remote))
+        return aiohttp_jinja2.render_template("notfound.html", request, {"message": str(exc)}, status=400)
     now = time.time()
-    rows = await tables.listing(battles.store, PAGE)
+    rows = await tables.listing(battles.store, PAGE + 1, before)  # one more: is there an older page
+    older = f"{rows[PAGE - 1].start_time}_{rows[PAGE - 1].battle_id}" if len(rows) > PAGE else None
+    rows = rows[:PAGE]
     static = request.app[static_key]
     items: list[dict[str, Any]] = []
     leading: set[int] = set()
@@ -200,6 +208,8 @@ async def list_page(request: web.Request) -> web.StreamResponse:
         "lang": reader_language(request.headers.get("Accept-Language", "")),
         "battles": items,
         "names": names,
+        "older": older,
+        "paged": before is not None,
         "last_seq": await battles.store.last_seq(),
     }
     response = await render_page("battles.html", request, context)

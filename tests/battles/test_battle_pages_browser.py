@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from battlefights import fight
 from browser import launch, new_page
 from conftest import AUTH, Client, settle
 from playwright.async_api import Browser, expect
+from test_battle_tables import shifted
 
 from killboard.web.keys import store_key
 
@@ -64,6 +66,27 @@ async def test_pages_without_a_browser(client: Client) -> None:
     japanese = await (await client.get("/battle/1", headers={"Accept-Language": "ja,en;q=0.5"})).text()
     assert "ムニン" in japanese and '<html lang="ja">' in japanese
     assert "ムニン" not in await (await client.get("/battle/1")).text()
+
+
+async def test_the_battles_page_pages_back(client: Client) -> None:
+    # The first five kills of a real fight, again every two hours under fresh ids: 52 battles.
+    five = in_order("30001155")[:5]
+    copies = [k for n in range(52) for k in shifted(five, 120 * n, 10_000_000 * (n + 1))]
+    for i in range(0, len(copies), 50):
+        await post(client, copies[i : i + 50])
+    newest = await (await client.get("/battles")).text()
+    ids = re.findall(r'<tr class="battle[^"]*" data-battle-id="(\d+)"', newest)
+    assert len(ids) == 50 and "← Newest" not in newest
+    older = re.search(r'<a href="(/battles\?cursor=\d+_\d+)" rel="next">', newest)
+    assert older is not None
+    page = await (await client.get(older.group(1))).text()
+    rest = re.findall(r'<tr class="battle[^"]*" data-battle-id="(\d+)"', page)
+    assert len(rest) == 2 and "← Newest" in page and 'rel="next"' not in page
+    assert sorted(map(int, ids + rest)) == list(range(1, 53))  # each battle once
+    listed = (await (await client.get("/api/battles?limit=50")).json())["next"]
+    assert older.group(1).endswith(listed)  # the API's cursor, the same page
+    resp = await client.get("/battles?cursor=x")
+    assert resp.status == 400 and "cursor: expected" in await resp.text()
 
 
 @pytest.mark.browser
