@@ -368,3 +368,27 @@ async def test_kept_rows_show_relative_times(
     page, _ = await open_feed(browser, str(client.make_url("/")))
     times = await page.locator("#feed li.kill time").all_inner_texts()
     assert len(times) == 3 and all(t.endswith(" ago") for t in times), times
+
+
+async def test_no_page_is_wider_than_a_phone(
+    make_client: MakeClient, browser: Browser, killmails: list[dict[str, Any]]
+) -> None:
+    """At 390 px, every page fits: nothing to scroll sideways, nothing cut off at the edge."""
+    client = await make_client()
+    await post(client, killmails)
+    biggest = max(killmails, key=lambda k: len(k["attackers"]) * 1000 + len(k["victim"].get("items", [])))
+    alliance = next(a["alliance_id"] for a in biggest["attackers"] if a.get("alliance_id"))
+    _, page, watch = await new_page(browser)
+    await page.set_viewport_size({"width": 390, "height": 800})
+    for path in (
+        "/",
+        f"/kill/{biggest['killmail_id']}",
+        f"/alliance/{alliance}",
+        "/ship/670",
+        "/battles",
+        "/search?q=a",
+    ):
+        await page.goto(str(client.make_url(path)))
+        wide = await page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 391, (path, wide)
+    assert watch.errors == []
