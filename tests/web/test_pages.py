@@ -115,6 +115,13 @@ async def test_kill_detail(client: Client, killmails: list[dict[str, Any]]) -> N
     assert known == sorted(known, key=order.index)
     for item in kill["items"]:
         assert unescape(item["name"]["en"]) in unescape(html)
+    # The victim's corporation and alliance link to their pages, named or not yet (no ESI here).
+    victim = km["victim"]
+    line = re.search(r'<p class="victim-line">(.*?)</p>', html, re.S)
+    assert line is not None
+    for kind in ("corporation", "alliance"):
+        if victim.get(f"{kind}_id"):
+            assert f'href="/{kind}/{victim[f"{kind}_id"]}"' in line.group(1), (kind, line.group(1))
 
 
 async def test_unknown_kill_is_a_404_page(client: Client) -> None:
