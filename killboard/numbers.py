@@ -9,6 +9,9 @@ from __future__ import annotations
 
 # Past 30 digits a value is out of every range the server reads; parse_int saturates there.
 SATURATED = 10**30
+# The largest id any client may name (kill, entity, battle, seq): SQLite's largest integer, so a
+# bigger one is a 400 rather than an OverflowError in a query.
+MAX_ID = 2**63 - 1
 
 
 def parse_int(raw: str) -> int | None:

@@ -18,7 +18,7 @@ from ..kill.display import nameless
 from ..kill.frames import encode
 from ..kill.langs import reader_language
 from ..logs import client
-from ..numbers import bounded_int
+from ..numbers import MAX_ID, bounded_int
 from ..storage.participants import KIND_NAMES
 from . import figures, rows
 from .service import Entities
@@ -26,7 +26,6 @@ from .service import Entities
 log = logging.getLogger(__name__)
 
 KIND_PATTERN = "|".join(KIND_NAMES)
-MAX_ID = 2**63 - 1
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 PAGE_ROWS = 50

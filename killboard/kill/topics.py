@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ..numbers import bounded_int
+from ..numbers import MAX_ID, bounded_int
 
 # The same regions enrich's security_class names: one definition of where w-space is.
 from .enrich import ABYSSAL_REGIONS, POCHVEN_REGION, WSPACE_REGIONS
@@ -50,7 +50,6 @@ DOT_PREFIXES = frozenset({"victim", "attacker", "system", "constellation", "regi
 COLON_PREFIXES = frozenset({"character", "corporation", "alliance", "faction", "ship", "group"})
 # `system:ID` is zKillboard's spelling of `system.ID`, and so on: the same key.
 COLON_PREFIXES_SAME_AS_DOT = frozenset({"system", "constellation", "region"})
-MAX_ID = 2**63 - 1
 MAX_PARTS = 8  # conditions in one `&` combination
 ENTITY_FIELDS = (
     ("character_id", "character"),

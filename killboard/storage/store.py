@@ -406,10 +406,16 @@ class Store:
         async with self._reader.execute(sql + " ORDER BY killmail_id DESC LIMIT ?", args) as cur:
             return await self._render(await cur.fetchall())
 
-    async def latest_ids(self, limit: int) -> list[int]:
-        """The ids of the newest `limit` kills, newest first (the primary key alone: no body read)."""
-        sql = "SELECT killmail_id FROM kills ORDER BY killmail_id DESC LIMIT ?"
-        async with self._reader.execute(sql, (limit,)) as cur:
+    async def latest_ids(self, limit: int, before_id: int | None = None) -> list[int]:
+        """The ids of the newest `limit` kills, newest first, optionally older than `before_id`
+        (the primary key alone: no body read)."""
+        args: tuple[int, ...]
+        if before_id is None:
+            sql, args = "SELECT killmail_id FROM kills ORDER BY killmail_id DESC LIMIT ?", (limit,)
+        else:
+            sql = "SELECT killmail_id FROM kills WHERE killmail_id < ? ORDER BY killmail_id DESC LIMIT ?"
+            args = (before_id, limit)
+        async with self._reader.execute(sql, args) as cur:
             return [row[0] for row in await cur.fetchall()]
 
     async def after(self, seq: int, limit: int) -> list[StoredKill]:

@@ -22,7 +22,7 @@ from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Submission
 from ..live.wire import body_in
 from ..logs import client
-from ..numbers import parse_int
+from ..numbers import MAX_ID, parse_int
 from ..storage.rows import StoredKill
 from . import reads
 from .keys import (
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 MAX_LIMIT = 500
 BIG_BODY = 64 * 1024  # ~15 typical kills; a thread hop costs ~0.1 ms, parsing 64 KiB ~1 ms
 DEFAULT_LIMIT = 50
-# Ids and cursors are SQLite integers: anything past int64 cannot be stored, so it cannot exist.
-MAX_ID = 2**63 - 1
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:

@@ -16,7 +16,7 @@ from ..battles.detect import GAP
 from ..battles.service import Battles
 from ..kill.langs import reader_language
 from ..logs import client
-from ..numbers import bounded_int
+from ..numbers import MAX_ID, bounded_int
 from .api import json_error
 from .keptpages import EXPIRES
 from .keys import battles_key, static_key, store_key
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 PAGE = 50  # battles a page at most
 MAX_MOVES = 64  # `side.<id>=<n>` parameters at most
-MAX_ID = 2**63 - 1
 
 
 class BadQuery(ValueError):

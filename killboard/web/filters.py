@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..kill import topics
-from ..numbers import bounded_int
+from ..numbers import MAX_ID, bounded_int
 
 # Value floors, security and ship classes: topics the server has channels for.
 VALUE_FLOORS: tuple[str, ...] = ("5b", "10b")
@@ -89,7 +89,7 @@ def from_query(query: Mapping[str, str]) -> Filter:
     pairs = [(candidate, query.get(candidate, "")) for candidate in ENTITY_KINDS]
     pairs.append((query.get("kind", ""), query.get("id", "").strip()))
     for candidate, raw in pairs:
-        if candidate in ENTITY_KINDS and (value := bounded_int(raw, 1, 2**63 - 1)) is not None:
+        if candidate in ENTITY_KINDS and (value := bounded_int(raw, 1, MAX_ID)) is not None:
             kind, entity_id = candidate, value
             break
     return Filter(

@@ -41,7 +41,7 @@ from ..battles import tables
 from ..entities import entities_key
 from ..entities.service import KINDS
 from ..kill.langs import reader_language
-from ..numbers import bounded_int
+from ..numbers import MAX_ID, bounded_int
 from .httpzip import MIN_BYTES, TYPES, choose, gzip_body
 from .keys import battles_key, rendering_key, store_key, viewcache_key
 from .viewcache import Page, Rendering, Version, ViewCache, ViewKey
@@ -51,7 +51,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Stamp = Callable[[web.Request], Awaitable[tuple[Hashable, ...] | None]]
 # A handler sets this on its response: the page is stale from this wall-clock time on.
 EXPIRES = web.ResponseKey("expires", float)
-MAX_ID = 2**63 - 1
 # Bodies up to this size are gzipped on the loop (keep).
 INLINE_GZIP = 32 * 1024
 

@@ -27,6 +27,7 @@ from ..kill import display
 from ..kill.fitting import fitting
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
+from ..numbers import MAX_ID, bounded_int
 from ..storage.rows import StoredKill
 from . import filters
 from .filters import Filter
@@ -121,13 +122,14 @@ def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
     return out
 
 
-def _shown_ids(request: web.Request, wanted: Filter) -> Awaitable[list[int]]:
-    """The ids a page may show, newest first: the newest INITIAL_ROWS kills, or for a filter the
+def _shown_ids(request: web.Request, wanted: Filter, before: int | None) -> Awaitable[list[int]]:
+    """The ids a page may show, newest first: the newest INITIAL_ROWS kills (and one more, to
+    know whether an older page follows), those before kill `before`, or for a filter the
     matches among the newest FILTER_SCAN (their match keys are kept in memory, see
     killboard/web/recent.py), plus kills kept as "maybe" that are tested whole when read."""
     store = request.app[store_key]
     if wanted.empty:
-        return store.latest_ids(INITIAL_ROWS)
+        return store.latest_ids(INITIAL_ROWS + 1, before)
     return _matching_ids(request, wanted)
 
 
@@ -157,6 +159,14 @@ async def index(request: web.Request) -> web.StreamResponse:
     store = request.app[store_key]
     wanted = filters.from_query(request.query)
     canonical = urlencode(wanted.query())
+    # `before=<killmail_id>`: the unfiltered feed's older pages (a filter's matches are kept for
+    # the newest kills only; an entity's older kills are on its page).
+    before = bounded_int(request.query.get("before", ""), 1, MAX_ID) if wanted.empty else None
+    if before is not None:
+        canonical = urlencode({"before": before})
+    elif wanted.empty and "before" in request.query:
+        message = f"before: must be a killmail id from 1 to {MAX_ID}, got {request.query['before'][:40]!r}"
+        return aiohttp_jinja2.render_template("notfound.html", request, {"message": message}, status=400)
     if request.query_string and request.query_string != canonical:
         # The form sends every field (`min=&sec=&kind=system&id=…`): redirect to the short
         # link that names only what is set, so the address bar is the link to share.
@@ -170,19 +180,21 @@ async def index(request: web.Request) -> web.StreamResponse:
     version = cache.version(last_seq)
     page = cache.page(key, version)
     if page is None:
-        page = await _render_index(request, wanted, canonical, lang, key, version)
+        page = await _render_index(request, wanted, canonical, lang, key, version, before)
     return respond(request, page)
 
 
 async def _render_index(
-    request: web.Request, wanted: Filter, canonical: str, lang: str, key: ViewKey, version: Version
+    request: web.Request, wanted: Filter, canonical: str, lang: str, key: ViewKey, version: Version, before: int | None
 ) -> Page:
     """The feed page for `version`: rows kept from earlier views (of any filter: a row depends on
     the kill and the language only) are reused, the others read, tested whole against the
     filter and rendered off the event loop."""
     store, cache = request.app[store_key], request.app[viewcache_key]
     generation = cache.generation  # rows read from here on are kept only if no kill changes meanwhile
-    ids = await _shown_ids(request, wanted)
+    ids = await _shown_ids(request, wanted, before)
+    older = ids[INITIAL_ROWS - 1] if wanted.empty and len(ids) > INITIAL_ROWS else None
+    ids = ids[:INITIAL_ROWS] if wanted.empty else ids
     # A kill kept as "maybe" (too many keys, web/recent.py) is read and tested whole every time.
     unsure = set() if wanted.empty else request.app[recent_key].unsure(ids)
     kept = {i: html for i in ids if i not in unsure and (html := cache.row(lang, i)) is not None}
@@ -220,6 +232,8 @@ async def _render_index(
         "channel": wanted.channel(),
         "query": canonical,
         "last_seq": version[0],
+        "older": older,
+        "paged": before is not None,
         "max_rows": MAX_ROWS,
         "value_floors": filters.VALUE_FLOORS,
         "security_filters": filters.SECURITY,

@@ -48,6 +48,27 @@ async def test_latest_kills_are_rendered_newest_first(client: Client, killmails:
     assert 'data-channel="kills"' in html
 
 
+async def test_the_feed_pages_back_through_every_kill(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post(client, killmails)
+    url, seen, pages = "/", [], 0
+    while url:
+        html = await (await client.get(url)).text()
+        ids = row_ids(html)
+        assert 0 < len(ids) <= 50 and ids == sorted(ids, reverse=True)
+        seen += ids
+        assert ('data-live="off"' in html) == (pages > 0) and ("← Newest" in html) == (pages > 0)
+        older = re.search(r'<a href="(/\?before=\d+)" rel="next">', html)
+        url, pages = older.group(1) if older else "", pages + 1
+    assert seen == sorted((k["killmail_id"] for k in killmails), reverse=True) and pages == 2
+    # The same pages as the API's `before`; a bad value is a 400; a filter has no older pages.
+    api = await (await client.get("/api/killmails?limit=50")).json()
+    assert (await client.get(f"/?before={api['next_before']}")).status == 200
+    bad = await client.get("/?before=x")
+    assert bad.status == 400 and "before: must be a killmail id" in await bad.text()
+    filtered = await client.get("/?solo=1&before=5", allow_redirects=False)
+    assert filtered.status == 302 and filtered.headers["Location"] == "/?solo=1"
+
+
 async def test_content_security_policy_allows_no_inline_script(client: Client) -> None:
     for path in ("/", "/kill/1", "/static/feed.js"):
         resp = await client.get(path)
