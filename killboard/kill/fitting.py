@@ -1,5 +1,5 @@
-"""A lost ship's fitting as in game (high, mid, low, rig, subsystem slots; drones, cargo) and as
-EFT text, the format every fitting tool (Pyfa, EVE's own fitting window) imports."""
+"""A lost ship's fitting as in game (high, mid, low, rig, subsystem and service slots; drones,
+cargo) and as EFT text, the format every fitting tool (Pyfa, EVE's own fitting window) imports."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ RACKS: tuple[tuple[str, str], ...] = (
     ("LoSlot", "Low slots"),
     ("RigSlot", "Rigs"),
     ("SubSystem", "Subsystems"),
+    ("StructureServiceSlot", "Service slots"),  # an Upwell structure's services (clone bay …)
 )
-# EFT lists the racks low first: the order Pyfa and the game's "copy to clipboard" write.
-EFT_ORDER = ("LoSlot", "MedSlot", "HiSlot", "RigSlot", "SubSystem")
+# EFT lists the racks low first, services last: the order Pyfa and the game's "copy to
+# clipboard" write.
+EFT_ORDER = ("LoSlot", "MedSlot", "HiSlot", "RigSlot", "SubSystem", "StructureServiceSlot")
 BAYS: tuple[tuple[str, str], ...] = (("DroneBay", "Drones"), ("FighterBay", "Fighters"), ("Cargo", "Cargo"))
 
 

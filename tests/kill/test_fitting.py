@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from conftest import AUTH, Client, settle
 
 from killboard.kill.enrich import enrich
@@ -11,6 +12,11 @@ from killboard.kill.fitting import fitting
 from killboard.kill.prices import price_book
 from killboard.kill.staticdata import StaticData
 from killboard.kill.validate import parse_submission
+
+
+@pytest.fixture(scope="module")
+def by_id(killmails: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {km["killmail_id"]: km for km in killmails}
 
 
 def fitted(esi: dict[str, Any], static: StaticData, prefix: str) -> list[int]:
@@ -30,11 +36,24 @@ def test_every_rack_of_every_real_kill_matches_esi(static: StaticData, killmails
     for esi in killmails:
         kill = enrich(parse_submission(esi), static, {}, prices)
         fit = fitting(kill, static.flags, static.types)
-        for prefix in ("HiSlot", "MedSlot", "LoSlot", "RigSlot", "SubSystem"):
+        for prefix in ("HiSlot", "MedSlot", "LoSlot", "RigSlot", "SubSystem", "StructureServiceSlot"):
             want = [static.types[t].name for t in fitted(esi, static, prefix)]
             assert [s.module for s in fit.racks.get(prefix, [])] == want, (esi["killmail_id"], prefix)
             racks_seen += bool(want)
     assert racks_seen > 100
+
+
+def test_a_structures_services_close_its_eft(static: StaticData, by_id: dict[int, dict[str, Any]]) -> None:
+    # Real Astrahus losses: one with a clone bay beside its racks, one with the clone bay alone.
+    prices = price_book(static)
+    for killmail_id in (103735737, 82322455):
+        kill = enrich(parse_submission(by_id[killmail_id]), static, {}, prices)
+        fit = fitting(kill, static.flags, static.types)
+        assert [s.module for s in fit.racks["StructureServiceSlot"]] == ["Standup Cloning Center I"]
+        blocks = fit.eft("x").rstrip("\n").split("\n\n")
+        racks = [p for p in ("LoSlot", "MedSlot", "HiSlot", "RigSlot", "SubSystem") if fit.racks.get(p)]
+        assert blocks[1 + len(racks)] == "Standup Cloning Center I"  # after the racks, before bays
+        assert ("Service slots", fit.racks["StructureServiceSlot"]) in fit.rack_rows()
 
 
 def test_eft_text_is_what_fitting_tools_import(static: StaticData, killmails: list[dict[str, Any]]) -> None:
