@@ -20,7 +20,9 @@ from ..numbers import MAX_ID, bounded_int
 VALUE_FLOORS: tuple[str, ...] = ("5b", "10b")
 SECURITY: tuple[str, ...] = ("highsec", "lowsec", "nullsec", "wspace", "abyssal", "pochven")
 SHIP_CLASSES: tuple[str, ...] = tuple(topics.SHIP_GROUP_TOPICS)
-ENTITY_KINDS: tuple[str, ...] = ("system", "region", "character", "corporation", "alliance")
+# The kinds one id narrows the feed to: each is a channel (`ship:587`, the victim's or any
+# attacker's ship type; `group:25` their ship group), and each has an entity page linking here.
+ENTITY_KINDS: tuple[str, ...] = ("system", "region", "character", "corporation", "alliance", "ship", "group")
 
 
 @dataclass(frozen=True, slots=True)

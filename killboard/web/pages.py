@@ -258,6 +258,12 @@ async def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[s
     if kind == "region":
         region = static.regions.get(entity_id)
         return display.en(region.names) if region else ""
+    if kind == "ship":
+        ship = static.types.get(entity_id)
+        return ship.name if ship else ""
+    if kind == "group":
+        group = static.groups.get(entity_id)
+        return display.en(group.names) if group else ""
     if name := (await request.app[store_key].names([entity_id])).get(entity_id):
         return name
     for kill in kills:

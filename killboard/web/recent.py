@@ -21,9 +21,10 @@ from ..kill.topics import Condition, Key, kill_facts
 from ..storage.rows import StoredKill
 from ..storage.store import Store
 
-# Only what a page filter can name is kept (topics, places, the three player entities), so a
-# 1,000-pilot fight costs its pilots' ids, not its ship types and factions as well.
-PAGE_KINDS = frozenset({"all", "topic", "system", "region", "character", "corporation", "alliance"})
+# Only what a page filter can name is kept (topics, places, the three player entities, ship
+# types and groups), so a 1,000-pilot fight costs its pilots' ids and the few dozen hulls they
+# flew, not their factions and the victim/attacker keys as well.
+PAGE_KINDS = frozenset({"all", "topic", "system", "region", "character", "corporation", "alliance", "ship", "group"})
 # A kill with more keys than this (a fight of a few hundred pilots) is kept as "maybe": pages
 # read it and test it whole. An average real kill has 27 keys (~4 KB), the largest of the 82
 # real test kills 262 (116 attackers); 512 keys are ~80 KB, so 1,000 kept kills hold at most

@@ -110,6 +110,33 @@ async def test_filter_in_the_link_renders_only_matching_kills(client: Client, ki
     assert set(row_ids(html)) == {k["killmail_id"] for k in stored if k["region_id"] == region}
 
 
+async def test_every_entity_pages_filtered_feed_link_filters(client: Client, killmails: list[dict[str, Any]]) -> None:
+    """The "feed filtered to it" link of each kind of entity page opens the feed narrowed to it
+    (a ship's and a group's went to /?id=… and on to the whole feed)."""
+    await post(client, killmails)
+    km = max(killmails, key=lambda k: len(k["attackers"]))
+    kill = await (await client.get(f"/api/killmails/{km['killmail_id']}")).json()
+    victim = kill["victim"]
+    ids = {
+        "character": victim["character_id"],
+        "corporation": victim["corporation_id"],
+        "system": kill["system_id"],
+        "region": kill["region_id"],
+        "ship": victim["ship_id"],
+        "group": victim["ship_group_id"],
+    }
+    everyone = {k["killmail_id"] for k in killmails}
+    for kind, entity_id in ids.items():
+        page = await (await client.get(f"/{kind}/{entity_id}")).text()
+        link = re.search(r'<a href="(/\?[^"]+)">feed filtered to it</a>', page)
+        assert link is not None and unescape(link.group(1)) == f"/?{kind}={entity_id}", kind
+        resp = await client.get(link.group(1), allow_redirects=False)
+        assert resp.status == 200, (kind, resp.headers.get("Location"))
+        shown = set(row_ids(await resp.text()))
+        assert km["killmail_id"] in shown and shown < everyone, kind
+        assert f'data-channel="{kind}:{entity_id}"' in await (await client.get(link.group(1))).text()
+
+
 async def test_the_forms_query_redirects_to_the_short_link(client: Client) -> None:
     resp = await client.get("/?min=5b&sec=&kind=system&id=30000142", allow_redirects=False)
     assert resp.status == 302
