@@ -206,11 +206,29 @@ class Entities:
             "channel": f"{kind}:{entity_id}",
         }
 
-    async def newest(self, kind: str, entity_id: int, limit: int, before: int | None = None) -> list[tuple[int, int]]:
-        """(seq, role code) of an entity's newest kills and losses (participants.kills_of), or of
-        those before seq `before`."""
+    async def page_seqs(
+        self, kind: str, entity_id: int, role: str | None, before: int | None, limit: int
+    ) -> tuple[list[int], int | None]:
+        """The seqs of an entity page's rows: its kills (role "kill"), losses ("loss") or both,
+        newest first, before seq `before`; and the `before` of the next page (None: none older).
+        Like `kills`, one page looks through SCAN_LIMIT index rows at most: a tab of rare
+        losses may show fewer rows and link on to the rest."""
         assert self.store is not None
-        return await self.store.kills_of(KINDS[kind], entity_id, before, limit)
+        out: list[int] = []
+        cursor, scanned = before, 0
+        while scanned < SCAN_LIMIT:
+            step = min(SCAN_LIMIT - scanned, limit + 1 if role is None else 4 * (limit + 1))
+            rows = await self.store.kills_of(KINDS[kind], entity_id, cursor, step)
+            scanned += len(rows)
+            for seq, code in rows:
+                if _has_role(code, role):
+                    if len(out) == limit:
+                        return out, out[-1]  # one more matches: an older page follows
+                    out.append(seq)
+            if len(rows) < step:
+                return out, None
+            cursor = rows[-1][0]
+        return out, cursor
 
     async def kills(
         self,

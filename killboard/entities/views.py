@@ -29,6 +29,9 @@ KIND_PATTERN = "|".join(KIND_NAMES)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 PAGE_ROWS = 50
+ROLES = ("kill", "loss")
+# Pages with Kills and Losses tabs: the kinds a channel follows by side (`attacker.ID`, `victim.ID`).
+TABBED = ("character", "corporation", "alliance")
 # The feed's filters (web/filters.py): query parameter -> the topics it may name.
 VALUE_FLOORS = ("5b", "10b")
 SECURITY = ("highsec", "lowsec", "nullsec", "wspace", "abyssal", "pochven")
@@ -184,9 +187,15 @@ async def page(request: web.Request) -> web.StreamResponse:
     service = request.app[entities_key]
     lang = reader_language(request.headers.get("Accept-Language", ""))
     before = _bounded(request, "before", None, MAX_ID)
-    if isinstance(before, str):
-        log.info("GET %s -> 400 %s", request.path[:120], before, extra=client(request.remote))
-        return aiohttp_jinja2.render_template("notfound.html", request, {"message": before}, status=400)
+    role = request.query.get("role") or None
+    problem = before if isinstance(before, str) else None
+    tabbed = not isinstance(entity, str) and entity[0] in TABBED
+    if problem is None and role is not None and (role not in ROLES or not tabbed):
+        problem = f"role: must be kill or loss, on a character, corporation or alliance page; got {role[:40]!r}"
+    if problem is not None:
+        log.info("GET %s -> 400 %s", request.path[:120], problem, extra=client(request.remote))
+        return aiohttp_jinja2.render_template("notfound.html", request, {"message": problem}, status=400)
+    assert not isinstance(before, str)
     found = None if isinstance(entity, str) else await service.figures(*entity, lang)
     if found is None or isinstance(entity, str):
         message = entity if isinstance(entity, str) else f"Nothing is known here of {entity[0]} {entity[1]} (yet)."
@@ -195,10 +204,7 @@ async def page(request: web.Request) -> web.StreamResponse:
     last_seq = await service.store.last_seq()  # first: a kill stored meanwhile is replayed, not lost
     kept = service.html
     generation = kept.generation  # before the rows are read: a row read while a kill changed is not kept
-    # One more than shown: whether there is an older page to link to.
-    seqs = [seq for seq, _ in await service.newest(*entity, PAGE_ROWS + 1, before)]
-    older = seqs[PAGE_ROWS - 1] if len(seqs) > PAGE_ROWS else None
-    seqs = seqs[:PAGE_ROWS]
+    seqs, older = await service.page_seqs(*entity, role, before, PAGE_ROWS)
     kills = await rows.rows(service.store, service.static, seqs, lang, service.pilots)
     env = aiohttp_jinja2.get_env(request.app)
     known = {k["killmail_id"]: html for k in kills if (html := kept.row(lang, k["killmail_id"], "entity")) is not None}
@@ -225,6 +231,10 @@ async def page(request: web.Request) -> web.StreamResponse:
         "rows": rendered,
         "older": older,
         "paged": before is not None,
+        "role": role,
+        "tabbed": tabbed,
+        # A tab follows its own channel: the entity among the attackers, or the victim's.
+        "channel": {None: found["channel"], "kill": f"attacker.{entity[1]}", "loss": f"victim.{entity[1]}"}[role],
         "last_seq": last_seq,
         "max_rows": PAGE_ROWS * 4,
         "link": link,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,31 @@ async def test_an_entity_pages_back_through_all_its_kills(client: Client) -> Non
     assert len(seen) == len(set(seen)) and set(seen) == mine and pages == -(-len(mine) // 50)
     resp = await client.get(f"/alliance/{alliance}?before=x")
     assert resp.status == 400 and "before: must be an integer" in await resp.text()
+
+
+@pytest.mark.parametrize(("role", "channel"), [("kill", "attacker"), ("loss", "victim")])
+async def test_the_kills_and_losses_tabs_page_back_through_their_own(client: Client, role: str, channel: str) -> None:
+    kills = fight("30001155")
+    await post_fight(client, kills)
+    alliance = 1354830081
+
+    def side(k: dict[str, Any]) -> list[dict[str, Any]]:
+        return k["attackers"] if role == "kill" else [k["victim"]]
+
+    mine = {k["killmail_id"] for k in kills if any(p.get("alliance_id") == alliance for p in side(k))}
+    assert len(mine) > 50
+    url, seen, pages = f"/alliance/{alliance}?role={role}", [], 0
+    while url:
+        html = await (await client.get(url)).text()
+        assert f'data-channel="{channel}.{alliance}"' in html
+        assert f'<a href="/alliance/{alliance}?role={role}" aria-current="page">' in html
+        seen += [int(i) for i in re.findall(r'<li class="kill[^"]*" data-id="(\d+)"', html)]
+        older = re.search(r'<a href="(/alliance/\d+\?role=\w+&amp;before=\d+)" rel="next">', html)
+        url, pages = unescape(older.group(1)) if older else "", pages + 1
+    assert len(seen) == len(set(seen)) and set(seen) == mine and pages > 1
+    assert 'class="tabs"' not in await (await client.get("/ship/12011")).text()  # no side channel for a ship
+    resp = await client.get(f"/ship/12011?role={role}")
+    assert resp.status == 400 and "role: must be kill or loss" in await resp.text()
 
 
 async def test_an_npc_corporation_is_named_from_the_static_data(

@@ -126,6 +126,26 @@ async def test_an_older_page_is_history_not_followed(make_client: MakeClient, br
     await expect(page.locator("#status")).to_have_attribute("data-state", "live")
 
 
+async def test_the_losses_tab_takes_only_losses_live(make_client: MakeClient, browser: Browser) -> None:
+    client = await make_client()
+    alliance = 1354830081
+    kills = fight("30001155")
+    lost = [k for k in kills if k["victim"].get("alliance_id") == alliance]
+    killed = [k for k in kills if k not in lost and any(a.get("alliance_id") == alliance for a in k["attackers"])]
+    await post(client, lost[:3])
+    _, page, watch = await new_page(browser)
+    await page.goto(str(client.make_url(f"/alliance/{alliance}?role=loss")))
+    await expect(page.locator("#status")).to_have_attribute("data-state", "live")
+    await expect(page.locator("#feed li.kill")).to_have_count(3)
+    await post(client, killed[:2])  # its kills: not on this tab
+    await post(client, lost[3:4])  # a loss: at once
+    await expect(page.locator("#feed li.kill").first).to_have_attribute("data-id", str(lost[3]["killmail_id"]))
+    await expect(page.locator("#feed li.kill")).to_have_count(4)
+    await page.locator(".tabs a", has_text="Kills").click()
+    await expect(page.locator("#feed li.kill")).to_have_count(2)
+    assert watch.errors == [] and watch.dialogs == []
+
+
 async def test_search_box_completes_with_the_keyboard(make_client: MakeClient, browser: Browser) -> None:
     client = await make_client()
     _, page, watch = await new_page(browser)
