@@ -252,18 +252,17 @@ async def _entity_label(request: web.Request, wanted: Filter, kills: list[dict[s
     if kind is None or entity_id is None:
         return ""
     static = request.app[static_key]
-    if kind == "system":
-        system = static.systems.get(entity_id)
-        return system.name if system else ""
-    if kind == "region":
-        region = static.regions.get(entity_id)
-        return display.en(region.names) if region else ""
-    if kind == "ship":
-        ship = static.types.get(entity_id)
-        return ship.name if ship else ""
-    if kind == "group":
-        group = static.groups.get(entity_id)
-        return display.en(group.names) if group else ""
+    # Places and ship types or groups are named by the static data (a translation object, or a name).
+    known: dict[str, Mapping[int, Any]] = {
+        "system": static.systems,
+        "region": static.regions,
+        "ship": static.types,
+        "group": static.groups,
+    }
+    if kind in known:
+        found = known[kind].get(entity_id)
+        names = getattr(found, "names", None)
+        return display.en(names) if names else str(getattr(found, "name", ""))
     if name := (await request.app[store_key].names([entity_id])).get(entity_id):
         return name
     for kill in kills:

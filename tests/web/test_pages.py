@@ -134,7 +134,16 @@ async def test_every_entity_pages_filtered_feed_link_filters(client: Client, kil
         assert resp.status == 200, (kind, resp.headers.get("Location"))
         shown = set(row_ids(await resp.text()))
         assert km["killmail_id"] in shown and shown < everyone, kind
-        assert f'data-channel="{kind}:{entity_id}"' in await (await client.get(link.group(1))).text()
+        html = await (await client.get(link.group(1))).text()
+        assert f'data-channel="{kind}:{entity_id}"' in html
+        label = {
+            "system": kill["system_name"],
+            "region": kill["region_name"]["en"],
+            "ship": victim["ship_name"]["en"],
+            "group": victim["ship_group_name"]["en"],
+        }.get(kind)
+        if label:  # named by the static data (players need ESI, not here)
+            assert f"</code>: {label}</p>" in html, (kind, label)
 
 
 async def test_the_forms_query_redirects_to_the_short_link(client: Client) -> None:
