@@ -345,7 +345,7 @@
     retryTimer = setTimeout(connect, delay);
   }
 
-  // An older page of an entity's kills (data-live="off") is history: not followed.
+  // An older page (data-live="off": the feed's, an entity's) is history: not followed.
   const live = feed.dataset.live !== "off";
   window.addEventListener("online", function () {
     if (live && !socket) connect();
