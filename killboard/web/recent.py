@@ -26,9 +26,10 @@ from ..storage.store import Store
 # flew, not their factions and the victim/attacker keys as well.
 PAGE_KINDS = frozenset({"all", "topic", "system", "region", "character", "corporation", "alliance", "ship", "group"})
 # A kill with more keys than this (a fight of a few hundred pilots) is kept as "maybe": pages
-# read it and test it whole. An average real kill has 27 keys (~4 KB), the largest of the 82
-# real test kills 262 (116 attackers); 512 keys are ~80 KB, so 1,000 kept kills hold at most
-# ~80 MB even if every one were a 3,000-pilot fight (~9,000 keys, ~1.4 MB, if kept whole).
+# read it and test it whole. An average real kill has 35 keys (~5 KB; 27 before ship types and
+# groups were kept), the largest of the 82 real test kills 277 (116 attackers); 512 keys are
+# ~80 KB, so 1,000 kept kills hold at most ~80 MB even if every one were a 3,000-pilot fight
+# (~9,000 keys, ~1.4 MB, if kept whole).
 MAX_KEYS = 512
 _CHUNK = 200
 
