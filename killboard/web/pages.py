@@ -9,6 +9,7 @@ escaping could not run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from ..kill import display
 from ..kill.fitting import fitting
 from ..kill.langs import filter_names, reader_language
 from ..kill.topics import kill_facts
+from ..logs import client
 from ..numbers import MAX_ID, bounded_int
 from ..storage.rows import StoredKill
 from . import filters
@@ -35,6 +37,8 @@ from .keptpages import keep, respond
 from .keys import recent_key, static_key, store_key, viewcache_key
 from .viewcache import Page, Version, ViewKey
 from .ws import websocket
+
+log = logging.getLogger(__name__)
 
 # Rows rendered on load; feed.js keeps at most MAX_ROWS once live kills arrive.
 INITIAL_ROWS = 50
@@ -166,6 +170,7 @@ async def index(request: web.Request) -> web.StreamResponse:
         canonical = urlencode({"before": before})
     elif wanted.empty and "before" in request.query:
         message = f"before: must be a killmail id from 1 to {MAX_ID}, got {request.query['before'][:40]!r}"
+        log.info("GET / -> 400 %s", message, extra=client(request.remote))
         return aiohttp_jinja2.render_template("notfound.html", request, {"message": message}, status=400)
     if request.query_string and request.query_string != canonical:
         # The form sends every field (`min=&sec=&kind=system&id=…`): redirect to the short

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from html import unescape
 from typing import Any
 
+import pytest
 from conftest import AUTH, Client, settle
 
 from killboard.kill.topics import SHIP_GROUP_TOPICS
+from killboard.logs import CLIENT
 from killboard.web.keys import store_key
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -48,7 +51,9 @@ async def test_latest_kills_are_rendered_newest_first(client: Client, killmails:
     assert 'data-channel="kills"' in html
 
 
-async def test_the_feed_pages_back_through_every_kill(client: Client, killmails: list[dict[str, Any]]) -> None:
+async def test_the_feed_pages_back_through_every_kill(
+    client: Client, killmails: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
     await post(client, killmails)
     url, seen, pages = "/", [], 0
     while url:
@@ -63,8 +68,11 @@ async def test_the_feed_pages_back_through_every_kill(client: Client, killmails:
     # The same pages as the API's `before`; a bad value is a 400; a filter has no older pages.
     api = await (await client.get("/api/killmails?limit=50")).json()
     assert (await client.get(f"/?before={api['next_before']}")).status == 200
-    bad = await client.get("/?before=x")
+    with caplog.at_level(logging.INFO, "killboard.web.pages"):
+        bad = await client.get("/?before=x")
     assert bad.status == 400 and "before: must be a killmail id" in await bad.text()
+    [line] = [r for r in caplog.records if r.name == "killboard.web.pages"]  # once, as a client's line
+    assert "before: must be a killmail id" in line.getMessage() and getattr(line, CLIENT, None)
     filtered = await client.get("/?solo=1&before=5", allow_redirects=False)
     assert filtered.status == 302 and filtered.headers["Location"] == "/?solo=1"
 
