@@ -194,3 +194,23 @@ async def test_unknown_kill_is_a_404_page(client: Client) -> None:
     assert resp.status == 404
     assert resp.content_type == "text/html"
     assert "No kill 123 is stored here" in await resp.text()
+
+
+async def test_every_page_leads_to_the_kills_and_the_battles(client: Client, killmails: list[dict[str, Any]]) -> None:
+    await post(client, killmails)
+    km = killmails[0]
+    pages = {
+        "/": "Kills",
+        "/battles": "Battles",
+        f"/kill/{km['killmail_id']}": None,
+        f"/system/{km['solar_system_id']}": None,
+        "/search?q=serp": None,
+        "/kill/1": None,  # a 404 page too
+    }
+    for path, current in pages.items():
+        html = await (await client.get(path)).text()
+        nav = re.search(r'<nav class="nav" aria-label="Sections">(.*?)</nav>', html)
+        assert nav is not None, path
+        assert 'href="/"' in nav.group(1) and 'href="/battles"' in nav.group(1), path
+        marked = re.findall(r'aria-current="page">(\w+)</a>', nav.group(1))
+        assert marked == ([current] if current else []), (path, marked)
