@@ -300,10 +300,12 @@ def create_app(config: Config, static: StaticData | None = None) -> web.Applicat
     app.router.add_get("/kill/{killmail_id:[0-9]{1,18}}", pages.kill_detail)
     app.router.add_get("/ws", ws.websocket)
     # Battle pages and JSON answered from the view cache while unchanged (web/keptpages.py).
-    app.router.add_get("/battles", keptpages.kept(battles.list_page, keptpages.battles_stamp))
-    app.router.add_get("/battle/{battle_id:[0-9]{1,18}}", keptpages.kept(battles.battle_page, keptpages.battle_stamp))
-    app.router.add_get("/api/battles", keptpages.kept(battles.list_battles, keptpages.battles_stamp))
-    app.router.add_get("/api/battles/{battle_id}", keptpages.kept(battles.get_battle, keptpages.battle_stamp))
+    # Each with the query names its handler reads (the only ones it sees).
+    kept, battles_stamp, battle_stamp = keptpages.kept, keptpages.battles_stamp, keptpages.battle_stamp
+    app.router.add_get("/battles", kept(battles.list_page, battles_stamp, ("cursor",)))
+    app.router.add_get("/battle/{battle_id:[0-9]{1,18}}", kept(battles.battle_page, battle_stamp))
+    app.router.add_get("/api/battles", kept(battles.list_battles, battles_stamp, battles.LIST_READS))
+    app.router.add_get("/api/battles/{battle_id}", kept(battles.get_battle, battle_stamp, ("side.",)))
     app.router.add_post("/api/killmails", api.post_killmails)
     app.router.add_get("/api/killmails", api.list_killmails)
     app.router.add_get("/api/killmails/{killmail_id}", api.get_killmail)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PAGE = 50  # battles a page at most
 MAX_MOVES = 64  # `side.<id>=<n>` parameters at most
+# The query names /api/battles reads (the view cache keeps a page by these: web/keptpages.py).
+LIST_READS = ("cursor", "limit", "min_kills", "ongoing", "region", "system")
 
 
 class BadQuery(ValueError):

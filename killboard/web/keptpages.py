@@ -18,6 +18,10 @@ handler. What each stamp holds, and why that is enough:
 - `/api/{kind}/{id}`, `/api/{kind}/{id}/kills`: the entity's newest kill (its figures and kills
   change only with one of its own kills) and the month.
 
+A page is kept by the query names its handler reads (`Reads`), and its handler sees only those:
+`?x=1`, `?x=2`… or a cache-buster's `?_=<time>` is the same page, not one render each that
+pushes everyone's pages out of the cache.
+
 Concurrent first views of one page (the same key and version) render it once: the first runs
 the handler, the others wait for its body (`Rendering`). A handler that fails, or answers
 anything not kept, lets each waiter run the handler itself.
@@ -49,6 +53,9 @@ from .viewcache import Page, Rendering, Version, ViewCache, ViewKey
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # What a page depends on beside the generation; None: do not keep this one (the handler answers).
 Stamp = Callable[[web.Request], Awaitable[tuple[Hashable, ...] | None]]
+# The query names a page's handler reads; a name ending in "." stands for every name that begins
+# with it (a battle's `side.<id>` moves).
+Reads = tuple[str, ...]
 # A handler sets this on its response: the page is stale from this wall-clock time on.
 EXPIRES = web.ResponseKey("expires", float)
 # Bodies up to this size are gzipped on the loop (keep).
@@ -89,24 +96,39 @@ def respond(request: web.Request, page: Page) -> web.Response:
     return web.Response(body=body, content_type=page.content_type, charset="utf-8", headers=headers)
 
 
-def view_key(request: web.Request) -> ViewKey:
-    """(the path with its query in a canonical order, the reader's language)."""
-    query = urlencode(sorted(request.query.items()))
+def read_query(request: web.Request, reads: Reads) -> list[tuple[str, str]]:
+    """The query's pairs a handler reading `reads` can see, in a canonical order: each plain name
+    once, with its first value (what `query.get` gives), and every pair under a prefix, in the
+    order given for each name (a repeated `side.<id>`: the last one moves it)."""
+    query = request.query
+    pairs = [(name, query[name]) for name in sorted(reads) if not name.endswith(".") and name in query]
+    if prefixes := tuple(name for name in reads if name.endswith(".")):
+        pairs += sorted(((k, v) for k, v in query.items() if k.startswith(prefixes)), key=lambda kv: kv[0])
+    return pairs
+
+
+def view_key(request: web.Request, pairs: list[tuple[str, str]]) -> ViewKey:
+    """(the path with the query the page reads, the reader's language)."""
+    query = urlencode(pairs)
     return (request.path + ("?" + query if query else ""), reader_language(request.headers.get("Accept-Language", "")))
 
 
-def kept(handler: Handler, stamp: Stamp) -> Handler:
+def kept(handler: Handler, stamp: Stamp, reads: Reads = ()) -> Handler:
     """`handler`, answered from the view cache while `stamp` and the generation are unchanged.
     Only a 200 with a JSON or HTML body is kept; errors, redirects and 404s go through.
-    Concurrent first views of one version run the handler once."""
+    Concurrent first views of one version run the handler once. The handler sees only the
+    query names in `reads`: what it cannot read cannot make another page."""
 
     async def serve(request: web.Request) -> web.StreamResponse:
         cache = request.app[viewcache_key]
         generation = cache.generation  # before anything is read: a change meanwhile is not kept
+        pairs = read_query(request, reads)
+        if len(pairs) != len(request.query):
+            request = request.clone(rel_url=request.rel_url.with_query(pairs))
         depends = await stamp(request)
         if depends is None:
             return await handler(request)
-        key, version = view_key(request), cache.version(*depends)
+        key, version = view_key(request, pairs), cache.version(*depends)
         page = cache.page(key, version)
         if page is None:
             rendering = request.app[rendering_key]
@@ -185,8 +207,18 @@ async def entity_stamp(request: web.Request) -> tuple[Hashable, ...] | None:
     return (newest[0][0] if newest else 0, _month())
 
 
+# killboard/entities/views.py's kept routes: (stamp, the query names the handler reads).
+ENTITY_ROUTES: dict[str, tuple[Stamp, Reads]] = {
+    "page": (entity_page_stamp, ("before", "role")),
+    "figures": (entity_stamp, ("lang",)),
+    "kills": (entity_stamp, ("class", "cursor", "limit", "min", "npc", "role", "sec", "solo")),
+}
+
+
 def entity_routes(name: str, handler: Handler) -> Handler:
     """How killboard/entities/views.py's routes are served here: the entity page and its JSON
     kept; search is not (it reads memory only)."""
-    stamp = {"page": entity_page_stamp, "figures": entity_stamp, "kills": entity_stamp}.get(name)
-    return kept(handler, stamp) if stamp is not None else handler
+    if name not in ENTITY_ROUTES:
+        return handler
+    stamp, reads = ENTITY_ROUTES[name]
+    return kept(handler, stamp, reads)

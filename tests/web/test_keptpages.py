@@ -178,3 +178,38 @@ async def test_concurrent_first_views_of_a_page_render_it_once(client: Client, m
     # A view that is not kept (unknown battle) is answered by the handler each time.
     missing = await asyncio.gather(*(client.get("/battle/999999") for _ in range(3)))
     assert [r.status for r in missing] == [404] * 3
+
+
+async def test_a_query_name_a_page_does_not_read_is_the_same_page(client: Client) -> None:
+    """A cache-buster (`?_=<time>`) or any name the page does not read is the kept page, not
+    another render and entry each; a name it reads is another page."""
+    kills = sorted(fight("30001155"), key=when)
+    await post_all(client, kills)
+    [battle] = (await (await client.get("/api/battles")).json())["battles"]
+    battle_id, pilot = battle["battle_id"], kills[0]["victim"]["character_id"]
+    side_entity = battle["sides"][0]["entities"][0]["id"]
+    renders = count_renders(client.server.app[store_key])
+    for path, read in (
+        (f"/battle/{battle_id}", None),
+        (f"/api/battles/{battle_id}", f"side.{side_entity}=2"),
+        ("/battles", f"cursor={battle['start_time'] + 1}_1"),
+        ("/api/battles", "limit=1"),
+        (f"/character/{pilot}", "role=loss"),
+        (f"/api/character/{pilot}", "lang=de"),
+        (f"/api/character/{pilot}/kills", "limit=1"),
+    ):
+        plain = await client.get(path)
+        assert plain.status == 200, path
+        body, etag = await plain.text(), plain.headers["ETag"]
+        renders()
+        for junk in ("_=1733620000", "_=1733620001", "x=1&y=%FF", "limit2=3"):
+            again = await client.get(f"{path}?{junk}")
+            assert again.status == 200 and again.headers["ETag"] == etag, (path, junk)
+            assert await again.text() == body
+        assert renders() == 0, path
+        if read is not None:
+            # The name it reads, beside junk: another page, the same as without the junk.
+            other = await client.get(f"{path}?zz=1&{read}")
+            clean = await client.get(f"{path}?{read}")
+            assert other.status == clean.status == 200, (path, await other.text())
+            assert other.headers["ETag"] == clean.headers["ETag"] != etag, path
