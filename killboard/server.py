@@ -88,14 +88,18 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _index_backlog(app: web.Application) -> AsyncIterator[None]:
     """Kills stored before the participant index existed are indexed beside the running server.
     Started after the battles and the entity figures have attached their writers to the store,
-    so those kills reach them too (store.index_backlog calls every writer). Then the match keys
-    of the newest kills are learned, so the first filtered page need not."""
+    so those kills reach them too (store.index_backlog calls every writer). Then kills indexed
+    by an older enrichment are looked over (entities.reindex). Meanwhile the match keys of the
+    newest kills are learned, so the first filtered page need not."""
     store = app[store_key]
 
     async def run() -> None:
         try:
             if done := await store.index_backlog():
                 log.info("participant index: %d kills stored before it are indexed", done)
+            if done := await entities.reindex(store, app[static_key]):
+                app[battles_key].forget()  # summaries kept from the old rows
+                log.info("participant index: %d kills that named a weapon as a ship are indexed again", done)
         except (sqlite3.Error, OSError):
             log.exception("participant index: indexing older kills failed; it resumes at the next start")
 

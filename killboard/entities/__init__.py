@@ -9,11 +9,12 @@ from aiohttp import web
 
 from ..kill.staticdata import StaticData
 from ..storage.store import Store
+from .backlog import reindex
 from .rows import RowStore
 from .service import Entities
 from .views import Handler, add_routes, entities_key, link
 
-__all__ = ["Entities", "entities_key", "link", "setup"]
+__all__ = ["Entities", "entities_key", "link", "reindex", "setup"]
 
 
 def setup(

@@ -1,4 +1,5 @@
-"""Keeping the figures right: the store's writer and pruner, the backlog after an upgrade, rebuild.
+"""Keeping the figures right: the store's writer and pruner, the backlogs after an upgrade
+(kills not counted yet; kills indexed by an older enrichment), rebuild.
 
 Every path goes through `share_of` (or the share the pipeline worked out from the same pilots),
 which reads what it needs from the database in the caller's transaction (the kill's row and its
@@ -9,15 +10,18 @@ the transaction (Store.transact).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
+from ..kill.enrich import HULL_CATEGORIES
 from ..kill.staticdata import StaticData
 from ..storage import participants
 from ..storage.figures_schema import FIGURES_BACKLOG
 from ..storage.rows import NewKill
-from ..storage.schema import INDEX_BACKLOG
+from ..storage.schema import INDEX_BACKLOG, REINDEX_THROUGH
 from ..storage.store import Store, TxPruner, TxWriter
 from . import figures
 
@@ -169,3 +173,84 @@ async def rebuild(store: Store, static: StaticData, batch: int = BATCH) -> int:
 
     await store.transact(drop)
     return await catch_up(store, static, batch)
+
+
+def no_hulls(pilots: Sequence[participants.PilotRow], static: StaticData) -> tuple[participants.EntityRow, ...]:
+    """The ship and group entities of these pilot rows whose ship is no hull (a gun, a drone …)
+    or a type the static data does not know: what an older enrichment may have indexed wrongly
+    (or ESI named so itself)."""
+    out: list[participants.EntityRow] = []
+    for pilot in pilots:
+        ship = pilot[4]
+        info = static.types.get(ship) if ship else None
+        if ship and (info is None or info.category_id not in HULL_CATEGORIES):
+            out.append((participants.Kind.SHIP, ship, 0))
+            if info is not None:
+                out.append((participants.Kind.GROUP, info.group_id, 0))
+    return tuple(out)
+
+
+async def reindex(store: Store, static: StaticData, batch: int = BATCH) -> int:
+    """Index again, from their stored documents, the kills indexed while enrichment put an
+    attacker's weapon in as their ship when ESI gave none (a "250mm Railgun II" among the ships
+    flown), up to the seq migration 9 noted, newest first. In one transaction a batch: each such
+    kill's figures are taken back, its rows replaced by what enrichment makes of it now, and
+    its figures counted in again; every other kill is only read. Returns how many were indexed
+    again. Safe beside the server: kept pages are told through `Store.changed`."""
+    done = 0
+    while through := int(await store.get_state(REINDEX_THROUGH) or 0):
+        rows = await store.query(
+            "SELECT seq, pilots FROM participants WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (through, batch)
+        )
+        left = rows[-1][0] - 1 if len(rows) == batch else 0
+        stale = await asyncio.to_thread(_stale, rows, static)
+        fresh = await store.indexed_again(list(stale)) if stale else []
+        # Only those enrichment now sees otherwise: ESI itself names some types that are no hull
+        # as a ship (a fighter's Standup Heavy Guided Bomb), and those rows are right as they are.
+        fresh = [f for f in fresh if list(f[2].pilots) != participants.unpack(stale[f[0]][0])]
+        if ids := await store.transact(partial(_index_again, static=static, stale=stale, fresh=fresh, left=left)):
+            store.changed(ids)
+            done += len(ids)
+    return done
+
+
+# seq -> (the pilots' row as read, the entities it indexed that enrichment no longer makes)
+Stale = dict[int, tuple[bytes, tuple[participants.EntityRow, ...]]]
+
+
+def _stale(rows: Sequence[tuple[int, bytes]], static: StaticData) -> Stale:
+    return {seq: (blob, found) for seq, blob in rows if (found := no_hulls(participants.unpack(blob), static))}
+
+
+def _index_again(
+    db: sqlite3.Connection,
+    static: StaticData,
+    stale: Stale,
+    fresh: Sequence[tuple[int, int, participants.Participation]],
+    left: int,
+) -> list[int]:
+    """One batch of `reindex`, in its transaction; returns the killmail ids indexed again."""
+    again: list[tuple[int, participants.Participation]] = []
+    ids: list[int] = []
+    if fresh:
+        marks = ",".join("?" * len(fresh))
+        now = dict(db.execute(f"SELECT seq, pilots FROM participants WHERE seq IN ({marks})", [f[0] for f in fresh]))
+        for seq, killmail_id, part in fresh:
+            if now.get(seq) == stale[seq][0]:  # else pruned, or indexed again by another process
+                again.append((seq, part))
+                ids.append(killmail_id)
+    floor, through = _uncounted(db)
+    counted = [seq for seq, _ in again if not floor < seq <= through]
+    if counted:
+        figures.apply(db, share_of(db, static, counted, -1))
+    # What each kill indexed then: its entities now, and the ships and groups it no longer names.
+    old = [(seq, participants.Participation(part.pilots, part.entities + stale[seq][1])) for seq, part in again]
+    participants.unindex(db, old)
+    participants.index(db, again)
+    if counted:
+        figures.apply(db, share_of(db, static, counted, 1))
+    if left:
+        db.execute("UPDATE state SET value = ? WHERE key = ?", (str(left), REINDEX_THROUGH))
+    else:
+        db.execute("DELETE FROM state WHERE key = ?", (REINDEX_THROUGH,))
+    return ids

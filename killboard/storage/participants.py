@@ -32,6 +32,8 @@ from typing import Any
 
 import aiosqlite
 
+from .sqlite import insert_many
+
 # isal deflates a kill's pilot rows at ~0.5x the CPU of stdlib zlib 9 for ~2% more bytes, and a
 # 10,000-pilot row at ~0.02x (bench/compress.py); the output is plain raw deflate, so rows packed
 # by either read back with stdlib zlib. stdlib zlib 9 stays the fallback.
@@ -260,6 +262,18 @@ def rows(blocks: Iterable[Sequence[Any]]) -> Iterator[tuple[int, int, int, int]]
     for kind, entity, block, data in blocks:
         for seq, role in entries(kind, block, data):
             yield kind, entity, seq, role
+
+
+def index(db: sqlite3.Connection, kills: Sequence[tuple[int, Participation]]) -> None:
+    """Write the index rows of stored kills (in their transaction)."""
+    insert_many(db, INSERT_PILOTS, [(seq, part.packed or pack(part.pilots)) for seq, part in kills])
+    insert_many(db, INSERT_ENTITIES, postings(kills))
+
+
+def unindex(db: sqlite3.Connection, kills: Sequence[tuple[int, Participation]]) -> None:
+    """Take kills out of both tables (retention; indexing again), in the caller's transaction."""
+    db.executemany(DELETE_PILOTS, [(seq,) for seq, _ in kills])
+    remove(db, kills)
 
 
 def remove(db: sqlite3.Connection, kills: Sequence[tuple[int, Participation]]) -> None:

@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # State key: kills up to this seq were stored before the participant index and wait for it.
 INDEX_BACKLOG = "participants.backlog_through_seq"
+# State key: kills indexed up to this seq may name a weapon as an attacker's ship, and wait to be
+# looked over (killboard/entities/backlog.py `reindex`).
+REINDEX_THROUGH = "participants.reindex_through_seq"
 
 # Applied in order; PRAGMA user_version records how many have run.
 MIGRATIONS: list[str] = [
@@ -93,6 +96,14 @@ MIGRATIONS: list[str] = [
     + f"""
     INSERT INTO state (key, value)
         SELECT '{FIGURES_BACKLOG}', CAST(max(seq) AS TEXT) FROM kills HAVING max(seq) IS NOT NULL
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+    """,
+    # 9: enrichment no longer puts an attacker's weapon in as their ship when ESI gave none (a
+    # "250mm Railgun II" among the ships flown). Kills indexed before are looked over, and those
+    # whose pilots name a type that is no hull indexed again, up to the seq noted here.
+    f"""
+    INSERT INTO state (key, value)
+        SELECT '{REINDEX_THROUGH}', CAST(max(seq) AS TEXT) FROM participants HAVING max(seq) IS NOT NULL
         ON CONFLICT (key) DO UPDATE SET value = excluded.value;
     """,
 ]

@@ -30,7 +30,6 @@ from .sqlite import (
     connect,
     existing,
     in_thread,
-    insert_many,
     pairs_in,
     parameter_limit,
     seqs_of,
@@ -327,7 +326,7 @@ class Store:
             )
         seqs = seqs_of(db, list(fresh))
         new = sorted(((seqs[i], k) for i, k in fresh.items()), key=lambda pair: pair[0])
-        _index(db, [(seq, self._participation(k)) for seq, k in new])
+        participants.index(db, [(seq, self._participation(k)) for seq, k in new])
         for write in self.writers:
             write(db, new)
         pending = [(i, now) for i in names_pending if i in fresh]
@@ -361,7 +360,7 @@ class Store:
                 (blob, codec.CODEC_SOURCE_ZDICT, killmail_id),
             )
             found = cur.rowcount > 0
-        self._changed((killmail_id,))
+        self.changed((killmail_id,))
         return found
 
     async def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -543,13 +542,13 @@ class Store:
         def delete(db: sqlite3.Connection) -> None:
             for prune in self.pruners:
                 prune(db, seqs)
-            _unindex(db, gone)
+            participants.unindex(db, gone)
             db.executemany("DELETE FROM kills WHERE seq = ?", [(seq,) for seq in seqs])
             _put_state(db, {PRUNED_SEQ: str(pruned_seq), PRUNED_KILLMAIL_ID: str(pruned_id)})
 
         await self.transact(delete)
         self.pruned_through_seq, self.pruned_max_killmail_id = pruned_seq, pruned_id
-        self._changed([row[1] for row in rows])
+        self.changed([row[1] for row in rows])
         if self._count is not None:
             # Rows past _count_seq were never added to the count: the next count() skips them.
             self._count -= sum(1 for seq in seqs if seq <= self._count_seq)
@@ -591,7 +590,7 @@ class Store:
             left = rows[-1][0] - 1 if len(rows) == batch else 0
 
             def index(db: sqlite3.Connection, kills: list[tuple[int, NewKill]] = kills, left: int = left) -> None:
-                _index(db, [(seq, self._participation(k)) for seq, k in kills])
+                participants.index(db, [(seq, self._participation(k)) for seq, k in kills])
                 for write in self.writers:
                     write(db, kills)
                 _put_state(db, {INDEX_BACKLOG: str(left)})
@@ -600,6 +599,18 @@ class Store:
             self.index_backlog_through = left
             done += len(rows)
         return done
+
+    async def indexed_again(self, seqs: Sequence[int]) -> list[tuple[int, int, participants.Participation]]:
+        """(seq, killmail id, participation) of the stored kills among `seqs`, in seq order, as
+        enrichment sees them now (their stored documents enriched again): what the index would
+        hold were they stored today (killboard/entities/backlog.py `reindex`)."""
+        rows: list[Any] = []
+        for chunk in chunks(sorted(seqs), 900):
+            marks = ",".join("?" * len(chunk))
+            async with self._reader.execute(_SELECT + f" WHERE seq IN ({marks}) ORDER BY seq", chunk) as cur:
+                rows += await cur.fetchall()
+        kills = await self._decoded(rows)
+        return [(row[0], row[1], self._participation(kill)) for row, kill in zip(rows, kills, strict=True)]
 
     async def free_pages(self) -> int:
         return await self._number("PRAGMA freelist_count")
@@ -678,9 +689,10 @@ class Store:
             )
             await db.executemany("DELETE FROM names_pending WHERE killmail_id = ?", [(i,) for i in done])
         # `done` too: a compact row renders the names saved meanwhile, so it changed without a rewrite.
-        self._changed({*bodies, *done})
+        self.changed({*bodies, *done})
 
-    def _changed(self, killmail_ids: Collection[int]) -> None:
+    def changed(self, killmail_ids: Collection[int]) -> None:
+        """Tell every `on_changed` listener these kills changed (kept pages and summaries go)."""
         for listener in self.on_changed:
             listener(killmail_ids)
 
@@ -740,15 +752,3 @@ def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:
         "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         list(state.items()),
     )
-
-
-def _index(db: sqlite3.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
-    """Write the participant index rows of newly stored kills (in their transaction)."""
-    pilots = [(seq, part.packed or participants.pack(part.pilots)) for seq, part in kills]
-    insert_many(db, participants.INSERT_PILOTS, pilots)
-    insert_many(db, participants.INSERT_ENTITIES, participants.postings(kills))
-
-
-def _unindex(db: sqlite3.Connection, kills: Sequence[tuple[int, participants.Participation]]) -> None:
-    db.executemany(participants.DELETE_PILOTS, [(seq,) for seq, _ in kills])
-    participants.remove(db, kills)

@@ -261,7 +261,7 @@ async def test_kills_not_yet_in_the_participant_index_are_counted_once(
     finally:
         await store.close()
     assert tables(path) == want
-    assert len(schema.MIGRATIONS) == 8
+    assert len(schema.MIGRATIONS) == 9
 
 
 async def test_shares_worked_out_before_the_write_count_like_the_write_itself(
