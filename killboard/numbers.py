@@ -7,6 +7,8 @@ past 4,300 digits. Both functions here look at the characters first, so no input
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # Past 30 digits a value is out of every range the server reads; parse_int saturates there.
 SATURATED = 10**30
 # The largest id any client may name (kill, entity, battle, seq): SQLite's largest integer, so a
@@ -30,3 +32,20 @@ def bounded_int(raw: str, low: int, high: int) -> int | None:
     """Unsigned ASCII digits whose value is from `low` to `high`, or None."""
     value = parse_int(raw) if raw[:1] not in ("-", "+") else None
     return value if value is not None and low <= value <= high else None
+
+
+class BadNumber(ValueError):
+    """A query's integer that is none or out of its range; the message names the parameter."""
+
+
+def query_int(query: Mapping[str, str], name: str, low: int, high: int, default: int | None = None) -> int | None:
+    """The query's `name` as an integer from `low` to `high`, `default` when absent or empty.
+    Raises BadNumber, worded alike on every page and API: `limit: must be an integer from 1 to
+    500, got 'abc'`."""
+    raw = query.get(name)
+    if not raw:
+        return default
+    value = bounded_int(raw, low, high)
+    if value is None:
+        raise BadNumber(f"{name}: must be an integer from {low:,} to {high:,}, got {raw[:40]!r}")
+    return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from killboard.numbers import SATURATED, bounded_int, parse_int
+from killboard.numbers import SATURATED, BadNumber, bounded_int, parse_int, query_int
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,13 @@ def test_only_ascii_digits_and_never_a_raise(raw: str, signed: int | None, unsig
 
 def test_bounds_are_inclusive() -> None:
     assert [bounded_int(str(n), 9, 15) for n in (8, 9, 15, 16)] == [None, 9, 15, None]
+
+
+def test_a_query_integer_is_read_in_range_or_refused_by_name() -> None:
+    query = {"limit": "20", "empty": "", "big": "9" * 5000, "signed": "+5"}
+    assert query_int(query, "limit", 1, 50) == 20
+    assert query_int(query, "missing", 1, 50, default=7) == 7
+    assert query_int(query, "empty", 1, 50, default=7) == 7
+    for name in ("big", "signed"):
+        with pytest.raises(BadNumber, match=rf"^{name}: must be an integer from 1 to 2,000, got '"):
+            query_int(query, name, 1, 2000)

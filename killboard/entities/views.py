@@ -18,7 +18,7 @@ from ..kill.display import nameless
 from ..kill.frames import encode
 from ..kill.langs import reader_language
 from ..logs import client
-from ..numbers import MAX_ID, bounded_int
+from ..numbers import MAX_ID, BadNumber, bounded_int, query_int
 from ..storage.participants import KIND_NAMES
 from . import figures, rows
 from .service import Entities
@@ -117,13 +117,10 @@ async def api_kills(request: web.Request) -> web.Response:
 
 
 def _bounded(request: web.Request, name: str, default: int | None, high: int) -> int | str | None:
-    raw = request.query.get(name, "")
-    if not raw:
-        return default
-    value = bounded_int(raw, 1, high)
-    if value is None:
-        return f"{name}: must be an integer from 1 to {high}, got {raw[:40]!r}"
-    return value
+    try:
+        return query_int(request.query, name, 1, high, default)
+    except BadNumber as exc:
+        return str(exc)
 
 
 async def api_search(request: web.Request) -> web.Response:

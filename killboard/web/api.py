@@ -22,7 +22,7 @@ from ..kill.langs import BadLang, Langs, parse_langs
 from ..kill.validate import Submission
 from ..live.wire import body_in
 from ..logs import client
-from ..numbers import MAX_ID, parse_int
+from ..numbers import MAX_ID, BadNumber, parse_int, query_int
 from ..storage.rows import StoredKill
 from . import reads
 from .keys import (
@@ -237,15 +237,10 @@ def count_rejected(request: web.Request, rejected: list[dict[str, Any]]) -> None
 
 
 def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int = MAX_ID) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    value = parse_int(raw)
-    if value is None:
-        raise web.HTTPBadRequest(text=f"{name}: must be an integer, got {raw[:40]!r}")
-    if not low <= value <= high:
-        raise web.HTTPBadRequest(text=f"{name}: must be between {low} and {high}, got {raw[:40]}")
-    return value
+    try:
+        return query_int(request.query, name, low, high, default)
+    except BadNumber as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
 
 
 def _lang(request: web.Request) -> Langs:

@@ -16,7 +16,7 @@ from ..battles.detect import GAP
 from ..battles.service import Battles
 from ..kill.langs import reader_language
 from ..logs import client
-from ..numbers import MAX_ID, bounded_int
+from ..numbers import MAX_ID, BadNumber, bounded_int, query_int
 from .api import json_error
 from .keptpages import EXPIRES
 from .keys import battles_key, static_key, store_key
@@ -35,13 +35,10 @@ class BadQuery(ValueError):
 
 
 def _int(query: Any, name: str, low: int = 1, high: int = MAX_ID) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return None
-    value = bounded_int(raw, low, high)
-    if value is None:
-        raise BadQuery(f"{name}: expected an integer from {low} to {high}, got {raw[:40]!r}")
-    return value
+    try:
+        return query_int(query, name, low, high)
+    except BadNumber as exc:
+        raise BadQuery(str(exc)) from None
 
 
 def _cursor(raw: str | None) -> tuple[int, int] | None:

@@ -7,6 +7,7 @@ import copy
 import json
 from typing import Any
 
+import pytest
 from conftest import AUTH, Client, settle, until
 
 from killboard.config import Config
@@ -153,7 +154,7 @@ async def test_read_errors_are_json(client: Client) -> None:
     resp = await client.get("/api/killmails/abc")
     assert resp.status == 400 and "must be an integer" in (await resp.json())["error"]
     resp = await client.get("/api/killmails?limit=0")
-    assert resp.status == 400 and (await resp.json())["error"] == "limit: must be between 1 and 500, got 0"
+    assert resp.status == 400 and (await resp.json())["error"] == "limit: must be an integer from 1 to 500, got '0'"
     resp = await client.get("/api/killmails?before=x")
     assert resp.status == 400
     resp = await client.put("/api/killmails")
@@ -199,3 +200,14 @@ async def test_health_answers_behind_an_open_write_transaction(client: Client, k
     after = await (await client.get("/health")).json()
     assert (after["kills"], after["inbox"], after["names_pending"]) == (2, 1, 1)
     assert after["last_seq"] == await store.last_seq() and after["kills"] == await store.count()
+
+
+@pytest.mark.parametrize(
+    ("path", "high"),
+    [("/api/killmails", 500), ("/api/battles", 50), ("/api/character/90000001/kills", 200), ("/api/search", 50)],
+)
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "²", "9" * 5000])
+async def test_a_bad_limit_is_worded_alike_everywhere(client: Client, path: str, high: int, raw: str) -> None:
+    resp = await client.get(path, params={"limit": raw, "q": "jita"})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == f"limit: must be an integer from 1 to {high}, got {raw[:40]!r}"
