@@ -198,7 +198,7 @@ async def reindex(store: Store, static: StaticData, batch: int = BATCH) -> int:
     its figures counted in again; every other kill is only read. Returns how many were indexed
     again. Safe beside the server: kept pages are told through `Store.changed`."""
     done = 0
-    while through := int(await store.get_state(REINDEX_THROUGH) or 0):
+    while (through := store.reindex_through) > 0:  # loaded at open: no read at all when nothing waits
         rows = await store.query(
             "SELECT seq, pilots FROM participants WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (through, batch)
         )
@@ -208,7 +208,9 @@ async def reindex(store: Store, static: StaticData, batch: int = BATCH) -> int:
         # Only those enrichment now sees otherwise: ESI itself names some types that are no hull
         # as a ship (a fighter's Standup Heavy Guided Bomb), and those rows are right as they are.
         fresh = [f for f in fresh if list(f[2].pilots) != participants.unpack(stale[f[0]][0])]
-        if ids := await store.transact(partial(_index_again, static=static, stale=stale, fresh=fresh, left=left)):
+        ids = await store.transact(partial(_index_again, static=static, stale=stale, fresh=fresh, left=left))
+        store.reindex_through = left
+        if ids:
             store.changed(ids)
             done += len(ids)
     return done

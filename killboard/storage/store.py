@@ -24,7 +24,7 @@ from ..kill import codec
 from . import participants
 from .rendering import Big, BigRender, decode_rows, render_decoded
 from .rows import Counts, InboxRow, NewKill, StoredKill
-from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, ensure_incremental_vacuum, migrate
+from .schema import INDEX_BACKLOG, PRUNED_KILLMAIL_ID, PRUNED_SEQ, REINDEX_THROUGH, ensure_incremental_vacuum, migrate
 from .sqlite import (
     chunks,
     connect,
@@ -88,6 +88,7 @@ class Store:
         self.pruned_through_seq = 0
         self.pruned_max_killmail_id = 0
         self.index_backlog_through = 0
+        self.reindex_through = 0
         # Indexes kept beside the kills (battles, entity figures) write in the kills' own
         # transaction: `writers` after new kills are inserted, `pruners` before kills are deleted.
         # Registered by the stages above; the store imports none of them.
@@ -156,6 +157,8 @@ class Store:
         self.pruned_max_killmail_id = int(await self.get_state(PRUNED_KILLMAIL_ID) or 0)
         # Kills stored before the participant index that still wait for it (index_backlog).
         self.index_backlog_through = int(await self.get_state(INDEX_BACKLOG) or 0)
+        # Kills indexed by an older enrichment, waiting to be looked over (entities.backlog.reindex).
+        self.reindex_through = int(await self.get_state(REINDEX_THROUGH) or 0)
 
     async def close(self) -> None:
         """Idempotent: cleanup may run after a failed start."""
