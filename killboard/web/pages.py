@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,7 +32,7 @@ from ..kill.topics import kill_facts
 from ..logs import client
 from ..numbers import MAX_ID, bounded_int
 from ..storage.rows import StoredKill
-from . import filters
+from . import filters, older
 from .filters import Filter
 from .keptpages import keep, respond
 from .keys import recent_key, static_key, store_key, viewcache_key
@@ -126,21 +127,32 @@ def _decode(page: list[StoredKill], wanted: Filter) -> list[dict[str, Any]]:
     return out
 
 
-def _shown_ids(request: web.Request, wanted: Filter, before: int | None) -> Awaitable[list[int]]:
-    """The ids a page may show, newest first: the newest INITIAL_ROWS kills (and one more, to
-    know whether an older page follows), those before kill `before`, or for a filter the
-    matches among the newest FILTER_SCAN (their match keys are kept in memory, see
-    killboard/web/recent.py), plus kills kept as "maybe" that are tested whole when read."""
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """The ids a feed page may show, newest first, and its older page."""
+
+    ids: list[int]
+    older: int | None  # the kill id the older page starts before; None: no older page
+    scanned: int | None = None  # an older filtered page: the kill rows it looked at
+
+
+async def _shown_ids(request: web.Request, wanted: Filter, before: int | None) -> Shown:
+    """The newest INITIAL_ROWS kills, or those before kill `before`; for a filter, the matches
+    among the newest FILTER_SCAN (their match keys are kept in memory, see killboard/web/recent.py,
+    plus kills kept as "maybe" that are tested whole when read), or before `before` the matches
+    among the kill rows older.older looks at."""
     store = request.app[store_key]
     if wanted.empty:
-        return store.latest_ids(INITIAL_ROWS + 1, before)
-    return _matching_ids(request, wanted)
-
-
-async def _matching_ids(request: web.Request, wanted: Filter) -> list[int]:
+        ids = await store.latest_ids(INITIAL_ROWS + 1, before)
+        return Shown(ids[:INITIAL_ROWS], ids[INITIAL_ROWS - 1] if len(ids) > INITIAL_ROWS else None)
+    if before is not None:
+        found = await older.older(store, request.app[static_key], wanted.condition(), before, INITIAL_ROWS)
+        return Shown(found.ids, found.next_before, found.scanned)
     recent = request.app[recent_key]
-    await recent.refresh(request.app[store_key])
-    return recent.matching(wanted.condition(), INITIAL_ROWS)
+    await recent.refresh(store)
+    # The older page goes on from the last row shown when the page is full (_render_index), else
+    # from the oldest kill the memory holds, if it may not hold every stored kill.
+    return Shown(recent.matching(wanted.condition(), INITIAL_ROWS), recent.oldest() if recent.full else None)
 
 
 def _render_rows(
@@ -162,13 +174,10 @@ async def index(request: web.Request) -> web.StreamResponse:
         return await websocket(request)
     store = request.app[store_key]
     wanted = filters.from_query(request.query)
-    canonical = urlencode(wanted.query())
-    # `before=<killmail_id>`: the unfiltered feed's older pages (a filter's matches are kept for
-    # the newest kills only; an entity's older kills are on its page).
-    before = bounded_int(request.query.get("before", ""), 1, MAX_ID) if wanted.empty else None
-    if before is not None:
-        canonical = urlencode({"before": before})
-    elif wanted.empty and "before" in request.query:
+    # `before=<killmail_id>`: an older page, of the whole feed or of a filter (web/older.py).
+    before = bounded_int(request.query.get("before", ""), 1, MAX_ID)
+    canonical = urlencode({**wanted.query(), **({"before": str(before)} if before is not None else {})})
+    if before is None and "before" in request.query:
         message = f"before: must be a killmail id from 1 to {MAX_ID}, got {request.query['before'][:40]!r}"
         log.info("GET / -> 400 %s", message, extra=client(request.remote))
         return aiohttp_jinja2.render_template("notfound.html", request, {"message": message}, status=400)
@@ -197,9 +206,8 @@ async def _render_index(
     filter and rendered off the event loop."""
     store, cache = request.app[store_key], request.app[viewcache_key]
     generation = cache.generation  # rows read from here on are kept only if no kill changes meanwhile
-    ids = await _shown_ids(request, wanted, before)
-    older = ids[INITIAL_ROWS - 1] if wanted.empty and len(ids) > INITIAL_ROWS else None
-    ids = ids[:INITIAL_ROWS] if wanted.empty else ids
+    shown_ids = await _shown_ids(request, wanted, before)
+    ids = shown_ids.ids
     # A kill kept as "maybe" (too many keys, web/recent.py) is read and tested whole every time.
     unsure = set() if wanted.empty else request.app[recent_key].unsure(ids)
     kept = {i: html for i in ids if i not in unsure and (html := cache.row(lang, i)) is not None}
@@ -228,6 +236,8 @@ async def _render_index(
             continue  # pruned, or a "maybe" that did not match
         shown.append(html)
         if len(shown) == INITIAL_ROWS:
+            if not wanted.empty and before is None:
+                shown_ids = Shown(ids, killmail_id)  # a full page of the newest matches
             break
     context = {
         "lang": lang,
@@ -237,8 +247,12 @@ async def _render_index(
         "channel": wanted.channel(),
         "query": canonical,
         "last_seq": version[0],
-        "older": older,
+        "older": "/?" + urlencode({**wanted.query(), "before": str(shown_ids.older)}) if shown_ids.older else "",
+        "newest": "/?" + urlencode(wanted.query()) if not wanted.empty else "/",
         "paged": before is not None,
+        # An older filtered page that ran out of rows to look at before it filled: it says so.
+        "looked": shown_ids.scanned if shown_ids.scanned and shown_ids.older and len(shown) < INITIAL_ROWS else None,
+        "before": before,
         "max_rows": MAX_ROWS,
         "value_floors": filters.VALUE_FLOORS,
         "security_filters": filters.SECURITY,

@@ -102,6 +102,14 @@ class RecentKeys:
                     break
         return found
 
+    @property
+    def full(self) -> bool:
+        """Holds `size` kills: older ones may be stored (web/older.py reads those)."""
+        return len(self._keys) >= self.size
+
+    def oldest(self) -> int | None:
+        return min(self._keys, default=None)
+
     def unsure(self, killmail_ids: Iterable[int]) -> set[int]:
         """Those kept as "maybe": a page tests them whole."""
         return {i for i in killmail_ids if i in self._keys and self._keys[i] is None}

@@ -65,7 +65,7 @@ async def test_the_feed_pages_back_through_every_kill(
         older = re.search(r'<a href="(/\?before=\d+)" rel="next">', html)
         url, pages = older.group(1) if older else "", pages + 1
     assert seen == sorted((k["killmail_id"] for k in killmails), reverse=True) and pages == 2
-    # The same pages as the API's `before`; a bad value is a 400; a filter has no older pages.
+    # The same pages as the API's `before`; a bad value is a 400 (a filter's pages: test_older.py).
     api = await (await client.get("/api/killmails?limit=50")).json()
     assert (await client.get(f"/?before={api['next_before']}")).status == 200
     with caplog.at_level(logging.INFO, "killboard.web.pages"):
@@ -73,8 +73,8 @@ async def test_the_feed_pages_back_through_every_kill(
     assert bad.status == 400 and "before: must be a killmail id" in await bad.text()
     [line] = [r for r in caplog.records if r.name == "killboard.web.pages"]  # once, as a client's line
     assert "before: must be a killmail id" in line.getMessage() and getattr(line, CLIENT, None)
-    filtered = await client.get("/?solo=1&before=5", allow_redirects=False)
-    assert filtered.status == 302 and filtered.headers["Location"] == "/?solo=1"
+    reordered = await client.get("/?before=5&solo=1", allow_redirects=False)
+    assert reordered.status == 302 and reordered.headers["Location"] == "/?solo=1&before=5"
 
 
 async def test_content_security_policy_allows_no_inline_script(client: Client) -> None:
