@@ -150,8 +150,8 @@ async def _shown_ids(request: web.Request, wanted: Filter, before: int | None) -
         return Shown(found.ids, found.next_before, found.scanned)
     recent = request.app[recent_key]
     await recent.refresh(store)
-    # The older page goes on from the last row shown when the page is full (_render_index), else
-    # from the oldest kill the memory holds, if it may not hold every stored kill.
+    # The older page goes on from the oldest kill the memory holds, if it may not hold every
+    # stored kill (from the last row shown instead when the page is full: _render_index).
     return Shown(recent.matching(wanted.condition(), INITIAL_ROWS), recent.oldest() if recent.full else None)
 
 
@@ -236,9 +236,10 @@ async def _render_index(
             continue  # pruned, or a "maybe" that did not match
         shown.append(html)
         if len(shown) == INITIAL_ROWS:
-            if not wanted.empty and before is None:
-                shown_ids = Shown(ids, killmail_id)  # a full page of the newest matches
             break
+    older_id = shown_ids.older
+    if not wanted.empty and before is None and len(shown) == INITIAL_ROWS:
+        older_id = killmail_id  # a full page of the newest matches goes on from its last row
     context = {
         "lang": lang,
         "rows": [Markup(html) for html in shown],
@@ -247,11 +248,11 @@ async def _render_index(
         "channel": wanted.channel(),
         "query": canonical,
         "last_seq": version[0],
-        "older": "/?" + urlencode({**wanted.query(), "before": str(shown_ids.older)}) if shown_ids.older else "",
+        "older": "/?" + urlencode({**wanted.query(), "before": str(older_id)}) if older_id else "",
         "newest": "/?" + urlencode(wanted.query()) if not wanted.empty else "/",
         "paged": before is not None,
         # An older filtered page that ran out of rows to look at before it filled: it says so.
-        "looked": shown_ids.scanned if shown_ids.scanned and shown_ids.older and len(shown) < INITIAL_ROWS else None,
+        "looked": shown_ids.scanned if shown_ids.scanned and older_id and len(shown) < INITIAL_ROWS else None,
         "before": before,
         "max_rows": MAX_ROWS,
         "value_floors": filters.VALUE_FLOORS,
