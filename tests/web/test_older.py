@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import ujson
 from battlefights import FIGHTS, fight, post_all
 from conftest import Client
 from test_pages import post, row_ids
@@ -28,8 +29,6 @@ async def post_everything(client: Client, killmails: list[dict[str, Any]]) -> li
         await post_all(client, fight(system))
     store = client.server.app[store_key]
     ids = [i for (i,) in sqlite3.connect(store.path).execute("SELECT killmail_id FROM kills")]
-    import ujson
-
     return [ujson.loads(k.body) for k in await store.many(ids)]
 
 
