@@ -201,7 +201,7 @@ async def test_a_webhook_that_was_down_catches_up_in_order(
 async def test_a_deleted_webhook_is_disabled_and_its_url_is_never_shown(
     with_hooks: Make, discord: FakeDiscord, killmails: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="killboard")  # ours only: aiosqlite's threads log every call
     wrong = discord.url.replace(WEBHOOK_TOKEN, "revoked-token-xyz")
     client = await with_hooks(
         {"name": "gone", "url": wrong, "channel": "kills", "max_age": 0},
