@@ -29,12 +29,18 @@ from ..kill.topics import ALL, SHIP_GROUP_TOPICS, Condition, Key
 from ..storage import participants
 from ..storage.participants import PilotRow
 from ..storage.store import Store
+from .reads import ReadLimits
 from .recent import PAGE_KINDS
 
 # Kill rows one view looks at, at most: ~25 µs each for the 82 real kills, ~80-95 µs for the
 # fleet fights' (a thread's ~25-95 ms a view), against ~0.7 ms to render a kill.
 SCAN = 1000
 _CHUNK = 250
+# A kill's rows `row_keys` reads, newest first before a kill id.
+_OLDER_ROWS = (
+    "SELECT k.killmail_id, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p USING (seq)"
+    " WHERE k.killmail_id < ? ORDER BY k.killmail_id DESC LIMIT ?"
+)
 _PLAYERS = ("character", "corporation", "alliance")  # a pilot row's first three fields
 
 
@@ -106,24 +112,29 @@ class Older:
 
 
 async def older(
-    store: Store, static: StaticData, condition: Condition, before: int, want: int, scan: int | None = None
+    store: Store,
+    static: StaticData,
+    limits: ReadLimits,
+    condition: Condition,
+    before: int,
+    want: int,
+    scan: int | None = None,
 ) -> Older:
     """Up to `want` stored kills before kill `before` that `condition` holds for, newest first,
-    looking at no more than `scan` kill rows. Kills still waiting for the participant index
-    (after an upgrade) are not looked at."""
+    looking at no more than `scan` kill rows. Each chunk is read and tested in one of the
+    server's render slots (`limits.render`, shared with the large API reads), so many distinct
+    older pages asked at once queue instead of filling the threads and the GIL. Kills still
+    waiting for the participant index (after an upgrade) are not looked at."""
     scan = SCAN if scan is None else scan
     found: list[int] = []
     scanned = 0
     cursor = before
     while scanned < scan and len(found) < want:
-        rows = await store.query(
-            "SELECT k.killmail_id, k.system_id, k.total_value, p.pilots FROM kills k JOIN participants p USING (seq)"
-            " WHERE k.killmail_id < ? ORDER BY k.killmail_id DESC LIMIT ?",
-            (cursor, min(_CHUNK, scan - scanned)),
-        )
+        async with limits.render():
+            rows = await store.query(_OLDER_ROWS, (cursor, min(_CHUNK, scan - scanned)))
+            matched = await asyncio.to_thread(_matching, rows, condition, static) if rows else []
         if not rows:
             return Older(found, None, scanned)
-        matched = await asyncio.to_thread(_matching, rows, condition, static)
         for killmail_id, hit in zip((row[0] for row in rows), matched, strict=True):
             scanned += 1
             cursor = killmail_id

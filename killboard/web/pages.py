@@ -35,7 +35,7 @@ from ..storage.rows import StoredKill
 from . import filters, older
 from .filters import Filter
 from .keptpages import keep, respond
-from .keys import recent_key, static_key, store_key, viewcache_key
+from .keys import reads_key, recent_key, static_key, store_key, viewcache_key
 from .viewcache import Page, Version, ViewKey
 from .ws import websocket
 
@@ -146,7 +146,8 @@ async def _shown_ids(request: web.Request, wanted: Filter, before: int | None) -
         ids = await store.latest_ids(INITIAL_ROWS + 1, before)
         return Shown(ids[:INITIAL_ROWS], ids[INITIAL_ROWS - 1] if len(ids) > INITIAL_ROWS else None)
     if before is not None:
-        found = await older.older(store, request.app[static_key], wanted.condition(), before, INITIAL_ROWS)
+        static, limits = request.app[static_key], request.app[reads_key]
+        found = await older.older(store, static, limits, wanted.condition(), before, INITIAL_ROWS)
         return Shown(found.ids, found.next_before, found.scanned)
     recent = request.app[recent_key]
     await recent.refresh(store)

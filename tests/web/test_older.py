@@ -3,9 +3,12 @@ the kill rows alone; a rare filter's page looks through a bounded number of rows
 
 from __future__ import annotations
 
+import asyncio
 import html as html_lib
 import re
 import sqlite3
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -18,7 +21,7 @@ from test_pages import post, row_ids
 from killboard.kill.topics import kill_facts
 from killboard.storage import participants
 from killboard.web import filters, older, pages
-from killboard.web.keys import static_key, store_key
+from killboard.web.keys import reads_key, static_key, store_key
 from killboard.web.recent import PAGE_KINDS
 
 
@@ -100,3 +103,30 @@ async def test_an_older_filtered_page_refuses_a_bad_before(client: Client, killm
     assert (await client.get("/?solo=1&before=" + "9" * 5000)).status == 400
     empty = await client.get("/?solo=1&before=5")
     assert empty.status == 200 and "No older kills" in await empty.text()
+
+
+async def test_older_pages_asked_at_once_take_turns_in_the_render_slots(
+    client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve distinct older pages at once (a crawler, or someone hostile): at most the server's
+    render slots test kill rows at a time, the rest wait, and every page is answered."""
+    await post(client, killmails)
+    real, running, most = older._matching, [0], [0]
+    lock = threading.Lock()
+
+    def counted(*args: Any) -> list[bool]:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # long enough for the others to pile up
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(older, "_matching", counted)
+    top = max(k["killmail_id"] for k in killmails)
+    answers = await asyncio.gather(*(client.get(f"/?solo=1&before={top - n}") for n in range(12)))
+    assert [a.status for a in answers] == [200] * 12
+    assert most[0] == client.server.app[reads_key].renders == 2
