@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -216,13 +217,16 @@ async def _render_index(
     fresh: dict[int, tuple[dict[str, Any], str]] = {}
     missing = [i for i in ids if i not in kept]
     if missing:
-        page = await store.many(missing)  # decoded and rendered off the loop, in one hop for the page
-        if not wanted.empty and len(page) < len(missing):
-            request.app[recent_key].forget(set(missing) - {k.killmail_id for k in page})  # pruned since
-        env = aiohttp_jinja2.get_env(request.app)
-        # Decoded and tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
-        kills = await asyncio.to_thread(_decode, page, wanted)
-        rendered = await asyncio.to_thread(_render_rows, env, kills, lang, link)
+        # An older page (history) renders in one of the render slots, as the large API reads do:
+        # a crawler's many distinct pages take turns, and the live pages never wait behind them.
+        async with request.app[reads_key].render() if before is not None else nullcontext():
+            page = await store.many(missing)  # decoded and rendered off the loop, in one hop for the page
+            if not wanted.empty and len(page) < len(missing):
+                request.app[recent_key].forget(set(missing) - {k.killmail_id for k in page})  # pruned since
+            env = aiohttp_jinja2.get_env(request.app)
+            # Decoded and tested again whole: kills kept as "maybe" (too many keys to keep) may not match.
+            kills = await asyncio.to_thread(_decode, page, wanted)
+            rendered = await asyncio.to_thread(_render_rows, env, kills, lang, link)
         fresh = {kill["killmail_id"]: (kill, html) for kill, html in rendered}
     shown: list[str] = []
     for killmail_id in ids:

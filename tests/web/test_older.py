@@ -109,7 +109,7 @@ async def test_older_pages_asked_at_once_take_turns_in_the_render_slots(
     client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twelve distinct older pages at once (a crawler, or someone hostile): at most the server's
-    render slots test kill rows at a time, the rest wait, and every page is answered."""
+    render slots test kill rows or render kills at a time, the rest wait, and every page is answered."""
     await post(client, killmails)
     real, running, most = older._matching, [0], [0]
     lock = threading.Lock()
@@ -130,3 +130,21 @@ async def test_older_pages_asked_at_once_take_turns_in_the_render_slots(
     answers = await asyncio.gather(*(client.get(f"/?solo=1&before={top - n}") for n in range(12)))
     assert [a.status for a in answers] == [200] * 12
     assert most[0] == client.server.app[reads_key].renders == 2
+    # The unfiltered feed's older pages render their kills in the same slots.
+    real_rows, most[0] = pages._render_rows, 0
+
+    def rows_counted(*args: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        try:
+            return real_rows(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(pages, "_render_rows", rows_counted)
+    answers = await asyncio.gather(*(client.get(f"/?before={top - n}") for n in range(12)))
+    assert [a.status for a in answers] == [200] * 12
+    assert most[0] == 2
