@@ -10,7 +10,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 import ujson
@@ -23,6 +24,8 @@ from killboard.storage import participants
 from killboard.web import filters, older, pages
 from killboard.web.keys import reads_key, static_key, store_key
 from killboard.web.recent import PAGE_KINDS
+
+T = TypeVar("T")
 
 
 async def post_everything(client: Client, killmails: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -105,46 +108,39 @@ async def test_an_older_filtered_page_refuses_a_bad_before(client: Client, killm
     assert empty.status == 200 and "No older kills" in await empty.text()
 
 
+class Overlap:
+    """How many calls of the wrapped functions ran at once, at most (in the server's threads)."""
+
+    def __init__(self) -> None:
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def wrap(self, real: Callable[..., T]) -> Callable[..., T]:
+        def counted(*args: Any) -> T:
+            with self._lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.02)  # long enough for the others to pile up
+            try:
+                return real(*args)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        return counted
+
+
 async def test_older_pages_asked_at_once_take_turns_in_the_render_slots(
     client: Client, killmails: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twelve distinct older pages at once (a crawler, or someone hostile): at most the server's
     render slots test kill rows or render kills at a time, the rest wait, and every page is answered."""
     await post(client, killmails)
-    real, running, most = older._matching, [0], [0]
-    lock = threading.Lock()
-
-    def counted(*args: Any) -> list[bool]:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.02)  # long enough for the others to pile up
-        try:
-            return real(*args)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(older, "_matching", counted)
     top = max(k["killmail_id"] for k in killmails)
-    answers = await asyncio.gather(*(client.get(f"/?solo=1&before={top - n}") for n in range(12)))
-    assert [a.status for a in answers] == [200] * 12
-    assert most[0] == client.server.app[reads_key].renders == 2
-    # The unfiltered feed's older pages render their kills in the same slots.
-    real_rows, most[0] = pages._render_rows, 0
-
-    def rows_counted(*args: Any) -> Any:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.02)
-        try:
-            return real_rows(*args)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(pages, "_render_rows", rows_counted)
-    answers = await asyncio.gather(*(client.get(f"/?before={top - n}") for n in range(12)))
-    assert [a.status for a in answers] == [200] * 12
-    assert most[0] == 2
+    # Filtered older pages test their rows in the slots; the unfiltered ones render their kills there.
+    for query, module, name in (("solo=1&", older, "_matching"), ("", pages, "_render_rows")):
+        overlap = Overlap()
+        monkeypatch.setattr(module, name, overlap.wrap(getattr(module, name)))
+        answers = await asyncio.gather(*(client.get(f"/?{query}before={top - n}") for n in range(12)))
+        assert [a.status for a in answers] == [200] * 12
+        assert overlap.most == client.server.app[reads_key].renders == 2, name
